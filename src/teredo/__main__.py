@@ -1,0 +1,3 @@
+from teredo.cli import main
+
+raise SystemExit(main())
