@@ -1,0 +1,33 @@
+"""The project's exception types.
+
+- `ParseError`: bytes or text from outside (network, address strings) are malformed. The core
+  catches it at its edge and counts a drop; it never escapes a role's `receive_*` call.
+- `LocalProtocolError`: the caller misused the core (a bug in our own code).
+- `UserError`: something a person must fix (bad config, missing permission). Its message is one
+  sentence that names the file, line or the fix; the CLI prints it and exits with `exit_code`.
+"""
+
+from __future__ import annotations
+
+
+class ParseError(ValueError):
+    """Malformed input from outside: a packet, an address, a field."""
+
+
+class LocalProtocolError(RuntimeError):
+    """The core was driven in a way its contract does not allow."""
+
+
+class UserError(Exception):
+    """An error a person can fix; printed as one sentence, never as a traceback."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class UsageError(UserError):
+    """Bad command-line usage or a bad configuration file (exit status 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=2)
