@@ -1,0 +1,25 @@
+"""Shared test helpers: root/namespace tests skip only outside CI; in CI a skip is a failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def require_root(*tools: str) -> None:
+    """Skip (outside CI) or fail (in CI) unless we are root and the given tools exist."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("needs root")
+    if not os.path.exists("/dev/net/tun"):
+        problems.append("needs /dev/net/tun")
+    problems += [f"needs {tool}" for tool in tools if shutil.which(tool) is None]
+    if problems:
+        reason = ", ".join(problems)
+        if IN_CI:
+            pytest.fail(f"in CI this test must run, but it {reason}")
+        pytest.skip(reason)
