@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_encode)
 
     p = sub.add_parser("checkconf", help="validate a miredo.conf / miredo-server.conf style file")
-    p.add_argument("file", nargs="?", default=None, help="the file (default /etc/miredo/miredo.conf)")
+    p.add_argument("file", nargs="?", default=None, help="default /etc/miredo/miredo.conf")
     p.set_defaults(handler=_cmd_checkconf)
 
     config_help = "configuration file (Miredo syntax)"
