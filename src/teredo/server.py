@@ -1,0 +1,431 @@
+"""The Teredo server: a stateless, sans-I/O state machine (RFC 4380 §5.3, RFC 5991 §3.2).
+
+Theory of operation
+-------------------
+
+A Teredo server owns two consecutive IPv4 addresses, *primary* and *secondary*, and listens on
+UDP 3544 on both (RFC 4380 §5.2, §5.3). It does two things and keeps no per-client state:
+
+1. **Router Solicitation -> Router Advertisement** (RFC 4380 §5.3.2). A client's RS, sent from a
+   link-local address to ff02::2, is answered with an RA whose single prefix information option
+   carries ``<Prefix>:<primary IPv4>::/64`` and whose origin indication carries the outer source
+   the RS arrived from: that is how a client learns its NAT mapping and its Teredo address. The
+   RA's IPv6 source is the server link-local address (C=1, port 3544, primary IPv4), its
+   destination the RS's source, and the nonce of the RS's authentication header is echoed in a
+   nonce-only header (RFC 4380 §5.2.2). If the C bit of the RS source is set, the RA goes out from
+   the *other* server address than the one the RS arrived on, otherwise from the same one
+   (RFC 4380 §5.3.2; RFC 5991 §3.2 forbids ignoring the bit).
+2. **Forwarding of bubbles and ICMPv6** (RFC 4380 §5.3.1). Indirect bubbles and echo replies for
+   the server's own clients are encapsulated toward the mapping embedded in the client's address,
+   sent from primary:3544 with an origin indication naming the real sender; the clients' direct
+   IPv6 connectivity tests (ICMPv6 echo requests to native hosts, RFC 4380 §5.2.9) are emitted as
+   native IPv6.
+
+Every datagram goes through the acceptance checks of RFC 4380 §5.3.1 in order (requirements
+SRV-3): well formed; a bubble or ICMPv6; a global unicast IPv4 source; then accepted as an RS
+(rule 4), as traffic from a Teredo source whose embedded mapping equals the outer source
+(rule 5), or as traffic from a non-Teredo source to one of this server's clients (rule 6);
+anything else is discarded (rule 7). Before those, the Miredo hardening (SRV-4): datagrams from our
+own addresses' port 3544 are dropped (loops), and a forwarded packet that is not a bubble may carry
+at most MAX_FORWARDED_PAYLOAD bytes of IPv6 payload, so that the server is no open relay.
+
+There are no timers. The only state is a bounded table of token buckets keyed by IPv4 /32 (see
+`SourceRateLimiter`): every answer (RA) and every forwarded packet spends one token of the outer
+source's bucket, and a forward to a Teredo client also one of the destination's. This caps what
+one host can make the server emit and what one victim can be sent by reflection (RFC 4380 §7.4.1),
+while the table itself never grows beyond its limit whatever arrives.
+
+Input from the network never raises: each discarded datagram is counted under a named reason in
+`drops` (reasons listed in DROP_REASONS) and logged at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from typing import Final, NamedTuple
+
+from teredo.address import (
+    DEFAULT_MTU,
+    IPV4_MASK,
+    PORT_MASK,
+    TEREDO_PORT,
+    TEREDO_PREFIX,
+    Endpoint,
+    is_cone_link_local,
+    is_global_ipv4,
+    server_link_local,
+)
+from teredo.errors import LocalProtocolError, ParseError
+from teredo.wire import (
+    ALL_ROUTERS,
+    IPV6_HEADER_LENGTH,
+    Authentication,
+    NextHeader,
+    OriginIndication,
+    PrefixInformation,
+    RouterAdvertisement,
+    build_router_advertisement,
+    is_router_solicitation,
+    parse_teredo_packet,
+    push_authentication,
+    push_origin_indication,
+)
+
+logger = logging.getLogger(__name__)
+
+# Requirements SRV-4 / SEC-S6 [IMPL]: a forwarded IPv6 packet that is not a bubble may carry at
+# most this many bytes of IPv6 payload. Echo tests and echo replies fit; bulk traffic does not,
+# so the server cannot be used as an open relay. A deliberate RFC 4380 deviation shared with
+# Miredo (which says Microsoft servers do the same). Our own client's echo test must fit in it.
+MAX_FORWARDED_PAYLOAD: Final = 88
+
+# RFC 6081 §4 trailers are forwarded unchanged (requirements SRV-7). The known trailer types fit
+# in 44 bytes together (nonce 6, alternate address <= 28, ND option 6, random port 4); this cap
+# leaves room for future types without letting a "bubble" carry kilobytes.
+MAX_FORWARDED_TRAILERS: Final = 128
+
+# Rate limits (RFC 4380 §7.3.5, §7.4.1: a server's main threats are brute-force DoS and
+# reflection). One token bucket per IPv4 /32; a whole carrier-grade NAT shares one address, hence
+# generous defaults (a client sends an RS every 30 s and an echo test per new native peer).
+RATE_LIMIT_PER_SECOND: Final = 100.0
+RATE_LIMIT_BURST: Final = 200.0
+RATE_LIMIT_MAX_SOURCES: Final = 65536  # bounded table: least recently used entry evicted
+
+# RFC 4291 §2.4: global unicast is 2000::/3; the server never forwards anything else natively
+# (RFC 4380 §5.3.1: MUST NOT forward to a destination that is not of global scope).
+GLOBAL_UNICAST_IPV6: Final = IPv6Network("2000::/3")
+
+DROP_REASONS: Final[dict[str, str]] = {
+    "loop": "from one of our own addresses' port 3544, or toward one (SRV-4)",
+    "malformed": "not a well-formed Teredo IPv6 packet (RFC 4380 §5.3.1 rule 1)",
+    "origin_indication": "carried an origin indication, which only servers insert",
+    "not_bubble_or_icmpv6": "neither a bubble nor ICMPv6 (rule 2)",
+    "not_global_source": "outer IPv4 source is not global unicast (rule 3)",
+    "bad_router_solicitation": "to ff02::2 from link-local but not a valid RS (rule 4)",
+    "spoofed_source": "Teredo IPv6 source does not match the outer IPv4 source and port (rule 5)",
+    "not_our_client": "non-Teredo source, destination not one of our clients (rules 6, 7)",
+    "local_not_rs": "for ff02::2 or our link-local address but not an RS we answer (SRV-17)",
+    "destination_not_global": "IPv6 destination is not global unicast (SRV-5)",
+    "destination_ipv4_not_global": "Teredo destination embeds a non-global IPv4 or port 0",
+    "bubble_to_native": "a bubble toward a native IPv6 host (nothing to forward)",
+    "hop_limit_exceeded": "native forward with hop limit <= 1",
+    "oversize": f"non-bubble with more than {MAX_FORWARDED_PAYLOAD} bytes of payload (SRV-4)",
+    "oversize_trailers": f"more than {MAX_FORWARDED_TRAILERS} bytes of RFC 6081 trailers",
+    "rate_limited": "the source's or destination's token bucket is empty",
+}
+
+
+class OutgoingDatagram(NamedTuple):
+    """A UDP datagram to send from `source`:3544 to `destination`."""
+
+    data: bytes
+    destination: Endpoint
+    source: IPv4Address
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """What the core needs from the configuration (miredo-server.conf plus our additions)."""
+
+    primary: IPv4Address
+    secondary: IPv4Address
+    prefix: IPv6Network = TEREDO_PREFIX  # Prefix: the /32 the client /64 is built under
+    mtu: int = DEFAULT_MTU  # InterfaceMTU: advertised in the RA's MTU option (RFC 4380 §5.1.2)
+    allow_private: bool = False  # AllowPrivateAddresses: labs only, relaxes IPv4 global checks
+    rate_per_second: float | None = RATE_LIMIT_PER_SECOND  # None disables rate limiting
+    rate_burst: float = RATE_LIMIT_BURST
+    rate_max_sources: int = RATE_LIMIT_MAX_SOURCES
+
+    def __post_init__(self) -> None:
+        if self.primary == self.secondary:
+            raise ValueError("the primary and secondary server addresses must differ")
+        if self.prefix.prefixlen != 32:
+            raise ValueError(f"a Teredo prefix is a /32, not /{self.prefix.prefixlen}")
+        if not 1280 <= self.mtu <= 65535:
+            raise ValueError(f"MTU {self.mtu} is not between 1280 and 65535")
+        if self.rate_max_sources < 1 or self.rate_burst < 1:
+            raise ValueError("rate limit burst and table size must be at least 1")
+
+
+class SourceRateLimiter:
+    """Token buckets keyed by an IPv4 address (as int), in a table of bounded size.
+
+    Each key may spend `burst` tokens at once and earns `rate` tokens per second. The table is a
+    dict kept in least-recently-used order (an entry is re-inserted on every use); when it is
+    full the oldest entry is evicted. Evicting forgets a bucket, so an attacker cycling through
+    more than `max_entries` spoofed sources only gets fresh buckets for them: the limit fails open
+    for those sources, never closed for others, and memory stays bounded.
+    """
+
+    __slots__ = ("_buckets", "burst", "max_entries", "rate")
+
+    def __init__(self, rate: float, burst: float, max_entries: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_entries = max_entries
+        self._buckets: dict[int, tuple[float, float]] = {}  # key -> (tokens, last update)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, key: int, now: float) -> bool:
+        """Spend one token of `key`'s bucket if it has one."""
+        entry = self._buckets.pop(key, None)
+        if entry is None:
+            tokens = self.burst
+        else:
+            tokens = min(self.burst, entry[0] + max(0.0, now - entry[1]) * self.rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > self.max_entries:
+            del self._buckets[next(iter(self._buckets))]
+        return allowed
+
+
+class TeredoServer:
+    """A Teredo server's protocol logic. Feed datagrams with the time; drain the outputs."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.counters: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self._datagrams: list[OutgoingDatagram] = []
+        self._native: list[bytes] = []
+        self._limiter: SourceRateLimiter | None = None
+        self.settings = settings
+        self._apply(settings)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _apply(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        primary = settings.primary
+        self._primary_int = int(primary)
+        self._own = {int(settings.primary), int(settings.secondary)}
+        self._link_local = server_link_local(primary)
+        self._local_destinations = {
+            ALL_ROUTERS.packed,
+            self._link_local.packed,
+            server_link_local(settings.secondary).packed,
+        }
+        self._prefix32 = int(settings.prefix.network_address) >> 96
+        self._teredo_prefixes = {self._prefix32, int(TEREDO_PREFIX.network_address) >> 96}
+        self._client_prefix = IPv6Address(int(settings.prefix.network_address) | int(primary) << 64)
+        if settings.rate_per_second is None:
+            self._limiter = None
+        elif self._limiter is None:
+            self._limiter = SourceRateLimiter(
+                settings.rate_per_second, settings.rate_burst, settings.rate_max_sources
+            )
+        else:
+            self._limiter.rate = settings.rate_per_second
+            self._limiter.burst = settings.rate_burst
+            self._limiter.max_entries = settings.rate_max_sources
+
+    def reconfigure(self, settings: ServerSettings) -> None:
+        """Apply new settings (SIGHUP); counters and rate-limit state are kept.
+
+        The addresses are bound by the runtime; it decides whether they may change.
+        """
+        self._apply(settings)
+
+    @property
+    def link_local(self) -> IPv6Address:
+        """The server's link-local address, source of its RAs (RFC 4380 §5.3.2)."""
+        return self._link_local
+
+    @property
+    def client_prefix(self) -> IPv6Network:
+        """The /64 advertised to clients (RFC 4380 §5.3.2)."""
+        return IPv6Network((self._client_prefix, 64))
+
+    @property
+    def rate_limit_entries(self) -> int:
+        return len(self._limiter) if self._limiter is not None else 0
+
+    # -- the contract --------------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[OutgoingDatagram]:
+        """UDP datagrams produced since the last call, each with the local address to use."""
+        out, self._datagrams = self._datagrams, []
+        return out
+
+    def native_packets_to_send(self) -> list[bytes]:
+        """Native IPv6 packets (header included) to emit, e.g. clients' echo tests."""
+        out, self._native = self._native, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """The server has no timers (same contract as the other roles)."""
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Nothing to do: the server keeps no per-client state that expires."""
+
+    def receive_datagram(
+        self, data: bytes, source: Endpoint, local: IPv4Address, now: float
+    ) -> None:
+        """Process one UDP datagram that arrived on `local`:3544 from `source`.
+
+        Never raises for anything `data` or `source` contain; `local` must be one of the two
+        server addresses (a runtime bug otherwise).
+        """
+        local_int = int(local)
+        if local_int not in self._own:
+            raise LocalProtocolError(f"{local} is not one of this server's addresses")
+        self.counters["received"] += 1
+        reason = self._receive(data, source, local, now)
+        if reason is not None:
+            self.drops[reason] += 1
+            logger.debug("dropped datagram from %s: %s", source, reason)
+
+    # -- processing ----------------------------------------------------------------------------
+
+    def _receive(self, data: bytes, source: Endpoint, local: IPv4Address, now: float) -> str | None:
+        """Return a drop reason, or None when the datagram was handled."""
+        source_int = int(source.address)
+        # SRV-4: a datagram from our own address and port would make a loop.
+        if source_int in self._own and source.port == TEREDO_PORT:
+            return "loop"
+        # Rule 1: a well-formed Teredo IPv6 packet.
+        try:
+            packet = parse_teredo_packet(data)
+        except ParseError:
+            return "malformed"
+        if packet.origin is not None:
+            return "origin_indication"
+        ipv6 = packet.ipv6
+        next_header = ipv6[6]
+        bubble = next_header == NextHeader.NO_NEXT_HEADER and len(ipv6) == IPV6_HEADER_LENGTH
+        # Rule 2: only bubbles and ICMPv6 (a server never carries data, RFC 4380 §3.4).
+        if not bubble and next_header != NextHeader.ICMPV6:
+            return "not_bubble_or_icmpv6"
+        # Rule 3: the IPv4 source must be global unicast.
+        if not self.settings.allow_private and not is_global_ipv4(source_int):
+            return "not_global_source"
+        ipv6_source = ipv6[8:24]
+        ipv6_destination = ipv6[24:40]
+        # Rule 4: an RS from a link-local source to ff02::2.
+        link_local_source = ipv6_source[0] == 0xFE and ipv6_source[1] & 0xC0 == 0x80
+        if link_local_source and ipv6_destination == ALL_ROUTERS.packed:
+            if not is_router_solicitation(ipv6):
+                return "bad_router_solicitation"
+            return self._answer_router_solicitation(
+                IPv6Address(ipv6_source), packet.authentication, source, local, now
+            )
+        source_is_teredo = int.from_bytes(ipv6_source[:4], "big") in self._teredo_prefixes
+        destination_is_teredo = int.from_bytes(ipv6_destination[:4], "big") in self._teredo_prefixes
+        ours = destination_is_teredo and int.from_bytes(ipv6_destination[4:8], "big") == (
+            self._primary_int
+        )
+        if source_is_teredo:
+            # Rule 5: the embedded mapping must be the outer source (anti-spoofing).
+            mapped = int.from_bytes(ipv6_source[12:16], "big") ^ IPV4_MASK
+            port = int.from_bytes(ipv6_source[10:12], "big") ^ PORT_MASK
+            if mapped != source_int or port != source.port:
+                return "spoofed_source"
+        elif not ours:
+            # Rules 6 and 7: a non-Teredo source may only reach this server's clients.
+            if ipv6_destination in self._local_destinations:
+                return "local_not_rs"
+            return "not_our_client"
+        return self._forward(data, packet.authentication, ipv6, bubble, ours, source, now)
+
+    def _forward(
+        self,
+        data: bytes,
+        authentication: Authentication | None,
+        ipv6: bytes,
+        bubble: bool,
+        ours: bool,
+        source: Endpoint,
+        now: float,
+    ) -> str | None:
+        """SRV-5..7: route an accepted packet toward its destination."""
+        destination = ipv6[24:40]
+        if destination in self._local_destinations:
+            return "local_not_rs"  # SRV-17: Miredo drops echo requests to the server too
+        if IPv6Address(destination) not in GLOBAL_UNICAST_IPV6:
+            return "destination_not_global"
+        if not bubble and len(ipv6) - IPV6_HEADER_LENGTH > MAX_FORWARDED_PAYLOAD:
+            return "oversize"
+        if int.from_bytes(destination[:4], "big") in self._teredo_prefixes:
+            mapped = int.from_bytes(destination[12:16], "big") ^ IPV4_MASK
+            port = int.from_bytes(destination[10:12], "big") ^ PORT_MASK
+            if mapped in self._own:
+                return "loop"
+            if port == 0 or (not self.settings.allow_private and not is_global_ipv4(mapped)):
+                return "destination_ipv4_not_global"
+            # SRV-7: everything after the Teredo headers, trailers included, goes through.
+            offset = 0 if authentication is None else len(push_authentication(authentication))
+            rest = data[offset:]
+            if len(rest) - len(ipv6) > MAX_FORWARDED_TRAILERS:
+                return "oversize_trailers"
+            if not self._spend(int(source.address), now) or not self._spend(mapped, now):
+                return "rate_limited"
+            if ours:
+                # SRV-6: tell our client where the packet really came from.
+                rest = push_origin_indication(OriginIndication(source.address, source.port)) + rest
+                self.counters["origin_indications"] += 1
+            target = Endpoint(IPv4Address(mapped), port)
+            self._datagrams.append(OutgoingDatagram(rest, target, self.settings.primary))
+            self.counters["forwarded_teredo"] += 1
+            return None
+        # SRV-5: a native destination (the clients' direct connectivity test, RFC 4380 §5.2.9).
+        if bubble:
+            return "bubble_to_native"
+        hop_limit = ipv6[7]
+        if hop_limit <= 1:
+            return "hop_limit_exceeded"
+        if not self._spend(int(source.address), now):
+            return "rate_limited"
+        # The server routes from the Teredo link onto the native one: decrement the hop limit
+        # (not covered by the ICMPv6 checksum).
+        self._native.append(ipv6[:7] + bytes((hop_limit - 1,)) + ipv6[8:])
+        self.counters["forwarded_native"] += 1
+        return None
+
+    def _answer_router_solicitation(
+        self,
+        rs_source: IPv6Address,
+        authentication: Authentication | None,
+        source: Endpoint,
+        local: IPv4Address,
+        now: float,
+    ) -> str | None:
+        """SRV-8..14: answer an RS with an RA."""
+        self.counters["router_solicitations"] += 1
+        # SRV-13: the RA's destination (the RS's source) must be global unicast; rule 3 checked.
+        if not self._spend(int(source.address), now):
+            return "rate_limited"
+        ra = build_router_advertisement(
+            RouterAdvertisement(
+                source=self._link_local,
+                destination=rs_source,
+                prefixes=(PrefixInformation(self._client_prefix),),
+                mtu=self.settings.mtu,
+            )
+        )
+        parts = []
+        if authentication is not None:
+            # SRV-14: no secure qualification; echo the nonce in a nonce-only header, conf 0.
+            parts.append(push_authentication(Authentication(nonce=authentication.nonce)))
+        parts.append(push_origin_indication(OriginIndication(source.address, source.port)))
+        parts.append(ra)
+        # SRV-12: C=1 -> answer from the other address (lets the client tell a cone NAT).
+        if is_cone_link_local(rs_source):
+            primary, secondary = self.settings.primary, self.settings.secondary
+            sender = secondary if local == primary else primary
+            self.counters["router_advertisements_cone"] += 1
+        else:
+            sender = local
+        self._datagrams.append(OutgoingDatagram(b"".join(parts), source, sender))
+        self.counters["router_advertisements"] += 1
+        return None
+
+    def _spend(self, key: int, now: float) -> bool:
+        return self._limiter is None or self._limiter.allow(key, now)
