@@ -1,0 +1,967 @@
+"""Miredo-compatible configuration files: ``miredo.conf`` / ``miredo-server.conf`` -> dataclasses.
+
+Syntax (miredo.conf(5))
+-----------------------
+One directive per line: a name, blanks, a value. Names are case-insensitive. Blank lines, lines
+whose first non-blank character is ``#`` and surrounding blanks are ignored. A ``#`` word after
+the value starts a comment (Miredo ignores everything after the value, so this is compatible).
+
+Which program a file configures
+-------------------------------
+A file with ``ServerBindAddress`` configures a server (``miredo-server.conf``); otherwise
+``RelayType`` decides between a client (``client``, the default, or ``autoclient``) and a relay
+(``relay``, ``cone``, ``restricted`` or our ``host-specific``). `parse_config(text)` detects it;
+`parse_client_config`, `parse_relay_config` and `parse_server_config` insist on one role.
+
+Directives
+----------
+Roles: C client, R relay (all relay types, host-specific included), S server.
+
+=====================  =====  =========================  ===================================
+directive              roles  default                    value
+=====================  =====  =========================  ===================================
+*Miredo's (1.2.6)*
+RelayType              C R    client                     client|autoclient (a client),
+                                                         relay|cone (a cone relay),
+                                                         restricted, host-specific|hostrelay
+ServerAddress          C      required (or SERVER arg)   IPv4 address or hostname
+ServerAddress2         C      ServerAddress + 1          IPv4 address or hostname
+Prefix                 R S    2001:0::                   IPv6 /32 prefix (3ffe:831f:: too)
+InterfaceMTU           R S    1280                       1280..65507
+InterfaceName          C R    teredo                     1-15 characters, no ``/ : %``
+BindAddress            C R    0.0.0.0 (any)              IPv4 address
+BindPort               C R    0 (the kernel picks)       0..65535
+SyslogFacility         C R S  daemon                     auth authpriv cron daemon ftp kern
+                                                         lpr mail news syslog user uucp
+                                                         local0 ... local7
+ServerBindAddress      S      required (or ADDRESS arg)  IPv4 address, global unicast
+ServerBindAddress2     S      ServerBindAddress + 1      IPv4 address, global unicast
+*ours*
+ControlSocket          C R S  /run/teredo/<role>.sock    absolute path, or ``none``
+User                   C R S  nobody                     user to drop privileges to
+HookScript             C      none                       absolute path of a script run with
+                                                         Miredo's client-hook environment
+MaxPeers               C R    1024 (Miredo's bound),     1..16777216
+                              65536 for a non-host-
+                              specific relay
+MaxQueueBytes          C R    1280 (Miredo), or          1280..1048576, at least the MTU
+                              InterfaceMTU if larger
+RefreshInterval        C      30 (RFC 6081 §5.1.1)       seconds, 1..3600
+AllowPrivateAddresses  C R S  no                         yes|no (true/false, on/off, 1/0)
+=====================  =====  =========================  ===================================
+
+``<role>`` in the control socket path is ``client``, ``relay`` or ``server``: one default socket per
+kind of daemon, so ``teredo status`` finds it; run two daemons of one kind with explicit paths.
+
+Compatibility with Miredo (observed with Miredo 1.2.6 and its miredo-checkconf)
+-------------------------------------------------------------------------------
+- Miredo's daemon logs "Superfluous directive X at line N" and carries on for an unknown
+  directive, a directive the mode does not use (``Prefix`` in a client) and a repeated directive
+  (the first one wins); it logs "Ignoring line N" for a name without a value. miredo-checkconf
+  rejects such files. We do the same: the line becomes a `ConfigWarning` with ``ignored=True`` on
+  the result (the first occurrence of a directive counts), and ``teredo checkconf`` fails on it.
+  Our own directives are unknown to Miredo, so Miredo ignores them in the same way.
+- Values Miredo rejects are errors here too. Values Miredo accepts but that cannot work are
+  errors here at once, with the fix: ``InterfaceMTU`` below 1280 (the tunnel set-up fails) or
+  above 65507 (RFC 4380 §5.1.2: the largest UDP payload), an interface name longer than the
+  kernel's 15 bytes, a ``Prefix`` with bits set past /32, a multicast or link-local prefix, a
+  non-global-unicast server address (a client never qualifies; set ``AllowPrivateAddresses yes``
+  in a lab).
+- Numbers are decimal. Miredo also reads C notation (``0x10``, and ``010`` meaning 8); we refuse
+  those rather than read ``010`` differently. Addresses in ``BindAddress`` and
+  ``ServerBindAddress*`` must be literal IPv4 addresses (Miredo resolves names there too).
+- Extra words after a value are ignored with a warning, as Miredo ignores them silently.
+- Hostnames are kept as strings and resolved by the runtime (Miredo's checker resolves them; this
+  module does no I/O). ``ServerAddress2`` defaults to the resolved primary + 1.
+- Miredo's man page gives "miredo" as the default interface name, yet Miredo on Linux creates
+  the kernel's ``tunN``; every shipped example sets ``InterfaceName teredo``, which is our default.
+- The last line may lack a newline (Miredo rejects that as an "overly long line").
+
+Errors raise `teredo.errors.UsageError` whose message is one sentence starting with
+``FILE:LINE:`` (or ``FILE:`` for something missing), e.g.
+``/etc/miredo/miredo.conf:7: InterfaceMTU must be between 1280 and 65507, not 900``.
+This module is part of the sans-I/O core: only `read_config_text` touches the file system.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Final, Literal, NoReturn, TypeAlias, TypeVar
+
+from teredo.address import DEFAULT_MTU, LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, is_global_ipv4
+from teredo.errors import UsageError
+from teredo.peers import DEFAULT_MAX_QUEUE_BYTES
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_SERVER_CONFIG_PATH",
+    "ClientConfig",
+    "Config",
+    "ConfigLine",
+    "ConfigWarning",
+    "RelayConfig",
+    "RelayType",
+    "Role",
+    "ServerConfig",
+    "default_control_socket",
+    "detect_role",
+    "load_config",
+    "parse_client_config",
+    "parse_config",
+    "parse_relay_config",
+    "parse_server_config",
+    "read_config_text",
+    "tokenize_config",
+]
+
+Role: TypeAlias = Literal["client", "relay", "server"]
+
+DEFAULT_CONFIG_PATH: Final = "/etc/miredo/miredo.conf"  # miredo(8), miredo-checkconf(8)
+DEFAULT_SERVER_CONFIG_PATH: Final = "/etc/miredo/miredo-server.conf"  # miredo-server(8)
+
+MIN_MTU: Final = 1280  # RFC 4380 §5.1.2, RFC 8200 §5: the IPv6 minimum link MTU
+MAX_MTU: Final = 65507  # RFC 4380 §5.1.2: the largest UDP payload over IPv4
+DEFAULT_INTERFACE_NAME: Final = "teredo"  # the name every Miredo example file sets
+MAX_INTERFACE_NAME: Final = 15  # Linux IFNAMSIZ (16) minus the NUL
+ANY_IPV4: Final = IPv4Address("0.0.0.0")
+DEFAULT_SYSLOG_FACILITY: Final = "daemon"  # miredo.conf(5)
+SYSLOG_FACILITIES: Final = frozenset(
+    # the names Miredo 1.2.6 accepts (checked with miredo-checkconf)
+    ["auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "syslog"]
+    + ["user", "uucp"]
+    + [f"local{n}" for n in range(8)]
+)
+CONTROL_SOCKET_DIR: Final = "/run/teredo"
+MAX_SOCKET_PATH: Final = 107  # Linux sockaddr_un.sun_path (108) minus the NUL
+DEFAULT_USER: Final = "nobody"  # miredo(8): "By default, it runs as nobody"
+DEFAULT_CLIENT_MAX_PEERS: Final = 1024  # Miredo's peer list bound
+# A relay serves every Teredo client that talks to its native side. 65536 entries cost some tens
+# of MB in Python; queued bytes are bounded for the whole table anyway (peers.py).
+DEFAULT_RELAY_MAX_PEERS: Final = 65536
+MAX_PEERS_LIMIT: Final = 1 << 24
+MAX_QUEUE_LIMIT: Final = 1 << 20
+DEFAULT_REFRESH_INTERVAL: Final = 30  # RFC 6081 §5.1.1 (and RFC 4380 §2.15): MUST default to 30 s
+MAX_REFRESH_INTERVAL: Final = 3600
+MAX_CONFIG_BYTES: Final = 1 << 20  # a configuration file is a few hundred bytes
+
+_BLANKS: Final = " \t\r\f\v"  # C isspace() without the newline, as Miredo splits lines
+_BLANK_RUN: Final = re.compile(r"[ \t\r\f\v]+")
+_DECIMAL: Final = re.compile(r"[0-9]+")
+_NUMERIC_HOST: Final = re.compile(r"[0-9.]+|0[xX][0-9a-fA-F.xX]*")
+_HOST_LABEL: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_USER_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,30}\$?")
+_BOOLEANS: Final = {
+    "yes": True,
+    "true": True,
+    "on": True,
+    "1": True,
+    "no": False,
+    "false": False,
+    "off": False,
+    "0": False,
+}
+# RFC 4380 §5.2.4 excludes these from global unicast; even AllowPrivateAddresses cannot make
+# them a usable unicast endpoint.
+_NEVER_UNICAST: Final = (
+    IPv4Network("0.0.0.0/8"),
+    IPv4Network("224.0.0.0/4"),
+    IPv4Network("255.255.255.255/32"),
+)
+_LINK_LOCAL_V6: Final = IPv6Network("fe80::/10")
+_MULTICAST_V6: Final = IPv6Network("ff00::/8")
+
+
+class RelayType(Enum):
+    """What ``RelayType`` selects (miredo.conf(5)); `RelayConfig` holds one of the last three."""
+
+    CLIENT = "client"
+    CONE = "cone"  # a relay with public IPv4 (or a full-cone mapping); Miredo: relay == cone
+    RESTRICTED = "restricted"  # a relay behind a restricted NAT: also sends direct bubbles
+    HOST_SPECIFIC = "host-specific"  # ours: RFC 4380 §5.4 "minimal relay" serving only this host
+
+
+_RELAY_TYPES: Final = {
+    "client": RelayType.CLIENT,
+    "autoclient": RelayType.CLIENT,  # Miredo 1.1.0 removed it and kept the word as an alias
+    "relay": RelayType.CONE,  # miredo.conf(5): "cone mode (relay also works)"
+    "cone": RelayType.CONE,
+    "restricted": RelayType.RESTRICTED,
+    "host-specific": RelayType.HOST_SPECIFIC,
+    "hostrelay": RelayType.HOST_SPECIFIC,
+}
+_RELAY_TYPE_WORDS: Final = "client, autoclient, relay, cone, restricted or host-specific"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigLine:
+    """One directive line as written: `tokenize_config`'s output."""
+
+    line: int  # 1-based, counting newline characters as Miredo does
+    name: str
+    value: str | None  # None: the name stood alone on its line
+    extra: str = ""  # words after the value (before any comment), joined by one space
+
+    @property
+    def key(self) -> str | None:
+        """The case-folded name, or None when it cannot be a directive (not ASCII)."""
+        return self.name.lower() if self.name.isascii() else None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigWarning:
+    """Something a person should know about a file that is still usable.
+
+    ``ignored`` is True when a line has no effect (unknown, repeated, not for this role, no
+    value): Miredo's daemon carries on past those lines, miredo-checkconf and ``teredo
+    checkconf`` reject the file. Other warnings are advice.
+    """
+
+    source: str
+    line: int
+    message: str
+    ignored: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """A Teredo client (``RelayType client``). Addresses are `ipaddress` objects; hostnames stay
+    strings for the runtime to resolve. ``server_address2`` is None only when ``server_address``
+    is a hostname and no ``ServerAddress2`` was given: the runtime uses the resolved address + 1."""
+
+    server_address: IPv4Address | str
+    server_address2: IPv4Address | str | None = None
+    interface_name: str = DEFAULT_INTERFACE_NAME
+    bind_address: IPv4Address = ANY_IPV4
+    bind_port: int = 0
+    syslog_facility: str = DEFAULT_SYSLOG_FACILITY
+    control_socket: str | None = f"{CONTROL_SOCKET_DIR}/client.sock"
+    user: str = DEFAULT_USER
+    hook_script: str | None = None
+    max_peers: int = DEFAULT_CLIENT_MAX_PEERS
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
+    refresh_interval: int = DEFAULT_REFRESH_INTERVAL
+    allow_private_addresses: bool = False
+    source: str = "<config>"
+    warnings: tuple[ConfigWarning, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """A Teredo relay (``RelayType relay|cone|restricted``) or host-specific relay."""
+
+    relay_type: RelayType = RelayType.CONE
+    prefix: IPv6Network = TEREDO_PREFIX
+    interface_mtu: int = DEFAULT_MTU
+    interface_name: str = DEFAULT_INTERFACE_NAME
+    bind_address: IPv4Address = ANY_IPV4
+    bind_port: int = 0
+    syslog_facility: str = DEFAULT_SYSLOG_FACILITY
+    control_socket: str | None = f"{CONTROL_SOCKET_DIR}/relay.sock"
+    user: str = DEFAULT_USER
+    max_peers: int = DEFAULT_RELAY_MAX_PEERS
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
+    allow_private_addresses: bool = False
+    source: str = "<config>"
+    warnings: tuple[ConfigWarning, ...] = ()
+
+    @property
+    def host_specific(self) -> bool:
+        return self.relay_type is RelayType.HOST_SPECIFIC
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """A Teredo server (``miredo-server.conf``): two consecutive addresses, UDP port 3544."""
+
+    server_bind_address: IPv4Address
+    server_bind_address2: IPv4Address
+    prefix: IPv6Network = TEREDO_PREFIX
+    interface_mtu: int = DEFAULT_MTU  # the MTU advertised in Router Advertisements
+    syslog_facility: str = DEFAULT_SYSLOG_FACILITY
+    control_socket: str | None = f"{CONTROL_SOCKET_DIR}/server.sock"
+    user: str = DEFAULT_USER
+    allow_private_addresses: bool = False
+    source: str = "<config>"
+    warnings: tuple[ConfigWarning, ...] = ()
+
+
+Config: TypeAlias = ClientConfig | RelayConfig | ServerConfig
+
+
+def default_control_socket(role: Role) -> str:
+    """The control socket a daemon of this role listens on unless ``ControlSocket`` says else."""
+    return f"{CONTROL_SOCKET_DIR}/{role}.sock"
+
+
+# ---------------------------------------------------------------------------------------------
+# Lexer
+
+
+def tokenize_config(text: str) -> list[ConfigLine]:
+    """Split Miredo-syntax text into directive lines; comments and blank lines are dropped."""
+    if text.startswith("\ufeff"):  # a byte-order mark left by an editor
+        text = text[1:]
+    lines: list[ConfigLine] = []
+    for number, raw in enumerate(text.split("\n"), start=1):
+        words = _BLANK_RUN.split(raw.strip(_BLANKS))
+        if not words[0] or words[0].startswith("#"):
+            continue
+        for index, word in enumerate(words):
+            if word.startswith("#"):
+                del words[index:]
+                break
+        name, *rest = words
+        value = rest[0] if rest else None
+        lines.append(ConfigLine(number, name, value, " ".join(rest[1:])))
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Values. Each parser returns the typed value or raises _Invalid with the predicate of a sentence
+# whose subject is the directive name: "must be between 1280 and 65507, not 900".
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _show(value: str) -> str:
+    """A value quoted for a one-line message: escapes control characters, cuts long values."""
+    return repr(value if len(value) <= 60 else value[:57] + "...")
+
+
+def _parse_int(value: str, low: int, high: int) -> int:
+    if not _DECIMAL.fullmatch(value) or (len(value) > 1 and value[0] == "0"):
+        raise _Invalid(f"must be a decimal number between {low} and {high}, not {_show(value)}")
+    number = int(value)
+    if not low <= number <= high:
+        raise _Invalid(f"must be between {low} and {high}, not {number}")
+    return number
+
+
+def _parse_mtu(value: str) -> int:
+    return _parse_int(value, MIN_MTU, MAX_MTU)
+
+
+def _parse_port(value: str) -> int:
+    return _parse_int(value, 0, 0xFFFF)
+
+
+def _parse_max_peers(value: str) -> int:
+    return _parse_int(value, 1, MAX_PEERS_LIMIT)
+
+
+def _parse_queue_bytes(value: str) -> int:
+    return _parse_int(value, MIN_MTU, MAX_QUEUE_LIMIT)
+
+
+def _parse_refresh(value: str) -> int:
+    return _parse_int(value, 1, MAX_REFRESH_INTERVAL)
+
+
+def _parse_bool(value: str) -> bool:
+    try:
+        return _BOOLEANS[value.lower()]
+    except KeyError:
+        raise _Invalid(f"must be yes or no, not {_show(value)}") from None
+
+
+def _parse_relay_type(value: str) -> RelayType:
+    try:
+        return _RELAY_TYPES[value.lower()]
+    except KeyError:
+        raise _Invalid(f"must be {_RELAY_TYPE_WORDS}, not {_show(value)}") from None
+
+
+def _parse_ipv4(value: str) -> IPv4Address:
+    try:
+        return IPv4Address(value)
+    except ValueError:
+        raise _Invalid(
+            f"must be an IPv4 address such as 198.51.100.2, not {_show(value)}"
+        ) from None
+
+
+def _parse_host(value: str) -> IPv4Address | str:
+    """An IPv4 literal or a hostname (kept as written, resolved by the runtime)."""
+    try:
+        return IPv4Address(value)
+    except ValueError:
+        pass
+    if ":" in value:
+        raise _Invalid(
+            f"must be an IPv4 address or a hostname (Teredo servers are reached over IPv4), "
+            f"not {_show(value)}"
+        )
+    if _NUMERIC_HOST.fullmatch(value):
+        raise _Invalid(f"must be a dotted-quad IPv4 address or a hostname, not {_show(value)}")
+    name = value[:-1] if value.endswith(".") else value
+    if not name or len(name) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in name.split(".")):
+        raise _Invalid(f"must be an IPv4 address or a hostname, not {_show(value)}")
+    return value
+
+
+def _parse_prefix(value: str) -> IPv6Network:
+    text, slash, length = value.partition("/")
+    problem = f"must be an IPv6 /32 prefix such as 2001:0::, not {_show(value)}"
+    if (slash and length != "32") or "%" in text:
+        raise _Invalid(problem)
+    try:
+        address = IPv6Address(text)
+    except ValueError:
+        raise _Invalid(problem) from None
+    if int(address) & ((1 << 96) - 1):
+        raise _Invalid(f"must have only its first 32 bits set, like 2001:0::, not {_show(value)}")
+    prefix = IPv6Network((address, 32))
+    if int(address) == 0 or prefix.overlaps(_LINK_LOCAL_V6) or prefix.overlaps(_MULTICAST_V6):
+        raise _Invalid(f"must be a global unicast prefix such as 2001:0::, not {_show(value)}")
+    return prefix
+
+
+def _parse_interface_name(value: str) -> str:
+    if (
+        len(value.encode("utf-8", "surrogateescape")) > MAX_INTERFACE_NAME
+        or not value.isascii()
+        or not value.isprintable()
+        or any(c in value for c in "/:%")
+        or value in (".", "..")
+    ):
+        raise _Invalid(
+            f"must be 1 to {MAX_INTERFACE_NAME} ASCII characters without '/', ':' or '%', "
+            f"not {_show(value)}"
+        )
+    return value
+
+
+def _parse_facility(value: str) -> str:
+    facility = value.lower()
+    if facility not in SYSLOG_FACILITIES:
+        raise _Invalid(
+            f"must be daemon, user, kern, local0 ... local7 or another syslog facility name, "
+            f"not {_show(value)}"
+        )
+    return facility
+
+
+def _parse_path(value: str) -> str:
+    if not value.startswith("/") or not value.isprintable():
+        raise _Invalid(f"must be an absolute path, not {_show(value)}")
+    return value
+
+
+def _parse_socket_path(value: str) -> str | None:
+    if value.lower() == "none":
+        return None
+    path = _parse_path(value)
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_SOCKET_PATH:
+        raise _Invalid(f"must be at most {MAX_SOCKET_PATH} bytes long (a Unix socket path limit)")
+    return path
+
+
+def _parse_user(value: str) -> str:
+    if not _USER_NAME.fullmatch(value):
+        raise _Invalid(f"must be a user name such as nobody, not {_show(value)}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The directive table
+
+
+_CLIENT: Final = frozenset({"client"})
+_RELAY_SERVER: Final = frozenset({"relay", "server"})  # Prefix, InterfaceMTU
+_CLIENT_RELAY: Final = frozenset({"client", "relay"})
+_SERVER: Final = frozenset({"server"})
+_ALL: Final = frozenset({"client", "relay", "server"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Directive:
+    name: str  # canonical spelling, used in messages
+    roles: frozenset[str]
+    parse: Callable[[str], object]
+    miredo: bool = False
+
+
+_DIRECTIVES: Final = {
+    d.name.lower(): d
+    for d in (
+        _Directive("RelayType", _CLIENT_RELAY, _parse_relay_type, miredo=True),
+        _Directive("ServerAddress", _CLIENT, _parse_host, miredo=True),
+        _Directive("ServerAddress2", _CLIENT, _parse_host, miredo=True),
+        _Directive("Prefix", _RELAY_SERVER, _parse_prefix, miredo=True),
+        _Directive("InterfaceMTU", _RELAY_SERVER, _parse_mtu, miredo=True),
+        _Directive("InterfaceName", _CLIENT_RELAY, _parse_interface_name, miredo=True),
+        _Directive("BindAddress", _CLIENT_RELAY, _parse_ipv4, miredo=True),
+        _Directive("BindPort", _CLIENT_RELAY, _parse_port, miredo=True),
+        _Directive("SyslogFacility", _ALL, _parse_facility, miredo=True),
+        _Directive("ServerBindAddress", _SERVER, _parse_ipv4, miredo=True),
+        _Directive("ServerBindAddress2", _SERVER, _parse_ipv4, miredo=True),
+        _Directive("ControlSocket", _ALL, _parse_socket_path),
+        _Directive("User", _ALL, _parse_user),
+        _Directive("HookScript", _CLIENT, _parse_path),
+        _Directive("MaxPeers", _CLIENT_RELAY, _parse_max_peers),
+        _Directive("MaxQueueBytes", _CLIENT_RELAY, _parse_queue_bytes),
+        _Directive("RefreshInterval", _CLIENT, _parse_refresh),
+        _Directive("AllowPrivateAddresses", _ALL, _parse_bool),
+    )
+}
+
+_ROLE_NAMES: Final = {"client": "clients", "relay": "relays", "server": "servers"}
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """The directives of one file after the lexer: first occurrences, warnings, error helpers."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.source = source
+        self.warnings: list[ConfigWarning] = []
+        self.lines: dict[str, ConfigLine] = {}
+        for line in tokenize_config(text):
+            key = line.key
+            directive = _DIRECTIVES.get(key) if key is not None else None
+            if directive is None:
+                self.warn(line.line, _unknown_message(line.name))
+            elif line.value is None:
+                self.warn(line.line, f"{directive.name} has no value, so the line is ignored")
+            elif directive.name.lower() in self.lines:
+                first = self.lines[directive.name.lower()].line
+                self.warn(
+                    line.line,
+                    f"{directive.name} was already set at line {first}, which is the one used",
+                )
+            else:
+                self.lines[directive.name.lower()] = line
+                if line.extra:
+                    self.warn(
+                        line.line,
+                        f"the text after the value of {directive.name} is ignored: "
+                        f"{_show(line.extra)}",
+                        ignored=False,
+                    )
+
+    def warn(self, line: int, message: str, *, ignored: bool = True) -> None:
+        self.warnings.append(ConfigWarning(self.source, line, message, ignored))
+
+    def fail(self, key: str | None, message: str) -> NoReturn:
+        line = self.lines.get(key) if key is not None else None
+        where = f"{self.source}:{line.line}" if line is not None else self.source
+        raise UsageError(f"{where}: {message}")
+
+    def has(self, key: str) -> bool:
+        return key in self.lines
+
+    def get(self, key: str, parse: Callable[[str], T], default: T) -> T:
+        line = self.lines.get(key)
+        if line is None or line.value is None:
+            return default
+        try:
+            return parse(line.value)
+        except _Invalid as problem:
+            self.fail(key, f"{_DIRECTIVES[key].name} {problem}")
+
+    def check_role(self, role: Role) -> None:
+        """Validate every value in file order, and warn about directives the role ignores."""
+        for key, line in sorted(self.lines.items(), key=lambda item: item[1].line):
+            directive = _DIRECTIVES[key]
+            if role not in directive.roles:
+                users = " and ".join(_ROLE_NAMES[r] for r in sorted(directive.roles))
+                self.warn(
+                    line.line,
+                    f"{directive.name} does not apply to a {role} configuration "
+                    f"(it is for {users}), so it is ignored",
+                )
+            else:
+                self.get(key, directive.parse, None)
+        for key in [k for k in self.lines if role not in _DIRECTIVES[k].roles]:
+            del self.lines[key]
+
+    def sorted_warnings(self) -> tuple[ConfigWarning, ...]:
+        return tuple(sorted(self.warnings, key=lambda w: w.line))
+
+
+def _unknown_message(name: str) -> str:
+    shown = name if name.isascii() and name.isprintable() and len(name) <= 40 else _show(name)
+    hint = ""
+    if "=" in name:
+        hint = " (write 'Name value', without '=')"
+    else:
+        close = difflib.get_close_matches(name.lower(), list(_DIRECTIVES), n=1, cutoff=0.8)
+        if close:
+            hint = f" (did you mean {_DIRECTIVES[close[0]].name}?)"
+    return f"unknown directive {shown}{hint}, so the line is ignored"
+
+
+def _file_role(reader: _Reader) -> tuple[Role, RelayType]:
+    """What the file configures: ServerBindAddress means a server, else RelayType decides."""
+    if reader.has("serverbindaddress"):
+        return "server", RelayType.CLIENT  # RelayType does not apply: it is ignored later
+    relay_type = reader.get("relaytype", _parse_relay_type, RelayType.CLIENT)
+    return ("client" if relay_type is RelayType.CLIENT else "relay"), relay_type
+
+
+def _require_role(reader: _Reader, wanted: Role, found: Role) -> None:
+    if wanted == found:
+        return
+    if found == "server":
+        reader.fail(
+            "serverbindaddress",
+            f"ServerBindAddress makes this a server configuration, not a {wanted} one; "
+            f"use it with `teredo server`",
+        )
+    if wanted == "relay":  # found a client
+        if reader.has("relaytype"):
+            reader.fail(
+                "relaytype",
+                f"RelayType {reader.lines['relaytype'].value} makes this a client configuration; "
+                f"a relay needs RelayType relay, cone, restricted or host-specific",
+            )
+        reader.fail(
+            None,
+            "there is no RelayType, so this is a client configuration; add 'RelayType relay' "
+            "to configure a relay",
+        )
+    if wanted == "client":  # found a relay
+        reader.fail(
+            "relaytype",
+            f"RelayType {reader.lines['relaytype'].value} makes this a relay configuration, "
+            f"not a client one; use it with `teredo relay`, or remove RelayType",
+        )
+    # wanted a server, found a client or relay file: the missing address is reported later.
+
+
+def _unicast(
+    reader: _Reader,
+    key: str | None,
+    what: str,
+    address: IPv4Address,
+    allow_private: bool,
+    consequence: str,
+) -> None:
+    """Refuse addresses that are not global unicast (RFC 4380 §5.2.4), or not unicast at all."""
+    if any(address in network for network in _NEVER_UNICAST):
+        reader.fail(key, f"{what} must be a unicast IPv4 address, not {address}")
+    if not allow_private and not is_global_ipv4(address):
+        reader.fail(
+            key,
+            f"{what} {address} is not a global unicast IPv4 address, so {consequence}; "
+            f"use a public address, or set AllowPrivateAddresses yes in a lab",
+        )
+
+
+def _next_address(
+    reader: _Reader,
+    key: str | None,
+    what: str,
+    address: IPv4Address,
+    allow_private: bool,
+    directive2: str,
+) -> IPv4Address:
+    """The conventional secondary address, primary + 1 (miredo.conf(5); requirements G10)."""
+    following = int(address) + 1
+    if following > 0xFFFFFFFF:
+        reader.fail(key, f"{what} {address} has no next address, so set {directive2}")
+    secondary = IPv4Address(following)
+    usable = not any(secondary in network for network in _NEVER_UNICAST)
+    if not usable or not (allow_private or is_global_ipv4(secondary)):
+        reader.fail(
+            key,
+            f"the secondary address {what} + 1 = {secondary} is not a global unicast IPv4 "
+            f"address, so set {directive2}",
+        )
+    return secondary
+
+
+def _control_socket(reader: _Reader, role: Role) -> str | None:
+    default: str | None = default_control_socket(role)
+    return reader.get("controlsocket", _parse_socket_path, default)
+
+
+def _queue_bytes(reader: _Reader, mtu: int) -> int:
+    """MaxQueueBytes: at least one full packet of the interface MTU."""
+    queue = reader.get("maxqueuebytes", _parse_queue_bytes, max(DEFAULT_MAX_QUEUE_BYTES, mtu))
+    if queue < mtu:
+        reader.fail(
+            "maxqueuebytes",
+            f"MaxQueueBytes must be at least the InterfaceMTU of {mtu}, not {queue}, "
+            f"so that one full packet fits",
+        )
+    return queue
+
+
+def _prefix_and_mtu(reader: _Reader) -> tuple[IPv6Network, int]:
+    prefix = reader.get("prefix", _parse_prefix, TEREDO_PREFIX)
+    mtu = reader.get("interfacemtu", _parse_mtu, DEFAULT_MTU)
+    if prefix == LEGACY_TEREDO_PREFIX:
+        reader.warn(
+            reader.lines["prefix"].line,
+            "Prefix 3ffe:831f:: is the pre-RFC Teredo prefix; current clients use 2001:0::",
+            ignored=False,
+        )
+    if mtu != DEFAULT_MTU and prefix == TEREDO_PREFIX:
+        reader.warn(
+            reader.lines["interfacemtu"].line,
+            f"InterfaceMTU {mtu} with the global prefix 2001:0:: breaks interoperability; "
+            f"Teredo peers assume 1280 (RFC 4380 §5.1.2)",
+            ignored=False,
+        )
+    return prefix, mtu
+
+
+# ---------------------------------------------------------------------------------------------
+# The three configurations
+
+
+def _build_client(reader: _Reader, server: str | None) -> ClientConfig:
+    allow_private = reader.get("allowprivateaddresses", _parse_bool, False)
+    primary: IPv4Address | str | None
+    primary_key: str | None
+    if server is not None:
+        try:
+            primary = _parse_host(server)
+        except _Invalid as problem:
+            raise UsageError(f"the server given on the command line {problem}") from None
+        primary_key = None
+        secondary: IPv4Address | str | None = None
+        if reader.has("serveraddress2"):
+            reader.warn(
+                reader.lines["serveraddress2"].line,
+                "ServerAddress2 is not used because the server was given on the command line",
+                ignored=False,
+            )
+    else:
+        primary = reader.get("serveraddress", _parse_host, None)
+        primary_key = "serveraddress"
+        if primary is None:
+            reader.fail(
+                None,
+                "there is no ServerAddress; add 'ServerAddress' with the Teredo server's "
+                "hostname or IPv4 address, or give the server on the command line",
+            )
+        secondary = reader.get("serveraddress2", _parse_host, None)
+    what = "ServerAddress" if primary_key else "the server given on the command line"
+    consequence = "the client could never qualify"
+    if isinstance(primary, IPv4Address):
+        _unicast(reader, primary_key, what, primary, allow_private, consequence)
+    if isinstance(secondary, IPv4Address):
+        _unicast(reader, "serveraddress2", "ServerAddress2", secondary, allow_private, consequence)
+        if secondary == primary:
+            reader.fail("serveraddress2", "ServerAddress2 must differ from ServerAddress")
+    elif secondary is None and isinstance(primary, IPv4Address):
+        secondary = _next_address(
+            reader, primary_key, what, primary, allow_private, "ServerAddress2"
+        )
+    return ClientConfig(
+        server_address=primary,
+        server_address2=secondary,
+        interface_name=reader.get("interfacename", _parse_interface_name, DEFAULT_INTERFACE_NAME),
+        bind_address=reader.get("bindaddress", _parse_ipv4, ANY_IPV4),
+        bind_port=reader.get("bindport", _parse_port, 0),
+        syslog_facility=reader.get("syslogfacility", _parse_facility, DEFAULT_SYSLOG_FACILITY),
+        control_socket=_control_socket(reader, "client"),
+        user=reader.get("user", _parse_user, DEFAULT_USER),
+        hook_script=reader.get("hookscript", _parse_path, None),
+        max_peers=reader.get("maxpeers", _parse_max_peers, DEFAULT_CLIENT_MAX_PEERS),
+        max_queue_bytes=_queue_bytes(reader, DEFAULT_MTU),
+        refresh_interval=reader.get("refreshinterval", _parse_refresh, DEFAULT_REFRESH_INTERVAL),
+        allow_private_addresses=allow_private,
+        source=reader.source,
+        warnings=reader.sorted_warnings(),
+    )
+
+
+def _build_relay(reader: _Reader, relay_type: RelayType) -> RelayConfig:
+    prefix, mtu = _prefix_and_mtu(reader)
+    if relay_type is RelayType.RESTRICTED:
+        reader.warn(
+            reader.lines["relaytype"].line,
+            "RelayType restricted makes NAT traversal unreliable (miredo.conf(5) says not to "
+            "use it); prefer RelayType relay on a public IPv4 address",
+            ignored=False,
+        )
+    default_peers = (
+        DEFAULT_CLIENT_MAX_PEERS
+        if relay_type is RelayType.HOST_SPECIFIC
+        else DEFAULT_RELAY_MAX_PEERS
+    )
+    return RelayConfig(
+        relay_type=relay_type,
+        prefix=prefix,
+        interface_mtu=mtu,
+        interface_name=reader.get("interfacename", _parse_interface_name, DEFAULT_INTERFACE_NAME),
+        bind_address=reader.get("bindaddress", _parse_ipv4, ANY_IPV4),
+        bind_port=reader.get("bindport", _parse_port, 0),
+        syslog_facility=reader.get("syslogfacility", _parse_facility, DEFAULT_SYSLOG_FACILITY),
+        control_socket=_control_socket(reader, "relay"),
+        user=reader.get("user", _parse_user, DEFAULT_USER),
+        max_peers=reader.get("maxpeers", _parse_max_peers, default_peers),
+        max_queue_bytes=_queue_bytes(reader, mtu),
+        allow_private_addresses=reader.get("allowprivateaddresses", _parse_bool, False),
+        source=reader.source,
+        warnings=reader.sorted_warnings(),
+    )
+
+
+def _build_server(reader: _Reader, address: str | None) -> ServerConfig:
+    allow_private = reader.get("allowprivateaddresses", _parse_bool, False)
+    consequence = "clients could never reach the server"
+    primary_key: str | None
+    if address is not None:
+        try:
+            primary = _parse_ipv4(address)
+        except _Invalid as problem:
+            raise UsageError(f"the address given on the command line {problem}") from None
+        primary_key, what = None, "the address given on the command line"
+        secondary = None
+        if reader.has("serverbindaddress2"):
+            reader.warn(
+                reader.lines["serverbindaddress2"].line,
+                "ServerBindAddress2 is not used because the address was given on the command line",
+                ignored=False,
+            )
+    else:
+        found = reader.get("serverbindaddress", _parse_ipv4, None)
+        if found is None:
+            reader.fail(
+                None,
+                "there is no ServerBindAddress; add 'ServerBindAddress' with the first of the "
+                "server's two consecutive public IPv4 addresses",
+            )
+        primary, primary_key, what = found, "serverbindaddress", "ServerBindAddress"
+        secondary = reader.get("serverbindaddress2", _parse_ipv4, None)
+    _unicast(reader, primary_key, what, primary, allow_private, consequence)
+    if secondary is None:
+        secondary = _next_address(
+            reader, primary_key, what, primary, allow_private, "ServerBindAddress2"
+        )
+    else:
+        _unicast(
+            reader,
+            "serverbindaddress2",
+            "ServerBindAddress2",
+            secondary,
+            allow_private,
+            consequence,
+        )
+        if secondary == primary:
+            reader.fail(
+                "serverbindaddress2", "ServerBindAddress2 must differ from ServerBindAddress"
+            )
+        if int(secondary) != int(primary) + 1:
+            reader.warn(
+                reader.lines["serverbindaddress2"].line,
+                f"ServerBindAddress2 {secondary} is not ServerBindAddress + 1, so clients "
+                f"need ServerAddress2 {secondary} and other Teredo clients may not work",
+                ignored=False,
+            )
+    prefix, mtu = _prefix_and_mtu(reader)
+    return ServerConfig(
+        server_bind_address=primary,
+        server_bind_address2=secondary,
+        prefix=prefix,
+        interface_mtu=mtu,
+        syslog_facility=reader.get("syslogfacility", _parse_facility, DEFAULT_SYSLOG_FACILITY),
+        control_socket=_control_socket(reader, "server"),
+        user=reader.get("user", _parse_user, DEFAULT_USER),
+        allow_private_addresses=allow_private,
+        source=reader.source,
+        warnings=reader.sorted_warnings(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def detect_role(text: str, source: str = "<config>") -> Role:
+    """The role a file configures: server with ServerBindAddress, else by RelayType."""
+    return _file_role(_Reader(text, source))[0]
+
+
+def parse_config(
+    text: str,
+    role: Role | None = None,
+    source: str = "<config>",
+    *,
+    server: str | None = None,
+    address: str | None = None,
+) -> Config:
+    """Parse Miredo-syntax `text` for `role` (detected from the text when None).
+
+    `server` (client) and `address` (server) are command-line overrides of ``ServerAddress``
+    and ``ServerBindAddress``; with one, the file's secondary address is not used.
+    Raises `UsageError` with one ``source:line:`` sentence; warnings are on the result.
+    """
+    reader = _Reader(text, source)
+    found, relay_type = _file_role(reader)
+    if role is None:
+        role = found
+    _require_role(reader, role, found)
+    reader.check_role(role)
+    if role == "client":
+        return _build_client(reader, server)
+    if role == "relay":
+        return _build_relay(reader, relay_type)
+    return _build_server(reader, address)
+
+
+def parse_client_config(
+    text: str, source: str = "<config>", *, server: str | None = None
+) -> ClientConfig:
+    """Parse a client configuration (miredo.conf with RelayType client or none)."""
+    config = parse_config(text, "client", source, server=server)
+    assert isinstance(config, ClientConfig)
+    return config
+
+
+def parse_relay_config(text: str, source: str = "<config>") -> RelayConfig:
+    """Parse a relay configuration (RelayType relay, cone, restricted or host-specific)."""
+    config = parse_config(text, "relay", source)
+    assert isinstance(config, RelayConfig)
+    return config
+
+
+def parse_server_config(
+    text: str, source: str = "<config>", *, address: str | None = None
+) -> ServerConfig:
+    """Parse a server configuration (miredo-server.conf)."""
+    config = parse_config(text, "server", source, address=address)
+    assert isinstance(config, ServerConfig)
+    return config
+
+
+def read_config_text(path: str) -> str:
+    """The text of a configuration file; every failure is one `UsageError` sentence."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise UsageError(f"cannot read {path}: {reason}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UsageError(f"{path} is larger than 1 MiB, so it is not a Teredo configuration file")
+    if b"\0" in data:
+        raise UsageError(f"{path} contains NUL bytes, so it is not a Teredo configuration file")
+    # Miredo reads bytes: non-UTF-8 bytes (a Latin-1 comment) must not stop a file from loading.
+    return data.decode("utf-8", "surrogateescape")
+
+
+def load_config(
+    path: str,
+    role: Role | None = None,
+    *,
+    server: str | None = None,
+    address: str | None = None,
+) -> Config:
+    """Read and parse the file at `path` (see `parse_config`)."""
+    return parse_config(read_config_text(path), role, path, server=server, address=address)
