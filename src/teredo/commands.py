@@ -101,3 +101,29 @@ def encode(
     network = _parse_prefix(prefix) if prefix is not None else TEREDO_PREFIX
     print(encode_teredo_address(server_address, mapped_address, mapped_port, flag_value, network))
     return 0
+
+
+def checkconf(path: str | None) -> int:
+    """`teredo checkconf [FILE]`: validate a client, relay or server configuration file.
+
+    Like miredo-checkconf: silent and exit 0 when the file is valid; a line that would be
+    ignored (unknown, repeated or misplaced directive) fails the check. Unlike it, server files
+    (those with ServerBindAddress) are checked as server files, and hostnames are not resolved.
+    Warnings go to stderr, one line each; a failure is one `UsageError` sentence (exit 2).
+    """
+    import sys
+
+    from teredo.config import DEFAULT_CONFIG_PATH, load_config
+
+    file = DEFAULT_CONFIG_PATH if path is None else path
+    config = load_config(file)
+    for warning in config.warnings:
+        print(f"teredo: warning: {warning}", file=sys.stderr)
+    ignored = sum(1 for warning in config.warnings if warning.ignored)
+    if ignored:
+        lines = "line is" if ignored == 1 else "lines are"
+        raise UsageError(
+            f"{file}: {ignored} {lines} ignored (see the warnings above); fix or remove "
+            f"{'it' if ignored == 1 else 'them'}"
+        )
+    return 0
