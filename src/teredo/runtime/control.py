@@ -1,0 +1,456 @@
+"""The control socket: how `teredo status` asks a running daemon for its state.
+
+Protocol: a client connects to the daemon's AF_UNIX stream socket (configuration directive
+`ControlSocket`, by convention `/run/teredo/ROLE.sock`), sends one JSON line such as
+`{"command": "status"}` and reads one JSON document back; then the daemon closes the connection.
+A failed request is answered with `{"error": "one sentence"}`.
+
+The status document is shared by every role and open to role-specific keys::
+
+    {
+      "role": "client",            # client | server | relay | ...
+      "version": "0.1.0",          # filled in by the control server when missing
+      "pid": 4242,                 # idem
+      "uptime": 3723.4,            # seconds, idem (measured from `started`)
+      "state": "qualified",        # the core's state, free text
+      "counters": {"name": int},   # traffic counters
+      "drops": {"reason": int},    # dropped input, by named reason (STYLE.md §5)
+      "address": "2001:0:...",     # optional: decoded in the human rendering
+      "peers": [...] or {...},     # optional: summarised in the human rendering
+      ...                          # anything else: rendered generically
+    }
+
+Values may be `ipaddress` objects or Enums: they are encoded as strings (Enum: its value).
+
+Daemon side: `server = await start_control_server(path, get_status, commands={"peers": ...})`,
+then `await server.close()` on exit (it removes the socket file). CLI side: `run_status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable, Mapping
+from ipaddress import IPv6Network
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from teredo.errors import ParseError, UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTROL_DIR: Final = "/run/teredo"
+SOCKET_SUFFIX: Final = ".sock"
+SOCKET_MODE: Final = 0o660  # owner and group (e.g. an admin group) may ask; others may not
+REQUEST_TIMEOUT: Final = 5.0  # seconds a client may take to send its request line
+CLIENT_TIMEOUT: Final = 5.0  # seconds `teredo status` waits for the daemon
+MAX_LINE_BYTES: Final = 64 * 1024
+
+StatusGetter = Callable[[], Mapping[str, Any]]
+"""Returns the status document (see the module docstring); called on the event loop."""
+
+Command = Callable[[], object]
+"""An extra control command: returns any JSON-encodable value."""
+
+
+def default_control_socket(role: str) -> str:
+    """The conventional control socket path for a role, e.g. /run/teredo/client.sock."""
+    return os.path.join(DEFAULT_CONTROL_DIR, role + SOCKET_SUFFIX)
+
+
+# --- daemon side ------------------------------------------------------------------------------
+
+
+class ControlServer:
+    """A running control socket server. Close it with `await server.close()` (or `async with`)."""
+
+    def __init__(
+        self,
+        path: str,
+        get_status: StatusGetter,
+        commands: Mapping[str, Command],
+        started: float,
+    ) -> None:
+        self.path = path
+        self._get_status = get_status
+        self._commands: dict[str, Command] = {"status": self.status, **commands}
+        self._started = started
+        self._server: asyncio.AbstractServer | None = None
+        self._inode: int | None = None
+
+    def status(self) -> dict[str, Any]:
+        """The status document with the common keys (version, pid, uptime) filled in."""
+        from teredo import __version__
+
+        document = dict(self._get_status())
+        document.setdefault("version", __version__)
+        document.setdefault("pid", os.getpid())
+        document.setdefault("uptime", round(time.monotonic() - self._started, 1))
+        return document
+
+    def answer(self, request: bytes) -> object:
+        """The reply to one request line (exposed for tests)."""
+        try:
+            message = json.loads(request)
+        except ValueError:
+            return {"error": 'the request is not JSON; send {"command": "status"}'}
+        command = message.get("command") if isinstance(message, dict) else None
+        handler = self._commands.get(command) if isinstance(command, str) else None
+        if handler is None:
+            known = ", ".join(sorted(self._commands))
+            return {"error": f"unknown command {command!r}; known commands: {known}"}
+        try:
+            return handler()
+        except Exception:
+            log.exception("control command %r failed", command)
+            return {"error": f"internal error while answering {command!r}; see the daemon's log"}
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            if line.strip():
+                writer.write(encode_document(self.answer(line)))
+                await writer.drain()
+        except (TimeoutError, ConnectionError, ValueError) as error:
+            # ValueError: a line longer than MAX_LINE_BYTES.
+            log.debug("control connection dropped: %r", error)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def close(self) -> None:
+        """Stop answering and remove the socket file (if it is still ours)."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        try:
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            # After a privilege drop the directory is not ours to write; the next start
+            # removes the stale socket.
+            log.debug("cannot remove %s after dropping privileges", self.path)
+
+    async def __aenter__(self) -> ControlServer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def start_control_server(
+    path: str,
+    get_status: StatusGetter,
+    *,
+    commands: Mapping[str, Command] | None = None,
+    started: float | None = None,
+    mode: int = SOCKET_MODE,
+) -> ControlServer:
+    """Listen on the AF_UNIX socket `path` and answer control requests on the running loop.
+
+    `get_status()` builds the status document for `{"command": "status"}`; `commands` adds
+    more (e.g. `{"peers": core_peer_list}`). `started` is the daemon's start on the
+    `time.monotonic()` clock (default: now), for the uptime. The parent directory is created
+    (mode 0755) when missing; a stale socket left by a daemon that died is replaced; the socket
+    is created with `mode` (default 0660). Raises `UserError` when another daemon already
+    answers on `path` or the path cannot be used.
+    """
+    server = ControlServer(
+        path, get_status, commands or {}, time.monotonic() if started is None else started
+    )
+    directory = os.path.dirname(path) or "."
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as error:
+        raise UserError(
+            f"cannot create {directory} for the control socket: {error.strerror}; run as root "
+            "or set ControlSocket to a path in a writable directory"
+        ) from None
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        previous = os.umask(0o777 & ~mode)  # no window where the socket has looser permissions
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(previous)
+        os.chmod(path, mode)
+        server._inode = os.stat(path).st_ino
+        server._server = await asyncio.start_unix_server(
+            server._serve, sock=sock, limit=MAX_LINE_BYTES
+        )
+    except OSError as error:
+        sock.close()
+        raise UserError(
+            f"cannot listen on control socket {path}: {error.strerror or error}; "
+            "set ControlSocket to a short path in a writable directory"
+        ) from None
+    log.info("control socket listening on %s", path)
+    return server
+
+
+def _remove_stale(path: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise UserError(f"{path} exists and is not a socket; remove it or set ControlSocket")
+    if _answers(path):
+        raise UserError(
+            f"another daemon is already listening on {path}; stop it or set ControlSocket to "
+            "another path"
+        )
+    os.unlink(path)
+    log.info("removed stale control socket %s", path)
+
+
+def _answers(path: str) -> bool:
+    """Whether something accepts connections on the socket file `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def encode_document(document: object) -> bytes:
+    """One JSON line; ipaddress objects become strings, Enums their value."""
+    return json.dumps(document, default=_json_default, separators=(",", ":")).encode() + b"\n"
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    return str(value)
+
+
+# --- CLI side ---------------------------------------------------------------------------------
+
+
+def query_control_socket(
+    path: str, command: str = "status", timeout: float = CLIENT_TIMEOUT
+) -> Any:
+    """Send one command to the daemon at `path` and return its decoded answer.
+
+    Raises `UserError` when nobody answers or the daemon reports an error.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+            with sock.makefile("rb") as stream:
+                line = stream.readline(MAX_LINE_BYTES * 64)
+        except FileNotFoundError:
+            raise UserError(
+                f"no control socket at {path}; is the daemon running with ControlSocket {path}?"
+            ) from None
+        except ConnectionRefusedError:
+            raise UserError(
+                f"no daemon is listening on {path} (a stale socket left by a stopped daemon); "
+                "start the daemon or remove the file"
+            ) from None
+        except PermissionError:
+            raise UserError(
+                f"cannot connect to {path}: permission denied; run as root or as a member of "
+                "the socket's group"
+            ) from None
+        except TimeoutError:
+            raise UserError(f"the daemon at {path} did not answer within {timeout:g} s") from None
+        except OSError as error:
+            raise UserError(f"cannot talk to the daemon at {path}: {error.strerror}") from None
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        raise UserError(
+            f"the daemon at {path} closed the connection without a JSON answer"
+        ) from None
+    if isinstance(answer, dict) and "error" in answer and len(answer) == 1:
+        raise UserError(f"the daemon at {path} answered: {answer['error']}")
+    return answer
+
+
+def find_control_socket(directory: str = DEFAULT_CONTROL_DIR) -> str:
+    """The one live control socket in `directory`; `UserError` when there are none or several."""
+    candidates = sorted(
+        str(entry) for entry in Path(directory).glob("*" + SOCKET_SUFFIX) if _is_socket(entry)
+    )
+    live = [path for path in candidates if _answers(path)]
+    if len(live) == 1:
+        return live[0]
+    if not live:
+        stale = f" (only stale sockets: {', '.join(candidates)})" if candidates else ""
+        raise UserError(
+            f"no teredo daemon is running: no live control socket in {directory}{stale}; "
+            "start one, or pass --socket PATH"
+        )
+    raise UserError(
+        f"several teredo daemons are running ({', '.join(live)}); pick one with --socket PATH"
+    )
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def run_status(
+    socket_path: str | None, as_json: bool, *, search_dir: str = DEFAULT_CONTROL_DIR
+) -> int:
+    """`teredo status [--json] [--socket PATH]`: print a daemon's status; exit status 0.
+
+    Without a path, query the only live socket in `search_dir` (/run/teredo).
+    """
+    path = socket_path or find_control_socket(search_dir)
+    document = query_control_socket(path, "status")
+    if as_json:
+        print(json.dumps(document, indent=2))
+    elif isinstance(document, Mapping):
+        print(render_status(document), end="")
+    else:
+        raise UserError(f"the daemon at {path} answered with something that is not a status")
+    return 0
+
+
+# --- human rendering --------------------------------------------------------------------------
+
+_LABEL_WIDTH: Final = 11
+_HEADER_KEYS: Final = frozenset({"role", "version", "pid", "uptime"})
+
+
+def render_status(document: Mapping[str, Any]) -> str:
+    """The status document as text for a person: a header line, then one block per key.
+
+    Known keys get a tailored line (address decoded, peers summarised, empty counters shown as
+    "none"); unknown keys are rendered generically, nested mappings indented.
+    """
+    role = document.get("role", "daemon")
+    header = [f"teredo {role}"]
+    if "version" in document:
+        header.append(str(document["version"]))
+    if "pid" in document:
+        header.append(f"(pid {document['pid']})")
+    line = " ".join(header)
+    if isinstance(document.get("uptime"), int | float):
+        line += f", up {format_duration(float(document['uptime']))}"
+    lines = [line]
+    for key, value in document.items():
+        if key in _HEADER_KEYS:
+            continue
+        if key == "address" and isinstance(value, str):
+            lines += _render_address(value, document.get("prefix"))
+        elif key == "peers":
+            lines.append(_row("peers", _peers_summary(value)))
+        elif key in ("counters", "drops") and isinstance(value, Mapping) and not value:
+            lines.append(_row(key, "none"))
+        else:
+            lines += _render_value(key, value, 0)
+    return "\n".join(lines) + "\n"
+
+
+def format_duration(seconds: float) -> str:
+    """3723.4 -> "1h 02m 03s"; 90061 -> "1d 1h 01m 01s"."""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h {minutes:02d}m {secs:02d}s"
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _row(label: str, text: str, depth: int = 0) -> str:
+    indent = "  " * depth
+    return f"{indent}{label:<{max(_LABEL_WIDTH - len(indent), len(label) + 1)}}{text}".rstrip()
+
+
+def _scalar(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _render_value(label: str, value: object, depth: int) -> list[str]:
+    if isinstance(value, Mapping):
+        if not value:
+            return [_row(label, "none", depth)]
+        lines = ["  " * depth + label]
+        for key, item in value.items():
+            lines += _render_value(str(key), item, depth + 1)
+        return lines
+    if isinstance(value, list | tuple):
+        if all(not isinstance(item, Mapping | list | tuple) for item in value):
+            return [_row(label, ", ".join(_scalar(item) for item in value) or "none", depth)]
+        lines = [_row(label, f"{len(value)} entries", depth)]
+        for item in value:
+            if isinstance(item, Mapping):
+                text = ", ".join(f"{k} {_scalar(v)}" for k, v in item.items())
+            else:
+                text = json.dumps(item, default=str)
+            lines.append("  " * (depth + 1) + "- " + text)
+        return lines
+    return [_row(label, _scalar(value), depth)]
+
+
+def _render_address(text: str, prefix: object) -> list[str]:
+    from teredo.address import LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, parse_teredo_address
+
+    lines = [_row("address", text)]
+    prefixes: tuple[IPv6Network, ...] = (TEREDO_PREFIX, LEGACY_TEREDO_PREFIX)
+    try:
+        if isinstance(prefix, str):
+            prefixes = (IPv6Network(prefix if "/" in prefix else prefix + "/32"),)
+        teredo = parse_teredo_address(text, prefixes)
+    except (ParseError, ValueError):
+        return lines
+    cone = ", cone" if teredo.cone else ""
+    lines.append(
+        _row(
+            "", f"server {teredo.server}, mapped {teredo.mapped_address}:{teredo.mapped_port}{cone}"
+        )
+    )
+    return lines
+
+
+def _peers_summary(peers: object) -> str:
+    if isinstance(peers, int) and not isinstance(peers, bool):
+        return str(peers)
+    if isinstance(peers, list | tuple):
+        trusted = sum(1 for p in peers if isinstance(p, Mapping) and p.get("trusted"))
+        has_trust = any(isinstance(p, Mapping) and "trusted" in p for p in peers)
+        return f"{len(peers)} ({trusted} trusted)" if has_trust else str(len(peers))
+    if isinstance(peers, Mapping):
+        return ", ".join(f"{k} {_scalar(v)}" for k, v in peers.items()) or "none"
+    return _scalar(peers)

@@ -1,0 +1,239 @@
+"""The TUN device: the IPv6 side of a Teredo client or relay.
+
+`open_tun(name)` creates (or attaches to) a layer-3 TUN interface through `/dev/net/tun` with
+`IFF_TUN | IFF_NO_PI`: every read returns exactly one IPv6 packet, every write injects one, with
+no extra header. The file descriptor is non-blocking and close-on-exec. The device is not made
+persistent, so the kernel deletes it when the last descriptor closes: a crashed daemon leaves no
+interface behind. (If an interface of that name already existed, persistent, we attach to it
+and leave its persistence alone.)
+
+Configure the interface (link up, MTU, addresses, routes) with `teredo.runtime.netlink`.
+
+Hook the device to asyncio with `loop.add_reader(tun.fileno(), tun.drain, handler)`; the
+handler gets a `memoryview` of a reused buffer, valid only during the call.
+
+For later performance work, two kernel features are exposed but not needed today:
+
+- `multi_queue=True` (IFF_MULTI_QUEUE): call `open_tun` again with the same name to attach more
+  queues (one per worker); the kernel spreads flows across them.
+- `vnet_hdr=True` (IFF_VNET_HDR): each packet read or written starts with a
+  `VNET_HEADER_BYTES`-byte `struct virtio_net_hdr`, the key to GSO/GRO offloads (TUNSETOFFLOAD).
+  With it, `drain` and `write` carry that header: the caller parses and builds it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import Final
+
+from teredo.errors import UsageError, UserError
+
+log = logging.getLogger(__name__)
+
+TUN_DEVICE: Final = "/dev/net/tun"
+
+# <linux/if_tun.h>
+TUNSETIFF: Final = 0x400454CA  # _IOW('T', 202, int)
+IFF_TUN: Final = 0x0001
+IFF_MULTI_QUEUE: Final = 0x0100
+IFF_NO_PI: Final = 0x1000
+IFF_VNET_HDR: Final = 0x4000
+
+IFNAMSIZ: Final = 16  # including the terminating NUL
+VNET_HEADER_BYTES: Final = 10  # sizeof(struct virtio_net_hdr), the kernel's default
+READ_BUFFER_BYTES: Final = 65536 + VNET_HEADER_BYTES  # any packet, even a GSO super-packet
+DRAIN_LIMIT: Final = 64  # packets per readiness callback
+
+_IFREQ: Final = struct.Struct("16sH22x")  # struct ifreq: name, flags, padding to 40 bytes
+
+PacketHandler = Callable[[memoryview], None]
+"""`handler(packet)`; the view is only valid during the call."""
+
+
+class TunDevice:
+    """An open TUN queue. Build it with `open_tun`.
+
+    `name` is the interface name the kernel gave (it can differ from the request when the
+    request was a template like "teredo%d").
+    """
+
+    __slots__ = (
+        "_buffers",
+        "_view",
+        "fd",
+        "multi_queue",
+        "name",
+        "read_errors",
+        "vnet_hdr",
+        "write_eagain",
+        "write_errors",
+    )
+
+    def __init__(self, fd: int, name: str, *, multi_queue: bool, vnet_hdr: bool) -> None:
+        self.fd = fd
+        self.name = name
+        self.multi_queue = multi_queue
+        self.vnet_hdr = vnet_hdr
+        buffer = bytearray(READ_BUFFER_BYTES)
+        self._buffers = [buffer]
+        self._view = memoryview(buffer)
+        self.read_errors = 0
+        self.write_eagain = 0
+        self.write_errors = 0
+
+    def fileno(self) -> int:
+        return self.fd
+
+    @property
+    def index(self) -> int:
+        """The interface index (in the network namespace of this process)."""
+        return socket.if_nametoindex(self.name)
+
+    def drain(self, handler: PacketHandler, limit: int = DRAIN_LIMIT) -> int:
+        """Read up to `limit` queued packets, calling `handler(view)` for each; return the count.
+
+        The view aliases the reused buffer and is overwritten by the next read.
+        """
+        readv, fd, buffers, view = os.readv, self.fd, self._buffers, self._view
+        count = 0
+        while count < limit:
+            try:
+                size = readv(fd, buffers)
+            except BlockingIOError:
+                break
+            except OSError as error:
+                self.read_errors += 1
+                log.debug("read from %s failed: %s", self.name, error)
+                break
+            count += 1
+            handler(view[:size])
+        return count
+
+    def write(self, packet: bytes | bytearray | memoryview) -> bool:
+        """Inject one packet into the kernel; on failure count it and return False.
+
+        The kernel rejects (EINVAL) a packet whose first nibble is not an IP version.
+        """
+        try:
+            os.write(self.fd, packet)
+        except BlockingIOError:
+            self.write_eagain += 1
+            return False
+        except OSError as error:
+            self.write_errors += 1
+            log.debug("write to %s failed: %s", self.name, error)
+            return False
+        return True
+
+    def counters(self) -> dict[str, int]:
+        """The failure counters, for a status document."""
+        return {
+            "read_errors": self.read_errors,
+            "write_eagain": self.write_eagain,
+            "write_errors": self.write_errors,
+        }
+
+    def close(self) -> None:
+        """Close the queue; the kernel deletes the interface with its last queue."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_tun(
+    name: str = "teredo",
+    *,
+    multi_queue: bool = False,
+    vnet_hdr: bool = False,
+    device: str = TUN_DEVICE,
+) -> TunDevice:
+    """Create or attach to the TUN interface `name` and return its non-blocking queue.
+
+    The interface is created in this process's network namespace and starts down; bring it up
+    with `netlink`. Raises `UsageError` for a name the kernel cannot take, and `UserError` with
+    the fix when the device is missing, permission is lacking or the name is taken.
+    """
+    encoded = _check_name(name)
+    flags = IFF_TUN | IFF_NO_PI
+    if multi_queue:
+        flags |= IFF_MULTI_QUEUE
+    if vnet_hdr:
+        flags |= IFF_VNET_HDR
+    existed = _exists(name)
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UserError(
+            f"{device} is missing; load the tun module (modprobe tun) or, in a container, "
+            "pass the device in"
+        ) from None
+    except PermissionError:
+        raise UserError(
+            f"cannot open {device}: permission denied; run as root or grant CAP_NET_ADMIN"
+        ) from None
+    try:
+        answer = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(encoded, flags))
+    except OSError as error:
+        os.close(fd)
+        raise _setiff_error(error, name) from None
+    actual = _IFREQ.unpack(answer)[0].rstrip(b"\0").decode("ascii")
+    log.info(
+        "%s TUN interface %s%s%s",
+        "attached to existing" if existed else "created",
+        actual,
+        " (multi-queue)" if multi_queue else "",
+        " (vnet header)" if vnet_hdr else "",
+    )
+    return TunDevice(fd, actual, multi_queue=multi_queue, vnet_hdr=vnet_hdr)
+
+
+def _check_name(name: str) -> bytes:
+    try:
+        encoded = name.encode("ascii")
+    except UnicodeEncodeError:
+        encoded = b""
+    if (
+        not encoded
+        or len(encoded) >= IFNAMSIZ
+        or name in (".", "..")
+        or any(c in "/:" or c.isspace() for c in name)
+    ):
+        raise UsageError(
+            f"InterfaceName {name!r} is not a valid interface name; use 1 to 15 ASCII "
+            "characters without '/', ':' or spaces"
+        )
+    return encoded
+
+
+def _exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+def _setiff_error(error: OSError, name: str) -> UserError:
+    code = error.errno
+    if code in (errno.EPERM, errno.EACCES):
+        return UserError(
+            f"cannot create TUN interface {name}: permission denied; "
+            "run as root or grant CAP_NET_ADMIN"
+        )
+    if code == errno.EBUSY:
+        return UserError(
+            f"TUN interface {name} is already in use (another teredo or miredo?); stop it or "
+            "set InterfaceName to another name"
+        )
+    if code == errno.EINVAL:
+        return UserError(
+            f"interface {name} exists but is not a TUN device with these flags; delete it "
+            f"(ip link del {name}) or set InterfaceName to another name"
+        )
+    return UserError(f"cannot create TUN interface {name}: {error.strerror}")

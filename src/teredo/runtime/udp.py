@@ -1,0 +1,290 @@
+"""IPv4 UDP sockets for Teredo: open with the right options, drain, send without raising.
+
+`open_udp_socket` returns a `UdpSocket`: a bound, non-blocking socket with
+
+- the Don't Fragment bit off (`IP_MTU_DISCOVER = IP_PMTUDISC_DONT`): "Teredo implementations
+  SHOULD NOT set the Don't Fragment (DF) bit of the encapsulating IPv4 header" (RFC 4380 §5.1.2);
+- large receive and send buffers (`SO_RCVBUFFORCE` when allowed, else `SO_RCVBUF`, which the
+  kernel caps at `net.core.rmem_max`): under load, packets die in socket buffers first;
+- optionally `IP_PKTINFO`, so each datagram comes with the IPv4 address it was sent *to*: a
+  server with two addresses on one socket, and a client telling multicast discovery bubbles
+  from unicast ones (RFC 4380 §5.2.8), need it.
+
+Receiving is callback-based and allocation-light: `drain` reads every queued datagram into one
+reused buffer and hands the handler a `memoryview` of it, valid only during the call (copy with
+`bytes(view)` to keep it). Hook it to asyncio with
+`loop.add_reader(udp.fileno(), udp.drain, handler)`.
+
+Sending never raises for a full queue or a transient network error: `send` returns False and
+counts the failure (`send_eagain`, `send_enobufs`, `send_errors`), because a dropped datagram is
+normal for UDP and must not stop a daemon. `counters()` gives them as a dict for the status
+document.
+
+Source addresses are the socket module's `(host, port)` tuples, not `ipaddress` objects:
+converting costs more than the rest of the receive path, so the role converts where it needs to.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from typing import Final
+
+from teredo.address import TEREDO_PORT
+from teredo.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Linux <linux/in.h> values the socket module does not export.
+IP_MTU_DISCOVER: Final = 10
+IP_PMTUDISC_DONT: Final = 0  # RFC 4380 §5.1.2: never set DF; fragment locally when needed
+IP_PKTINFO: Final = 8  # ancillary struct in_pktinfo {ifindex, spec_dst, addr}
+SO_SNDBUFFORCE: Final = 32  # like SO_SNDBUF but ignores wmem_max (CAP_NET_ADMIN)
+SO_RCVBUFFORCE: Final = 33
+
+DISCOVERY_GROUP: Final = IPv4Address("224.0.0.253")  # RFC 4380 §2.17, local client discovery
+DISCOVERY_PORT: Final = TEREDO_PORT  # RFC 4380 §5.2.8
+
+DEFAULT_BUFFER_BYTES: Final = 4 * 1024 * 1024
+RECEIVE_BUFFER_BYTES: Final = 65536  # larger than any IPv4 UDP payload (65507)
+DRAIN_LIMIT: Final = 64  # datagrams per readiness callback, so one socket cannot starve the loop
+
+# struct in_pktinfo: int ipi_ifindex; struct in_addr ipi_spec_dst; struct in_addr ipi_addr.
+_PKTINFO: Final = struct.Struct("=i4s4s")
+_ANCILLARY_BYTES: Final = socket.CMSG_SPACE(_PKTINFO.size)
+
+Address = tuple[str, int]
+"""A socket-module IPv4 endpoint: (dotted quad, port)."""
+
+DatagramHandler = Callable[[memoryview, Address], None]
+"""`handler(payload, source)`; the view is only valid during the call."""
+
+PktinfoHandler = Callable[[memoryview, Address, str], None]
+"""`handler(payload, source, destination_ip)`; the view is only valid during the call."""
+
+
+class UdpSocket:
+    """A bound, non-blocking IPv4 UDP socket with a reused receive buffer and send counters.
+
+    Build it with `open_udp_socket`. `sock` is the underlying socket for anything not wrapped
+    here (`getsockname()`, multicast options through `join_multicast`).
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_view",
+        "local",
+        "receive_errors",
+        "send_eagain",
+        "send_enobufs",
+        "send_errors",
+        "sock",
+    )
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.local: Address = sock.getsockname()
+        self._buffer = bytearray(RECEIVE_BUFFER_BYTES)
+        self._view = memoryview(self._buffer)
+        self.send_eagain = 0
+        self.send_enobufs = 0
+        self.send_errors = 0
+        self.receive_errors = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, data: bytes | bytearray | memoryview, destination: Address) -> bool:
+        """Send one datagram; on failure count it and return False instead of raising."""
+        try:
+            self.sock.sendto(data, destination)
+        except BlockingIOError:
+            self.send_eagain += 1
+            return False
+        except OSError as error:
+            if error.errno == errno.ENOBUFS:
+                self.send_enobufs += 1
+            else:
+                # EHOSTUNREACH, ENETUNREACH, EPERM from a firewall...: the network's business.
+                self.send_errors += 1
+                log.debug("sendto %s:%d failed: %s", destination[0], destination[1], error)
+            return False
+        return True
+
+    def drain(self, handler: DatagramHandler, limit: int = DRAIN_LIMIT) -> int:
+        """Read up to `limit` queued datagrams, calling `handler(view, source)` for each.
+
+        Returns how many were read. Stops early when the socket is empty. The view aliases the
+        reused buffer: it is overwritten by the next datagram.
+        """
+        receive = self.sock.recvfrom_into
+        buffer, view = self._buffer, self._view
+        count = 0
+        while count < limit:
+            try:
+                size, source = receive(buffer)
+            except BlockingIOError:
+                break
+            except OSError as error:
+                # A queued ICMP error (ECONNREFUSED...) surfaces here; it is not fatal.
+                self.receive_errors += 1
+                log.debug("recvfrom failed: %s", error)
+                count += 1
+                continue
+            count += 1
+            handler(view[:size], source)
+        return count
+
+    def drain_pktinfo(self, handler: PktinfoHandler, limit: int = DRAIN_LIMIT) -> int:
+        """Like `drain`, but also pass the datagram's destination IPv4 address (dotted quad).
+
+        Needs `open_udp_socket(..., pktinfo=True)`. The destination is the address in the IPv4
+        header: one of the host's addresses, or a multicast group such as 224.0.0.253.
+        """
+        receive = self.sock.recvmsg_into
+        buffers, view = [self._buffer], self._view
+        local_ip = self.local[0]
+        count = 0
+        while count < limit:
+            try:
+                size, ancillary, _flags, source = receive(buffers, _ANCILLARY_BYTES)
+            except BlockingIOError:
+                break
+            except OSError as error:
+                self.receive_errors += 1
+                log.debug("recvmsg failed: %s", error)
+                count += 1
+                continue
+            count += 1
+            destination = local_ip
+            for level, kind, data in ancillary:
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                    destination = socket.inet_ntoa(data[8:12])  # ipi_addr: header destination
+            handler(view[:size], source, destination)
+        return count
+
+    def counters(self) -> dict[str, int]:
+        """The failure counters, for a status document."""
+        return {
+            "send_eagain": self.send_eagain,
+            "send_enobufs": self.send_enobufs,
+            "send_errors": self.send_errors,
+            "receive_errors": self.receive_errors,
+        }
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def open_udp_socket(
+    address: IPv4Address | str,
+    port: int,
+    *,
+    pktinfo: bool = False,
+    reuse_address: bool = False,
+    buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    address_setting: str = "BindAddress",
+    port_setting: str | None = "BindPort",
+) -> UdpSocket:
+    """Open a non-blocking IPv4 UDP socket bound to (address, port) with Teredo's options.
+
+    `port` 0 lets the kernel choose (read it back from `UdpSocket.local`). `pktinfo` enables
+    `drain_pktinfo`. `reuse_address` (SO_REUSEADDR) is for a multicast receiver sharing its
+    port; leave it off otherwise so that a second daemon on the same port is an error, not a
+    silent split of the traffic. `address_setting` and `port_setting` name the configuration
+    directives in the error a person sees when the bind fails (`port_setting=None`: the port is
+    not configurable).
+
+    Raises `UserError` naming the address and the fix when the bind fails.
+    """
+    host = str(address)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+        _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, buffer_bytes)
+        _set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, buffer_bytes)
+        if pktinfo:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            raise _bind_error(error, host, port, address_setting, port_setting) from None
+    except BaseException:
+        sock.close()
+        raise
+    udp = UdpSocket(sock)
+    log.debug(
+        "UDP socket bound to %s:%d (rcvbuf %d, sndbuf %d, pktinfo %s)",
+        udp.local[0],
+        udp.local[1],
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        pktinfo,
+    )
+    return udp
+
+
+def join_multicast(
+    udp: UdpSocket,
+    interface: IPv4Address | str = "0.0.0.0",
+    group: IPv4Address = DISCOVERY_GROUP,
+) -> None:
+    """Join `group` on the interface holding `interface` and send multicast there, TTL 1, no loop.
+
+    For local client discovery (RFC 4380 §5.2.8): discovery bubbles must not leave the link
+    (TTL 1) and a client must not hear its own (loop off). `interface` 0.0.0.0 lets the kernel
+    pick by route. Raises `UserError` when the kernel refuses the membership.
+    """
+    sock = udp.sock
+    local = socket.inet_aton(str(interface))
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, local)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        membership = socket.inet_aton(str(group)) + local  # struct ip_mreq
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    except OSError as error:
+        raise UserError(
+            f"cannot join multicast group {group} on {interface}: {error.strerror}; "
+            "check that the interface is up with multicast enabled, or turn local discovery off"
+        ) from None
+
+
+def _set_buffer(sock: socket.socket, option: int, force_option: int, size: int) -> None:
+    """Set a socket buffer size, beyond the sysctl cap when we have CAP_NET_ADMIN."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force_option, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
+
+
+def _bind_error(
+    error: OSError, host: str, port: int, address_setting: str, port_setting: str | None
+) -> UserError:
+    where = f"UDP {host}:{port}"
+    code = error.errno
+    if code == errno.EADDRNOTAVAIL:
+        return UserError(
+            f"cannot bind {where}: {host} is not an address of this host; set {address_setting} "
+            "to one of this host's IPv4 addresses (or 0.0.0.0)"
+        )
+    if code == errno.EADDRINUSE:
+        fix = f"stop that program or set {port_setting}" if port_setting else "stop that program"
+        return UserError(
+            f"cannot bind {where}: the port is already in use (another teredo or miredo?); {fix}"
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        fix = (
+            f"run as root or set {port_setting} to 1024 or above" if port_setting else "run as root"
+        )
+        return UserError(f"cannot bind {where}: permission denied; {fix}")
+    reason = error.strerror or os.strerror(code or 0)
+    return UserError(f"cannot bind {where}: {reason}; check {address_setting}")
