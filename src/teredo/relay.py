@@ -1,0 +1,129 @@
+"""Teredo relay and host-specific relay (RFC 4380 §5.4; requirements §5, SEC-R*).
+
+Theory of operation
+-------------------
+A relay is the shared tunnel engine (`teredo.tunnel.TunnelEngine`) with the relay's policy:
+
+* **From the native side** (packets the kernel routes into the Teredo interface): only Teredo
+  destinations are encapsulated (RLY-3); anything else is a routing error, dropped with a
+  rate-limited ICMPv6 "no route" back to the sender. The embedded IPv4 and server must be global
+  unicast (RLY-4, SEC-R1). A trusted, valid peer gets the packet at its mapping; otherwise the
+  packet is queued (at most `MaxQueueBytes` per peer) and bubbles go out: an indirect bubble via
+  the peer's server (relay case 3) with an RFC 6081 nonce trailer, and a direct bubble to the
+  embedded mapping (RFC 4380 §5.4.1 MAY, SHOULD behind a restricted NAT), repeated every 2 s,
+  4 at most; then the queue is dropped and ICMPv6 "address unreachable" goes to the sender.
+
+* **From the Teredo side**: only Teredo sources (RLY-9). The outer source must equal the mapping
+  embedded in the source address or the mapping a trusted entry learned (anti-spoofing, SEC-R2),
+  except for a bubble that answers one of ours: its IPv6 destination is our link-local cookie
+  for its source (the source of our bubbles, requirements RLY-7) or it carries our nonce
+  trailer. That exception is how clients behind symmetric NATs reach native IPv6, as with Miredo.
+  Bubbles are consumed; multicast is dropped; other packets are forwarded natively when their
+  destination is in the range the relay serves (RLY-11): for a relay anything that is neither
+  Teredo, multicast, link-local, loopback nor unspecified.
+
+* **Host-specific relay** (RFC 4380 §5.4 "minimal relay", requirements §5.2): the same engine on
+  a dual-stack host with an unnumbered Teredo interface and a 2001::/32 route that is not
+  advertised. It serves exactly the host's own addresses (HSR-4), which the runtime keeps up to
+  date with `set_host_addresses`, and is never a client (HSR-1).
+
+Peer states (data in `teredo.peers`): absent -> untrusted (queue + bubbles, retried every 2 s)
+-> trusted (mapping proven) -> stale after 30 s without reception (bubbles again, the entry is
+kept) -> expired by the sweep after `idle_timeout` (30 s, Miredo's relay value) without use, or
+evicted least-recently-used when the table is full (`MaxPeers`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from ipaddress import IPv6Address
+from typing import Final
+
+from teredo.config import RelayConfig
+from teredo.peers import PEER_VALIDITY
+from teredo.tunnel import TunnelEngine, TunnelSettings
+
+RELAY_IDLE_TIMEOUT: Final = PEER_VALIDITY  # [IMPL] Miredo: unused relay entries expire in 30 s
+
+
+def relay_settings(config: RelayConfig) -> TunnelSettings:
+    """The engine settings for a relay configuration."""
+    return TunnelSettings(
+        prefix=config.prefix,
+        allow_private=config.allow_private_addresses,
+        max_peers=config.max_peers,
+        idle_timeout=RELAY_IDLE_TIMEOUT,
+        max_queue_bytes=config.max_queue_bytes,
+    )
+
+
+def _is_unicast_beyond_link(address: bytes) -> bool:
+    """Not multicast, link-local (fe80::/10), loopback or unspecified."""
+    first = address[0]
+    if first == 0xFF or (first == 0xFE and address[1] & 0xC0 == 0x80):
+        return False
+    return not (first == 0 and address[:15] == bytes(15) and address[15] <= 1)
+
+
+class TeredoRelay(TunnelEngine):
+    """A Teredo relay, or with `host_specific` a host-specific relay.
+
+    `host_addresses` (host-specific only) are the host's own IPv6 addresses: the only
+    destinations it forwards to and, the runtime's business, the only sources it carries.
+    """
+
+    def __init__(
+        self,
+        settings: TunnelSettings,
+        *,
+        random_bytes: Callable[[int], bytes],
+        secret: bytes,
+        now: float,
+        host_specific: bool = False,
+        host_addresses: Iterable[IPv6Address | bytes] = (),
+    ) -> None:
+        super().__init__(settings, random_bytes=random_bytes, secret=secret, now=now)
+        self.host_specific = host_specific
+        self._host_addresses: frozenset[bytes] = frozenset()
+        self.set_host_addresses(host_addresses)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: RelayConfig,
+        *,
+        random_bytes: Callable[[int], bytes],
+        secret: bytes,
+        now: float,
+        host_addresses: Iterable[IPv6Address | bytes] = (),
+    ) -> TeredoRelay:
+        return cls(
+            relay_settings(config),
+            random_bytes=random_bytes,
+            secret=secret,
+            now=now,
+            host_specific=config.host_specific,
+            host_addresses=host_addresses,
+        )
+
+    @property
+    def host_addresses(self) -> frozenset[bytes]:
+        return self._host_addresses
+
+    def set_host_addresses(self, addresses: Iterable[IPv6Address | bytes]) -> None:
+        """The host's own IPv6 addresses: what a host-specific relay serves (HSR-4)."""
+        self._host_addresses = frozenset(
+            a.packed if isinstance(a, IPv6Address) else bytes(a) for a in addresses
+        )
+
+    def _serves(self, destination: bytes) -> bool:
+        if self.host_specific:
+            return destination in self._host_addresses
+        return _is_unicast_beyond_link(destination) and not self.is_teredo(destination)
+
+    def status(self) -> dict[str, object]:
+        document = super().status()
+        document["role"] = "host-specific relay" if self.host_specific else "relay"
+        if self.host_specific:
+            document["host_addresses"] = sorted(str(IPv6Address(a)) for a in self._host_addresses)
+        return document

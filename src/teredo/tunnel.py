@@ -1,0 +1,654 @@
+"""The Teredo tunnel engine: the peer-facing rules shared by the client and the relay.
+
+Theory of operation
+-------------------
+A Teredo client and a Teredo relay (and a host-specific relay) talk to Teredo peers with the same
+rules: "the relay's peer list is identical to a client's" (RFC 4380 §5.4). This module holds
+those rules once; `teredo.relay` and `teredo.client` specialise them through a few hooks.
+
+Two directions, each with a lean fast path and a full path:
+
+* **Transmission** (an IPv6 packet from the local stack, i.e. the TUN device; RFC 4380 §5.2.4
+  and §5.4.1). A trusted, valid peer gets the packet at its mapping: that is the fast path,
+  `forward_to_teredo`. Otherwise `send_ipv6`: a Teredo destination (relay case 3, client case 5)
+  is checked for a global unicast embedded IPv4 and server (§5.2.4, §5.4.1, SEC-R1), the packet
+  is queued (bounded per peer and for the table), and two bubbles go out within the §5.2.6 rate
+  limits: a *direct* bubble to the embedded mapping and an *indirect* bubble to the peer's server
+  at UDP 3544 carrying an RFC 6081 nonce trailer (§5.2, `nonce_sent`). The bubbles are repeated
+  every 2 s up to the budget of 4; when it is spent the queue is dropped and ICMPv6 destination
+  unreachable (code 3, address unreachable) goes back to the local stack, at most ~10 per second
+  (requirements CLI-T6). A non-Teredo destination goes to the `_on_native_destination` hook: the
+  relay refuses it (RLY-3), the client runs its direct IPv6 connectivity test (§5.2.9).
+
+* **Reception** (a UDP datagram from a peer; §5.2.3, §5.4.2). The IPv6 source is accepted when
+  (1) a trusted entry's learned mapping equals the outer source -- the fast path,
+  `accept_from_teredo`; or (2) it is a Teredo address whose embedded mapping equals the outer
+  source (rx case 3, SEC-R2: anti-spoofing); or (3) the packet is a bubble that proves it answers
+  one of our bubbles: its IPv6 destination is our cookie for its source (below), or its RFC 6081
+  nonce trailer equals `nonce_sent` (§5.2.4.4). In cases (2) and (3) the peer becomes trusted
+  with the outer source as its mapping -- case (3) is how clients behind symmetric NATs, whose
+  outer port differs from the embedded one, still work -- and its queue is flushed there.
+  Bubbles are consumed; other packets are delivered to the local stack when `_serves` accepts
+  their destination. Anything unproven goes to the `_on_unverified` hook (the relay drops it;
+  the client checks echo replies and local peers, or starts an echo test).
+
+Bubble cookies (requirements RLY-7): the source of our bubbles (relay) is ``fe80::<cookie>``,
+where the cookie is the first 64 bits of HMAC-SHA256(secret, peer's Teredo address) with the
+U/G bits (0x0200/0x0100 of the interface identifier's first 16 bits) cleared. A client answers a
+bubble relayed by its server with a direct bubble addressed to that link-local source, so a direct
+bubble whose destination is our cookie for its source proves it came from a host that received
+our bubble: no per-peer state is needed to check it and a spoofer cannot guess it. The secret is
+injected (the runtime draws it at start).
+
+Timers: one deadline, `get_timer()`: the earliest bubble retry (a heap, entries invalidated
+lazily) or the next sweep. Every `SWEEP_INTERVAL` the peer table's idle entries are swept
+(`PeerTable.sweep`) a slice at a time, so the whole table is visited every ~15 s.
+
+``last_tx`` of a peer is the time of the last *setup* transmission (bubble); the data path does
+not touch it, so a bubble can follow at once when a busy trusted peer goes stale (Miredo's
+`CountBubble` works the same way), and the fast path writes one attribute less.
+
+Data types: mappings and datagram sources are ``(dotted_quad, port)`` tuples (`SockAddr`), as
+`recvfrom` returns and `sendto` takes; IPv6 addresses are 16-byte ``bytes`` (peer table keys).
+
+Subclassing (the hooks, all optional): `_serves`, `_on_datagram`, `_on_unverified`,
+`_on_native_destination`, `_retry_native`, `_bubble_source`, `_on_trusted`. Subclasses use the
+primitives `emit`, `deliver`, `count`, `drop`, `queue_packet`, `trust_peer`, `send_bubbles`,
+`send_direct_bubble`, `send_unreachable`, `schedule_retry`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from typing import Final
+
+from teredo.address import TEREDO_PORT, TEREDO_PREFIX, is_global_ipv4
+from teredo.errors import ParseError
+from teredo.peers import (
+    BUBBLE_SPACING,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_TOTAL_QUEUE_BYTES,
+    PEER_VALIDITY,
+    Peer,
+    PeerTable,
+    SockAddr,
+)
+from teredo.wire import (
+    IPV6_HEADER_LENGTH,
+    ICMPv6Type,
+    NextHeader,
+    TeredoPacket,
+    TrailerType,
+    UnreachableCode,
+    build_icmpv6_error,
+    parse_teredo_packet,
+    trailer_nonce,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ICMP_ERROR_BURST",
+    "ICMP_ERROR_RATE",
+    "SWEEP_INTERVAL",
+    "SockAddr",
+    "TunnelEngine",
+    "TunnelSettings",
+    "bubble_cookie",
+    "embedded_sockaddr",
+]
+
+ICMP_ERROR_RATE: Final = 10.0  # [IMPL] Miredo: at most 10 ICMPv6 errors per second (CLI-T6)
+ICMP_ERROR_BURST: Final = 10.0
+SWEEP_INTERVAL: Final = 1.0  # seconds between slices of the idle sweep
+SWEEP_PERIOD: Final = 15.0  # the whole table is visited about this often
+SWEEP_MIN_BUDGET: Final = 256
+NONCE_TRAILER_LENGTH: Final = 4  # RFC 6081 §4.2
+DEFAULT_ERROR_SOURCE: Final = IPv6Address("fe80::ffff:ffff:ffff")  # Miredo's relay/client LL
+_BUBBLE_HEADER: Final = bytes((0x60, 0, 0, 0, 0, 0, NextHeader.NO_NEXT_HEADER, 0))
+_LINK_LOCAL_PREFIX: Final = bytes((0xFE, 0x80)) + bytes(6)
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelSettings:
+    """What the engine needs from the configuration.
+
+    `allow_private` relaxes every global-unicast IPv4 check (RFC 4380 §5.2.4): for test beds on
+    private addresses only (``AllowPrivateAddresses``). `idle_timeout` is how long an unused
+    entry lives (Miredo: 30 s in a relay, 600 s in a client, requirements CLI-P2).
+    `nonce_trailers` adds an RFC 6081 nonce trailer to indirect bubbles (SNS, §5.2).
+    `direct_bubbles` sends the direct bubble as well as the indirect one (RFC 4380 §5.4.1 MAY,
+    and SHOULD behind a non-cone NAT).
+    """
+
+    prefix: IPv6Network = TEREDO_PREFIX
+    allow_private: bool = False
+    max_peers: int = 1024
+    idle_timeout: float = PEER_VALIDITY
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
+    max_total_queue_bytes: int = DEFAULT_MAX_TOTAL_QUEUE_BYTES
+    icmp_error_rate: float = ICMP_ERROR_RATE
+    nonce_trailers: bool = True
+    direct_bubbles: bool = True
+
+
+def embedded_sockaddr(address: bytes) -> SockAddr:
+    """The mapping embedded in a 16-byte Teredo address, as a ``(dotted_quad, port)`` tuple."""
+    return (
+        f"{address[12] ^ 255}.{address[13] ^ 255}.{address[14] ^ 255}.{address[15] ^ 255}",
+        ((address[10] << 8) | address[11]) ^ 0xFFFF,
+    )
+
+
+def _server_sockaddr(address: bytes) -> SockAddr:
+    """The server embedded in a Teredo address (bits 32-63), at UDP 3544 (RFC 4380 §5.2.6)."""
+    return (f"{address[4]}.{address[5]}.{address[6]}.{address[7]}", TEREDO_PORT)
+
+
+def _ipv4_int(dotted: str) -> int:
+    """A dotted quad as an integer; -1 when it is not one (never raises)."""
+    try:
+        return int(IPv4Address(dotted))
+    except ValueError:
+        return -1
+
+
+def bubble_cookie(secret: bytes, peer: bytes) -> bytes:
+    """The link-local bubble source for `peer`: fe80::/64 + 64 bits of HMAC(secret, peer).
+
+    The U and G bits (0x0200 and 0x0100 of the interface identifier's first 16 bits, RFC 4291
+    appendix A) are cleared so the identifier reads as a local, individual one.
+    """
+    digest = hmac.new(secret, peer, hashlib.sha256).digest()
+    return _LINK_LOCAL_PREFIX + bytes((digest[0] & 0xFC,)) + digest[1:8]
+
+
+class TunnelEngine:
+    """Peer-facing Teredo engine (sans-I/O). See the module docstring for the rules.
+
+    Driving it (STYLE.md §2)::
+
+        engine.receive_datagram(data, source, now)   # a UDP datagram from a peer
+        engine.send_ipv6(packet, now)                # an IPv6 packet from the local stack
+        engine.handle_timer(now)                     # when get_timer() is reached
+        engine.datagrams_to_send()  -> [(payload, (ip, port))]
+        engine.packets_to_deliver() -> [ipv6_packet]  (to the local stack / TUN)
+
+    and, on the data path, first::
+
+        engine.forward_to_teredo(packet, now) -> (ip, port) | None   # None: use send_ipv6
+        engine.accept_from_teredo(data, source, now) -> bool         # False: receive_datagram
+
+    `random_bytes(n)` must be a CSPRNG (os.urandom in the runtime); `secret` keys the bubble
+    cookies (at least 16 random bytes).
+    """
+
+    def __init__(
+        self,
+        settings: TunnelSettings,
+        *,
+        random_bytes: Callable[[int], bytes],
+        secret: bytes,
+        now: float,
+    ) -> None:
+        self.settings = settings
+        self.peers = PeerTable(
+            max_peers=settings.max_peers,
+            idle_timeout=settings.idle_timeout,
+            max_queue_bytes=settings.max_queue_bytes,
+            max_total_queue_bytes=settings.max_total_queue_bytes,
+        )
+        self._random_bytes = random_bytes
+        self._secret = secret
+        self._prefix32 = int(settings.prefix.network_address).to_bytes(16, "big")[:4]
+        self._check_global = not settings.allow_private
+        # Source of the ICMPv6 errors sent to the local stack (set by the role or runtime).
+        self.error_source: IPv6Address = DEFAULT_ERROR_SOURCE
+        self._datagrams: list[tuple[bytes, SockAddr]] = []
+        self._packets: list[bytes] = []
+        self._retries: list[tuple[float, int, bytes, Peer]] = []
+        self._retry_seq = 0
+        self._next_sweep = now + SWEEP_INTERVAL
+        self._icmp_tokens = ICMP_ERROR_BURST
+        self._icmp_stamp = now
+        self.counters: dict[str, int] = {}
+        self.drops: dict[str, int] = {}
+        # Fast-path counters are plain attributes: cheaper than dict updates per packet.
+        self.fast_rx = 0
+        self.fast_tx = 0
+
+    # -----------------------------------------------------------------------------------------
+    # Outputs (STYLE.md §2)
+
+    def datagrams_to_send(self) -> list[tuple[bytes, SockAddr]]:
+        """UDP payloads and their destinations produced since the last call."""
+        out = self._datagrams
+        self._datagrams = []
+        return out
+
+    def packets_to_deliver(self) -> list[bytes]:
+        """IPv6 packets for the local stack (TUN) produced since the last call."""
+        out = self._packets
+        self._packets = []
+        return out
+
+    def get_timer(self) -> float | None:
+        """The absolute deadline (on the `now` clock) at which `handle_timer` must be called."""
+        if self._retries:
+            return min(self._retries[0][0], self._next_sweep)
+        return self._next_sweep
+
+    def handle_timer(self, now: float) -> None:
+        """Run bubble retries that are due and a slice of the idle sweep."""
+        retries = self._retries
+        while retries and retries[0][0] <= now:
+            _, _, address, peer = heapq.heappop(retries)
+            if self.peers.get(address) is peer:
+                self._retry(address, peer, now)
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL
+            table = self.peers
+            budget = max(SWEEP_MIN_BUDGET, int(len(table) * SWEEP_INTERVAL / SWEEP_PERIOD) + 1)
+            for address, peer in table.sweep(now, budget):
+                self._on_expired(address, peer)
+
+    def status(self) -> dict[str, object]:
+        """A JSON-able snapshot: peer counts, queued bytes, counters and drops by reason."""
+        table = self.peers
+        trusted = sum(1 for _, peer in table.items() if peer.trusted)
+        counters = dict(self.counters)
+        counters["fast_rx"] = self.fast_rx
+        counters["fast_tx"] = self.fast_tx
+        return {
+            "peers": len(table),
+            "trusted_peers": trusted,
+            "max_peers": table.max_peers,
+            "queued_bytes": table.total_queued_bytes,
+            "evicted_peers": table.evicted,
+            "expired_peers": table.expired,
+            "counters": counters,
+            "drops": dict(self.drops),
+        }
+
+    # -----------------------------------------------------------------------------------------
+    # Fast paths (STYLE.md §2, data-plane exception): no events, no parsing objects.
+
+    def forward_to_teredo(
+        self, packet: bytes | bytearray | memoryview, now: float
+    ) -> SockAddr | None:
+        """Where to send `packet` (an IPv6 packet from the stack) if its destination is a
+        trusted, valid peer; None means "not that simple": call `send_ipv6`.
+
+        The caller sends `packet` unchanged (it is the whole UDP payload) to the result.
+        """
+        if len(packet) < IPV6_HEADER_LENGTH:
+            return None
+        peer = self.peers.get(bytes(packet[24:40]))
+        if peer is None or not peer.trusted or now - peer.last_rx >= PEER_VALIDITY:
+            return None
+        self.fast_tx += 1
+        return peer.mapped
+
+    def accept_from_teredo(
+        self, data: bytes | bytearray | memoryview, source: SockAddr, now: float
+    ) -> bool:
+        """True when `data` (a UDP payload from `source`) is a plain IPv6 packet from a trusted
+        peer at its learned mapping, for a destination we serve, and not a bubble: the caller
+        then writes `data` unchanged to the local stack. False: call `receive_datagram`.
+        """
+        size = len(data)
+        if size <= IPV6_HEADER_LENGTH or data[0] >> 4 != 6:
+            return False
+        if IPV6_HEADER_LENGTH + ((data[4] << 8) | data[5]) != size:
+            return False  # trailers, truncation or a bubble with trailers: the full path
+        peer = self.peers.get(bytes(data[8:24]))
+        if peer is None or not peer.trusted or peer.mapped != source:
+            return False
+        if not self._serves(bytes(data[24:40])):
+            return False
+        peer.last_rx = now
+        self.fast_rx += 1
+        return True
+
+    # -----------------------------------------------------------------------------------------
+    # Full paths
+
+    def receive_datagram(
+        self, data: bytes | bytearray | memoryview, source: SockAddr, now: float
+    ) -> None:
+        """A UDP datagram from `source`. Never raises for bad input: drops are counted."""
+        try:
+            packet = parse_teredo_packet(bytes(data))
+        except ParseError:
+            self.drop("malformed")
+            return
+        if self._on_datagram(packet, source, now):
+            return
+        if packet.origin is not None:
+            self.drop("unexpected_origin_indication")  # only a server sends those
+            return
+        if packet.authentication is not None:
+            self.drop("unexpected_authentication")  # only RS/RA carry one
+            return
+        ipv6 = packet.ipv6
+        src = ipv6[8:24]
+        if src[0] == 0xFF:
+            self.drop("multicast_source")
+            return
+        peers = self.peers
+        peer = peers.get(src)
+        bubble = ipv6[6] == NextHeader.NO_NEXT_HEADER and len(ipv6) == IPV6_HEADER_LENGTH
+        if peer is not None and peer.trusted and peer.mapped == source:
+            peer.last_rx = now  # rx case 1
+        elif self.is_teredo(src) and embedded_sockaddr(src) == source:
+            # rx case 3 (RFC 4380 §5.2.3) / relay anti-spoofing (§5.4.2): mapping proven.
+            if not self._global_source(source):
+                return
+            peer = self.trust_peer(src, source, now)
+        elif bubble and self.is_teredo(src) and self._answers_our_bubble(ipv6, packet, peer):
+            # RFC 6081 §5.2.4.4 / Miredo cookie: a reply to our bubble from a mismatched mapping
+            # (symmetric NAT); the outer source is the mapping to use.
+            if not self._global_source(source):
+                return
+            self.count("mismatched_mapping_accepted")
+            peer = self.trust_peer(src, source, now)
+        else:
+            self._on_unverified(packet, source, now)
+            return
+        if bubble:
+            self.count("bubbles_received")  # consumed, never delivered (RFC 4380 §5.2.3)
+            return
+        if not self._serves(ipv6[24:40]):
+            self.drop("destination_not_served")
+            return
+        self.count("received")
+        self._packets.append(ipv6)
+
+    def send_ipv6(self, packet: bytes | bytearray | memoryview, now: float) -> None:
+        """An IPv6 packet from the local stack for a Teredo peer (RFC 4380 §5.2.4, §5.4.1)."""
+        packet = bytes(packet)
+        size = len(packet)
+        if size < IPV6_HEADER_LENGTH or packet[0] >> 4 != 6:
+            self.drop("malformed_from_stack")
+            return
+        if IPV6_HEADER_LENGTH + ((packet[4] << 8) | packet[5]) > size:
+            self.drop("malformed_from_stack")
+            return
+        dst = packet[24:40]
+        if dst[0] == 0xFF:
+            self.drop("multicast_destination")  # [IMPL] Teredo carries no multicast (CLI-T5)
+            return
+        peer = self.peers.get(dst)
+        if peer is not None and peer.is_valid(now):
+            self.count("sent")
+            assert peer.mapped is not None
+            self._datagrams.append((packet, peer.mapped))
+            return
+        if not self.is_teredo(dst):
+            self._on_native_destination(packet, dst, now)
+            return
+        self._send_to_teredo(packet, dst, peer, now)
+
+    # -----------------------------------------------------------------------------------------
+    # Transmission to a Teredo destination without a valid trusted entry
+
+    def _send_to_teredo(self, packet: bytes, dst: bytes, peer: Peer | None, now: float) -> None:
+        if self._check_global:
+            # RFC 4380 §5.2.4 / §5.4.1 (SEC-R1, SEC-C5): the embedded IPv4 must be global
+            # unicast; [IMPL] Miredo also rejects a non-global or zero server address.
+            if not is_global_ipv4(int.from_bytes(dst[12:16], "big") ^ 0xFFFFFFFF):
+                self.drop("non_global_destination")
+                return
+            if not is_global_ipv4(int.from_bytes(dst[4:8], "big")) or dst[4:8] == bytes(4):
+                self.drop("non_global_server")
+                return
+        if dst[10:12] == b"\xff\xff":  # mapped port 0
+            self.drop("non_global_destination")
+            return
+        if peer is None:
+            peer = self.peers.create(dst, now)
+            self.count("peers_created")
+        elif peer.setup_exhausted(now) and not peer.may_send_bubble(now):
+            # The bubble budget (4 per 300 s) is spent and the last one went unanswered.
+            self.drop("peer_unreachable")
+            self.send_unreachable(packet, UnreachableCode.ADDRESS_UNREACHABLE, now)
+            return
+        self.queue_packet(peer, packet)
+        self.send_bubbles(dst, peer, now)
+
+    def _retry(self, address: bytes, peer: Peer, now: float) -> None:
+        """A retry deadline passed for `peer`: bubble again, or give up (RFC 4380 §5.4.1)."""
+        if peer.is_valid(now) or not peer.queue:
+            return
+        if not self.is_teredo(address):
+            self._retry_native(address, peer, now)
+            return
+        if self.send_bubbles(address, peer, now):
+            return
+        if peer.setup_exhausted(now):
+            self.fail_setup(address, peer, now)
+        else:
+            self.schedule_retry(address, peer, peer.last_tx + BUBBLE_SPACING)
+
+    def fail_setup(self, address: bytes, peer: Peer, now: float) -> None:
+        """Setup of `peer` failed: drop its queue and tell the local stack (CLI-T6)."""
+        queue = self.peers.take_queue(peer)
+        self.count("setup_failures")
+        if queue:
+            self.drops["peer_unreachable"] = self.drops.get("peer_unreachable", 0) + len(queue)
+            for packet in queue:
+                self.send_unreachable(packet, UnreachableCode.ADDRESS_UNREACHABLE, now)
+        log.debug("no answer from %s: dropped %d queued packets", _show(address), len(queue))
+
+    # -----------------------------------------------------------------------------------------
+    # Primitives for roles
+
+    def is_teredo(self, address: bytes) -> bool:
+        """Whether a 16-byte address is under the configured Teredo prefix."""
+        return address[:4] == self._prefix32
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+    def drop(self, reason: str) -> None:
+        """Count a dropped packet under a named reason (STYLE.md §5)."""
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def emit(self, payload: bytes, destination: SockAddr) -> None:
+        """Queue a UDP payload for `destination`."""
+        self._datagrams.append((payload, destination))
+
+    def deliver(self, packet: bytes) -> None:
+        """Queue an IPv6 packet for the local stack."""
+        self._packets.append(packet)
+
+    def queue_packet(self, peer: Peer, packet: bytes) -> bool:
+        """Queue `packet` until `peer` is trusted; False (and counted) when the queue is full."""
+        if self.peers.enqueue(peer, packet):
+            return True
+        self.drop("queue_full")
+        return False
+
+    def trust_peer(self, address: bytes, mapping: SockAddr, now: float) -> Peer:
+        """Mark `address` trusted at `mapping` (creating the entry) and flush its queue there."""
+        peers = self.peers
+        peer = peers.get(address)
+        if peer is None:
+            peer = peers.create(address, now)
+            self.count("peers_created")
+        was = peer.trusted
+        peer.trust(mapping, now)
+        if peer.queue:
+            for packet in peers.take_queue(peer):
+                self._datagrams.append((packet, mapping))
+                self.count("sent_from_queue")
+        if not was:
+            self.count("peers_trusted")
+            self._on_trusted(address, peer, now)
+        return peer
+
+    def send_bubbles(self, address: bytes, peer: Peer, now: float) -> bool:
+        """Direct and indirect bubbles toward Teredo `address`, if the §5.2.6 limits allow.
+
+        Returns True when bubbles went out (and a retry is scheduled 2 s later).
+        """
+        if not peer.may_send_bubble(now):
+            return False
+        peer.note_bubble(now)
+        source = self._bubble_source(address)
+        bubble = _BUBBLE_HEADER + source + address
+        if self.settings.direct_bubbles:
+            mapping = embedded_sockaddr(address)
+            if not self._check_global or is_global_ipv4(_ipv4_int(mapping[0])):
+                self._send_direct(bubble, mapping, peer)
+            if peer.mapped is not None and peer.mapped != mapping:
+                self._send_direct(bubble, peer.mapped, peer)
+        indirect = bubble
+        if self.settings.nonce_trailers:
+            nonce = self._random_bytes(NONCE_TRAILER_LENGTH)
+            peer.nonce_sent = nonce
+            indirect = bubble + bytes((TrailerType.NONCE, NONCE_TRAILER_LENGTH)) + nonce
+        self._datagrams.append((indirect, _server_sockaddr(address)))
+        self.count("bubbles_sent")
+        self.schedule_retry(address, peer, now + BUBBLE_SPACING)
+        return True
+
+    def _send_direct(self, bubble: bytes, mapping: SockAddr, peer: Peer) -> None:
+        if peer.nonce_received is not None:  # RFC 6081 §5.2.4.3: echo the peer's nonce
+            bubble = bubble + bytes((TrailerType.NONCE, NONCE_TRAILER_LENGTH)) + peer.nonce_received
+        self._datagrams.append((bubble, mapping))
+        self.count("bubbles_sent")
+
+    def send_direct_bubble(
+        self,
+        source: bytes,
+        destination: bytes,
+        to: SockAddr,
+        now: float,
+        nonce: bytes | None = None,
+        peer: Peer | None = None,
+    ) -> bool:
+        """A direct bubble `source` -> `destination` to `to` (e.g. a reply to an indirect
+        bubble, requirements CLI-R3), within `peer`'s rate limits when a peer is given.
+        `nonce` adds an RFC 6081 nonce trailer."""
+        if peer is not None:
+            if not peer.may_send_bubble(now):
+                self.drop("bubble_rate_limited")
+                return False
+            peer.note_bubble(now)
+        bubble = _BUBBLE_HEADER + source + destination
+        if nonce is not None:
+            bubble += bytes((TrailerType.NONCE, len(nonce))) + nonce
+        self._datagrams.append((bubble, to))
+        self.count("bubbles_sent")
+        return True
+
+    def schedule_retry(self, address: bytes, peer: Peer, deadline: float) -> None:
+        """Call `_retry(address, peer, now)` at `deadline` (if the entry is still there)."""
+        self._retry_seq += 1
+        heapq.heappush(self._retries, (deadline, self._retry_seq, address, peer))
+
+    def send_unreachable(self, packet: bytes, code: int, now: float) -> None:
+        """ICMPv6 destination unreachable about `packet` to the local stack, rate limited.
+
+        Never about an ICMPv6 error or a packet from an unspecified or multicast source
+        (RFC 4443 §2.4 (e)).
+        """
+        if len(packet) < IPV6_HEADER_LENGTH:
+            return
+        if packet[8] == 0xFF or packet[8:24] == bytes(16):
+            return
+        if (
+            packet[6] == NextHeader.ICMPV6
+            and len(packet) > IPV6_HEADER_LENGTH
+            and packet[IPV6_HEADER_LENGTH] < 128
+        ):
+            return
+        tokens = min(
+            ICMP_ERROR_BURST,
+            self._icmp_tokens + (now - self._icmp_stamp) * self.settings.icmp_error_rate,
+        )
+        self._icmp_stamp = now
+        if tokens < 1.0:
+            self._icmp_tokens = tokens
+            self.drop("icmp_error_rate_limited")
+            return
+        self._icmp_tokens = tokens - 1.0
+        self._packets.append(
+            build_icmpv6_error(self.error_source, ICMPv6Type.DESTINATION_UNREACHABLE, code, packet)
+        )
+        self.count("icmp_errors_sent")
+
+    def cookie(self, peer: bytes) -> bytes:
+        """Our link-local bubble source for `peer` (see `bubble_cookie`)."""
+        return bubble_cookie(self._secret, peer)
+
+    # -----------------------------------------------------------------------------------------
+    # Hooks (override in roles)
+
+    def _serves(self, destination: bytes) -> bool:
+        """Whether a packet from a Teredo peer for `destination` may reach the local stack."""
+        return False
+
+    def _on_datagram(self, packet: TeredoPacket, source: SockAddr, now: float) -> bool:
+        """First look at every parsed datagram; return True when it was handled (the client
+        takes its server's packets here)."""
+        return False
+
+    def _on_unverified(self, packet: TeredoPacket, source: SockAddr, now: float) -> None:
+        """A packet whose source the generic rules could not verify. Default: drop it."""
+        src = packet.ipv6[8:24]
+        if not self.is_teredo(src):
+            self.drop("non_teredo_source")
+        elif packet.ipv6[6] == NextHeader.NO_NEXT_HEADER:
+            self.drop("unverified_bubble")
+        else:
+            self.drop("mapping_mismatch")
+
+    def _on_native_destination(self, packet: bytes, destination: bytes, now: float) -> None:
+        """A packet from the stack for a non-Teredo destination. Default: refuse (RLY-3)."""
+        self.drop("non_teredo_destination")
+        self.send_unreachable(packet, UnreachableCode.NO_ROUTE, now)
+
+    def _retry_native(self, address: bytes, peer: Peer, now: float) -> None:
+        """A retry deadline for a non-Teredo peer (the client's echo test). Default: give up."""
+        self.fail_setup(address, peer, now)
+
+    def _bubble_source(self, destination: bytes) -> bytes:
+        """The IPv6 source of our bubbles to `destination`. Default: our cookie for it."""
+        return self.cookie(destination)
+
+    def _on_trusted(self, address: bytes, peer: Peer, now: float) -> None:
+        """`address` just became trusted (after its queue was flushed)."""
+
+    def _on_expired(self, address: bytes, peer: Peer) -> None:
+        """The sweep removed an idle entry."""
+
+    # -----------------------------------------------------------------------------------------
+    # Helpers
+
+    def _answers_our_bubble(self, ipv6: bytes, packet: TeredoPacket, peer: Peer | None) -> bool:
+        src, dst = ipv6[8:24], ipv6[24:40]
+        if dst[:8] == _LINK_LOCAL_PREFIX and hmac.compare_digest(dst, self.cookie(src)):
+            return True
+        if peer is not None and peer.nonce_sent is not None and packet.trailers:
+            nonce = trailer_nonce(packet.trailers)
+            return nonce is not None and hmac.compare_digest(nonce, peer.nonce_sent)
+        return False
+
+    def _global_source(self, source: SockAddr) -> bool:
+        """SEC-C5b (CVE-2006-6264): never learn a mapping that is not global unicast."""
+        if self._check_global and not is_global_ipv4(_ipv4_int(source[0])):
+            self.drop("non_global_mapping")
+            return False
+        return True
+
+
+def _show(address: bytes) -> str:
+    return str(IPv6Address(address))
