@@ -1,8 +1,9 @@
 """The control socket: how `teredo status` asks a running daemon for its state.
 
 Protocol: a client connects to the daemon's AF_UNIX stream socket (configuration directive
-`ControlSocket`, by convention `/run/teredo/ROLE.sock`), sends one JSON line such as
-`{"command": "status"}` and reads one JSON document back; then the daemon closes the connection.
+`ControlSocket`, default `teredo.config.default_control_socket(role)`: /run/teredo/ROLE.sock),
+sends one JSON line such as `{"command": "status"}` and reads one JSON document back; then the
+daemon closes the connection.
 A failed request is answered with `{"error": "one sentence"}`.
 
 The status document is shared by every role and open to role-specific keys::
@@ -43,11 +44,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+from teredo.config import CONTROL_SOCKET_DIR
 from teredo.errors import ParseError, UserError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONTROL_DIR: Final = "/run/teredo"
 SOCKET_SUFFIX: Final = ".sock"
 SOCKET_MODE: Final = 0o660  # owner and group (e.g. an admin group) may ask; others may not
 REQUEST_TIMEOUT: Final = 5.0  # seconds a client may take to send its request line
@@ -59,11 +60,6 @@ StatusGetter = Callable[[], Mapping[str, Any]]
 
 Command = Callable[[], object]
 """An extra control command: returns any JSON-encodable value."""
-
-
-def default_control_socket(role: str) -> str:
-    """The conventional control socket path for a role, e.g. /run/teredo/client.sock."""
-    return os.path.join(DEFAULT_CONTROL_DIR, role + SOCKET_SUFFIX)
 
 
 # --- daemon side ------------------------------------------------------------------------------
@@ -292,7 +288,7 @@ def query_control_socket(
     return answer
 
 
-def find_control_socket(directory: str = DEFAULT_CONTROL_DIR) -> str:
+def find_control_socket(directory: str = CONTROL_SOCKET_DIR) -> str:
     """The one live control socket in `directory`; `UserError` when there are none or several."""
     candidates = sorted(
         str(entry) for entry in Path(directory).glob("*" + SOCKET_SUFFIX) if _is_socket(entry)
@@ -319,7 +315,7 @@ def _is_socket(path: Path) -> bool:
 
 
 def run_status(
-    socket_path: str | None, as_json: bool, *, search_dir: str = DEFAULT_CONTROL_DIR
+    socket_path: str | None, as_json: bool, *, search_dir: str = CONTROL_SOCKET_DIR
 ) -> int:
     """`teredo status [--json] [--socket PATH]`: print a daemon's status; exit status 0.
 
@@ -387,9 +383,8 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def _row(label: str, text: str, depth: int = 0) -> str:
-    indent = "  " * depth
-    return f"{indent}{label:<{max(_LABEL_WIDTH - len(indent), len(label) + 1)}}{text}".rstrip()
+def _row(label: str, text: str, depth: int = 0, width: int = _LABEL_WIDTH) -> str:
+    return f"{'  ' * depth}{label:<{max(width, len(label) + 1)}}{text}".rstrip()
 
 
 def _scalar(value: object) -> str:
@@ -402,18 +397,20 @@ def _scalar(value: object) -> str:
     return str(value)
 
 
-def _render_value(label: str, value: object, depth: int) -> list[str]:
+def _render_value(label: str, value: object, depth: int, width: int = _LABEL_WIDTH) -> list[str]:
     if isinstance(value, Mapping):
         if not value:
-            return [_row(label, "none", depth)]
+            return [_row(label, "none", depth, width)]
         lines = ["  " * depth + label]
+        inner = max(len(str(key)) for key in value) + 2  # align the values of one mapping
         for key, item in value.items():
-            lines += _render_value(str(key), item, depth + 1)
+            lines += _render_value(str(key), item, depth + 1, inner)
         return lines
     if isinstance(value, list | tuple):
         if all(not isinstance(item, Mapping | list | tuple) for item in value):
-            return [_row(label, ", ".join(_scalar(item) for item in value) or "none", depth)]
-        lines = [_row(label, f"{len(value)} entries", depth)]
+            text = ", ".join(_scalar(item) for item in value) or "none"
+            return [_row(label, text, depth, width)]
+        lines = [_row(label, f"{len(value)} entries", depth, width)]
         for item in value:
             if isinstance(item, Mapping):
                 text = ", ".join(f"{k} {_scalar(v)}" for k, v in item.items())
@@ -421,7 +418,7 @@ def _render_value(label: str, value: object, depth: int) -> list[str]:
                 text = json.dumps(item, default=str)
             lines.append("  " * (depth + 1) + "- " + text)
         return lines
-    return [_row(label, _scalar(value), depth)]
+    return [_row(label, _scalar(value), depth, width)]
 
 
 def _render_address(text: str, prefix: object) -> list[str]:

@@ -39,7 +39,6 @@ from teredo.errors import UsageError, UserError
 log = logging.getLogger(__name__)
 
 SYSLOG_SOCKET: Final = "/dev/log"
-DEFAULT_SYSLOG_FACILITY: Final = "daemon"  # Miredo's default SyslogFacility
 SHUTDOWN_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 RELOAD_SIGNAL: Final = signal.SIGHUP
 

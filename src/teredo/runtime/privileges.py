@@ -28,11 +28,10 @@ import pwd
 from collections.abc import Collection
 from typing import Final
 
+from teredo.config import DEFAULT_USER
 from teredo.errors import UserError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_USER: Final = "nobody"
 
 # <linux/capability.h>: the ones a Teredo daemon may want to keep.
 CAPABILITIES: Final = {
@@ -99,8 +98,8 @@ def drop_privileges(user: str = DEFAULT_USER, *, keep: Collection[str] = ()) -> 
         entry = pwd.getpwnam(user)
     except KeyError:
         raise UserError(
-            f"cannot drop privileges to user {user!r}: no such user; create it or configure "
-            "another user"
+            f"cannot drop privileges to user {user!r}: no such user; create it or set User "
+            "to another user"
         ) from None
     if entry.pw_uid == 0:
         log.warning("configured to keep running as %s: privileges not dropped", user)
