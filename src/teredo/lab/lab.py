@@ -1,0 +1,579 @@
+"""The lab's Python API: build, run roles in, query and tear down a Teredo lab.
+
+    with Lab("t1", nat1="symmetric", server="miredo") as lab:   # up() on entry, down() on exit
+        lab.ping("cli1", NATIVE_IPV6)
+        lab.teredo_address("cli2")
+
+`Lab.attach(name)` picks up a lab another process brought up (from its state file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+from teredo.address import TeredoAddress, parse_teredo_address
+from teredo.errors import ParseError, UsageError, UserError
+from teredo.lab import netns, processes
+from teredo.lab.nat import nat_ruleset
+from teredo.lab.processes import ProcessInfo
+from teredo.lab.roles import ROLES, Impl, RoleLaunch, resolve_impl, role_launch
+from teredo.lab.state import (
+    DEFAULT_NAME,
+    LabState,
+    RoleRecord,
+    check_name,
+    claim,
+    load,
+    save,
+    state_dir,
+)
+from teredo.lab.topology import (
+    DEFAULT_NAT1,
+    DEFAULT_NAT2,
+    NODES,
+    SERVER_IPV4,
+    SERVER_IPV4_2,
+    TEREDO_INTERFACE,
+    TEREDO_PREFIX,
+    NatKind,
+    Topology,
+    build_topology,
+    resolve_node,
+)
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT: Final = 20.0  # seconds; a Miredo client retries 3 times 4 s apart (LAB-NOTES)
+POLL_INTERVAL: Final = 0.05
+TEREDO_PORT: Final = 3544  # RFC 4380 §2.7
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    source: str
+    destination: str
+    transmitted: int
+    received: int
+    rtt_avg_ms: float | None
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        """A path works when at least one reply came back (the first may be lost to bubbles)."""
+        return self.received >= 1
+
+
+def _quiet(message: str) -> None:
+    logger.info("%s", message)
+
+
+class Lab:
+    """One lab: eight namespaces named `<name>-<node>` and the roles running in them."""
+
+    def __init__(
+        self,
+        name: str = DEFAULT_NAME,
+        *,
+        nat1: NatKind | str = DEFAULT_NAT1,
+        nat2: NatKind | str = DEFAULT_NAT2,
+        server: str = "auto",
+        relay: str = "auto",
+        client1: str = "auto",
+        client2: str = "auto",
+        ready_timeout: float = READY_TIMEOUT,
+        progress: Progress | None = None,
+    ) -> None:
+        self.name = check_name(name)
+        try:
+            self.topology: Topology = build_topology(NatKind(nat1), NatKind(nat2))
+        except ValueError as error:
+            raise UsageError(f"{error}; NAT kinds are {', '.join(NatKind)}") from None
+        self.impls = {
+            role: resolve_impl(role, choice)
+            for role, choice in (
+                ("server", server),
+                ("relay", relay),
+                ("client1", client1),
+                ("client2", client2),
+            )
+        }
+        self.ready_timeout = ready_timeout
+        self.progress: Progress = progress or _quiet
+        self.state: LabState | None = None
+
+    # -- naming -----------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> Path:
+        return state_dir(self.name)
+
+    def namespace(self, node: str) -> str:
+        """The namespace of a node (node names and aliases such as "client1" are accepted)."""
+        try:
+            return f"{self.name}-{resolve_node(node)}"
+        except KeyError:
+            aliases = "server, native, client1, client2"
+            raise UsageError(
+                f"no node {node!r} in the lab; nodes are {', '.join(NODES)} ({aliases})"
+            ) from None
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [f"{self.name}-{node}" for node in NODES]
+
+    @classmethod
+    def attach(cls, name: str = DEFAULT_NAME, progress: Progress | None = None) -> Lab:
+        """The lab named `name` that some process brought up."""
+        state = load(name)
+        if state is None:
+            raise UserError(f"no lab named {name!r} is up; start one with `teredo lab up`")
+        lab = cls(name, nat1=state.nat1, nat2=state.nat2, progress=progress)
+        lab.impls = {role: Impl(record.impl) for role, record in state.roles.items()}
+        lab.state = state
+        return lab
+
+    def __enter__(self) -> Lab:
+        self.up()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # -- bring up ---------------------------------------------------------------------------
+
+    def up(self) -> None:
+        """Build the namespaces, links and NATs, start the roles and wait until all are ready.
+
+        On any failure, or Ctrl-C, everything built so far is torn down (the logs are kept)
+        before the exception propagates.
+        """
+        taken = [ns for ns in self.namespaces if netns.namespace_exists(ns)]
+        if taken:
+            raise UsageError(
+                f"network namespace {taken[0]} already exists; run "
+                f"`teredo lab down --name {self.name}` or choose another --name"
+            )
+        nat1, nat2 = (site.kind.value for site in self.topology.sites)
+        state = LabState(
+            self.name, nat1, nat2, namespaces={node: f"{self.name}-{node}" for node in NODES}
+        )
+        claim(state)
+        self.state = state
+        try:
+            with _terminate_as_interrupt():
+                started = time.monotonic()
+                self._build()
+                self.progress(
+                    f"built {len(NODES)} namespaces {self.name}-*, NAT1 {nat1}, NAT2 {nat2} "
+                    f"({time.monotonic() - started:.1f} s)"
+                )
+                self._start_roles(("server", "relay"))
+                self._start_roles(("client1", "client2"))
+                state.phase = "up"
+                save(state)
+        except BaseException:
+            state.phase = "failed"
+            self.down(keep_logs=True)
+            raise
+
+    def _build(self) -> None:
+        topology = self.topology
+        for node in topology.nodes:
+            namespace = self.namespace(node.name)
+            netns.create_namespace(namespace)
+            # Before any interface exists, so that "default" applies to every one of them.
+            netns.write_sysctls(namespace, node.sysctls)
+        for link in topology.links:
+            netns.create_veth(
+                self.namespace(link.node_a),
+                link.ifname_a,
+                self.namespace(link.node_b),
+                link.ifname_b,
+            )
+        for node in topology.nodes:
+            for interface in node.interfaces:
+                netns.configure_interface(
+                    self.namespace(node.name), interface.name, interface.addresses
+                )
+        for node in topology.nodes:
+            for route in node.routes:
+                netns.add_route(self.namespace(node.name), route.destination, route.gateway)
+        for site in topology.sites:
+            ruleset = nat_ruleset(site.kind, site.lan_network, site.wan.ip, site.client.ip)
+            if ruleset is not None:
+                netns.load_nftables(self.namespace(site.nat_node), ruleset)
+
+    def _start_roles(self, roles: Sequence[str]) -> None:
+        assert self.state is not None
+        started = time.monotonic()
+        for role in roles:
+            launch = role_launch(role, self.impls[role], self.directory)
+            self._launch(launch)
+        self._wait_ready(roles, started)
+
+    def _launch(self, launch: RoleLaunch) -> None:
+        assert self.state is not None
+        launch.config_path.write_text(launch.config_text)
+        if launch.pid_path is not None:
+            launch.pid_path.unlink(missing_ok=True)
+        if launch.control_socket is not None:
+            launch.control_socket.unlink(missing_ok=True)
+        info = processes.launch(self.namespace(launch.node), launch.argv, launch.log_path)
+        self.state.roles[launch.role] = RoleRecord(
+            role=launch.role,
+            node=launch.node,
+            kind=launch.kind,
+            impl=launch.impl.value,
+            argv=list(launch.argv),
+            config=str(launch.config_path),
+            log=str(launch.log_path),
+            pid=info.pid,
+            starttime=info.starttime,
+            pidfile=str(launch.pid_path) if launch.pid_path else None,
+            control_socket=str(launch.control_socket) if launch.control_socket else None,
+        )
+        save(self.state)
+
+    def _wait_ready(self, roles: Sequence[str], started: float) -> None:
+        assert self.state is not None
+        pending = list(roles)
+        deadline = started + self.ready_timeout
+        while pending:
+            for role in list(pending):
+                record = self.state.roles[role]
+                what = _READY_WHAT[record.kind]
+                if not self._alive(record):
+                    raise UserError(
+                        f"the {role} ({record.impl}) on node {record.node} exited before it "
+                        f"{what}; read {record.log}"
+                    )
+                detail = self._ready(record)
+                if detail is not None:
+                    pending.remove(role)
+                    self.progress(
+                        f"{role} ({record.impl}) on {record.node}: {detail} "
+                        f"({time.monotonic() - started:.1f} s)"
+                    )
+            if pending and time.monotonic() > deadline:
+                record = self.state.roles[pending[0]]
+                raise UserError(
+                    f"the {record.role} ({record.impl}) on node {record.node} did not "
+                    f"{_READY_WHAT[record.kind]} within {self.ready_timeout:g} s; read {record.log}"
+                )
+            if pending:
+                time.sleep(POLL_INTERVAL)
+
+    def _ready(self, record: RoleRecord) -> str | None:
+        """A short description of the role's readiness, or None while it is not ready."""
+        namespace = self.namespace(record.node)
+        if record.kind == "server":
+            assert record.pid is not None
+            bound = _udp_bound(record.pid)
+            wanted = {SERVER_IPV4, SERVER_IPV4_2}
+            if all(
+                (a, TEREDO_PORT) in bound or (IPv4Address(0), TEREDO_PORT) in bound for a in wanted
+            ):
+                return f"listening on {SERVER_IPV4}:{TEREDO_PORT} and {SERVER_IPV4_2}:{TEREDO_PORT}"
+            return None
+        if record.kind == "relay":
+            interface = netns.interface_state(namespace, TEREDO_INTERFACE)
+            if interface is not None and interface[0]:
+                return f"interface {TEREDO_INTERFACE} up"
+            return None
+        address = self.teredo_address(record.node)
+        if address is None:
+            return None
+        return f"qualified as {address} ({describe_teredo(address)})"
+
+    # -- tear down --------------------------------------------------------------------------
+
+    def down(self, keep_logs: bool = False) -> list[str]:
+        """Stop the roles (by pid), remove the namespaces and the state; say what was done.
+
+        Signals are held off meanwhile, so a second Ctrl-C cannot leave half a lab behind.
+        """
+        with _signals_held():
+            return self._teardown(keep_logs)
+
+    def _teardown(self, keep_logs: bool) -> list[str]:
+        state = self.state or load(self.name)
+        done: list[str] = []
+        namespaces = self.namespaces
+        if state is not None:
+            infos = [
+                ProcessInfo(r.pid, r.starttime, state.namespaces.get(r.node, ""))
+                for r in state.roles.values()
+                if r.pid is not None and r.starttime is not None
+            ]
+            if infos:
+                killed = processes.stop(infos, namespaces)
+                done.append(
+                    f"stopped {len(infos)} roles" + (f" ({len(killed)} killed)" if killed else "")
+                )
+        leftovers = netns.processes_in(namespaces)
+        if leftovers:
+            logger.info("stopping leftover processes in the lab: %s", leftovers)
+            processes.stop_pids(leftovers)
+            done.append(f"stopped {len(leftovers)} other processes left in the lab's namespaces")
+        removed = 0
+        for namespace in namespaces:
+            if netns.namespace_exists(namespace):
+                netns.remove_namespace(namespace)
+                removed += 1
+        if removed:
+            done.append(f"removed {removed} namespaces {self.name}-*")
+        directory = self.directory
+        if directory.exists():
+            if keep_logs:
+                for path in directory.iterdir():
+                    if path.suffix not in (".log", ".conf"):
+                        path.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(directory, ignore_errors=True)
+        self.state = None
+        return done
+
+    # -- use --------------------------------------------------------------------------------
+
+    def exec(
+        self,
+        node: str,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        input: str | None = None,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command in a node and capture its output."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.namespace(node), *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            check=check,
+        )
+
+    def ping(
+        self,
+        source: str,
+        destination: IPv6Address | str,
+        *,
+        count: int = 4,
+        interval: float = 0.3,
+        wait: float = 2.0,
+    ) -> PingResult:
+        """ping -6 from a node; `ok` when at least one reply came back."""
+        argv = ["ping", "-6", "-n", "-c", str(count), "-i", f"{interval:g}", "-W", f"{wait:g}"]
+        result = self.exec(source, [*argv, str(destination)], timeout=count * interval + wait + 10)
+        return parse_ping(source, str(destination), result.stdout + result.stderr)
+
+    def teredo_address(self, node: str) -> IPv6Address | None:
+        """The node's global Teredo address (2001::/32 on interface "teredo"), if it has one."""
+        addresses = netns.global_addresses_in(self.namespace(node), TEREDO_INTERFACE, TEREDO_PREFIX)
+        for address in addresses or []:
+            if not address.is_link_local:
+                return address
+        return None
+
+    def restart_role(self, role: str) -> None:
+        """Stop one role and start it again in a fresh process, waiting until it is ready."""
+        state = self._require_state()
+        record = state.roles[role]
+        if record.pid is not None and record.starttime is not None:
+            processes.stop(
+                [ProcessInfo(record.pid, record.starttime, self.namespace(record.node))],
+                self.namespaces,
+            )
+        started = time.monotonic()
+        self._launch(role_launch(role, Impl(record.impl), self.directory))
+        self._wait_ready([role], started)
+
+    def restart_roles(self, roles: Sequence[str]) -> None:
+        """Restart several roles at once (stopped together, then started together)."""
+        state = self._require_state()
+        infos = []
+        for role in roles:
+            record = state.roles[role]
+            if record.pid is not None and record.starttime is not None:
+                infos.append(ProcessInfo(record.pid, record.starttime, self.namespace(record.node)))
+        processes.stop(infos, self.namespaces)
+        started = time.monotonic()
+        for role in roles:
+            self._launch(role_launch(role, Impl(state.roles[role].impl), self.directory))
+        self._wait_ready(roles, started)
+
+    def _require_state(self) -> LabState:
+        if self.state is None:
+            raise UserError(f"the lab {self.name!r} is not up")
+        return self.state
+
+    @staticmethod
+    def _alive(record: RoleRecord) -> bool:
+        if record.pid is None or record.starttime is None:
+            return False
+        return processes.is_alive(ProcessInfo(record.pid, record.starttime, ""))
+
+    def status(self) -> dict[str, Any]:
+        """Nodes, NAT kinds, roles (pid, alive, implementation) and decoded Teredo addresses."""
+        state = self._require_state()
+        nodes = []
+        for node in self.topology.nodes:
+            namespace = self.namespace(node.name)
+            entry: dict[str, Any] = {
+                "node": node.name,
+                "namespace": namespace,
+                "kind": node.kind,
+                "exists": netns.namespace_exists(namespace),
+                "addresses": [str(a) for i in node.interfaces for a in i.addresses],
+            }
+            if node.kind == "nat":
+                entry["nat"] = self.topology.site(node.name).kind.value
+            nodes.append(entry)
+        roles = []
+        for role in ROLES:
+            record = state.roles.get(role)
+            if record is None:
+                continue
+            alive = self._alive(record)
+            entry = {
+                "role": role,
+                "node": record.node,
+                "impl": record.impl,
+                "pid": record.pid,
+                "alive": alive,
+                "config": record.config,
+                "log": record.log,
+                "control_socket": record.control_socket,
+            }
+            if record.kind == "client":
+                address = self.teredo_address(record.node) if alive else None
+                entry["teredo"] = teredo_json(address) if address else None
+            roles.append(entry)
+        return {
+            "name": self.name,
+            "phase": state.phase,
+            "state_dir": str(self.directory),
+            "nat": {site.nat_node: site.kind.value for site in self.topology.sites},
+            "nodes": nodes,
+            "roles": roles,
+        }
+
+
+_READY_WHAT: Final = {
+    "server": f"listened on UDP {TEREDO_PORT} on both server addresses",
+    "relay": f"brought its {TEREDO_INTERFACE} interface up",
+    "client": f"got a Teredo address on its {TEREDO_INTERFACE} interface",
+}
+
+
+def _udp_bound(pid: int) -> set[tuple[IPv4Address, int]]:
+    """(address, port) of the IPv4 UDP sockets in the network namespace of `pid`."""
+    bound = set()
+    try:
+        lines = Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]
+    except OSError:
+        return set()
+    for line in lines:
+        local = line.split()[1]
+        address, port = local.split(":")
+        # /proc prints the network-order address as a host-order integer.
+        packed = struct.pack("=I", int(address, 16))
+        bound.add((IPv4Address(socket.inet_ntoa(packed)), int(port, 16)))
+    return bound
+
+
+def decode_teredo(address: IPv6Address | str) -> TeredoAddress | None:
+    try:
+        return parse_teredo_address(address)
+    except ParseError:
+        return None
+
+
+def describe_teredo(address: IPv6Address) -> str:
+    decoded = decode_teredo(address)
+    if decoded is None:
+        return "not a Teredo address"
+    cone = "cone" if decoded.cone else "not cone"
+    return f"server {decoded.server}, mapped {decoded.mapped_address}:{decoded.mapped_port}, {cone}"
+
+
+def teredo_json(address: IPv6Address) -> dict[str, Any]:
+    decoded = decode_teredo(address)
+    if decoded is None:
+        return {"address": str(address)}
+    return {
+        "address": str(address),
+        "server": str(decoded.server),
+        "mapped_address": str(decoded.mapped_address),
+        "mapped_port": decoded.mapped_port,
+        "cone": decoded.cone,
+        "flags": decoded.flags,
+    }
+
+
+_PING_COUNTS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+_PING_RTT = re.compile(r"= [\d.]+/([\d.]+)/[\d.]+/[\d.]+ ms")
+
+
+def parse_ping(source: str, destination: str, output: str) -> PingResult:
+    """Read iputils ping's summary: packets sent and received, and the average RTT."""
+    counts = _PING_COUNTS.search(output)
+    rtt = _PING_RTT.search(output)
+    return PingResult(
+        source=source,
+        destination=destination,
+        transmitted=int(counts.group(1)) if counts else 0,
+        received=int(counts.group(2)) if counts else 0,
+        rtt_avg_ms=float(rtt.group(1)) if rtt else None,
+        output=output,
+    )
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so `up` tears down what it built."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,273 @@
+"""Network namespaces, veths, addresses, routes, sysctls and nftables, through pyroute2.
+
+Nothing here touches the host's own namespace: each veth is created inside one lab namespace
+with its peer placed directly in the other. Netlink sockets are opened, and sysctls written, by
+the calling thread after it has entered the namespace (setns), and it returns to its own
+namespace right after. Nothing forks: pyroute2's own netns helpers fork a child that inherits
+our signal handlers, and a Ctrl-C landing in that child would run our clean-up code twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import socket
+import subprocess
+from collections.abc import Iterable, Iterator
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_interface
+from pathlib import Path
+from typing import Any, Final
+
+from teredo.errors import UserError
+from teredo.lab.topology import Address, Network
+
+logger = logging.getLogger(__name__)
+
+NETNS_DIR: Final = Path("/run/netns")
+IFF_UP: Final = 0x1
+# <sched.h> and <sys/mount.h>
+CLONE_NEWNET: Final = 0x40000000
+MS_BIND: Final = 4096
+MS_REC: Final = 16384
+MS_SHARED: Final = 1 << 20
+MNT_DETACH: Final = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def namespace_path(name: str) -> Path:
+    return NETNS_DIR / name
+
+
+def namespace_exists(name: str) -> bool:
+    return namespace_path(name).exists()
+
+
+def list_namespaces() -> list[str]:
+    try:
+        return sorted(entry.name for entry in NETNS_DIR.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def create_namespace(name: str) -> None:
+    """Create a named namespace as `ip netns add` does, without forking.
+
+    The calling thread unshares a fresh network namespace, bind-mounts it on /run/netns/NAME
+    and returns to its own namespace.
+    """
+    if namespace_exists(name):
+        raise UserError(f"network namespace {name} already exists; choose another --name")
+    _share_netns_dir()
+    path = namespace_path(name)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    try:
+        with _home_kept():
+            _check(_libc.unshare(CLONE_NEWNET), "unshare a network namespace")
+            _check(
+                _libc.mount(b"/proc/thread-self/ns/net", bytes(path), b"none", MS_BIND, None),
+                f"bind-mount the namespace on {path}",
+            )
+    except BaseException:
+        _libc.umount2(bytes(path), MNT_DETACH)
+        path.unlink(missing_ok=True)
+        raise
+    with iproute(name) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+
+def remove_namespace(name: str) -> None:
+    """Remove a named namespace as `ip netns del` does (its veths go with it)."""
+    path = namespace_path(name)
+    if path.exists():
+        _libc.umount2(bytes(path), MNT_DETACH)
+        path.unlink(missing_ok=True)
+
+
+def _share_netns_dir() -> None:
+    """Make /run/netns a shared mount point, as iproute2 does, so mounts propagate."""
+    NETNS_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    target = bytes(NETNS_DIR)
+    if _libc.mount(b"", target, b"none", MS_SHARED | MS_REC, None) == 0:
+        return
+    _check(_libc.mount(target, target, b"none", MS_BIND | MS_REC, None), f"bind-mount {NETNS_DIR}")
+    _check(_libc.mount(b"", target, b"none", MS_SHARED | MS_REC, None), f"share {NETNS_DIR}")
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"could not {what}: {os.strerror(error)}")
+
+
+def _setns(fd: int) -> None:
+    _check(_libc.setns(fd, CLONE_NEWNET), "enter a network namespace")
+
+
+@contextlib.contextmanager
+def _home_kept() -> Iterator[None]:
+    """Whatever the block does to the thread's namespace, return to the current one."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        yield
+    finally:
+        try:
+            _setns(home)
+        finally:
+            os.close(home)
+
+
+@contextlib.contextmanager
+def entered(namespace: str) -> Iterator[None]:
+    """Run the calling thread inside `namespace` for the duration of the block."""
+    target = os.open(namespace_path(namespace), os.O_RDONLY)
+    try:
+        with _home_kept():
+            _setns(target)
+            yield
+    finally:
+        os.close(target)
+
+
+@contextlib.contextmanager
+def iproute(namespace: str) -> Iterator[Any]:
+    """An IPRoute (netlink) socket opened inside `namespace` (it stays bound to it)."""
+    from pyroute2 import IPRoute
+
+    with entered(namespace):
+        ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def write_sysctls(namespace: str, items: Iterable[tuple[str, str]]) -> None:
+    """Write sysctls through /proc/sys, which shows the namespace of the thread opening it."""
+    with entered(namespace):
+        for key, value in items:
+            path = Path("/proc/sys") / key.replace(".", "/")
+            path.write_text(value + "\n")
+
+
+def read_sysctl(namespace: str, key: str) -> str:
+    with entered(namespace):
+        return (Path("/proc/sys") / key.replace(".", "/")).read_text().strip()
+
+
+def create_veth(namespace_a: str, ifname_a: str, namespace_b: str, ifname_b: str) -> None:
+    """A veth pair created in `namespace_a` with its peer placed directly in `namespace_b`."""
+    peer_namespace = os.open(namespace_path(namespace_b), os.O_RDONLY)
+    try:
+        with iproute(namespace_a) as ipr:
+            ipr.link(
+                "add",
+                ifname=ifname_a,
+                kind="veth",
+                peer={"ifname": ifname_b, "net_ns_fd": peer_namespace},
+            )
+    finally:
+        os.close(peer_namespace)
+
+
+def configure_interface(namespace: str, ifname: str, addresses: Iterable[Address]) -> None:
+    with iproute(namespace) as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        for address in addresses:
+            ipr.addr(
+                "add",
+                index=index,
+                address=str(address.ip),
+                prefixlen=address.network.prefixlen,
+                family=socket.AF_INET if address.version == 4 else socket.AF_INET6,
+            )
+        ipr.link("set", index=index, state="up")
+
+
+def add_route(namespace: str, destination: Network, gateway: IPv4Address | IPv6Address) -> None:
+    with iproute(namespace) as ipr:
+        ipr.route(
+            "add",
+            dst=str(destination),
+            gateway=str(gateway),
+            family=socket.AF_INET if destination.version == 4 else socket.AF_INET6,
+        )
+
+
+def load_nftables(namespace: str, ruleset: str) -> None:
+    """Load a ruleset with `nft -f -` inside the namespace."""
+    result = subprocess.run(
+        ["ip", "netns", "exec", namespace, "nft", "-f", "-"],
+        input=ruleset,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise UserError(
+            f"nft refused the NAT ruleset in {namespace}: {result.stderr.strip()}; "
+            "check that nftables is installed and the kernel has nf_tables and NAT support"
+        )
+
+
+def interface_state(namespace: str, ifname: str) -> tuple[bool, list[Address]] | None:
+    """(is up, addresses) of an interface in `namespace`, or None when it does not exist."""
+    with iproute(namespace) as ipr:
+        indexes = ipr.link_lookup(ifname=ifname)
+        if not indexes:
+            return None
+        index = indexes[0]
+        link = ipr.get_links(index)[0]
+        up = bool(link["flags"] & IFF_UP)
+        addresses: list[Address] = []
+        for message in ipr.get_addr(index=index):
+            addresses.append(
+                ip_interface(f"{message.get_attr('IFA_ADDRESS')}/{message['prefixlen']}")
+            )
+        return up, addresses
+
+
+def global_addresses_in(
+    namespace: str, ifname: str, network: IPv6Network
+) -> list[IPv6Address] | None:
+    """Addresses of `ifname` inside `network`, or None when the interface does not exist."""
+    state = interface_state(namespace, ifname)
+    if state is None:
+        return None
+    return [a.ip for a in state[1] if isinstance(a.ip, IPv6Address) and a.ip in network]
+
+
+def namespace_inode(name: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(namespace_path(name))
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def process_namespace_inode(pid: int) -> tuple[int, int] | None:
+    try:
+        info = os.stat(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def processes_in(names: Iterable[str]) -> dict[int, str]:
+    """PIDs of the processes living in any of the named namespaces -> namespace name."""
+    inodes = {}
+    for name in names:
+        inode = namespace_inode(name)
+        if inode is not None:
+            inodes[inode] = name
+    found: dict[int, str] = {}
+    if not inodes:
+        return found
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            inode = process_namespace_inode(int(entry.name))
+            if inode in inodes:
+                found[int(entry.name)] = inodes[inode]
+    return found

@@ -1,0 +1,300 @@
+"""The lab's topology as data: nodes, links, addresses, routes and sysctls (no I/O here).
+
+Every lab uses the same addresses: labs are told apart by their namespace names
+(`<prefix>-<node>`), and addresses in one network namespace never meet those of another.
+
+::
+
+                               v6  2001:db8:2::2, 198.51.100.34  (native IPv6 host)
+                                |
+    srv ------------------- inet (router: IPv4 + IPv6 forwarding, 2001::/32 -> relay)
+    198.51.100.2 + .3      /    \\                 \\
+    2001:db8:1::2       nat1     nat2              relay 198.51.100.18, 2001:db8:3::2
+    (Teredo server)  203.0.113.2  203.0.113.18     (Teredo relay, UDP 3545)
+                        |           |
+                      cli1         cli2        behind each NAT: 10.<n>.0.2/24, or with
+                    10.1.0.2     10.2.0.2      NAT kind "none" the public 203.0.113.66 / .82
+
+The public side uses the documentation ranges 198.51.100.0/24 and 203.0.113.0/24 (Miredo
+refuses private, shared and 172.16/12 mapped addresses, and the host itself may sit in
+192.0.2.0/24, so that range is avoided) and 2001:db8::/32 for native IPv6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
+from typing import Final
+
+
+class NatKind(StrEnum):
+    """The NAT behaviours a NAT box can have (RFC 4787 terms in the comments)."""
+
+    # Endpoint-independent mapping and filtering: anyone may send to the mapped port.
+    FULLCONE = "fullcone"
+    # Endpoint-independent mapping, address-dependent filtering.
+    RESTRICTED = "restricted"
+    # Endpoint-independent mapping, address-and-port-dependent filtering.
+    PORT_RESTRICTED = "port-restricted"
+    # Address-and-port-dependent mapping (a new random port per destination).
+    SYMMETRIC = "symmetric"
+    # No NAT at all: the client has a public IPv4 address behind a plain router.
+    NONE = "none"
+
+
+DEFAULT_NAT1: Final = NatKind.PORT_RESTRICTED
+DEFAULT_NAT2: Final = NatKind.FULLCONE
+
+# The eight nodes, one network namespace each, in the order they are built.
+NODES: Final = ("inet", "srv", "relay", "v6", "nat1", "cli1", "nat2", "cli2")
+
+# Friendlier names accepted wherever a node is named (`teredo lab exec client1 ...`).
+NODE_ALIASES: Final = {
+    "router": "inet",
+    "server": "srv",
+    "native": "v6",
+    "host": "v6",
+    "client1": "cli1",
+    "client2": "cli2",
+}
+
+SERVER_IPV4: Final = IPv4Address("198.51.100.2")
+SERVER_IPV4_2: Final = IPv4Address("198.51.100.3")  # RFC 4380 §5.2.1: primary address + 1
+SERVER_IPV6: Final = IPv6Address("2001:db8:1::2")
+RELAY_IPV4: Final = IPv4Address("198.51.100.18")
+RELAY_IPV6: Final = IPv6Address("2001:db8:3::2")
+RELAY_PORT: Final = 3545  # fixed so captures tell relay traffic (3545) from server traffic (3544)
+NATIVE_IPV6: Final = IPv6Address("2001:db8:2::2")
+NATIVE_IPV4: Final = IPv4Address("198.51.100.34")
+TEREDO_PREFIX: Final = IPv6Network("2001::/32")
+TEREDO_INTERFACE: Final = "teredo"
+
+# Sysctls every lab namespace gets before its interfaces exist: without duplicate address
+# detection the first native packet does not wait ~1 s for an address to become usable.
+COMMON_SYSCTLS: Final = (
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+)
+IPV4_FORWARDING: Final = ("net.ipv4.ip_forward", "1")
+IPV6_FORWARDING: Final = ("net.ipv6.conf.all.forwarding", "1")
+
+Address = IPv4Interface | IPv6Interface
+Network = IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    name: str
+    addresses: tuple[Address, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    destination: Network
+    gateway: IPv4Address | IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A veth pair whose two ends are created directly inside two lab namespaces."""
+
+    node_a: str
+    ifname_a: str
+    node_b: str
+    ifname_b: str
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """One NAT box and the client behind it."""
+
+    nat_node: str
+    client_node: str
+    kind: NatKind
+    wan: IPv4Interface  # the NAT's public address
+    lan: IPv4Interface  # the NAT's inside address (the client's gateway)
+    client: IPv4Interface  # the client's address
+
+    @property
+    def lan_network(self) -> IPv4Network:
+        return self.lan.network
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    kind: str  # router | server | relay | host | nat | client
+    interfaces: tuple[Interface, ...]
+    routes: tuple[Route, ...]
+    sysctls: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    nodes: tuple[Node, ...]
+    links: tuple[Link, ...]
+    sites: tuple[Site, ...]
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def site(self, nat_node: str) -> Site:
+        for site in self.sites:
+            if site.nat_node == nat_node:
+                return site
+        raise KeyError(nat_node)
+
+
+def _v4(text: str) -> IPv4Interface:
+    return IPv4Interface(text)
+
+
+def _v6(text: str) -> IPv6Interface:
+    return IPv6Interface(text)
+
+
+def _site(index: int, kind: NatKind) -> Site:
+    # Site n: the NAT's public /28 is 203.0.113.16(n-1)/28; behind it 10.n.0.0/24, or with no
+    # NAT a public /28 at 203.0.113.(64 + 16(n-1)) routed to the NAT box by the router.
+    base = 16 * (index - 1)
+    if kind is NatKind.NONE:
+        inside = 64 + base
+        lan, client = _v4(f"203.0.113.{inside + 1}/28"), _v4(f"203.0.113.{inside + 2}/28")
+    else:
+        lan, client = _v4(f"10.{index}.0.1/24"), _v4(f"10.{index}.0.2/24")
+    return Site(
+        nat_node=f"nat{index}",
+        client_node=f"cli{index}",
+        kind=kind,
+        wan=_v4(f"203.0.113.{base + 2}/28"),
+        lan=lan,
+        client=client,
+    )
+
+
+def router_side(site: Site) -> IPv4Interface:
+    """The router's address on the link to a site's NAT box."""
+    return IPv4Interface((IPv4Address(int(site.wan.ip) - 1), site.wan.network.prefixlen))
+
+
+def build_topology(nat1: NatKind = DEFAULT_NAT1, nat2: NatKind = DEFAULT_NAT2) -> Topology:
+    """The whole lab for the given NAT kinds."""
+    sites = (_site(1, nat1), _site(2, nat2))
+    default4 = IPv4Network("0.0.0.0/0")
+    default6 = IPv6Network("::/0")
+    inet_ifaces = [
+        Interface("srv", (_v4("198.51.100.1/28"), _v6("2001:db8:1::1/64"))),
+        Interface("relay", (_v4("198.51.100.17/28"), _v6("2001:db8:3::1/64"))),
+        Interface("v6", (_v4("198.51.100.33/28"), _v6("2001:db8:2::1/64"))),
+    ]
+    inet_routes = [Route(TEREDO_PREFIX, RELAY_IPV6)]
+    nodes: list[Node] = []
+    links = [
+        Link("inet", "srv", "srv", "eth0"),
+        Link("inet", "relay", "relay", "eth0"),
+        Link("inet", "v6", "v6", "eth0"),
+    ]
+    site_nodes: list[Node] = []
+    for site in sites:
+        inet_ifaces.append(Interface(site.nat_node, (router_side(site),)))
+        if site.kind is NatKind.NONE:
+            inet_routes.append(Route(site.lan_network, site.wan.ip))
+        links.append(Link("inet", site.nat_node, site.nat_node, "wan"))
+        links.append(Link(site.nat_node, "lan", site.client_node, "eth0"))
+        site_nodes.append(
+            Node(
+                site.nat_node,
+                "nat",
+                (Interface("wan", (site.wan,)), Interface("lan", (site.lan,))),
+                (Route(default4, router_side(site).ip),),
+                (*COMMON_SYSCTLS, IPV4_FORWARDING),
+            )
+        )
+        site_nodes.append(
+            Node(
+                site.client_node,
+                "client",
+                (Interface("eth0", (site.client,)),),
+                (Route(default4, site.lan.ip),),
+                COMMON_SYSCTLS,
+            )
+        )
+    nodes.append(
+        Node(
+            "inet",
+            "router",
+            tuple(inet_ifaces),
+            tuple(inet_routes),
+            (*COMMON_SYSCTLS, IPV4_FORWARDING, IPV6_FORWARDING),
+        )
+    )
+    nodes.append(
+        Node(
+            "srv",
+            "server",
+            (
+                Interface(
+                    "eth0",
+                    (
+                        _v4(f"{SERVER_IPV4}/28"),
+                        _v4(f"{SERVER_IPV4_2}/28"),
+                        _v6(f"{SERVER_IPV6}/64"),
+                    ),
+                ),
+            ),
+            (
+                Route(default4, IPv4Address("198.51.100.1")),
+                Route(default6, _v6("2001:db8:1::1").ip),
+            ),
+            COMMON_SYSCTLS,
+        )
+    )
+    nodes.append(
+        Node(
+            "relay",
+            "relay",
+            (Interface("eth0", (_v4(f"{RELAY_IPV4}/28"), _v6(f"{RELAY_IPV6}/64"))),),
+            (
+                Route(default4, IPv4Address("198.51.100.17")),
+                Route(default6, _v6("2001:db8:3::1").ip),
+            ),
+            # A relay forwards between its Teredo interface and native IPv6: without IPv6
+            # forwarding every relayed packet is dropped silently, both ways (LAB-NOTES).
+            (*COMMON_SYSCTLS, IPV6_FORWARDING),
+        )
+    )
+    nodes.append(
+        Node(
+            "v6",
+            "host",
+            (Interface("eth0", (_v4(f"{NATIVE_IPV4}/28"), _v6(f"{NATIVE_IPV6}/64"))),),
+            (
+                Route(default4, IPv4Address("198.51.100.33")),
+                Route(default6, _v6("2001:db8:2::1").ip),
+            ),
+            COMMON_SYSCTLS,
+        )
+    )
+    nodes.extend(site_nodes)
+    order = {name: i for i, name in enumerate(NODES)}
+    nodes.sort(key=lambda node: order[node.name])
+    return Topology(tuple(nodes), tuple(links), sites)
+
+
+def resolve_node(name: str) -> str:
+    """A node name from a node name or alias; KeyError when it names no node."""
+    name = NODE_ALIASES.get(name, name)
+    if name not in NODES:
+        raise KeyError(name)
+    return name
