@@ -1,0 +1,311 @@
+"""`teredo server`: the Teredo server daemon around the sans-I/O core `teredo.server`.
+
+What it does, in order:
+
+1. reads ``miredo-server.conf`` unchanged (``ServerBindAddress``, ``ServerBindAddress2`` = the next
+   address by default, ``Prefix``, ``InterfaceMTU``, ``SyslogFacility``; our ``ControlSocket``,
+   ``User``, ``AllowPrivateAddresses``); the ADDRESS argument overrides ``ServerBindAddress``;
+2. logs to stderr, or to syslog when the file sets ``SyslogFacility`` (as Miredo does);
+3. binds UDP 3544 on both addresses (RFC 4380 §5.3: clients use both) and opens a raw IPv6 socket
+   (``AF_INET6, SOCK_RAW, IPPROTO_RAW``: the IPv6 header is ours) to emit the clients' echo tests
+   natively (RFC 4380 §5.2.9, §5.3.1);
+4. listens on the control socket (``teredo status``), then drops privileges to ``User``: nothing
+   needs root once the sockets are open;
+5. runs until SIGTERM/SIGINT; SIGHUP re-reads the file and applies what needs no new socket
+   (``Prefix``, ``InterfaceMTU``, ``AllowPrivateAddresses``, ``SyslogFacility``); other changes
+   are logged as needing a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
+from typing import Any, Final
+
+from teredo.address import TEREDO_PORT, Endpoint
+from teredo.config import DEFAULT_SERVER_CONFIG_PATH, ServerConfig, parse_server_config
+from teredo.errors import UsageError, UserError
+from teredo.runtime.control import ControlServer, start_control_server
+from teredo.runtime.daemon import setup_logging, wait_for_shutdown
+from teredo.runtime.privileges import drop_privileges
+from teredo.runtime.udp import Address, UdpSocket, open_udp_socket
+from teredo.server import ServerSettings, TeredoServer
+
+log = logging.getLogger(__name__)
+
+NATIVE_SOCKET_BUFFER: Final = 1 << 20
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """A parsed configuration and what the file said explicitly."""
+
+    config: ServerConfig
+    path: str | None
+    syslog: str | None  # the facility when SyslogFacility is set, else None (stderr)
+
+
+def load_server_config(config_path: str | None, address: str | None) -> _Loaded:
+    """Read the configuration the way `teredo server [-c FILE] [ADDRESS]` does.
+
+    Without ``-c`` the default file is read; when it does not exist and ADDRESS is given, the
+    server runs with the defaults (Miredo needs a file; this spares one for a quick start).
+    """
+    from teredo.config import read_config_text, tokenize_config
+
+    path = config_path or DEFAULT_SERVER_CONFIG_PATH
+    if config_path is None and address is not None and not os.path.exists(path):
+        text, source = "", "<command line>"
+    elif config_path is None and not os.path.exists(path):
+        raise UsageError(
+            f"there is no {path}; give a configuration file with -c FILE, or the server's "
+            "primary IPv4 address as `teredo server ADDRESS`"
+        )
+    else:
+        text, source = read_config_text(path), path
+    config = parse_server_config(text, source, address=address)
+    explicit = {line.key for line in tokenize_config(text)}
+    syslog = config.syslog_facility if "syslogfacility" in explicit else None
+    return _Loaded(config, None if source == "<command line>" else path, syslog)
+
+
+def settings_from_config(config: ServerConfig) -> ServerSettings:
+    return ServerSettings(
+        primary=config.server_bind_address,
+        secondary=config.server_bind_address2,
+        prefix=config.prefix,
+        mtu=config.interface_mtu,
+        allow_private=config.allow_private_addresses,
+    )
+
+
+class NativeSocket:
+    """A raw IPv6 socket that sends whole IPv6 packets (IPPROTO_RAW implies the header is ours)."""
+
+    def __init__(self) -> None:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        except PermissionError:
+            raise UserError(
+                "cannot open a raw IPv6 socket to forward echo tests natively: permission "
+                "denied; run teredo server as root (it drops privileges after start-up)"
+            ) from None
+        except OSError as error:
+            raise UserError(
+                f"cannot open a raw IPv6 socket to forward echo tests natively: "
+                f"{error.strerror}; the server needs IPv6 enabled on this host"
+            ) from None
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, NATIVE_SOCKET_BUFFER)
+        except OSError as error:  # pragma: no cover - the default buffer works too
+            log.debug("cannot enlarge the raw socket's send buffer: %s", error)
+        self.sock = sock
+        self.sent = 0
+        self.send_errors = 0
+
+    def send(self, packet: bytes) -> bool:
+        destination = socket.inet_ntop(socket.AF_INET6, packet[24:40])
+        try:
+            self.sock.sendto(packet, (destination, 0))
+        except OSError as error:
+            self.send_errors += 1
+            if error.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                log.debug("cannot send natively to %s: %s", destination, error)
+            return False
+        self.sent += 1
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass(slots=True)
+class ServerDaemon:
+    """The running server: the core, its sockets, and the glue between them."""
+
+    loaded: _Loaded
+    address: str | None  # the ADDRESS argument, kept for reloads
+    core: TeredoServer
+    clock: Callable[[], float]
+    sockets: dict[IPv4Address, UdpSocket] = field(default_factory=dict)
+    native: NativeSocket | None = None
+    control: ControlServer | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def config(self) -> ServerConfig:
+        return self.loaded.config
+
+    # -- data path -----------------------------------------------------------------------------
+
+    def on_readable(self, local: IPv4Address) -> None:
+        udp = self.sockets[local]
+        core = self.core
+        now = self.clock()
+
+        def handle(view: memoryview, source: Address) -> None:
+            try:
+                endpoint = Endpoint(IPv4Address(source[0]), source[1])
+            except ValueError:  # pragma: no cover - the kernel gives dotted quads
+                return
+            core.receive_datagram(bytes(view), endpoint, local, now)
+
+        udp.drain(handle)
+        self.flush()
+
+    def flush(self) -> None:
+        for datagram in self.core.datagrams_to_send():
+            udp = self.sockets[datagram.source]
+            udp.send(datagram.data, (str(datagram.destination.address), datagram.destination.port))
+        if self.native is not None:
+            for packet in self.core.native_packets_to_send():
+                self.native.send(packet)
+
+    # -- operations ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        settings = core.settings
+        counters: dict[str, int] = dict(sorted(core.counters.items()))
+        for local, udp in self.sockets.items():
+            for name, value in udp.counters().items():
+                if value:
+                    counters[f"udp_{local}_{name}"] = value
+        if self.native is not None:
+            counters["native_sent"] = self.native.sent
+            if self.native.send_errors:
+                counters["native_send_errors"] = self.native.send_errors
+        return {
+            "role": "server",
+            "state": "serving",
+            "primary": f"{settings.primary}:{TEREDO_PORT}",
+            "secondary": f"{settings.secondary}:{TEREDO_PORT}",
+            "client_prefix": str(core.client_prefix),
+            "link_local": str(core.link_local),
+            "mtu": settings.mtu,
+            "allow_private_addresses": settings.allow_private,
+            "config": self.loaded.path or "(none)",
+            "counters": counters,
+            "drops": dict(sorted(core.drops.items())),
+            "rate_limited_sources": core.rate_limit_entries,
+        }
+
+    def reload(self) -> None:
+        """SIGHUP: apply what can change without new sockets; say what needs a restart."""
+        old = self.config
+        loaded = load_server_config(self.loaded.path, self.address)
+        new = loaded.config
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        if (new.server_bind_address, new.server_bind_address2) != (
+            old.server_bind_address,
+            old.server_bind_address2,
+        ):
+            log.warning(
+                "ServerBindAddress changed to %s and %s: restart teredo server to bind them; "
+                "still serving on %s and %s",
+                new.server_bind_address,
+                new.server_bind_address2,
+                old.server_bind_address,
+                old.server_bind_address2,
+            )
+        for what, before, after in (
+            ("ControlSocket", old.control_socket, new.control_socket),
+            ("User", old.user, new.user),
+        ):
+            if before != after:
+                log.warning("%s changed to %s: takes effect at the next restart", what, after)
+        if loaded.syslog != self.loaded.syslog:
+            setup_logging(0, syslog_facility=loaded.syslog)
+        # Keep what is bound or set up once: the addresses, the control socket, the user.
+        kept = replace(
+            new,
+            server_bind_address=old.server_bind_address,
+            server_bind_address2=old.server_bind_address2,
+            control_socket=old.control_socket,
+            user=old.user,
+        )
+        settings = settings_from_config(kept)
+        self.core.reconfigure(settings)
+        self.loaded = _Loaded(kept, loaded.path, loaded.syslog)
+        log.info(
+            "reloaded: advertising %s, MTU %d, private addresses %s",
+            self.core.client_prefix,
+            settings.mtu,
+            "allowed" if settings.allow_private else "refused",
+        )
+
+    def close(self) -> None:
+        for udp in self.sockets.values():
+            udp.close()
+        self.sockets.clear()
+        if self.native is not None:
+            self.native.close()
+            self.native = None
+
+
+def run_server(config_path: str | None, address: str | None = None) -> int:
+    """`teredo server [-c FILE] [ADDRESS]`: serve until SIGTERM/SIGINT; the exit status."""
+    loaded = load_server_config(config_path, address)
+    setup_logging(0, syslog_facility=loaded.syslog)
+    for warning in loaded.config.warnings:
+        log.warning("%s", warning)
+    return asyncio.run(_serve(loaded, address))
+
+
+async def _serve(loaded: _Loaded, address: str | None) -> int:
+    loop = asyncio.get_running_loop()
+    config = loaded.config
+    daemon = ServerDaemon(
+        loaded=loaded,
+        address=address,
+        core=TeredoServer(settings_from_config(config)),
+        clock=loop.time,
+    )
+    try:
+        for local, setting in (
+            (config.server_bind_address, "ServerBindAddress"),
+            (config.server_bind_address2, "ServerBindAddress2"),
+        ):
+            daemon.sockets[local] = open_udp_socket(
+                local, TEREDO_PORT, address_setting=setting, port_setting=None
+            )
+        daemon.native = NativeSocket()
+        if config.control_socket is not None:
+            daemon.control = await start_control_server(
+                config.control_socket, daemon.status, started=daemon.started
+            )
+        drop_privileges(config.user)
+        for local, udp in daemon.sockets.items():
+            loop.add_reader(udp.fileno(), daemon.on_readable, local)
+        log.info(
+            "Teredo server on %s:%d and %s:%d, advertising %s (MTU %d)",
+            config.server_bind_address,
+            TEREDO_PORT,
+            config.server_bind_address2,
+            TEREDO_PORT,
+            daemon.core.client_prefix,
+            config.interface_mtu,
+        )
+        await wait_for_shutdown(on_reload=daemon.reload)
+    finally:
+        for udp in daemon.sockets.values():
+            loop.remove_reader(udp.fileno())
+        if daemon.control is not None:
+            await daemon.control.close()
+        daemon.close()
+        if daemon.core.counters:
+            log.info(
+                "served %d datagrams, %d dropped",
+                daemon.core.counters["received"],
+                sum(daemon.core.drops.values()),
+            )
+    return 0
