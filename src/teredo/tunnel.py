@@ -308,7 +308,7 @@ class TunnelEngine:
         if IPV6_HEADER_LENGTH + ((data[4] << 8) | data[5]) != size:
             return False  # trailers, truncation or a bubble with trailers: the full path
         peer = self.peers.get(bytes(data[8:24]))
-        if peer is None or not peer.trusted or peer.mapped != source:
+        if peer is None or not peer.trusted or peer.mapped != source or peer.queue is not None:
             return False
         if not self._serves(bytes(data[24:40])):
             return False
@@ -346,6 +346,8 @@ class TunnelEngine:
         bubble = ipv6[6] == NextHeader.NO_NEXT_HEADER and len(ipv6) == IPV6_HEADER_LENGTH
         if peer is not None and peer.trusted and peer.mapped == source:
             peer.last_rx = now  # rx case 1
+            if peer.queue:  # a stale peer was being set up again: it answered
+                self._flush(peer, source)
         elif self.is_teredo(src) and embedded_sockaddr(src) == source:
             # rx case 3 (RFC 4380 §5.2.3) / relay anti-spoofing (§5.4.2): mapping proven.
             if not self._global_source(source):
@@ -485,13 +487,16 @@ class TunnelEngine:
         was = peer.trusted
         peer.trust(mapping, now)
         if peer.queue:
-            for packet in peers.take_queue(peer):
-                self._datagrams.append((packet, mapping))
-                self.count("sent_from_queue")
+            self._flush(peer, mapping)
         if not was:
             self.count("peers_trusted")
             self._on_trusted(address, peer, now)
         return peer
+
+    def _flush(self, peer: Peer, mapping: SockAddr) -> None:
+        queue = self.peers.take_queue(peer)
+        self._datagrams.extend((packet, mapping) for packet in queue)
+        self.count("sent_from_queue", len(queue))
 
     def send_bubbles(self, address: bytes, peer: Peer, now: float) -> bool:
         """Direct and indirect bubbles toward Teredo `address`, if the §5.2.6 limits allow.
