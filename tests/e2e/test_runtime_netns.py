@@ -37,6 +37,8 @@ NATIVE_HOST = IPv6Address("2001:db8:2::2")
 IFF_UP = 0x1
 IFF_MULTICAST = 0x1000
 RT_TABLE_MAIN = 254
+IFA_F_NODAD = 0x02
+IFA_F_TENTATIVE = 0x40
 WAIT = 5.0  # seconds to wait for the kernel to hand a packet over; not a timing assertion
 
 
@@ -89,6 +91,17 @@ def addresses(name: str) -> set[IPv6Interface]:
         }
 
 
+def address_flags(name: str, address: IPv6Interface) -> int:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=name)[0]
+        for m in ipr.addr("dump", family=socket.AF_INET6, index=index):
+            if m.get("IFA_ADDRESS") == str(address.ip):
+                return int(m.get("IFA_FLAGS") or m["flags"])
+    raise AssertionError(f"{address} not on {name}")
+
+
 def routes(name: str) -> set[tuple[IPv6Network, int]]:
     """(destination, metric) of the main-table IPv6 routes through the interface."""
     from pyroute2 import IPRoute
@@ -126,6 +139,8 @@ def test_client_configuration_mirrors_miredo_and_is_undone(tun: TunDevice) -> No
     assert state["mtu"] == 1280
     ours = {IPv6Interface("fe80::ffff:ffff:ffff/64"), IPv6Interface(f"{CLIENT_ADDRESS}/32")}
     assert ours <= addresses("teredo")
+    flags = address_flags("teredo", IPv6Interface(f"{CLIENT_ADDRESS}/32"))
+    assert flags & IFA_F_NODAD and not flags & IFA_F_TENTATIVE  # usable at once
     table = routes("teredo")
     assert (IPv6Network("::/0"), 1029) in table
     assert any(network == IPv6Network("2001::/32") for network, _ in table)  # from the /32

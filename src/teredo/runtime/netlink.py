@@ -52,6 +52,9 @@ TEREDO_ADDRESS_PREFIXLEN: Final = 32  # the client's address is on-link for the 
 
 RT_TABLE_MAIN: Final = 254
 IFF_MULTICAST: Final = 0x1000
+# Without it an added address stays "tentative" (packets to it dropped) until the kernel's DAD
+# work runs, even on a NOARP link where no DAD happens: a race right after configuration.
+IFA_F_NODAD: Final = 0x02
 
 _GONE: Final = frozenset({errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ENODEV})
 
@@ -91,7 +94,10 @@ async def set_mtu(interface: Interface, mtu: int) -> None:
 
 
 async def add_address(interface: Interface, address: IPv6Interface) -> bool:
-    """Add an IPv6 address with its prefix length; False when it was already there."""
+    """Add an IPv6 address with its prefix length; False when it was already there.
+
+    The address is usable at once (`nodad`): a tunnel has no neighbours to detect.
+    """
     async with _session() as ipr:
         return await _address(ipr, "add", await _index(ipr, interface), _name(interface), address)
 
@@ -329,6 +335,7 @@ async def _set_up(ipr: Any, index: int, name: str, mtu: int | None) -> None:
 
 
 async def _address(ipr: Any, command: str, index: int, name: str, address: IPv6Interface) -> bool:
+    flags = {"flags": IFA_F_NODAD} if command == "add" else {}
     try:
         await ipr.addr(
             command,
@@ -336,6 +343,7 @@ async def _address(ipr: Any, command: str, index: int, name: str, address: IPv6I
             family=socket.AF_INET6,
             address=str(address.ip),
             prefixlen=address.network.prefixlen,
+            **flags,
         )
     except NetlinkError as error:
         if command == "add" and error.code == errno.EEXIST:
