@@ -223,6 +223,18 @@ class TunnelEngine:
         self.fast_rx = 0
         self.fast_tx = 0
 
+    def reconfigure(self, settings: TunnelSettings) -> None:
+        """Apply new settings (SIGHUP). Peers and counters are kept; a smaller `max_peers`
+        takes effect as entries expire or are evicted."""
+        self.settings = settings
+        table = self.peers
+        table.max_peers = settings.max_peers
+        table.idle_timeout = settings.idle_timeout
+        table.max_queue_bytes = settings.max_queue_bytes
+        table.max_total_queue_bytes = settings.max_total_queue_bytes
+        self._prefix32 = int(settings.prefix.network_address).to_bytes(16, "big")[:4]
+        self._check_global = not settings.allow_private
+
     # -----------------------------------------------------------------------------------------
     # Outputs (STYLE.md §2)
 

@@ -1,0 +1,295 @@
+"""`teredo relay`: the relay and host-specific relay daemon around `teredo.relay`.
+
+What it does, in order:
+
+1. reads ``miredo.conf`` unchanged (``RelayType relay|cone|restricted``, ``InterfaceName``,
+   ``InterfaceMTU``, ``BindAddress``, ``BindPort``, ``Prefix``, ``SyslogFacility``) plus our
+   ``RelayType host-specific``, ``ControlSocket``, ``User``, ``MaxPeers``, ``MaxQueueBytes``,
+   ``AllowPrivateAddresses``;
+2. binds the UDP service port and creates the TUN interface: link up with the MTU,
+   ``fe80::ffff:ffff:ffff/64`` (as Miredo's relay) and a route for the Teredo prefix. A relay
+   needs ``net.ipv6.conf.all.forwarding=1`` and says so loudly when it is off; a host-specific
+   relay does not forward (it serves only this host, RFC 4380 §5.4) and its route is local to
+   the host: nothing here advertises it;
+3. listens on the control socket (``teredo status``), then drops privileges to ``User``, keeping
+   CAP_NET_ADMIN so that SIGHUP can change the MTU and SIGTERM can remove the route and address
+   it added even on an interface that outlives the process;
+4. runs the shared TUN <-> UDP loop (`teredo.runtime.tunnel_loop`) until SIGTERM/SIGINT, then
+   removes what it configured. SIGHUP re-reads the file and applies ``MaxPeers``,
+   ``MaxQueueBytes``, ``AllowPrivateAddresses``, ``InterfaceMTU`` and ``SyslogFacility``; other
+   changes are logged as needing a restart.
+
+The host's own IPv6 addresses (what a host-specific relay serves, and the source of the ICMPv6
+errors a relay returns to native senders) are read from ``/proc/net/if_inet6`` at start and every
+`ADDRESS_REFRESH` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv6Address, IPv6Interface, IPv6Network
+from typing import Any, Final
+
+from teredo.config import DEFAULT_CONFIG_PATH, RelayConfig, parse_relay_config
+from teredo.errors import UsageError, UserError
+from teredo.relay import TeredoRelay, relay_settings
+from teredo.runtime.control import ControlServer, start_control_server
+from teredo.runtime.daemon import setup_logging, wait_for_shutdown
+from teredo.runtime.privileges import drop_privileges
+from teredo.runtime.tunnel_loop import TunnelLoop
+
+log = logging.getLogger(__name__)
+
+ADDRESS_REFRESH: Final = 10.0  # seconds between reads of the host's addresses
+IF_INET6: Final = "/proc/net/if_inet6"
+RELAY_LINK_LOCAL: Final = IPv6Interface("fe80::ffff:ffff:ffff/64")  # as Miredo's relay
+SECRET_BYTES: Final = 32
+_SCOPE_GLOBAL: Final = 0x00
+
+
+@dataclass(slots=True)
+class _Loaded:
+    config: RelayConfig
+    path: str
+    syslog: str | None  # the facility when SyslogFacility is set, else None (stderr)
+
+
+def load_relay_config(config_path: str | None) -> _Loaded:
+    """Read the configuration the way `teredo relay [-c FILE]` does (default miredo.conf)."""
+    from teredo.config import read_config_text, tokenize_config
+
+    path = config_path or DEFAULT_CONFIG_PATH
+    if config_path is None and not os.path.exists(path):
+        raise UsageError(
+            f"there is no {path}; give a configuration file with -c FILE containing "
+            "`RelayType relay` (or host-specific)"
+        )
+    text = read_config_text(path)
+    config = parse_relay_config(text, path)
+    explicit = {line.key for line in tokenize_config(text)}
+    syslog = config.syslog_facility if "syslogfacility" in explicit else None
+    return _Loaded(config, path, syslog)
+
+
+def host_addresses(exclude_interface: str | None = None, path: str = IF_INET6) -> list[IPv6Address]:
+    """The host's global-scope IPv6 addresses (not those of `exclude_interface`)."""
+    addresses = []
+    try:
+        with open(path, encoding="ascii") as file:
+            lines = file.read().splitlines()
+    except OSError:  # IPv6 disabled
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[5] == exclude_interface:
+            continue
+        try:
+            address = IPv6Address(bytes.fromhex(fields[0]))
+            scope = int(fields[3], 16)
+        except ValueError:
+            continue
+        if scope == _SCOPE_GLOBAL and not address.is_multicast:
+            addresses.append(address)
+    return addresses
+
+
+@dataclass(slots=True)
+class RelayDaemon:
+    """The running relay: the core, the loop and the interface."""
+
+    loaded: _Loaded
+    core: TeredoRelay
+    loop: TunnelLoop | None = None
+    iface: Any = None  # netlink.InterfaceConfigurator (imported lazily with pyroute2)
+    control: ControlServer | None = None
+    interface: str = ""
+    forwarding: bool | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def config(self) -> RelayConfig:
+        return self.loaded.config
+
+    def refresh_addresses(self) -> None:
+        addresses = host_addresses(exclude_interface=self.interface)
+        if self.core.host_specific:
+            before = self.core.host_addresses
+            self.core.set_host_addresses(addresses)
+            if self.core.host_addresses != before:
+                log.info(
+                    "serving this host's addresses: %s",
+                    ", ".join(str(a) for a in addresses) or "none (no global IPv6 address)",
+                )
+        if addresses:
+            # ICMPv6 errors to native senders need a routable source.
+            self.core.error_source = addresses[0]
+
+    def status(self) -> dict[str, Any]:
+        config = self.config
+        document: dict[str, Any] = {
+            "role": "host-specific relay" if self.core.host_specific else "relay",
+            "state": "relaying",
+            "relay_type": config.relay_type.value,
+            "interface": self.interface,
+            "mtu": config.interface_mtu,
+            "prefix": str(config.prefix),
+            "bind": f"{self.loop.udp.local[0]}:{self.loop.udp.local[1]}" if self.loop else "-",
+            "config": self.loaded.path,
+        }
+        if not self.core.host_specific:
+            document["ipv6_forwarding"] = self.forwarding
+        core = self.core.status()
+        core.pop("role", None)
+        document.update(core)
+        if self.loop is not None:
+            counters = dict(core["counters"])  # type: ignore[call-overload]
+            counters.update(self.loop.counters())
+            document["counters"] = dict(sorted(counters.items()))
+        document["drops"] = dict(sorted(core["drops"].items()))  # type: ignore[attr-defined]
+        return document
+
+    def reload(self) -> None:
+        """SIGHUP: apply what needs no new socket or interface; say what needs a restart."""
+        old = self.config
+        loaded = load_relay_config(self.loaded.path)
+        new = loaded.config
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        for what, before, after in (
+            ("RelayType", old.relay_type, new.relay_type),
+            ("Prefix", old.prefix, new.prefix),
+            ("InterfaceName", old.interface_name, new.interface_name),
+            ("BindAddress", old.bind_address, new.bind_address),
+            ("BindPort", old.bind_port, new.bind_port),
+            ("ControlSocket", old.control_socket, new.control_socket),
+            ("User", old.user, new.user),
+        ):
+            if before != after:
+                log.warning("%s changed to %s: takes effect at the next restart", what, after)
+        if loaded.syslog != self.loaded.syslog:
+            setup_logging(0, syslog_facility=loaded.syslog)
+        kept = replace(
+            new,
+            relay_type=old.relay_type,
+            prefix=old.prefix,
+            interface_name=old.interface_name,
+            bind_address=old.bind_address,
+            bind_port=old.bind_port,
+            control_socket=old.control_socket,
+            user=old.user,
+        )
+        self.core.reconfigure(relay_settings(kept))
+        if kept.interface_mtu != old.interface_mtu and self.iface is not None:
+            from teredo.runtime.netlink import set_mtu
+
+            asyncio.get_running_loop().create_task(_set_mtu(set_mtu, self.interface, kept))
+        self.loaded = _Loaded(kept, loaded.path, loaded.syslog)
+        self.refresh_addresses()
+        log.info(
+            "reloaded: at most %d peers, %d queued bytes per peer, private addresses %s",
+            kept.max_peers,
+            kept.max_queue_bytes,
+            "allowed" if kept.allow_private_addresses else "refused",
+        )
+
+
+async def _set_mtu(set_mtu: Any, interface: str, config: RelayConfig) -> None:
+    try:
+        await set_mtu(interface, config.interface_mtu)
+        log.info("interface %s MTU set to %d", interface, config.interface_mtu)
+    except UserError as error:
+        log.error("%s", error)
+
+
+def run_relay(config_path: str | None) -> int:
+    """`teredo relay [-c FILE]`: relay until SIGTERM/SIGINT; the exit status."""
+    loaded = load_relay_config(config_path)
+    setup_logging(0, syslog_facility=loaded.syslog)
+    for warning in loaded.config.warnings:
+        log.warning("%s", warning)
+    return asyncio.run(_serve(loaded))
+
+
+async def _serve(loaded: _Loaded) -> int:
+    from teredo.runtime.netlink import InterfaceConfigurator, ipv6_forwarding_enabled
+    from teredo.runtime.tun import TunDevice, open_tun
+    from teredo.runtime.udp import UdpSocket, open_udp_socket
+
+    config = loaded.config
+    now = time.monotonic()
+    core = TeredoRelay.from_config(
+        config, random_bytes=os.urandom, secret=os.urandom(SECRET_BYTES), now=now
+    )
+    daemon = RelayDaemon(loaded=loaded, core=core)
+    udp: UdpSocket | None = None
+    tun: TunDevice | None = None
+    refresher: asyncio.Task[None] | None = None
+    try:
+        udp = open_udp_socket(config.bind_address, config.bind_port)
+        tun = open_tun(config.interface_name)
+        daemon.interface = tun.name
+        iface = InterfaceConfigurator(tun.name)
+        daemon.iface = iface
+        await iface.set_up(config.interface_mtu)
+        await iface.add_address(RELAY_LINK_LOCAL)
+        # The Teredo prefix goes into the tunnel. A general relay advertises it through the
+        # host's routing (RFC 4380 §5.4); a host-specific relay keeps it to itself.
+        await iface.add_route(IPv6Network(config.prefix))
+        if not core.host_specific:
+            daemon.forwarding = ipv6_forwarding_enabled()
+            if not daemon.forwarding:
+                log.warning(
+                    "IPv6 forwarding is off (net.ipv6.conf.all.forwarding = 0): this relay "
+                    "will forward nothing in either direction; enable it with "
+                    "`sysctl -w net.ipv6.conf.all.forwarding=1`"
+                )
+        daemon.refresh_addresses()
+        if config.control_socket is not None:
+            daemon.control = await start_control_server(
+                config.control_socket, daemon.status, started=daemon.started
+            )
+        drop_privileges(config.user, keep=("CAP_NET_ADMIN",))
+        daemon.loop = TunnelLoop(core, udp, tun)
+        daemon.loop.start()
+        refresher = asyncio.get_running_loop().create_task(_refresh(daemon))
+        log.info(
+            "Teredo %s on UDP %s:%d, interface %s (MTU %d), prefix %s",
+            "host-specific relay" if core.host_specific else "relay",
+            udp.local[0],
+            udp.local[1],
+            tun.name,
+            config.interface_mtu,
+            config.prefix,
+        )
+        await wait_for_shutdown(on_reload=daemon.reload)
+    finally:
+        if refresher is not None:
+            refresher.cancel()
+        if daemon.loop is not None:
+            daemon.loop.stop()
+        if daemon.control is not None:
+            await daemon.control.close()
+        if daemon.iface is not None:
+            await daemon.iface.undo()
+        if tun is not None:
+            tun.close()
+        if udp is not None:
+            udp.close()
+        status = core.status()
+        log.info(
+            "relayed %d packets to Teredo peers and %d to the native side; %d drops",
+            core.fast_tx + core.counters.get("sent", 0) + core.counters.get("sent_from_queue", 0),
+            core.fast_rx + core.counters.get("received", 0),
+            sum(status["drops"].values()),  # type: ignore[attr-defined]
+        )
+    return 0
+
+
+async def _refresh(daemon: RelayDaemon) -> None:
+    while True:
+        await asyncio.sleep(ADDRESS_REFRESH)
+        daemon.refresh_addresses()
