@@ -1,0 +1,232 @@
+"""`teredo server` plumbing without root: configuration, status, reload, the UDP glue, errors."""
+
+from __future__ import annotations
+
+import logging
+import random
+import select
+import socket
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from pathlib import Path
+
+import pytest
+
+from teredo.cli import main
+from teredo.errors import UsageError
+from teredo.runtime import server_daemon
+from teredo.runtime.server_daemon import (
+    ServerDaemon,
+    load_server_config,
+    settings_from_config,
+)
+from teredo.runtime.udp import open_udp_socket
+from teredo.server import TeredoServer
+from teredo.wire import (
+    Authentication,
+    TeredoPacket,
+    build_router_solicitation,
+    encode_teredo_packet,
+    parse_router_advertisement,
+    parse_teredo_packet,
+)
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "miredo-server.conf"
+    path.write_text(text)
+    return str(path)
+
+
+def daemon_for(path: str, address: str | None = None) -> ServerDaemon:
+    loaded = load_server_config(path, address)
+    return ServerDaemon(
+        loaded=loaded,
+        address=address,
+        core=TeredoServer(settings_from_config(loaded.config)),
+        clock=time.monotonic,
+    )
+
+
+def test_miredo_server_conf_is_read_unchanged(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "# Miredo's sample\nServerBindAddress 198.51.100.2\nPrefix 3ffe:831f::\n"
+        "InterfaceMTU 1400\n",
+    )
+    loaded = load_server_config(path, None)
+    settings = settings_from_config(loaded.config)
+    assert settings.primary == IPv4Address("198.51.100.2")
+    assert settings.secondary == IPv4Address("198.51.100.3")  # the next address by default
+    assert settings.prefix == IPv6Network("3ffe:831f::/32")
+    assert settings.mtu == 1400
+    assert not settings.allow_private
+    assert loaded.syslog is None  # no SyslogFacility: log to stderr
+
+
+def test_syslog_facility_selects_syslog(tmp_path: Path) -> None:
+    path = write(tmp_path, "ServerBindAddress 198.51.100.2\nSyslogFacility local3\n")
+    assert load_server_config(path, None).syslog == "local3"
+
+
+def test_address_argument_overrides_and_needs_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_daemon, "DEFAULT_SERVER_CONFIG_PATH", str(tmp_path / "none"))
+    loaded = load_server_config(None, "203.0.113.10")
+    assert loaded.config.server_bind_address2 == IPv4Address("203.0.113.11")
+    assert loaded.path is None
+    with pytest.raises(UsageError, match="-c FILE"):
+        load_server_config(None, None)
+
+
+def test_status_document(tmp_path: Path) -> None:
+    daemon = daemon_for(write(tmp_path, "ServerBindAddress 198.51.100.2\n"))
+    daemon.core.drops["malformed"] += 2
+    status = daemon.status()
+    assert status["role"] == "server"
+    assert status["primary"] == "198.51.100.2:3544"
+    assert status["secondary"] == "198.51.100.3:3544"
+    assert status["client_prefix"] == "2001:0:c633:6402::/64"
+    assert status["link_local"] == "fe80::8000:f227:39cc:9bfd"
+    assert status["drops"] == {"malformed": 2}
+    assert isinstance(status["counters"], dict)
+
+
+def test_reload_applies_prefix_and_mtu_and_keeps_addresses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, "ServerBindAddress 198.51.100.2\n")
+    daemon = daemon_for(path)
+    daemon.core.counters["received"] = 5
+    Path(path).write_text(
+        "ServerBindAddress 198.51.100.20\nInterfaceMTU 1400\nControlSocket /tmp/x.sock\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="teredo"):
+        daemon.reload()
+    settings = daemon.core.settings
+    assert settings.mtu == 1400
+    assert settings.primary == IPv4Address("198.51.100.2")  # rebinding needs a restart
+    assert daemon.config.server_bind_address == IPv4Address("198.51.100.2")
+    assert daemon.core.counters["received"] == 5
+    assert "restart teredo server" in caplog.text
+    assert "ControlSocket changed" in caplog.text
+
+
+def test_reload_with_a_broken_file_raises_and_keeps_running(tmp_path: Path) -> None:
+    path = write(tmp_path, "ServerBindAddress 198.51.100.2\n")
+    daemon = daemon_for(path)
+    Path(path).write_text("ServerBindAddress 10.0.0.1\n")
+    with pytest.raises(UsageError):  # the daemon frame logs it and keeps the running config
+        daemon.reload()
+    assert daemon.core.settings.primary == IPv4Address("198.51.100.2")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """`run_server` installs its log handler on the "teredo" logger: undo that afterwards."""
+    root = logging.getLogger("teredo")
+    saved = (list(root.handlers), root.level, root.propagate)
+    yield
+    for handler in root.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    root.handlers[:], root.level, root.propagate = saved
+
+
+@pytest.fixture
+def loopback_pair() -> Iterator[tuple[str, str]]:
+    """Two consecutive 127/8 addresses unlikely to be used by anything else."""
+    base = random.randrange(1, 250)
+    yield f"127.83.{base}.1", f"127.83.{base}.2"
+
+
+def test_udp_glue_answers_an_rs_from_the_right_socket(
+    tmp_path: Path, loopback_pair: tuple[str, str]
+) -> None:
+    primary, secondary = loopback_pair
+    path = write(
+        tmp_path,
+        f"ServerBindAddress {primary}\nAllowPrivateAddresses yes\n",
+    )
+    daemon = daemon_for(path)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for local in (IPv4Address(primary), IPv4Address(secondary)):
+            daemon.sockets[local] = open_udp_socket(local, 3544, port_setting=None)
+        client.bind(("127.0.0.1", 0))
+        nonce = bytes(range(8))
+        for rs_source, expected_sender in (
+            ("fe80::ffff:ffff:fffe", primary),
+            ("fe80::8000:ffff:ffff:fffe", secondary),
+        ):
+            packet = TeredoPacket(
+                build_router_solicitation(IPv6Address(rs_source)), Authentication(nonce=nonce)
+            )
+            client.sendto(encode_teredo_packet(packet), (primary, 3544))
+            assert select.select([daemon.sockets[IPv4Address(primary)].sock], [], [], 5)[0]
+            daemon.on_readable(IPv4Address(primary))
+            assert select.select([client], [], [], 5)[0]
+            data, sender = client.recvfrom(2048)
+            assert sender == (expected_sender, 3544)
+            answer = parse_teredo_packet(data)
+            assert answer.authentication == Authentication(nonce=nonce)
+            assert answer.origin is not None and answer.origin.port == client.getsockname()[1]
+            ra = parse_router_advertisement(answer.ipv6)
+            assert ra.destination == IPv6Address(rs_source)
+    finally:
+        client.close()
+        daemon.close()
+
+
+# --- the command line: one sentence, the right exit status, no traceback ---------------------
+
+
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["server", "--help"])
+    assert exit_info.value.code == 0
+    assert "ServerBindAddress" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("ServerBindAddress 10.0.0.1\n", "not a global unicast"),
+        ("InterfaceMTU 1280\n", "no ServerBindAddress"),
+        ("ServerBindAddress 198.51.100.2\nInterfaceMTU 900\n", "InterfaceMTU"),
+    ],
+)
+def test_bad_config_is_one_sentence_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, fragment: str
+) -> None:
+    assert main(["server", "-c", write(tmp_path, text)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("teredo: ") and fragment in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["server", "-c", str(tmp_path / "missing.conf")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_port_in_use_is_one_sentence_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], loopback_pair: tuple[str, str]
+) -> None:
+    primary, secondary = loopback_pair
+    path = write(tmp_path, f"ServerBindAddress {primary}\nAllowPrivateAddresses yes\n")
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        busy.bind((secondary, 3544))
+        assert main(["server", "-c", path]) == 1
+    finally:
+        busy.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"teredo: cannot bind UDP {secondary}:3544: the port is already in use "
+        "(another teredo or miredo?); stop that program"
+    )
+    assert not any("Traceback" in line for line in err)
