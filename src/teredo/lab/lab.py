@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 READY_TIMEOUT: Final = 20.0  # seconds; a Miredo client retries 3 times 4 s apart (LAB-NOTES)
 POLL_INTERVAL: Final = 0.05
+SETTLE_TIMEOUT: Final = 10.0  # seconds for every link to get carrier and a link-local address
 TEREDO_PORT: Final = 3544  # RFC 4380 §2.7
 
 Progress = Callable[[str], None]
@@ -219,6 +220,27 @@ class Lab:
             ruleset = nat_ruleset(site.kind, site.lan_network, site.wan.ip, site.client.ip)
             if ruleset is not None:
                 netns.load_nftables(self.namespace(site.nat_node), ruleset)
+        self._wait_settled()
+
+    def _wait_settled(self) -> None:
+        """Wait until every link has carrier and a usable IPv6 link-local address.
+
+        Otherwise the first packet a router forwards, or the first echo test a Teredo server
+        relays for a client, can wait a second for neighbour discovery (netns.py explains).
+        """
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        pending = list(self.namespaces)
+        while pending:
+            pending = [ns for ns in pending if netns.unsettled_interfaces(ns)]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                interfaces = ", ".join(netns.unsettled_interfaces(pending[0]))
+                raise UserError(
+                    f"the links {interfaces} in {pending[0]} did not come up within "
+                    f"{SETTLE_TIMEOUT:g} s; the kernel may lack veth or IPv6 support"
+                )
+            time.sleep(POLL_INTERVAL)
 
     def _start_roles(self, roles: Sequence[str]) -> None:
         assert self.state is not None

@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 NETNS_DIR: Final = Path("/run/netns")
 IFF_UP: Final = 0x1
+IFF_RUNNING: Final = 0x40
+IFF_LOWER_UP: Final = 0x10000
+IFA_F_TENTATIVE: Final = 0x40
+RT_SCOPE_LINK: Final = 253
 # <sched.h> and <sys/mount.h>
 CLONE_NEWNET: Final = 0x40000000
 MS_BIND: Final = 4096
@@ -227,6 +231,31 @@ def interface_state(namespace: str, ifname: str) -> tuple[bool, list[Address]] |
                 ip_interface(f"{message.get_attr('IFA_ADDRESS')}/{message['prefixlen']}")
             )
         return up, addresses
+
+
+def unsettled_interfaces(namespace: str) -> list[str]:
+    """Interfaces of `namespace` whose carrier or IPv6 link-local address is not ready yet.
+
+    The kernel reports a veth's carrier through linkwatch, which may hold the event for up to
+    a second, and only then gives the interface its link-local address. Until that address is
+    usable, neighbour solicitations for packets whose source is not local (forwarded by a
+    router, or sent by a Teredo server on behalf of a client) are not sent, and the first such
+    packet waits a whole retransmission second.
+    """
+    unsettled = []
+    with iproute(namespace) as ipr:
+        ready = set()
+        for message in ipr.get_addr(family=socket.AF_INET6):
+            flags = message.get_attr("IFA_FLAGS", message["flags"])
+            if message["scope"] == RT_SCOPE_LINK and not flags & IFA_F_TENTATIVE:
+                ready.add(message["index"])
+        for link in ipr.get_links():
+            if link.get_attr("IFLA_IFNAME") == "lo":
+                continue
+            running = link["flags"] & IFF_RUNNING and link["flags"] & IFF_LOWER_UP
+            if not running or link["index"] not in ready:
+                unsettled.append(link.get_attr("IFLA_IFNAME"))
+    return unsettled
 
 
 def global_addresses_in(
