@@ -1,8 +1,8 @@
 """`teredo server` in the lab, with Miredo clients and a Miredo relay (issue 4's "done when").
 
 One lab per NAT pairing (module scope, torn down even when a test fails): client 1 behind an
-address-restricted NAT, client 2 behind a full-cone NAT, both Miredo, qualifying through OUR
-server; the native host is reached through Miredo's relay, both ways, and the clients reach each
+address-restricted NAT and client 2 behind a full-cone NAT, then port-restricted and no NAT; both
+clients Miredo, qualifying through OUR server; the native host is reached through Miredo's relay, both ways, and the clients reach each
 other, both ways. A small UDP sender on the native host (public IPv4) crafts Windows-style Router
 Solicitations and bad packets to check the daemon's answers and its drop counters.
 """
@@ -25,16 +25,19 @@ from testsupport import require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-NAT_OF = {"cli1": IPv4Address("203.0.113.2"), "cli2": IPv4Address("203.0.113.18")}
+# (NAT in front of client 1, NAT in front of client 2): the issue's pairing first, then a
+# port-restricted NAT and a client with a public address of its own.
+NAT_PAIRS = [("restricted", "fullcone"), ("port-restricted", "none")]
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+@pytest.fixture(scope="module", params=NAT_PAIRS, ids=["-".join(pair) for pair in NAT_PAIRS])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     require_root("miredo", "nft", "ping")
+    nat1, nat2 = request.param
     lab = Lab(
-        f"ts{os.getpid() % 100000}",
-        nat1="restricted",
-        nat2="fullcone",
+        f"ts{os.getpid() % 100000}{NAT_PAIRS.index(request.param)}",
+        nat1=nat1,
+        nat2=nat2,
         server="ours",
         relay="miredo",
         client1="miredo",
@@ -60,7 +63,10 @@ def server_status(lab: Lab) -> dict[str, Any]:
 
 
 def test_miredo_clients_qualify_through_our_server(lab: Lab) -> None:
-    for node, nat in NAT_OF.items():
+    for site in lab.topology.sites:
+        node = site.client_node
+        # Behind a NAT the mapping is the NAT's public address; without one, the client's own.
+        nat = site.client.ip if site.kind == "none" else site.wan.ip
         address = lab.teredo_address(node)
         assert address is not None, f"{node} did not qualify"
         teredo = parse_teredo_address(address)
