@@ -44,6 +44,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+from teredo import __version__
 from teredo.config import CONTROL_SOCKET_DIR
 from teredo.errors import ParseError, UserError
 
@@ -84,8 +85,6 @@ class ControlServer:
 
     def status(self) -> dict[str, Any]:
         """The status document with the common keys (version, pid, uptime) filled in."""
-        from teredo import __version__
-
         document = dict(self._get_status())
         document.setdefault("version", __version__)
         document.setdefault("pid", os.getpid())

@@ -8,7 +8,7 @@ A role daemon (server_daemon, client_daemon, relay_daemon) looks like this::
         return asyncio.run(_main(config))
 
     async def _main(config) -> int:
-        with PidFile(config.pid_file):                  # optional
+        with PidFile(pid_path):                         # optional (e.g. a -p option)
             udp = open_udp_socket(...)                  # UserError -> one sentence
             ...                                         # TUN, interface, control socket
             drop_privileges(config.user, keep=(...))    # teredo.runtime.privileges

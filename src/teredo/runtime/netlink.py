@@ -25,6 +25,7 @@ Miredo's optional source-routing table (`table teredo`) is not reproduced.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -51,6 +52,9 @@ CLIENT_LINK_LOCAL_INTERFACE: Final = IPv6Interface(f"{CLIENT_LINK_LOCAL}/64")
 TEREDO_ADDRESS_PREFIXLEN: Final = 32  # the client's address is on-link for the whole prefix
 
 RT_TABLE_MAIN: Final = 254
+RTN_LOCAL: Final = 2  # route type of a host's own address
+ADDRESS_READY_TIMEOUT: Final = 2.0  # seconds configure_client waits for the kernel (see below)
+ADDRESS_READY_POLL: Final = 0.005
 IFF_MULTICAST: Final = 0x1000
 # Without it an added address stays "tentative" (packets to it dropped) until the kernel's DAD
 # work runs, even on a NOARP link where no DAD happens: a race right after configuration.
@@ -135,6 +139,29 @@ async def remove_route(
         if index is None:
             return False
         return await _route(ipr, "del", index, _name(interface), destination, metric)
+
+
+async def wait_until_local(address: IPv6Address, timeout: float = ADDRESS_READY_TIMEOUT) -> bool:
+    """Wait until the kernel accepts packets for `address` as its own; False on timeout.
+
+    The netlink acknowledgement of an added address comes before the kernel installs the
+    address's local route, which its address-configuration work queue does a moment later
+    (longer under load). Packets for the address arriving in between are dropped
+    (Ip6InAddrErrors). Polls `ip route get ADDRESS` until it says `local`.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with _session() as ipr:
+        while True:
+            try:
+                answer = await ipr.route("get", dst=str(address), family=socket.AF_INET6)
+                if answer and answer[0]["type"] == RTN_LOCAL:
+                    return True
+            except NetlinkError:  # no route at all yet
+                pass
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(ADDRESS_READY_POLL)
 
 
 async def flush_interface(interface: Interface) -> None:
@@ -232,14 +259,19 @@ class InterfaceConfigurator:
         """Give a qualified client its Teredo address, as Miredo's client-hook does.
 
         Flush, link up with `mtu`, `fe80::ffff:ffff:ffff/64`, `address/32`, and the default
-        route with metric 1029. Call it again when the address changes; call `undo()` when the
-        client goes offline.
+        route with metric 1029; then wait (`wait_until_local`) until the kernel accepts packets
+        for the address, so that the first packets after qualification are not lost. Call it
+        again when the address changes; call `undo()` when the client goes offline.
         """
         await self.flush()
         await self.set_up(mtu)
         await self.add_address(CLIENT_LINK_LOCAL_INTERFACE)
         await self.add_address(IPv6Interface(f"{address}/{TEREDO_ADDRESS_PREFIXLEN}"))
         await self.add_route(DEFAULT_ROUTE, CLIENT_ROUTE_METRIC)
+        if not await wait_until_local(address):
+            log.warning(
+                "the kernel has not activated %s yet; the first packets may be lost", address
+            )
 
     async def configure_relay(
         self, prefix: IPv6Network = TEREDO_PREFIX, mtu: int = DEFAULT_MTU
@@ -278,12 +310,14 @@ async def _quietly(operation: Awaitable[object]) -> None:
 
 @asynccontextmanager
 async def _session() -> AsyncIterator[Any]:
+    """One netlink connection; socket-level failures (not NetlinkError) become a UserError."""
+    ipr = AsyncIPRoute()
     try:
-        ipr = AsyncIPRoute()
-    except OSError as error:
-        raise UserError(f"cannot open a netlink socket: {error.strerror}") from None
-    async with ipr:
         yield ipr
+    except OSError as error:
+        raise UserError(f"netlink request failed: {error.strerror or error}") from None
+    finally:
+        ipr.close()
 
 
 def _name(interface: Interface) -> str:

@@ -22,6 +22,7 @@ root-owned directory) cannot be removed afterwards; `PidFile` and the control se
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import pwd
@@ -127,6 +128,7 @@ def drop_privileges(user: str = DEFAULT_USER, *, keep: Collection[str] = ()) -> 
     return True
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
