@@ -243,7 +243,7 @@ def parse_trailers(data: bytes) -> tuple[Trailer, ...]:
     return tuple(trailers)
 
 
-_TRAILER_LENGTHS: Final = {
+_TRAILER_LENGTHS: Final[dict[int, set[int]]] = {
     TrailerType.NONCE: {4},
     TrailerType.ALTERNATE_ADDRESS: {8, 14, 20, 26},  # RFC 6081 §4.3: at most 4 entries
     TrailerType.NEIGHBOR_DISCOVERY: {4},
@@ -330,7 +330,7 @@ def internet_checksum(data: bytes) -> int:
     """The 16-bit one's complement checksum (RFC 1071)."""
     if len(data) % 2:
         data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
