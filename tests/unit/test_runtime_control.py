@@ -238,20 +238,20 @@ def test_render_status() -> None:
     }
     assert render_status(document).splitlines() == [
         "teredo client 0.1.0 (pid 42), up 1h 02m 03s",
-        "state      qualified",
-        f"address    {EXAMPLE_ADDRESS}",
-        "           server 65.54.227.120, mapped 192.0.2.45:40000, cone",
+        "state             qualified",
+        f"address           {EXAMPLE_ADDRESS}",
+        "                  server 65.54.227.120, mapped 192.0.2.45:40000, cone",
         "counters",
         "  datagrams_in  12",
         "  ipv6_out      3",
-        "drops      none",
-        "peers      3 (1 trusted)",
-        "server_addresses 198.51.100.2, 198.51.100.3",
+        "drops             none",
+        "peers             3 (1 trusted)",
+        "server_addresses  198.51.100.2, 198.51.100.3",
         "nat",
         "  kind  cone",
         "  upnp  no",
-        "mtu        1280",
-        "relay      -",
+        "mtu               1280",
+        "relay             -",
     ]
 
 

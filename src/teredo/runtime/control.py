@@ -45,6 +45,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from teredo import __version__
+from teredo.address import LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, parse_teredo_address
 from teredo.config import CONTROL_SOCKET_DIR
 from teredo.errors import ParseError, UserError
 
@@ -333,7 +334,8 @@ def run_status(
 
 # --- human rendering --------------------------------------------------------------------------
 
-_LABEL_WIDTH: Final = 11
+_LABEL_WIDTH: Final = 11  # the value column: at least this far in, further for long keys
+_MAX_LABEL_WIDTH: Final = 26
 _HEADER_KEYS: Final = frozenset({"role", "version", "pid", "uptime"})
 
 
@@ -353,17 +355,16 @@ def render_status(document: Mapping[str, Any]) -> str:
     if isinstance(document.get("uptime"), int | float):
         line += f", up {format_duration(float(document['uptime']))}"
     lines = [line]
-    for key, value in document.items():
-        if key in _HEADER_KEYS:
-            continue
+    keys = [key for key in document if key not in _HEADER_KEYS]
+    width = min(max([_LABEL_WIDTH - 2, *map(len, keys)]) + 2, _MAX_LABEL_WIDTH)
+    for key in keys:
+        value = document[key]
         if key == "address" and isinstance(value, str):
-            lines += _render_address(value, document.get("prefix"))
+            lines += _render_address(value, document.get("prefix"), width)
         elif key == "peers":
-            lines.append(_row("peers", _peers_summary(value)))
-        elif key in ("counters", "drops") and isinstance(value, Mapping) and not value:
-            lines.append(_row(key, "none"))
+            lines.append(_row("peers", _peers_summary(value), 0, width))
         else:
-            lines += _render_value(key, value, 0)
+            lines += _render_value(key, value, 0, width)
     return "\n".join(lines) + "\n"
 
 
@@ -420,10 +421,8 @@ def _render_value(label: str, value: object, depth: int, width: int = _LABEL_WID
     return [_row(label, _scalar(value), depth, width)]
 
 
-def _render_address(text: str, prefix: object) -> list[str]:
-    from teredo.address import LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, parse_teredo_address
-
-    lines = [_row("address", text)]
+def _render_address(text: str, prefix: object, width: int) -> list[str]:
+    lines = [_row("address", text, 0, width)]
     prefixes: tuple[IPv6Network, ...] = (TEREDO_PREFIX, LEGACY_TEREDO_PREFIX)
     try:
         if isinstance(prefix, str):
@@ -432,11 +431,8 @@ def _render_address(text: str, prefix: object) -> list[str]:
     except (ParseError, ValueError):
         return lines
     cone = ", cone" if teredo.cone else ""
-    lines.append(
-        _row(
-            "", f"server {teredo.server}, mapped {teredo.mapped_address}:{teredo.mapped_port}{cone}"
-        )
-    )
+    mapped = f"{teredo.mapped_address}:{teredo.mapped_port}"
+    lines.append(_row("", f"server {teredo.server}, mapped {mapped}{cone}", 0, width))
     return lines
 
 
