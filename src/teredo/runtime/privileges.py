@@ -17,6 +17,8 @@ How (Linux, through ctypes; see capabilities(7)):
 Capabilities are per thread: call this before starting threads (other threads lose all their
 capabilities with the uid change). Files created before the drop (pid file, control socket in a
 root-owned directory) cannot be removed afterwards; `PidFile` and the control server cope.
+Import every module the daemon will need before the drop: the interpreter's own library may sit
+where the new user cannot read it (on the project's machines, under a 0700 /root).
 """
 
 from __future__ import annotations
