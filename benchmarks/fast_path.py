@@ -1,0 +1,132 @@
+"""Micro-benchmark of the tunnel engine's data path (the guard of STYLE.md §2's exception).
+
+    .venv/bin/python benchmarks/fast_path.py [--peers N] [--packets N] [--json FILE]
+
+Measures, for a relay core with N trusted peers (no I/O at all):
+
+- `forward_to_teredo` (native -> Teredo, a trusted peer: the per-packet cost on the TUN side),
+- `accept_from_teredo` (Teredo -> native: the per-packet cost on the UDP side),
+- and, for scale, the full paths `send_ipv6` and `receive_datagram` on the same packets.
+
+Prints nanoseconds per packet and packets per second per core. The interpreter's share of a
+relayed packet should stay well below the ~10 us of syscalls Miredo spends per packet
+(LAB-NOTES.md): if a change makes the fast path much slower, this shows it. Issue 7 builds the
+full benchmark against Miredo in the lab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address
+
+from teredo.address import encode_teredo_address
+from teredo.relay import TeredoRelay
+from teredo.tunnel import TunnelSettings
+from teredo.wire import build_ipv6_packet
+
+NATIVE = IPv6Address("2001:db8:2::2")
+PAYLOAD = bytes(64)  # a 64-byte UDP-sized payload
+
+
+def build(peers: int) -> tuple[TeredoRelay, list[bytes], list[bytes], list[tuple[str, int]]]:
+    relay = TeredoRelay(
+        TunnelSettings(max_peers=max(peers, 1)),
+        random_bytes=lambda n: bytes(n),
+        secret=b"s" * 32,
+        now=0.0,
+    )
+    outbound, inbound, sources = [], [], []
+    for i in range(peers):
+        ip = IPv4Address(0xCB007100 + (i >> 16))  # 203.0.113.x and beyond: global
+        port = 1024 + (i & 0xFFFF) % 60000
+        address = encode_teredo_address(IPv4Address("198.51.100.2"), ip, port)
+        source = (str(ip), port)
+        relay.receive_datagram(build_ipv6_packet(address, NATIVE, 17, PAYLOAD), source, 0.0)
+        outbound.append(build_ipv6_packet(NATIVE, address, 17, PAYLOAD))
+        inbound.append(build_ipv6_packet(address, NATIVE, 17, PAYLOAD))
+        sources.append(source)
+    relay.packets_to_deliver()
+    return relay, outbound, inbound, sources
+
+
+def measure(run: Callable[[int], None], packets: int) -> float:
+    """Seconds per packet, best of 3."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        run(packets)
+        best = min(best, (time.perf_counter() - start) / packets)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", type=int, default=1000)
+    parser.add_argument("--packets", type=int, default=200_000)
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args()
+    relay, outbound, inbound, sources = build(args.peers)
+    count = len(outbound)
+    now = 1.0
+
+    def forward(n: int) -> None:
+        fn = relay.forward_to_teredo
+        for i in range(n):
+            fn(outbound[i % count], now)
+
+    def accept(n: int) -> None:
+        fn = relay.accept_from_teredo
+        for i in range(n):
+            j = i % count
+            fn(inbound[j], sources[j], now)
+
+    def forward_view(n: int) -> None:
+        fn = relay.forward_to_teredo
+        views = [memoryview(p) for p in outbound]
+        for i in range(n):
+            fn(views[i % count], now)
+
+    def full_send(n: int) -> None:
+        fn = relay.send_ipv6
+        for i in range(n):
+            fn(outbound[i % count], now)
+            if i & 1023 == 0:
+                relay.datagrams_to_send()
+        relay.datagrams_to_send()
+
+    def full_receive(n: int) -> None:
+        fn = relay.receive_datagram
+        for i in range(n):
+            j = i % count
+            fn(inbound[j], sources[j], now)
+            if i & 1023 == 0:
+                relay.packets_to_deliver()
+        relay.packets_to_deliver()
+
+    results = {}
+    for name, run, packets in (
+        ("forward_to_teredo", forward, args.packets),
+        ("forward_to_teredo (memoryview)", forward_view, args.packets),
+        ("accept_from_teredo", accept, args.packets),
+        ("send_ipv6 (full path)", full_send, args.packets // 4),
+        ("receive_datagram (full path)", full_receive, args.packets // 4),
+    ):
+        seconds = measure(run, packets)
+        results[name] = {"ns_per_packet": round(seconds * 1e9), "packets_per_s": round(1 / seconds)}
+    assert relay.fast_tx and relay.fast_rx, "the fast paths were not taken"
+    width = max(len(name) for name in results)
+    print(f"tunnel engine data path, {args.peers} trusted peers, 64-byte payloads")
+    for name, row in results.items():
+        rate = row["packets_per_s"]
+        print(f"  {name:<{width}}  {row['ns_per_packet']:>6} ns/packet  {rate:>10,} /s")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as file:
+            json.dump({"peers": args.peers, "results": results}, file, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
