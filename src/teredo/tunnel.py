@@ -110,6 +110,7 @@ SWEEP_INTERVAL: Final = 1.0  # seconds between slices of the idle sweep
 SWEEP_PERIOD: Final = 15.0  # the whole table is visited about this often
 SWEEP_MIN_BUDGET: Final = 256
 NONCE_TRAILER_LENGTH: Final = 4  # RFC 6081 §4.2
+RETRY_SLACK: Final = 64  # retry-heap entries beyond 2 * max_peers before it is compacted
 DEFAULT_ERROR_SOURCE: Final = IPv6Address("fe80::ffff:ffff:ffff")  # Miredo's relay/client LL
 _BUBBLE_HEADER: Final = bytes((0x60, 0, 0, 0, 0, 0, NextHeader.NO_NEXT_HEADER, 0))
 _LINK_LOCAL_PREFIX: Final = bytes((0xFE, 0x80)) + bytes(6)
@@ -569,7 +570,14 @@ class TunnelEngine:
     def schedule_retry(self, address: bytes, peer: Peer, deadline: float) -> None:
         """Call `_retry(address, peer, now)` at `deadline` (if the entry is still there)."""
         self._retry_seq += 1
-        heapq.heappush(self._retries, (deadline, self._retry_seq, address, peer))
+        retries = self._retries
+        heapq.heappush(retries, (deadline, self._retry_seq, address, peer))
+        if len(retries) > 2 * self.peers.max_peers + RETRY_SLACK:
+            # Entries of evicted peers linger until their deadline: under a flood of new
+            # destinations, drop them now so the heap stays proportional to the table.
+            lookup = self.peers.get
+            retries[:] = [entry for entry in retries if lookup(entry[2]) is entry[3]]
+            heapq.heapify(retries)
 
     def send_unreachable(self, packet: bytes, code: int, now: float) -> None:
         """ICMPv6 destination unreachable about `packet` to the local stack, rate limited.

@@ -261,7 +261,7 @@ def test_flood_of_new_sources_keeps_memory_bounded_and_traffic_flowing() -> None
     assert baseline is not None
     assert final < baseline + 256 * 1024  # steady state: no growth with the number of packets
     assert engine.drops["mapping_mismatch"] == 3000
-    assert len(engine._retries) <= 4 * max_peers
+    assert len(engine._retries) <= 2 * max_peers + 64
 
 
 def test_eviction_prefers_untrusted_entries() -> None:
@@ -408,3 +408,13 @@ def test_structured_datagrams_never_raise(
     engine.receive_datagram(prefix + packet + trailer, ("203.0.113.2", 40000), 0.0)
     engine.send_ipv6(packet, 0.0)
     engine.handle_timer(10.0)
+
+
+def test_retry_heap_stays_proportional_to_the_table() -> None:
+    engine = relay(max_peers=8)
+    for port in range(1, 1001):  # new destinations at one instant: each evicts another
+        engine.send_ipv6(to_peer(teredo(port=port)), 0.0)
+        assert len(engine._retries) <= 2 * 8 + 64
+    engine.datagrams_to_send()
+    engine.handle_timer(2.0)  # the surviving peers still get their retries
+    assert len(engine.datagrams_to_send()) == 2 * len(engine.peers) == 16
