@@ -1,0 +1,665 @@
+"""The Teredo client: qualification, maintenance and the client's rules toward peers.
+
+Theory of operation
+-------------------
+`TeredoClient` is the shared tunnel engine (`teredo.tunnel.TunnelEngine`: peer list, bubbles,
+queues, trust, RFC 6081 nonces, fast paths) plus what only a client does. It composes a
+`teredo.qualification.Qualifier` for everything about its server and adds the client rules:
+
+States (the qualifier's, RFC 4380 §5.2.1): IDLE -> QUALIFYING -> QUALIFIED <-> OFFLINE; see
+`teredo.qualification` for the RS/RA exchange, the NAT check, the refresh timer, the backoff and
+failover. While not qualified the client has no address: it drops everything but RAs (requirements
+CLI-R2) and every packet from the stack.
+
+Reception (RFC 4380 §5.2.3), before the engine's generic rules:
+
+- From the server (either address, port 3544): any valid packet postpones the refresh (§5.2.3,
+  CLI-M6). RAs go to the qualifier. A packet carrying an origin indication is an indirect bubble
+  (or a relayed packet): the client answers with a *direct* bubble to the origin, from its own
+  address to the packet's source (requirements CLI-R3, G7; RFC 5991 §3.2), carrying the RFC 6081
+  nonce of the indirect bubble if it had one (§5.2.4.3, EXT-S4/S5). That answer is what makes the
+  sender's bubbles (client case 5, relay case 3) succeed. It is spaced 2 s per peer (§5.2.6).
+- Generic rules (engine): trusted mapping; Teredo source whose embedded mapping is the outer
+  source (rx case 3, with the global-unicast check of CVE-2006-6264); a bubble carrying our
+  RFC 6081 nonce (symmetric NAT peers).
+- Then the client's unverified cases (`_on_unverified`): an ICMPv6 echo reply whose data is the
+  nonce of our direct IPv6 connectivity test trusts that relay for that native peer (rx case 2,
+  SEC-C4: the *only* way a relay's mapping is trusted) and releases the queue; a packet from a
+  local peer's local endpoint (rx case 5); a packet from a native source through an unknown relay
+  (rx case 6): held (bounded) while an echo test via the server checks that relay (Miredo does
+  the same; CVE-2006-6266 bounded by the ping budget); link-local sources are refused (CLI-R6).
+
+Transmission (RFC 4380 §5.2.4): trusted peers by the engine's fast path; Teredo destinations by
+the engine (queue + direct and indirect bubbles, retried every 2 s, 4 at most); native
+destinations by the direct IPv6 connectivity test (`_on_native_destination`, §5.2.9): a random
+64-bit nonce in an ICMPv6 echo request sent through our own server, repeated every 2 s, 4 at most
+(CLI-E1, CLI-E3); the relay whose echo reply carries the nonce becomes the peer's mapping.
+Local peers (case 3) also get a unicast bubble to their local endpoint and a discovery bubble.
+
+Local client discovery (RFC 4380 §5.2.8, optional, `local_discovery`): discovery bubbles
+(our address -> ff02::1, hop limit 1) to 224.0.0.253:3544 every 200-300 s and right after
+qualifying; received ones (`receive_discovery`, from the runtime's multicast socket) are accepted
+only from a local subnet with a well-formed Teredo source whose mapped IPv4 is ours (same NAT,
+Miredo's DiscoveryNetmask /32), recorded as *local*, not trusted, and answered with a unicast
+bubble (CLI-L3, CLI-L4). Peers behind the same NAT otherwise meet through the NAT if it
+hairpins: our bubbles go to their public mapping like any other.
+
+Timers: the engine's (bubble and echo retries, peer sweep), the qualifier's (RS retries, refresh,
+backoff) and the discovery period; `get_timer()` is the earliest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from typing import Any, Final
+
+from teredo.address import (
+    CLIENT_LINK_LOCAL,
+    TEREDO_PORT,
+    Endpoint,
+    is_global_ipv4,
+    parse_teredo_address,
+)
+from teredo.errors import LocalProtocolError, ParseError
+from teredo.peers import BUBBLE_SPACING, BUBBLE_WINDOW, PING_BUDGET, PING_SPACING, Peer
+from teredo.qualification import (
+    AddressChanged,
+    NatBehaviourDetected,
+    Offline,
+    QualificationState,
+    Qualified,
+    Qualifier,
+    QualifierEvent,
+    ServerPair,
+)
+from teredo.tunnel import NONCE_TRAILER_LENGTH, SockAddr, TunnelEngine, TunnelSettings
+from teredo.wire import (
+    ALL_NODES,
+    IPV6_HEADER_LENGTH,
+    ICMPv6Type,
+    NextHeader,
+    TeredoPacket,
+    UnreachableCode,
+    build_bubble,
+    build_echo,
+    encode_trailers,
+    nonce_trailer,
+    parse_teredo_packet,
+    trailer_nonce,
+)
+
+log = logging.getLogger(__name__)
+
+CLIENT_IDLE_TIMEOUT: Final = 600.0  # [IMPL] Miredo: client entries live 600 s (CLI-P2)
+ECHO_NONCE_LENGTH: Final = 8  # RFC 4380 §5.2.9: at least 64 bits
+DISCOVERY_GROUP: Final = IPv4Address("224.0.0.253")  # RFC 4380 §2.17
+DISCOVERY_PERIOD: Final = (200.0, 300.0)  # RFC 4380 §5.2.8: uniform 200-300 s
+DISCOVERY_ANNOUNCE_SPACING: Final = 5.0  # our own discovery bubble at most this often on demand
+MAX_INBOUND_HELD_BYTES: Final = 256 * 1024  # rx case 6: packets held during echo tests, total
+MAX_REPLY_ENTRIES: Final = 4096  # peers whose last bubble answer time we remember
+_RANDOM_FRACTION_BYTES: Final = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """What the client core needs from the configuration (see `client_settings`)."""
+
+    servers: tuple[ServerPair, ...]
+    tunnel: TunnelSettings = field(
+        default_factory=lambda: TunnelSettings(idle_timeout=CLIENT_IDLE_TIMEOUT)
+    )
+    refresh_interval: float = 30.0
+    local_discovery: bool = False
+
+
+ClientEvent = QualifierEvent
+
+
+class TeredoClient(TunnelEngine):
+    """A Teredo client (sans-I/O). See the module docstring.
+
+    Driving it: the engine's contract (`receive_datagram`, `send_ipv6`, `handle_timer`,
+    `get_timer`, `datagrams_to_send`, `packets_to_deliver`, fast paths) plus `start(now)`,
+    `next_event()`, `receive_discovery(data, source, now)` for datagrams that arrived on
+    224.0.0.253, and `status()`.
+
+    `local` is the service socket's endpoint as the host sees it (its address toward the server
+    when bound to 0.0.0.0): it tells "no NAT" and port preservation apart. `local_networks` are
+    the IPv4 subnets of the host's interfaces, for the local discovery filter (CLI-L3).
+    """
+
+    def __init__(
+        self,
+        settings: ClientSettings,
+        *,
+        random_bytes: Callable[[int], bytes],
+        secret: bytes,
+        now: float,
+        local: Endpoint | None = None,
+        local_networks: Sequence[IPv4Network] = (),
+    ) -> None:
+        super().__init__(settings.tunnel, random_bytes=random_bytes, secret=secret, now=now)
+        self.client_settings = settings
+        self.local = local
+        self.local_networks = tuple(local_networks)
+        self.qualifier = Qualifier(
+            settings.servers,
+            random_bytes,
+            refresh_interval=settings.refresh_interval,
+            local=local,
+            prefixes=(settings.tunnel.prefix,),
+        )
+        self.address: IPv6Address | None = None
+        self._address_bytes: bytes | None = None
+        self._server_ips: frozenset[str] = frozenset()
+        self._server_sockaddr: SockAddr = ("0.0.0.0", TEREDO_PORT)
+        self._events: deque[ClientEvent] = deque()
+        self._last_reply: dict[bytes, float] = {}
+        self._held: dict[bytes, list[tuple[bytes, SockAddr]]] = {}
+        self._held_bytes = 0
+        self._discovery_at: float | None = None
+        self._last_announce = now - DISCOVERY_ANNOUNCE_SPACING
+        self._note_server()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> QualificationState:
+        return self.qualifier.state
+
+    def start(self, now: float) -> None:
+        """Start qualifying (the first RS goes out at once)."""
+        self.qualifier.start(now)
+        self._pump(now)
+
+    def stop(self) -> None:
+        """Shutting down: forget timers; the runtime withdraws the address."""
+        self.qualifier.stop()
+        self._set_address(None)
+        self._discovery_at = None
+
+    def reconfigure_client(self, settings: ClientSettings, now: float) -> None:
+        """Apply a reloaded configuration (SIGHUP)."""
+        self.client_settings = settings
+        self.reconfigure(settings.tunnel)
+        self.qualifier.refresh_interval = settings.refresh_interval
+        self.qualifier.set_servers(settings.servers, now)
+        if not settings.local_discovery:
+            self._discovery_at = None
+        elif self.address is not None and self._discovery_at is None:
+            self._schedule_discovery(now)
+        self._pump(now)
+
+    def next_event(self) -> ClientEvent | None:
+        """Qualified, AddressChanged, NatBehaviourDetected, Offline (in order)."""
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        deadlines = [super().get_timer(), self.qualifier.get_timer(), self._discovery_at]
+        present = [d for d in deadlines if d is not None]
+        return min(present) if present else None
+
+    def handle_timer(self, now: float) -> None:
+        super().handle_timer(now)
+        deadline = self.qualifier.get_timer()
+        if deadline is not None and now >= deadline:
+            self.qualifier.handle_timer(now)
+        if self._discovery_at is not None and now >= self._discovery_at:
+            self._send_discovery(now)
+            self._schedule_discovery(now)
+        self._pump(now)
+
+    def status(self) -> dict[str, object]:
+        """The status document's client part (engine counters and drops included)."""
+        document = super().status()
+        q = self.qualifier
+        drops = dict(document["drops"])  # type: ignore[call-overload]
+        for reason, count in q.drops.items():
+            drops[reason] = drops.get(reason, 0) + count
+        counters = dict(document["counters"])  # type: ignore[call-overload]
+        counters.update(q.counters)
+        document.update(
+            {
+                "role": "client",
+                "state": q.state.value,
+                "address": str(self.address) if self.address is not None else None,
+                "server": str(q.server.primary),
+                "secondary_server": str(q.server.secondary) if q.server.secondary else None,
+                "mapped": str(q.mapped) if q.mapped is not None and self.address else None,
+                "nat": q.nat.value,
+                "port_preserving": q.port_preserving,
+                "mtu": q.mtu,
+                "rtt_ms": round(q.rtt * 1000, 3) if q.rtt is not None else None,
+                "local_discovery": self.client_settings.local_discovery,
+                "counters": counters,
+                "drops": drops,
+            }
+        )
+        return document
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def send_ipv6(self, packet: bytes | bytearray | memoryview, now: float) -> None:
+        if self._address_bytes is None:
+            self.drop("not_qualified")
+            return
+        if len(packet) >= IPV6_HEADER_LENGTH and bytes(packet[8:24]) != self._address_bytes:
+            # Peers would refuse it (anti-spoofing); do not set up state for it.
+            self.drop("foreign_source")
+            return
+        super().send_ipv6(packet, now)
+
+    def receive_datagram(
+        self, data: bytes | bytearray | memoryview, source: SockAddr, now: float
+    ) -> None:
+        super().receive_datagram(data, source, now)
+        self._pump(now)
+
+    def receive_discovery(
+        self, data: bytes | bytearray | memoryview, source: SockAddr, now: float
+    ) -> None:
+        """A datagram that arrived on 224.0.0.253 (RFC 4380 §5.2.8; requirements CLI-L3)."""
+        if not self.client_settings.local_discovery:
+            self.drop("discovery_disabled")
+            return
+        if self._address_bytes is None or self.qualifier.mapped is None:
+            self.drop("not_qualified")
+            return
+        try:
+            packet = parse_teredo_packet(bytes(data))
+        except ParseError:
+            self.drop("malformed")
+            return
+        ipv6 = packet.ipv6
+        src = ipv6[8:24]
+        if (
+            packet.origin is not None
+            or packet.authentication is not None
+            or ipv6[6] != NextHeader.NO_NEXT_HEADER
+            or len(ipv6) != IPV6_HEADER_LENGTH
+            or ipv6[24:40] != ALL_NODES.packed
+        ):
+            self.drop("bad_discovery_bubble")
+            return
+        if src == self._address_bytes:
+            return  # our own (multicast loop)
+        try:
+            teredo = parse_teredo_address(src, (self.settings.prefix,))
+        except ParseError:
+            self.drop("discovery_not_teredo")
+            return
+        if not self._on_local_subnet(source[0]):
+            self.drop("discovery_not_local")
+            return
+        if teredo.mapped_address != self.qualifier.mapped.address:
+            self.drop("discovery_other_nat")  # Miredo's DiscoveryNetmask 255.255.255.255
+            return
+        peer = self.peers.get(src)
+        known = peer is not None and peer.local == source
+        if peer is None:
+            peer = self.peers.create(src, now)
+            peer.last_rx = now  # RFC 4380 §5.2.8 (CLI-P4); not trusted
+            self.count("peers_created")
+        peer.local = source
+        peer.local_seen = now
+        self.count("discovery_received")
+        self._reply_bubble(self._address_bytes, src, [source], now, None)
+        if not known and now - self._last_announce >= DISCOVERY_ANNOUNCE_SPACING:
+            self._send_discovery(now)  # so that it learns our local endpoint too
+        self._pump(now)
+
+    # -- engine hooks ---------------------------------------------------------------------------
+
+    def _serves(self, destination: bytes) -> bool:
+        return destination == self._address_bytes
+
+    def _bubble_source(self, destination: bytes) -> bytes:
+        # A client's bubbles come from its Teredo address (requirements PKT-10).
+        return self._address_bytes or CLIENT_LINK_LOCAL.packed
+
+    def _on_datagram(self, packet: TeredoPacket, source: SockAddr, now: float) -> bool:
+        if source[1] == TEREDO_PORT and source[0] in self._server_ips:
+            ipv6 = packet.ipv6
+            if Qualifier.is_router_advertisement(ipv6):
+                self.qualifier.receive_router_advertisement(
+                    packet, Endpoint(IPv4Address(source[0]), source[1]), now
+                )
+                return True
+            self.qualifier.note_server_contact(now)
+            if packet.origin is not None:
+                self._from_server(packet, now)
+                return True
+        if self._address_bytes is None:
+            self.drop("not_qualified")  # requirements CLI-R2
+            return True
+        return False
+
+    def _on_unverified(self, packet: TeredoPacket, source: SockAddr, now: float) -> None:
+        ipv6 = packet.ipv6
+        src = ipv6[8:24]
+        if src[0] == 0xFE and src[1] & 0xC0 == 0x80:
+            self.drop("link_local_source")  # CLI-R6: no fake RA or ND reaches the stack
+            return
+        if self.is_teredo(src):
+            peer = self.peers.get(src)
+            if peer is not None and peer.local is not None and peer.local == source:
+                # rx case 5: a local peer at its local endpoint (RFC 4380 §5.2.3, §5.2.8).
+                self.trust_peer(src, source, now)
+                self._accept(ipv6)
+                return
+            super()._on_unverified(packet, source, now)
+            return
+        if ipv6[24:40] != self._address_bytes:
+            self.drop("destination_not_served")
+            return
+        peer = self.peers.get(src)
+        if peer is not None and peer.ping_nonce is not None and self._is_our_echo_reply(ipv6, peer):
+            # rx case 2 (RFC 4380 §5.2.3, §5.2.9): the relay that carried our nonce back.
+            if not self._global_source(source):
+                return
+            self.count("echo_tests_succeeded")
+            self.trust_peer(src, source, now)
+            self._release_held(src, source)
+            return
+        self._hold_and_verify(src, ipv6, source, now)
+
+    def _on_native_destination(self, packet: bytes, destination: bytes, now: float) -> None:
+        """Transmission case 2 (RFC 4380 §5.2.4): queue, and test where replies come from."""
+        peer = self.peers.get(destination)
+        if peer is None:
+            peer = self.peers.create(destination, now)
+            self.count("peers_created")
+        self._renew_ping_budget(peer, now)
+        if peer.pings >= PING_BUDGET and not peer.may_ping(now):
+            self.drop("peer_unreachable")
+            self.send_unreachable(packet, UnreachableCode.ADDRESS_UNREACHABLE, now)
+            return
+        self.queue_packet(peer, packet)
+        if peer.may_ping(now):
+            self._send_echo_test(destination, peer, now)
+            self.schedule_retry(destination, peer, now + PING_SPACING)
+
+    def _retry_native(self, address: bytes, peer: Peer, now: float) -> None:
+        if peer.may_ping(now):
+            self._send_echo_test(address, peer, now)
+            self.schedule_retry(address, peer, now + PING_SPACING)
+        elif peer.pings >= PING_BUDGET:
+            self.count("echo_tests_failed")
+            self.fail_setup(address, peer, now)
+        else:
+            self.schedule_retry(address, peer, peer.last_ping + PING_SPACING)
+
+    def _send_to_teredo(self, packet: bytes, dst: bytes, peer: Peer | None, now: float) -> None:
+        if (
+            peer is not None
+            and self.client_settings.local_discovery
+            and peer.local is not None
+            and peer.is_local(now)
+            and self._address_bytes is not None
+        ):
+            # Transmission case 3 (RFC 4380 §5.2.4): a unicast bubble to its local endpoint
+            # and a discovery bubble, besides the usual setup below.
+            self._reply_bubble(self._address_bytes, dst, [peer.local], now, None)
+            if now - self._last_announce >= BUBBLE_SPACING:
+                self._send_discovery(now)
+        super()._send_to_teredo(packet, dst, peer, now)
+
+    def _on_expired(self, address: bytes, peer: Peer) -> None:
+        self._drop_held(address)
+
+    # -- the server's packets -------------------------------------------------------------------
+
+    def _from_server(self, packet: TeredoPacket, now: float) -> None:
+        """A packet relayed by our server (origin indication): answer with a direct bubble."""
+        assert packet.origin is not None
+        ipv6 = packet.ipv6
+        src, dst = ipv6[8:24], ipv6[24:40]
+        if self._address_bytes is None:
+            self.drop("not_qualified")
+            return
+        if dst != self._address_bytes:
+            self.drop("destination_not_served")
+            return
+        origin = packet.origin
+        to = (str(origin.address), origin.port)
+        if not self._global_source(to):
+            return
+        nonce = trailer_nonce(packet.trailers)
+        bubble = ipv6[6] == NextHeader.NO_NEXT_HEADER and len(ipv6) == IPV6_HEADER_LENGTH
+        self.count("indirect_bubbles_received" if bubble else "relayed_packets_received")
+        if not self.is_teredo(src):
+            # A relay's bubble (its source is its link-local cookie for us): answer it.
+            self._reply_bubble(dst, src, [to], now, nonce)
+        else:
+            peer = self.peers.get(src)
+            if peer is None:
+                peer = self.peers.create(src, now)
+                self.count("peers_created")
+            # RFC 6081 §5.2.4.3: remember the peer's nonce (or forget an old one).
+            peer.nonce_received = nonce
+            targets = [to]
+            if peer.mapped is not None and peer.mapped != to:
+                targets.append(peer.mapped)  # a mapping learned from a symmetric NAT peer
+            self._reply_bubble(dst, src, targets, now, nonce)
+            if not peer.is_valid(now) and peer.may_send_bubble(now):
+                # RFC 6081 §6.1 packet 4: our own indirect bubble, with a fresh nonce, so that
+                # a peer behind a symmetric NAT can answer with a direct bubble we accept.
+                self._send_indirect_bubble(src, peer, now)
+        if not bubble:
+            # Only bubbles and small ICMPv6 come this way; their sender retries directly.
+            self.drop("relayed_packet")
+
+    def _reply_bubble(
+        self,
+        source: bytes,
+        destination: bytes,
+        targets: list[SockAddr],
+        now: float,
+        nonce: bytes | None,
+    ) -> None:
+        """Direct bubbles answering a peer, at most once per 2 s per peer (RFC 4380 §5.2.6)."""
+        last = self._last_reply.get(destination)
+        if last is not None and now - last < BUBBLE_SPACING:
+            self.drop("bubble_reply_rate_limited")
+            return
+        if len(self._last_reply) >= MAX_REPLY_ENTRIES:
+            self._last_reply.clear()  # bounded; forgetting only relaxes the spacing
+        self._last_reply[destination] = now
+        for to in targets:
+            self.send_direct_bubble(source, destination, to, now, nonce=nonce)
+
+    def _send_indirect_bubble(self, address: bytes, peer: Peer, now: float) -> None:
+        """An indirect bubble with a fresh RFC 6081 nonce via the peer's server (§5.2.4.1)."""
+        assert self.address is not None
+        peer.note_bubble(now)
+        bubble = build_bubble(self.address, IPv6Address(address))
+        if self.settings.nonce_trailers:
+            nonce = bytes(self._random_bytes(NONCE_TRAILER_LENGTH))
+            peer.nonce_sent = nonce
+            bubble += encode_trailers([nonce_trailer(nonce)])
+        server = f"{address[4]}.{address[5]}.{address[6]}.{address[7]}"
+        self.emit(bubble, (server, TEREDO_PORT))
+        self.count("bubbles_sent")
+
+    # -- the direct IPv6 connectivity test ------------------------------------------------------
+
+    def _send_echo_test(self, destination: bytes, peer: Peer, now: float) -> None:
+        """An echo request with a random nonce via our own server (RFC 4380 §5.2.9)."""
+        assert self.address is not None
+        nonce = peer.ping_nonce
+        if nonce is None:  # one nonce per test: a late reply to an earlier try still counts
+            nonce = bytes(self._random_bytes(ECHO_NONCE_LENGTH))
+        identifier = int.from_bytes(nonce[:2], "big")
+        echo = build_echo(self.address, IPv6Address(destination), identifier, peer.pings, nonce)
+        peer.note_ping(nonce, now)
+        self.emit(echo, self._server_sockaddr)
+        self.count("echo_tests_sent")
+
+    def _is_our_echo_reply(self, ipv6: bytes, peer: Peer) -> bool:
+        if len(ipv6) < IPV6_HEADER_LENGTH + 8 + ECHO_NONCE_LENGTH:
+            return False
+        if ipv6[6] != NextHeader.ICMPV6 or ipv6[IPV6_HEADER_LENGTH] != ICMPv6Type.ECHO_REPLY:
+            return False
+        data = ipv6[IPV6_HEADER_LENGTH + 8 : IPV6_HEADER_LENGTH + ((ipv6[4] << 8) | ipv6[5])]
+        return data == peer.ping_nonce
+
+    def _renew_ping_budget(self, peer: Peer, now: float) -> None:
+        """A failed test may be retried after 300 s (as the bubble budget, RFC 4380 §5.2.6)."""
+        if peer.pings >= PING_BUDGET and now - peer.last_ping >= BUBBLE_WINDOW:
+            peer.pings = 0
+            peer.ping_nonce = None
+
+    def _hold_and_verify(self, src: bytes, ipv6: bytes, source: SockAddr, now: float) -> None:
+        """rx case 6: a native source via an unverified relay. Hold the packet, ping via the
+        server; the relay that returns our nonce is trusted and the held packets from it are
+        delivered (RFC 4380 §5.2.3, §5.2.9)."""
+        peer = self.peers.get(src)
+        if peer is None:
+            peer = self.peers.create(src, now)
+            self.count("peers_created")
+        self._renew_ping_budget(peer, now)
+        if not peer.may_ping(now) and peer.pings >= PING_BUDGET:
+            self.drop("unverified_relay")
+            return
+        self._hold(src, ipv6, source, now)
+        if peer.may_ping(now):
+            self._send_echo_test(src, peer, now)
+
+    def _hold(self, src: bytes, ipv6: bytes, source: SockAddr, now: float) -> None:
+        held = self._held.setdefault(src, [])
+        size = len(ipv6)
+        in_peer = sum(len(p) for p, _ in held)
+        if (
+            in_peer + size > self.settings.max_queue_bytes
+            or self._held_bytes + size > MAX_INBOUND_HELD_BYTES
+        ):
+            self.drop("held_queue_full")
+            if not held:
+                del self._held[src]
+            return
+        held.append((ipv6, source))
+        self._held_bytes += size
+        self.count("held_for_echo_test")
+
+    def _release_held(self, src: bytes, mapping: SockAddr) -> None:
+        held = self._held.pop(src, [])
+        for ipv6, source in held:
+            self._held_bytes -= len(ipv6)
+            if source == mapping:
+                self._accept(ipv6)
+            else:
+                self.drop("held_from_other_relay")
+
+    def _drop_held(self, src: bytes) -> None:
+        for ipv6, _ in self._held.pop(src, []):
+            self._held_bytes -= len(ipv6)
+
+    def _accept(self, ipv6: bytes) -> None:
+        """Deliver an accepted packet as the engine does: bubbles are consumed."""
+        if ipv6[6] == NextHeader.NO_NEXT_HEADER and len(ipv6) == IPV6_HEADER_LENGTH:
+            self.count("bubbles_received")
+        elif self._serves(ipv6[24:40]):
+            self.count("received")
+            self.deliver(ipv6)
+        else:
+            self.drop("destination_not_served")
+
+    # -- local discovery ------------------------------------------------------------------------
+
+    def _send_discovery(self, now: float) -> None:
+        if self.address is None:
+            return
+        self._last_announce = now
+        bubble = build_bubble(self.address, ALL_NODES, hop_limit=1)
+        self.emit(bubble, (str(DISCOVERY_GROUP), TEREDO_PORT))
+        self.count("discovery_sent")
+
+    def _schedule_discovery(self, now: float) -> None:
+        low, high = DISCOVERY_PERIOD
+        fraction = int.from_bytes(self._random_bytes(_RANDOM_FRACTION_BYTES), "big") / 2**32
+        self._discovery_at = now + low + (high - low) * fraction
+
+    def _on_local_subnet(self, address: str) -> bool:
+        if not self.local_networks:
+            # The runtime did not tell us: accept only when the source is not global (a LAN).
+            try:
+                return not is_global_ipv4(IPv4Address(address))
+            except ValueError:
+                return False
+        try:
+            ip = IPv4Address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.local_networks)
+
+    # -- qualifier glue -------------------------------------------------------------------------
+
+    def _pump(self, now: float) -> None:
+        """Move the qualifier's datagrams out and apply its events before the runtime sees them."""
+        q = self.qualifier
+        for data, destination in q.datagrams_to_send():
+            self.emit(data, (str(destination.address), destination.port))
+        while (event := q.next_event()) is not None:
+            self._apply(event, now)
+            self._events.append(event)
+
+    def _apply(self, event: QualifierEvent, now: float) -> None:
+        if isinstance(event, Qualified):
+            self._note_server()
+            self._set_address(event.address)
+            self._after_new_address(now)
+        elif isinstance(event, AddressChanged):
+            self._set_address(event.address)
+            self._after_new_address(now)
+        elif isinstance(event, Offline):
+            self._set_address(None)
+            self._discovery_at = None
+            self._note_server(event.next_server)
+        elif isinstance(event, NatBehaviourDetected):
+            pass
+        else:  # pragma: no cover - exhaustive
+            raise LocalProtocolError(f"unknown qualifier event {event!r}")
+
+    def _after_new_address(self, now: float) -> None:
+        if self.client_settings.local_discovery:
+            self._send_discovery(now)
+            self._schedule_discovery(now)
+
+    def _set_address(self, address: IPv6Address | None) -> None:
+        self.address = address
+        self._address_bytes = address.packed if address is not None else None
+        if address is not None:
+            self.error_source = address
+
+    def _note_server(self, server: ServerPair | None = None) -> None:
+        server = server or self.qualifier.server
+        self._server_ips = frozenset(
+            str(a) for a in (server.primary, server.secondary) if a is not None
+        )
+        self._server_sockaddr = (str(server.primary), TEREDO_PORT)
+
+
+def summarize_peer(address: bytes, peer: Peer, now: float) -> dict[str, Any]:
+    """One peer for the status document."""
+    return {
+        "address": str(IPv6Address(address)),
+        "trusted": peer.trusted,
+        "valid": peer.is_valid(now),
+        "mapped": f"{peer.mapped[0]}:{peer.mapped[1]}" if peer.mapped else None,
+        "local": f"{peer.local[0]}:{peer.local[1]}" if peer.local else None,
+        "idle": round(now - max(peer.last_rx, peer.last_tx), 1),
+        "queued_bytes": peer.queued_bytes,
+    }
+
+
+__all__ = [
+    "CLIENT_IDLE_TIMEOUT",
+    "ClientEvent",
+    "ClientSettings",
+    "TeredoClient",
+    "summarize_peer",
+]

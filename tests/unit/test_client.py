@@ -1,0 +1,575 @@
+"""The client core over tests/fakenet.py: this project's server and relay cores around it.
+
+Flows: qualification behind each NAT, client <-> client through the server (bubbles, RFC 6081
+nonces for symmetric NATs), client <-> native host through a relay (the echo test with a nonce,
+both directions), local discovery, hairpinning, spoofing and floods.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tracemalloc
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
+
+import pytest
+
+from fakenet import (
+    FULLCONE,
+    NAT_KINDS,
+    PORT_RESTRICTED,
+    RESTRICTED,
+    SYMMETRIC,
+    ClientNode,
+    FakeNetwork,
+    Nat,
+    NativeHost,
+    RelayNode,
+    ServerNode,
+)
+from teredo.address import TEREDO_PORT, encode_teredo_address, parse_teredo_address
+from teredo.client import ClientSettings, TeredoClient
+from teredo.qualification import (
+    AddressChanged,
+    NatBehaviour,
+    Offline,
+    QualificationState,
+    Qualified,
+    ServerPair,
+)
+from teredo.relay import TeredoRelay
+from teredo.server import ServerSettings, TeredoServer
+from teredo.tunnel import TunnelSettings
+from teredo.wire import (
+    ALL_NODES,
+    Authentication,
+    OriginIndication,
+    TeredoPacket,
+    build_bubble,
+    build_echo,
+    encode_teredo_packet,
+    nonce_trailer,
+    parse_echo,
+    parse_teredo_packet,
+    trailer_nonce,
+)
+
+PRIMARY = IPv4Address("198.51.100.2")
+SECONDARY = IPv4Address("198.51.100.3")
+SERVER = ("198.51.100.2", 3544)
+RELAY = ("198.51.100.18", 3545)
+NATIVE = "2001:db8:2::2"
+
+
+def counting_random() -> Callable[[int], bytes]:
+    counter = itertools.count(1)
+    return lambda n: next(counter).to_bytes(8, "big")[-n:].rjust(n, b"\x00")
+
+
+def make_client(now: float = 0.0, local_discovery: bool = False, **kwargs: object) -> TeredoClient:
+    settings = ClientSettings(
+        servers=(ServerPair(PRIMARY, SECONDARY),), local_discovery=local_discovery
+    )
+    return TeredoClient(
+        settings,
+        random_bytes=os.urandom,
+        secret=os.urandom(32),
+        now=now,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+class World:
+    """Server, relay, native host; clients added behind NATs. Owns the clock."""
+
+    def __init__(self) -> None:
+        self.net = FakeNetwork()
+        self.now = 0.0
+        self.server = TeredoServer(ServerSettings(PRIMARY, SECONDARY))
+        ServerNode(self.server, self.net)
+        self.relay = TeredoRelay(
+            TunnelSettings(), random_bytes=os.urandom, secret=os.urandom(32), now=0.0
+        )
+        self.net.attach(RelayNode(self.relay, RELAY, self.net))
+        self.native: NativeHost = self.net.add_native_host(NATIVE)
+
+    def add_client(
+        self,
+        private: tuple[str, int],
+        nat: Nat | None,
+        local_discovery: bool = False,
+        local_networks: tuple[IPv4Network, ...] = (),
+    ) -> tuple[TeredoClient, ClientNode]:
+        from teredo.address import Endpoint
+
+        client = make_client(
+            self.now,
+            local_discovery=local_discovery,
+            local=Endpoint(IPv4Address(private[0]), private[1]),
+            local_networks=local_networks,
+        )
+        node = ClientNode(client, private)
+        self.net.attach(node, nat)
+        client.start(self.now)
+        return client, node
+
+    def run(self, seconds: float) -> None:
+        self.now = self.net.advance(self.now, self.now + seconds)
+
+    def run_until(self, condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+        end = self.now + timeout
+        while self.now < end and not condition():
+            self.run(0.1)
+        return condition()
+
+
+def ping(source: TeredoClient, destination: str | IPv6Address, seq: int = 1) -> bytes:
+    assert source.address is not None
+    return build_echo(source.address, IPv6Address(destination), 7, seq, b"hello teredo")
+
+
+def echo_requests(packets: list[bytes]) -> list[bytes]:
+    return [p for p in packets if (e := parse_echo(p)) is not None and e.is_request]
+
+
+def echo_replies(packets: list[bytes]) -> list[bytes]:
+    return [p for p in packets if (e := parse_echo(p)) is not None and not e.is_request]
+
+
+def answer_pings(world: World, client: TeredoClient, node: ClientNode) -> None:
+    """Play the host stack: answer echo requests the client delivered."""
+    for packet in echo_requests(node.delivered):
+        echo = parse_echo(packet)
+        assert echo is not None
+        client.send_ipv6(
+            build_echo(
+                echo.destination,
+                echo.source,
+                echo.identifier,
+                echo.sequence,
+                echo.data,
+                is_request=False,
+            ),
+            world.now,
+        )
+    node.delivered.clear()
+
+
+# -- qualification ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", NAT_KINDS)
+def test_client_qualifies_behind_each_nat(kind: str) -> None:
+    world = World()
+    client, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", kind))
+    world.run(1.0)
+    assert client.state is QualificationState.QUALIFIED
+    assert client.address is not None
+    decoded = parse_teredo_address(client.address)
+    assert decoded.server == PRIMARY and decoded.mapped_address == IPv4Address("203.0.113.2")
+    expected = NatBehaviour.SYMMETRIC if kind == SYMMETRIC else NatBehaviour.RESTRICTED
+    assert client.qualifier.nat is expected
+    events = []
+    while (event := client.next_event()) is not None:
+        events.append(event)
+    assert isinstance(events[0], Qualified)
+    status = client.status()
+    assert status["state"] == "qualified" and status["address"] == str(client.address)
+    assert status["nat"] == expected.value
+
+
+def test_packets_before_qualification_are_dropped() -> None:
+    client = make_client()
+    client.start(0.0)
+    client.send_ipv6(build_echo(IPv6Address("2001::1"), IPv6Address(NATIVE), 1, 1, b"x"), 0.1)
+    bubble = build_bubble(IPv6Address("2001:0:c633:6402::1"), IPv6Address("2001::2"))
+    client.receive_datagram(bubble, ("203.0.113.9", 4000), 0.1)
+    assert client.drops["not_qualified"] == 2
+    assert client.packets_to_deliver() == []
+
+
+def test_offline_and_back_withdraws_and_restores_the_address() -> None:
+    world = World()
+    client, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", PORT_RESTRICTED))
+    world.run(1.0)
+    address = client.address
+    world.net.drop = lambda hop: hop.destination == SERVER or hop.source == SERVER
+    assert world.run_until(lambda: client.state is QualificationState.OFFLINE, 60.0)
+    assert client.address is None
+    events = []
+    while (event := client.next_event()) is not None:
+        events.append(event)
+    assert any(isinstance(e, Offline) and e.old == address for e in events)
+    world.net.drop = None
+    assert world.run_until(lambda: client.state is QualificationState.QUALIFIED, 30.0)
+    assert client.address == address
+
+
+def test_mapping_change_changes_the_address() -> None:
+    world = World()
+    nat = Nat("203.0.113.2", PORT_RESTRICTED)
+    client, _ = world.add_client(("10.1.0.2", 5000), nat)
+    world.run(1.0)
+    old = client.address
+    nat.reset()
+    world.run(31.0)
+    assert client.address is not None and client.address != old
+    events = []
+    while (event := client.next_event()) is not None:
+        events.append(event)
+    assert any(isinstance(e, AddressChanged) and e.old == old for e in events)
+
+
+# -- client <-> native host through the relay -------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", NAT_KINDS)
+def test_client_pings_native_host_via_echo_test(kind: str) -> None:
+    world = World()
+    client, node = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", kind))
+    world.run(1.0)
+    client.send_ipv6(ping(client, NATIVE), world.now)
+    world.run(3.0)
+    # The echo test went via the server with a 64-bit nonce; the relay answered it, became
+    # trusted for the native peer and the queued ping went through it.
+    assert client.counters["echo_tests_sent"] >= 1
+    assert client.counters["echo_tests_succeeded"] == 1
+    peer = client.peers.get(IPv6Address(NATIVE).packed)
+    assert peer is not None and peer.trusted and peer.mapped == RELAY
+    requests = echo_requests(world.native.received)
+    assert any(parse_echo(p).data == b"hello teredo" for p in requests)  # type: ignore[union-attr]
+    replies = echo_replies(node.delivered)
+    assert [parse_echo(p).data for p in replies] == [b"hello teredo"]  # type: ignore[union-attr]
+    # Established: the next ping takes the fast path straight to the relay.
+    second = ping(client, NATIVE, seq=2)
+    assert client.forward_to_teredo(second, world.now) == RELAY
+
+
+@pytest.mark.parametrize("kind", [FULLCONE, RESTRICTED, PORT_RESTRICTED, SYMMETRIC])
+def test_native_host_pings_client(kind: str) -> None:
+    world = World()
+    client, node = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", kind))
+    world.run(1.0)
+    assert client.address is not None
+    world.native.send(
+        build_echo(IPv6Address(NATIVE), client.address, 9, 1, b"from native"), world.now
+    )
+    world.run(3.0)
+    # Relay -> server indirect bubble -> client direct bubble -> relay sends the packet; the
+    # client holds it, verifies the relay with its own echo test, then delivers it.
+    requests = echo_requests(node.delivered)
+    assert [parse_echo(p).data for p in requests] == [b"from native"]  # type: ignore[union-attr]
+    assert client.counters["held_for_echo_test"] == 1
+    answer_pings(world, client, node)
+    world.run(1.0)
+    assert any(parse_echo(p).data == b"from native" for p in echo_replies(world.native.received))  # type: ignore[union-attr]
+
+
+def test_relay_is_not_trusted_without_our_nonce() -> None:
+    """SEC-C4: a packet from a native source through an unknown relay is not delivered; an
+    echo reply with a wrong nonce does not make the relay trusted."""
+    world = World()
+    client, node = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", FULLCONE))
+    world.run(1.0)
+    assert client.address is not None
+    world.net.drop = lambda hop: hop.destination == SERVER and hop.source[0] == "203.0.113.2"
+    rogue = ("203.0.113.66", 3545)
+    spoofed = build_echo(IPv6Address(NATIVE), client.address, 1, 1, b"spoof", is_request=False)
+    client.receive_datagram(spoofed, rogue, world.now)
+    forged = build_echo(IPv6Address(NATIVE), client.address, 1, 1, b"\x00" * 8, is_request=False)
+    client.receive_datagram(forged, rogue, world.now)
+    world.run(10.0)
+    peer = client.peers.get(IPv6Address(NATIVE).packed)
+    assert peer is not None and not peer.trusted
+    assert node.delivered == []
+    assert client.counters.get("echo_tests_succeeded", 0) == 0
+
+
+def test_native_destination_unreachable_after_four_echo_tests() -> None:
+    world = World()
+    client, node = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", FULLCONE))
+    world.run(1.0)
+    world.native.answer_pings = False
+    client.send_ipv6(ping(client, NATIVE), world.now)
+    world.run(12.0)
+    assert client.counters["echo_tests_sent"] == 4  # RFC 4380 §5.2.9: 2 s, 3 repeats
+    assert client.drops["peer_unreachable"] == 1
+    errors = [p for p in node.delivered if p[6] == 58 and p[40] == 1]
+    assert len(errors) == 1  # ICMPv6 destination unreachable to the stack
+
+
+# -- client <-> client through the server -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind_a", "kind_b"),
+    [
+        (PORT_RESTRICTED, PORT_RESTRICTED),
+        (FULLCONE, PORT_RESTRICTED),
+        (RESTRICTED, FULLCONE),
+        (SYMMETRIC, FULLCONE),  # RFC 6081 SNS: the nonce trailer carries it
+        (SYMMETRIC, RESTRICTED),
+        (FULLCONE, SYMMETRIC),
+    ],
+)
+def test_client_to_client(kind_a: str, kind_b: str) -> None:
+    world = World()
+    a, node_a = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", kind_a))
+    b, node_b = world.add_client(("10.2.0.2", 5000), Nat("203.0.113.18", kind_b))
+    world.run(1.0)
+    assert a.address is not None and b.address is not None
+    a.send_ipv6(ping(a, b.address), world.now)
+    assert world.run_until(lambda: bool(echo_requests(node_b.delivered)), 10.0)
+    answer_pings(world, b, node_b)
+    assert world.run_until(lambda: bool(echo_replies(node_a.delivered)), 10.0)
+    # And the other way round, once set up.
+    node_a.delivered.clear()
+    b.send_ipv6(ping(b, a.address, seq=5), world.now)
+    assert world.run_until(lambda: bool(echo_requests(node_a.delivered)), 10.0)
+
+
+def test_symmetric_to_port_restricted_fails_as_rfc_6081_says() -> None:
+    world = World()
+    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC))
+    b, node_b = world.add_client(("10.2.0.2", 5000), Nat("203.0.113.18", PORT_RESTRICTED))
+    world.run(1.0)
+    assert b.address is not None
+    a.send_ipv6(ping(a, b.address), world.now)
+    world.run(12.0)
+    assert echo_requests(node_b.delivered) == []
+
+
+def test_indirect_bubble_gets_a_direct_bubble_with_its_nonce() -> None:
+    """RFC 4380 §5.2.3 (G7) and RFC 6081 §5.2.4: answer to the origin, echoing the nonce."""
+    world = World()
+    client, _ = world.add_client(("203.0.113.40", 5000), None)
+    world.run(1.0)
+    assert client.address is not None
+    peer_address = encode_teredo_address(PRIMARY, IPv4Address("203.0.113.99"), 6000)
+    indirect = encode_teredo_packet(
+        TeredoPacket(
+            ipv6=build_bubble(peer_address, client.address),
+            origin=OriginIndication(IPv4Address("203.0.113.99"), 6001),
+            trailers=(nonce_trailer(b"\xde\xad\xbe\xef"),),
+        )
+    )
+    client.receive_datagram(indirect, SERVER, world.now)
+    out = client.datagrams_to_send()
+    # The direct answer, and (RFC 6081 §6.1 packet 4) our own indirect bubble with our nonce.
+    assert [d for _, d in out] == [("203.0.113.99", 6001), SERVER]
+    indirect_out = parse_teredo_packet(out[1][0])
+    sent_nonce = trailer_nonce(indirect_out.trailers)
+    peer_entry = client.peers.get(peer_address.packed)
+    assert peer_entry is not None and sent_nonce == peer_entry.nonce_sent is not None
+    data = out[0][0]
+    packet = parse_teredo_packet(data)
+    assert packet.ipv6[8:24] == client.address.packed
+    assert packet.ipv6[24:40] == peer_address.packed
+    assert trailer_nonce(packet.trailers) == b"\xde\xad\xbe\xef"
+    # Spaced: a second indirect bubble within 2 s gets no answer.
+    client.receive_datagram(indirect, SERVER, world.now + 1.0)
+    assert client.datagrams_to_send() == []
+    assert client.drops["bubble_reply_rate_limited"] == 1
+
+
+def test_indirect_bubble_from_someone_not_the_server_is_dropped() -> None:
+    world = World()
+    client, _ = world.add_client(("203.0.113.40", 5000), None)
+    world.run(1.0)
+    assert client.address is not None
+    indirect = encode_teredo_packet(
+        TeredoPacket(
+            ipv6=build_bubble(IPv6Address("2001:0:c633:6402::1"), client.address),
+            origin=OriginIndication(IPv4Address("203.0.113.99"), 6001),
+        )
+    )
+    client.receive_datagram(indirect, ("198.51.100.77", 3544), world.now)
+    assert client.datagrams_to_send() == []
+    assert client.drops["unexpected_origin_indication"] == 1
+
+
+def test_spoofed_teredo_source_is_dropped() -> None:
+    world = World()
+    client, node = world.add_client(("203.0.113.40", 5000), None)
+    world.run(1.0)
+    assert client.address is not None
+    other = encode_teredo_address(PRIMARY, IPv4Address("203.0.113.50"), 7000)
+    packet = build_echo(other, client.address, 1, 1, b"spoof")
+    client.receive_datagram(packet, ("203.0.113.51", 7000), world.now)
+    assert node.delivered == [] and client.packets_to_deliver() == []
+    assert client.drops["mapping_mismatch"] == 1
+
+
+def test_link_local_source_never_reaches_the_stack() -> None:
+    world = World()
+    client, _ = world.add_client(("203.0.113.40", 5000), None)
+    world.run(1.0)
+    assert client.address is not None
+    fake = build_echo(IPv6Address("fe80::1"), client.address, 1, 1, b"x")
+    client.receive_datagram(fake, ("203.0.113.51", 7000), world.now)
+    assert client.drops["link_local_source"] == 1
+    assert client.packets_to_deliver() == []
+
+
+def test_foreign_source_from_the_stack_is_dropped() -> None:
+    world = World()
+    client, _ = world.add_client(("203.0.113.40", 5000), None)
+    world.run(1.0)
+    client.send_ipv6(build_echo(IPv6Address("2001:db8::9"), IPv6Address(NATIVE), 1, 1, b""), 1.0)
+    assert client.drops["foreign_source"] == 1
+
+
+# -- same NAT: local discovery and hairpinning --------------------------------------------------
+
+
+def test_local_discovery_connects_peers_behind_a_non_hairpinning_nat() -> None:
+    world = World()
+    nat = Nat("203.0.113.2", PORT_RESTRICTED, hairpin=False)
+    lan = (IPv4Network("10.1.0.0/24"),)
+    a, node_a = world.add_client(("10.1.0.2", 5000), nat, True, lan)
+    b, node_b = world.add_client(("10.1.0.3", 5001), nat, True, lan)
+    world.run(1.0)
+    assert a.address is not None and b.address is not None
+    assert a.counters["discovery_sent"] >= 1 and b.counters["discovery_received"] >= 1
+    peer = b.peers.get(a.address.packed)
+    assert peer is not None and peer.local == ("10.1.0.2", 5000)
+    a.send_ipv6(ping(a, b.address), world.now)
+    assert world.run_until(lambda: bool(echo_requests(node_b.delivered)), 10.0)
+    answer_pings(world, b, node_b)
+    assert world.run_until(lambda: bool(echo_replies(node_a.delivered)), 10.0)
+    assert a.peers.get(b.address.packed).mapped == ("10.1.0.3", 5001)  # type: ignore[union-attr]
+
+
+def test_without_discovery_or_hairpinning_same_nat_peers_cannot_meet() -> None:
+    world = World()
+    nat = Nat("203.0.113.2", PORT_RESTRICTED, hairpin=False)
+    a, _ = world.add_client(("10.1.0.2", 5000), nat)
+    b, node_b = world.add_client(("10.1.0.3", 5001), nat)
+    world.run(1.0)
+    assert b.address is not None
+    a.send_ipv6(ping(a, b.address), world.now)
+    world.run(10.0)
+    assert echo_requests(node_b.delivered) == []
+
+
+def test_hairpinning_nat_connects_same_nat_peers() -> None:
+    world = World()
+    nat = Nat("203.0.113.2", PORT_RESTRICTED, hairpin=True)
+    a, node_a = world.add_client(("10.1.0.2", 5000), nat)
+    b, node_b = world.add_client(("10.1.0.3", 5001), nat)
+    world.run(1.0)
+    assert a.address is not None and b.address is not None
+    a.send_ipv6(ping(a, b.address), world.now)
+    assert world.run_until(lambda: bool(echo_requests(node_b.delivered)), 10.0)
+    answer_pings(world, b, node_b)
+    assert world.run_until(lambda: bool(echo_replies(node_a.delivered)), 10.0)
+
+
+def test_discovery_filters() -> None:
+    world = World()
+    client, _ = world.add_client(
+        ("10.1.0.2", 5000), Nat("203.0.113.2", PORT_RESTRICTED), True, (IPv4Network("10.1.0.0/24"),)
+    )
+    world.run(1.0)
+    assert client.address is not None and client.qualifier.mapped is not None
+    mapped = client.qualifier.mapped.address
+    same_nat = encode_teredo_address(PRIMARY, mapped, 7000)
+    other_nat = encode_teredo_address(PRIMARY, IPv4Address("203.0.113.77"), 7000)
+    good = build_bubble(same_nat, ALL_NODES, hop_limit=1)
+    client.receive_discovery(good, ("10.9.9.9", 7000), world.now)  # not on our subnet
+    client.receive_discovery(build_bubble(other_nat, ALL_NODES), ("10.1.0.9", 7000), world.now)
+    client.receive_discovery(build_bubble(same_nat, client.address), ("10.1.0.9", 7000), world.now)
+    not_teredo = build_bubble(IPv6Address("2001:db8::1"), ALL_NODES)
+    client.receive_discovery(not_teredo, ("10.1.0.9", 7000), world.now)
+    assert client.drops["discovery_not_local"] == 1
+    assert client.drops["discovery_other_nat"] == 1
+    assert client.drops["bad_discovery_bubble"] == 1
+    assert client.drops["discovery_not_teredo"] == 1
+    client.receive_discovery(good, ("10.1.0.9", 7000), world.now)
+    peer = client.peers.get(same_nat.packed)
+    assert peer is not None and not peer.trusted and peer.local == ("10.1.0.9", 7000)
+
+
+def test_discovery_is_periodic_between_200_and_300_seconds() -> None:
+    world = World()
+    client, _ = world.add_client(("203.0.113.40", 5000), None, True)
+    world.run(1.0)
+    sent = client.counters["discovery_sent"]
+    world.run(199.0)
+    assert client.counters["discovery_sent"] == sent
+    world.run(101.0)
+    assert client.counters["discovery_sent"] == sent + 1
+
+
+# -- bounded memory under floods ----------------------------------------------------------------
+
+
+def test_flood_of_unverified_native_packets_is_bounded() -> None:
+    world = World()
+    client, node = world.add_client(("203.0.113.40", 5000), None)
+    world.run(1.0)
+    assert client.address is not None
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(3000):  # more than MaxPeers (1024) and than the held-bytes cap
+        source = IPv6Address(int(IPv6Address("2001:db8:77::")) + i)
+        packet = build_echo(source, client.address, 1, 1, b"x" * 1000)
+        client.receive_datagram(packet, ("203.0.113.66", 3545), world.now)
+        client.datagrams_to_send()
+    grown = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert len(client.peers) <= client.peers.max_peers
+    assert client._held_bytes <= 256 * 1024
+    assert grown < 8 * 1024 * 1024
+    assert node.delivered == []
+
+
+def test_flood_of_indirect_bubbles_is_bounded() -> None:
+    world = World()
+    client, _ = world.add_client(("203.0.113.40", 5000), None)
+    world.run(1.0)
+    assert client.address is not None
+    for i in range(5000):
+        peer = encode_teredo_address(PRIMARY, IPv4Address("203.0.113.99"), 1000 + i)
+        indirect = encode_teredo_packet(
+            TeredoPacket(
+                ipv6=build_bubble(peer, client.address),
+                origin=OriginIndication(IPv4Address("203.0.113.99"), 1000 + i),
+            )
+        )
+        client.receive_datagram(indirect, SERVER, world.now)
+        client.datagrams_to_send()
+    assert len(client.peers) <= client.peers.max_peers
+
+
+def test_garbage_never_raises() -> None:
+    client = make_client()
+    client.start(0.0)
+    rng = itertools.count()
+    for size in range(0, 200, 3):
+        data = bytes((next(rng) * 37) & 0xFF for _ in range(size))
+        client.receive_datagram(data, SERVER, 0.1)
+        client.receive_datagram(b"\x60" + data, ("203.0.113.1", 1), 0.1)
+        client.receive_discovery(data, ("10.0.0.1", 1), 0.1)
+        client.send_ipv6(data, 0.1)
+    auth = encode_teredo_packet(
+        TeredoPacket(ipv6=build_bubble(IPv6Address("fe80::1"), ALL_NODES),
+                     authentication=Authentication(bytes(8))),
+    )  # fmt: skip
+    client.receive_datagram(auth, SERVER, 0.2)
+
+
+def test_echo_test_goes_via_our_server_with_a_64_bit_nonce() -> None:
+    world = World()
+    client, _ = world.add_client(("203.0.113.40", 5000), None)
+    world.run(1.0)
+    world.net.drop = lambda hop: True
+    client.send_ipv6(ping(client, NATIVE), world.now)
+    out = client.datagrams_to_send()
+    assert len(out) == 1 and out[0][1] == SERVER
+    echo = parse_echo(out[0][0])
+    assert echo is not None and echo.is_request and len(echo.data) == 8
+    assert echo.source == client.address and echo.destination == IPv6Address(NATIVE)
+    assert out[0][0][40 + 8 :] == echo.data  # the nonce is the whole payload (fits 88 bytes)
+    assert SERVER[1] == TEREDO_PORT
