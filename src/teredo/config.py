@@ -47,6 +47,11 @@ MaxPeers               C R    1024 (Miredo's bound),     1..16777216
 MaxQueueBytes          C R    1280 (Miredo), or          1280..1048576, at least the MTU
                               InterfaceMTU if larger
 RefreshInterval        C      30 (RFC 6081 §5.1.1)       seconds, 1..3600
+LocalDiscovery         C      no                         yes|no: RFC 4380 §5.2.8 local client
+                                                         discovery (224.0.0.253)
+FallbackServers        C      none                       comma-separated servers (IPv4 or
+                                                         hostname) tried in turn when
+                                                         ServerAddress stops answering
 AllowPrivateAddresses  C R S  no                         yes|no (true/false, on/off, 1/0)
 =====================  =====  =========================  ===================================
 
@@ -249,6 +254,8 @@ class ClientConfig:
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     refresh_interval: int = DEFAULT_REFRESH_INTERVAL
     allow_private_addresses: bool = False
+    local_discovery: bool = False
+    fallback_servers: tuple[IPv4Address | str, ...] = ()
     source: str = "<config>"
     warnings: tuple[ConfigWarning, ...] = ()
 
@@ -472,6 +479,14 @@ def _parse_user(value: str) -> str:
     return value
 
 
+def _parse_host_list(value: str) -> tuple[IPv4Address | str, ...]:
+    """Comma-separated `_parse_host` values (no blanks: a value is one word)."""
+    hosts = tuple(_parse_host(item) for item in value.split(",") if item)
+    if not hosts:
+        raise _Invalid(f"must list servers separated by commas, not {_show(value)}")
+    return hosts
+
+
 # ---------------------------------------------------------------------------------------------
 # The directive table
 
@@ -511,6 +526,8 @@ _DIRECTIVES: Final = {
         _Directive("MaxPeers", _CLIENT_RELAY, _parse_max_peers),
         _Directive("MaxQueueBytes", _CLIENT_RELAY, _parse_queue_bytes),
         _Directive("RefreshInterval", _CLIENT, _parse_refresh),
+        _Directive("LocalDiscovery", _CLIENT, _parse_bool),
+        _Directive("FallbackServers", _CLIENT, _parse_host_list),
         _Directive("AllowPrivateAddresses", _ALL, _parse_bool),
     )
 }
@@ -775,6 +792,8 @@ def _build_client(reader: _Reader, server: str | None) -> ClientConfig:
         max_queue_bytes=_queue_bytes(reader, DEFAULT_MTU),
         refresh_interval=reader.get("refreshinterval", _parse_refresh, DEFAULT_REFRESH_INTERVAL),
         allow_private_addresses=allow_private,
+        local_discovery=reader.get("localdiscovery", _parse_bool, False),
+        fallback_servers=reader.get("fallbackservers", _parse_host_list, ()),
         source=reader.source,
         warnings=reader.sorted_warnings(),
     )
