@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 
 from teredo.lab.lab import Lab
+from teredo.lab.roles import OURS_IMPLEMENTED
 from teredo.lab.topology import NATIVE_IPV4, NATIVE_IPV6, RELAY_IPV4, RELAY_PORT
 from testsupport import require_root
 
@@ -190,6 +191,34 @@ def test_sighup_reload_keeps_relaying(cone_lab: Lab) -> None:
         assert cone_lab.ping("v6", teredo_of(cone_lab, "cli1"), count=2).ok
     finally:
         config.write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Our client through our relay (runs once the client daemon is in the lab)
+
+
+@pytest.fixture(scope="module")
+def ours_lab() -> Iterator[Lab]:
+    yield from _lab(
+        "ours",
+        nat1="port-restricted",
+        nat2="symmetric",
+        server="ours",
+        relay="ours",
+        client1="ours",
+        client2="ours",
+    )
+
+
+@pytest.mark.skipif(
+    not OURS_IMPLEMENTED["client"], reason="our client daemon is not in the lab yet (issue 5)"
+)
+@pytest.mark.parametrize("client", ["cli1", "cli2"])
+def test_our_client_through_our_relay(ours_lab: Lab, client: str) -> None:
+    result = ours_lab.ping(client, NATIVE_IPV6)
+    assert result.ok, result.output
+    result = ours_lab.ping("v6", teredo_of(ours_lab, client))
+    assert result.ok, result.output
 
 
 # ---------------------------------------------------------------------------------------------
