@@ -247,7 +247,11 @@ class TeredoClient(TunnelEngine):
         if self._address_bytes is None:
             self.drop("not_qualified")
             return
-        if len(packet) >= IPV6_HEADER_LENGTH and bytes(packet[8:24]) != self._address_bytes:
+        if (
+            len(packet) >= IPV6_HEADER_LENGTH
+            and packet[24] != 0xFF  # multicast: the engine counts it under its own reason
+            and bytes(packet[8:24]) != self._address_bytes
+        ):
             # Peers would refuse it (anti-spoofing); do not set up state for it.
             self.drop("foreign_source")
             return

@@ -1,0 +1,547 @@
+"""`teredo client [-c FILE] [SERVER]`: the Teredo client daemon around `teredo.client`.
+
+What it does, in order:
+
+1. reads ``miredo.conf`` unchanged (``ServerAddress``, ``ServerAddress2``, ``InterfaceName``,
+   ``BindAddress``, ``BindPort``, ``SyslogFacility``) plus our ``HookScript``, ``ControlSocket``,
+   ``User``, ``MaxPeers``, ``MaxQueueBytes``, ``RefreshInterval``, ``LocalDiscovery``,
+   ``FallbackServers``, ``AllowPrivateAddresses``; SERVER on the command line overrides
+   ``ServerAddress``. Hostnames are resolved here (IPv4).
+2. binds the UDP service port, creates the TUN interface ``InterfaceName`` (down, no address),
+   opens the local discovery socket (0.0.0.0:3544 in 224.0.0.253) when ``LocalDiscovery yes``,
+   starts the hook script helper when ``HookScript`` is set, listens on the control socket, then
+   drops privileges to ``User`` keeping CAP_NET_ADMIN (address changes need it).
+3. qualifies. On `Qualified` it configures the interface through netlink as Miredo's
+   ``/etc/miredo/client-hook`` does (runtime/netlink.py ``configure_client``: link up with the
+   RA's MTU, ``fe80::ffff:ffff:ffff/64``, ``ADDRESS/32`` -- which brings the ``2001::/32``
+   route -- and ``default dev IFACE metric 1029``), logs how long it took from the router
+   solicitation that qualified to the address being usable, and runs the hook script with
+   ``STATE=up``. `AddressChanged` reconfigures (``OLD_ADDRESS`` set); `Offline` withdraws
+   everything (``STATE=down``); exit withdraws it too and runs the hook with ``STATE=destroy``.
+4. runs the shared TUN <-> UDP loop until SIGTERM/SIGINT. SIGHUP re-reads the file and applies
+   the servers, ``RefreshInterval``, ``MaxPeers``, ``MaxQueueBytes``, ``AllowPrivateAddresses``
+   and ``SyslogFacility``; other changes are logged as needing a restart.
+
+The hook script (Miredo's client-hook interface; names checked against Miredo 1.2.6): it gets
+``STATE`` (up, down or destroy), ``OLD_STATE``, ``IFACE``, ``IFINDEX``, ``ADDRESS``,
+``LLADDRESS``, ``MTU`` and, after a change, ``OLD_ADDRESS``, ``OLD_LLADDRESS``, ``OLD_MTU``. As in
+Miredo it runs from a helper process that keeps root (started before the privilege drop), so
+the script can configure the system; the helper accepts only those variables, with values it
+validates, and gives the script a fixed ``PATH``. ``/etc/miredo/client-hook`` itself works as a
+HookScript: it redoes what netlink already did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from typing import Any, Final
+
+from teredo.address import CLIENT_LINK_LOCAL, TEREDO_PORT
+from teredo.client import CLIENT_IDLE_TIMEOUT, ClientSettings, TeredoClient, summarize_peer
+from teredo.config import DEFAULT_CONFIG_PATH, ClientConfig, parse_client_config
+from teredo.errors import UsageError, UserError
+from teredo.qualification import (
+    AddressChanged,
+    NatBehaviourDetected,
+    Offline,
+    Qualified,
+    ServerPair,
+)
+from teredo.runtime.control import ControlServer, start_control_server
+from teredo.runtime.daemon import setup_logging, wait_for_shutdown
+from teredo.runtime.privileges import drop_privileges
+from teredo.runtime.probe import local_address_toward, resolve_ipv4
+from teredo.runtime.tunnel_loop import TunnelLoop
+from teredo.tunnel import TunnelSettings
+
+log = logging.getLogger(__name__)
+
+SECRET_BYTES: Final = 32
+MAX_PEERS_IN_STATUS: Final = 32
+HOOK_TIMEOUT: Final = 30.0  # seconds a hook script may run
+HOOK_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOOK_VARIABLES: Final = {
+    "STATE": r"up|down|destroy",
+    "OLD_STATE": r"up|down|destroy",
+    "IFACE": r"[A-Za-z0-9_.-]{1,15}",
+    "IFINDEX": r"[0-9]{1,10}",
+    "ADDRESS": r"[0-9a-fA-F:]{2,39}",
+    "LLADDRESS": r"[0-9a-fA-F:]{2,39}",
+    "MTU": r"[0-9]{4,5}",
+    "OLD_ADDRESS": r"[0-9a-fA-F:]{2,39}",
+    "OLD_LLADDRESS": r"[0-9a-fA-F:]{2,39}",
+    "OLD_MTU": r"[0-9]{4,5}",
+}
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Loaded:
+    config: ClientConfig
+    path: str | None  # None: no file, defaults plus the SERVER argument
+    syslog: str | None
+    server: str | None  # the command-line SERVER, kept for reloads
+
+
+def load_client_config(config_path: str | None, server: str | None) -> _Loaded:
+    """Read the configuration the way `teredo client [-c FILE] [SERVER]` does."""
+    from teredo.config import read_config_text, tokenize_config
+
+    path: str | None = config_path or DEFAULT_CONFIG_PATH
+    if config_path is None and not os.path.exists(DEFAULT_CONFIG_PATH):
+        if server is None:
+            raise UsageError(
+                f"there is no {DEFAULT_CONFIG_PATH}; give a configuration file with -c FILE "
+                "or the Teredo server on the command line (teredo client SERVER)"
+            )
+        path = None
+    text = read_config_text(path) if path is not None else ""
+    config = parse_client_config(text, path or "<command line>", server=server)
+    explicit = {line.key for line in tokenize_config(text)}
+    syslog = config.syslog_facility if "syslogfacility" in explicit else None
+    return _Loaded(config, path, syslog, server)
+
+
+def resolve_servers(config: ClientConfig) -> tuple[ServerPair, ...]:
+    """ServerAddress (+ ServerAddress2, default +1) then FallbackServers, resolved to IPv4."""
+    primary = _resolve(config.server_address, "Teredo server (ServerAddress)")
+    if config.server_address2 is None:
+        first = ServerPair.of(primary)
+    else:
+        first = ServerPair(primary, _resolve(config.server_address2, "ServerAddress2"))
+    servers = [first]
+    for host in config.fallback_servers:
+        servers.append(ServerPair.of(_resolve(host, "fallback server (FallbackServers)")))
+    return tuple(servers)
+
+
+def _resolve(host: IPv4Address | str, what: str) -> IPv4Address:
+    return host if isinstance(host, IPv4Address) else resolve_ipv4(host, what)
+
+
+def client_settings(config: ClientConfig, servers: tuple[ServerPair, ...]) -> ClientSettings:
+    return ClientSettings(
+        servers=servers,
+        tunnel=TunnelSettings(
+            allow_private=config.allow_private_addresses,
+            max_peers=config.max_peers,
+            idle_timeout=CLIENT_IDLE_TIMEOUT,
+            max_queue_bytes=config.max_queue_bytes,
+        ),
+        refresh_interval=float(config.refresh_interval),
+        local_discovery=config.local_discovery,
+    )
+
+
+async def local_ipv4_networks() -> tuple[IPv4Network, ...]:
+    """The IPv4 subnets of this host's interfaces (local discovery accepts only those)."""
+    from pyroute2 import AsyncIPRoute
+
+    networks = []
+    ipr = AsyncIPRoute()
+    try:
+        async for message in await ipr.addr("dump", family=socket.AF_INET):
+            address = message.get("IFA_ADDRESS")
+            if address is not None:
+                networks.append(IPv4Network(f"{address}/{message['prefixlen']}", strict=False))
+    except OSError as error:
+        log.warning("cannot list this host's IPv4 networks: %s", error)
+    finally:
+        ipr.close()
+    return tuple(networks)
+
+
+# --- the hook script helper -------------------------------------------------------------------
+
+
+_RUNNER_CODE: Final = """
+import json, os, re, subprocess, sys
+script, path, allowed = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+timeout = float(sys.argv[4])
+for line in sys.stdin:
+    try:
+        request = json.loads(line)
+        env = {"PATH": path}
+        for key, value in request.items():
+            if key in allowed and isinstance(value, str) and re.fullmatch(allowed[key], value):
+                env[key] = value
+        code = subprocess.run([script], env=env, timeout=timeout, stdin=subprocess.DEVNULL,
+                              check=False).returncode
+    except Exception as error:
+        print(json.dumps({"error": str(error)}), flush=True)
+        continue
+    print(json.dumps({"code": code}), flush=True)
+"""
+
+
+class HookRunner:
+    """Runs HookScript from a helper started before the privilege drop (Miredo's privproc)."""
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self._process: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        if not os.access(self.script, os.X_OK):
+            raise UserError(
+                f"HookScript {self.script} is not an executable file; fix the path or chmod +x it"
+            )
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-c", _RUNNER_CODE, self.script, HOOK_PATH,
+            json.dumps(HOOK_VARIABLES), str(HOOK_TIMEOUT),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+
+    async def run(self, env: dict[str, str]) -> None:
+        """Run the script with `env`; failures are logged, never raised."""
+        process = self._process
+        if process is None or process.stdin is None or process.stdout is None:
+            return
+        async with self._lock:
+            started = time.monotonic()
+            try:
+                process.stdin.write(json.dumps(env).encode() + b"\n")
+                await process.stdin.drain()
+                line = await asyncio.wait_for(process.stdout.readline(), HOOK_TIMEOUT + 5)
+                answer = json.loads(line) if line else {"error": "the hook helper exited"}
+            except (OSError, ValueError, TimeoutError) as error:
+                answer = {"error": str(error)}
+            elapsed = (time.monotonic() - started) * 1000
+            if "error" in answer:
+                log.error("hook script %s failed: %s", self.script, answer["error"])
+            elif answer.get("code"):
+                log.warning(
+                    "hook script %s (STATE=%s) exited with status %s",
+                    self.script, env.get("STATE"), answer["code"],
+                )  # fmt: skip
+            else:
+                log.info(
+                    "hook script %s (STATE=%s) done in %.1f ms",
+                    self.script, env.get("STATE"), elapsed,
+                )  # fmt: skip
+
+    async def close(self) -> None:
+        process = self._process
+        self._process = None
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 5.0)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+# --- the daemon -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ClientDaemon:
+    """The running client: the core, the loop, the interface and the hook."""
+
+    loaded: _Loaded
+    core: TeredoClient
+    servers: tuple[ServerPair, ...]
+    loop: TunnelLoop | None = None
+    iface: Any = None  # netlink.InterfaceConfigurator (pyroute2 imported lazily)
+    interface: str = ""
+    interface_index: int = 0
+    hook: HookRunner | None = None
+    control: ControlServer | None = None
+    discovery: Any = None  # the local discovery UdpSocket
+    started: float = field(default_factory=time.monotonic)
+    configured: IPv6Address | None = None
+    configured_mtu: int | None = None
+    rs_to_address_ms: float | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def config(self) -> ClientConfig:
+        return self.loaded.config
+
+    # -- events -> interface ---------------------------------------------------------------
+
+    def on_events(self) -> None:
+        """After every flush of the loop: apply the core's events (in order, one at a time)."""
+        while (event := self.core.next_event()) is not None:
+            if isinstance(event, NatBehaviourDetected):
+                continue  # logged by the qualifier, shown in the status
+            task = asyncio.get_running_loop().create_task(self._apply(event))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _apply(self, event: Qualified | AddressChanged | Offline) -> None:
+        async with self.lock:
+            try:
+                if isinstance(event, Qualified | AddressChanged):
+                    await self._configure(event)
+                else:
+                    await self._withdraw(event.reason)
+            except UserError as error:
+                log.error("%s", error)
+
+    async def _configure(self, event: Qualified | AddressChanged) -> None:
+        old_address, old_mtu = self.configured, self.configured_mtu
+        await self.iface.configure_client(event.address, event.mtu)
+        self.configured, self.configured_mtu = event.address, event.mtu
+        if isinstance(event, Qualified):
+            elapsed = (time.monotonic() - event.solicited_at) * 1000
+            self.rs_to_address_ms = round(elapsed, 2)
+            log.info(
+                "address %s configured on %s (MTU %d) %.1f ms after the router solicitation "
+                "that qualified (server RTT %.1f ms)",
+                event.address, self.interface, event.mtu, elapsed, event.rtt * 1000,
+            )  # fmt: skip
+        else:
+            log.info("address %s replaces %s on %s", event.address, event.old, self.interface)
+        if self.hook is not None:
+            env = self._hook_env("up")
+            env["OLD_STATE"] = "up" if old_address is not None else "down"
+            if old_address is not None:
+                env["OLD_ADDRESS"] = str(old_address)
+                env["OLD_LLADDRESS"] = str(CLIENT_LINK_LOCAL)
+            if old_mtu is not None:
+                env["OLD_MTU"] = str(old_mtu)
+            await self.hook.run(env)
+
+    async def _withdraw(self, reason: str, final: bool = False) -> None:
+        old_address, old_mtu = self.configured, self.configured_mtu
+        await self.iface.undo()
+        self.configured = self.configured_mtu = None
+        if old_address is not None:
+            log.log(
+                logging.INFO if final else logging.WARNING,
+                "address %s withdrawn from %s: %s", old_address, self.interface, reason,
+            )  # fmt: skip
+        if self.hook is not None and (old_address is not None or final):
+            env = self._hook_env("destroy" if final else "down")
+            env["OLD_STATE"] = "up" if old_address is not None else "down"
+            if old_address is not None:
+                env["OLD_ADDRESS"] = str(old_address)
+                env["OLD_LLADDRESS"] = str(CLIENT_LINK_LOCAL)
+            if old_mtu is not None:
+                env["OLD_MTU"] = str(old_mtu)
+            await self.hook.run(env)
+
+    def _hook_env(self, state: str) -> dict[str, str]:
+        env = {
+            "STATE": state,
+            "IFACE": self.interface,
+            "IFINDEX": str(self.interface_index),
+            "LLADDRESS": str(CLIENT_LINK_LOCAL),
+        }
+        if state == "up" and self.configured is not None:
+            env["ADDRESS"] = str(self.configured)
+            env["MTU"] = str(self.configured_mtu)
+        return env
+
+    # -- status and reload -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        core = self.core.status()
+        now = time.monotonic()
+        peers = sorted(
+            self.core.peers.items(), key=lambda item: -max(item[1].last_rx, item[1].last_tx)
+        )
+        document: dict[str, Any] = {
+            "role": "client",
+            "state": core.pop("state"),
+            "address": core.pop("address"),
+            "interface": self.interface,
+            "bind": f"{self.loop.udp.local[0]}:{self.loop.udp.local[1]}" if self.loop else "-",
+            "config": self.loaded.path or "<command line>",
+            "servers": [str(s) for s in self.servers],
+            "rs_to_address_ms": self.rs_to_address_ms,
+        }
+        core.pop("role", None)
+        document.update(core)
+        document["peer_list"] = [
+            summarize_peer(address, peer, now) for address, peer in peers[:MAX_PEERS_IN_STATUS]
+        ]
+        if self.loop is not None:
+            counters = dict(core["counters"])  # type: ignore[call-overload]
+            counters.update(self.loop.counters())
+            document["counters"] = dict(sorted(counters.items()))
+        document["drops"] = dict(sorted(core["drops"].items()))  # type: ignore[attr-defined]
+        return document
+
+    def reload(self) -> None:
+        """SIGHUP: new servers, timers and limits; say what needs a restart."""
+        old = self.config
+        loaded = load_client_config(self.loaded.path, self.loaded.server)
+        new = loaded.config
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        for what, before, after in (
+            ("InterfaceName", old.interface_name, new.interface_name),
+            ("BindAddress", old.bind_address, new.bind_address),
+            ("BindPort", old.bind_port, new.bind_port),
+            ("ControlSocket", old.control_socket, new.control_socket),
+            ("User", old.user, new.user),
+            ("HookScript", old.hook_script, new.hook_script),
+            ("LocalDiscovery", old.local_discovery, new.local_discovery),
+        ):
+            if before != after:
+                log.warning("%s changed to %s: takes effect at the next restart", what, after)
+        if loaded.syslog != self.loaded.syslog:
+            setup_logging(0, syslog_facility=loaded.syslog)
+        kept = replace(
+            new,
+            interface_name=old.interface_name,
+            bind_address=old.bind_address,
+            bind_port=old.bind_port,
+            control_socket=old.control_socket,
+            user=old.user,
+            hook_script=old.hook_script,
+            local_discovery=old.local_discovery,
+        )
+        servers = resolve_servers(kept)
+        self.core.reconfigure_client(client_settings(kept, servers), time.monotonic())
+        self.servers = servers
+        self.loaded = _Loaded(kept, loaded.path, loaded.syslog, loaded.server)
+        if self.loop is not None:
+            self.loop.flush()
+        log.info(
+            "reloaded: servers %s, refresh every %d s, at most %d peers",
+            ", ".join(str(s) for s in servers), kept.refresh_interval, kept.max_peers,
+        )  # fmt: skip
+
+
+def run_client(config_path: str | None, server: str | None = None) -> int:
+    """`teredo client [-c FILE] [SERVER]`: run until SIGTERM/SIGINT; the exit status."""
+    loaded = load_client_config(config_path, server)
+    setup_logging(0, syslog_facility=loaded.syslog)
+    for warning in loaded.config.warnings:
+        log.warning("%s", warning)
+    return asyncio.run(_serve(loaded))
+
+
+async def _serve(loaded: _Loaded) -> int:
+    from teredo.runtime.netlink import InterfaceConfigurator, interface_index
+    from teredo.runtime.tun import TunDevice, open_tun
+    from teredo.runtime.udp import UdpSocket, join_multicast, open_udp_socket
+
+    config = loaded.config
+    servers = resolve_servers(config)
+    udp: UdpSocket | None = None
+    tun: TunDevice | None = None
+    daemon: ClientDaemon | None = None
+    try:
+        udp = open_udp_socket(config.bind_address, config.bind_port)
+        bound_ip = IPv4Address(udp.local[0])
+        if bound_ip == IPv4Address("0.0.0.0"):
+            bound_ip = local_address_toward(servers[0].primary) or bound_ip
+        from teredo.address import Endpoint
+
+        local = Endpoint(bound_ip, udp.local[1])
+        networks = await local_ipv4_networks() if config.local_discovery else ()
+        now = time.monotonic()
+        core = TeredoClient(
+            client_settings(config, servers),
+            random_bytes=os.urandom,
+            secret=os.urandom(SECRET_BYTES),
+            now=now,
+            local=local,
+            local_networks=networks,
+        )
+        daemon = ClientDaemon(loaded=loaded, core=core, servers=servers)
+        tun = open_tun(config.interface_name)
+        daemon.interface = tun.name
+        daemon.interface_index = await interface_index(tun.name)
+        daemon.iface = InterfaceConfigurator(tun.name)
+        if config.local_discovery:
+            daemon.discovery = open_udp_socket(
+                "0.0.0.0", TEREDO_PORT, pktinfo=True, reuse_address=True,
+                address_setting="the local discovery address", port_setting=None,
+            )  # fmt: skip
+            join_multicast(daemon.discovery)
+            join_multicast(udp)  # TTL 1, no loop for the bubbles we send to the group
+        if config.hook_script is not None:
+            daemon.hook = HookRunner(config.hook_script)
+            await daemon.hook.start()
+        if config.control_socket is not None:
+            daemon.control = await start_control_server(
+                config.control_socket, daemon.status, started=daemon.started
+            )
+        drop_privileges(config.user, keep=("CAP_NET_ADMIN",))
+        daemon.loop = TunnelLoop(core, udp, tun, after_flush=daemon.on_events)
+        log.info(
+            "Teredo client on UDP %s:%d (seen as %s), interface %s, servers %s",
+            udp.local[0], udp.local[1], local, tun.name, ", ".join(str(s) for s in servers),
+        )  # fmt: skip
+        core.start(time.monotonic())
+        daemon.loop.start()
+        if daemon.discovery is not None:
+            _watch_discovery(daemon)
+        await wait_for_shutdown(on_reload=daemon.reload)
+    finally:
+        if daemon is not None:
+            await _shutdown(daemon)
+        if tun is not None:
+            tun.close()
+        if udp is not None:
+            udp.close()
+    return 0
+
+
+def _watch_discovery(daemon: ClientDaemon) -> None:
+    """Feed datagrams sent to 224.0.0.253:3544 to the core (RFC 4380 §5.2.8)."""
+    core, loop, sock = daemon.core, daemon.loop, daemon.discovery
+    assert loop is not None
+    group = "224.0.0.253"
+
+    def handle(view: memoryview, source: tuple[str, int], destination: str) -> None:
+        if destination == group:
+            core.receive_discovery(bytes(view), source, time.monotonic())
+        else:
+            core.drop("discovery_unicast")  # requirements CLI-L3
+
+    def readable() -> None:
+        sock.drain_pktinfo(handle)
+        loop.flush()
+
+    asyncio.get_running_loop().add_reader(sock.fileno(), readable)
+
+
+async def _shutdown(daemon: ClientDaemon) -> None:
+    if daemon.loop is not None:
+        daemon.loop.stop()
+    if daemon.discovery is not None:
+        asyncio.get_running_loop().remove_reader(daemon.discovery.fileno())
+        daemon.discovery.close()
+    daemon.core.stop()
+    for task in list(daemon.tasks):
+        task.cancel()
+    async with daemon.lock:
+        if daemon.iface is not None:
+            await daemon._withdraw("shutting down", final=True)
+    if daemon.control is not None:
+        await daemon.control.close()
+    if daemon.hook is not None:
+        await daemon.hook.close()
+    status = daemon.core.status()
+    counters = status["counters"]
+    assert isinstance(counters, dict)
+    log.info(
+        "sent %d and received %d packets through the tunnel; %d drops",
+        daemon.core.fast_tx + counters.get("sent", 0) + counters.get("sent_from_queue", 0),
+        daemon.core.fast_rx + counters.get("received", 0),
+        sum(status["drops"].values()),  # type: ignore[attr-defined]
+    )
+
+
+__all__ = ["HOOK_VARIABLES", "ClientDaemon", "HookRunner", "load_client_config", "run_client"]
