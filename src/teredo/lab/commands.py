@@ -13,7 +13,7 @@ from ipaddress import IPv6Address
 from typing import Final, TextIO
 
 from teredo.errors import UserError
-from teredo.lab.lab import Lab, PingResult, describe_teredo
+from teredo.lab.lab import Lab, PingResult, describe_teredo, terminate_as_interrupt
 from teredo.lab.roles import OURS_IMPLEMENTED, ROLES, Impl
 from teredo.lab.state import list_labs, load
 from teredo.lab.topology import NATIVE_IPV6
@@ -148,6 +148,12 @@ def _impls_line(lab: Lab) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # SIGTERM and SIGHUP unwind like Ctrl-C for the whole demo, so it always tears down.
+    with terminate_as_interrupt():
+        return _run_demo(args)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
     lab = _new_lab(args)
     _say(f"teredo lab demo: a Teredo Internet in network namespaces {lab.name}-*")
     _say(f"roles: {_impls_line(lab)}")

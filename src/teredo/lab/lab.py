@@ -178,7 +178,7 @@ class Lab:
         claim(state)
         self.state = state
         try:
-            with _terminate_as_interrupt():
+            with terminate_as_interrupt():
                 started = time.monotonic()
                 self._build()
                 self.progress(
@@ -574,7 +574,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP unwind like Ctrl-C, so `up` tears down what it built."""
     if threading.current_thread() is not threading.main_thread():
         yield
