@@ -17,7 +17,7 @@ from typing import Final
 from teredo.errors import UserError
 from teredo.lab.topology import RELAY_IPV4, RELAY_PORT, SERVER_IPV4, SERVER_IPV4_2, TEREDO_INTERFACE
 
-OURS_IMPLEMENTED: dict[str, bool] = {"server": True, "client": False, "relay": True}
+OURS_IMPLEMENTED: dict[str, bool] = {"server": True, "client": True, "relay": True}
 
 
 class Impl(StrEnum):
