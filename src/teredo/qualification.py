@@ -516,7 +516,7 @@ class Qualifier:
                 "(check ServerAddress2)",
                 self.server.secondary,
             )
-            self.drops["secondary_silent"] += 1
+            self.counters["secondary_silent"] += 1
         self._classify()
 
     def _maybe_refresh(self, now: float) -> None:

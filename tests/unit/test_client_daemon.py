@@ -1,0 +1,123 @@
+"""The client daemon's pieces that need no root: configuration, the hook helper, status."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from teredo.config import parse_client_config
+from teredo.errors import UsageError, UserError
+from teredo.qualification import ServerPair
+from teredo.runtime.client_daemon import (
+    ClientDaemon,
+    HookRunner,
+    _Loaded,
+    client_settings,
+    load_client_config,
+    resolve_servers,
+)
+
+
+def test_servers_with_secondary_default_and_fallbacks() -> None:
+    config = parse_client_config(
+        "ServerAddress 198.51.100.2\nFallbackServers 198.51.100.66,198.51.100.70\n"
+    )
+    servers = resolve_servers(config)
+    assert servers == (
+        ServerPair(IPv4Address("198.51.100.2"), IPv4Address("198.51.100.3")),
+        ServerPair(IPv4Address("198.51.100.66"), IPv4Address("198.51.100.67")),
+        ServerPair(IPv4Address("198.51.100.70"), IPv4Address("198.51.100.71")),
+    )
+    config = parse_client_config("ServerAddress 198.51.100.2\nServerAddress2 198.51.100.9\n")
+    assert resolve_servers(config)[0].secondary == IPv4Address("198.51.100.9")
+
+
+def test_unresolvable_server_is_one_sentence() -> None:
+    config = parse_client_config("ServerAddress no-such-host.invalid\n")
+    with pytest.raises(UsageError, match="cannot resolve"):
+        resolve_servers(config)
+
+
+def test_settings_from_config() -> None:
+    config = parse_client_config(
+        "ServerAddress 198.51.100.2\nRefreshInterval 20\nMaxPeers 50\nLocalDiscovery yes\n"
+    )
+    settings = client_settings(config, resolve_servers(config))
+    assert settings.refresh_interval == 20.0 and settings.local_discovery
+    assert settings.tunnel.max_peers == 50 and settings.tunnel.idle_timeout == 600.0
+
+
+def test_load_config_file_and_command_line_server(tmp_path: Path) -> None:
+    path = tmp_path / "miredo.conf"
+    path.write_text("ServerAddress 198.51.100.2\nInterfaceName tun9\n")
+    loaded = load_client_config(str(path), None)
+    assert loaded.config.interface_name == "tun9" and loaded.path == str(path)
+    loaded = load_client_config(str(path), "198.51.100.50")
+    assert loaded.config.server_address == IPv4Address("198.51.100.50")
+    with pytest.raises(UsageError):
+        load_client_config(str(tmp_path / "missing.conf"), None)
+
+
+def test_hook_helper_passes_only_valid_miredo_variables(tmp_path: Path) -> None:
+    out = tmp_path / "env"
+    script = tmp_path / "hook"
+    script.write_text(f"#!/bin/sh\nenv | sort > {out}\nexit 3\n")
+    script.chmod(0o755)
+
+    async def run() -> None:
+        runner = HookRunner(str(script))
+        await runner.start()
+        try:
+            await runner.run(
+                {
+                    "STATE": "up",
+                    "IFACE": "teredo",
+                    "ADDRESS": "2001:0:c633:6402::1",
+                    "MTU": "1280",
+                    "LD_PRELOAD": "/tmp/evil.so",  # not a hook variable: dropped
+                    "OLD_ADDRESS": "$(reboot)",  # not an address: dropped
+                }
+            )
+        finally:
+            await runner.close()
+
+    asyncio.run(run())
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert env["STATE"] == "up" and env["IFACE"] == "teredo" and env["MTU"] == "1280"
+    assert env["ADDRESS"] == "2001:0:c633:6402::1"
+    assert "LD_PRELOAD" not in env and "OLD_ADDRESS" not in env
+    assert env["PATH"].startswith("/usr/local/sbin")
+
+
+def test_hook_script_must_be_executable(tmp_path: Path) -> None:
+    script = tmp_path / "hook"
+    script.write_text("#!/bin/sh\n")
+
+    async def run() -> None:
+        await HookRunner(str(script)).start()
+
+    with pytest.raises(UserError, match="not an executable"):
+        asyncio.run(run())
+
+
+def test_status_document_without_a_loop() -> None:
+    from teredo.client import TeredoClient
+
+    config = parse_client_config("ServerAddress 198.51.100.2\n")
+    servers = resolve_servers(config)
+
+    async def build() -> ClientDaemon:
+        core = TeredoClient(
+            client_settings(config, servers), random_bytes=os.urandom, secret=b"s" * 32, now=0.0
+        )
+        return ClientDaemon(loaded=_Loaded(config, None, None, None), core=core, servers=servers)
+
+    daemon = asyncio.run(build())
+    document = daemon.status()
+    assert document["role"] == "client" and document["state"] == "idle"
+    assert document["address"] is None and document["servers"] == [str(servers[0])]
+    assert document["config"] == "<command line>" and document["peer_list"] == []
