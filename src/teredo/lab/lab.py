@@ -195,27 +195,47 @@ class Lab:
             raise
 
     def _build(self) -> None:
+        """Namespaces, sysctls, veths, addresses, routes and NAT rulesets, then wait for links.
+
+        A failing kernel call becomes one sentence naming the step (no traceback).
+        """
         topology = self.topology
-        for node in topology.nodes:
-            namespace = self.namespace(node.name)
-            netns.create_namespace(namespace)
-            # Before any interface exists, so that "default" applies to every one of them.
-            netns.write_sysctls(namespace, node.sysctls)
-        for link in topology.links:
-            netns.create_veth(
-                self.namespace(link.node_a),
-                link.ifname_a,
-                self.namespace(link.node_b),
-                link.ifname_b,
-            )
-        for node in topology.nodes:
-            for interface in node.interfaces:
-                netns.configure_interface(
-                    self.namespace(node.name), interface.name, interface.addresses
+        step = "start"
+        try:
+            for node in topology.nodes:
+                namespace = self.namespace(node.name)
+                step = f"create network namespace {namespace}"
+                netns.create_namespace(namespace)
+                # Before any interface exists, so that "default" applies to every one of them.
+                step = f"set sysctls in {namespace}"
+                netns.write_sysctls(namespace, node.sysctls)
+            for link in topology.links:
+                step = (
+                    f"create veth {link.node_a}:{link.ifname_a} <-> {link.node_b}:{link.ifname_b}"
                 )
-        for node in topology.nodes:
-            for route in node.routes:
-                netns.add_route(self.namespace(node.name), route.destination, route.gateway)
+                netns.create_veth(
+                    self.namespace(link.node_a),
+                    link.ifname_a,
+                    self.namespace(link.node_b),
+                    link.ifname_b,
+                )
+            for node in topology.nodes:
+                for interface in node.interfaces:
+                    step = f"configure {node.name}:{interface.name}"
+                    netns.configure_interface(
+                        self.namespace(node.name), interface.name, interface.addresses
+                    )
+            for node in topology.nodes:
+                for route in node.routes:
+                    step = f"add route {route.destination} via {route.gateway} in {node.name}"
+                    netns.add_route(self.namespace(node.name), route.destination, route.gateway)
+        except UserError:
+            raise
+        except Exception as error:  # OSError, pyroute2's NetlinkError
+            raise UserError(
+                f"could not {step}: {error}; the lab needs root with CAP_SYS_ADMIN and "
+                "CAP_NET_ADMIN and a kernel with network namespaces, veth and IPv6"
+            ) from error
         for site in topology.sites:
             ruleset = nat_ruleset(site.kind, site.lan_network, site.wan.ip, site.client.ip)
             if ruleset is not None:

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -202,6 +203,8 @@ def add_route(namespace: str, destination: Network, gateway: IPv4Address | IPv6A
 
 def load_nftables(namespace: str, ruleset: str) -> None:
     """Load a ruleset with `nft -f -` inside the namespace."""
+    if shutil.which("nft") is None or shutil.which("ip") is None:
+        raise UserError("the lab needs nft and ip; install the nftables and iproute2 packages")
     result = subprocess.run(
         ["ip", "netns", "exec", namespace, "nft", "-f", "-"],
         input=ruleset,

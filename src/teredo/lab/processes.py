@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from teredo.errors import UserError
 from teredo.lab import netns
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ def launch(
     namespace: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
 ) -> ProcessInfo:
     """Start `argv` inside `namespace`, stdout and stderr appended to `log_path`."""
+    if shutil.which("ip") is None:
+        raise UserError("the lab runs its roles with `ip netns exec`; install iproute2")
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             ["ip", "netns", "exec", namespace, *argv],
