@@ -214,7 +214,8 @@ env | grep -E '^(STATE|OLD_STATE|IFACE|IFINDEX|ADDRESS|LLADDRESS|MTU|OLD_ADDRESS
 
 
 def test_hook_script_and_sigterm_cleanup(prc_lab: Lab, tmp_path: Path) -> None:
-    """A second client in cli1 (interface teredo2) with a HookScript; SIGTERM undoes it all."""
+    """A second client in cli1 (interface teredo2) with a HookScript and local discovery;
+    SIGTERM undoes it all."""
     directory = prc_lab.directory
     hook = directory / "hook.sh"
     out = directory / "hook.out"
@@ -224,7 +225,7 @@ def test_hook_script_and_sigterm_cleanup(prc_lab: Lab, tmp_path: Path) -> None:
     socket_path = directory / "second.sock"
     config.write_text(
         f"ServerAddress {SERVER_IPV4}\nInterfaceName teredo2\nBindPort 4000\n"
-        f"HookScript {hook}\nControlSocket {socket_path}\n"
+        f"HookScript {hook}\nControlSocket {socket_path}\nLocalDiscovery yes\n"
     )
     log_path = directory / "second.log"
     with open(log_path, "ab") as log:
@@ -245,6 +246,14 @@ def test_hook_script_and_sigterm_cleanup(prc_lab: Lab, tmp_path: Path) -> None:
         assert up["MTU"] == "1280" and int(up["IFINDEX"]) > 0
         assert parse_teredo_address(up["ADDRESS"]).mapped_port == 4000
         assert "configured on teredo2" in log_path.read_text()
+        status = prc_lab.exec(
+            "cli1",
+            [sys.executable, "-m", "teredo", "status", "--json", "--socket", str(socket_path)],
+            timeout=20,
+        )
+        document = json.loads(status.stdout)
+        assert document["local_discovery"] is True
+        assert document["counters"]["discovery_sent"] >= 1  # to 224.0.0.253 on the LAN
     finally:
         process.send_signal(signal.SIGTERM)
         try:

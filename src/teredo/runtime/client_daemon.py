@@ -477,6 +477,7 @@ async def _serve(loaded: _Loaded) -> int:
             daemon.control = await start_control_server(
                 config.control_socket, daemon.status, started=daemon.started
             )
+        _warn_if_native_ipv6(tun.name)
         drop_privileges(config.user, keep=("CAP_NET_ADMIN",))
         daemon.loop = TunnelLoop(core, udp, tun, after_flush=daemon.on_events)
         log.info(
@@ -496,6 +497,25 @@ async def _serve(loaded: _Loaded) -> int:
         if udp is not None:
             udp.close()
     return 0
+
+
+def _warn_if_native_ipv6(interface: str) -> None:
+    """RFC 4380 §5.5 (requirements CLI-Q11, SEC-C15): Teredo is the last resort. Say so when
+    this host already has a global IPv6 address elsewhere (the metric-1029 default route keeps
+    native routes preferred meanwhile)."""
+    from teredo.address import TEREDO_PREFIX
+    from teredo.runtime.relay_daemon import host_addresses
+
+    try:
+        native = [a for a in host_addresses(exclude_interface=interface) if a not in TEREDO_PREFIX]
+    except (OSError, UserError):
+        return
+    if native:
+        log.warning(
+            "this host already has native IPv6 (%s): RFC 4380 §5.5 says not to run a Teredo "
+            "client then; native routes stay preferred over the tunnel's metric-1029 default",
+            native[0],
+        )
 
 
 def _watch_discovery(daemon: ClientDaemon) -> None:
