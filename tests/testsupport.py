@@ -1,4 +1,7 @@
-"""Test support shared by all tests (import as `from testsupport import ...`): root/namespace tests skip only outside CI; in CI a skip is a failure."""
+"""Test support shared by all tests (`from testsupport import ...`).
+
+Root/namespace tests skip only outside CI; in CI a skip is a failure.
+"""
 
 from __future__ import annotations
 

@@ -2,9 +2,10 @@
 
 One lab per NAT pairing (module scope, torn down even when a test fails): client 1 behind an
 address-restricted NAT and client 2 behind a full-cone NAT, then port-restricted and no NAT; both
-clients Miredo, qualifying through OUR server; the native host is reached through Miredo's relay, both ways, and the clients reach each
-other, both ways. A small UDP sender on the native host (public IPv4) crafts Windows-style Router
-Solicitations and bad packets to check the daemon's answers and its drop counters.
+clients Miredo, qualifying through OUR server; the native host is reached through Miredo's relay,
+both ways, and the clients reach each other, both ways. A small UDP sender on the native host
+(public IPv4) crafts Windows-style Router Solicitations and bad packets to check the daemon's
+answers and its drop counters.
 """
 
 from __future__ import annotations
