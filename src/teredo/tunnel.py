@@ -419,9 +419,15 @@ class TunnelEngine:
             # unicast; [IMPL] Miredo also rejects a non-global or zero server address.
             if not is_global_ipv4(int.from_bytes(dst[12:16], "big") ^ 0xFFFFFFFF):
                 self.drop("non_global_destination")
+                log.debug(
+                    "dropped a packet for %s: its mapped IPv4 is not global unicast "
+                    "(AllowPrivateAddresses relaxes this in a lab)",
+                    _show(dst),
+                )
                 return
             if not is_global_ipv4(int.from_bytes(dst[4:8], "big")) or dst[4:8] == bytes(4):
                 self.drop("non_global_server")
+                log.debug("dropped a packet for %s: its server is not global unicast", _show(dst))
                 return
         if dst[10:12] == b"\xff\xff":  # mapped port 0
             self.drop("non_global_destination")
@@ -671,6 +677,11 @@ class TunnelEngine:
         """SEC-C5b (CVE-2006-6264): never learn a mapping that is not global unicast."""
         if self._check_global and not is_global_ipv4(_ipv4_int(source[0])):
             self.drop("non_global_mapping")
+            log.debug(
+                "refused mapping %s:%d: not global unicast (AllowPrivateAddresses relaxes this)",
+                source[0],
+                source[1],
+            )
             return False
         return True
 

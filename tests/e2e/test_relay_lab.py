@@ -180,7 +180,7 @@ def test_sighup_reload_keeps_relaying(cone_lab: Lab) -> None:
     pid = status(cone_lab)["pid"]
     config = cone_lab.directory / "relay.conf"
     text = config.read_text()
-    config.write_text(text + "MaxPeers 4096\n")
+    config.write_text(text + "MaxPeers 4096\nInterfaceMTU 1400\n")
     try:
         os.kill(pid, signal.SIGHUP)
         for _ in range(50):
@@ -188,6 +188,12 @@ def test_sighup_reload_keeps_relaying(cone_lab: Lab) -> None:
                 break
             time.sleep(0.1)
         assert status(cone_lab)["max_peers"] == 4096
+        for _ in range(50):  # the MTU is set through netlink with the kept CAP_NET_ADMIN
+            link = cone_lab.exec("relay", ["ip", "link", "show", "teredo"], check=True).stdout
+            if "mtu 1400" in link:
+                break
+            time.sleep(0.1)
+        assert "mtu 1400" in link
         assert cone_lab.ping("v6", teredo_of(cone_lab, "cli1"), count=2).ok
     finally:
         config.write_text(text)
