@@ -13,6 +13,7 @@ This package is the edge around them; the role daemons (`server_daemon`, `client
 | `daemon` | logging, pid file, signals on the asyncio loop |
 | `privileges` | dropping root to an unprivileged user, optionally keeping CAP_NET_ADMIN |
 | `timer` | one asyncio timer re-armed to a core's `get_timer()` deadline |
+| `tunnel_loop` | the TUN <-> UDP loop of the client and relay daemons (engine fast paths first) |
 
 A daemon is put together in this order (each step names its module)::
 
