@@ -40,7 +40,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any, Final
 
@@ -56,7 +56,7 @@ from teredo.qualification import (
     ServerPair,
 )
 from teredo.runtime.control import ControlServer, start_control_server
-from teredo.runtime.daemon import setup_logging, wait_for_shutdown
+from teredo.runtime.daemon import keep_restart_only, setup_logging, wait_for_shutdown
 from teredo.runtime.privileges import drop_privileges
 from teredo.runtime.probe import local_address_toward, resolve_ipv4
 from teredo.runtime.tunnel_loop import TunnelLoop
@@ -386,29 +386,21 @@ class ClientDaemon:
         new = loaded.config
         for warning in new.warnings:
             log.warning("%s", warning)
-        for what, before, after in (
-            ("InterfaceName", old.interface_name, new.interface_name),
-            ("BindAddress", old.bind_address, new.bind_address),
-            ("BindPort", old.bind_port, new.bind_port),
-            ("ControlSocket", old.control_socket, new.control_socket),
-            ("User", old.user, new.user),
-            ("HookScript", old.hook_script, new.hook_script),
-            ("LocalDiscovery", old.local_discovery, new.local_discovery),
-        ):
-            if before != after:
-                log.warning("%s changed to %s: takes effect at the next restart", what, after)
+        kept = keep_restart_only(
+            old,
+            new,
+            {
+                "interface_name": "InterfaceName",
+                "bind_address": "BindAddress",
+                "bind_port": "BindPort",
+                "control_socket": "ControlSocket",
+                "user": "User",
+                "hook_script": "HookScript",
+                "local_discovery": "LocalDiscovery",
+            },
+        )
         if loaded.syslog != self.loaded.syslog:
             setup_logging(0, syslog_facility=loaded.syslog)
-        kept = replace(
-            new,
-            interface_name=old.interface_name,
-            bind_address=old.bind_address,
-            bind_port=old.bind_port,
-            control_socket=old.control_socket,
-            user=old.user,
-            hook_script=old.hook_script,
-            local_discovery=old.local_discovery,
-        )
         servers = resolve_servers(kept)
         self.core.reconfigure_client(client_settings(kept, servers), time.monotonic())
         self.servers = servers

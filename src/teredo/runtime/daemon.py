@@ -30,9 +30,15 @@ import logging.handlers
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    ConfigT = TypeVar("ConfigT", bound=DataclassInstance)
 
 from teredo.errors import UsageError, UserError
 
@@ -219,3 +225,18 @@ async def wait_for_shutdown(on_reload: Callable[[], None] | None = None) -> sign
         remove()
     log.info("%s: shutting down", number.name)
     return number
+
+
+def keep_restart_only(old: ConfigT, new: ConfigT, restart_only: Mapping[str, str]) -> ConfigT:
+    """For a SIGHUP reload: `new`, with the settings that need a restart kept from `old`.
+
+    `restart_only` maps config attributes to their directive names; each one that changed is
+    logged once ("takes effect at the next restart") rather than silently ignored.
+    """
+    kept = {}
+    for attribute, directive in restart_only.items():
+        before, after = getattr(old, attribute), getattr(new, attribute)
+        if before != after:
+            log.warning("%s changed to %s: takes effect at the next restart", directive, after)
+        kept[attribute] = before
+    return replace(new, **kept)

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import Any, Final
 
@@ -38,7 +38,7 @@ from teredo.config import DEFAULT_CONFIG_PATH, RelayConfig, parse_relay_config
 from teredo.errors import UsageError, UserError
 from teredo.relay import TeredoRelay, relay_settings
 from teredo.runtime.control import ControlServer, start_control_server
-from teredo.runtime.daemon import setup_logging, wait_for_shutdown
+from teredo.runtime.daemon import keep_restart_only, setup_logging, wait_for_shutdown
 from teredo.runtime.privileges import drop_privileges
 from teredo.runtime.tunnel_loop import TunnelLoop
 
@@ -159,29 +159,21 @@ class RelayDaemon:
         new = loaded.config
         for warning in new.warnings:
             log.warning("%s", warning)
-        for what, before, after in (
-            ("RelayType", old.relay_type, new.relay_type),
-            ("Prefix", old.prefix, new.prefix),
-            ("InterfaceName", old.interface_name, new.interface_name),
-            ("BindAddress", old.bind_address, new.bind_address),
-            ("BindPort", old.bind_port, new.bind_port),
-            ("ControlSocket", old.control_socket, new.control_socket),
-            ("User", old.user, new.user),
-        ):
-            if before != after:
-                log.warning("%s changed to %s: takes effect at the next restart", what, after)
+        kept = keep_restart_only(
+            old,
+            new,
+            {
+                "relay_type": "RelayType",
+                "prefix": "Prefix",
+                "interface_name": "InterfaceName",
+                "bind_address": "BindAddress",
+                "bind_port": "BindPort",
+                "control_socket": "ControlSocket",
+                "user": "User",
+            },
+        )
         if loaded.syslog != self.loaded.syslog:
             setup_logging(0, syslog_facility=loaded.syslog)
-        kept = replace(
-            new,
-            relay_type=old.relay_type,
-            prefix=old.prefix,
-            interface_name=old.interface_name,
-            bind_address=old.bind_address,
-            bind_port=old.bind_port,
-            control_socket=old.control_socket,
-            user=old.user,
-        )
         self.core.reconfigure(relay_settings(kept))
         if kept.interface_mtu != old.interface_mtu and self.iface is not None:
             from teredo.runtime.netlink import set_mtu

@@ -33,7 +33,7 @@ from teredo.address import TEREDO_PORT, Endpoint
 from teredo.config import DEFAULT_SERVER_CONFIG_PATH, ServerConfig, parse_server_config
 from teredo.errors import UsageError, UserError
 from teredo.runtime.control import ControlServer, start_control_server
-from teredo.runtime.daemon import setup_logging, wait_for_shutdown
+from teredo.runtime.daemon import keep_restart_only, setup_logging, wait_for_shutdown
 from teredo.runtime.privileges import drop_privileges
 from teredo.runtime.udp import Address, UdpSocket, open_udp_socket
 from teredo.server import ServerSettings, TeredoServer
@@ -217,22 +217,14 @@ class ServerDaemon:
                 old.server_bind_address,
                 old.server_bind_address2,
             )
-        for what, before, after in (
-            ("ControlSocket", old.control_socket, new.control_socket),
-            ("User", old.user, new.user),
-        ):
-            if before != after:
-                log.warning("%s changed to %s: takes effect at the next restart", what, after)
-        if loaded.syslog != self.loaded.syslog:
-            setup_logging(0, syslog_facility=loaded.syslog)
         # Keep what is bound or set up once: the addresses, the control socket, the user.
         kept = replace(
-            new,
+            keep_restart_only(old, new, {"control_socket": "ControlSocket", "user": "User"}),
             server_bind_address=old.server_bind_address,
             server_bind_address2=old.server_bind_address2,
-            control_socket=old.control_socket,
-            user=old.user,
         )
+        if loaded.syslog != self.loaded.syslog:
+            setup_logging(0, syslog_facility=loaded.syslog)
         settings = settings_from_config(kept)
         self.core.reconfigure(settings)
         self.loaded = _Loaded(kept, loaded.path, loaded.syslog)
