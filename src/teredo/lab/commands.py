@@ -13,7 +13,13 @@ from ipaddress import IPv6Address
 from typing import Final, TextIO
 
 from teredo.errors import UserError
-from teredo.lab.lab import Lab, PingResult, describe_teredo, terminate_as_interrupt
+from teredo.lab.lab import (
+    Lab,
+    PingResult,
+    describe_teredo,
+    raise_if_interrupted,
+    terminate_as_interrupt,
+)
 from teredo.lab.roles import OURS_IMPLEMENTED, ROLES, Impl
 from teredo.lab.state import list_labs, load
 from teredo.lab.topology import NATIVE_IPV6
@@ -161,6 +167,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     results: list[PingResult] = []
     try:
         lab.up()
+        raise_if_interrupted()
         _say("qualification:")
         addresses: dict[str, IPv6Address] = {}
         for role, node in (("client1", "cli1"), ("client2", "cli2")):
@@ -183,6 +190,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         _say(f"reachability ({PING_HOW}; a path works when at least one reply comes back):")
         interactive = sys.stdout.isatty()
         for label, node, destination in paths:
+            raise_if_interrupted()
             arrow = f"  {label:>7} -> {names[str(destination)]:<8}"
             # Progress while ping waits: on a terminal the line is rewritten with the verdict.
             if interactive:

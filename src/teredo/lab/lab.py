@@ -260,6 +260,7 @@ class Lab:
                     f"the links {interfaces} in {pending[0]} did not come up within "
                     f"{SETTLE_TIMEOUT:g} s; the kernel may lack veth or IPv6 support"
                 )
+            raise_if_interrupted()
             time.sleep(POLL_INTERVAL)
 
     def _start_roles(self, roles: Sequence[str]) -> None:
@@ -320,7 +321,8 @@ class Lab:
                     f"{_READY_WHAT[record.kind]} within {self.ready_timeout:g} s; read {record.log}"
                 )
             if pending:
-                time.sleep(POLL_INTERVAL)
+                raise_if_interrupted()
+            time.sleep(POLL_INTERVAL)
 
     def _ready(self, record: RoleRecord) -> str | None:
         """A short description of the role's readiness, or None while it is not ready."""
@@ -589,19 +591,37 @@ def parse_ping(source: str, destination: str, output: str) -> PingResult:
     )
 
 
+_interrupted = threading.Event()
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    _interrupted.set()
     raise KeyboardInterrupt
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt again if a signal arrived whose exception was swallowed.
+
+    A signal handler's exception surfaces wherever the main thread happens to be, and when that
+    is a `__del__` (a garbage-collected asyncio loop, say) Python prints it and carries on. The
+    flag keeps the interruption from being lost: long-running steps call this at safe points.
+    """
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so `up` tears down what it built."""
+    """SIGINT, SIGTERM and SIGHUP unwind like Ctrl-C, so `up` tears down what it built."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    _interrupted.clear()
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, _raise_interrupt) for s in signums}
     try:
         yield
+        raise_if_interrupted()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
