@@ -23,70 +23,43 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from ipaddress import IPv6Address
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from labsupport import built_lab, daemon_status, teredo_of
 from teredo.address import parse_teredo_address
 from teredo.lab.lab import Lab
 from teredo.lab.topology import NATIVE_IPV6, SERVER_IPV4
-from testsupport import require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 
-def _lab(tag: str, **roles: str) -> Iterator[Lab]:
-    require_root("miredo", "miredo-server", "nft", "ping")
-    lab = Lab(f"tc{tag}{os.getpid() % 1000}", **roles)  # type: ignore[arg-type]
-    try:
-        lab.up()
-        yield lab
-    finally:
-        lab.down()
-
-
 @pytest.fixture(scope="module")
 def prc_lab() -> Iterator[Lab]:
-    yield from _lab(
-        "p", nat1="port-restricted", nat2="fullcone",
+    with built_lab(
+        "tcp", nat1="port-restricted", nat2="fullcone",
         server="miredo", relay="miredo", client1="ours", client2="miredo",
-    )  # fmt: skip
+    ) as lab:  # fmt: skip
+        yield lab
 
 
 @pytest.fixture(scope="module")
 def fcn_lab() -> Iterator[Lab]:
-    yield from _lab(
-        "f", nat1="fullcone", nat2="port-restricted",
+    with built_lab(
+        "tcf", nat1="fullcone", nat2="port-restricted",
         server="miredo", relay="miredo", client1="ours", client2="miredo",
-    )  # fmt: skip
+    ) as lab:  # fmt: skip
+        yield lab
 
 
 @pytest.fixture(scope="module")
 def own_lab() -> Iterator[Lab]:
-    yield from _lab(
-        "o", nat1="restricted", nat2="symmetric",
+    with built_lab(
+        "tco", nat1="restricted", nat2="symmetric",
         server="ours", relay="ours", client1="ours", client2="ours",
-    )  # fmt: skip
-
-
-def teredo_of(lab: Lab, node: str) -> IPv6Address:
-    address = lab.teredo_address(node)
-    assert address is not None, f"{node} has no Teredo address"
-    return address
-
-
-def status_of(lab: Lab, node: str) -> dict[str, Any]:
-    socket_path = lab.directory / f"{node}.sock"
-    result = lab.exec(
-        node,
-        [sys.executable, "-m", "teredo", "status", "--json", "--socket", str(socket_path)],
-        timeout=20,
-    )
-    assert result.returncode == 0, result.stderr
-    document: dict[str, Any] = json.loads(result.stdout)
-    return document
+    ) as lab:  # fmt: skip
+        yield lab
 
 
 def both_ways(lab: Lab) -> None:
@@ -127,13 +100,13 @@ def test_our_server_relay_and_clients_with_a_symmetric_nat(own_lab: Lab) -> None
     restricted = teredo_of(own_lab, "cli1")
     result = own_lab.ping("cli2", restricted)  # the symmetric side initiates (Miredo fails)
     assert result.ok, result.output
-    assert status_of(own_lab, "cli2")["nat"] == "symmetric"
-    assert status_of(own_lab, "cli1")["nat"] == "restricted"
+    assert daemon_status(own_lab, "cli2")["nat"] == "symmetric"
+    assert daemon_status(own_lab, "cli1")["nat"] == "restricted"
 
 
 def test_status_document(prc_lab: Lab) -> None:
     prc_lab.ping("cli1", NATIVE_IPV6)
-    document = status_of(prc_lab, "cli1")
+    document = daemon_status(prc_lab, "cli1")
     assert document["role"] == "client" and document["state"] == "qualified"
     assert document["address"] == str(teredo_of(prc_lab, "cli1"))
     assert document["server"] == str(SERVER_IPV4)

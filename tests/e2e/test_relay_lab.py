@@ -21,22 +21,19 @@ directly over IPv4/UDP with no relay at all.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from ipaddress import IPv6Address
 from typing import Any
 
 import pytest
 
+from labsupport import built_lab, daemon_status, teredo_of
 from teredo.lab.lab import Lab
-from teredo.lab.roles import OURS_IMPLEMENTED
 from teredo.lab.topology import NATIVE_IPV4, NATIVE_IPV6, RELAY_IPV4, RELAY_PORT
-from testsupport import require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -44,56 +41,36 @@ HSR_PORT = 3546
 HsrLab = tuple[Lab, str, "subprocess.Popen[bytes]"]
 
 
-def _lab(kind: str, **roles: str) -> Iterator[Lab]:
-    require_root("miredo", "nft", "ping")
-    lab = Lab(f"tr{kind[0]}{os.getpid() % 10000}", **roles)  # type: ignore[arg-type]
-    try:
-        lab.up()
-        yield lab
-    finally:
-        lab.down()
-
-
 @pytest.fixture(scope="module")
 def cone_lab() -> Iterator[Lab]:
-    yield from _lab(
-        "cone",
+    with built_lab(
+        "trc",
         nat1="port-restricted",
         nat2="fullcone",
         server="miredo",
         relay="ours",
         client1="miredo",
         client2="miredo",
-    )
+    ) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")
 def symmetric_lab() -> Iterator[Lab]:
-    yield from _lab(
-        "symmetric",
+    with built_lab(
+        "trs",
         nat1="symmetric",
         nat2="restricted",
         server="ours",
         relay="ours",
         client1="miredo",
         client2="miredo",
-    )
+    ) as lab:
+        yield lab
 
 
 def status(lab: Lab, node: str = "relay", socket_path: str | None = None) -> dict[str, Any]:
-    path = socket_path or str(lab.directory / "relay.sock")
-    result = lab.exec(
-        node, [sys.executable, "-m", "teredo", "status", "--json", "--socket", path], timeout=20
-    )
-    assert result.returncode == 0, result.stderr
-    document: dict[str, Any] = json.loads(result.stdout)
-    return document
-
-
-def teredo_of(lab: Lab, node: str) -> IPv6Address:
-    address = lab.teredo_address(node)
-    assert address is not None, f"{node} did not qualify"
-    return address
+    return daemon_status(lab, node, socket_path)
 
 
 @pytest.mark.parametrize("client", ["cli1", "cli2"])
@@ -205,20 +182,18 @@ def test_sighup_reload_keeps_relaying(cone_lab: Lab) -> None:
 
 @pytest.fixture(scope="module")
 def ours_lab() -> Iterator[Lab]:
-    yield from _lab(
-        "ours",
+    with built_lab(
+        "tro",
         nat1="port-restricted",
         nat2="symmetric",
         server="ours",
         relay="ours",
         client1="ours",
         client2="ours",
-    )
+    ) as lab:
+        yield lab
 
 
-@pytest.mark.skipif(
-    not OURS_IMPLEMENTED["client"], reason="our client daemon is not in the lab yet (issue 5)"
-)
 @pytest.mark.parametrize("client", ["cli1", "cli2"])
 def test_our_client_through_our_relay(ours_lab: Lab, client: str) -> None:
     result = ours_lab.ping(client, NATIVE_IPV6)
@@ -233,15 +208,15 @@ def test_our_client_through_our_relay(ours_lab: Lab, client: str) -> None:
 
 @pytest.fixture(scope="module")
 def hsr_lab() -> Iterator[HsrLab]:
-    for lab in _lab(
-        "hsr",
+    with built_lab(
+        "trh",
         nat1="port-restricted",
         nat2="symmetric",
         server="ours",
         relay="miredo",
         client1="miredo",
         client2="miredo",
-    ):
+    ) as lab:
         # No relay on the path: the router forgets the 2001::/32 route to the lab's relay.
         lab.exec("inet", ["ip", "-6", "route", "del", "2001::/32"], check=True)
         socket_path = str(lab.directory / "hsr.sock")

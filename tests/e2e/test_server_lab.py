@@ -11,7 +11,6 @@ answers and its drop counters.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address
@@ -19,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from labsupport import built_lab, daemon_status
 from teredo.address import parse_teredo_address
 from teredo.lab.lab import Lab
 from teredo.lab.topology import NATIVE_IPV4, NATIVE_IPV6, SERVER_IPV4, SERVER_IPV4_2
-from testsupport import require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -33,34 +32,16 @@ NAT_PAIRS = [("restricted", "fullcone"), ("port-restricted", "none")]
 
 @pytest.fixture(scope="module", params=NAT_PAIRS, ids=["-".join(pair) for pair in NAT_PAIRS])
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    require_root("miredo", "nft", "ping")
     nat1, nat2 = request.param
-    lab = Lab(
-        f"ts{os.getpid() % 100000}{NAT_PAIRS.index(request.param)}",
-        nat1=nat1,
-        nat2=nat2,
-        server="ours",
-        relay="miredo",
-        client1="miredo",
-        client2="miredo",
-    )
-    try:
-        lab.up()
+    with built_lab(
+        "ts", nat1=nat1, nat2=nat2,
+        server="ours", relay="miredo", client1="miredo", client2="miredo",
+    ) as lab:  # fmt: skip
         yield lab
-    finally:
-        lab.down()
 
 
 def server_status(lab: Lab) -> dict[str, Any]:
-    result = lab.exec(
-        "srv",
-        [sys.executable, "-m", "teredo", "status", "--json", "--socket",
-         str(lab.directory / "srv.sock")],
-        timeout=20,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    status: dict[str, Any] = json.loads(result.stdout)
-    return status
+    return daemon_status(lab, "srv")
 
 
 def test_miredo_clients_qualify_through_our_server(lab: Lab) -> None:
