@@ -437,8 +437,12 @@ class Lab:
                 return address
         return None
 
-    def restart_role(self, role: str) -> None:
-        """Stop one role and start it again in a fresh process, waiting until it is ready."""
+    def restart_role(self, role: str) -> float:
+        """Stop one role and start it again in a fresh process, waiting until it is ready.
+
+        Returns the wall-clock time (`time.time()`) just before the new process was started,
+        so that a benchmark can time the launch against timestamped events.
+        """
         state = self._require_state()
         record = state.roles[role]
         if record.pid is not None and record.starttime is not None:
@@ -447,8 +451,10 @@ class Lab:
                 self.namespaces,
             )
         started = time.monotonic()
+        launched_at = time.time()
         self._launch(role_launch(role, Impl(record.impl), self.directory))
         self._wait_ready([role], started)
+        return launched_at
 
     def restart_roles(self, roles: Sequence[str]) -> None:
         """Restart several roles at once (stopped together, then started together)."""
