@@ -1,0 +1,164 @@
+"""Checksum completion and segmentation of super-packets, against wire.internet_checksum."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from teredo.offload import (
+    GSO_ECN,
+    GSO_TCPV6,
+    GSO_UDP_L4,
+    TCP_ACK,
+    TCP_CWR,
+    TCP_FIN,
+    TCP_PSH,
+    OffloadError,
+    complete_checksum,
+    ones_complement_sum,
+    segment,
+)
+from teredo.wire import internet_checksum
+
+SOURCE = bytes.fromhex("20010db8000200000000000000000002")
+DESTINATION = bytes.fromhex("20010000c6336402000080007cffbffd")
+
+
+def pseudo_header(packet: bytes) -> bytes:
+    upper = len(packet) - 40
+    return packet[8:40] + struct.pack("!IxxxB", upper, packet[6])
+
+
+def transport_valid(packet: bytes) -> bool:
+    return internet_checksum(pseudo_header(packet) + packet[40:]) == 0
+
+
+def ipv6(next_header: int, transport: bytes) -> bytes:
+    return (
+        struct.pack("!IHBB", 0x60012345, len(transport), next_header, 64)
+        + SOURCE
+        + DESTINATION
+        + transport
+    )
+
+
+def tcp_packet(payload: bytes, *, sequence: int, flags: int, options: bytes = b"") -> bytes:
+    offset = (20 + len(options)) // 4
+    header = struct.pack("!HHIIBBHHH", 5201, 40000, sequence, 77, offset << 4, flags, 512, 0, 0)
+    return ipv6(6, header + options + payload)
+
+
+def with_partial_checksum(packet: bytes, field: int) -> bytearray:
+    """What the kernel hands over with NEEDS_CSUM: the field holds the pseudo-header sum."""
+    partial = bytearray(packet)
+    upper = len(packet) - 40
+    pseudo = ones_complement_sum(packet[8:40] + struct.pack("!IxxxB", upper, packet[6]))
+    partial[field : field + 2] = pseudo.to_bytes(2, "big")
+    return partial
+
+
+@given(st.binary(min_size=0, max_size=3000))
+def test_ones_complement_sum_agrees_with_rfc1071(data: bytes) -> None:
+    expected = ~internet_checksum(data) & 0xFFFF
+    got = ones_complement_sum(data)
+    # 0 and 0xFFFF are the same number in one's complement; RFC 1071's fold never gives 0 for
+    # data that is not all zeros, and neither does ours.
+    assert got == expected or ({got, expected} == {0, 0xFFFF} and not any(data))
+
+
+@given(st.binary(min_size=1, max_size=1400), st.sampled_from([6, 17]))
+def test_complete_checksum_makes_the_packet_valid(payload: bytes, next_header: int) -> None:
+    if next_header == 6:
+        packet = tcp_packet(payload, sequence=1, flags=TCP_ACK)
+        field = 40 + 16
+    else:
+        packet = ipv6(17, struct.pack("!HHHH", 3544, 40000, 8 + len(payload), 0) + payload)
+        field = 40 + 6
+    partial = with_partial_checksum(packet, field)
+    complete_checksum(partial, 40, field - 40)
+    assert transport_valid(bytes(partial))
+
+
+def test_complete_checksum_refuses_offsets_outside_the_packet() -> None:
+    with pytest.raises(OffloadError):
+        complete_checksum(bytearray(60), 40, 30)
+
+
+@given(
+    payload=st.binary(min_size=1, max_size=9000),
+    mss=st.integers(min_value=1, max_value=1220),
+    sequence=st.integers(min_value=0, max_value=0xFFFFFFFF),
+    flags=st.sampled_from([TCP_ACK, TCP_ACK | TCP_PSH, TCP_ACK | TCP_FIN | TCP_PSH | TCP_CWR]),
+    options=st.sampled_from([b"", bytes([1, 1, 8, 10]) + bytes(range(8))]),
+)
+def test_tcp_segments_are_valid_and_carry_the_stream(
+    payload: bytes, mss: int, sequence: int, flags: int, options: bytes
+) -> None:
+    packet = tcp_packet(payload, sequence=sequence, flags=flags, options=options)
+    partial = with_partial_checksum(packet, 56)
+    out = memoryview(bytearray(len(payload) // mss * 200 + 2 * len(packet) + 200))
+    count, size, end = segment(memoryview(partial), GSO_TCPV6 | GSO_ECN, mss, out)
+    header_bytes = 40 + 20 + len(options)
+    assert count == -(-len(payload) // mss)
+    assert size == header_bytes + mss
+    stream = b""
+    position = 0
+    for index in range(count):
+        last = index == count - 1
+        length = end - position if last else size
+        piece = bytes(out[position : position + length])
+        position += length
+        assert transport_valid(piece)
+        assert struct.unpack("!H", piece[4:6])[0] == len(piece) - 40
+        assert piece[:4] == packet[:4] and piece[6:40] == packet[6:40]
+        assert struct.unpack("!I", piece[44:48])[0] == (sequence + index * mss) & 0xFFFFFFFF
+        segment_flags = piece[53]
+        assert bool(segment_flags & TCP_CWR) == bool(flags & TCP_CWR and index == 0)
+        assert bool(segment_flags & TCP_FIN) == bool(flags & TCP_FIN and last)
+        assert bool(segment_flags & TCP_PSH) == bool(flags & TCP_PSH and last)
+        assert piece[60:header_bytes] == options
+        stream += piece[header_bytes:]
+    assert position == end
+    assert stream == payload
+
+
+@given(payload=st.binary(min_size=1, max_size=5000), size=st.integers(1, 1232))
+def test_udp_segments_are_valid_datagrams(payload: bytes, size: int) -> None:
+    packet = ipv6(17, struct.pack("!HHHH", 3544, 40000, 8 + len(payload), 0) + payload)
+    partial = with_partial_checksum(packet, 46)
+    out = memoryview(bytearray(len(payload) // size * 60 + 2 * len(packet) + 100))
+    count, _, end = segment(memoryview(partial), GSO_UDP_L4, size, out)
+    stream = b""
+    position = 0
+    for index in range(count):
+        length = end - position if index == count - 1 else 48 + size
+        piece = bytes(out[position : position + length])
+        position += length
+        assert transport_valid(piece)
+        assert struct.unpack("!H", piece[44:46])[0] == len(piece) - 40
+        assert piece[46:48] != b"\0\0"  # zero means "no checksum", forbidden over IPv6
+        stream += piece[48:]
+    assert stream == payload
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        b"",
+        ipv6(6, b"\0" * 10),  # TCP header truncated
+        ipv6(58, b"\0" * 100),  # not TCP
+        tcp_packet(b"", sequence=0, flags=TCP_ACK),  # nothing to segment
+    ],
+)
+def test_segment_refuses_what_it_cannot_cut(packet: bytes) -> None:
+    with pytest.raises(OffloadError):
+        segment(memoryview(packet), GSO_TCPV6, 1000, memoryview(bytearray(4096)))
+
+
+def test_segment_refuses_a_short_output_buffer() -> None:
+    packet = tcp_packet(bytes(5000), sequence=0, flags=TCP_ACK)
+    with pytest.raises(OffloadError):
+        segment(memoryview(packet), GSO_TCPV6, 1000, memoryview(bytearray(1000)))
