@@ -586,8 +586,10 @@ def lab_impls(role: str, impl: str, settings: Settings) -> dict[str, str]:
     return impls
 
 
-def run_arm(role: str, round_: int, impl: str, settings: Settings) -> Arm:
+def run_arm(role: str, round_: int, impl: str, settings: Settings, arms: list[Arm]) -> None:
+    """Build the arm's lab, measure, tear it down; the arm joins `arms` before anything runs."""
     arm = Arm(role=role, round=round_, impl=impl, lab=random_lab_name())
+    arms.append(arm)  # first, so that an interrupted arm still names its lab and what it measured
     arm.impls = lab_impls(role, impl, settings)
     arm.metrics = {m.name: None for m in METRICS if role in m.roles}
     progress(f"{role} round {round_}: {impl} (lab {arm.lab}: {arm.impls})")
@@ -610,7 +612,6 @@ def run_arm(role: str, round_: int, impl: str, settings: Settings) -> Arm:
     finally:
         lab.down()
         arm.seconds = time.monotonic() - started
-    return arm
 
 
 def summarize(arms: list[Arm], settings: Settings) -> list[dict[str, Any]]:
@@ -838,7 +839,7 @@ def run(settings: Settings) -> int:
             for round_ in range(1, settings.rounds + 1):
                 order = IMPLS if round_ % 2 else tuple(reversed(IMPLS))
                 for impl in order:
-                    arms.append(run_arm(role, round_, impl, settings))
+                    run_arm(role, round_, impl, settings, arms)
     except KeyboardInterrupt:
         interrupted = True
         progress("interrupted: the labs built so far are torn down; writing what was measured")
