@@ -451,7 +451,7 @@ async def _serve(loaded: _Loaded) -> int:
             local_networks=networks,
         )
         daemon = ClientDaemon(loaded=loaded, core=core, servers=servers)
-        tun = open_tun(config.interface_name)
+        tun = open_tun(config.interface_name, offload=True)
         daemon.interface = tun.name
         daemon.interface_index = await interface_index(tun.name)
         daemon.iface = InterfaceConfigurator(tun.name)

@@ -222,7 +222,7 @@ async def _serve(loaded: _Loaded) -> int:
     refresher: asyncio.Task[None] | None = None
     try:
         udp = open_udp_socket(config.bind_address, config.bind_port)
-        tun = open_tun(config.interface_name)
+        tun = open_tun(config.interface_name, offload=True)
         daemon.interface = tun.name
         iface = InterfaceConfigurator(tun.name)
         daemon.iface = iface

@@ -15,6 +15,13 @@ reused buffer and hands the handler a `memoryview` of it, valid only during the 
 `bytes(view)` to keep it). Hook it to asyncio with
 `loop.add_reader(udp.fileno(), udp.drain, handler)`.
 
+Two offloads cut system calls on the data path, each with a fallback where the kernel lacks it:
+
+- `send_segments` sends many datagrams of one size to one destination in one call (UDP
+  segmentation offload, `UDP_SEGMENT`, Linux >= 4.18), or one call each where refused;
+- `enable_coalescing` (`UDP_GRO`, Linux >= 5.0) lets the kernel hand over consecutive datagrams
+  of one flow in one read; `drain` splits them again, so handlers see single datagrams.
+
 Sending never raises for a full queue or a transient network error: `send` returns False and
 counts the failure (`send_eagain`, `send_enobufs`, `send_errors`), because a dropped datagram is
 normal for UDP and must not stop a daemon. `counters()` gives them as a dict for the status
@@ -46,6 +53,12 @@ IP_PMTUDISC_DONT: Final = 0  # RFC 4380 §5.1.2: never set DF; fragment locally 
 IP_PKTINFO: Final = 8  # ancillary struct in_pktinfo {ifindex, spec_dst, addr}
 SO_SNDBUFFORCE: Final = 32  # like SO_SNDBUF but ignores wmem_max (CAP_NET_ADMIN)
 SO_RCVBUFFORCE: Final = 33
+# Linux <linux/udp.h>
+SOL_UDP: Final = 17
+UDP_SEGMENT: Final = 103  # send: cut the buffer into datagrams of this many bytes
+UDP_GRO: Final = 104  # receive: accept coalesced datagrams, told their size in a cmsg
+MAX_SEGMENTS: Final = 64  # UDP_MAX_SEGMENTS of older kernels (newer take 128)
+MAX_SEGMENTED_BYTES: Final = 65507  # one UDP/IPv4 payload, before the kernel cuts it
 
 DISCOVERY_GROUP: Final = IPv4Address("224.0.0.253")  # RFC 4380 §2.17, local client discovery
 DISCOVERY_PORT: Final = TEREDO_PORT  # RFC 4380 §5.2.8
@@ -57,6 +70,9 @@ DRAIN_LIMIT: Final = 64  # datagrams per readiness callback, so one socket canno
 # struct in_pktinfo: int ipi_ifindex; struct in_addr ipi_spec_dst; struct in_addr ipi_addr.
 _PKTINFO: Final = struct.Struct("=i4s4s")
 _ANCILLARY_BYTES: Final = socket.CMSG_SPACE(_PKTINFO.size)
+_GRO_ANCILLARY_BYTES: Final = socket.CMSG_SPACE(4)  # int: the size of each datagram
+_SEGMENT_SIZE: Final = struct.Struct("=H")  # the UDP_SEGMENT option: u16
+_GRO_SIZE: Final = struct.Struct("=i")  # the UDP_GRO cmsg: int
 
 Address = tuple[str, int]
 """A socket-module IPv4 endpoint: (dotted quad, port)."""
@@ -78,8 +94,12 @@ class UdpSocket:
     __slots__ = (
         "_buffer",
         "_view",
+        "coalesced_reads",
+        "coalescing",
         "local",
         "receive_errors",
+        "segmentation",
+        "segmentation_fallbacks",
         "send_eagain",
         "send_enobufs",
         "send_errors",
@@ -95,6 +115,10 @@ class UdpSocket:
         self.send_enobufs = 0
         self.send_errors = 0
         self.receive_errors = 0
+        self.segmentation = True  # until the kernel says it cannot
+        self.segmentation_fallbacks = 0
+        self.coalescing = False
+        self.coalesced_reads = 0
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -116,12 +140,71 @@ class UdpSocket:
             return False
         return True
 
+    def send_segments(
+        self, data: bytes | bytearray | memoryview, segment_size: int, destination: Address
+    ) -> bool:
+        """Send `data` as datagrams of `segment_size` bytes (the last may be shorter), all to
+        `destination`, in one system call where the kernel can; False when any was dropped.
+
+        At most `MAX_SEGMENTS` datagrams and `MAX_SEGMENTED_BYTES` bytes per call. A kernel
+        without UDP segmentation gets one call per datagram from then on; a refusal for this
+        call only (EINVAL: a segment too large for the route's MTU) falls back for this call.
+        """
+        if len(data) <= segment_size:
+            return self.send(data, destination)
+        if self.segmentation:
+            try:
+                self.sock.sendmsg(
+                    (data,),
+                    ((SOL_UDP, UDP_SEGMENT, _SEGMENT_SIZE.pack(segment_size)),),
+                    0,
+                    destination,
+                )
+            except BlockingIOError:
+                self.send_eagain += 1
+                return False
+            except OSError as error:
+                code = error.errno
+                if code == errno.ENOBUFS:
+                    self.send_enobufs += 1
+                    return False
+                if code not in (errno.EINVAL, errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT):
+                    self.send_errors += 1
+                    log.debug("sendmsg %s:%d failed: %s", destination[0], destination[1], error)
+                    return False
+                if code != errno.EINVAL:
+                    self.segmentation = False
+                    log.info(
+                        "UDP segmentation offload unavailable (%s): one send per datagram",
+                        error.strerror,
+                    )
+                self.segmentation_fallbacks += 1
+            else:
+                return True
+        sent = True
+        view = memoryview(data)
+        for start in range(0, len(view), segment_size):
+            sent = self.send(view[start : start + segment_size], destination) and sent
+        return sent
+
+    def enable_coalescing(self) -> bool:
+        """Ask the kernel to coalesce received datagrams (UDP_GRO); False when it cannot."""
+        try:
+            self.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        except OSError as error:
+            log.debug("UDP_GRO refused: %s", error)
+            return False
+        self.coalescing = True
+        return True
+
     def drain(self, handler: DatagramHandler, limit: int = DRAIN_LIMIT) -> int:
         """Read up to `limit` queued datagrams, calling `handler(view, source)` for each.
 
         Returns how many were read. Stops early when the socket is empty. The view aliases the
         reused buffer: it is overwritten by the next datagram.
         """
+        if self.coalescing:
+            return self._drain_coalesced(handler, limit)
         receive = self.sock.recvfrom_into
         buffer, view = self._buffer, self._view
         count = 0
@@ -138,6 +221,32 @@ class UdpSocket:
                 continue
             count += 1
             handler(view[:size], source)
+        return count
+
+    def _drain_coalesced(self, handler: DatagramHandler, limit: int) -> int:
+        receive = self.sock.recvmsg_into
+        buffers, view = [self._buffer], self._view
+        reads = count = 0
+        while reads < limit:
+            try:
+                size, ancillary, _flags, source = receive(buffers, _GRO_ANCILLARY_BYTES)
+            except BlockingIOError:
+                break
+            except OSError as error:
+                self.receive_errors += 1
+                log.debug("recvmsg failed: %s", error)
+                reads += 1
+                continue
+            reads += 1
+            if not ancillary:
+                count += 1
+                handler(view[:size], source)
+                continue
+            segment = _GRO_SIZE.unpack_from(ancillary[0][2])[0] or size
+            self.coalesced_reads += 1
+            for start in range(0, size, segment):
+                count += 1
+                handler(view[start : min(start + segment, size)], source)
         return count
 
     def drain_pktinfo(self, handler: PktinfoHandler, limit: int = DRAIN_LIMIT) -> int:
@@ -175,6 +284,7 @@ class UdpSocket:
             "send_enobufs": self.send_enobufs,
             "send_errors": self.send_errors,
             "receive_errors": self.receive_errors,
+            "segmentation_fallbacks": self.segmentation_fallbacks,
         }
 
     def close(self) -> None:
