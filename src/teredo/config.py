@@ -49,6 +49,9 @@ MaxQueueBytes          C R    1280 (Miredo), or          1280..1048576, at least
 RefreshInterval        C      30 (RFC 6081 §5.1.1)       seconds, 1..3600
 LocalDiscovery         C      no                         yes|no: RFC 4380 §5.2.8 local client
                                                          discovery (224.0.0.253)
+Offload                C R    yes                        yes|no: kernel offloads on the data
+                                                         path (TUN segmentation, UDP GSO and
+                                                         GRO); no: one system call per packet
 FallbackServers        C      none                       comma-separated servers (IPv4 or
                                                          hostname) tried in turn when
                                                          ServerAddress stops answering
@@ -254,6 +257,7 @@ class ClientConfig:
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     refresh_interval: int = DEFAULT_REFRESH_INTERVAL
     allow_private_addresses: bool = False
+    offload: bool = True  # TUN offloads and UDP GSO/GRO (teredo.runtime.tunnel_loop)
     local_discovery: bool = False
     fallback_servers: tuple[IPv4Address | str, ...] = ()
     source: str = "<config>"
@@ -276,6 +280,7 @@ class RelayConfig:
     max_peers: int = DEFAULT_RELAY_MAX_PEERS
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     allow_private_addresses: bool = False
+    offload: bool = True  # TUN offloads and UDP GSO/GRO (teredo.runtime.tunnel_loop)
     source: str = "<config>"
     warnings: tuple[ConfigWarning, ...] = ()
 
@@ -529,6 +534,7 @@ _DIRECTIVES: Final = {
         _Directive("LocalDiscovery", _CLIENT, _parse_bool),
         _Directive("FallbackServers", _CLIENT, _parse_host_list),
         _Directive("AllowPrivateAddresses", _ALL, _parse_bool),
+        _Directive("Offload", _CLIENT_RELAY, _parse_bool),
     )
 }
 
@@ -792,6 +798,7 @@ def _build_client(reader: _Reader, server: str | None) -> ClientConfig:
         max_queue_bytes=_queue_bytes(reader, DEFAULT_MTU),
         refresh_interval=reader.get("refreshinterval", _parse_refresh, DEFAULT_REFRESH_INTERVAL),
         allow_private_addresses=allow_private,
+        offload=reader.get("offload", _parse_bool, True),
         local_discovery=reader.get("localdiscovery", _parse_bool, False),
         fallback_servers=reader.get("fallbackservers", _parse_host_list, ()),
         source=reader.source,
@@ -826,6 +833,7 @@ def _build_relay(reader: _Reader, relay_type: RelayType) -> RelayConfig:
         max_peers=reader.get("maxpeers", _parse_max_peers, default_peers),
         max_queue_bytes=_queue_bytes(reader, mtu),
         allow_private_addresses=reader.get("allowprivateaddresses", _parse_bool, False),
+        offload=reader.get("offload", _parse_bool, True),
         source=reader.source,
         warnings=reader.sorted_warnings(),
     )

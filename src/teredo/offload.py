@@ -169,3 +169,111 @@ def segment(
         position = end
         start += piece
     return count, size, position
+
+
+class Coalescer:
+    """Joins consecutive TCP segments of one flow into one super-packet for one TUN write.
+
+    Feed each packet to `add`; True means it was taken (it started or extended the pending
+    super-packet), False that it cannot join what is pending: write `take()` and call `add`
+    again, and when that is False too write the packet alone. Only what Linux's own GRO would
+    join is joined: IPv6 + TCP without extension headers, same addresses, ports, traffic class,
+    flow label, hop limit, acknowledgment, window and options, consecutive sequence numbers,
+    every payload the size of the first but the last, no flag but ACK (PSH ends a
+    super-packet), and a valid checksum, so that a damaged segment still reaches the kernel
+    alone and is dropped there. `take()` returns the virtio-net header and the packet, ready
+    for `writev`, and empties the coalescer.
+    """
+
+    __slots__ = ("_closed", "_count", "_header_bytes", "_key", "_length", "_next", "_size", "_view")
+
+    def __init__(self) -> None:
+        self._view = memoryview(bytearray(VNET_HEADER_BYTES + IPV6_HEADER_BYTES + 65535))
+        self._count = 0
+        self._length = 0  # bytes of the pending packet
+        self._header_bytes = 0
+        self._size = 0  # payload bytes of every segment but the last
+        self._next = 0  # the sequence number the next segment must have
+        self._key = b""  # the header bytes every segment must share
+        self._closed = False  # a short or PSH segment ended the super-packet
+
+    def __len__(self) -> int:
+        """How many segments are pending."""
+        return self._count
+
+    def add(self, packet: bytes | bytearray | memoryview) -> bool:
+        total = len(packet)
+        if total < IPV6_HEADER_BYTES + 20 or packet[6] != NEXT_HEADER_TCP or packet[0] >> 4 != 6:
+            return False
+        header_bytes = IPV6_HEADER_BYTES + (packet[52] >> 4) * 4
+        payload = total - header_bytes
+        flags = packet[53]
+        if payload <= 0 or header_bytes < 60 or flags & ~(TCP_ACK | TCP_PSH) or not flags:
+            return False
+        if IPV6_HEADER_BYTES + ((packet[4] << 8) | packet[5]) != total:
+            return False
+        # Everything but payload length, sequence number, flags and checksum must match.
+        key = b"".join(
+            (packet[0:4], packet[6:44], packet[48:53], packet[54:56], packet[58:header_bytes])
+        )
+        sequence = int.from_bytes(packet[44:48], "big")
+        if self._count and (
+            self._closed
+            or key != self._key
+            or sequence != self._next
+            or payload > self._size
+            or self._length + payload > IPV6_HEADER_BYTES + 65535
+        ):
+            return False
+        upper = total - IPV6_HEADER_BYTES
+        summed = ones_complement_sum(packet[8:40]) + upper + NEXT_HEADER_TCP
+        if (summed + ones_complement_sum(packet[IPV6_HEADER_BYTES:])) % 0xFFFF:
+            return False  # damaged: the kernel must see it alone, and drop it
+        start = VNET_HEADER_BYTES
+        view = self._view
+        if self._count:
+            end = start + self._length
+            view[end : end + payload] = packet[header_bytes:]
+            self._length += payload
+            self._count += 1
+            if flags & TCP_PSH:
+                view[start + 53] |= TCP_PSH
+        else:
+            view[start : start + total] = packet
+            self._count = 1
+            self._length = total
+            self._header_bytes = header_bytes
+            self._size = payload
+            self._key = key
+        self._next = (sequence + payload) & 0xFFFFFFFF
+        self._closed = payload < self._size or bool(flags & TCP_PSH)
+        return True
+
+    def take(self) -> tuple[bytes, memoryview]:
+        """The pending (virtio-net header, packet); empties the coalescer.
+
+        The packet view aliases the coalescer's buffer: write it before the next `add`.
+        """
+        start = VNET_HEADER_BYTES
+        length, count = self._length, self._count
+        self._count = 0
+        self._closed = False
+        view = self._view
+        packet = view[start : start + length]
+        if count <= 1:
+            return PLAIN_HEADER, packet
+        upper = length - IPV6_HEADER_BYTES
+        packet[4:6] = upper.to_bytes(2, "big")
+        # NEEDS_CSUM: the field holds the pseudo-header sum; the kernel sums the rest.
+        pseudo = (ones_complement_sum(packet[8:40]) + upper + NEXT_HEADER_TCP) % 0xFFFF
+        field = IPV6_HEADER_BYTES + TCP_CHECKSUM_OFFSET
+        packet[field : field + 2] = pseudo.to_bytes(2, "big")
+        header = VNET_HEADER.pack(
+            NEEDS_CSUM,
+            GSO_TCPV6,
+            self._header_bytes,
+            self._size,
+            IPV6_HEADER_BYTES,
+            TCP_CHECKSUM_OFFSET,
+        )
+        return header, packet

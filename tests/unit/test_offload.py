@@ -17,6 +17,7 @@ from teredo.offload import (
     TCP_CWR,
     TCP_FIN,
     TCP_PSH,
+    Coalescer,
     OffloadError,
     complete_checksum,
     ones_complement_sum,
@@ -173,3 +174,72 @@ def test_segment_refuses_a_short_output_buffer() -> None:
     packet = tcp_packet(bytes(5000), sequence=0, flags=TCP_ACK)
     with pytest.raises(OffloadError):
         segment(memoryview(packet), GSO_TCPV6, 1000, memoryview(bytearray(1000)))
+
+
+def cut(packet: bytes, mss: int) -> list[bytes]:
+    out = memoryview(bytearray(len(packet) * 3 + 4096))
+    _, size, end = segment(memoryview(packet), GSO_TCPV6, mss, out)
+    return [bytes(out[start : min(start + size, end)]) for start in range(0, end, size)]
+
+
+@given(
+    payload=st.binary(min_size=1, max_size=20000),
+    mss=st.integers(min_value=100, max_value=1220),
+    sequence=st.integers(min_value=0, max_value=0xFFFFFFFF),
+    push=st.booleans(),
+)
+def test_coalescing_segments_gives_back_the_super_packet(
+    payload: bytes, mss: int, sequence: int, push: bool
+) -> None:
+    flags = TCP_ACK | (TCP_PSH if push else 0)
+    options = bytes([1, 1, 8, 10]) + bytes(range(8))
+    original = tcp_packet(payload, sequence=sequence, flags=flags, options=options)
+    coalescer = Coalescer()
+    pieces = cut(original, mss)
+    for piece in pieces:
+        assert coalescer.add(piece)
+    assert len(coalescer) == len(pieces)
+    header, packet = coalescer.take()
+    assert len(coalescer) == 0
+    got = bytes(packet)
+    if len(pieces) == 1:
+        assert header == bytes(10) and got == pieces[0]
+        return
+    flags_, gso_type, header_bytes, gso_size, csum_start, csum_offset = struct.unpack(
+        "<BBHHHH", header
+    )
+    assert (flags_, gso_type, gso_size, csum_start, csum_offset) == (1, GSO_TCPV6, mss, 40, 16)
+    assert header_bytes == 72
+    assert got[:56] == original[:56] and got[58:] == original[58:]
+    partial = with_partial_checksum(original, 56)
+    assert got[56:58] == partial[56:58]
+
+
+def test_coalescing_refuses_what_linux_would_not_join() -> None:
+    options = bytes([1, 1, 8, 10]) + bytes(range(8))
+    first = tcp_packet(bytes(1000), sequence=1000, flags=TCP_ACK, options=options)
+    first = bytes(cut(first, 1000)[0])  # valid checksum
+    coalescer = Coalescer()
+    assert coalescer.add(first)
+    gap = cut(tcp_packet(bytes(1000), sequence=3000, flags=TCP_ACK, options=options), 1000)[0]
+    assert not coalescer.add(gap)
+    other_options = bytes([1, 1, 8, 10]) + bytes(8)
+    changed = cut(
+        tcp_packet(bytes(1000), sequence=2000, flags=TCP_ACK, options=other_options), 1000
+    )
+    assert not coalescer.add(changed[0])
+    fin = cut(
+        tcp_packet(bytes(1000), sequence=2000, flags=TCP_ACK | TCP_FIN, options=options), 1000
+    )
+    assert not coalescer.add(fin[0])
+    good = cut(tcp_packet(bytes(1000), sequence=2000, flags=TCP_ACK, options=options), 1000)[0]
+    damaged = bytearray(good)
+    damaged[-1] ^= 1
+    assert not coalescer.add(bytes(damaged))
+    assert coalescer.add(good)
+    short = cut(tcp_packet(bytes(10), sequence=3000, flags=TCP_ACK, options=options), 1000)[0]
+    assert coalescer.add(short)
+    after_short = cut(tcp_packet(bytes(10), sequence=3010, flags=TCP_ACK, options=options), 1000)
+    assert not coalescer.add(after_short[0])  # a short segment ends the super-packet
+    assert len(coalescer) == 3
+    assert not Coalescer().add(ipv6(17, bytes(100)))

@@ -393,6 +393,7 @@ class ClientDaemon:
                 "interface_name": "InterfaceName",
                 "bind_address": "BindAddress",
                 "bind_port": "BindPort",
+                "offload": "Offload",
                 "control_socket": "ControlSocket",
                 "user": "User",
                 "hook_script": "HookScript",
@@ -451,7 +452,7 @@ async def _serve(loaded: _Loaded) -> int:
             local_networks=networks,
         )
         daemon = ClientDaemon(loaded=loaded, core=core, servers=servers)
-        tun = open_tun(config.interface_name, offload=True)
+        tun = open_tun(config.interface_name, offload=config.offload)
         daemon.interface = tun.name
         daemon.interface_index = await interface_index(tun.name)
         daemon.iface = InterfaceConfigurator(tun.name)

@@ -168,6 +168,7 @@ class RelayDaemon:
                 "interface_name": "InterfaceName",
                 "bind_address": "BindAddress",
                 "bind_port": "BindPort",
+                "offload": "Offload",
                 "control_socket": "ControlSocket",
                 "user": "User",
             },
@@ -222,7 +223,7 @@ async def _serve(loaded: _Loaded) -> int:
     refresher: asyncio.Task[None] | None = None
     try:
         udp = open_udp_socket(config.bind_address, config.bind_port)
-        tun = open_tun(config.interface_name, offload=True)
+        tun = open_tun(config.interface_name, offload=config.offload)
         daemon.interface = tun.name
         iface = InterfaceConfigurator(tun.name)
         daemon.iface = iface

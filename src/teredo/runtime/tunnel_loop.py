@@ -26,6 +26,12 @@ reads with its virtio-net header straight into one batch buffer, one packet afte
   buffer, which leave in runs of up to `MAX_SEGMENTS` the same way: ~50 packets for one read
   and one or two sends.
 
+The UDP side, with offloads, asks the kernel to coalesce datagrams (`UDP_GRO`) and joins
+consecutive TCP segments of one flow (`teredo.offload.Coalescer`) into one super-packet for
+one TUN write; the kernel cuts it again where it must (or hands it to TCP whole). Anything
+else, and anything that needs the full path, first writes what is pending, so the order of
+packets never changes.
+
 Without offloads (an old kernel, or a device opened without them) every packet is read and
 sent on its own: the portable path.
 
@@ -52,6 +58,7 @@ from teredo.offload import (
     NEEDS_CSUM,
     VNET_HEADER,
     VNET_HEADER_BYTES,
+    Coalescer,
     OffloadError,
     complete_checksum,
     segment,
@@ -93,6 +100,7 @@ class TunnelLoop:
         self._header = bytearray(VNET_HEADER_BYTES)
         self._batch = memoryview(bytearray(BATCH_BYTES)) if tun.vnet_hdr else memoryview(b"")
         self._segments = memoryview(bytearray(SEGMENT_BYTES)) if tun.vnet_hdr else memoryview(b"")
+        self._coalescer = Coalescer()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -101,7 +109,11 @@ class TunnelLoop:
         loop = loop or asyncio.get_running_loop()
         self._loop = loop
         self._timer = Timer(self._on_timer, loop)
-        loop.add_reader(self.udp.fileno(), self._on_udp)
+        if self.tun.vnet_hdr:
+            self.udp.enable_coalescing()
+        loop.add_reader(
+            self.udp.fileno(), self._on_udp_offloaded if self.tun.vnet_hdr else self._on_udp
+        )
         loop.add_reader(
             self.tun.fileno(), self._on_tun_offloaded if self.tun.vnet_hdr else self._on_tun
         )
@@ -163,6 +175,35 @@ class TunnelLoop:
                 flush()
 
         self.udp_datagrams += self.udp.drain(handle)
+
+    def _on_udp_offloaded(self) -> None:
+        engine = self.engine
+        now = self.clock()
+        accept = engine.accept_from_teredo
+        receive = engine.receive_datagram
+        coalescer = self._coalescer
+        add, take = coalescer.add, coalescer.take
+        write, write_with_header = self.tun.write, self.tun.write_with_header
+        flush = self.flush
+
+        def handle(view: memoryview, source: Address) -> None:
+            if accept(view, source, now):
+                if add(view):
+                    return
+                if len(coalescer):
+                    write_with_header(*take())
+                    if add(view):
+                        return
+                write(view)
+            else:
+                if len(coalescer):
+                    write_with_header(*take())
+                receive(bytes(view), source, now)
+                flush()
+
+        self.udp_datagrams += self.udp.drain(handle)
+        if len(coalescer):
+            write_with_header(*take())
 
     def _on_tun(self) -> None:
         engine = self.engine

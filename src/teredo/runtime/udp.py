@@ -285,6 +285,7 @@ class UdpSocket:
             "send_errors": self.send_errors,
             "receive_errors": self.receive_errors,
             "segmentation_fallbacks": self.segmentation_fallbacks,
+            "coalesced_reads": self.coalesced_reads,
         }
 
     def close(self) -> None:
