@@ -303,26 +303,37 @@ class Bench:
     def _record(self, name: str, value: float | None) -> None:
         self.arm.metrics[name] = value
 
-    def _attempt(self, what: str, step: Callable[[], None]) -> None:
-        """Run one measurement; a failure is recorded and the arm goes on with the next."""
-        try:
-            step()
-        except (ArmFailed, UserError, ParseError, OSError, subprocess.SubprocessError) as error:
-            message = f"{what}: {error}"
-            progress(f"  FAILED {message}")
-            self.arm.errors.append(message)
-        except (KeyError, ValueError, TypeError) as error:  # unexpected tool output
-            message = f"{what}: unreadable output ({type(error).__name__}: {error})"
-            progress(f"  FAILED {message}")
-            self.arm.errors.append(message)
+    def _attempt(self, what: str, step: Callable[[], None], retries: int = 0) -> None:
+        """Run one measurement; a failure is recorded and the arm goes on with the next.
+
+        iperf3 tests get one retry: under a flood its control connection (TCP through the same
+        tunnel) now and then loses the end-of-test exchange ("the client has terminated"). A
+        retry is listed in the arm's raw values; only a measurement that fails every time is
+        an error.
+        """
+        for attempt in range(retries + 1):
+            try:
+                step()
+                return
+            except (ArmFailed, UserError, ParseError, OSError, subprocess.SubprocessError) as error:
+                message = f"{what}: {error}"
+            except (KeyError, ValueError, TypeError) as error:  # unexpected tool output
+                message = f"{what}: unreadable output ({type(error).__name__}: {error})"
+            if attempt < retries:
+                progress(f"  retrying after: {message}")
+                self.arm.raw.setdefault("retried", []).append(message)
+                time.sleep(max(self.settings.pause, 1.0))
+        progress(f"  FAILED {message}")
+        self.arm.errors.append(message)
 
     def run(self) -> None:
         self.warm_up()
         self._attempt("ping established", self.rtt_established)
         for size, direction in UDP_TESTS:
-            self._attempt(f"UDP {size} B {direction}", functools.partial(self.udp, size, direction))
+            udp = functools.partial(self.udp, size, direction)
+            self._attempt(f"UDP {size} B {direction}", udp, retries=1)
         for direction in ("to_client", "from_client"):
-            self._attempt(f"TCP {direction}", functools.partial(self.tcp, direction))
+            self._attempt(f"TCP {direction}", functools.partial(self.tcp, direction), retries=1)
         self._attempt("restarts", self.restarts)
 
     def warm_up(self) -> None:
@@ -370,7 +381,10 @@ class Bench:
         time.sleep(self.settings.pause)
         before = group_cpu_ticks(pgid, namespace)
         document = self.iperf(args)
-        cpu = cpu_seconds_between(before, group_cpu_ticks(pgid, namespace))
+        after = group_cpu_ticks(pgid, namespace)
+        if not any(pid == pgid for pid, _ in after):
+            raise ArmFailed(f"the {self.lab_role} exited during the test; read its log")
+        cpu = cpu_seconds_between(before, after)
         received = document["end"]["sum_received"]
         sent = document["end"]["sum_sent"]
         delivered = int(received["packets"]) - int(received["lost_packets"])
@@ -686,6 +700,20 @@ def _command_output(argv: list[str]) -> str | None:
     return lines[0] if lines else None
 
 
+def _uncommitted(checkout: Path) -> list[str] | None:
+    """Files under src/ that differ from the commit: the run measured those too."""
+    if shutil.which("git") is None:
+        return None
+    argv = ["git", "-C", str(checkout), "status", "--porcelain", "--", "src"]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    return [line[3:] for line in result.stdout.splitlines()]
+
+
 def machine() -> dict[str, Any]:
     cpu_model = None
     with contextlib.suppress(OSError):
@@ -707,6 +735,7 @@ def machine() -> dict[str, Any]:
         "iperf3": _command_output(["iperf3", "-v"]),
         "teredo": teredo_version,
         "commit": _command_output(["git", "-C", str(here), "rev-parse", "--short", "HEAD"]),
+        "uncommitted_in_src": _uncommitted(here.parent),
         "loadavg_start": os.getloadavg(),
     }
 
@@ -860,6 +889,11 @@ def run(settings: Settings) -> int:
     print(
         f"machine: {info['nproc']} CPUs ({info['cpu']}), kernel {info['kernel']}, "
         f"Python {info['python']}, {info['miredo']}, {info['iperf3']}, teredo {info['commit']}"
+        + (
+            f" with {len(info['uncommitted_in_src'])} uncommitted files in src/"
+            if info["uncommitted_in_src"]
+            else ""
+        )
     )
     print(
         f"settings: {settings.rounds} rounds, iperf3 {settings.duration} s per test, NAT1 "
