@@ -171,21 +171,39 @@ def segment(
     return count, size, position
 
 
+MAX_COALESCED: Final = 64  # segments per super-packet (the kernel's UDP_MAX_SEGMENTS)
+
+
 class Coalescer:
-    """Joins consecutive TCP segments of one flow into one super-packet for one TUN write.
+    """Joins consecutive packets of one TCP or UDP flow into one super-packet for one write.
 
     Feed each packet to `add`; True means it was taken (it started or extended the pending
     super-packet), False that it cannot join what is pending: write `take()` and call `add`
     again, and when that is False too write the packet alone. Only what Linux's own GRO would
-    join is joined: IPv6 + TCP without extension headers, same addresses, ports, traffic class,
-    flow label, hop limit, acknowledgment, window and options, consecutive sequence numbers,
-    every payload the size of the first but the last, no flag but ACK (PSH ends a
-    super-packet), and a valid checksum, so that a damaged segment still reaches the kernel
+    join is joined: IPv6 without extension headers, then
+
+    - TCP: same addresses, ports, traffic class, flow label, hop limit, acknowledgment, window
+      and options, consecutive sequence numbers, no flag but ACK (PSH ends a super-packet);
+    - UDP: same addresses, ports, traffic class, flow label and hop limit;
+
+    every payload the size of the first but the last (a shorter one ends it), at most
+    `MAX_COALESCED`, and a valid checksum, so that a damaged packet still reaches the kernel
     alone and is dropped there. `take()` returns the virtio-net header and the packet, ready
     for `writev`, and empties the coalescer.
     """
 
-    __slots__ = ("_closed", "_count", "_header_bytes", "_key", "_length", "_next", "_size", "_view")
+    __slots__ = (
+        "_checksum_field",
+        "_closed",
+        "_count",
+        "_gso_type",
+        "_header_bytes",
+        "_key",
+        "_length",
+        "_next",
+        "_size",
+        "_view",
+    )
 
     def __init__(self) -> None:
         self._view = memoryview(bytearray(VNET_HEADER_BYTES + IPV6_HEADER_BYTES + 65535))
@@ -193,40 +211,57 @@ class Coalescer:
         self._length = 0  # bytes of the pending packet
         self._header_bytes = 0
         self._size = 0  # payload bytes of every segment but the last
-        self._next = 0  # the sequence number the next segment must have
+        self._next = 0  # TCP: the sequence number the next segment must have
         self._key = b""  # the header bytes every segment must share
         self._closed = False  # a short or PSH segment ended the super-packet
+        self._gso_type = GSO_TCPV6
+        self._checksum_field = 0
 
     def __len__(self) -> int:
-        """How many segments are pending."""
+        """How many packets are pending."""
         return self._count
 
     def add(self, packet: bytes | bytearray | memoryview) -> bool:
         total = len(packet)
-        if total < IPV6_HEADER_BYTES + 20 or packet[6] != NEXT_HEADER_TCP or packet[0] >> 4 != 6:
-            return False
-        header_bytes = IPV6_HEADER_BYTES + (packet[52] >> 4) * 4
-        payload = total - header_bytes
-        flags = packet[53]
-        if payload <= 0 or header_bytes < 60 or flags & ~(TCP_ACK | TCP_PSH) or not flags:
+        if total < IPV6_HEADER_BYTES + 8 or packet[0] >> 4 != 6:
             return False
         if IPV6_HEADER_BYTES + ((packet[4] << 8) | packet[5]) != total:
             return False
-        # Everything but payload length, sequence number, flags and checksum must match.
-        key = b"".join(
-            (packet[0:4], packet[6:44], packet[48:53], packet[54:56], packet[58:header_bytes])
-        )
-        sequence = int.from_bytes(packet[44:48], "big")
+        next_header = packet[6]
+        flags = sequence = 0
+        if next_header == NEXT_HEADER_TCP:
+            if total < IPV6_HEADER_BYTES + 20:
+                return False
+            header_bytes = IPV6_HEADER_BYTES + (packet[52] >> 4) * 4
+            flags = packet[53]
+            if header_bytes < 60 or flags & ~(TCP_ACK | TCP_PSH) or not flags:
+                return False
+            # Everything but payload length, sequence number, flags and checksum must match.
+            key = b"".join(
+                (packet[0:4], packet[6:44], packet[48:53], packet[54:56], packet[58:header_bytes])
+            )
+            sequence = int.from_bytes(packet[44:48], "big")
+        elif next_header == NEXT_HEADER_UDP:
+            header_bytes = IPV6_HEADER_BYTES + 8
+            if packet[46] == packet[47] == 0:
+                return False  # no checksum: not allowed over IPv6 (RFC 8200 §8.1)
+            key = b"".join((packet[0:4], packet[6:44]))
+        else:
+            return False
+        payload = total - header_bytes
+        if payload <= 0:
+            return False
         if self._count and (
             self._closed
             or key != self._key
-            or sequence != self._next
             or payload > self._size
+            or self._count >= MAX_COALESCED
             or self._length + payload > IPV6_HEADER_BYTES + 65535
+            or (flags and sequence != self._next)
         ):
             return False
         upper = total - IPV6_HEADER_BYTES
-        summed = ones_complement_sum(packet[8:40]) + upper + NEXT_HEADER_TCP
+        summed = ones_complement_sum(packet[8:40]) + upper + next_header
         if (summed + ones_complement_sum(packet[IPV6_HEADER_BYTES:])) % 0xFFFF:
             return False  # damaged: the kernel must see it alone, and drop it
         start = VNET_HEADER_BYTES
@@ -245,6 +280,12 @@ class Coalescer:
             self._header_bytes = header_bytes
             self._size = payload
             self._key = key
+            if flags:
+                self._gso_type = GSO_TCPV6
+                self._checksum_field = IPV6_HEADER_BYTES + TCP_CHECKSUM_OFFSET
+            else:
+                self._gso_type = GSO_UDP_L4
+                self._checksum_field = IPV6_HEADER_BYTES + UDP_CHECKSUM_OFFSET
         self._next = (sequence + payload) & 0xFFFFFFFF
         self._closed = payload < self._size or bool(flags & TCP_PSH)
         return True
@@ -264,16 +305,19 @@ class Coalescer:
             return PLAIN_HEADER, packet
         upper = length - IPV6_HEADER_BYTES
         packet[4:6] = upper.to_bytes(2, "big")
+        next_header = packet[6]
+        if next_header == NEXT_HEADER_UDP:
+            packet[44:46] = upper.to_bytes(2, "big")
         # NEEDS_CSUM: the field holds the pseudo-header sum; the kernel sums the rest.
-        pseudo = (ones_complement_sum(packet[8:40]) + upper + NEXT_HEADER_TCP) % 0xFFFF
-        field = IPV6_HEADER_BYTES + TCP_CHECKSUM_OFFSET
+        pseudo = (ones_complement_sum(packet[8:40]) + upper + next_header) % 0xFFFF
+        field = self._checksum_field
         packet[field : field + 2] = pseudo.to_bytes(2, "big")
         header = VNET_HEADER.pack(
             NEEDS_CSUM,
-            GSO_TCPV6,
+            self._gso_type,
             self._header_bytes,
             self._size,
             IPV6_HEADER_BYTES,
-            TCP_CHECKSUM_OFFSET,
+            field - IPV6_HEADER_BYTES,
         )
         return header, packet

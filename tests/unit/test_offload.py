@@ -13,6 +13,7 @@ from teredo.offload import (
     GSO_ECN,
     GSO_TCPV6,
     GSO_UDP_L4,
+    MAX_COALESCED,
     TCP_ACK,
     TCP_CWR,
     TCP_FIN,
@@ -243,3 +244,29 @@ def test_coalescing_refuses_what_linux_would_not_join() -> None:
     assert not coalescer.add(after_short[0])  # a short segment ends the super-packet
     assert len(coalescer) == 3
     assert not Coalescer().add(ipv6(17, bytes(100)))
+
+
+@given(
+    payload=st.binary(min_size=1, max_size=20000), size=st.integers(min_value=16, max_value=1232)
+)
+def test_coalescing_udp_datagrams_gives_back_the_super_packet(payload: bytes, size: int) -> None:
+    original = ipv6(17, struct.pack("!HHHH", 5201, 40000, 8 + len(payload), 0) + payload)
+    out = memoryview(bytearray(len(original) * 3 + 4096))
+    _, step, end = segment(memoryview(original), GSO_UDP_L4, size, out)
+    datagrams = [bytes(out[start : min(start + step, end)]) for start in range(0, end, step)]
+    coalescer = Coalescer()
+    taken = [coalescer.add(datagram) for datagram in datagrams]
+    assert taken[:MAX_COALESCED] == [True] * min(len(datagrams), MAX_COALESCED)
+    assert not any(taken[MAX_COALESCED:])
+    count = len(coalescer)
+    header, packet = coalescer.take()
+    got = bytes(packet)
+    if count == 1:
+        assert header == bytes(10) and got == datagrams[0]
+        return
+    assert struct.unpack("<BBHHHH", header) == (1, GSO_UDP_L4, 48, size, 40, 6)
+    joined = b"".join(datagram[48:] for datagram in datagrams[:count])
+    assert got[48:] == joined
+    assert struct.unpack("!H", got[4:6])[0] == struct.unpack("!H", got[44:46])[0] == 8 + len(joined)
+    partial = with_partial_checksum(got, 46)
+    assert got[46:48] == partial[46:48]

@@ -97,6 +97,8 @@ class TunnelLoop:
         self.tun_packets = 0
         self.udp_datagrams = 0
         self.offload_drops = 0
+        self.super_packets_in = 0  # TUN reads that held many packets (segmentation offload)
+        self.super_packets_out = 0  # TUN writes that held many packets (coalesced)
         self._header = bytearray(VNET_HEADER_BYTES)
         self._batch = memoryview(bytearray(BATCH_BYTES)) if tun.vnet_hdr else memoryview(b"")
         self._segments = memoryview(bytearray(SEGMENT_BYTES)) if tun.vnet_hdr else memoryview(b"")
@@ -149,6 +151,9 @@ class TunnelLoop:
     def counters(self) -> dict[str, int]:
         """I/O counters for the status document (failures only when non-zero)."""
         counters = {"udp_datagrams_in": self.udp_datagrams, "tun_packets_in": self.tun_packets}
+        if self.tun.vnet_hdr:
+            counters["tun_super_packets_in"] = self.super_packets_in
+            counters["tun_super_packets_out"] = self.super_packets_out
         if self.offload_drops:
             counters["offload_drops"] = self.offload_drops
         for prefix, source in (("udp_", self.udp.counters()), ("tun_", self.tun.counters())):
@@ -182,8 +187,8 @@ class TunnelLoop:
         accept = engine.accept_from_teredo
         receive = engine.receive_datagram
         coalescer = self._coalescer
-        add, take = coalescer.add, coalescer.take
-        write, write_with_header = self.tun.write, self.tun.write_with_header
+        add = coalescer.add
+        write, write_pending = self.tun.write, self._write_pending
         flush = self.flush
 
         def handle(view: memoryview, source: Address) -> None:
@@ -191,19 +196,24 @@ class TunnelLoop:
                 if add(view):
                     return
                 if len(coalescer):
-                    write_with_header(*take())
+                    write_pending()
                     if add(view):
                         return
                 write(view)
             else:
                 if len(coalescer):
-                    write_with_header(*take())
+                    write_pending()
                 receive(bytes(view), source, now)
                 flush()
 
         self.udp_datagrams += self.udp.drain(handle)
         if len(coalescer):
-            write_with_header(*take())
+            write_pending()
+
+    def _write_pending(self) -> None:
+        if len(self._coalescer) > 1:
+            self.super_packets_out += 1
+        self.tun.write_with_header(*self._coalescer.take())
 
     def _on_tun(self) -> None:
         engine = self.engine
@@ -324,6 +334,7 @@ class TunnelLoop:
             self.flush()
             return
         engine.fast_tx += count - 1
+        self.super_packets_in += 1
         step = min(MAX_SEGMENTS, MAX_SEGMENTED_BYTES // size) * size
         send_segments = self.udp.send_segments
         for start in range(0, end, step):
