@@ -20,15 +20,46 @@ not tracked by reordering on every packet (that would cost on the data path); in
 and the idle sweep give entries a second chance (CLOCK): an entry at the front of the insertion
 order that was used within the idle timeout is moved to the back rather than dropped.
 
-Mappings are stored as `(ip_string, port)` tuples, exactly what `recvfrom` returns and `sendto`
-takes, so the data path compares and sends without conversions.
+Memory layout
+-------------
+A relay may hold a million peers (issue 7: at most ~200 bytes each), nearly all *established*:
+trusted, heard from recently, nothing queued, no setup under way. In CPython every object has a
+header and every number is an object of its own (a float 24 bytes, an int 28 to 40), so the
+layout is cut to the established peer:
+
+* `Peer` has three slots (56 bytes with the GC header): `link`, `rx` and `setup`.
+* `setup` is a `PeerSetup` (bubble and echo-test counts and times, the RFC 6081 nonces, the
+  local endpoint, the queue), created by the first setup action and dropped by `Peer.settle`
+  (called by `PeerTable.trust` and the sweep) once it no longer constrains anything: the peer is
+  trusted, nothing is queued, no echo test or local endpoint is pending, and the last setup
+  transmission is older than 30 s and than the last reception (a direct response resets the
+  budgets, RFC 4380 §5.2.6; the nonces of that exchange are forgotten with it). Read through the
+  `Peer`, an absent setup's fields have their initial values; its times read as `NEVER`.
+* `link` holds the mapping in one of three forms. None: untrusted. *Hot*: the ``(ip, port)``
+  tuple that `recvfrom` returns and `sendto` takes, so the fast paths compare and send without
+  a conversion; `rx` is then the last reception time. *Cold*: one int,
+  ``time_bits << 48 | ipv4 << 16 | port``, holding the mapping and the exact last reception time
+  (the float's 64 bits) in 40 bytes instead of the ~140 of a tuple, its string and its port plus
+  the 24 of a float; `rx` is then `NEVER`. `Peer.mapped` and `Peer.last_rx` read both forms.
+* The table bounds the hot peers: a peer turns hot when trusted through `PeerTable.trust`, or
+  when a full path needs its sockaddr (`PeerTable.sockaddr`, `PeerTable.is_mapped_at`), and
+  takes a place in a ring of `HOT_MAPPINGS` places (at most `max_peers`); the peer whose place it
+  takes turns cold. A cold peer's next packet takes the full path once (about a microsecond of
+  conversions), then the fast path again. Both forms hold the same values, so turning hot or cold
+  changes no decision.
+
+An established peer at 1 M peers thus costs its dict slot (42 bytes; CPython resizes a dict
+that has seen deletions to 3x its size, so churn doubles it), its 16-byte key (49), the `Peer`
+(56) and its cold link (40): ~190 bytes instead of ~470 (`benchmarks/peer_table.py`).
 """
 
 from __future__ import annotations
 
-from typing import Final
+import struct
+from typing import Any, Final, Generic, TypeVar, cast, overload
 
 SockAddr = tuple[str, int]
+Link = SockAddr | int | None
 
 PEER_VALIDITY: Final = 30.0  # RFC 4380 §5.2.4: valid if last reception < 30 s ago
 LOCAL_PEER_VALIDITY: Final = 600.0  # RFC 4380 §5.2.4 case 3 (requirements G6)
@@ -41,97 +72,270 @@ PING_BUDGET: Final = 4  # ... repeated up to 3 times
 DEFAULT_MAX_QUEUE_BYTES: Final = 1280  # per peer, as Miredo
 DEFAULT_MAX_TOTAL_QUEUE_BYTES: Final = 4 * 1024 * 1024
 EVICTION_SCAN: Final = 64  # entries examined for a second chance before evicting the oldest
+HOT_MAPPINGS: Final = 16384  # [IMPL] peers holding their mapping as a sockaddr tuple, at most
+NEVER: Final = float("-inf")  # the time of something that did not happen
+
+_COLD: Final = struct.Struct("<H4Bd")  # a cold link: port, IPv4 octets last first, last_rx
+_COLD_SIZE: Final = _COLD.size
+_OCTETS: Final = tuple(str(value) for value in range(256))
+_OCTET_VALUES: Final = {text: value for value, text in enumerate(_OCTETS)}
+
+_T = TypeVar("_T")
 
 
-class Peer:
-    """One peer entry. Plain slots: it lives on the data path and there may be many."""
+def _freeze(sockaddr: SockAddr, rx: float) -> int | None:
+    """The cold link for a ``(dotted_quad, port)`` mapping last heard from at `rx`; None when
+    the mapping is not an IPv4 sockaddr (never from the network)."""
+    try:
+        a, b, c, d = sockaddr[0].split(".")
+        octets = _OCTET_VALUES
+        packed = _COLD.pack(sockaddr[1], octets[d], octets[c], octets[b], octets[a], rx)
+    except (AttributeError, KeyError, TypeError, ValueError, struct.error):
+        return None
+    return int.from_bytes(packed, "little")
+
+
+def _thaw(link: int) -> tuple[SockAddr, float]:
+    """The mapping and last reception time held by a cold link."""
+    port, d, c, b, a, rx = _COLD.unpack(link.to_bytes(_COLD_SIZE, "little"))
+    octets = _OCTETS
+    return (f"{octets[a]}.{octets[b]}.{octets[c]}.{octets[d]}", port), rx
+
+
+class PeerSetup:
+    """The state of a peer's setup (bubbles, echo tests, local discovery, queue).
+
+    Present only while it matters (see the module docstring); read it through `Peer`.
+    """
 
     __slots__ = (
         "bubble_window",
         "bubbles",
         "last_ping",
-        "last_rx",
         "last_tx",
         "local",
         "local_seen",
-        "mapped",
         "nonce_received",
         "nonce_sent",
         "ping_nonce",
         "pings",
         "queue",
         "queued_bytes",
-        "trusted",
     )
 
-    def __init__(self, now: float) -> None:
-        self.mapped: SockAddr | None = None
-        self.trusted = False
-        self.last_rx = now - BACKDATE
-        self.last_tx = now - BACKDATE
+    def __init__(self) -> None:
         self.bubbles = 0
-        self.bubble_window = now
+        self.bubble_window = NEVER
+        self.last_tx = NEVER  # the last bubble (the data path does not count, see tunnel.py)
         self.pings = 0
-        self.last_ping = now - BACKDATE
+        self.last_ping = NEVER
         self.ping_nonce: bytes | None = None
         self.local: SockAddr | None = None  # local discovery (RFC 4380 §5.2.8)
-        self.local_seen = now - LOCAL_PEER_VALIDITY
+        self.local_seen = NEVER
         self.queue: list[bytes] | None = None
         self.queued_bytes = 0
         self.nonce_sent: bytes | None = None  # RFC 6081 §5.2: our last indirect bubble's nonce
         self.nonce_received: bytes | None = None  # RFC 6081 §5.2: the peer's
 
+
+class _SetupField(Generic[_T]):
+    """A `Peer` attribute kept in its `PeerSetup`: reads `default` while there is none, and
+    writing anything but the default creates one."""
+
+    __slots__ = ("default", "name")
+
+    def __init__(self, default: _T) -> None:
+        self.default = default
+        self.name = ""
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, peer: None, owner: type[Any]) -> _SetupField[_T]: ...
+
+    @overload
+    def __get__(self, peer: Peer, owner: type[Any]) -> _T: ...
+
+    def __get__(self, peer: Peer | None, owner: type[Any]) -> _T | _SetupField[_T]:
+        if peer is None:
+            return self
+        setup = peer.setup
+        if setup is None:
+            return self.default
+        return cast(_T, getattr(setup, self.name))
+
+    def __set__(self, peer: Peer, value: _T) -> None:
+        setup = peer.setup
+        if setup is None:
+            if value is self.default or value == self.default:
+                return
+            setup = peer.setup = PeerSetup()
+        setattr(setup, self.name, value)
+
+
+class Peer:
+    """One peer entry: three slots, see the module docstring.
+
+    The data path reads `link` and `rx` directly: a tuple `link` is the sockaddr to send to
+    and compare with, and then `rx` is the last reception time. Everything else goes through
+    the properties.
+    """
+
+    __slots__ = ("link", "rx", "setup")
+
+    bubbles = _SetupField(0)
+    bubble_window = _SetupField(NEVER)
+    last_tx = _SetupField(NEVER)
+    pings = _SetupField(0)
+    last_ping = _SetupField(NEVER)
+    ping_nonce = _SetupField[bytes | None](None)
+    local = _SetupField[SockAddr | None](None)
+    local_seen = _SetupField(NEVER)
+    queue = _SetupField[list[bytes] | None](None)
+    queued_bytes = _SetupField(0)
+    nonce_sent = _SetupField[bytes | None](None)
+    nonce_received = _SetupField[bytes | None](None)
+
+    def __init__(self, now: float) -> None:
+        self.link: Link = None
+        self.rx = now - BACKDATE  # the last reception time, unless `link` is cold
+        self.setup: PeerSetup | None = None
+
     def __repr__(self) -> str:
-        state = "trusted" if self.trusted else "untrusted"
+        state = "trusted" if self.link is not None else "untrusted"
         return f"<Peer {state} mapped={self.mapped} queued={self.queued_bytes}>"
+
+    @property
+    def trusted(self) -> bool:
+        return self.link is not None
+
+    @property
+    def mapped(self) -> SockAddr | None:
+        """The proven mapping as a ``(dotted_quad, port)`` pair, None while untrusted."""
+        link = self.link
+        if isinstance(link, int):
+            return _thaw(link)[0]
+        return link
+
+    @property
+    def last_rx(self) -> float:
+        """When the peer was last heard from (RFC 4380 §5.2.3 "last reception date")."""
+        link = self.link
+        if isinstance(link, int):
+            return _thaw(link)[1]
+        return self.rx
+
+    @last_rx.setter
+    def last_rx(self, now: float) -> None:
+        link = self.link
+        if isinstance(link, int):
+            cold = _freeze(_thaw(link)[0], now)
+            assert cold is not None  # it was frozen before
+            self.link = cold
+        else:
+            self.rx = now
 
     def is_valid(self, now: float) -> bool:
         """Trusted and heard from recently enough to send to directly (RFC 4380 §5.2.4)."""
-        return self.trusted and now - self.last_rx < PEER_VALIDITY
+        return self.link is not None and now - self.last_rx < PEER_VALIDITY
 
     def is_local(self, now: float) -> bool:
-        return self.local is not None and now - self.local_seen < LOCAL_PEER_VALIDITY
+        setup = self.setup
+        return (
+            setup is not None
+            and setup.local is not None
+            and now - setup.local_seen < LOCAL_PEER_VALIDITY
+        )
 
     def trust(self, mapped: SockAddr, now: float) -> None:
-        """A direct packet proved `mapped` (RFC 4380 §5.2.3): trust it, reset the bubble count."""
-        self.mapped = mapped
-        self.trusted = True
-        self.last_rx = now
-        self.bubbles = 0
-        self.pings = 0
-        self.ping_nonce = None
+        """A direct packet proved `mapped` (RFC 4380 §5.2.3): trust it, reset the bubble count.
+
+        The mapping is stored cold; `PeerTable.trust` stores it hot, within the table's bound.
+        """
+        link = _freeze(mapped, now)
+        if link is None:  # not an IPv4 sockaddr (never from the network): keep it as it is
+            self._trusted(mapped, now)
+        else:
+            self._trusted(link, NEVER)
+
+    def _trusted(self, link: SockAddr | int, rx: float) -> None:
+        self.link = link
+        self.rx = rx
+        setup = self.setup
+        if setup is not None:
+            setup.bubbles = 0
+            setup.pings = 0
+            setup.ping_nonce = None
+
+    def _setup(self) -> PeerSetup:
+        setup = self.setup
+        if setup is None:
+            setup = self.setup = PeerSetup()
+        return setup
 
     def may_send_bubble(self, now: float) -> bool:
         """RFC 4380 §5.2.6 rate limits for bubbles to this peer."""
-        if now - self.bubble_window >= BUBBLE_WINDOW:
-            self.bubbles = 0
-            self.bubble_window = now
-        return now - self.last_tx >= BUBBLE_SPACING and self.bubbles < BUBBLE_BUDGET
+        setup = self.setup
+        if setup is None:
+            return True
+        if now - setup.bubble_window >= BUBBLE_WINDOW:
+            setup.bubbles = 0
+            setup.bubble_window = now
+        return now - setup.last_tx >= BUBBLE_SPACING and setup.bubbles < BUBBLE_BUDGET
 
     def note_bubble(self, now: float) -> None:
-        if self.bubbles == 0:
-            self.bubble_window = now
-        self.bubbles += 1
-        self.last_tx = now
+        setup = self._setup()
+        if setup.bubbles == 0:
+            setup.bubble_window = now
+        setup.bubbles += 1
+        setup.last_tx = now
 
     def may_ping(self, now: float) -> bool:
         """At most PING_BUDGET echo tests, PING_SPACING apart (RFC 4380 §5.2.9)."""
-        return self.pings < PING_BUDGET and now - self.last_ping >= PING_SPACING
+        setup = self.setup
+        if setup is None:
+            return True
+        return setup.pings < PING_BUDGET and now - setup.last_ping >= PING_SPACING
 
     def note_ping(self, nonce: bytes, now: float) -> None:
-        self.pings += 1
-        self.last_ping = now
-        self.ping_nonce = nonce
+        setup = self._setup()
+        setup.pings += 1
+        setup.last_ping = now
+        setup.ping_nonce = nonce
 
     def setup_exhausted(self, now: float) -> bool:
         """Both budgets are spent and the last attempt timed out: the peer is unreachable."""
-        spent_pings = self.pings >= PING_BUDGET and now - self.last_ping >= PING_SPACING
-        spent_bubbles = self.bubbles >= BUBBLE_BUDGET and now - self.last_tx >= BUBBLE_SPACING
+        setup = self.setup
+        if setup is None:
+            return False
+        spent_pings = setup.pings >= PING_BUDGET and now - setup.last_ping >= PING_SPACING
+        spent_bubbles = setup.bubbles >= BUBBLE_BUDGET and now - setup.last_tx >= BUBBLE_SPACING
         return spent_pings or spent_bubbles
+
+    def settle(self, now: float) -> None:
+        """Drop the setup state once it constrains nothing any more (see the module docstring).
+
+        Then every rule decides as for a fresh state: the spacing has long passed, and the
+        budgets count only transmissions without a direct response since.
+        """
+        setup = self.setup
+        if (
+            setup is None
+            or self.link is None
+            or setup.queue is not None
+            or setup.local is not None
+            or setup.ping_nonce is not None
+        ):
+            return
+        last = max(setup.last_tx, setup.last_ping)
+        if last <= self.last_rx and now - last >= PEER_VALIDITY:
+            self.setup = None
 
 
 class PeerTable:
-    """A bounded map from 16-byte IPv6 addresses to `Peer`, with bounded queues."""
+    """A bounded map from 16-byte IPv6 addresses to `Peer`, with bounded queues and a bounded
+    number of hot peers (see the module docstring)."""
 
     def __init__(
         self,
@@ -139,6 +343,7 @@ class PeerTable:
         idle_timeout: float = PEER_VALIDITY,
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         max_total_queue_bytes: int = DEFAULT_MAX_TOTAL_QUEUE_BYTES,
+        hot_mappings: int = HOT_MAPPINGS,
     ) -> None:
         if max_peers < 1:
             raise ValueError("max_peers must be at least 1")
@@ -146,11 +351,14 @@ class PeerTable:
         self.idle_timeout = idle_timeout
         self.max_queue_bytes = max_queue_bytes
         self.max_total_queue_bytes = max_total_queue_bytes
+        self.hot_mappings = max(1, hot_mappings)
         self.total_queued_bytes = 0
         self.evicted = 0
         self.expired = 0
         self.queue_drops = 0
         self._peers: dict[bytes, Peer] = {}
+        self._hot: list[Peer] = []  # a ring: the peers that turned hot, oldest at _hand
+        self._hand = 0
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -182,20 +390,86 @@ class PeerTable:
             self._drop_queue(peer)
         return peer
 
+    # -----------------------------------------------------------------------------------------
+    # Mappings: hot and cold
+
+    def trust(self, peer: Peer, mapped: SockAddr, now: float) -> None:
+        """`Peer.trust`, keeping the mapping hot: the data path is about to use it."""
+        was_hot = type(peer.link) is tuple
+        peer._trusted(mapped, now)
+        if not was_hot:
+            self._turn_hot(peer)
+        if peer.setup is not None:
+            peer.settle(now)
+
+    def sockaddr(self, peer: Peer) -> SockAddr | None:
+        """The peer's mapping to send to (None while untrusted), turning the peer hot."""
+        link = peer.link
+        if link is None or type(link) is tuple:
+            return link
+        assert isinstance(link, int)
+        sockaddr, peer.rx = _thaw(link)
+        peer.link = sockaddr
+        self._turn_hot(peer)
+        return sockaddr
+
+    def is_mapped_at(self, peer: Peer, source: SockAddr) -> bool:
+        """Whether `peer` is trusted at exactly `source` (turning it hot if so)."""
+        link = peer.link
+        if type(link) is tuple:
+            return link == source
+        if link is None:
+            return False
+        assert isinstance(link, int)
+        mapped, rx = _thaw(link)
+        if mapped != source:
+            return False
+        peer.rx = rx
+        peer.link = source
+        self._turn_hot(peer)
+        return True
+
+    def _turn_hot(self, peer: Peer) -> None:
+        """`peer` now holds a sockaddr tuple: give it a place in the ring, cooling the oldest."""
+        ring = self._hot
+        if len(ring) < min(self.hot_mappings, self.max_peers):
+            ring.append(peer)
+            return
+        hand = self._hand
+        if hand >= len(ring):
+            hand = 0
+        oldest = ring[hand]
+        ring[hand] = peer
+        self._hand = hand + 1
+        if oldest is not peer:
+            link = oldest.link
+            if type(link) is tuple:
+                cold = _freeze(link, oldest.rx)
+                if cold is not None:
+                    oldest.link = cold
+                    oldest.rx = NEVER
+
+    # -----------------------------------------------------------------------------------------
+    # Queues
+
     def enqueue(self, peer: Peer, packet: bytes) -> bool:
         """Queue `packet` for `peer` until its setup completes; False (and counted) if full."""
         size = len(packet)
+        setup = peer.setup
+        queued = 0 if setup is None else setup.queued_bytes
         if (
-            peer.queued_bytes + size > self.max_queue_bytes
+            queued + size > self.max_queue_bytes
             or self.total_queued_bytes + size > self.max_total_queue_bytes
         ):
             self.queue_drops += 1
             return False
-        if peer.queue is None:
-            peer.queue = [packet]
+        if setup is None:
+            setup = peer.setup = PeerSetup()
+        if setup.queue is None:
+            setup.queue = [packet]
         else:
-            peer.queue.append(packet)
-        peer.queued_bytes += size
+            setup.queue.append(packet)
+        setup.queued_bytes += size
         self.total_queued_bytes += size
         return True
 
@@ -207,12 +481,17 @@ class PeerTable:
 
     def discard_queue(self, peer: Peer) -> int:
         """Drop the queue (setup failed); return how many packets were dropped."""
-        count = len(peer.queue) if peer.queue else 0
+        queue = peer.queue
+        count = len(queue) if queue else 0
         self._drop_queue(peer)
         return count
 
+    # -----------------------------------------------------------------------------------------
+    # Expiry and eviction
+
     def sweep(self, now: float, budget: int = 1024) -> list[tuple[bytes, Peer]]:
         """Examine up to `budget` entries from the oldest; remove the idle ones and return them.
+        Kept entries whose setup state is at rest lose it (`Peer.settle`).
 
         Call it from a periodic timer: the whole table is visited in len/budget calls.
         """
@@ -226,14 +505,21 @@ class PeerTable:
                 removed.append((address, peer))
                 self.expired += 1
             else:
+                if peer.setup is not None:
+                    peer.settle(now)
                 peers[address] = peer  # second chance: to the back
         return removed
 
     def _idle(self, peer: Peer, now: float) -> bool:
-        last = max(peer.last_rx, peer.last_tx, peer.last_ping)
-        if peer.local is not None:
-            last = max(last, peer.local_seen)
-        return now - last >= self.idle_timeout and not peer.queue
+        last = peer.last_rx
+        setup = peer.setup
+        if setup is not None:
+            if setup.queue:
+                return False
+            last = max(last, setup.last_tx, setup.last_ping)
+            if setup.local is not None:
+                last = max(last, setup.local_seen)
+        return now - last >= self.idle_timeout
 
     def _evict_one(self, now: float) -> None:
         peers = self._peers
@@ -241,7 +527,7 @@ class PeerTable:
         for _ in range(min(len(peers), EVICTION_SCAN)):
             address = next(iter(peers))
             peer = peers.pop(address)
-            if self._idle(peer, now) or not peer.trusted:
+            if peer.link is None or self._idle(peer, now):
                 break
             peers[address] = peer
         else:
@@ -251,6 +537,8 @@ class PeerTable:
         self.evicted += 1
 
     def _drop_queue(self, peer: Peer) -> None:
-        self.total_queued_bytes -= peer.queued_bytes
-        peer.queue = None
-        peer.queued_bytes = 0
+        setup = peer.setup
+        if setup is not None:
+            self.total_queued_bytes -= setup.queued_bytes
+            setup.queue = None
+            setup.queued_bytes = 0

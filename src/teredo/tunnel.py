@@ -303,10 +303,13 @@ class TunnelEngine:
         if len(packet) < IPV6_HEADER_LENGTH:
             return None
         peer = self.peers.get(bytes(packet[24:40]))
-        if peer is None or not peer.trusted or now - peer.last_rx >= PEER_VALIDITY:
+        if peer is None:
+            return None
+        link = peer.link  # a tuple when trusted and hot (peers.py); then `rx` is last_rx
+        if type(link) is not tuple or now - peer.rx >= PEER_VALIDITY:
             return None
         self.fast_tx += 1
-        return peer.mapped
+        return link
 
     def accept_from_teredo(
         self, data: bytes | bytearray | memoryview, source: SockAddr, now: float
@@ -321,11 +324,14 @@ class TunnelEngine:
         if IPV6_HEADER_LENGTH + ((data[4] << 8) | data[5]) != size:
             return False  # trailers, truncation or a bubble with trailers: the full path
         peer = self.peers.get(bytes(data[8:24]))
-        if peer is None or not peer.trusted or peer.mapped != source or peer.queue is not None:
+        if peer is None or peer.link != source:  # only a hot, trusted peer's link is a tuple
+            return False
+        setup = peer.setup
+        if setup is not None and setup.queue is not None:
             return False
         if not self._serves(bytes(data[24:40])):
             return False
-        peer.last_rx = now
+        peer.rx = now
         self.fast_rx += 1
         return True
 
@@ -357,7 +363,7 @@ class TunnelEngine:
         peers = self.peers
         peer = peers.get(src)
         bubble = ipv6[6] == NextHeader.NO_NEXT_HEADER and len(ipv6) == IPV6_HEADER_LENGTH
-        if peer is not None and peer.trusted and peer.mapped == source:
+        if peer is not None and peers.is_mapped_at(peer, source):
             peer.last_rx = now  # rx case 1
             if peer.queue:  # a stale peer was being set up again: it answered
                 self._flush(peer, source)
@@ -402,8 +408,9 @@ class TunnelEngine:
         peer = self.peers.get(dst)
         if peer is not None and peer.is_valid(now):
             self.count("sent")
-            assert peer.mapped is not None
-            self._datagrams.append((packet, peer.mapped))
+            mapped = self.peers.sockaddr(peer)  # the mapping, hot for the fast path
+            assert mapped is not None
+            self._datagrams.append((packet, mapped))
             return
         if not self.is_teredo(dst):
             self._on_native_destination(packet, dst, now)
@@ -504,7 +511,7 @@ class TunnelEngine:
             peer = peers.create(address, now)
             self.count("peers_created")
         was = peer.trusted
-        peer.trust(mapping, now)
+        peers.trust(peer, mapping, now)
         if peer.queue:
             self._flush(peer, mapping)
         if not was:

@@ -7,7 +7,14 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from teredo.peers import BUBBLE_BUDGET, PING_BUDGET, Peer, PeerTable
+from teredo.peers import (
+    BUBBLE_BUDGET,
+    NEVER,
+    PEER_VALIDITY,
+    PING_BUDGET,
+    Peer,
+    PeerTable,
+)
 
 
 def key(i: int) -> bytes:
@@ -17,8 +24,10 @@ def key(i: int) -> bytes:
 def test_new_entries_are_backdated_and_untrusted() -> None:
     peer = Peer(now=100.0)
     assert not peer.trusted and not peer.is_valid(100.0)
-    assert peer.last_tx == 70.0 and peer.last_rx == 70.0
+    # RFC 4380 §5.2.3: last reception and transmission at least 30 s in the past.
+    assert peer.last_rx == 70.0 and peer.last_tx <= 70.0
     assert peer.may_send_bubble(100.0)  # RFC 4380 §5.2.6: the first bubble goes at once
+    assert peer.setup is None  # nothing to remember yet
 
 
 def test_validity_is_30_seconds_after_last_reception() -> None:
@@ -106,3 +115,99 @@ def test_flood_of_new_sources_stays_bounded(events: list[tuple[int, int]]) -> No
         assert len(table) <= 50
         assert table.total_queued_bytes <= 8000
         assert table.total_queued_bytes == sum(p.queued_bytes for _, p in table.items())
+
+
+# -- memory layout: setup state on demand, hot and cold mappings (module docstring) ----------
+
+
+def test_setup_state_exists_only_while_it_matters() -> None:
+    peer = Peer(now=0.0)
+    peer.nonce_received = None  # writing an initial value creates nothing
+    peer.pings = 0
+    assert peer.setup is None and peer.last_tx == NEVER and peer.queue is None
+    peer.note_bubble(1.0)
+    assert peer.setup is not None and peer.bubbles == 1 and peer.last_tx == 1.0
+    peer.trust(("192.0.2.1", 4096), now=1.5)
+    assert peer.bubbles == 0  # a direct response resets the count (RFC 4380 §5.2.6)
+    peer.settle(now=20.0)
+    assert peer.setup is not None  # the last bubble is recent: its spacing and nonce count
+    peer.settle(now=1.0 + PEER_VALIDITY)
+    assert peer.setup is None
+    assert peer.may_send_bubble(40.0) and peer.last_tx == NEVER
+
+
+def test_setup_state_is_kept_for_queues_local_peers_and_untrusted_peers() -> None:
+    table = PeerTable()
+    queued = table.create(key(1), now=0.0)
+    table.enqueue(queued, b"packet")
+    table.trust(queued, ("192.0.2.1", 1), now=0.0)
+    local = table.create(key(2), now=0.0)
+    local.local = ("10.0.0.2", 3544)
+    local.local_seen = 0.0
+    table.trust(local, ("192.0.2.2", 1), now=0.0)
+    untrusted = table.create(key(3), now=0.0)
+    untrusted.note_bubble(0.0)
+    for peer in (queued, local, untrusted):
+        peer.settle(now=1000.0)
+        assert peer.setup is not None
+    assert table.take_queue(queued) == [b"packet"]
+    queued.settle(now=1000.0)
+    assert queued.setup is None
+
+
+def test_a_peer_answered_after_our_bubble_sheds_its_setup_in_the_sweep() -> None:
+    table = PeerTable(idle_timeout=600.0)
+    peer = table.create(key(1), now=0.0)
+    peer.note_bubble(0.0)
+    peer.nonce_sent = b"1234"
+    table.trust(peer, ("192.0.2.1", 1), now=0.5)
+    assert peer.setup is not None and peer.nonce_sent == b"1234"
+    peer.last_rx = 40.0
+    assert table.sweep(now=40.0) == []
+    assert peer.setup is None and peer.nonce_sent is None and peer.is_valid(40.0)
+
+
+def test_hot_mappings_are_bounded_and_cold_ones_keep_every_value() -> None:
+    table = PeerTable(max_peers=100, hot_mappings=2)
+    peers = []
+    for i in range(5):
+        peer = table.create(key(i), now=float(i))
+        table.trust(peer, (f"192.0.2.{i}", 1000 + i), now=i + 0.25)
+        peers.append(peer)
+    assert sum(type(peer.link) is tuple for peer in peers) == 2
+    for i, peer in enumerate(peers):
+        assert peer.trusted and peer.mapped == (f"192.0.2.{i}", 1000 + i)
+        assert peer.last_rx == i + 0.25 and peer.is_valid(i + 30.0)
+    cold = peers[0]
+    assert type(cold.link) is int
+    assert not table.is_mapped_at(cold, ("192.0.2.0", 999))
+    assert type(cold.link) is int  # a mismatch does not warm it
+    assert table.is_mapped_at(cold, ("192.0.2.0", 1000))
+    assert cold.link == ("192.0.2.0", 1000) and cold.rx == 0.25
+    assert sum(type(peer.link) is tuple for peer in peers) == 2
+    assert table.sockaddr(peers[1]) == ("192.0.2.1", 1001)
+    assert peers[1].link == ("192.0.2.1", 1001)
+    cold = peers[4]
+    assert type(cold.link) is int
+    cold.last_rx = 99.0  # a cold peer's time is written in place
+    assert cold.last_rx == 99.0 and cold.mapped == ("192.0.2.4", 1004)
+
+
+def test_a_mapping_that_is_not_ipv4_stays_as_given() -> None:
+    peer = Peer(now=0.0)
+    peer.trust(("relay.example", 3544), now=1.0)
+    assert peer.link == ("relay.example", 3544) and peer.last_rx == 1.0
+
+
+@given(
+    st.ip_addresses(v=4),
+    st.integers(0, 0xFFFF),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_cold_links_round_trip(address: object, port: int, now: float) -> None:
+    peer = Peer(now=0.0)
+    peer.trust((str(address), port), now)
+    assert type(peer.link) is int
+    assert peer.mapped == (str(address), port) and peer.last_rx == now
+    table = PeerTable()
+    assert table.sockaddr(peer) == (str(address), port) and peer.rx == now
