@@ -17,8 +17,8 @@ memory stays bounded: `max_peers` entries, each with at most `max_queue_bytes` q
 
 The table is bounded: inserting into a full table evicts the least recently used entry. Use is
 not tracked by reordering on every packet (that would cost on the data path); instead eviction
-and the idle sweep give entries a second chance (CLOCK): an entry at the front of the insertion
-order that was used within the idle timeout is moved to the back rather than dropped.
+and the idle sweep share one CLOCK hand going round the entries in insertion order, and give a
+second chance to an entry used within the idle timeout: the hand passes it rather than drop it.
 
 Memory layout
 -------------
@@ -357,7 +357,9 @@ class PeerTable:
         self.expired = 0
         self.queue_drops = 0
         self._peers: dict[bytes, Peer] = {}
-        self._hot: list[Peer] = []  # a ring: the peers that turned hot, oldest at _hand
+        self._hot: list[Peer] = []  # a ring: the peers that turned hot, oldest at _hot_hand
+        self._hot_hand = 0
+        self._round: list[bytes] = []  # the CLOCK hand's round: addresses in insertion order
         self._hand = 0
 
     def __len__(self) -> int:
@@ -396,11 +398,13 @@ class PeerTable:
     def trust(self, peer: Peer, mapped: SockAddr, now: float) -> None:
         """`Peer.trust`, keeping the mapping hot: the data path is about to use it."""
         was_hot = type(peer.link) is tuple
-        peer._trusted(mapped, now)
+        peer.link = mapped
+        peer.rx = now
+        if peer.setup is not None:
+            peer._trusted(mapped, now)  # the counts it resets
+            peer.settle(now)
         if not was_hot:
             self._turn_hot(peer)
-        if peer.setup is not None:
-            peer.settle(now)
 
     def sockaddr(self, peer: Peer) -> SockAddr | None:
         """The peer's mapping to send to (None while untrusted), turning the peer hot."""
@@ -435,12 +439,12 @@ class PeerTable:
         if len(ring) < min(self.hot_mappings, self.max_peers):
             ring.append(peer)
             return
-        hand = self._hand
+        hand = self._hot_hand
         if hand >= len(ring):
             hand = 0
         oldest = ring[hand]
         ring[hand] = peer
-        self._hand = hand + 1
+        self._hot_hand = hand + 1
         if oldest is not peer:
             link = oldest.link
             if type(link) is tuple:
@@ -490,25 +494,43 @@ class PeerTable:
     # Expiry and eviction
 
     def sweep(self, now: float, budget: int = 1024) -> list[tuple[bytes, Peer]]:
-        """Examine up to `budget` entries from the oldest; remove the idle ones and return them.
-        Kept entries whose setup state is at rest lose it (`Peer.settle`).
+        """Examine up to `budget` entries at the CLOCK hand; remove the idle ones and return
+        them. Kept entries whose setup state is at rest lose it (`Peer.settle`).
 
         Call it from a periodic timer: the whole table is visited in len/budget calls.
         """
         peers = self._peers
         removed = []
         for _ in range(min(budget, len(peers))):
-            address = next(iter(peers))
-            peer = peers.pop(address)
+            address, peer = self._advance()
             if self._idle(peer, now):
+                del peers[address]
                 self._drop_queue(peer)
                 removed.append((address, peer))
                 self.expired += 1
-            else:
-                if peer.setup is not None:
-                    peer.settle(now)
-                peers[address] = peer  # second chance: to the back
+            elif peer.setup is not None:
+                peer.settle(now)
         return removed
+
+    def _advance(self) -> tuple[bytes, Peer]:
+        """The entry under the CLOCK hand, which moves on (the table must not be empty).
+
+        The hand walks a snapshot of the addresses in insertion order, taken when the last one
+        ran out: popping from the front of the dict and re-inserting at the back would leave
+        deleted slots at its front, which every ``next(iter(dict))`` steps over again
+        (quadratic at a million entries), and would make CPython resize the dict.
+        """
+        peers = self._peers
+        while True:
+            hand = self._hand
+            if hand >= len(self._round):
+                self._round = list(peers)
+                hand = 0
+            address = self._round[hand]
+            self._hand = hand + 1
+            peer = peers.get(address)
+            if peer is not None:  # else removed since the snapshot
+                return address, peer
 
     def _idle(self, peer: Peer, now: float) -> bool:
         last = peer.last_rx
@@ -525,14 +547,12 @@ class PeerTable:
         peers = self._peers
         # Second chance for trusted, recently used entries; a bounded scan keeps inserts O(1).
         for _ in range(min(len(peers), EVICTION_SCAN)):
-            address = next(iter(peers))
-            peer = peers.pop(address)
+            address, peer = self._advance()
             if peer.link is None or self._idle(peer, now):
                 break
-            peers[address] = peer
         else:
-            address = next(iter(peers))
-            peer = peers.pop(address)
+            address, peer = self._advance()
+        del peers[address]
         self._drop_queue(peer)
         self.evicted += 1
 

@@ -104,6 +104,21 @@ def test_sweep_expires_idle_entries_and_keeps_active_ones() -> None:
     assert table.expired == 9
 
 
+def test_sweep_slices_go_round_the_table_once_per_round() -> None:
+    table = PeerTable(max_peers=100, idle_timeout=30.0)
+    for i in range(10):
+        table.trust(table.create(key(i), now=0.0), ("192.0.2.1", 1), now=0.0)
+    assert table.sweep(now=1.0, budget=4) == []
+    table.remove(key(5))  # under the hand's next slice: skipped
+    fresh = table.create(key(10), now=1.0)  # after the round's snapshot: next round
+    table.trust(fresh, ("192.0.2.1", 1), now=44.0)
+    removed = table.sweep(now=45.0, budget=5)
+    assert [address for address, _ in removed] == [key(i) for i in (4, 6, 7, 8, 9)]
+    removed = table.sweep(now=45.0, budget=5)
+    assert [address for address, _ in removed] == [key(i) for i in (0, 1, 2, 3)]
+    assert key(10) in table and len(table) == 1
+
+
 @given(st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 1500)), max_size=300))
 def test_flood_of_new_sources_stays_bounded(events: list[tuple[int, int]]) -> None:
     table = PeerTable(max_peers=50, max_queue_bytes=1280, max_total_queue_bytes=8000)
