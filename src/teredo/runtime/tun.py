@@ -142,18 +142,12 @@ class TunDevice:
         The kernel rejects (EINVAL) a packet whose first nibble is not an IP version. With a
         virtio-net header, a plain one (nothing to offload) goes first.
         """
+        if self.vnet_hdr:
+            return self.write_with_header(PLAIN_HEADER, packet)
         try:
-            if self.vnet_hdr:
-                os.writev(self.fd, (PLAIN_HEADER, packet))
-            else:
-                os.write(self.fd, packet)
-        except BlockingIOError:
-            self.write_eagain += 1
-            return False
+            os.write(self.fd, packet)
         except OSError as error:
-            self.write_errors += 1
-            log.debug("write to %s failed: %s", self.name, error)
-            return False
+            return self._write_failed(error)
         return True
 
     def write_with_header(self, header: bytes, packet: bytes | bytearray | memoryview) -> bool:
@@ -161,14 +155,17 @@ class TunDevice:
         cut); needs `offload=True`. On failure count it and return False."""
         try:
             os.writev(self.fd, (header, packet))
-        except BlockingIOError:
-            self.write_eagain += 1
-            return False
         except OSError as error:
+            return self._write_failed(error)
+        return True
+
+    def _write_failed(self, error: OSError) -> bool:
+        if isinstance(error, BlockingIOError):
+            self.write_eagain += 1
+        else:
             self.write_errors += 1
             log.debug("write to %s failed: %s", self.name, error)
-            return False
-        return True
+        return False
 
     def counters(self) -> dict[str, int]:
         """The failure counters, for a status document."""
