@@ -48,9 +48,10 @@ layout is cut to the established peer:
   conversions), then the fast path again. Both forms hold the same values, so turning hot or cold
   changes no decision.
 
-An established peer at 1 M peers thus costs its dict slot (42 bytes; CPython resizes a dict
-that has seen deletions to 3x its size, so churn doubles it), its 16-byte key (49), the `Peer`
-(56) and its cold link (40): ~190 bytes instead of ~470 (`benchmarks/peer_table.py`).
+An established peer at 1 M peers thus costs its dict slot (42 bytes), its 16-byte key (49), the
+`Peer` (56), its cold link (40) and its share of the hot ring (2): ~190 bytes instead of ~490
+(`benchmarks/peer_table.py`). After churn, ~50 more: CPython resizes a dict that saw deletions
+to three times its entries (84 bytes a slot at 1 M), and the CLOCK hand's round takes 8.
 """
 
 from __future__ import annotations
@@ -238,7 +239,10 @@ class Peer:
 
     def is_valid(self, now: float) -> bool:
         """Trusted and heard from recently enough to send to directly (RFC 4380 §5.2.4)."""
-        return self.link is not None and now - self.last_rx < PEER_VALIDITY
+        link = self.link
+        if type(link) is tuple:
+            return now - self.rx < PEER_VALIDITY
+        return link is not None and now - self.last_rx < PEER_VALIDITY
 
     def is_local(self, now: float) -> bool:
         setup = self.setup
@@ -409,7 +413,7 @@ class PeerTable:
     def sockaddr(self, peer: Peer) -> SockAddr | None:
         """The peer's mapping to send to (None while untrusted), turning the peer hot."""
         link = peer.link
-        if link is None or type(link) is tuple:
+        if type(link) is tuple or link is None:
             return link
         assert isinstance(link, int)
         sockaddr, peer.rx = _thaw(link)

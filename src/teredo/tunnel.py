@@ -364,7 +364,7 @@ class TunnelEngine:
         peer = peers.get(src)
         bubble = ipv6[6] == NextHeader.NO_NEXT_HEADER and len(ipv6) == IPV6_HEADER_LENGTH
         if peer is not None and peers.is_mapped_at(peer, source):
-            peer.last_rx = now  # rx case 1
+            peer.rx = now  # rx case 1 (the peer is hot now: `rx` is its last_rx)
             if peer.queue:  # a stale peer was being set up again: it answered
                 self._flush(peer, source)
         elif self.is_teredo(src) and embedded_sockaddr(src) == source:
