@@ -361,7 +361,7 @@ class PeerTable:
         self.expired = 0
         self.queue_drops = 0
         self._peers: dict[bytes, Peer] = {}
-        self._hot: list[Peer] = []  # a ring: the peers that turned hot, oldest at _hot_hand
+        self._hot: list[Peer] = []  # a ring: the peers that turned hot, the oldest at _hot_hand
         self._hot_hand = 0
         self._round: list[bytes] = []  # the CLOCK hand's round: addresses in insertion order
         self._hand = 0
@@ -440,11 +440,12 @@ class PeerTable:
     def _turn_hot(self, peer: Peer) -> None:
         """`peer` now holds a sockaddr tuple: give it a place in the ring, cooling the oldest."""
         ring = self._hot
-        if len(ring) < min(self.hot_mappings, self.max_peers):
-            ring.append(peer)
-            return
         hand = self._hot_hand
-        if hand >= len(ring):
+        if hand >= len(ring):  # the ring is growing, or the hand went round
+            if hand < min(self.hot_mappings, self.max_peers):
+                ring.append(peer)
+                self._hot_hand = hand + 1
+                return
             hand = 0
         oldest = ring[hand]
         ring[hand] = peer

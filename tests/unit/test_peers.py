@@ -208,6 +208,18 @@ def test_hot_mappings_are_bounded_and_cold_ones_keep_every_value() -> None:
     assert cold.last_rx == 99.0 and cold.mapped == ("192.0.2.4", 1004)
 
 
+def test_a_new_mapping_while_hot_is_the_one_kept_when_cooling() -> None:
+    table = PeerTable(max_peers=100, hot_mappings=2)
+    moving = table.create(key(0), now=0.0)
+    table.trust(moving, ("192.0.2.1", 1), now=0.0)
+    table.trust(moving, ("192.0.2.1", 1), now=0.5)  # the same mapping: one place in the ring
+    table.trust(moving, ("198.51.100.1", 2), now=1.0)  # NAT rebinding: a second place
+    for i in (1, 2):
+        table.trust(table.create(key(i), now=1.0), ("192.0.2.9", i), now=1.0)
+    assert type(moving.link) is int
+    assert moving.mapped == ("198.51.100.1", 2) and moving.last_rx == 1.0
+
+
 def test_a_mapping_that_is_not_ipv4_stays_as_given() -> None:
     peer = Peer(now=0.0)
     peer.trust(("relay.example", 3544), now=1.0)
