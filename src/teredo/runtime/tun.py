@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Final
 
 from teredo.errors import UsageError, UserError
+from teredo.offload import PLAIN_HEADER, VNET_HEADER_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ OFFLOAD_CHOICES: Final = (
 )
 
 IFNAMSIZ: Final = 16  # including the terminating NUL
-VNET_HEADER_BYTES: Final = 10  # sizeof(struct virtio_net_hdr), the kernel's default
-PLAIN_HEADER: Final = bytes(VNET_HEADER_BYTES)  # a packet with nothing left to do
 READ_BUFFER_BYTES: Final = 65536 + VNET_HEADER_BYTES  # any packet, even a GSO super-packet
 DRAIN_LIMIT: Final = 64  # packets per readiness callback
 
