@@ -1,14 +1,14 @@
 """Only the optional C accelerator lives here; everything else is in pyproject.toml.
 
-`teredo._checksum` sums packets for the offloaded data path (see src/teredo/_checksum.c).
+`teredo._accel` sums, cuts and joins packets for the offloaded data path (src/teredo/_accel.c).
 `optional=True`: where no C compiler is available the install still succeeds and teredo uses
-its pure-Python sum.
+its pure-Python twins of the same functions.
 """
 
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("teredo._checksum", ["src/teredo/_checksum.c"], optional=True),
+        Extension("teredo._accel", ["src/teredo/_accel.c"], optional=True),
     ]
 )

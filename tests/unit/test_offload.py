@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from teredo.offload import (
+    ACCELERATED,
+    COALESCED_BYTES,
     GSO_ECN,
     GSO_TCPV6,
     GSO_UDP_L4,
@@ -18,11 +20,13 @@ from teredo.offload import (
     TCP_CWR,
     TCP_FIN,
     TCP_PSH,
-    Coalescer,
     OffloadError,
+    coalesce_segments,
     complete_checksum,
     ones_complement_sum,
+    python_coalesce_segments,
     python_ones_complement_sum,
+    python_segment,
     segment,
 )
 from teredo.wire import internet_checksum
@@ -177,12 +181,29 @@ def test_segment_refuses_a_short_output_buffer() -> None:
         segment(memoryview(packet), GSO_TCPV6, 1000, memoryview(bytearray(1000)))
 
 
+COALESCERS = pytest.mark.parametrize("coalesce", [coalesce_segments, python_coalesce_segments])
+
+
 def cut(packet: bytes, mss: int) -> list[bytes]:
     out = memoryview(bytearray(len(packet) * 3 + 4096))
     _, size, end = segment(memoryview(packet), GSO_TCPV6, mss, out)
     return [bytes(out[start : min(start + size, end)]) for start in range(0, end, size)]
 
 
+def coalesced(
+    coalesce: Callable[[bytes, int, memoryview], tuple[int, int]], datagrams: list[bytes]
+) -> tuple[int, bytes, bytes]:
+    """(count, header, packet) of joining one read's datagrams (all the first's size but the
+    last); when only the first is taken, it comes back as it is with a plain header."""
+    out = memoryview(bytearray(COALESCED_BYTES))
+    count, length = coalesce(b"".join(datagrams), len(datagrams[0]), out)
+    if count == 1:
+        assert length == 0
+        return 1, bytes(10), datagrams[0]
+    return count, bytes(out[:10]), bytes(out[10:length])
+
+
+@COALESCERS
 @given(
     payload=st.binary(min_size=1, max_size=20000),
     mss=st.integers(min_value=100, max_value=1220),
@@ -190,22 +211,21 @@ def cut(packet: bytes, mss: int) -> list[bytes]:
     push=st.booleans(),
 )
 def test_coalescing_segments_gives_back_the_super_packet(
-    payload: bytes, mss: int, sequence: int, push: bool
+    coalesce: Callable[[bytes, int, memoryview], tuple[int, int]],
+    payload: bytes,
+    mss: int,
+    sequence: int,
+    push: bool,
 ) -> None:
     flags = TCP_ACK | (TCP_PSH if push else 0)
     options = bytes([1, 1, 8, 10]) + bytes(range(8))
     original = tcp_packet(payload, sequence=sequence, flags=flags, options=options)
-    coalescer = Coalescer()
     pieces = cut(original, mss)
-    for piece in pieces:
-        assert coalescer.add(piece)
-    assert len(coalescer) == len(pieces)
-    header, packet = coalescer.take()
-    assert len(coalescer) == 0
-    got = bytes(packet)
+    count, header, got = coalesced(coalesce, pieces)
     if len(pieces) == 1:
         assert header == bytes(10) and got == pieces[0]
         return
+    assert count == len(pieces)  # at most 20000 / 100 = 200 > 64: see the next test
     flags_, gso_type, header_bytes, gso_size, csum_start, csum_offset = struct.unpack(
         "<BBHHHH", header
     )
@@ -216,51 +236,48 @@ def test_coalescing_segments_gives_back_the_super_packet(
     assert got[56:58] == partial[56:58]
 
 
-def test_coalescing_refuses_what_linux_would_not_join() -> None:
+@COALESCERS
+def test_coalescing_refuses_what_linux_would_not_join(
+    coalesce: Callable[[bytes, int, memoryview], tuple[int, int]],
+) -> None:
     options = bytes([1, 1, 8, 10]) + bytes(range(8))
-    first = tcp_packet(bytes(1000), sequence=1000, flags=TCP_ACK, options=options)
-    first = bytes(cut(first, 1000)[0])  # valid checksum
-    coalescer = Coalescer()
-    assert coalescer.add(first)
-    gap = cut(tcp_packet(bytes(1000), sequence=3000, flags=TCP_ACK, options=options), 1000)[0]
-    assert not coalescer.add(gap)
-    other_options = bytes([1, 1, 8, 10]) + bytes(8)
-    changed = cut(
-        tcp_packet(bytes(1000), sequence=2000, flags=TCP_ACK, options=other_options), 1000
-    )
-    assert not coalescer.add(changed[0])
-    fin = cut(
-        tcp_packet(bytes(1000), sequence=2000, flags=TCP_ACK | TCP_FIN, options=options), 1000
-    )
-    assert not coalescer.add(fin[0])
-    good = cut(tcp_packet(bytes(1000), sequence=2000, flags=TCP_ACK, options=options), 1000)[0]
-    damaged = bytearray(good)
+
+    def piece(
+        sequence: int, *, flags: int = TCP_ACK, size: int = 1000, opts: bytes = options
+    ) -> bytes:
+        return cut(tcp_packet(bytes(size), sequence=sequence, flags=flags, options=opts), 1000)[0]
+
+    first = piece(1000)
+    assert coalesced(coalesce, [first, piece(3000)])[0] == 1  # a gap in the sequence
+    changed = piece(2000, opts=bytes([1, 1, 8, 10]) + bytes(8))
+    assert coalesced(coalesce, [first, changed])[0] == 1
+    assert coalesced(coalesce, [first, piece(2000, flags=TCP_ACK | TCP_FIN)])[0] == 1
+    damaged = bytearray(piece(2000))
     damaged[-1] ^= 1
-    assert not coalescer.add(bytes(damaged))
-    assert coalescer.add(good)
-    short = cut(tcp_packet(bytes(10), sequence=3000, flags=TCP_ACK, options=options), 1000)[0]
-    assert coalescer.add(short)
-    after_short = cut(tcp_packet(bytes(10), sequence=3010, flags=TCP_ACK, options=options), 1000)
-    assert not coalescer.add(after_short[0])  # a short segment ends the super-packet
-    assert len(coalescer) == 3
-    assert not Coalescer().add(ipv6(17, bytes(100)))
+    assert coalesced(coalesce, [first, bytes(damaged)])[0] == 1
+    assert coalesced(coalesce, [bytes(damaged), piece(3000)])[0] == 1
+    assert coalesced(coalesce, [piece(1000, flags=TCP_ACK | TCP_PSH), piece(2000)])[0] == 1
+    # A shorter datagram can only be the last of a read, and is taken.
+    assert coalesced(coalesce, [first, piece(2000), piece(3000, size=10)])[0] == 3
+    count, _, got = coalesced(coalesce, [first, piece(2000, flags=TCP_ACK | TCP_PSH)])
+    assert count == 2 and got[53] == TCP_ACK | TCP_PSH  # PSH ends it, and is kept
+    no_checksum = ipv6(17, struct.pack("!HHHH", 1, 2, 108, 0) + bytes(100))
+    assert coalesced(coalesce, [no_checksum, no_checksum])[0] == 1
 
 
+@COALESCERS
 @given(
     payload=st.binary(min_size=1, max_size=20000), size=st.integers(min_value=16, max_value=1232)
 )
-def test_coalescing_udp_datagrams_gives_back_the_super_packet(payload: bytes, size: int) -> None:
+def test_coalescing_udp_datagrams_gives_back_the_super_packet(
+    coalesce: Callable[[bytes, int, memoryview], tuple[int, int]], payload: bytes, size: int
+) -> None:
     original = ipv6(17, struct.pack("!HHHH", 5201, 40000, 8 + len(payload), 0) + payload)
     out = memoryview(bytearray(len(original) * 3 + 4096))
     _, step, end = segment(memoryview(original), GSO_UDP_L4, size, out)
     datagrams = [bytes(out[start : min(start + step, end)]) for start in range(0, end, step)]
-    coalescer = Coalescer()
-    taken = [coalescer.add(datagram) for datagram in datagrams]
-    assert taken[:MAX_COALESCED] == [True] * min(len(datagrams), MAX_COALESCED)
-    assert not any(taken[MAX_COALESCED:])
-    count = len(coalescer)
-    header, packet = coalescer.take()
-    got = bytes(packet)
+    count, header, got = coalesced(coalesce, datagrams)
+    assert count == min(len(datagrams), MAX_COALESCED)
     if count == 1:
         assert header == bytes(10) and got == datagrams[0]
         return
@@ -270,3 +287,74 @@ def test_coalescing_udp_datagrams_gives_back_the_super_packet(payload: bytes, si
     assert struct.unpack("!H", got[4:6])[0] == struct.unpack("!H", got[44:46])[0] == 8 + len(joined)
     partial = with_partial_checksum(got, 46)
     assert got[46:48] == partial[46:48]
+
+
+@COALESCERS
+def test_coalescing_refuses_bad_arguments(
+    coalesce: Callable[[bytes, int, memoryview], tuple[int, int]],
+) -> None:
+    with pytest.raises(OffloadError):
+        coalesce(bytes(100), 0, memoryview(bytearray(COALESCED_BYTES)))
+    with pytest.raises(OffloadError):
+        coalesce(bytes(100), 50, memoryview(bytearray(1000)))
+
+
+def mutations(packets: list[bytes]) -> st.SearchStrategy[tuple[bytes, int]]:
+    """One read's worth of datagrams built from `packets`, then bytes flipped at random."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> tuple[bytes, int]:
+        chosen = draw(st.lists(st.sampled_from(packets), min_size=1, max_size=70))
+        segment_size = len(chosen[0])
+        data = bytearray(b"".join(p[:segment_size].ljust(segment_size, b"\0") for p in chosen))
+        data = data[: draw(st.integers(1, len(data)))]
+        for _ in range(draw(st.integers(0, 4))):
+            data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
+        return bytes(data), segment_size
+
+    return build()
+
+
+def _twin_packets() -> list[bytes]:
+    options = bytes([1, 1, 8, 10]) + bytes(range(8))
+    stream = tcp_packet(bytes(range(256)) * 20, sequence=7, flags=TCP_ACK, options=options)
+    udp = ipv6(17, struct.pack("!HHHH", 5201, 40000, 8 + 3000, 0) + bytes(3000))
+    out = memoryview(bytearray(20000))
+    _, step, end = segment(memoryview(udp), GSO_UDP_L4, 600, out)
+    return cut(stream, 600) + [bytes(out[i : min(i + step, end)]) for i in range(0, end, step)]
+
+
+@pytest.mark.skipif(not ACCELERATED, reason="the C accelerator is not built here")
+@given(mutations(_twin_packets()))
+def test_the_c_and_python_coalescers_agree(read: tuple[bytes, int]) -> None:
+    data, segment_size = read
+    outs = [memoryview(bytearray(COALESCED_BYTES)) for _ in range(2)]
+    results = [
+        join(data, segment_size, out)
+        for join, out in zip((coalesce_segments, python_coalesce_segments), outs, strict=True)
+    ]
+    assert results[0] == results[1]
+    assert outs[0][: results[0][1]] == outs[1][: results[1][1]]
+
+
+@pytest.mark.skipif(not ACCELERATED, reason="the C accelerator is not built here")
+@given(
+    mutations(_twin_packets()),
+    st.sampled_from([GSO_TCPV6, GSO_UDP_L4, GSO_TCPV6 | GSO_ECN, 0]),
+    st.integers(0, 1300),
+)
+def test_the_c_and_python_segmenters_agree(
+    read: tuple[bytes, int], gso_type: int, gso_size: int
+) -> None:
+    packet = read[0]
+    outs = [memoryview(bytearray(len(packet) * 2 + 4096)) for _ in range(2)]
+    results: list[object] = []
+    for cutter, out in zip((segment, python_segment), outs, strict=True):
+        try:
+            results.append(cutter(memoryview(packet), gso_type, gso_size, out))
+        except OffloadError as error:
+            results.append(str(error))
+    assert results[0] == results[1]
+    if isinstance(results[0], tuple):
+        end = results[0][2]
+        assert outs[0][:end] == outs[1][:end]

@@ -158,6 +158,16 @@ class TunDevice:
             return self._write_failed(error)
         return True
 
+    def write_frame(self, frame: bytes | bytearray | memoryview) -> bool:
+        """Inject a virtio-net header and its packet held in one buffer, as
+        `teredo.offload.coalesce_segments` writes them; needs `offload=True`. On failure count
+        it and return False."""
+        try:
+            os.write(self.fd, frame)
+        except OSError as error:
+            return self._write_failed(error)
+        return True
+
     def _write_failed(self, error: OSError) -> bool:
         if isinstance(error, BlockingIOError):
             self.write_eagain += 1

@@ -26,11 +26,12 @@ reads with its virtio-net header straight into one batch buffer, one packet afte
   buffer, which leave in runs of up to `MAX_SEGMENTS` the same way: ~50 packets for one read
   and one or two sends.
 
-The UDP side, with offloads, asks the kernel to coalesce datagrams (`UDP_GRO`) and joins
-consecutive TCP segments of one flow (`teredo.offload.Coalescer`) into one super-packet for
-one TUN write; the kernel cuts it again where it must (or hands it to TCP whole). Anything
-else, and anything that needs the full path, first writes what is pending, so the order of
-packets never changes.
+The UDP side, with offloads, asks the kernel to coalesce datagrams (`UDP_GRO`): one read then
+holds up to 64 datagrams of one flow. The first is checked by the engine's fast path, and
+`teredo.offload.coalesce_segments` joins it and those that follow it in the same TCP or UDP
+flow (same IPv6 addresses, so the same verdict) into one super-packet for one TUN write; the
+kernel cuts it again where it must (or hands it to TCP whole). Anything else goes alone, in
+order.
 
 Without offloads (an old kernel, or a device opened without them) every packet is read and
 sent on its own: the portable path.
@@ -54,12 +55,13 @@ from collections.abc import Callable
 from typing import Final
 
 from teredo.offload import (
+    COALESCED_BYTES,
     GSO_NONE,
     NEEDS_CSUM,
     VNET_HEADER,
     VNET_HEADER_BYTES,
-    Coalescer,
     OffloadError,
+    coalesce_segments,
     complete_checksum,
     segment,
 )
@@ -102,7 +104,9 @@ class TunnelLoop:
         self._header = bytearray(VNET_HEADER_BYTES)
         self._batch = memoryview(bytearray(BATCH_BYTES)) if tun.vnet_hdr else memoryview(b"")
         self._segments = memoryview(bytearray(SEGMENT_BYTES)) if tun.vnet_hdr else memoryview(b"")
-        self._coalescer = Coalescer()
+        self._coalesced = (
+            memoryview(bytearray(COALESCED_BYTES)) if tun.vnet_hdr else memoryview(b"")
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -186,34 +190,31 @@ class TunnelLoop:
         now = self.clock()
         accept = engine.accept_from_teredo
         receive = engine.receive_datagram
-        coalescer = self._coalescer
-        add = coalescer.add
-        write, write_pending = self.tun.write, self._write_pending
+        out = self._coalesced
+        write, write_frame = self.tun.write, self.tun.write_frame
         flush = self.flush
 
-        def handle(view: memoryview, source: Address) -> None:
-            if accept(view, source, now):
-                if add(view):
-                    return
-                if len(coalescer):
-                    write_pending()
-                    if add(view):
-                        return
-                write(view)
-            else:
-                if len(coalescer):
-                    write_pending()
-                receive(bytes(view), source, now)
-                flush()
+        def handle(view: memoryview, segment: int, source: Address) -> None:
+            # One read is one UDP flow: every datagram in `view` comes from `source`.
+            position, size = 0, len(view)
+            while position < size:
+                first = view[position : position + segment]
+                if not accept(first, source, now):
+                    receive(bytes(first), source, now)
+                    flush()
+                    position += segment
+                    continue
+                # What joins `first` has its IPv6 addresses and its UDP source: accepted too.
+                count, length = coalesce_segments(view[position:], segment, out)
+                if count == 1:
+                    write(first)
+                else:
+                    engine.fast_rx += count - 1
+                    self.super_packets_out += 1
+                    write_frame(out[:length])
+                position += count * segment
 
-        self.udp_datagrams += self.udp.drain(handle)
-        if len(coalescer):
-            write_pending()
-
-    def _write_pending(self) -> None:
-        if len(self._coalescer) > 1:
-            self.super_packets_out += 1
-        self.tun.write_with_header(*self._coalescer.take())
+        self.udp_datagrams += self.udp.drain_batches(handle)
 
     def _on_tun(self) -> None:
         engine = self.engine

@@ -20,7 +20,8 @@ Two offloads cut system calls on the data path, each with a fallback where the k
 - `send_segments` sends many datagrams of one size to one destination in one call (UDP
   segmentation offload, `UDP_SEGMENT`, Linux >= 4.18), or one call each where refused;
 - `enable_coalescing` (`UDP_GRO`, Linux >= 5.0) lets the kernel hand over consecutive datagrams
-  of one flow in one read; `drain` splits them again, so handlers see single datagrams.
+  of one flow in one read; `drain` splits them again, so handlers see single datagrams, and
+  `drain_batches` hands each read over whole.
 
 Sending never raises for a full queue or a transient network error: `send` returns False and
 counts the failure (`send_eagain`, `send_enobufs`, `send_errors`), because a dropped datagram is
@@ -82,6 +83,10 @@ DatagramHandler = Callable[[memoryview, Address], None]
 
 PktinfoHandler = Callable[[memoryview, Address, str], None]
 """`handler(payload, source, destination_ip)`; the view is only valid during the call."""
+
+BatchHandler = Callable[[memoryview, int, Address], None]
+"""`handler(payload, segment, source)`: datagrams of `segment` bytes back to back, the last maybe
+shorter (see `UdpSocket.drain_batches`); the view is only valid during the call."""
 
 
 class UdpSocket:
@@ -204,7 +209,12 @@ class UdpSocket:
         reused buffer: it is overwritten by the next datagram.
         """
         if self.coalescing:
-            return self._drain_coalesced(handler, limit)
+
+            def split(view: memoryview, segment: int, source: Address) -> None:
+                for start in range(0, len(view), segment):
+                    handler(view[start : start + segment], source)
+
+            return self.drain_batches(split, limit)
         receive = self.sock.recvfrom_into
         buffer, view = self._buffer, self._view
         count = 0
@@ -223,7 +233,13 @@ class UdpSocket:
             handler(view[:size], source)
         return count
 
-    def _drain_coalesced(self, handler: DatagramHandler, limit: int) -> int:
+    def drain_batches(self, handler: BatchHandler, limit: int = DRAIN_LIMIT) -> int:
+        """Like `drain`, but hand over each read whole: `handler(view, segment, source)`.
+
+        With coalescing on, one read holds datagrams of one flow back to back, `segment` bytes
+        each but the last; otherwise (or when the kernel did not coalesce) one datagram, and
+        `segment` is its size. Returns how many datagrams were read.
+        """
         receive = self.sock.recvmsg_into
         buffers, view = [self._buffer], self._view
         reads = count = 0
@@ -240,13 +256,12 @@ class UdpSocket:
             reads += 1
             if not ancillary:
                 count += 1
-                handler(view[:size], source)
+                handler(view[:size], size or 1, source)
                 continue
-            segment = _GRO_SIZE.unpack_from(ancillary[0][2])[0] or size
+            segment = _GRO_SIZE.unpack_from(ancillary[0][2])[0] or size or 1
             self.coalesced_reads += 1
-            for start in range(0, size, segment):
-                count += 1
-                handler(view[start : min(start + segment, size)], source)
+            count += -(-size // segment)
+            handler(view[:size], segment, source)
         return count
 
     def drain_pktinfo(self, handler: PktinfoHandler, limit: int = DRAIN_LIMIT) -> int:

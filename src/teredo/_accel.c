@@ -1,0 +1,342 @@
+/* The optional C accelerator of teredo.offload: the same functions, ~20 times faster.
+ *
+ * teredo.offload sums every segment it cuts from a TCP super-packet and every datagram it joins
+ * into one; in pure Python a sum is int.from_bytes(...) % 0xFFFF, about 3 us for 1280 bytes,
+ * and the loops around it cost ~1 us per packet, more than the rest of the data path. Here a
+ * sum is ~0.1 us and a whole 64-datagram batch a few us. Each function behaves exactly as its
+ * python_* twin in teredo/offload.py (read its documentation there); the tests check one
+ * against the other. It is optional: when it is not built (no compiler), teredo.offload uses
+ * the Python twins.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define VNET_HEADER_BYTES 10
+#define IPV6_HEADER_BYTES 40
+#define MAX_COALESCED 64
+#define COALESCED_BYTES (VNET_HEADER_BYTES + IPV6_HEADER_BYTES + 65535)
+#define NEXT_HEADER_TCP 6
+#define NEXT_HEADER_UDP 17
+#define TCP_FIN 0x01
+#define TCP_PSH 0x08
+#define TCP_ACK 0x10
+#define TCP_CWR 0x80
+#define TCP_CHECKSUM_OFFSET 16
+#define UDP_CHECKSUM_OFFSET 6
+#define NEEDS_CSUM 0x01
+#define GSO_TCPV6 4
+#define GSO_UDP_L4 5
+#define GSO_ECN 0x80
+
+/* Raise teredo.offload.OffloadError (looked up when needed: that module imports this one). */
+static void raise_offload_error(const char *message) {
+    PyObject *offload = PyImport_ImportModule("teredo.offload");
+    if (offload == NULL)
+        return;
+    PyObject *error = PyObject_GetAttrString(offload, "OffloadError");
+    Py_DECREF(offload);
+    if (error == NULL)
+        return;
+    PyErr_SetString(error, message);
+    Py_DECREF(error);
+}
+
+/* The unfolded sum of big-endian 16-bit words (an odd last byte padded with zero). Summing
+ * 32-bit words is the same modulo 0xFFFF, since 2**16 = 1 (mod 0xFFFF). */
+static uint64_t sum_words(const unsigned char *p, Py_ssize_t n) {
+    uint64_t sum = 0;
+    while (n >= 4) {
+        sum += ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+        p += 4;
+        n -= 4;
+    }
+    if (n >= 2) {
+        sum += ((uint32_t)p[0] << 8) | p[1];
+        p += 2;
+        n -= 2;
+    }
+    if (n)
+        sum += (uint32_t)p[0] << 8;
+    return sum;
+}
+
+/* Fold to 16 bits: 0 only for 0, else in 1..0xFFFF, congruent modulo 0xFFFF. */
+static unsigned fold(uint64_t sum) {
+    while (sum >> 16)
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    return (unsigned)sum;
+}
+
+static void put16(unsigned char *p, unsigned value) {
+    p[0] = (unsigned char)(value >> 8);
+    p[1] = (unsigned char)value;
+}
+
+static uint32_t get32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static void put32(unsigned char *p, uint32_t value) {
+    p[0] = (unsigned char)(value >> 24);
+    p[1] = (unsigned char)(value >> 16);
+    p[2] = (unsigned char)(value >> 8);
+    p[3] = (unsigned char)value;
+}
+
+/* ones_complement_sum(data) -> int */
+static PyObject *ones_complement_sum(PyObject *module, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint64_t sum = sum_words(view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(fold(sum));
+}
+
+/* What may join a super-packet: see _joinable in teredo/offload.py. */
+typedef struct {
+    Py_ssize_t header_bytes;
+    unsigned flags; /* TCP flags; 0 for UDP */
+    uint32_t sequence;
+} flow;
+
+static int joinable(const unsigned char *p, Py_ssize_t total, flow *out) {
+    if (total < IPV6_HEADER_BYTES + 8 || (p[0] >> 4) != 6)
+        return 0;
+    if (IPV6_HEADER_BYTES + (((Py_ssize_t)p[4] << 8) | p[5]) != total)
+        return 0;
+    unsigned next_header = p[6];
+    Py_ssize_t header_bytes;
+    unsigned flags = 0;
+    uint32_t sequence = 0;
+    if (next_header == NEXT_HEADER_TCP) {
+        if (total < IPV6_HEADER_BYTES + 20)
+            return 0;
+        header_bytes = IPV6_HEADER_BYTES + (p[52] >> 4) * 4;
+        flags = p[53];
+        if (header_bytes < 60 || (flags & ~(unsigned)(TCP_ACK | TCP_PSH)) || !flags)
+            return 0;
+        sequence = get32(p + 44);
+    } else if (next_header == NEXT_HEADER_UDP) {
+        header_bytes = IPV6_HEADER_BYTES + 8;
+        if (p[46] == 0 && p[47] == 0)
+            return 0; /* no checksum: not allowed over IPv6 */
+    } else {
+        return 0;
+    }
+    if (total <= header_bytes)
+        return 0;
+    uint64_t sum = sum_words(p + 8, 32) + (uint64_t)(total - IPV6_HEADER_BYTES) + next_header +
+                   sum_words(p + IPV6_HEADER_BYTES, total - IPV6_HEADER_BYTES);
+    unsigned folded = fold(sum);
+    if (folded != 0 && folded != 0xFFFF)
+        return 0; /* damaged: the kernel must see it alone, and drop it */
+    out->header_bytes = header_bytes;
+    out->flags = flags;
+    out->sequence = sequence;
+    return 1;
+}
+
+/* Everything but payload length, sequence number, flags and checksum is the same. */
+static int same_flow(const unsigned char *a, const unsigned char *b, const flow *first) {
+    if (memcmp(a, b, 4) || memcmp(a + 6, b + 6, 38))
+        return 0;
+    if (first->flags) {
+        Py_ssize_t header_bytes = first->header_bytes;
+        if (memcmp(a + 48, b + 48, 5) || memcmp(a + 54, b + 54, 2) ||
+            memcmp(a + 58, b + 58, (size_t)(header_bytes - 58)))
+            return 0;
+    }
+    return 1;
+}
+
+/* coalesce_segments(data, segment, out) -> (count, length) */
+static PyObject *coalesce_segments(PyObject *module, PyObject *args) {
+    Py_buffer data, out;
+    Py_ssize_t segment;
+    if (!PyArg_ParseTuple(args, "y*nw*", &data, &segment, &out))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t count = 1, length = 0;
+    if (segment <= 0) {
+        raise_offload_error("segment size must be positive");
+        goto done;
+    }
+    if (out.len < COALESCED_BYTES) {
+        raise_offload_error("coalescing buffer too small");
+        goto done;
+    }
+    const unsigned char *in = data.buf;
+    unsigned char *packet = (unsigned char *)out.buf + VNET_HEADER_BYTES;
+    Py_ssize_t total_bytes = data.len;
+    flow first;
+    if (total_bytes <= segment || !joinable(in, segment, &first) || first.flags & TCP_PSH)
+        goto finish;
+    Py_ssize_t header_bytes = first.header_bytes;
+    Py_ssize_t size = segment - header_bytes;
+    memcpy(packet, in, (size_t)segment);
+    length = segment;
+    uint32_t following = first.sequence + (uint32_t)size;
+    for (Py_ssize_t position = segment; position < total_bytes; position += segment) {
+        if (count >= MAX_COALESCED)
+            break;
+        const unsigned char *next = in + position;
+        Py_ssize_t next_bytes = total_bytes - position < segment ? total_bytes - position : segment;
+        flow found;
+        if (!joinable(next, next_bytes, &found))
+            break;
+        Py_ssize_t payload = next_bytes - found.header_bytes;
+        if (!same_flow(in, next, &first) || payload > size ||
+            length + payload > IPV6_HEADER_BYTES + 65535 ||
+            (first.flags && found.sequence != following))
+            break;
+        memcpy(packet + length, next + found.header_bytes, (size_t)payload);
+        length += payload;
+        count++;
+        following = found.sequence + (uint32_t)payload;
+        if (found.flags & TCP_PSH) {
+            packet[IPV6_HEADER_BYTES + 13] |= TCP_PSH;
+            break;
+        }
+        if (payload < size)
+            break;
+    }
+    if (count == 1) {
+        length = 0;
+        goto finish;
+    }
+    unsigned upper = (unsigned)(length - IPV6_HEADER_BYTES);
+    unsigned next_header = packet[6];
+    put16(packet + 4, upper);
+    unsigned gso_type;
+    Py_ssize_t field;
+    if (first.flags) {
+        gso_type = GSO_TCPV6;
+        field = IPV6_HEADER_BYTES + TCP_CHECKSUM_OFFSET;
+    } else {
+        gso_type = GSO_UDP_L4;
+        field = IPV6_HEADER_BYTES + UDP_CHECKSUM_OFFSET;
+        put16(packet + 44, upper);
+    }
+    /* NEEDS_CSUM: the field holds the pseudo-header sum; the kernel sums the rest. */
+    unsigned pseudo = fold(sum_words(packet + 8, 32) + upper + next_header) % 0xFFFF;
+    put16(packet + field, pseudo);
+    /* struct virtio_net_hdr, little-endian: flags, gso_type, hdr_len, gso_size, csum_start,
+     * csum_offset. */
+    unsigned char *header = out.buf;
+    unsigned values[4] = {(unsigned)header_bytes, (unsigned)size, IPV6_HEADER_BYTES,
+                          (unsigned)(field - IPV6_HEADER_BYTES)};
+    header[0] = NEEDS_CSUM;
+    header[1] = (unsigned char)gso_type;
+    for (int i = 0; i < 4; i++) {
+        header[2 + 2 * i] = (unsigned char)values[i];
+        header[3 + 2 * i] = (unsigned char)(values[i] >> 8);
+    }
+    length += VNET_HEADER_BYTES;
+finish:
+    result = Py_BuildValue("(nn)", count, length);
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+/* segment(packet, gso_type, gso_size, out) -> (count, size, end) */
+static PyObject *segment(PyObject *module, PyObject *args) {
+    Py_buffer in, out;
+    int gso_type;
+    Py_ssize_t gso_size;
+    if (!PyArg_ParseTuple(args, "y*inw*", &in, &gso_type, &gso_size, &out))
+        return NULL;
+    PyObject *result = NULL;
+    const unsigned char *packet = in.buf;
+    Py_ssize_t total = in.len;
+    if (total < IPV6_HEADER_BYTES || gso_size <= 0) {
+        raise_offload_error("super-packet too short");
+        goto done;
+    }
+    unsigned next_header = packet[6];
+    int kind = gso_type & ~GSO_ECN;
+    Py_ssize_t header_bytes, field;
+    int tcp;
+    if (kind == GSO_TCPV6 && next_header == NEXT_HEADER_TCP) {
+        if (total < IPV6_HEADER_BYTES + 20) {
+            raise_offload_error("TCP header truncated");
+            goto done;
+        }
+        header_bytes = IPV6_HEADER_BYTES + (packet[IPV6_HEADER_BYTES + 12] >> 4) * 4;
+        field = IPV6_HEADER_BYTES + TCP_CHECKSUM_OFFSET;
+        tcp = 1;
+    } else if (kind == GSO_UDP_L4 && next_header == NEXT_HEADER_UDP) {
+        header_bytes = IPV6_HEADER_BYTES + 8;
+        field = IPV6_HEADER_BYTES + UDP_CHECKSUM_OFFSET;
+        tcp = 0;
+    } else {
+        raise_offload_error("unsupported super-packet layout");
+        goto done;
+    }
+    Py_ssize_t payload_bytes = total - header_bytes;
+    if (payload_bytes <= 0 || header_bytes - IPV6_HEADER_BYTES < 8) {
+        raise_offload_error("super-packet without payload");
+        goto done;
+    }
+    Py_ssize_t count = (payload_bytes + gso_size - 1) / gso_size;
+    if (count * header_bytes + payload_bytes > out.len) {
+        raise_offload_error("segment buffer too small");
+        goto done;
+    }
+    /* The pseudo-header: addresses and next header are shared by all segments. */
+    uint64_t addresses = sum_words(packet + 8, 32) + next_header;
+    uint32_t sequence = tcp ? get32(packet + 44) : 0;
+    unsigned flags = tcp ? packet[IPV6_HEADER_BYTES + 13] : 0;
+    unsigned char *position = out.buf;
+    Py_ssize_t start = header_bytes;
+    for (Py_ssize_t index = 0; index < count; index++) {
+        Py_ssize_t piece = total - start < gso_size ? total - start : gso_size;
+        unsigned upper = (unsigned)(header_bytes - IPV6_HEADER_BYTES + piece);
+        memcpy(position, packet, (size_t)header_bytes);
+        memcpy(position + header_bytes, packet + start, (size_t)piece);
+        put16(position + 4, upper);
+        if (tcp) {
+            put32(position + 44, sequence + (uint32_t)(index * gso_size));
+            unsigned segment_flags = flags;
+            if (index)
+                segment_flags &= ~(unsigned)TCP_CWR;
+            if (index != count - 1)
+                segment_flags &= ~(unsigned)(TCP_FIN | TCP_PSH);
+            position[IPV6_HEADER_BYTES + 13] = (unsigned char)segment_flags;
+        } else {
+            put16(position + 44, upper);
+        }
+        position[field] = position[field + 1] = 0;
+        unsigned folded =
+            fold(addresses + upper + sum_words(position + IPV6_HEADER_BYTES, upper));
+        put16(position + field, 0xFFFF - (folded == 0xFFFF ? 0 : folded));
+        position += header_bytes + piece;
+        start += piece;
+    }
+    result = Py_BuildValue("(nnn)", count, header_bytes + gso_size,
+                           (Py_ssize_t)(position - (unsigned char *)out.buf));
+done:
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"ones_complement_sum", ones_complement_sum, METH_O,
+     "The folded 16-bit one's complement sum of a buffer (RFC 1071)."},
+    {"coalesce_segments", coalesce_segments, METH_VARARGS,
+     "Join the datagrams at the start of a buffer into one super-packet: (count, length)."},
+    {"segment", segment, METH_VARARGS,
+     "Cut an IPv6 TCP or UDP super-packet into segments, back to back: (count, size, end)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "teredo._accel", "teredo.offload's functions in C.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__accel(void) { return PyModule_Create(&module); }
