@@ -1,8 +1,9 @@
-"""Only the optional C accelerator lives here; everything else is in pyproject.toml.
+"""Only the optional C accelerators live here; everything else is in pyproject.toml.
 
-`teredo._accel` sums, cuts and joins packets for the offloaded data path (src/teredo/_accel.c).
+For the offloaded data path, `teredo._accel` sums, cuts and joins packets (src/teredo/_accel.c)
+and `teredo.runtime._tun_runs` reads the TUN queue in runs (src/teredo/runtime/_tun_runs.c).
 `optional=True`: where no C compiler is available the install still succeeds and teredo uses
-its pure-Python twins of the same functions.
+the pure-Python twins of the same functions.
 """
 
 from setuptools import Extension, setup
@@ -10,5 +11,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension("teredo._accel", ["src/teredo/_accel.c"], optional=True),
+        Extension(
+            "teredo.runtime._tun_runs", ["src/teredo/runtime/_tun_runs.c"], optional=True
+        ),
     ]
 )

@@ -15,13 +15,13 @@ which extends it) to one UDP socket and one TUN device on the running asyncio lo
   one timer at `get_timer()`.
 
 When the TUN device was opened with offloads (`open_tun(..., offload=True)`), the TUN side
-reads with its virtio-net header straight into one batch buffer, one packet after the other:
+reads the queue in *runs* (`teredo.runtime.tun_runs.read_runs`, in C where built): packets
+with their virtio-net headers, straight into one batch buffer, grouped as they come:
 
-- a plain packet for a trusted peer extends the current *run* when it goes to the same mapping
-  with the same size (a shorter one ends the run); a run leaves in one `send_segments` call
-  (UDP segmentation offload), so a flood of small packets to one peer costs one read per
-  packet and one send per run instead of one send per packet;
-- a partial checksum (`NEEDS_CSUM`) is completed in place first (`teredo.offload`);
+- plain packets for one IPv6 destination, of one size (a shorter one ends the run), partial
+  checksums (`NEEDS_CSUM`) completed: the first one's fast-path verdict is theirs, and a run
+  leaves in one `send_segments` call (UDP segmentation offload), so a flood of small packets to
+  one peer costs one read per packet in C and one Python round trip and send per run;
 - a super-packet (TCP or UDP segmentation) is cut into MTU-sized IPv6 packets in a second
   buffer, which leave in runs of up to `MAX_SEGMENTS` the same way: ~50 packets for one read
   and one or two sends.
@@ -48,6 +48,7 @@ the engine.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -57,22 +58,18 @@ from typing import Final
 from teredo.offload import (
     COALESCED_BYTES,
     GSO_NONE,
-    NEEDS_CSUM,
-    VNET_HEADER,
-    VNET_HEADER_BYTES,
     OffloadError,
     coalesce_segments,
-    complete_checksum,
     segment,
 )
 from teredo.runtime.timer import Timer
 from teredo.runtime.tun import DRAIN_LIMIT, TunDevice
+from teredo.runtime.tun_runs import READ_BYTES, read_runs
 from teredo.runtime.udp import MAX_SEGMENTED_BYTES, MAX_SEGMENTS, Address, UdpSocket
 from teredo.tunnel import TunnelEngine
 
 log = logging.getLogger(__name__)
 
-READ_BYTES: Final = 65536  # room for one read: any packet, even a super-packet
 BATCH_BYTES: Final = 4 * READ_BYTES  # a run of packets plus the next read
 SEGMENT_BYTES: Final = 4 * READ_BYTES  # a super-packet cut into segments, headers repeated
 
@@ -101,7 +98,6 @@ class TunnelLoop:
         self.offload_drops = 0
         self.super_packets_in = 0  # TUN reads that held many packets (segmentation offload)
         self.super_packets_out = 0  # TUN writes that held many packets (coalesced)
-        self._header = bytearray(VNET_HEADER_BYTES)
         self._batch = memoryview(bytearray(BATCH_BYTES)) if tun.vnet_hdr else memoryview(b"")
         self._segments = memoryview(bytearray(SEGMENT_BYTES)) if tun.vnet_hdr else memoryview(b"")
         self._coalesced = (
@@ -246,74 +242,31 @@ class TunnelLoop:
         now = self.clock()
         forward = engine.forward_to_teredo
         full = engine.send_ipv6
-        readv, fd, header, unpack = os.readv, self.tun.fd, self._header, VNET_HEADER.unpack
-        batch = self._batch
+        fd, batch = self.tun.fd, self._batch
         send_segments = self.udp.send_segments
-        last_start = len(batch) - READ_BYTES
-        # The current run: `count` packets of `size` bytes (the last maybe shorter) at
-        # batch[start:position], all for `destination`.
-        start = position = size = count = reads = 0
-        destination: Address = ("", 0)
+        reads = 0
         while reads < DRAIN_LIMIT:
-            if position > last_start:
-                if count:
-                    send_segments(batch[start:position], size, destination)
-                    count = 0
-                start = position = 0
-            try:
-                length = readv(fd, (header, batch[position : position + READ_BYTES]))
-            except BlockingIOError:
-                break
-            except OSError as error:
-                self.tun.read_errors += 1
-                log.debug("read from %s failed: %s", self.tun.name, error)
-                break
-            reads += 1
-            length -= VNET_HEADER_BYTES
-            if length <= 0:
-                continue
-            packet = batch[position : position + length]
-            flags, gso_type, _, gso_size, csum_start, csum_offset = unpack(header)
-            if gso_type == GSO_NONE:
-                if flags & NEEDS_CSUM:
-                    try:
-                        complete_checksum(packet, csum_start, csum_offset)
-                    except OffloadError:
-                        self.offload_drops += 1
-                        continue
-                target = forward(packet, now)
-                if target is not None:
-                    if (
-                        count
-                        and length <= size
-                        and target == destination
-                        and count < MAX_SEGMENTS
-                        and position + length - start <= MAX_SEGMENTED_BYTES
-                    ):
-                        position += length
-                        count += 1
-                        if length == size:
-                            continue
-                        # A shorter packet can only end a run.
-                        send_segments(batch[start:position], size, destination)
-                        start, count = position, 0
-                        continue
-                    if count:
-                        send_segments(batch[start:position], size, destination)
-                    start, size, count, destination = position, length, 1, target
-                    position += length
+            read, runs, dropped, error = read_runs(fd, batch, DRAIN_LIMIT - reads)
+            reads += read
+            self.offload_drops += dropped
+            for start, end, size, gso_type, gso_size in runs:
+                if gso_type != GSO_NONE:
+                    self._forward_super_packet(batch[start:end], gso_type, gso_size, now)
                     continue
-            # Not a plain packet for a trusted peer: send the run first, to keep the order.
-            if count:
-                send_segments(batch[start:position], size, destination)
-                start, count = position, 0
-            if gso_type == GSO_NONE:
-                full(bytes(packet), now)
-                self.flush()
-            else:
-                self._forward_super_packet(packet, gso_type, gso_size, now)
-        if count:
-            send_segments(batch[start:position], size, destination)
+                # Plain packets for one destination: the first one's verdict is theirs.
+                destination = forward(batch[start : start + size], now)
+                if destination is not None:
+                    engine.fast_tx += (end - start - 1) // size
+                    send_segments(batch[start:end], size, destination)
+                    continue
+                for packet in range(start, end, size):
+                    full(bytes(batch[packet : min(packet + size, end)]), now)
+                    self.flush()
+            if error:
+                if error != errno.EAGAIN:
+                    self.tun.read_errors += 1
+                    log.debug("read from %s failed: %s", self.tun.name, os.strerror(error))
+                break
         self.tun_packets += reads
 
     def _forward_super_packet(

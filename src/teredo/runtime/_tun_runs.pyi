@@ -1,0 +1,3 @@
+def read_runs(
+    fd: int, buffer: memoryview, max_reads: int, /
+) -> tuple[int, list[tuple[int, int, int, int, int]], int, int]: ...
