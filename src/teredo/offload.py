@@ -29,7 +29,8 @@ takes them in one write.
 Checksums are the costly part: ~50 per super-packet. The optional C module `teredo._accel`
 does `ones_complement_sum`, `segment` and `coalesce_segments` ~20 times faster (a sum of 1280
 bytes in ~0.1 us, a 64-datagram batch in a few us). Without it (no compiler at install time)
-their pure-Python twins `python_*` run, which give the same results: the sum uses the fact that
+(or with `TEREDO_PURE_PYTHON` set in the environment) their pure-Python twins `python_*` run,
+which give the same results: the sum uses the fact that
 a sum of 16-bit words in one's complement arithmetic is the number they form modulo 0xFFFF
 (because 2**16 = 1 mod 0xFFFF), `int.from_bytes(...) % 0xFFFF`, ~3 us for 1280 bytes.
 
@@ -39,8 +40,13 @@ Everything here is pure: buffers in, buffers out. The runtime (`teredo.runtime.t
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Final
+
+# Set (to anything) in the environment, the C accelerators are not used: to compare, or to
+# rule them out when something looks wrong on the data path.
+PURE_PYTHON_VARIABLE: Final = "TEREDO_PURE_PYTHON"
 
 VNET_HEADER: Final = struct.Struct("<BBHHHH")
 VNET_HEADER_BYTES: Final = VNET_HEADER.size  # 10: struct virtio_net_hdr
@@ -301,12 +307,14 @@ def python_coalesce_segments(
 
 
 try:
+    if os.environ.get(PURE_PYTHON_VARIABLE):
+        raise ImportError(f"{PURE_PYTHON_VARIABLE} is set")
     from teredo._accel import coalesce_segments as coalesce_segments
     from teredo._accel import ones_complement_sum as ones_complement_sum
     from teredo._accel import segment as segment
 
     ACCELERATED = True
-except ImportError:  # built without a C compiler: the same results, slower
+except ImportError:  # built without a C compiler, or refused: the same results, slower
     coalesce_segments = python_coalesce_segments
     ones_complement_sum = python_ones_complement_sum
     segment = python_segment

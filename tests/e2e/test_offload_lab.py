@@ -6,7 +6,10 @@ computed by us, and join received segments into super-packets for the kernel
 stream, so each test moves 8 MB of pseudo-random bytes each way and compares digests:
 
 - our client and our relay (segments cut by both, joined by both);
-- a Miredo client behind our relay: its kernel checks every segment our relay cut.
+- a Miredo client behind our relay: its kernel checks every segment our relay cut;
+
+each with the C accelerators (`teredo._accel`, `teredo.runtime._tun_runs`) and with their
+pure-Python twins (`TEREDO_PURE_PYTHON=1`), the portable data path.
 
 The relay's counters prove the super-packet path ran (more packets sent than read).
 """
@@ -22,6 +25,7 @@ import pytest
 from labsupport import built_lab, daemon_status, teredo_of
 from teredo.lab.lab import Lab
 from teredo.lab.topology import NATIVE_IPV6
+from teredo.offload import PURE_PYTHON_VARIABLE
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -51,13 +55,22 @@ print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with built_lab(
-        "tof", nat1="fullcone", nat2="fullcone",
-        server="ours", relay="ours", client1="ours", client2="miredo",
-    ) as lab:  # fmt: skip
-        yield lab
+@pytest.fixture(scope="module", params=["accelerated", "pure-python"])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The lab, once with the C accelerators and once with their Python twins."""
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "pure-python":
+            patch.setenv(PURE_PYTHON_VARIABLE, "1")  # the daemons inherit the environment
+        else:
+            patch.delenv(PURE_PYTHON_VARIABLE, raising=False)
+        with built_lab(
+            "tof", nat1="fullcone", nat2="fullcone",
+            server="ours", relay="ours", client1="ours", client2="miredo",
+        ) as lab:  # fmt: skip
+            accelerators = "off" if request.param == "pure-python" else "on"
+            log = (lab.directory / "relay.log").read_text()
+            assert f"C accelerators {accelerators}" in log
+            yield lab
 
 
 def stream(lab: Lab, sender: str, receiver: str, address: str, seed: int) -> None:
@@ -102,3 +115,64 @@ def test_tcp_between_our_relay_and_a_miredo_client(lab: Lab) -> None:
     assert lab.ping("v6", client).ok
     stream(lab, "v6", "cli2", client, seed=3)
     stream(lab, "cli2", "v6", str(NATIVE_IPV6), seed=4)
+
+
+UDP_SINK = """
+import hashlib, socket, sys
+server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+server.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE: hold the whole burst
+server.bind(("::", int(sys.argv[1])))
+server.settimeout(5)
+print("listening", flush=True)
+digests = []
+try:
+    while len(digests) < int(sys.argv[2]):
+        digests.append(hashlib.sha256(server.recv(65535)).hexdigest()[:8])
+except TimeoutError:
+    pass
+print(" ".join(sorted(digests)), flush=True)
+"""
+
+UDP_SEGMENTED_SOURCE = """
+import hashlib, socket, sys
+SOL_UDP, UDP_SEGMENT, SIZE, SENDS = 17, 103, 1000, 4
+sender = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sender.setsockopt(SOL_UDP, UDP_SEGMENT, SIZE)
+sender.connect((sys.argv[1], int(sys.argv[2])))
+digests = []
+for send in range(SENDS):
+    pieces = [bytes([send, n]) * (SIZE // 2) for n in range(48)]
+    sender.send(b"".join(pieces))  # one system call, 48 datagrams: a super-packet for the TUN
+    digests += [hashlib.sha256(piece).hexdigest()[:8] for piece in pieces]
+print(" ".join(sorted(digests)), flush=True)
+"""
+
+
+def test_udp_segmented_by_a_local_sender_leaves_as_datagrams(lab: Lab) -> None:
+    """A sender using UDP segmentation offload hands our client one super-packet per call
+    (USO on the TUN device); the client cuts it, and every datagram arrives intact."""
+    assert lab.ping("cli1", str(NATIVE_IPV6)).ok
+    before = daemon_status(lab, "cli1")["counters"]
+    sink = subprocess.Popen(
+        ["ip", "netns", "exec", lab.namespace("v6"), sys.executable, "-c", UDP_SINK, str(PORT),
+         str(4 * 48)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert sink.stdout is not None
+        assert sink.stdout.readline().strip() == "listening"
+        sent = lab.exec(
+            "cli1",
+            [sys.executable, "-c", UDP_SEGMENTED_SOURCE, str(NATIVE_IPV6), str(PORT)],
+            timeout=30,
+        )
+        assert sent.returncode == 0, sent.stderr
+        received, errors = sink.communicate(timeout=30)
+        assert sink.returncode == 0, errors
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    assert received.split() == sent.stdout.split()
+    after = daemon_status(lab, "cli1")["counters"]
+    assert after["tun_super_packets_in"] > before["tun_super_packets_in"]

@@ -52,10 +52,11 @@ TUNSETOFFLOAD: Final = 0x400454D0  # _IOW('T', 208, unsigned int)
 TUN_F_CSUM: Final = 0x01  # the reader completes checksums
 TUN_F_TSO6: Final = 0x04  # ... and segments TCP over IPv6
 TUN_F_TSO_ECN: Final = 0x08  # ... with CWR on the first segment only
-TUN_F_USO6: Final = 0x40  # ... and segments UDP over IPv6 (kernels >= 6.2)
+TUN_F_USO4: Final = 0x20  # ... and segments UDP (kernels >= 6.2: only with USO6, never alone)
+TUN_F_USO6: Final = 0x40  # ... over IPv6 (the kernel refuses one without the other: EINVAL)
 # Offloads asked for, best first; a kernel that refuses one set gets the next.
 OFFLOAD_CHOICES: Final = (
-    TUN_F_CSUM | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO6,
+    TUN_F_CSUM | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6,
     TUN_F_CSUM | TUN_F_TSO6 | TUN_F_TSO_ECN,
     TUN_F_CSUM,
 )

@@ -22,7 +22,8 @@ reads up to `max_reads` packets (each after its virtio-net header, `teredo.offlo
 stopped the reading (`EAGAIN`: the queue is empty), 0 when `max_reads` or the room did.
 
 The optional C module `teredo.runtime._tun_runs` does it without a Python round trip per packet
-(~0.1 us of user time per packet instead of ~1.5 us); `python_read_runs` is its portable twin,
+(~0.1 us of user time per packet instead of ~1.5 us); `python_read_runs` is its portable twin
+(used as well when `TEREDO_PURE_PYTHON` is set),
 and the tests check that both read the same runs from the same queue.
 """
 
@@ -35,6 +36,7 @@ from teredo.offload import (
     GSO_NONE,
     IPV6_HEADER_BYTES,
     NEEDS_CSUM,
+    PURE_PYTHON_VARIABLE,
     VNET_HEADER,
     VNET_HEADER_BYTES,
     OffloadError,
@@ -109,9 +111,11 @@ def python_read_runs(
 
 
 try:
+    if os.environ.get(PURE_PYTHON_VARIABLE):
+        raise ImportError(f"{PURE_PYTHON_VARIABLE} is set")
     from teredo.runtime._tun_runs import read_runs as read_runs
 
     ACCELERATED = True
-except ImportError:  # built without a C compiler: the same runs, slower
+except ImportError:  # built without a C compiler, or refused: the same runs, slower
     read_runs = python_read_runs
     ACCELERATED = False

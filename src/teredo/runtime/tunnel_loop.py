@@ -55,6 +55,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from teredo import offload
 from teredo.offload import (
     COALESCED_BYTES,
     GSO_NONE,
@@ -62,6 +63,7 @@ from teredo.offload import (
     coalesce_segments,
     segment,
 )
+from teredo.runtime import tun_runs
 from teredo.runtime.timer import Timer
 from teredo.runtime.tun import DRAIN_LIMIT, TunDevice
 from teredo.runtime.tun_runs import READ_BYTES, read_runs
@@ -112,7 +114,15 @@ class TunnelLoop:
         self._loop = loop
         self._timer = Timer(self._on_timer, loop)
         if self.tun.vnet_hdr:
-            self.udp.enable_coalescing()
+            coalescing = self.udp.enable_coalescing()
+            log.info(
+                "data path: TUN offloads %#x, UDP coalescing %s, C accelerators %s",
+                self.tun.offloads,
+                "on" if coalescing else "off",
+                "on" if offload.ACCELERATED and tun_runs.ACCELERATED else "off",
+            )
+        else:
+            log.info("data path: one system call per packet (no offloads)")
         loop.add_reader(
             self.udp.fileno(), self._on_udp_offloaded if self.tun.vnet_hdr else self._on_udp
         )
