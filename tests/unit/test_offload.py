@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from teredo.offload import (
-    ACCELERATED,
     COALESCED_BYTES,
     GSO_ECN,
     GSO_TCPV6,
@@ -30,6 +29,7 @@ from teredo.offload import (
     segment,
 )
 from teredo.wire import internet_checksum
+from testsupport import require_accelerators
 
 SOURCE = bytes.fromhex("20010db8000200000000000000000002")
 DESTINATION = bytes.fromhex("20010000c6336402000080007cffbffd")
@@ -324,9 +324,9 @@ def _twin_packets() -> list[bytes]:
     return cut(stream, 600) + [bytes(out[i : min(i + step, end)]) for i in range(0, end, step)]
 
 
-@pytest.mark.skipif(not ACCELERATED, reason="the C accelerator is not built here")
 @given(mutations(_twin_packets()))
 def test_the_c_and_python_coalescers_agree(read: tuple[bytes, int]) -> None:
+    require_accelerators()
     data, segment_size = read
     outs = [memoryview(bytearray(COALESCED_BYTES)) for _ in range(2)]
     results = [
@@ -337,7 +337,6 @@ def test_the_c_and_python_coalescers_agree(read: tuple[bytes, int]) -> None:
     assert outs[0][: results[0][1]] == outs[1][: results[1][1]]
 
 
-@pytest.mark.skipif(not ACCELERATED, reason="the C accelerator is not built here")
 @given(
     mutations(_twin_packets()),
     st.sampled_from([GSO_TCPV6, GSO_UDP_L4, GSO_TCPV6 | GSO_ECN, 0]),
@@ -346,6 +345,7 @@ def test_the_c_and_python_coalescers_agree(read: tuple[bytes, int]) -> None:
 def test_the_c_and_python_segmenters_agree(
     read: tuple[bytes, int], gso_type: int, gso_size: int
 ) -> None:
+    require_accelerators()
     packet = read[0]
     outs = [memoryview(bytearray(len(packet) * 2 + 4096)) for _ in range(2)]
     results: list[object] = []

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from teredo.offload import GSO_NONE, GSO_TCPV6, NEEDS_CSUM, VNET_HEADER
 from teredo.runtime.tun_runs import (
-    ACCELERATED,
     READ_BYTES,
     Run,
     python_read_runs,
     read_runs,
 )
 from teredo.wire import internet_checksum
+from testsupport import require_accelerators
 
 Reader = Callable[[int, memoryview, int], tuple[int, list[Run], int, int]]
 READERS = pytest.mark.parametrize("reader", [read_runs, python_read_runs])
@@ -135,10 +135,10 @@ def _messages() -> st.SearchStrategy[list[bytes]]:
     return st.lists(st.tuples(headers, packets).map(lambda pair: pair[0] + pair[1]), max_size=150)
 
 
-@pytest.mark.skipif(not ACCELERATED, reason="the C reader is not built here")
 @settings(max_examples=60)
 @given(_messages(), st.integers(1, 80))
 def test_the_c_and_python_readers_agree(messages: list[bytes], max_reads: int) -> None:
+    require_accelerators()
     results = []
     for reader in (read_runs, python_read_runs):
         writer, tun = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
