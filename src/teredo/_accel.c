@@ -139,11 +139,15 @@ static int joinable(const unsigned char *p, Py_ssize_t total, flow *out) {
     return 1;
 }
 
-/* Everything but payload length, sequence number, flags and checksum is the same. */
-static int same_flow(const unsigned char *a, const unsigned char *b, const flow *first) {
+/* Everything but payload length, sequence number, flags and checksum is the same. Both are
+ * joinable; b's header is as long as a's before any option is compared. */
+static int same_flow(const unsigned char *a, const unsigned char *b, const flow *first,
+                     const flow *found) {
     if (memcmp(a, b, 4) || memcmp(a + 6, b + 6, 38))
         return 0;
     if (first->flags) {
+        if (found->header_bytes != first->header_bytes)
+            return 0;
         Py_ssize_t header_bytes = first->header_bytes;
         if (memcmp(a + 48, b + 48, 5) || memcmp(a + 54, b + 54, 2) ||
             memcmp(a + 58, b + 58, (size_t)(header_bytes - 58)))
@@ -188,7 +192,7 @@ static PyObject *coalesce_segments(PyObject *module, PyObject *args) {
         if (!joinable(next, next_bytes, &found))
             break;
         Py_ssize_t payload = next_bytes - found.header_bytes;
-        if (!same_flow(in, next, &first) || payload > size ||
+        if (!same_flow(in, next, &first, &found) || payload > size ||
             length + payload > IPV6_HEADER_BYTES + 65535 ||
             (first.flags && found.sequence != following))
             break;
