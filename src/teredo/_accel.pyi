@@ -5,3 +5,6 @@ def coalesce_segments(
 def segment(
     packet: bytes | bytearray | memoryview, gso_type: int, gso_size: int, out: memoryview, /
 ) -> tuple[int, int, int]: ...
+def read_runs(
+    fd: int, buffer: memoryview, max_reads: int, /
+) -> tuple[int, list[tuple[int, int, int, int, int]], int, int]: ...

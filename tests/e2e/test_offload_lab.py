@@ -8,7 +8,7 @@ stream, so each test moves 8 MB of pseudo-random bytes each way and compares dig
 - our client and our relay (segments cut by both, joined by both);
 - a Miredo client behind our relay: its kernel checks every segment our relay cut;
 
-each with the C accelerators (`teredo._accel`, `teredo.runtime._tun_runs`) and with their
+each with the C accelerator (`teredo._accel`) and with its
 pure-Python twins (`TEREDO_PURE_PYTHON=1`), the portable data path.
 
 The relay's counters prove the super-packet path ran (more packets sent than read).
@@ -73,29 +73,34 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
             yield lab
 
 
-def stream(lab: Lab, sender: str, receiver: str, address: str, seed: int) -> None:
-    sink = subprocess.Popen(
-        ["ip", "netns", "exec", lab.namespace(receiver), sys.executable, "-c", SINK, str(PORT)],
+def transfer(
+    lab: Lab, sender: str, source: list[str], receiver: str, sink: list[str], timeout: float
+) -> None:
+    """Start the `sink` script in `receiver`, run the `source` script in `sender`, and check
+    that both print the same line (what was sent and what arrived)."""
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", lab.namespace(receiver), sys.executable, "-c", *sink],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        assert sink.stdout is not None
-        assert sink.stdout.readline().strip() == "listening"
-        sent = lab.exec(
-            sender,
-            [sys.executable, "-c", SOURCE, address, str(PORT), str(seed), str(BYTES)],
-            timeout=90,
-        )
+        assert listener.stdout is not None
+        assert listener.stdout.readline().strip() == "listening"
+        sent = lab.exec(sender, [sys.executable, "-c", *source], timeout=timeout)
         assert sent.returncode == 0, sent.stderr
-        received, errors = sink.communicate(timeout=90)
-        assert sink.returncode == 0, errors
+        received, errors = listener.communicate(timeout=timeout)
+        assert listener.returncode == 0, errors
     finally:
-        if sink.poll() is None:
-            sink.kill()
-            sink.wait()
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
     assert received.split() == sent.stdout.split()
+
+
+def stream(lab: Lab, sender: str, receiver: str, address: str, seed: int) -> None:
+    source = [SOURCE, address, str(PORT), str(seed), str(BYTES)]
+    transfer(lab, sender, source, receiver, [SINK, str(PORT)], timeout=90)
 
 
 def test_tcp_through_our_client_and_relay(lab: Lab) -> None:
@@ -153,26 +158,7 @@ def test_udp_segmented_by_a_local_sender_leaves_as_datagrams(lab: Lab) -> None:
     (USO on the TUN device); the client cuts it, and every datagram arrives intact."""
     assert lab.ping("cli1", str(NATIVE_IPV6)).ok
     before = daemon_status(lab, "cli1")["counters"]
-    sink = subprocess.Popen(
-        ["ip", "netns", "exec", lab.namespace("v6"), sys.executable, "-c", UDP_SINK, str(PORT),
-         str(4 * 48)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert sink.stdout is not None
-        assert sink.stdout.readline().strip() == "listening"
-        sent = lab.exec(
-            "cli1",
-            [sys.executable, "-c", UDP_SEGMENTED_SOURCE, str(NATIVE_IPV6), str(PORT)],
-            timeout=30,
-        )
-        assert sent.returncode == 0, sent.stderr
-        received, errors = sink.communicate(timeout=30)
-        assert sink.returncode == 0, errors
-    finally:
-        if sink.poll() is None:
-            sink.kill()
-            sink.wait()
-    assert received.split() == sent.stdout.split()
+    source = [UDP_SEGMENTED_SOURCE, str(NATIVE_IPV6), str(PORT)]
+    transfer(lab, "cli1", source, "v6", [UDP_SINK, str(PORT), str(4 * 48)], timeout=30)
     after = daemon_status(lab, "cli1")["counters"]
     assert after["tun_super_packets_in"] > before["tun_super_packets_in"]

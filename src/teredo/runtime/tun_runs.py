@@ -21,7 +21,7 @@ reads up to `max_reads` packets (each after its virtio-net header, `teredo.offlo
 `dropped` counts packets whose checksum offsets lie outside them; `error` is the errno that
 stopped the reading (`EAGAIN`: the queue is empty), 0 when `max_reads` or the room did.
 
-The optional C module `teredo.runtime._tun_runs` does it without a Python round trip per packet
+The optional C module `teredo._accel` does it without a Python round trip per packet
 (~0.1 us of user time per packet instead of ~1.5 us); `python_read_runs` is its portable twin
 (used as well when `TEREDO_PURE_PYTHON` is set),
 and the tests check that both read the same runs from the same queue.
@@ -33,10 +33,10 @@ import os
 from typing import Final
 
 from teredo.offload import (
+    ACCELERATED,
     GSO_NONE,
     IPV6_HEADER_BYTES,
     NEEDS_CSUM,
-    PURE_PYTHON_VARIABLE,
     VNET_HEADER,
     VNET_HEADER_BYTES,
     OffloadError,
@@ -110,12 +110,7 @@ def python_read_runs(
     return reads, runs, dropped, error
 
 
-try:
-    if os.environ.get(PURE_PYTHON_VARIABLE):
-        raise ImportError(f"{PURE_PYTHON_VARIABLE} is set")
-    from teredo.runtime._tun_runs import read_runs as read_runs
-
-    ACCELERATED = True
-except ImportError:  # built without a C compiler, or refused: the same runs, slower
+if ACCELERATED:
+    from teredo._accel import read_runs as read_runs
+else:
     read_runs = python_read_runs
-    ACCELERATED = False

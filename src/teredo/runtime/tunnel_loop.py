@@ -63,7 +63,6 @@ from teredo.offload import (
     coalesce_segments,
     segment,
 )
-from teredo.runtime import tun_runs
 from teredo.runtime.timer import Timer
 from teredo.runtime.tun import DRAIN_LIMIT, TunDevice
 from teredo.runtime.tun_runs import READ_BYTES, read_runs
@@ -119,7 +118,7 @@ class TunnelLoop:
                 "data path: TUN offloads %#x, UDP coalescing %s, C accelerators %s",
                 self.tun.offloads,
                 "on" if coalescing else "off",
-                "on" if offload.ACCELERATED and tun_runs.ACCELERATED else "off",
+                "on" if offload.ACCELERATED else "off",
             )
         else:
             log.info("data path: one system call per packet (no offloads)")

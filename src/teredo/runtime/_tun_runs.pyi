@@ -1,3 +1,0 @@
-def read_runs(
-    fd: int, buffer: memoryview, max_reads: int, /
-) -> tuple[int, list[tuple[int, int, int, int, int]], int, int]: ...
