@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
-from teredo.address import encode_teredo_address
-from teredo.relay import TeredoRelay
-from teredo.tunnel import TunnelSettings
-from teredo.wire import build_ipv6_packet
+from teredo.core.address import encode_teredo_address
+from teredo.core.peering import TunnelSettings
+from teredo.core.relay import TeredoRelay
+from teredo.core.wire import build_ipv6_packet
 
 NATIVE = IPv6Address("2001:db8:2::2")
 PAYLOAD = bytes(64)  # a 64-byte UDP-sized payload

@@ -26,7 +26,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 
-from teredo.peers import PeerTable
+from teredo.core.peers import PeerTable
 
 MIREDO_INSERTS_PER_S = 1.76e6
 MIREDO_LOOKUPS_PER_S = 2.05e6

@@ -59,12 +59,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from teredo.errors import ParseError, UsageError, UserError
+from teredo.core.errors import ParseError, UsageError, UserError
+from teredo.core.wire import ICMPv6Type, icmpv6_message, is_router_solicitation, parse_teredo_packet
 from teredo.lab import netns, processes
 from teredo.lab.lab import Lab
 from teredo.lab.processes import ProcessInfo
 from teredo.lab.topology import NATIVE_IPV6, TEREDO_PREFIX, NatKind
-from teredo.wire import ICMPv6Type, icmpv6_message, is_router_solicitation, parse_teredo_packet
 
 ROLES: Final = ("relay", "client")
 LAB_ROLE: Final = {"relay": "relay", "client": "client1"}  # role under test -> Lab role

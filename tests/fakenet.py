@@ -6,7 +6,7 @@ Nodes are adapters around cores. A node has one IPv4 endpoint (its *private* add
 behind a `Nat`) and implements `collect(now)` (what the core wants to send, as
 ``(payload, destination, source_ip_or_None)``) and `deliver(payload, source, destination, now)`.
 `EngineNode` wraps anything with the tunnel engine's contract (`datagrams_to_send()`, and
-`receive_datagram(data, (ip, port), now)`), `ServerNode` wraps `teredo.server.TeredoServer`.
+`receive_datagram(data, (ip, port), now)`), `ServerNode` wraps `teredo.core.server.TeredoServer`.
 Other roles add their own small adapter.
 
 `FakeNetwork.run(now)` moves datagrams until nothing is left to move (bounded), applying each
@@ -317,13 +317,13 @@ class EngineNode:
 
 
 class ServerNode:
-    """A `teredo.server.TeredoServer` on both of its addresses at UDP 3544.
+    """A `teredo.core.server.TeredoServer` on both of its addresses at UDP 3544.
 
     Native IPv6 packets the server emits (echo tests) collect in `native`.
     """
 
     def __init__(self, server: Any, network: FakeNetwork) -> None:
-        from teredo.address import Endpoint
+        from teredo.core.address import Endpoint
 
         self._endpoint = Endpoint
         self.server = server
@@ -370,7 +370,7 @@ class _Alias:
 
 
 class ClientNode:
-    """A Teredo client core (`teredo.client.TeredoClient`) at `address`, with timers.
+    """A Teredo client core (`teredo.core.client.TeredoClient`) at `address`, with timers.
 
     Datagrams that arrived on 224.0.0.253 go to `receive_discovery`; the IPv6 packets the core
     hands to its host stack collect in `delivered`.
@@ -418,7 +418,7 @@ class NativeHost:
         self.received: list[bytes] = []
 
     def receive(self, packet: bytes, now: float) -> None:
-        from teredo.wire import build_echo, parse_echo
+        from teredo.core.wire import build_echo, parse_echo
 
         self.received.append(bytes(packet))
         echo = parse_echo(bytes(packet))

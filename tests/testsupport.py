@@ -31,9 +31,9 @@ def require_root(*tools: str) -> None:
 def require_accelerators() -> None:
     """Skip (outside CI) or fail (in CI) unless the optional C module was built: CI installs a
     compiler, so there a missing module is a broken build, not a machine without one."""
-    from teredo import offload
+    from teredo.adapters import accel
 
-    if offload.ACCELERATED:
+    if accel.ACCELERATED:
         return
     reason = "needs the C accelerator (build it with gcc and python3-dev: bash scripts/setup)"
     if IN_CI:

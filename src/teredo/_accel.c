@@ -1,13 +1,13 @@
 /* The optional C accelerator of the data path: the same functions, ~20 times faster.
  *
- * teredo.offload sums every segment it cuts from a TCP super-packet and every datagram it joins
+ * teredo.core.offload sums every segment it cuts from a TCP super-packet and every datagram it joins
  * into one; in pure Python a sum is int.from_bytes(...) % 0xFFFF, about 3 us for 1280 bytes,
  * and the loops around it cost ~1 us per packet, more than the rest of the data path. Here a
  * sum is ~0.1 us and a whole 64-datagram batch a few us. read_runs reads the TUN queue without
  * a Python round trip per packet. Each function behaves exactly as its python_* twin in
- * teredo/offload.py (ones_complement_sum, coalesce_segments, segment) or
- * teredo/runtime/tun_runs.py (read_runs); read their documentation there. The tests check each
- * against its twin. It is optional: when it is not built (no compiler), the twins run.
+ * teredo/core/offload.py and teredo/core/wire.py (ones_complement_sum, coalesce_segments, segment) or
+ * teredo/adapters/tun_runs.py (read_runs); read their documentation there. The tests check each
+ * against its twin. It is optional: when it is not built (no compiler), the twins run (teredo.adapters.accel chooses).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -33,13 +33,13 @@
 #define GSO_UDP_L4 5
 #define GSO_ECN 0x80
 #define GSO_NONE 0
-#define READ_BYTES 65536       /* teredo.runtime.tun_runs */
-#define MAX_SEGMENTS 64        /* teredo.runtime.udp */
+#define READ_BYTES 65536       /* teredo.adapters.tun_runs */
+#define MAX_SEGMENTS 64        /* teredo.adapters.udp */
 #define MAX_SEGMENTED_BYTES 65507
 
-/* Raise teredo.offload.OffloadError (looked up when needed: that module imports this one). */
+/* Raise teredo.core.offload.OffloadError (looked up when needed: that module imports this one). */
 static void raise_offload_error(const char *message) {
-    PyObject *offload = PyImport_ImportModule("teredo.offload");
+    PyObject *offload = PyImport_ImportModule("teredo.core.offload");
     if (offload == NULL)
         return;
     PyObject *error = PyObject_GetAttrString(offload, "OffloadError");
@@ -448,7 +448,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "teredo._accel", "The data path's hot functions in C (see teredo.offload, teredo.runtime.tun_runs).", -1, methods,
+    PyModuleDef_HEAD_INIT, "teredo._accel", "The data path's hot functions in C (see teredo.adapters.accel).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__accel(void) { return PyModule_Create(&module); }

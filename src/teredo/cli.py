@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from teredo.errors import UsageError, UserError
+from teredo.core.errors import UsageError, UserError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -24,13 +24,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from teredo.commands import decode
+    from teredo.programs.commands import decode
 
     return decode(args.address, as_json=args.json)
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
-    from teredo.commands import encode
+    from teredo.programs.commands import encode
 
     return encode(
         server=args.server,
@@ -42,37 +42,37 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_checkconf(args: argparse.Namespace) -> int:
-    from teredo.commands import checkconf
+    from teredo.programs.commands import checkconf
 
     return checkconf(args.file)
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
-    from teredo.runtime.client_daemon import run_client
+    from teredo.programs.client_daemon import run_client
 
     return run_client(args.config, server=args.server)
 
 
 def _cmd_relay(args: argparse.Namespace) -> int:
-    from teredo.runtime.relay_daemon import run_relay
+    from teredo.programs.relay_daemon import run_relay
 
     return run_relay(args.config)
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
-    from teredo.runtime.server_daemon import run_server
+    from teredo.programs.server_daemon import run_server
 
     return run_server(args.config, address=args.address)
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from teredo.runtime.probe import run_probe
+    from teredo.programs.probe import run_probe
 
     return run_probe(args.server, as_json=args.json, timeout=args.timeout, port=args.port)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from teredo.runtime.control import run_status
+    from teredo.adapters.control import run_status
 
     return run_status(args.socket, as_json=args.json)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from labsupport import built_lab, daemon_status, teredo_of
-from teredo.address import parse_teredo_address
+from teredo.core.address import parse_teredo_address
 from teredo.lab.lab import Lab
 from teredo.lab.topology import NATIVE_IPV6, SERVER_IPV4
 

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import pytest
 
-from teredo.address import parse_teredo_address
+from teredo.core.address import parse_teredo_address
 from teredo.lab.lab import Lab
 from teredo.lab.state import STATE_ROOT
 from teredo.lab.topology import NATIVE_IPV6, NODES, SERVER_IPV4

@@ -2,7 +2,7 @@
 
 The relay and client cut TCP super-packets from their TUN device into segments with checksums
 computed by us, and join received segments into super-packets for the kernel
-(`teredo.offload`). A wrong checksum, sequence number or length would stall or corrupt a TCP
+(`teredo.core.offload`). A wrong checksum, sequence number or length would stall or corrupt a TCP
 stream, so each test moves 8 MB of pseudo-random bytes each way and compares digests:
 
 - our client and our relay (segments cut by both, joined by both);
@@ -23,9 +23,9 @@ from collections.abc import Iterator
 import pytest
 
 from labsupport import built_lab, daemon_status, teredo_of
+from teredo.adapters.accel import PURE_PYTHON_VARIABLE
 from teredo.lab.lab import Lab
 from teredo.lab.topology import NATIVE_IPV6
-from teredo.offload import PURE_PYTHON_VARIABLE
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 

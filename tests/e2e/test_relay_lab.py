@@ -116,8 +116,8 @@ def test_status_document(cone_lab: Lab) -> None:
 SPOOFER = r"""
 import socket, sys
 from ipaddress import IPv4Address, IPv6Address
-from teredo.address import encode_teredo_address
-from teredo.wire import build_bubble, build_echo
+from teredo.core.address import encode_teredo_address
+from teredo.core.wire import build_bubble, build_echo
 relay = (sys.argv[1], int(sys.argv[2]))
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", 0))

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from teredo.errors import UserError
-from teredo.runtime import netlink
-from teredo.runtime.netlink import InterfaceConfigurator
-from teredo.runtime.tun import TunDevice, open_tun
-from teredo.runtime.udp import DISCOVERY_GROUP, join_multicast, open_udp_socket
-from teredo.wire import build_echo, parse_echo
+from teredo.adapters import netlink
+from teredo.adapters.netlink import InterfaceConfigurator
+from teredo.adapters.tun import TunDevice, open_tun
+from teredo.adapters.udp import DISCOVERY_GROUP, join_multicast, open_udp_socket
+from teredo.core.errors import UserError
+from teredo.core.wire import build_echo, parse_echo
 from testsupport import require_root
 
 pytestmark = pytest.mark.root

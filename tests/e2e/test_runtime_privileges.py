@@ -1,4 +1,4 @@
-"""teredo.runtime.privileges: the real drop, in a child process that owns a private namespace.
+"""teredo.adapters.privileges: the real drop, in a child process that owns a private namespace.
 
 The child unshares its network namespace first (the namespace dies with it, nothing to clean
 up), imports and warms up everything it needs while still root, drops to "nobody", then reports
@@ -25,9 +25,9 @@ CLONE_NEWNET = 0x40000000
 libc = ctypes.CDLL(None, use_errno=True)
 if libc.unshare(CLONE_NEWNET) != 0:
     raise OSError(ctypes.get_errno(), "unshare")
-from teredo.errors import UserError
-from teredo.runtime import netlink
-from teredo.runtime.privileges import CAPABILITIES, current_capabilities, drop_privileges
+from teredo.core.errors import UserError
+from teredo.adapters import netlink
+from teredo.adapters.privileges import CAPABILITIES, current_capabilities, drop_privileges
 asyncio.run(netlink.set_mtu("lo", 1500))  # warm-up: lazy imports happen while still root
 keep = sys.argv[1:]
 report = {"dropped": drop_privileges("nobody", keep=keep)}

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from labsupport import built_lab, daemon_status
-from teredo.address import parse_teredo_address
+from teredo.core.address import parse_teredo_address
 from teredo.lab.lab import Lab
 from teredo.lab.topology import NATIVE_IPV4, NATIVE_IPV6, SERVER_IPV4, SERVER_IPV4_2
 
@@ -95,7 +95,7 @@ def test_forwarding_is_counted(lab: Lab) -> None:
 SENDER = r"""
 import json, socket, sys
 from ipaddress import IPv6Address
-from teredo.wire import (Authentication, TeredoPacket, build_router_solicitation,
+from teredo.core.wire import (Authentication, TeredoPacket, build_router_solicitation,
                          encode_teredo_packet, parse_router_advertisement, parse_teredo_packet)
 rs_source, server = IPv6Address(sys.argv[1]), sys.argv[2]
 nonce = bytes.fromhex("0123456789abcdef")
@@ -147,8 +147,8 @@ def test_windows_style_rs_gets_a_correct_ra(
 BAD_SENDER = r"""
 import socket, sys
 from ipaddress import IPv4Address, IPv6Address
-from teredo.address import encode_teredo_address
-from teredo.wire import build_bubble
+from teredo.core.address import encode_teredo_address
+from teredo.core.wire import build_bubble
 server = sys.argv[1]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", 40000))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from teredo.address import (
+from teredo.core.address import (
     LEGACY_TEREDO_PREFIX,
     RANDOM_FLAGS_MASK,
     TEREDO_PREFIX,
@@ -21,7 +21,7 @@ from teredo.address import (
     random_flags,
     server_link_local,
 )
-from teredo.errors import ParseError
+from teredo.core.errors import ParseError
 
 # (server, flags, mapped port, mapped address, Teredo address)  -- requirements §1.4
 VECTORS = [

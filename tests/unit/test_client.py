@@ -28,9 +28,10 @@ from fakenet import (
     RelayNode,
     ServerNode,
 )
-from teredo.address import TEREDO_PORT, encode_teredo_address, parse_teredo_address
-from teredo.client import ClientSettings, TeredoClient
-from teredo.qualification import (
+from teredo.core.address import TEREDO_PORT, encode_teredo_address, parse_teredo_address
+from teredo.core.client import ClientSettings, TeredoClient
+from teredo.core.peering import TunnelSettings
+from teredo.core.qualification import (
     AddressChanged,
     NatBehaviour,
     Offline,
@@ -38,10 +39,9 @@ from teredo.qualification import (
     Qualified,
     ServerPair,
 )
-from teredo.relay import TeredoRelay
-from teredo.server import ServerSettings, TeredoServer
-from teredo.tunnel import TunnelSettings
-from teredo.wire import (
+from teredo.core.relay import TeredoRelay
+from teredo.core.server import ServerSettings, TeredoServer
+from teredo.core.wire import (
     ALL_NODES,
     Authentication,
     OriginIndication,
@@ -101,7 +101,7 @@ class World:
         local_discovery: bool = False,
         local_networks: tuple[IPv4Network, ...] = (),
     ) -> tuple[TeredoClient, ClientNode]:
-        from teredo.address import Endpoint
+        from teredo.core.address import Endpoint
 
         client = make_client(
             self.now,

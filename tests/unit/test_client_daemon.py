@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from teredo.config import parse_client_config
-from teredo.errors import UsageError, UserError
-from teredo.qualification import ServerPair
-from teredo.runtime.client_daemon import (
+from teredo.core.config import parse_client_config
+from teredo.core.errors import UsageError, UserError
+from teredo.core.qualification import ServerPair
+from teredo.programs.client_daemon import (
     ClientDaemon,
     HookRunner,
     _Loaded,
@@ -105,7 +105,7 @@ def test_hook_script_must_be_executable(tmp_path: Path) -> None:
 
 
 def test_status_document_without_a_loop() -> None:
-    from teredo.client import TeredoClient
+    from teredo.core.client import TeredoClient
 
     config = parse_client_config("ServerAddress 198.51.100.2\n")
     servers = resolve_servers(config)

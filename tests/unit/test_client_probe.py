@@ -12,11 +12,11 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from teredo.address import TEREDO_PORT, Endpoint, parse_teredo_address
 from teredo.cli import main
-from teredo.errors import UsageError, UserError
-from teredo.runtime.probe import probe, resolve_ipv4
-from teredo.server import ServerSettings, TeredoServer
+from teredo.core.address import TEREDO_PORT, Endpoint, parse_teredo_address
+from teredo.core.errors import UsageError, UserError
+from teredo.core.server import ServerSettings, TeredoServer
+from teredo.programs.probe import probe, resolve_ipv4
 
 PRIMARY = IPv4Address("127.84.0.2")
 SECONDARY = IPv4Address("127.84.0.3")

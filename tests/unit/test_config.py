@@ -1,4 +1,4 @@
-"""Miredo-compatible configuration parsing (teredo.config) and `teredo checkconf`.
+"""Miredo-compatible configuration parsing (teredo.core.config) and `teredo checkconf`.
 
 The Miredo behaviour mirrored here was observed with Miredo 1.2.6's miredo-checkconf and daemons;
 `test_agrees_with_miredo_checkconf` re-checks it against the real tool when it is installed.
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import teredo.config
+import teredo.core.config
 from teredo.cli import main
-from teredo.config import (
+from teredo.core.config import (
     ClientConfig,
     ConfigLine,
     RelayConfig,
@@ -33,7 +33,7 @@ from teredo.config import (
     parse_server_config,
     tokenize_config,
 )
-from teredo.errors import UsageError
+from teredo.core.errors import UsageError
 from testsupport import IN_CI
 
 SRC = "/etc/miredo/test.conf"
@@ -224,7 +224,13 @@ def test_server_defaults() -> None:
 
 def test_dataclasses_are_frozen_and_slotted() -> None:
     config = parse_client_config("ServerAddress 198.51.100.2\n", SRC)
-    for cls in (ClientConfig, RelayConfig, ServerConfig, ConfigLine, teredo.config.ConfigWarning):
+    for cls in (
+        ClientConfig,
+        RelayConfig,
+        ServerConfig,
+        ConfigLine,
+        teredo.core.config.ConfigWarning,
+    ):
         assert "__slots__" in vars(cls)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.bind_port = 1  # type: ignore[misc]
@@ -752,7 +758,7 @@ def test_fuzz_directive_lines(lines: list[tuple[str, str, str]], role: str | Non
 
 
 def test_config_module_imports_no_io() -> None:
-    tree = ast.parse(Path(teredo.config.__file__).read_text())
+    tree = ast.parse(Path(teredo.core.config.__file__).read_text())
     imported = {
         alias.name.split(".")[0]
         for node in ast.walk(tree)
@@ -843,7 +849,7 @@ def test_checkconf_default_file(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write(tmp_path, "ServerAddress teredo.example.net\n", "miredo.conf")
-    monkeypatch.setattr(teredo.config, "DEFAULT_CONFIG_PATH", path)
+    monkeypatch.setattr(teredo.core.config, "DEFAULT_CONFIG_PATH", path)
     assert checkconf(capsys) == (0, "", "")
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from teredo.config import ClientConfig, RelayConfig, ServerConfig, parse_config
-from teredo.errors import UsageError
+from teredo.core.config import ClientConfig, RelayConfig, ServerConfig, parse_config
+from teredo.core.errors import UsageError
 from teredo.lab import arguments, roles
 from teredo.lab.lab import describe_teredo, parse_ping, teredo_json
 from teredo.lab.nat import nat_ruleset

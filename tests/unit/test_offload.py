@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from teredo.offload import (
+from teredo.adapters.accel import coalesce_segments, ones_complement_sum, segment
+from teredo.core.offload import (
     COALESCED_BYTES,
     GSO_ECN,
     GSO_TCPV6,
@@ -20,15 +21,12 @@ from teredo.offload import (
     TCP_FIN,
     TCP_PSH,
     OffloadError,
-    coalesce_segments,
     complete_checksum,
-    ones_complement_sum,
     python_coalesce_segments,
     python_ones_complement_sum,
     python_segment,
-    segment,
 )
-from teredo.wire import internet_checksum
+from teredo.core.wire import internet_checksum
 from testsupport import require_accelerators
 
 SOURCE = bytes.fromhex("20010db8000200000000000000000002")

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from teredo.peers import (
+from teredo.core.peers import (
     BUBBLE_BUDGET,
     NEVER,
     PEER_VALIDITY,

@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network
 import pytest
 
 from fakenet import FULLCONE, PORT_RESTRICTED, RESTRICTED, SYMMETRIC, FakeNetwork, Nat, ServerNode
-from teredo.address import (
+from teredo.core.address import (
     CLIENT_LINK_LOCAL,
     TEREDO_PORT,
     Endpoint,
@@ -22,8 +22,8 @@ from teredo.address import (
     parse_teredo_address,
     server_link_local,
 )
-from teredo.errors import LocalProtocolError
-from teredo.qualification import (
+from teredo.core.errors import LocalProtocolError
+from teredo.core.qualification import (
     AddressChanged,
     NatBehaviour,
     NatBehaviourDetected,
@@ -34,8 +34,8 @@ from teredo.qualification import (
     QualifierEvent,
     ServerPair,
 )
-from teredo.server import ServerSettings, TeredoServer
-from teredo.wire import (
+from teredo.core.server import ServerSettings, TeredoServer
+from teredo.core.wire import (
     Authentication,
     OriginIndication,
     PrefixInformation,

@@ -18,12 +18,12 @@ from fakenet import (
     Nat,
     ServerNode,
 )
-from teredo.address import encode_teredo_address
-from teredo.config import RelayType, parse_relay_config
-from teredo.relay import TeredoRelay
-from teredo.server import ServerSettings, TeredoServer
-from teredo.tunnel import TunnelSettings
-from teredo.wire import (
+from teredo.core.address import encode_teredo_address
+from teredo.core.config import RelayType, parse_relay_config
+from teredo.core.peering import TunnelSettings
+from teredo.core.relay import TeredoRelay
+from teredo.core.server import ServerSettings, TeredoServer
+from teredo.core.wire import (
     Authentication,
     ICMPv6Type,
     TeredoPacket,

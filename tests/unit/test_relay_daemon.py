@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from teredo.address import encode_teredo_address
-from teredo.config import parse_relay_config
-from teredo.errors import UsageError
-from teredo.relay import TeredoRelay
-from teredo.runtime.relay_daemon import RelayDaemon, _Loaded, host_addresses, load_relay_config
-from teredo.runtime.tun import TunDevice
-from teredo.runtime.tunnel_loop import TunnelLoop
-from teredo.runtime.udp import open_udp_socket
-from teredo.tunnel import TunnelSettings
-from teredo.wire import build_bubble, build_echo
+from teredo.adapters.tun import TunDevice
+from teredo.adapters.udp import open_udp_socket
+from teredo.core.address import encode_teredo_address
+from teredo.core.config import parse_relay_config
+from teredo.core.errors import UsageError
+from teredo.core.peering import TunnelSettings
+from teredo.core.relay import TeredoRelay
+from teredo.core.wire import build_bubble, build_echo
+from teredo.programs.datapath import TunnelLoop
+from teredo.programs.relay_daemon import RelayDaemon, _Loaded, host_addresses, load_relay_config
 
 NATIVE = IPv6Address("2001:db8:2::2")
 

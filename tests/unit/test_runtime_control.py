@@ -1,4 +1,4 @@
-"""teredo.runtime.control: the control socket round trip, discovery, errors and rendering."""
+"""teredo.adapters.control: the control socket round trip, discovery, errors and rendering."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from teredo import __version__
-from teredo.errors import UserError
-from teredo.runtime.control import (
+from teredo.adapters.control import (
     ControlServer,
     format_duration,
     query_control_socket,
@@ -26,6 +25,7 @@ from teredo.runtime.control import (
     run_status,
     start_control_server,
 )
+from teredo.core.errors import UserError
 
 # Teredo address of the RFC 4380 §4 example: server 65.54.227.120, mapped 192.0.2.45:40000, cone.
 EXAMPLE_ADDRESS = "2001:0:4136:e378:8000:63bf:3fff:fdd2"

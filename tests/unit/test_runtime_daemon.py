@@ -1,4 +1,4 @@
-"""teredo.runtime.daemon: logging set-up, the locked pid file, signals on the asyncio loop."""
+"""teredo.adapters.daemon: logging set-up, the locked pid file, signals on the asyncio loop."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from teredo.errors import UsageError, UserError
-from teredo.runtime.daemon import (
+from teredo.adapters.daemon import (
     PidFile,
     install_signal_handlers,
     level_for_verbosity,
     setup_logging,
     wait_for_shutdown,
 )
+from teredo.core.errors import UsageError, UserError
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""teredo.runtime.privileges without changing this process: the paths that stop before a drop.
+"""teredo.adapters.privileges without changing this process: the paths that stop before a drop.
 
 The drop itself runs in a child process: tests/e2e/test_runtime_privileges.py.
 """
@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from teredo.errors import UserError
-from teredo.runtime import privileges
-from teredo.runtime.privileges import capability_mask, current_capabilities, drop_privileges
+from teredo.adapters import privileges
+from teredo.adapters.privileges import capability_mask, current_capabilities, drop_privileges
+from teredo.core.errors import UserError
 
 
 def test_capability_mask() -> None:

@@ -1,10 +1,10 @@
-"""teredo.runtime.timer: one handle, re-armed to the core's deadline; no timing assertions."""
+"""teredo.adapters.timer: one handle, re-armed to the core's deadline; no timing assertions."""
 
 from __future__ import annotations
 
 import asyncio
 
-from teredo.runtime.timer import Timer
+from teredo.adapters.timer import Timer
 
 
 def test_set_rearm_and_cancel() -> None:

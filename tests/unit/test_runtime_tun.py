@@ -1,4 +1,4 @@
-"""teredo.runtime.tun without root: name checks, errors, and the read/write loop on a socketpair.
+"""teredo.adapters.tun without root: name checks, errors, and the read/write loop on a socketpair.
 
 A SOCK_SEQPACKET socketpair keeps packet boundaries like a TUN queue, so `TunDevice`'s drain and
 write logic is tested here; the real device is exercised in tests/e2e/test_runtime_netlink_tun.py.
@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from teredo.errors import UsageError, UserError
-from teredo.runtime.tun import TunDevice, open_tun
+from teredo.adapters.tun import TunDevice, open_tun
+from teredo.core.errors import UsageError, UserError
 
 
 @pytest.mark.parametrize("name", ["", "a" * 16, "te/redo", "te redo", "t:1", "..", "tér"])

@@ -1,4 +1,4 @@
-"""teredo.runtime.udp on loopback: socket options, drain, pktinfo, send counters, bind errors."""
+"""teredo.adapters.udp on loopback: socket options, drain, pktinfo, send counters, bind errors."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from teredo.errors import UserError
-from teredo.runtime.udp import (
+from teredo.adapters.udp import (
     IP_MTU_DISCOVER,
     IP_PKTINFO,
     IP_PMTUDISC_DONT,
     UdpSocket,
     open_udp_socket,
 )
+from teredo.core.errors import UserError
 
 
 @pytest.fixture

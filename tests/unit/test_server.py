@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from teredo.address import (
+from teredo.core.address import (
     TEREDO_PORT,
     Endpoint,
     encode_teredo_address,
     server_link_local,
 )
-from teredo.errors import LocalProtocolError
-from teredo.server import (
+from teredo.core.errors import LocalProtocolError
+from teredo.core.server import (
     DROP_REASONS,
     MAX_FORWARDED_PAYLOAD,
     MAX_FORWARDED_TRAILERS,
@@ -26,7 +26,7 @@ from teredo.server import (
     SourceRateLimiter,
     TeredoServer,
 )
-from teredo.wire import (
+from teredo.core.wire import (
     Authentication,
     OriginIndication,
     TeredoPacket,
@@ -582,9 +582,9 @@ def test_plausible_traffic_never_raises_and_memory_is_bounded(
 
 def test_core_module_does_no_io() -> None:
     """STYLE §1: the core imports no socket, asyncio, time, os or random."""
-    import teredo.server
+    import teredo.core.server
 
-    tree = ast.parse(Path(teredo.server.__file__).read_text())
+    tree = ast.parse(Path(teredo.core.server.__file__).read_text())
     imported = {
         alias.name.split(".")[0]
         for node in ast.walk(tree)
@@ -596,4 +596,4 @@ def test_core_module_does_no_io() -> None:
         if isinstance(node, ast.ImportFrom) and node.module
     }
     assert not imported & {"socket", "asyncio", "time", "os", "random", "select"}
-    assert "teredo.server" in sys.modules
+    assert "teredo.core.server" in sys.modules

@@ -13,23 +13,23 @@ from pathlib import Path
 
 import pytest
 
+from teredo.adapters.udp import open_udp_socket
 from teredo.cli import main
-from teredo.errors import UsageError
-from teredo.runtime import server_daemon
-from teredo.runtime.server_daemon import (
-    ServerDaemon,
-    load_server_config,
-    settings_from_config,
-)
-from teredo.runtime.udp import open_udp_socket
-from teredo.server import TeredoServer
-from teredo.wire import (
+from teredo.core.errors import UsageError
+from teredo.core.server import TeredoServer
+from teredo.core.wire import (
     Authentication,
     TeredoPacket,
     build_router_solicitation,
     encode_teredo_packet,
     parse_router_advertisement,
     parse_teredo_packet,
+)
+from teredo.programs import server_daemon
+from teredo.programs.server_daemon import (
+    ServerDaemon,
+    load_server_config,
+    settings_from_config,
 )
 
 

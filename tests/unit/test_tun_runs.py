@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from teredo.offload import GSO_NONE, GSO_TCPV6, NEEDS_CSUM, VNET_HEADER
-from teredo.runtime.tun_runs import (
+from teredo.adapters.accel import read_runs
+from teredo.adapters.tun_runs import (
     READ_BYTES,
     Run,
     python_read_runs,
-    read_runs,
 )
-from teredo.wire import internet_checksum
+from teredo.core.offload import GSO_NONE, GSO_TCPV6, NEEDS_CSUM, VNET_HEADER
+from teredo.core.wire import internet_checksum
 from testsupport import require_accelerators
 
 Reader = Callable[[int, memoryview, int], tuple[int, list[Run], int, int]]

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from teredo.address import server_link_local
-from teredo.errors import ParseError
-from teredo.wire import (
+from teredo.core.address import server_link_local
+from teredo.core.errors import ParseError
+from teredo.core.wire import (
     Authentication,
     OriginIndication,
     PrefixInformation,
@@ -153,7 +153,7 @@ def test_ra_option_with_zero_length_is_rejected() -> None:
     ipv6[40 + 16 + 1] = 0  # PIO length 0
     # fix up the checksum so that only the option is wrong
     ipv6[42:44] = b"\x00\x00"
-    from teredo.wire import icmpv6_checksum
+    from teredo.core.wire import icmpv6_checksum
 
     checksum = icmpv6_checksum(bytes(ipv6[8:24]), bytes(ipv6[24:40]), bytes(ipv6[40:]))
     ipv6[42:44] = checksum.to_bytes(2, "big")
@@ -301,7 +301,7 @@ def test_teredo_packet_round_trip(
     origin: OriginIndication | None,
     trailer_list: list[Trailer],
 ) -> None:
-    from teredo.wire import build_ipv6_packet
+    from teredo.core.wire import build_ipv6_packet
 
     ipv6 = build_ipv6_packet(source, destination, 17, payload)
     packet = TeredoPacket(ipv6, auth, origin, tuple(trailer_list))

@@ -1,6 +1,6 @@
 """Wireshark's Teredo dissector as an independent oracle for our encoder.
 
-Packets built by `teredo.wire` are written to a pcap (Ethernet/IPv4/UDP around them, UDP port
+Packets built by `teredo.core.wire` are written to a pcap (Ethernet/IPv4/UDP around them, UDP port
 3544 so the dissector claims them) and `tshark` must decode the fields to the values we put in.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from teredo.address import encode_teredo_address, server_link_local
-from teredo.wire import (
+from teredo.core.address import encode_teredo_address, server_link_local
+from teredo.core.wire import (
     Authentication,
     OriginIndication,
     PrefixInformation,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ipaddress import IPv6Address
 from typing import Final, TextIO
 
-from teredo.errors import UserError
+from teredo.core.errors import UserError
 from teredo.lab.lab import (
     Lab,
     PingResult,

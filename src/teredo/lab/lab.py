@@ -26,8 +26,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from teredo.address import TeredoAddress, parse_teredo_address
-from teredo.errors import ParseError, UsageError, UserError
+from teredo.core.address import TeredoAddress, parse_teredo_address
+from teredo.core.errors import ParseError, UsageError, UserError
 from teredo.lab import netns, processes
 from teredo.lab.nat import nat_ruleset
 from teredo.lab.processes import ProcessInfo

@@ -21,7 +21,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_interface
 from pathlib import Path
 from typing import Any, Final
 
-from teredo.errors import UserError
+from teredo.core.errors import UserError
 from teredo.lab.topology import Address, Network
 
 logger = logging.getLogger(__name__)

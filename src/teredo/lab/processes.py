@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from teredo.errors import UserError
+from teredo.core.errors import UserError
 from teredo.lab import netns
 
 logger = logging.getLogger(__name__)

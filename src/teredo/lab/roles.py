@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
-from teredo.errors import UserError
+from teredo.core.errors import UserError
 from teredo.lab.topology import RELAY_IPV4, RELAY_PORT, SERVER_IPV4, SERVER_IPV4_2, TEREDO_INTERFACE
 
 OURS_IMPLEMENTED: dict[str, bool] = {"server": True, "client": True, "relay": True}

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from teredo.errors import UsageError
+from teredo.core.errors import UsageError
 
 STATE_ROOT: Final = Path("/run/teredo-lab")
 STATE_FILE: Final = "state.json"

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A relay is the shared tunnel engine (`teredo.tunnel.TunnelEngine`) with the relay's policy:
+A relay is the shared tunnel engine (`teredo.core.peering.TunnelEngine`) with the relay's policy:
 
 * **From the native side** (packets the kernel routes into the Teredo interface): only Teredo
   destinations are encapsulated (RLY-3); anything else is a routing error, dropped with a
@@ -27,7 +27,7 @@ A relay is the shared tunnel engine (`teredo.tunnel.TunnelEngine`) with the rela
   advertised. It serves exactly the host's own addresses (HSR-4), which the runtime keeps up to
   date with `set_host_addresses`, and is never a client (HSR-1).
 
-Peer states (data in `teredo.peers`): absent -> untrusted (queue + bubbles, retried every 2 s)
+Peer states (data in `teredo.core.peers`): absent -> untrusted (queue + bubbles, retried every 2 s)
 -> trusted (mapping proven) -> stale after 30 s without reception (bubbles again, the entry is
 kept) -> expired by the sweep after `idle_timeout` (30 s, Miredo's relay value) without use, or
 evicted least-recently-used when the table is full (`MaxPeers`).
@@ -39,9 +39,9 @@ from collections.abc import Callable, Iterable
 from ipaddress import IPv6Address
 from typing import Final
 
-from teredo.config import RelayConfig
-from teredo.peers import PEER_VALIDITY
-from teredo.tunnel import TunnelEngine, TunnelSettings
+from teredo.core.config import RelayConfig
+from teredo.core.peering import TunnelEngine, TunnelSettings
+from teredo.core.peers import PEER_VALIDITY
 
 RELAY_IDLE_TIMEOUT: Final = PEER_VALIDITY  # [IMPL] Miredo: unused relay entries expire in 30 s
 

@@ -1,6 +1,6 @@
 """The TUN <-> UDP event loop shared by the client and relay daemons.
 
-One `TunnelLoop` joins a tunnel engine (`teredo.tunnel.TunnelEngine`: the relay, or the client
+One `TunnelLoop` joins a tunnel engine (`teredo.core.peering.TunnelEngine`: the relay, or the client
 which extends it) to one UDP socket and one TUN device on the running asyncio loop:
 
 - **UDP readable**: drain every queued datagram into the socket's reused buffer; for each, try
@@ -15,7 +15,7 @@ which extends it) to one UDP socket and one TUN device on the running asyncio lo
   one timer at `get_timer()`.
 
 When the TUN device was opened with offloads (`open_tun(..., offload=True)`), the TUN side
-reads the queue in *runs* (`teredo.runtime.tun_runs.read_runs`, in C where built): packets
+reads the queue in *runs* (`teredo.adapters.tun_runs.read_runs`, in C where built): packets
 with their virtio-net headers, straight into one batch buffer, grouped as they come:
 
 - plain packets for one IPv6 destination, of one size (a shorter one ends the run), partial
@@ -28,7 +28,7 @@ with their virtio-net headers, straight into one batch buffer, grouped as they c
 
 The UDP side, with offloads, asks the kernel to coalesce datagrams (`UDP_GRO`): one read then
 holds up to 64 datagrams of one flow. The first is checked by the engine's fast path, and
-`teredo.offload.coalesce_segments` joins it and those that follow it in the same TCP or UDP
+`teredo.core.offload.coalesce_segments` joins it and those that follow it in the same TCP or UDP
 flow (same IPv6 addresses, so the same verdict) into one super-packet for one TUN write; the
 kernel cuts it again where it must (or hands it to TCP whole). Anything else goes alone, in
 order.
@@ -55,19 +55,14 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from teredo import offload
-from teredo.offload import (
-    COALESCED_BYTES,
-    GSO_NONE,
-    OffloadError,
-    coalesce_segments,
-    segment,
-)
-from teredo.runtime.timer import Timer
-from teredo.runtime.tun import DRAIN_LIMIT, TunDevice
-from teredo.runtime.tun_runs import READ_BYTES, read_runs
-from teredo.runtime.udp import MAX_SEGMENTED_BYTES, MAX_SEGMENTS, Address, UdpSocket
-from teredo.tunnel import TunnelEngine
+from teredo.adapters import accel
+from teredo.adapters.accel import coalesce_segments, read_runs, segment
+from teredo.adapters.timer import Timer
+from teredo.adapters.tun import DRAIN_LIMIT, TunDevice
+from teredo.adapters.tun_runs import READ_BYTES
+from teredo.adapters.udp import MAX_SEGMENTED_BYTES, MAX_SEGMENTS, Address, UdpSocket
+from teredo.core.offload import COALESCED_BYTES, GSO_NONE, OffloadError
+from teredo.core.peering import TunnelEngine
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +113,7 @@ class TunnelLoop:
                 "data path: TUN offloads %#x, UDP coalescing %s, C accelerators %s",
                 self.tun.offloads,
                 "on" if coalescing else "off",
-                "on" if offload.ACCELERATED else "off",
+                "on" if accel.ACCELERATED else "off",
             )
         else:
             log.info("data path: one system call per packet (no offloads)")

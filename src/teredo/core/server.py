@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Final, NamedTuple
 
-from teredo.address import (
+from teredo.core.address import (
     DEFAULT_MTU,
     IPV4_MASK,
     PORT_MASK,
@@ -58,8 +58,8 @@ from teredo.address import (
     is_global_ipv4,
     server_link_local,
 )
-from teredo.errors import LocalProtocolError, ParseError
-from teredo.wire import (
+from teredo.core.errors import LocalProtocolError, ParseError
+from teredo.core.wire import (
     ALL_ROUTERS,
     IPV6_HEADER_LENGTH,
     Authentication,

@@ -15,16 +15,16 @@ from ipaddress import IPv4Address, IPv6Address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from teredo.address import encode_teredo_address
-from teredo.peers import Peer
-from teredo.relay import TeredoRelay
-from teredo.tunnel import (
+from teredo.core.address import encode_teredo_address
+from teredo.core.peering import (
     TunnelEngine,
     TunnelSettings,
     bubble_cookie,
     embedded_sockaddr,
 )
-from teredo.wire import (
+from teredo.core.peers import Peer
+from teredo.core.relay import TeredoRelay
+from teredo.core.wire import (
     ICMPv6Type,
     UnreachableCode,
     build_bubble,

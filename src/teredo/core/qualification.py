@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The `Qualifier` is the part of a client that talks to Teredo servers, with no I/O: router
 solicitations (RS) out, router advertisements (RA) in, the time passed in as `now`, randomness
-injected. The client (`teredo.client`) and the probe (`teredo probe`) both drive it.
+injected. The client (`teredo.core.client`) and the probe (`teredo probe`) both drive it.
 
 States (RFC 4380 §5.2.1 "Initial", "Starting", "Qualified", "Off-line")::
 
@@ -54,7 +54,7 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Final
 
-from teredo.address import (
+from teredo.core.address import (
     CLIENT_LINK_LOCAL,
     CLIENT_LINK_LOCAL_CONE,
     DEFAULT_MTU,
@@ -64,8 +64,8 @@ from teredo.address import (
     encode_teredo_address,
     random_flags,
 )
-from teredo.errors import LocalProtocolError, ParseError
-from teredo.wire import (
+from teredo.core.errors import LocalProtocolError, ParseError
+from teredo.core.wire import (
     Authentication,
     ICMPv6Type,
     NextHeader,

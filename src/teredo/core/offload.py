@@ -28,25 +28,22 @@ takes them in one write.
 
 Checksums are the costly part: ~50 per super-packet. The optional C module `teredo._accel`
 does `ones_complement_sum`, `segment` and `coalesce_segments` ~20 times faster (a sum of 1280
-bytes in ~0.1 us, a 64-datagram batch in a few us). Without it (no compiler at install time)
-(or with `TEREDO_PURE_PYTHON` set in the environment) their pure-Python twins `python_*` run,
-which give the same results: the sum uses the fact that
+bytes in ~0.1 us, a 64-datagram batch in a few us). This module holds their pure-Python twins
+`python_*`, which give the same results (the tests check both on the same input); which of the
+two runs is chosen at the edge, by `teredo.adapters.accel`. The sum uses the fact that
 a sum of 16-bit words in one's complement arithmetic is the number they form modulo 0xFFFF
 (because 2**16 = 1 mod 0xFFFF), `int.from_bytes(...) % 0xFFFF`, ~3 us for 1280 bytes.
 
-Everything here is pure: buffers in, buffers out. The runtime (`teredo.runtime.tun`,
-`teredo.runtime.tunnel_loop`) does the reads, writes and sends.
+Everything here is pure: buffers in, buffers out. The runtime (`teredo.adapters.tun`,
+`teredo.programs.datapath`) does the reads, writes and sends.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 from typing import Final
 
-# Set (to anything) in the environment, the C accelerators are not used: to compare, or to
-# rule them out when something looks wrong on the data path.
-PURE_PYTHON_VARIABLE: Final = "TEREDO_PURE_PYTHON"
+from teredo.core.wire import ones_complement_sum as python_ones_complement_sum
 
 VNET_HEADER: Final = struct.Struct("<BBHHHH")
 VNET_HEADER_BYTES: Final = VNET_HEADER.size  # 10: struct virtio_net_hdr
@@ -79,16 +76,6 @@ class OffloadError(ValueError):
     """A super-packet we cannot segment (malformed, or a layout the tunnel does not handle)."""
 
 
-def python_ones_complement_sum(data: bytes | bytearray | memoryview) -> int:
-    """The folded 16-bit one's complement sum of `data` (RFC 1071), 0 only for all zeros."""
-    value = int.from_bytes(data, "big")
-    if len(data) & 1:
-        value <<= 8  # an odd trailing byte is padded with a zero byte
-    if not value:
-        return 0
-    return value % 0xFFFF or 0xFFFF
-
-
 def complete_checksum(packet: bytearray | memoryview, csum_start: int, csum_offset: int) -> None:
     """Finish a partial transport checksum in place (`NEEDS_CSUM`).
 
@@ -98,7 +85,7 @@ def complete_checksum(packet: bytearray | memoryview, csum_start: int, csum_offs
     field = csum_start + csum_offset
     if field + 2 > len(packet) or csum_start < IPV6_HEADER_BYTES:
         raise OffloadError("checksum offsets outside the packet")
-    checksum = ~ones_complement_sum(packet[csum_start:]) & 0xFFFF
+    checksum = ~python_ones_complement_sum(packet[csum_start:]) & 0xFFFF
     packet[field : field + 2] = (checksum or 0xFFFF).to_bytes(2, "big")
 
 
@@ -143,7 +130,7 @@ def python_segment(
     sequence = int.from_bytes(header[44:48], "big") if tcp else 0
     flags = header[IPV6_HEADER_BYTES + 13] if tcp else 0
     transport = IPV6_HEADER_BYTES
-    checksum_of = ones_complement_sum
+    checksum_of = python_ones_complement_sum
     position = 0
     start = header_bytes
     for index in range(count):
@@ -209,8 +196,8 @@ def _joinable(packet: memoryview) -> tuple[int, bytes, int, int] | None:
     if total <= header_bytes:
         return None
     upper = total - IPV6_HEADER_BYTES
-    summed = ones_complement_sum(packet[8:40]) + upper + next_header
-    if (summed + ones_complement_sum(packet[IPV6_HEADER_BYTES:])) % 0xFFFF:
+    summed = python_ones_complement_sum(packet[8:40]) + upper + next_header
+    if (summed + python_ones_complement_sum(packet[IPV6_HEADER_BYTES:])) % 0xFFFF:
         return None  # damaged: the kernel must see it alone, and drop it
     return header_bytes, key, flags, sequence
 
@@ -291,7 +278,7 @@ def python_coalesce_segments(
         gso_type, field = GSO_UDP_L4, IPV6_HEADER_BYTES + UDP_CHECKSUM_OFFSET
         packet[44:46] = upper.to_bytes(2, "big")
     # NEEDS_CSUM: the field holds the pseudo-header sum; the kernel sums the rest.
-    pseudo = (ones_complement_sum(packet[8:40]) + upper + next_header) % 0xFFFF
+    pseudo = (python_ones_complement_sum(packet[8:40]) + upper + next_header) % 0xFFFF
     packet[field : field + 2] = pseudo.to_bytes(2, "big")
     VNET_HEADER.pack_into(
         out,
@@ -304,18 +291,3 @@ def python_coalesce_segments(
         field - IPV6_HEADER_BYTES,
     )
     return count, start + length
-
-
-try:
-    if os.environ.get(PURE_PYTHON_VARIABLE):
-        raise ImportError(f"{PURE_PYTHON_VARIABLE} is set")
-    from teredo._accel import coalesce_segments as coalesce_segments
-    from teredo._accel import ones_complement_sum as ones_complement_sum
-    from teredo._accel import segment as segment
-
-    ACCELERATED = True
-except ImportError:  # built without a C compiler, or refused: the same results, slower
-    coalesce_segments = python_coalesce_segments
-    ones_complement_sum = python_ones_complement_sum
-    segment = python_segment
-    ACCELERATED = False

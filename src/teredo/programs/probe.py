@@ -1,7 +1,7 @@
 """`teredo probe SERVER [--json] [--timeout S] [--port N]`: qualify without root or a TUN device.
 
 A plain UDP socket talks to the server's primary and secondary addresses with the client's own
-qualification logic (`teredo.qualification.Qualifier`, with the cone test that a real client
+qualification logic (`teredo.core.qualification.Qualifier`, with the cone test that a real client
 must not run), then prints what a client on this host would get: the mapped address and port,
 the NAT behaviour, the Teredo address, the MTU and the round-trip time. Nothing is configured.
 
@@ -19,9 +19,10 @@ import time
 from ipaddress import IPv4Address
 from typing import Any, Final
 
-from teredo.address import TEREDO_PORT, Endpoint, parse_teredo_address
-from teredo.errors import UsageError, UserError
-from teredo.qualification import (
+from teredo.adapters.udp import open_udp_socket
+from teredo.core.address import TEREDO_PORT, Endpoint, parse_teredo_address
+from teredo.core.errors import UsageError, UserError
+from teredo.core.qualification import (
     QUALIFICATION_ATTEMPTS,
     QUALIFICATION_TIMEOUT,
     NatBehaviour,
@@ -29,7 +30,6 @@ from teredo.qualification import (
     Qualifier,
     ServerPair,
 )
-from teredo.runtime.udp import open_udp_socket
 
 NAT_EXPLANATIONS: Final = {
     NatBehaviour.NONE: "no NAT: the server sees this host's own address and port",

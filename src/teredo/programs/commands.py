@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
-from teredo.errors import ParseError, UsageError
+from teredo.core.errors import ParseError, UsageError
 
 
 def _parse_ipv4(text: str, what: str) -> IPv4Address:
@@ -31,7 +31,7 @@ def _parse_int(text: str, what: str, maximum: int) -> int:
 
 def decode(text: str, as_json: bool = False) -> int:
     """`teredo decode ADDRESS [--json]`."""
-    from teredo.address import parse_teredo_address
+    from teredo.core.address import parse_teredo_address
 
     cleaned = text.strip().strip("[]").split("%", 1)[0]
     try:
@@ -87,7 +87,7 @@ def encode(
     prefix: str | None = None,
 ) -> int:
     """`teredo encode --server IPV4 --mapped IPV4:PORT [--cone] [--flags N] [--prefix P]`."""
-    from teredo.address import FLAG_CONE, TEREDO_PREFIX, encode_teredo_address
+    from teredo.core.address import FLAG_CONE, TEREDO_PREFIX, encode_teredo_address
 
     server_address = _parse_ipv4(server, "server")
     host, sep, port_text = mapped.strip().rpartition(":")
@@ -113,7 +113,7 @@ def checkconf(path: str | None) -> int:
     """
     import sys
 
-    from teredo.config import DEFAULT_CONFIG_PATH, load_config
+    from teredo.core.config import DEFAULT_CONFIG_PATH, load_config
 
     file = DEFAULT_CONFIG_PATH if path is None else path
     config = load_config(file)

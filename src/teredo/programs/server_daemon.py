@@ -1,4 +1,4 @@
-"""`teredo server`: the Teredo server daemon around the sans-I/O core `teredo.server`.
+"""`teredo server`: the Teredo server daemon around the sans-I/O core `teredo.core.server`.
 
 What it does, in order:
 
@@ -29,14 +29,14 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from typing import Any, Final
 
-from teredo.address import TEREDO_PORT, Endpoint
-from teredo.config import DEFAULT_SERVER_CONFIG_PATH, ServerConfig, parse_server_config
-from teredo.errors import UsageError, UserError
-from teredo.runtime.control import ControlServer, start_control_server
-from teredo.runtime.daemon import keep_restart_only, setup_logging, wait_for_shutdown
-from teredo.runtime.privileges import drop_privileges
-from teredo.runtime.udp import Address, UdpSocket, open_udp_socket
-from teredo.server import ServerSettings, TeredoServer
+from teredo.adapters.control import ControlServer, start_control_server
+from teredo.adapters.daemon import keep_restart_only, setup_logging, wait_for_shutdown
+from teredo.adapters.privileges import drop_privileges
+from teredo.adapters.udp import Address, UdpSocket, open_udp_socket
+from teredo.core.address import TEREDO_PORT, Endpoint
+from teredo.core.config import DEFAULT_SERVER_CONFIG_PATH, ServerConfig, parse_server_config
+from teredo.core.errors import UsageError, UserError
+from teredo.core.server import ServerSettings, TeredoServer
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def load_server_config(config_path: str | None, address: str | None) -> _Loaded:
     Without ``-c`` the default file is read; when it does not exist and ADDRESS is given, the
     server runs with the defaults (Miredo needs a file; this spares one for a quick start).
     """
-    from teredo.config import read_config_text, tokenize_config
+    from teredo.core.config import read_config_text, tokenize_config
 
     path = config_path or DEFAULT_SERVER_CONFIG_PATH
     if config_path is None and address is not None and not os.path.exists(path):

@@ -8,7 +8,7 @@ it reads:
 
     read_runs(fd, buffer, max_reads) -> (reads, runs, dropped, error)
 
-reads up to `max_reads` packets (each after its virtio-net header, `teredo.offload`) into
+reads up to `max_reads` packets (each after its virtio-net header, `teredo.core.offload`) into
 `buffer`, back to back, while at least `READ_BYTES` of room is left, and returns them as runs
 `(start, end, size, gso_type, gso_size)` in the order read:
 
@@ -16,15 +16,15 @@ reads up to `max_reads` packets (each after its virtio-net header, `teredo.offlo
   last (shorter, which ends the run), all for the same IPv6 destination, at most `MAX_SEGMENTS`
   of them and `MAX_SEGMENTED_BYTES` in all; a partial checksum (`NEEDS_CSUM`) is completed. A
   packet shorter than an IPv6 header is a run of its own.
-- otherwise: one super-packet at `buffer[start:end]` as read, for `teredo.offload.segment`.
+- otherwise: one super-packet at `buffer[start:end]` as read, for `teredo.core.offload.segment`.
 
 `dropped` counts packets whose checksum offsets lie outside them; `error` is the errno that
 stopped the reading (`EAGAIN`: the queue is empty), 0 when `max_reads` or the room did.
 
 The optional C module `teredo._accel` does it without a Python round trip per packet
 (~0.1 us of user time per packet instead of ~1.5 us); `python_read_runs` is its portable twin
-(used as well when `TEREDO_PURE_PYTHON` is set),
-and the tests check that both read the same runs from the same queue.
+(`teredo.adapters.accel` chooses), and the tests check that both read the same runs from the
+same queue.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from teredo.offload import (
-    ACCELERATED,
+from teredo.adapters.udp import MAX_SEGMENTED_BYTES, MAX_SEGMENTS
+from teredo.core.offload import (
     GSO_NONE,
     IPV6_HEADER_BYTES,
     NEEDS_CSUM,
@@ -42,7 +42,6 @@ from teredo.offload import (
     OffloadError,
     complete_checksum,
 )
-from teredo.runtime.udp import MAX_SEGMENTED_BYTES, MAX_SEGMENTS
 
 READ_BYTES: Final = 65536  # room for one read: any packet, even a super-packet
 
@@ -108,9 +107,3 @@ def python_read_runs(
     if count:
         runs.append((start, position, size, GSO_NONE, 0))
     return reads, runs, dropped, error
-
-
-if ACCELERATED:
-    from teredo._accel import read_runs as read_runs
-else:
-    read_runs = python_read_runs

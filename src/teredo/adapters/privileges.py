@@ -31,8 +31,8 @@ import pwd
 from collections.abc import Collection
 from typing import Final
 
-from teredo.config import DEFAULT_USER
-from teredo.errors import UserError
+from teredo.core.config import DEFAULT_USER
+from teredo.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

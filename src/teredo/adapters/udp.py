@@ -43,8 +43,8 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Final
 
-from teredo.address import TEREDO_PORT
-from teredo.errors import UserError
+from teredo.core.address import TEREDO_PORT
+from teredo.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from typing import Any, Final
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from teredo.address import CLIENT_LINK_LOCAL, DEFAULT_MTU, TEREDO_PREFIX
-from teredo.errors import UserError
+from teredo.core.address import CLIENT_LINK_LOCAL, DEFAULT_MTU, TEREDO_PREFIX
+from teredo.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

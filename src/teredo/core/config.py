@@ -85,7 +85,7 @@ Compatibility with Miredo (observed with Miredo 1.2.6 and its miredo-checkconf)
   the kernel's ``tunN``; every shipped example sets ``InterfaceName teredo``, which is our default.
 - The last line may lack a newline (Miredo rejects that as an "overly long line").
 
-Errors raise `teredo.errors.UsageError` whose message is one sentence starting with
+Errors raise `teredo.core.errors.UsageError` whose message is one sentence starting with
 ``FILE:LINE:`` (or ``FILE:`` for something missing), e.g.
 ``/etc/miredo/miredo.conf:7: InterfaceMTU must be between 1280 and 65507, not 900``.
 This module is part of the sans-I/O core: only `read_config_text` touches the file system.
@@ -101,9 +101,9 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Final, Literal, NoReturn, TypeAlias, TypeVar
 
-from teredo.address import DEFAULT_MTU, LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, is_global_ipv4
-from teredo.errors import UsageError
-from teredo.peers import DEFAULT_MAX_QUEUE_BYTES
+from teredo.core.address import DEFAULT_MTU, LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, is_global_ipv4
+from teredo.core.errors import UsageError
+from teredo.core.peers import DEFAULT_MAX_QUEUE_BYTES
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -257,7 +257,7 @@ class ClientConfig:
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     refresh_interval: int = DEFAULT_REFRESH_INTERVAL
     allow_private_addresses: bool = False
-    offload: bool = True  # TUN offloads and UDP GSO/GRO (teredo.runtime.tunnel_loop)
+    offload: bool = True  # TUN offloads and UDP GSO/GRO (teredo.programs.datapath)
     local_discovery: bool = False
     fallback_servers: tuple[IPv4Address | str, ...] = ()
     source: str = "<config>"
@@ -280,7 +280,7 @@ class RelayConfig:
     max_peers: int = DEFAULT_RELAY_MAX_PEERS
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     allow_private_addresses: bool = False
-    offload: bool = True  # TUN offloads and UDP GSO/GRO (teredo.runtime.tunnel_loop)
+    offload: bool = True  # TUN offloads and UDP GSO/GRO (teredo.programs.datapath)
     source: str = "<config>"
     warnings: tuple[ConfigWarning, ...] = ()
 

@@ -7,16 +7,16 @@ persistent, so the kernel deletes it when the last descriptor closes: a crashed 
 interface behind. (If an interface of that name already existed, persistent, we attach to it
 and leave its persistence alone.)
 
-Configure the interface (link up, MTU, addresses, routes) with `teredo.runtime.netlink`.
+Configure the interface (link up, MTU, addresses, routes) with `teredo.adapters.netlink`.
 
 Hook the device to asyncio with `loop.add_reader(tun.fileno(), tun.drain, handler)`; the
 handler gets a `memoryview` of a reused buffer, valid only during the call.
 
-Two kernel features serve the fast data path (`teredo.runtime.tunnel_loop`):
+Two kernel features serve the fast data path (`teredo.programs.datapath`):
 
 - `offload=True` opens the queue with a virtio-net header (IFF_VNET_HDR) and asks for checksum,
   TCP and UDP segmentation offloads (TUNSETOFFLOAD): the kernel then hands over 64 KiB
-  super-packets with partial checksums, and the reader finishes them (`teredo.offload`). Each
+  super-packets with partial checksums, and the reader finishes them (`teredo.core.offload`). Each
   read starts with `VNET_HEADER_BYTES` of header; `write` adds a plain header by itself. When
   the kernel refuses an offload the queue still works, with fewer (or no) offloads:
   `offloads` says which were granted.
@@ -35,8 +35,8 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
-from teredo.errors import UsageError, UserError
-from teredo.offload import PLAIN_HEADER, VNET_HEADER_BYTES
+from teredo.core.errors import UsageError, UserError
+from teredo.core.offload import PLAIN_HEADER, VNET_HEADER_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class TunDevice:
 
     def write_frame(self, frame: bytes | bytearray | memoryview) -> bool:
         """Inject a virtio-net header and its packet held in one buffer, as
-        `teredo.offload.coalesce_segments` writes them; needs `offload=True`. On failure count
+        `teredo.core.offload.coalesce_segments` writes them; needs `offload=True`. On failure count
         it and return False."""
         try:
             os.write(self.fd, frame)

@@ -11,14 +11,14 @@ A role daemon (server_daemon, client_daemon, relay_daemon) looks like this::
         with PidFile(pid_path):                         # optional (e.g. a -p option)
             udp = open_udp_socket(...)                  # UserError -> one sentence
             ...                                         # TUN, interface, control socket
-            drop_privileges(config.user, keep=(...))    # teredo.runtime.privileges
+            drop_privileges(config.user, keep=(...))    # teredo.adapters.privileges
             try:
                 await wait_for_shutdown(on_reload=reload)   # SIGTERM/SIGINT end it
             finally:
                 ...                                     # undo the interface, close sockets
         return 0
 
-The timer adapter for the core's `get_timer()` is `teredo.runtime.timer.Timer`.
+The timer adapter for the core's `get_timer()` is `teredo.adapters.timer.Timer`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     ConfigT = TypeVar("ConfigT", bound=DataclassInstance)
 
-from teredo.errors import UsageError, UserError
+from teredo.core.errors import UsageError, UserError
 
 log = logging.getLogger(__name__)
 

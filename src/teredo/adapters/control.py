@@ -1,7 +1,7 @@
 """The control socket: how `teredo status` asks a running daemon for its state.
 
 Protocol: a client connects to the daemon's AF_UNIX stream socket (configuration directive
-`ControlSocket`, default `teredo.config.default_control_socket(role)`: /run/teredo/ROLE.sock),
+`ControlSocket`, default `teredo.core.config.default_control_socket(role)`: /run/teredo/ROLE.sock),
 sends one JSON line such as `{"command": "status"}` and reads one JSON document back; then the
 daemon closes the connection.
 A failed request is answered with `{"error": "one sentence"}`.
@@ -45,9 +45,9 @@ from types import TracebackType
 from typing import Any, Final
 
 from teredo import __version__
-from teredo.address import LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, parse_teredo_address
-from teredo.config import CONTROL_SOCKET_DIR
-from teredo.errors import ParseError, UserError
+from teredo.core.address import LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, parse_teredo_address
+from teredo.core.config import CONTROL_SOCKET_DIR
+from teredo.core.errors import ParseError, UserError
 
 log = logging.getLogger(__name__)
 

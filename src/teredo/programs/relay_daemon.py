@@ -1,4 +1,4 @@
-"""`teredo relay`: the relay and host-specific relay daemon around `teredo.relay`.
+"""`teredo relay`: the relay and host-specific relay daemon around `teredo.core.relay`.
 
 What it does, in order:
 
@@ -14,7 +14,7 @@ What it does, in order:
 3. listens on the control socket (``teredo status``), then drops privileges to ``User``, keeping
    CAP_NET_ADMIN so that SIGHUP can change the MTU and SIGTERM can remove the route and address
    it added even on an interface that outlives the process;
-4. runs the shared TUN <-> UDP loop (`teredo.runtime.tunnel_loop`) until SIGTERM/SIGINT, then
+4. runs the shared TUN <-> UDP loop (`teredo.programs.datapath`) until SIGTERM/SIGINT, then
    removes what it configured. SIGHUP re-reads the file and applies ``MaxPeers``,
    ``MaxQueueBytes``, ``AllowPrivateAddresses``, ``InterfaceMTU`` and ``SyslogFacility``; other
    changes are logged as needing a restart.
@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import Any, Final
 
-from teredo.config import DEFAULT_CONFIG_PATH, RelayConfig, parse_relay_config
-from teredo.errors import UsageError, UserError
-from teredo.relay import TeredoRelay, relay_settings
-from teredo.runtime.control import ControlServer, start_control_server
-from teredo.runtime.daemon import keep_restart_only, setup_logging, wait_for_shutdown
-from teredo.runtime.privileges import drop_privileges
-from teredo.runtime.tunnel_loop import TunnelLoop
+from teredo.adapters.control import ControlServer, start_control_server
+from teredo.adapters.daemon import keep_restart_only, setup_logging, wait_for_shutdown
+from teredo.adapters.privileges import drop_privileges
+from teredo.core.config import DEFAULT_CONFIG_PATH, RelayConfig, parse_relay_config
+from teredo.core.errors import UsageError, UserError
+from teredo.core.relay import TeredoRelay, relay_settings
+from teredo.programs.datapath import TunnelLoop
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class _Loaded:
 
 def load_relay_config(config_path: str | None) -> _Loaded:
     """Read the configuration the way `teredo relay [-c FILE]` does (default miredo.conf)."""
-    from teredo.config import read_config_text, tokenize_config
+    from teredo.core.config import read_config_text, tokenize_config
 
     path = config_path or DEFAULT_CONFIG_PATH
     if config_path is None and not os.path.exists(path):
@@ -177,7 +177,7 @@ class RelayDaemon:
             setup_logging(0, syslog_facility=loaded.syslog)
         self.core.reconfigure(relay_settings(kept))
         if kept.interface_mtu != old.interface_mtu and self.iface is not None:
-            from teredo.runtime.netlink import set_mtu
+            from teredo.adapters.netlink import set_mtu
 
             asyncio.get_running_loop().create_task(_set_mtu(set_mtu, self.interface, kept))
         self.loaded = _Loaded(kept, loaded.path, loaded.syslog)
@@ -208,9 +208,9 @@ def run_relay(config_path: str | None) -> int:
 
 
 async def _serve(loaded: _Loaded) -> int:
-    from teredo.runtime.netlink import InterfaceConfigurator, ipv6_forwarding_enabled
-    from teredo.runtime.tun import TunDevice, open_tun
-    from teredo.runtime.udp import UdpSocket, open_udp_socket
+    from teredo.adapters.netlink import InterfaceConfigurator, ipv6_forwarding_enabled
+    from teredo.adapters.tun import TunDevice, open_tun
+    from teredo.adapters.udp import UdpSocket, open_udp_socket
 
     config = loaded.config
     now = time.monotonic()

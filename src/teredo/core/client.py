@@ -2,14 +2,14 @@
 
 Theory of operation
 -------------------
-`TeredoClient` is the shared tunnel engine (`teredo.tunnel.TunnelEngine`: peer list, bubbles,
+`TeredoClient` is the shared tunnel engine (`teredo.core.peering.TunnelEngine`: peer list, bubbles,
 queues, trust, RFC 6081 nonces, fast paths) plus what only a client does. It composes a
-`teredo.qualification.Qualifier` for everything about its server and adds the client rules:
+`teredo.core.qualification.Qualifier` for everything about its server and adds the client rules:
 
 States (the qualifier's, RFC 4380 §5.2.1): IDLE -> QUALIFYING -> QUALIFIED <-> OFFLINE; see
-`teredo.qualification` for the RS/RA exchange, the NAT check, the refresh timer, the backoff and
-failover. While not qualified the client has no address: it drops everything but RAs (requirements
-CLI-R2) and every packet from the stack.
+`teredo.core.qualification` for the RS/RA exchange, the NAT check, the refresh timer, the backoff
+and failover. While not qualified the client has no address: it drops everything but RAs
+(RFC 4380 §5.2.1) and every packet from the stack.
 
 Reception (RFC 4380 §5.2.3), before the engine's generic rules:
 
@@ -57,16 +57,17 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any, Final
 
-from teredo.address import (
+from teredo.core.address import (
     CLIENT_LINK_LOCAL,
     TEREDO_PORT,
     Endpoint,
     is_global_ipv4,
     parse_teredo_address,
 )
-from teredo.errors import LocalProtocolError, ParseError
-from teredo.peers import BUBBLE_SPACING, BUBBLE_WINDOW, PING_BUDGET, PING_SPACING, Peer
-from teredo.qualification import (
+from teredo.core.errors import LocalProtocolError, ParseError
+from teredo.core.peering import NONCE_TRAILER_LENGTH, SockAddr, TunnelEngine, TunnelSettings
+from teredo.core.peers import BUBBLE_SPACING, BUBBLE_WINDOW, PING_BUDGET, PING_SPACING, Peer
+from teredo.core.qualification import (
     AddressChanged,
     NatBehaviourDetected,
     Offline,
@@ -76,8 +77,7 @@ from teredo.qualification import (
     QualifierEvent,
     ServerPair,
 )
-from teredo.tunnel import NONCE_TRAILER_LENGTH, SockAddr, TunnelEngine, TunnelSettings
-from teredo.wire import (
+from teredo.core.wire import (
     ALL_NODES,
     IPV6_HEADER_LENGTH,
     ICMPv6Type,

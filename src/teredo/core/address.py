@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Final, NamedTuple
 
-from teredo.errors import ParseError
+from teredo.core.errors import ParseError
 
 TEREDO_PORT: Final = 3544  # RFC 4380 §2.7: servers listen on UDP 3544
 TEREDO_PREFIX: Final = IPv6Network("2001::/32")  # RFC 4380 §2.6, IANA

@@ -21,8 +21,8 @@ from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
-from teredo.address import IPV4_MASK, PORT_MASK, Endpoint
-from teredo.errors import ParseError
+from teredo.core.address import IPV4_MASK, PORT_MASK, Endpoint
+from teredo.core.errors import ParseError
 
 IPV6_HEADER_LENGTH: Final = 40  # RFC 8200 §3
 ICMPV6_ERROR_LIMIT: Final = 1280  # RFC 4443 §2.4 (c): an error message fits the minimum MTU
@@ -326,14 +326,24 @@ def build_ipv6_packet(
     )
 
 
-def internet_checksum(data: bytes) -> int:
-    """The 16-bit one's complement checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\x00"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+def ones_complement_sum(data: bytes | bytearray | memoryview) -> int:
+    """The folded 16-bit one's complement sum of `data` (RFC 1071), 0 only for all zeros.
+
+    A sum of 16-bit words in one's complement arithmetic is the number they form modulo 0xFFFF
+    (because 2**16 = 1 mod 0xFFFF): one `int.from_bytes` and one remainder, ~3 us for 1280 bytes.
+    The C accelerator has a faster twin (`teredo.adapters.accel`).
+    """
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8  # an odd trailing byte is padded with a zero byte
+    if not value:
+        return 0
+    return value % 0xFFFF or 0xFFFF
+
+
+def internet_checksum(data: bytes | bytearray | memoryview) -> int:
+    """The 16-bit one's complement checksum (RFC 1071): the complement of the sum."""
+    return ~ones_complement_sum(data) & 0xFFFF
 
 
 def icmpv6_checksum(source: bytes, destination: bytes, message: bytes) -> int:

@@ -1,4 +1,4 @@
-"""`teredo client [-c FILE] [SERVER]`: the Teredo client daemon around `teredo.client`.
+"""`teredo client [-c FILE] [SERVER]`: the Teredo client daemon around `teredo.core.client`.
 
 What it does, in order:
 
@@ -44,23 +44,23 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any, Final
 
-from teredo.address import CLIENT_LINK_LOCAL, TEREDO_PORT
-from teredo.client import CLIENT_IDLE_TIMEOUT, ClientSettings, TeredoClient, summarize_peer
-from teredo.config import DEFAULT_CONFIG_PATH, ClientConfig, parse_client_config
-from teredo.errors import UsageError, UserError
-from teredo.qualification import (
+from teredo.adapters.control import ControlServer, start_control_server
+from teredo.adapters.daemon import keep_restart_only, setup_logging, wait_for_shutdown
+from teredo.adapters.privileges import drop_privileges
+from teredo.core.address import CLIENT_LINK_LOCAL, TEREDO_PORT
+from teredo.core.client import CLIENT_IDLE_TIMEOUT, ClientSettings, TeredoClient, summarize_peer
+from teredo.core.config import DEFAULT_CONFIG_PATH, ClientConfig, parse_client_config
+from teredo.core.errors import UsageError, UserError
+from teredo.core.peering import TunnelSettings
+from teredo.core.qualification import (
     AddressChanged,
     NatBehaviourDetected,
     Offline,
     Qualified,
     ServerPair,
 )
-from teredo.runtime.control import ControlServer, start_control_server
-from teredo.runtime.daemon import keep_restart_only, setup_logging, wait_for_shutdown
-from teredo.runtime.privileges import drop_privileges
-from teredo.runtime.probe import local_address_toward, resolve_ipv4
-from teredo.runtime.tunnel_loop import TunnelLoop
-from teredo.tunnel import TunnelSettings
+from teredo.programs.datapath import TunnelLoop
+from teredo.programs.probe import local_address_toward, resolve_ipv4
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class _Loaded:
 
 def load_client_config(config_path: str | None, server: str | None) -> _Loaded:
     """Read the configuration the way `teredo client [-c FILE] [SERVER]` does."""
-    from teredo.config import read_config_text, tokenize_config
+    from teredo.core.config import read_config_text, tokenize_config
 
     path: str | None = config_path or DEFAULT_CONFIG_PATH
     if config_path is None and not os.path.exists(DEFAULT_CONFIG_PATH):
@@ -424,9 +424,9 @@ def run_client(config_path: str | None, server: str | None = None) -> int:
 
 
 async def _serve(loaded: _Loaded) -> int:
-    from teredo.runtime.netlink import InterfaceConfigurator, interface_index
-    from teredo.runtime.tun import TunDevice, open_tun
-    from teredo.runtime.udp import UdpSocket, join_multicast, open_udp_socket
+    from teredo.adapters.netlink import InterfaceConfigurator, interface_index
+    from teredo.adapters.tun import TunDevice, open_tun
+    from teredo.adapters.udp import UdpSocket, join_multicast, open_udp_socket
 
     config = loaded.config
     servers = resolve_servers(config)
@@ -438,7 +438,7 @@ async def _serve(loaded: _Loaded) -> int:
         bound_ip = IPv4Address(udp.local[0])
         if bound_ip == IPv4Address("0.0.0.0"):
             bound_ip = local_address_toward(servers[0].primary) or bound_ip
-        from teredo.address import Endpoint
+        from teredo.core.address import Endpoint
 
         local = Endpoint(bound_ip, udp.local[1])
         networks = await local_ipv4_networks() if config.local_discovery else ()
@@ -496,8 +496,8 @@ def _warn_if_native_ipv6(interface: str) -> None:
     """RFC 4380 §5.5 (requirements CLI-Q11, SEC-C15): Teredo is the last resort. Say so when
     this host already has a global IPv6 address elsewhere (the metric-1029 default route keeps
     native routes preferred meanwhile)."""
-    from teredo.address import TEREDO_PREFIX
-    from teredo.runtime.relay_daemon import host_addresses
+    from teredo.core.address import TEREDO_PREFIX
+    from teredo.programs.relay_daemon import host_addresses
 
     try:
         native = [a for a in host_addresses(exclude_interface=interface) if a not in TEREDO_PREFIX]

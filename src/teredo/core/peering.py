@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A Teredo client and a Teredo relay (and a host-specific relay) talk to Teredo peers with the same
 rules: "the relay's peer list is identical to a client's" (RFC 4380 §5.4). This module holds
-those rules once; `teredo.relay` and `teredo.client` specialise them through a few hooks.
+those rules once; `teredo.core.relay` and `teredo.core.client` specialise them through a few hooks.
 
 Two directions, each with a lean fast path and a full path:
 
@@ -68,9 +68,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Final
 
-from teredo.address import TEREDO_PORT, TEREDO_PREFIX, is_global_ipv4
-from teredo.errors import ParseError
-from teredo.peers import (
+from teredo.core.address import TEREDO_PORT, TEREDO_PREFIX, is_global_ipv4
+from teredo.core.errors import ParseError
+from teredo.core.peers import (
     BUBBLE_SPACING,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_TOTAL_QUEUE_BYTES,
@@ -79,7 +79,7 @@ from teredo.peers import (
     PeerTable,
     SockAddr,
 )
-from teredo.wire import (
+from teredo.core.wire import (
     IPV6_HEADER_LENGTH,
     ICMPv6Type,
     NextHeader,

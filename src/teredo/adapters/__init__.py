@@ -1,0 +1,19 @@
+"""The adapters: everything teredo needs from the operating system, one file per concept.
+
+Nothing here knows Teredo's rules (those are in `teredo.core`); the programs in
+`teredo.programs` join the two.
+
+| module | concept |
+| --- | --- |
+| `udp` | IPv4 UDP sockets with Teredo's options: DF off, big buffers, IP_PKTINFO, GSO, GRO |
+| `tun` | the TUN device (`/dev/net/tun`): open with or without offloads, read, write |
+| `tun_runs` | reading an offloaded TUN queue in runs of packets for one destination |
+| `accel` | which implementation of the data path's hot functions runs: C or the Python twins |
+| `netlink` | interface configuration through pyroute2: link, MTU, addresses, routes, sysctls |
+| `control` | the control socket (`teredo status`): the daemon's server and the command's client |
+| `daemon` | logging, pid file and signals of a daemon on the asyncio loop |
+| `privileges` | dropping root to an unprivileged user, optionally keeping CAP_NET_ADMIN |
+| `timer` | one asyncio timer re-armed to a core's `get_timer()` deadline |
+
+Only `netlink` imports pyroute2, so one-shot commands such as `teredo status` start without it.
+"""

@@ -1,0 +1,50 @@
+"""Which implementation of the data path's hot functions runs: C or the pure-Python twins.
+
+The optional C module `teredo._accel` (src/teredo/_accel.c) holds four functions, each with a
+pure-Python twin that gives the same results (the tests compare them on mutated input):
+
+| function | Python twin |
+| --- | --- |
+| `ones_complement_sum` | `teredo.core.wire.ones_complement_sum` |
+| `segment` | `teredo.core.offload.python_segment` |
+| `coalesce_segments` | `teredo.core.offload.python_coalesce_segments` |
+| `read_runs` | `teredo.adapters.tun_runs.python_read_runs` |
+
+The choice is made once, here, at import: the C module when it was built (a C compiler and the
+Python headers at install time) unless `TEREDO_PURE_PYTHON` is set to anything in the
+environment (to compare, or to rule the C code out when something looks wrong on the data
+path). `ACCELERATED` says which; the daemons log it and show it in `teredo status`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from teredo.adapters.tun_runs import python_read_runs
+from teredo.core.offload import python_coalesce_segments, python_segment
+from teredo.core.wire import ones_complement_sum as python_ones_complement_sum
+
+PURE_PYTHON_VARIABLE: Final = "TEREDO_PURE_PYTHON"
+
+__all__ = [
+    "ACCELERATED",
+    "PURE_PYTHON_VARIABLE",
+    "coalesce_segments",
+    "ones_complement_sum",
+    "read_runs",
+    "segment",
+]
+
+try:
+    if os.environ.get(PURE_PYTHON_VARIABLE):
+        raise ImportError(f"{PURE_PYTHON_VARIABLE} is set")
+    from teredo._accel import coalesce_segments, ones_complement_sum, read_runs, segment
+
+    ACCELERATED = True
+except ImportError:  # built without a C compiler, or refused: the same results, slower
+    coalesce_segments = python_coalesce_segments
+    ones_complement_sum = python_ones_complement_sum
+    read_runs = python_read_runs
+    segment = python_segment
+    ACCELERATED = False
