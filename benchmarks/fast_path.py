@@ -23,9 +23,9 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
 from teredo.core.address import encode_teredo_address
-from teredo.core.peering import TunnelSettings
+from teredo.core.peering import PeeringSettings
 from teredo.core.relay import TeredoRelay
-from teredo.core.wire import build_ipv6_packet
+from teredo.core.wire import encode_ipv6_packet
 
 NATIVE = IPv6Address("2001:db8:2::2")
 PAYLOAD = bytes(64)  # a 64-byte UDP-sized payload
@@ -33,7 +33,7 @@ PAYLOAD = bytes(64)  # a 64-byte UDP-sized payload
 
 def build(peers: int) -> tuple[TeredoRelay, list[bytes], list[bytes], list[tuple[str, int]]]:
     relay = TeredoRelay(
-        TunnelSettings(max_peers=max(peers, 1)),
+        PeeringSettings(max_peers=max(peers, 1)),
         random_bytes=lambda n: bytes(n),
         secret=b"s" * 32,
         now=0.0,
@@ -44,9 +44,9 @@ def build(peers: int) -> tuple[TeredoRelay, list[bytes], list[bytes], list[tuple
         port = 1024 + (i & 0xFFFF) % 60000
         address = encode_teredo_address(IPv4Address("198.51.100.2"), ip, port)
         source = (str(ip), port)
-        relay.receive_datagram(build_ipv6_packet(address, NATIVE, 17, PAYLOAD), source, 0.0)
-        outbound.append(build_ipv6_packet(NATIVE, address, 17, PAYLOAD))
-        inbound.append(build_ipv6_packet(address, NATIVE, 17, PAYLOAD))
+        relay.receive_datagram(encode_ipv6_packet(address, NATIVE, 17, PAYLOAD), source, 0.0)
+        outbound.append(encode_ipv6_packet(NATIVE, address, 17, PAYLOAD))
+        inbound.append(encode_ipv6_packet(address, NATIVE, 17, PAYLOAD))
         sources.append(source)
     relay.packets_to_deliver()
     return relay, outbound, inbound, sources

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/peer_table.py [--peers N] [--json FILE]
 
-Every peer is established as a relay holds it (rx case 3, `TunnelEngine.trust_peer`): created,
+Every peer is established as a relay holds it (rx case 3, `PeeringEngine.trust_peer`): created,
 then trusted through `PeerTable.trust` at a mapping of its own (a distinct string, port and
 tuple) at a time of its own (a distinct float). Memory is what tracemalloc sees the table hold,
 keys included (the table keeps one 16-byte `bytes` per peer). It is printed twice: after the

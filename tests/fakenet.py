@@ -41,9 +41,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Protocol
 
-SockAddr = tuple[str, int]
+from teredo.core.address import DISCOVERY_GROUP as ADDRESS_DISCOVERY_GROUP
+from teredo.core.address import Endpoint
 
-DISCOVERY_GROUP = "224.0.0.253"  # RFC 4380 §2.17: local client discovery
+DISCOVERY_GROUP = str(ADDRESS_DISCOVERY_GROUP)  # RFC 4380 §2.17: local client discovery
 
 FULLCONE = "fullcone"
 RESTRICTED = "restricted"
@@ -53,12 +54,12 @@ NAT_KINDS = (FULLCONE, RESTRICTED, PORT_RESTRICTED, SYMMETRIC)
 
 
 class Node(Protocol):
-    address: SockAddr
+    address: Endpoint
 
-    def collect(self, now: float) -> list[tuple[bytes, SockAddr, str | None]]: ...
+    def collect(self, now: float) -> list[tuple[bytes, Endpoint, str | None]]: ...
 
     def deliver(
-        self, payload: bytes, source: SockAddr, destination: SockAddr, now: float
+        self, payload: bytes, source: Endpoint, destination: Endpoint, now: float
     ) -> None: ...
 
 
@@ -84,11 +85,11 @@ class Nat:
         self._used: set[int] = set()
         # mapping key -> public port; key is the private endpoint (EIM) or (private, remote).
         self._mappings: dict[Any, int] = {}
-        self._reverse: dict[int, SockAddr] = {}
+        self._reverse: dict[int, Endpoint] = {}
         # public port -> remote endpoints / addresses the inside has sent to (filtering).
         self._permits: dict[int, set[Any]] = {}
 
-    def outbound(self, private: SockAddr, remote: SockAddr) -> SockAddr:
+    def outbound(self, private: Endpoint, remote: Endpoint) -> Endpoint:
         """Translate an outgoing datagram's source; opens the filter for `remote`."""
         key: Any = (private, remote) if self.kind == SYMMETRIC else private
         port = self._mappings.get(key)
@@ -100,7 +101,7 @@ class Nat:
         self._permits[port].add(remote if self.kind in (PORT_RESTRICTED, SYMMETRIC) else remote[0])
         return (self.public_ip, port)
 
-    def inbound(self, public_port: int, remote: SockAddr) -> SockAddr | None:
+    def inbound(self, public_port: int, remote: Endpoint) -> Endpoint | None:
         """The private endpoint an incoming datagram reaches, or None when filtered."""
         private = self._reverse.get(public_port)
         if private is None:
@@ -128,7 +129,7 @@ class Nat:
         self._reverse.clear()
         self._permits.clear()
 
-    def mapping_of(self, private: SockAddr) -> SockAddr | None:
+    def mapping_of(self, private: Endpoint) -> Endpoint | None:
         """The public endpoint of an endpoint-independent mapping, if one exists."""
         port = self._mappings.get(private)
         return None if port is None else (self.public_ip, port)
@@ -139,8 +140,8 @@ class Hop:
     """One datagram on the wire (after NAT on the sending side)."""
 
     payload: bytes
-    source: SockAddr  # as seen on the public network
-    destination: SockAddr
+    source: Endpoint  # as seen on the public network
+    destination: Endpoint
     delivered: bool
     why: str = ""
 
@@ -151,7 +152,7 @@ class FakeNetwork:
 
     drop: Callable[[Hop], bool] | None = None
     log: list[Hop] = field(default_factory=list)
-    _nodes: dict[SockAddr, Node] = field(default_factory=dict)
+    _nodes: dict[Endpoint, Node] = field(default_factory=dict)
     _by_ip: dict[str, list[Node]] = field(default_factory=dict)
     _nat_of: dict[int, Nat] = field(default_factory=dict)  # id(node) -> its NAT
     _nats: dict[str, Nat] = field(default_factory=dict)  # public ip -> NAT
@@ -183,7 +184,7 @@ class FakeNetwork:
         raise AssertionError("the network did not settle: a datagram loop?")
 
     def _route(
-        self, node: Node, payload: bytes, destination: SockAddr, source_ip: str | None, now: float
+        self, node: Node, payload: bytes, destination: Endpoint, source_ip: str | None, now: float
     ) -> None:
         source = (source_ip or node.address[0], node.address[1])
         nat = self._nat_of.get(id(node))
@@ -207,7 +208,7 @@ class FakeNetwork:
             hop.why = "lost"
             return
         target_nat = self._nats.get(destination[0])
-        target: SockAddr | None = destination
+        target: Endpoint | None = destination
         if target_nat is not None:
             target = target_nat.inbound(destination[1], source)
             if target is None:
@@ -221,7 +222,7 @@ class FakeNetwork:
         receiver.deliver(payload, source, destination, now)
 
     def _multicast(
-        self, node: Node, nat: Nat, payload: bytes, destination: SockAddr, now: float
+        self, node: Node, nat: Nat, payload: bytes, destination: Endpoint, now: float
     ) -> None:
         """224.0.0.253 reaches the other nodes of the sender's LAN (TTL 1, loop off)."""
         for other in list(self._nodes.values()):
@@ -290,7 +291,7 @@ class FakeNetwork:
         return False
 
     def sent(
-        self, source: SockAddr | None = None, destination: SockAddr | None = None
+        self, source: Endpoint | None = None, destination: Endpoint | None = None
     ) -> list[Hop]:
         """Hops from/to the given public endpoints (None matches any)."""
         return [
@@ -305,14 +306,14 @@ class EngineNode:
     """A node around a core with `datagrams_to_send()` and `receive_datagram(data, src, now)`,
     both using ``(ip, port)`` tuples (the tunnel engine, the relay, the client)."""
 
-    def __init__(self, core: Any, address: SockAddr) -> None:
+    def __init__(self, core: Any, address: Endpoint) -> None:
         self.core = core
         self.address = address
 
-    def collect(self, now: float) -> list[tuple[bytes, SockAddr, str | None]]:
+    def collect(self, now: float) -> list[tuple[bytes, Endpoint, str | None]]:
         return [(payload, dest, None) for payload, dest in self.core.datagrams_to_send()]
 
-    def deliver(self, payload: bytes, source: SockAddr, destination: SockAddr, now: float) -> None:
+    def deliver(self, payload: bytes, source: Endpoint, destination: Endpoint, now: float) -> None:
         self.core.receive_datagram(payload, source, now)
 
 
@@ -323,9 +324,6 @@ class ServerNode:
     """
 
     def __init__(self, server: Any, network: FakeNetwork) -> None:
-        from teredo.core.address import Endpoint
-
-        self._endpoint = Endpoint
         self.server = server
         self.network = network
         settings = server.settings
@@ -336,36 +334,28 @@ class ServerNode:
         secondary = _Alias(self, (str(settings.secondary), 3544))
         network.attach(secondary)
 
-    def collect(self, now: float) -> list[tuple[bytes, SockAddr, str | None]]:
+    def collect(self, now: float) -> list[tuple[bytes, Endpoint, str | None]]:
         native = self.server.native_packets_to_send()
         self.native += native
         for packet in native:
             self.network.route_ipv6(packet, now)
-        return [
-            (d.data, (str(d.destination.address), d.destination.port), str(d.source))
-            for d in self.server.datagrams_to_send()
-        ]
+        return [(d.data, d.destination, str(d.source)) for d in self.server.datagrams_to_send()]
 
-    def deliver(self, payload: bytes, source: SockAddr, destination: SockAddr, now: float) -> None:
-        self.server.receive_datagram(
-            payload,
-            self._endpoint(IPv4Address(source[0]), source[1]),
-            IPv4Address(destination[0]),
-            now,
-        )
+    def deliver(self, payload: bytes, source: Endpoint, destination: Endpoint, now: float) -> None:
+        self.server.receive_datagram(payload, source, IPv4Address(destination[0]), now)
 
 
 class _Alias:
     """A second address of a node: receives for it, sends nothing of its own."""
 
-    def __init__(self, node: Any, address: SockAddr) -> None:
+    def __init__(self, node: Any, address: Endpoint) -> None:
         self.node = node
         self.address = address
 
-    def collect(self, now: float) -> list[tuple[bytes, SockAddr, str | None]]:
+    def collect(self, now: float) -> list[tuple[bytes, Endpoint, str | None]]:
         return []
 
-    def deliver(self, payload: bytes, source: SockAddr, destination: SockAddr, now: float) -> None:
+    def deliver(self, payload: bytes, source: Endpoint, destination: Endpoint, now: float) -> None:
         self.node.deliver(payload, source, destination, now)
 
 
@@ -376,18 +366,18 @@ class ClientNode:
     hands to its host stack collect in `delivered`.
     """
 
-    def __init__(self, core: Any, address: SockAddr) -> None:
+    def __init__(self, core: Any, address: Endpoint) -> None:
         self.core = core
         self.address = address
         self.delivered: list[bytes] = []
 
-    def collect(self, now: float) -> list[tuple[bytes, SockAddr, str | None]]:
+    def collect(self, now: float) -> list[tuple[bytes, Endpoint, str | None]]:
         take = getattr(self.core, "packets_to_deliver", None)
         if take is not None:
             self.delivered += take()
         return [(payload, tuple(dest), None) for payload, dest in self.core.datagrams_to_send()]
 
-    def deliver(self, payload: bytes, source: SockAddr, destination: SockAddr, now: float) -> None:
+    def deliver(self, payload: bytes, source: Endpoint, destination: Endpoint, now: float) -> None:
         if destination[0] == DISCOVERY_GROUP:
             self.core.receive_discovery(payload, source, now)
         else:
@@ -397,12 +387,12 @@ class ClientNode:
 class RelayNode(EngineNode):
     """A relay core: what it delivers goes out on the native IPv6 network."""
 
-    def __init__(self, core: Any, address: SockAddr, network: FakeNetwork) -> None:
+    def __init__(self, core: Any, address: Endpoint, network: FakeNetwork) -> None:
         super().__init__(core, address)
         self.network = network
         network.set_teredo_relay(self)
 
-    def collect(self, now: float) -> list[tuple[bytes, SockAddr, str | None]]:
+    def collect(self, now: float) -> list[tuple[bytes, Endpoint, str | None]]:
         for packet in self.core.packets_to_deliver():
             self.network.route_ipv6(packet, now)
         return super().collect(now)
@@ -418,12 +408,14 @@ class NativeHost:
         self.received: list[bytes] = []
 
     def receive(self, packet: bytes, now: float) -> None:
-        from teredo.core.wire import build_echo, parse_echo
+        from teredo.core.wire import encode_echo, is_echo, parse_echo
 
         self.received.append(bytes(packet))
+        if not (self.answer_pings and is_echo(bytes(packet))):
+            return
         echo = parse_echo(bytes(packet))
-        if self.answer_pings and echo is not None and echo.is_request:
-            reply = build_echo(
+        if echo.is_request:
+            reply = encode_echo(
                 self.address, echo.source, echo.identifier, echo.sequence, echo.data, False
             )
             self.network.route_ipv6(reply, now)

@@ -360,7 +360,8 @@ static PyObject *read_runs(PyObject *module, PyObject *args) {
     Py_ssize_t last_start = buffer.len - READ_BYTES;
     Py_ssize_t position = 0, reads = 0, dropped = 0;
     int error = 0;
-    /* The open run: count packets of size bytes at base[start:position], for one destination. */
+    /* The open run: count packets of size bytes at base[start:position], one source and
+     * destination. */
     Py_ssize_t start = 0, size = 0, count = 0;
     int closed = 1;
     while (reads < max_reads && position <= last_start) {
@@ -411,7 +412,7 @@ static PyObject *read_runs(PyObject *module, PyObject *args) {
         }
         if (count && !closed && length >= IPV6_HEADER_BYTES && length <= size &&
             count < MAX_SEGMENTS && position + length - start <= MAX_SEGMENTED_BYTES &&
-            memcmp(packet + 24, base + start + 24, 16) == 0) {
+            memcmp(packet + 8, base + start + 8, 32) == 0) {
             count++;
             closed = length < size;
         } else {

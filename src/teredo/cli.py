@@ -72,7 +72,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from teredo.adapters.control import run_status
+    from teredo.programs.status import run_status
 
     return run_status(args.socket, as_json=args.json)
 

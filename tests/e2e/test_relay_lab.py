@@ -117,16 +117,16 @@ SPOOFER = r"""
 import socket, sys
 from ipaddress import IPv4Address, IPv6Address
 from teredo.core.address import encode_teredo_address
-from teredo.core.wire import build_bubble, build_echo
+from teredo.core.wire import encode_bubble, encode_echo
 relay = (sys.argv[1], int(sys.argv[2]))
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", 0))
 native = IPv6Address("2001:db8:2::2")
 for i in range(200):
     fake = encode_teredo_address(IPv4Address("198.51.100.2"), IPv4Address("203.0.113.99"), 1000 + i)
-    s.sendto(build_echo(fake, native, 1, i, b"spoof"), relay)
-    s.sendto(build_bubble(fake, IPv6Address("fe80::1234")), relay)
-s.sendto(build_echo(native, native, 1, 1, b"not teredo"), relay)
+    s.sendto(encode_echo(fake, native, 1, i, b"spoof"), relay)
+    s.sendto(encode_bubble(fake, IPv6Address("fe80::1234")), relay)
+s.sendto(encode_echo(native, native, 1, 1, b"not teredo"), relay)
 s.sendto(b"\x60" + bytes(7), relay)
 """
 

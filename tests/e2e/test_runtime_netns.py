@@ -23,9 +23,10 @@ import pytest
 from teredo.adapters import netlink
 from teredo.adapters.netlink import InterfaceConfigurator
 from teredo.adapters.tun import TunDevice, open_tun
-from teredo.adapters.udp import DISCOVERY_GROUP, join_multicast, open_udp_socket
+from teredo.adapters.udp import join_multicast, open_udp_socket
+from teredo.core.address import DISCOVERY_GROUP
 from teredo.core.errors import UserError
-from teredo.core.wire import build_echo, parse_echo
+from teredo.core.wire import encode_echo, is_echo, parse_echo
 from testsupport import require_root
 
 pytestmark = pytest.mark.root
@@ -189,15 +190,16 @@ def test_relay_configuration_and_forwarding_sysctl(tun: TunDevice) -> None:
 def test_packets_through_the_tun_device(tun: TunDevice) -> None:
     """An echo request written into the TUN device comes back as the kernel's reply."""
     run(lambda: InterfaceConfigurator(tun.name).configure_client(CLIENT_ADDRESS))
-    request = build_echo(NATIVE_HOST, CLIENT_ADDRESS, 0x7E7E, 1, b"teredo runtime")
+    request = encode_echo(NATIVE_HOST, CLIENT_ADDRESS, 0x7E7E, 1, b"teredo runtime")
     assert tun.write(request) is True
 
     def is_our_reply(packet: bytes) -> bool:
+        if not is_echo(packet):
+            return False
         echo = parse_echo(packet)
-        return echo is not None and not echo.is_request and echo.identifier == 0x7E7E
+        return not echo.is_request and echo.identifier == 0x7E7E
 
     echo = parse_echo(receive(tun, is_our_reply))
-    assert echo is not None
     assert (echo.source, echo.destination) == (CLIENT_ADDRESS, NATIVE_HOST)
     assert (echo.sequence, echo.data) == (1, b"teredo runtime")
 

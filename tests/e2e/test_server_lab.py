@@ -95,7 +95,7 @@ def test_forwarding_is_counted(lab: Lab) -> None:
 SENDER = r"""
 import json, socket, sys
 from ipaddress import IPv6Address
-from teredo.core.wire import (Authentication, TeredoPacket, build_router_solicitation,
+from teredo.core.wire import (Authentication, TeredoPacket, encode_router_solicitation,
                          encode_teredo_packet, parse_router_advertisement, parse_teredo_packet)
 rs_source, server = IPv6Address(sys.argv[1]), sys.argv[2]
 nonce = bytes.fromhex("0123456789abcdef")
@@ -103,7 +103,7 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", 0))
 s.settimeout(5)
 payload = encode_teredo_packet(
-    TeredoPacket(build_router_solicitation(rs_source), Authentication(nonce=nonce)))
+    TeredoPacket(encode_router_solicitation(rs_source), Authentication(nonce=nonce)))
 s.sendto(payload, (server, 3544))
 data, sender = s.recvfrom(2048)
 packet = parse_teredo_packet(data)
@@ -148,7 +148,7 @@ BAD_SENDER = r"""
 import socket, sys
 from ipaddress import IPv4Address, IPv6Address
 from teredo.core.address import encode_teredo_address
-from teredo.core.wire import build_bubble
+from teredo.core.wire import encode_bubble
 server = sys.argv[1]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", 40000))
@@ -156,7 +156,7 @@ junk = [b"", b"\x00", b"\x00\x01" + bytes(5), b"\x60" + bytes(10), bytes(range(2
 # A bubble whose Teredo source claims another mapping than the sender's: spoofed.
 spoofed = encode_teredo_address(IPv4Address(server), IPv4Address("203.0.113.99"), 1234)
 target = encode_teredo_address(IPv4Address(server), IPv4Address("203.0.113.2"), 5555)
-for payload in [*junk, build_bubble(spoofed, target)]:
+for payload in [*junk, encode_bubble(spoofed, target)]:
     s.sendto(payload, (server, 3544))
 """
 

@@ -16,10 +16,15 @@ from teredo.core.address import (
     is_cone_link_local,
     is_global_ipv4,
     link_local_address,
-    mapping_of,
     parse_teredo_address,
     random_flags,
     server_link_local,
+    teredo_flags,
+    teredo_mapped_ipv4,
+    teredo_mapped_port,
+    teredo_mapping,
+    teredo_server,
+    teredo_server_ipv4,
 )
 from teredo.core.errors import ParseError
 
@@ -50,7 +55,15 @@ def test_decode_vectors(server: str, flags: int, port: int, mapped: str, expecte
     assert teredo.mapped_address == IPv4Address(mapped)
     assert teredo.cone == bool(flags & 0x8000)
     assert teredo.random_bits == flags & 0x3CFF
-    assert mapping_of(IPv6Address(expected).packed) == (int(IPv4Address(mapped)), port)
+    packed = IPv6Address(expected).packed  # the packet paths' field helpers agree
+    assert teredo_mapping(packed) == (mapped, port)
+    assert (teredo_mapped_ipv4(packed), teredo_mapped_port(packed)) == (
+        int(teredo.mapped_address),
+        port,
+    )
+    assert teredo_server(packed) == (server, 3544)
+    assert teredo_server_ipv4(packed) == int(teredo.server)
+    assert teredo_flags(packed) == flags
 
 
 def test_tv_a7_random_bits() -> None:

@@ -30,7 +30,7 @@ from fakenet import (
 )
 from teredo.core.address import TEREDO_PORT, encode_teredo_address, parse_teredo_address
 from teredo.core.client import ClientSettings, TeredoClient
-from teredo.core.peering import TunnelSettings
+from teredo.core.peering import PeeringSettings
 from teredo.core.qualification import (
     AddressChanged,
     NatBehaviour,
@@ -46,9 +46,10 @@ from teredo.core.wire import (
     Authentication,
     OriginIndication,
     TeredoPacket,
-    build_bubble,
-    build_echo,
+    encode_bubble,
+    encode_echo,
     encode_teredo_packet,
+    is_echo,
     nonce_trailer,
     parse_echo,
     parse_teredo_packet,
@@ -89,7 +90,7 @@ class World:
         self.server = TeredoServer(ServerSettings(PRIMARY, SECONDARY))
         ServerNode(self.server, self.net)
         self.relay = TeredoRelay(
-            TunnelSettings(), random_bytes=os.urandom, secret=os.urandom(32), now=0.0
+            PeeringSettings(), random_bytes=os.urandom, secret=os.urandom(32), now=0.0
         )
         self.net.attach(RelayNode(self.relay, RELAY, self.net))
         self.native: NativeHost = self.net.add_native_host(NATIVE)
@@ -101,12 +102,11 @@ class World:
         local_discovery: bool = False,
         local_networks: tuple[IPv4Network, ...] = (),
     ) -> tuple[TeredoClient, ClientNode]:
-        from teredo.core.address import Endpoint
 
         client = make_client(
             self.now,
             local_discovery=local_discovery,
-            local=Endpoint(IPv4Address(private[0]), private[1]),
+            local=private,
             local_networks=local_networks,
         )
         node = ClientNode(client, private)
@@ -126,24 +126,23 @@ class World:
 
 def ping(source: TeredoClient, destination: str | IPv6Address, seq: int = 1) -> bytes:
     assert source.address is not None
-    return build_echo(source.address, IPv6Address(destination), 7, seq, b"hello teredo")
+    return encode_echo(source.address, IPv6Address(destination), 7, seq, b"hello teredo")
 
 
 def echo_requests(packets: list[bytes]) -> list[bytes]:
-    return [p for p in packets if (e := parse_echo(p)) is not None and e.is_request]
+    return [p for p in packets if is_echo(p) and parse_echo(p).is_request]
 
 
 def echo_replies(packets: list[bytes]) -> list[bytes]:
-    return [p for p in packets if (e := parse_echo(p)) is not None and not e.is_request]
+    return [p for p in packets if is_echo(p) and not parse_echo(p).is_request]
 
 
 def answer_pings(world: World, client: TeredoClient, node: ClientNode) -> None:
     """Play the host stack: answer echo requests the client delivered."""
     for packet in echo_requests(node.delivered):
         echo = parse_echo(packet)
-        assert echo is not None
         client.send_ipv6(
-            build_echo(
+            encode_echo(
                 echo.destination,
                 echo.source,
                 echo.identifier,
@@ -182,8 +181,8 @@ def test_client_qualifies_behind_each_nat(kind: str) -> None:
 def test_packets_before_qualification_are_dropped() -> None:
     client = make_client()
     client.start(0.0)
-    client.send_ipv6(build_echo(IPv6Address("2001::1"), IPv6Address(NATIVE), 1, 1, b"x"), 0.1)
-    bubble = build_bubble(IPv6Address("2001:0:c633:6402::1"), IPv6Address("2001::2"))
+    client.send_ipv6(encode_echo(IPv6Address("2001::1"), IPv6Address(NATIVE), 1, 1, b"x"), 0.1)
+    bubble = encode_bubble(IPv6Address("2001:0:c633:6402::1"), IPv6Address("2001::2"))
     client.receive_datagram(bubble, ("203.0.113.9", 4000), 0.1)
     assert client.drops["not_qualified"] == 2
     assert client.packets_to_deliver() == []
@@ -238,9 +237,9 @@ def test_client_pings_native_host_via_echo_test(kind: str) -> None:
     peer = client.peers.get(IPv6Address(NATIVE).packed)
     assert peer is not None and peer.trusted and peer.mapped == RELAY
     requests = echo_requests(world.native.received)
-    assert any(parse_echo(p).data == b"hello teredo" for p in requests)  # type: ignore[union-attr]
+    assert any(parse_echo(p).data == b"hello teredo" for p in requests)
     replies = echo_replies(node.delivered)
-    assert [parse_echo(p).data for p in replies] == [b"hello teredo"]  # type: ignore[union-attr]
+    assert [parse_echo(p).data for p in replies] == [b"hello teredo"]
     # Established: the next ping takes the fast path straight to the relay.
     second = ping(client, NATIVE, seq=2)
     assert client.forward_to_teredo(second, world.now) == RELAY
@@ -253,17 +252,17 @@ def test_native_host_pings_client(kind: str) -> None:
     world.run(1.0)
     assert client.address is not None
     world.native.send(
-        build_echo(IPv6Address(NATIVE), client.address, 9, 1, b"from native"), world.now
+        encode_echo(IPv6Address(NATIVE), client.address, 9, 1, b"from native"), world.now
     )
     world.run(3.0)
     # Relay -> server indirect bubble -> client direct bubble -> relay sends the packet; the
     # client holds it, verifies the relay with its own echo test, then delivers it.
     requests = echo_requests(node.delivered)
-    assert [parse_echo(p).data for p in requests] == [b"from native"]  # type: ignore[union-attr]
+    assert [parse_echo(p).data for p in requests] == [b"from native"]
     assert client.counters["held_for_echo_test"] == 1
     answer_pings(world, client, node)
     world.run(1.0)
-    assert any(parse_echo(p).data == b"from native" for p in echo_replies(world.native.received))  # type: ignore[union-attr]
+    assert any(parse_echo(p).data == b"from native" for p in echo_replies(world.native.received))
 
 
 def test_relay_is_not_trusted_without_our_nonce() -> None:
@@ -275,9 +274,9 @@ def test_relay_is_not_trusted_without_our_nonce() -> None:
     assert client.address is not None
     world.net.drop = lambda hop: hop.destination == SERVER and hop.source[0] == "203.0.113.2"
     rogue = ("203.0.113.66", 3545)
-    spoofed = build_echo(IPv6Address(NATIVE), client.address, 1, 1, b"spoof", is_request=False)
+    spoofed = encode_echo(IPv6Address(NATIVE), client.address, 1, 1, b"spoof", is_request=False)
     client.receive_datagram(spoofed, rogue, world.now)
-    forged = build_echo(IPv6Address(NATIVE), client.address, 1, 1, b"\x00" * 8, is_request=False)
+    forged = encode_echo(IPv6Address(NATIVE), client.address, 1, 1, b"\x00" * 8, is_request=False)
     client.receive_datagram(forged, rogue, world.now)
     world.run(10.0)
     peer = client.peers.get(IPv6Address(NATIVE).packed)
@@ -349,7 +348,7 @@ def test_indirect_bubble_gets_a_direct_bubble_with_its_nonce() -> None:
     peer_address = encode_teredo_address(PRIMARY, IPv4Address("203.0.113.99"), 6000)
     indirect = encode_teredo_packet(
         TeredoPacket(
-            ipv6=build_bubble(peer_address, client.address),
+            ipv6=encode_bubble(peer_address, client.address),
             origin=OriginIndication(IPv4Address("203.0.113.99"), 6001),
             trailers=(nonce_trailer(b"\xde\xad\xbe\xef"),),
         )
@@ -380,7 +379,7 @@ def test_indirect_bubble_from_someone_not_the_server_is_dropped() -> None:
     assert client.address is not None
     indirect = encode_teredo_packet(
         TeredoPacket(
-            ipv6=build_bubble(IPv6Address("2001:0:c633:6402::1"), client.address),
+            ipv6=encode_bubble(IPv6Address("2001:0:c633:6402::1"), client.address),
             origin=OriginIndication(IPv4Address("203.0.113.99"), 6001),
         )
     )
@@ -395,7 +394,7 @@ def test_spoofed_teredo_source_is_dropped() -> None:
     world.run(1.0)
     assert client.address is not None
     other = encode_teredo_address(PRIMARY, IPv4Address("203.0.113.50"), 7000)
-    packet = build_echo(other, client.address, 1, 1, b"spoof")
+    packet = encode_echo(other, client.address, 1, 1, b"spoof")
     client.receive_datagram(packet, ("203.0.113.51", 7000), world.now)
     assert node.delivered == [] and client.packets_to_deliver() == []
     assert client.drops["mapping_mismatch"] == 1
@@ -406,7 +405,7 @@ def test_link_local_source_never_reaches_the_stack() -> None:
     client, _ = world.add_client(("203.0.113.40", 5000), None)
     world.run(1.0)
     assert client.address is not None
-    fake = build_echo(IPv6Address("fe80::1"), client.address, 1, 1, b"x")
+    fake = encode_echo(IPv6Address("fe80::1"), client.address, 1, 1, b"x")
     client.receive_datagram(fake, ("203.0.113.51", 7000), world.now)
     assert client.drops["link_local_source"] == 1
     assert client.packets_to_deliver() == []
@@ -416,8 +415,27 @@ def test_foreign_source_from_the_stack_is_dropped() -> None:
     world = World()
     client, _ = world.add_client(("203.0.113.40", 5000), None)
     world.run(1.0)
-    client.send_ipv6(build_echo(IPv6Address("2001:db8::9"), IPv6Address(NATIVE), 1, 1, b""), 1.0)
+    client.send_ipv6(encode_echo(IPv6Address("2001:db8::9"), IPv6Address(NATIVE), 1, 1, b""), 1.0)
     assert client.drops["foreign_source"] == 1
+
+
+def test_fast_and_full_paths_agree_on_a_foreign_source() -> None:
+    """Toward a trusted, valid peer the fast path forwards only our own packets, like the full
+    path: a foreign source gets None there, then is dropped by `send_ipv6`, creating nothing."""
+    world = World()
+    client, _ = world.add_client(("203.0.113.40", 5000), None)
+    world.run(1.0)
+    assert client.address is not None
+    peer = encode_teredo_address(PRIMARY, IPv4Address("203.0.113.50"), 7000)
+    client.trust_peer(peer.packed, ("203.0.113.50", 7000), world.now)
+    ours = encode_echo(client.address, peer, 1, 1, b"ours")
+    foreign = encode_echo(IPv6Address("2001:db8::9"), peer, 1, 1, b"not ours")
+    assert client.forward_to_teredo(ours, world.now) == ("203.0.113.50", 7000)
+    assert client.forward_to_teredo(foreign, world.now) is None
+    peers = len(client.peers)
+    client.send_ipv6(foreign, world.now)
+    assert client.drops["foreign_source"] == 1 and client.datagrams_to_send() == []
+    assert len(client.peers) == peers
 
 
 # -- same NAT: local discovery and hairpinning --------------------------------------------------
@@ -438,7 +456,7 @@ def test_local_discovery_connects_peers_behind_a_non_hairpinning_nat() -> None:
     assert world.run_until(lambda: bool(echo_requests(node_b.delivered)), 10.0)
     answer_pings(world, b, node_b)
     assert world.run_until(lambda: bool(echo_replies(node_a.delivered)), 10.0)
-    assert a.peers.get(b.address.packed).mapped == ("10.1.0.3", 5001)  # type: ignore[union-attr]
+    assert a.peers.get(b.address.packed).mapped == ("10.1.0.3", 5001)
 
 
 def test_without_discovery_or_hairpinning_same_nat_peers_cannot_meet() -> None:
@@ -473,14 +491,14 @@ def test_discovery_filters() -> None:
     )
     world.run(1.0)
     assert client.address is not None and client.qualifier.mapped is not None
-    mapped = client.qualifier.mapped.address
+    mapped = IPv4Address(client.qualifier.mapped[0])
     same_nat = encode_teredo_address(PRIMARY, mapped, 7000)
     other_nat = encode_teredo_address(PRIMARY, IPv4Address("203.0.113.77"), 7000)
-    good = build_bubble(same_nat, ALL_NODES, hop_limit=1)
+    good = encode_bubble(same_nat, ALL_NODES, hop_limit=1)
     client.receive_discovery(good, ("10.9.9.9", 7000), world.now)  # not on our subnet
-    client.receive_discovery(build_bubble(other_nat, ALL_NODES), ("10.1.0.9", 7000), world.now)
-    client.receive_discovery(build_bubble(same_nat, client.address), ("10.1.0.9", 7000), world.now)
-    not_teredo = build_bubble(IPv6Address("2001:db8::1"), ALL_NODES)
+    client.receive_discovery(encode_bubble(other_nat, ALL_NODES), ("10.1.0.9", 7000), world.now)
+    client.receive_discovery(encode_bubble(same_nat, client.address), ("10.1.0.9", 7000), world.now)
+    not_teredo = encode_bubble(IPv6Address("2001:db8::1"), ALL_NODES)
     client.receive_discovery(not_teredo, ("10.1.0.9", 7000), world.now)
     assert client.drops["discovery_not_local"] == 1
     assert client.drops["discovery_other_nat"] == 1
@@ -514,7 +532,7 @@ def test_flood_of_unverified_native_packets_is_bounded() -> None:
     base = tracemalloc.get_traced_memory()[0]
     for i in range(3000):  # more than MaxPeers (1024) and than the held-bytes cap
         source = IPv6Address(int(IPv6Address("2001:db8:77::")) + i)
-        packet = build_echo(source, client.address, 1, 1, b"x" * 1000)
+        packet = encode_echo(source, client.address, 1, 1, b"x" * 1000)
         client.receive_datagram(packet, ("203.0.113.66", 3545), world.now)
         client.datagrams_to_send()
     grown = tracemalloc.get_traced_memory()[0] - base
@@ -534,7 +552,7 @@ def test_flood_of_indirect_bubbles_is_bounded() -> None:
         peer = encode_teredo_address(PRIMARY, IPv4Address("203.0.113.99"), 1000 + i)
         indirect = encode_teredo_packet(
             TeredoPacket(
-                ipv6=build_bubble(peer, client.address),
+                ipv6=encode_bubble(peer, client.address),
                 origin=OriginIndication(IPv4Address("203.0.113.99"), 1000 + i),
             )
         )
@@ -554,7 +572,7 @@ def test_garbage_never_raises() -> None:
         client.receive_discovery(data, ("10.0.0.1", 1), 0.1)
         client.send_ipv6(data, 0.1)
     auth = encode_teredo_packet(
-        TeredoPacket(ipv6=build_bubble(IPv6Address("fe80::1"), ALL_NODES),
+        TeredoPacket(ipv6=encode_bubble(IPv6Address("fe80::1"), ALL_NODES),
                      authentication=Authentication(bytes(8))),
     )  # fmt: skip
     client.receive_datagram(auth, SERVER, 0.2)

@@ -15,11 +15,11 @@ from teredo.core.qualification import ServerPair
 from teredo.programs.client_daemon import (
     ClientDaemon,
     HookRunner,
-    _Loaded,
     client_settings,
     load_client_config,
     resolve_servers,
 )
+from teredo.programs.loading import Loaded
 
 
 def test_servers_with_secondary_default_and_fallbacks() -> None:
@@ -114,7 +114,7 @@ def test_status_document_without_a_loop() -> None:
         core = TeredoClient(
             client_settings(config, servers), random_bytes=os.urandom, secret=b"s" * 32, now=0.0
         )
-        return ClientDaemon(loaded=_Loaded(config, None, None, None), core=core, servers=servers)
+        return ClientDaemon(loaded=Loaded(config, None, None, None), core=core, servers=servers)
 
     daemon = asyncio.run(build())
     document = daemon.status()

@@ -13,7 +13,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from teredo.cli import main
-from teredo.core.address import TEREDO_PORT, Endpoint, parse_teredo_address
+from teredo.core.address import TEREDO_PORT, parse_teredo_address
 from teredo.core.errors import UsageError, UserError
 from teredo.core.server import ServerSettings, TeredoServer
 from teredo.programs.probe import probe, resolve_ipv4
@@ -43,13 +43,9 @@ class LoopbackServer:
             for fd in ready:
                 local, sock = by_fd[fd]
                 data, source = sock.recvfrom(65536)
-                self.core.receive_datagram(
-                    data, Endpoint(IPv4Address(source[0]), source[1]), local, time.monotonic()
-                )
+                self.core.receive_datagram(data, source, local, time.monotonic())
                 for out in self.core.datagrams_to_send():
-                    self.sockets[out.source].sendto(
-                        out.data, (str(out.destination.address), out.destination.port)
-                    )
+                    self.sockets[out.source].sendto(out.data, out.destination)
 
     def close(self) -> None:
         self._stop.set()

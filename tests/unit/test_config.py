@@ -26,7 +26,6 @@ from teredo.core.config import (
     RelayType,
     ServerConfig,
     detect_role,
-    load_config,
     parse_client_config,
     parse_config,
     parse_relay_config,
@@ -34,6 +33,7 @@ from teredo.core.config import (
     tokenize_config,
 )
 from teredo.core.errors import UsageError
+from teredo.programs.loading import load_config
 from testsupport import IN_CI
 
 SRC = "/etc/miredo/test.conf"

@@ -15,21 +15,17 @@ from ipaddress import IPv4Address, IPv6Address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from teredo.core.address import encode_teredo_address
-from teredo.core.peering import (
-    TunnelEngine,
-    TunnelSettings,
-    bubble_cookie,
-    embedded_sockaddr,
-)
+from teredo.core.address import Endpoint, encode_teredo_address, teredo_mapping
+from teredo.core.peering import PeeringEngine, PeeringSettings, bubble_cookie
 from teredo.core.peers import Peer
 from teredo.core.relay import TeredoRelay
 from teredo.core.wire import (
     ICMPv6Type,
+    TeredoPacket,
     UnreachableCode,
-    build_bubble,
-    build_echo,
-    build_ipv6_packet,
+    encode_bubble,
+    encode_echo,
+    encode_ipv6_packet,
     icmpv6_message,
     parse_teredo_packet,
     trailer_nonce,
@@ -47,7 +43,7 @@ def counting_random() -> Callable[[int], bytes]:
 
 def relay(now: float = 0.0, **kwargs: object) -> TeredoRelay:
     return TeredoRelay(
-        TunnelSettings(**kwargs),  # type: ignore[arg-type]
+        PeeringSettings(**kwargs),  # type: ignore[arg-type]
         random_bytes=counting_random(),
         secret=SECRET,
         now=now,
@@ -59,11 +55,11 @@ def teredo(ip: str = "203.0.113.2", port: int = 40000, server: str = "198.51.100
 
 
 def to_peer(peer: bytes, data: bytes = b"x") -> bytes:
-    return build_echo(NATIVE, IPv6Address(peer), 1, 1, data)
+    return encode_echo(NATIVE, IPv6Address(peer), 1, 1, data)
 
 
 def from_peer(peer: bytes, data: bytes = b"x") -> bytes:
-    return build_echo(IPv6Address(peer), NATIVE, 1, 1, data)
+    return encode_echo(IPv6Address(peer), NATIVE, 1, 1, data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,7 +72,7 @@ def test_first_packet_queues_and_sends_direct_and_indirect_bubbles() -> None:
     engine.send_ipv6(to_peer(peer), 0.0)
     sent = engine.datagrams_to_send()
     cookie = bubble_cookie(SECRET, peer)
-    direct = build_bubble(IPv6Address(cookie), IPv6Address(peer), hop_limit=0)
+    direct = encode_bubble(IPv6Address(cookie), IPv6Address(peer), hop_limit=0)
     assert sent == [
         (direct, ("203.0.113.2", 40000)),
         (direct + bytes.fromhex("0104 00000001"), SERVER),  # RFC 6081 nonce trailer
@@ -130,7 +126,7 @@ def test_answer_after_retries_flushes_queue_in_order() -> None:
     engine.handle_timer(2.0)
     engine.send_ipv6(second, 3.0)
     engine.datagrams_to_send()
-    engine.receive_datagram(build_bubble(IPv6Address(peer), NATIVE), ("203.0.113.2", 40000), 3.5)
+    engine.receive_datagram(encode_bubble(IPv6Address(peer), NATIVE), ("203.0.113.2", 40000), 3.5)
     assert engine.datagrams_to_send() == [
         (first, ("203.0.113.2", 40000)),
         (second, ("203.0.113.2", 40000)),
@@ -156,7 +152,7 @@ def test_stale_trusted_peer_is_set_up_again() -> None:
 
 def test_icmp_errors_are_rate_limited() -> None:
     engine = relay()
-    packet = build_echo(NATIVE, IPv6Address("2001:db8:9::1"), 1, 1, b"x")
+    packet = encode_echo(NATIVE, IPv6Address("2001:db8:9::1"), 1, 1, b"x")
     for i in range(100):
         engine.send_ipv6(packet, i * 0.002)  # 100 in 0.2 s
     assert len(engine.packets_to_deliver()) == 11  # a burst of 10, +1 token earned at 0.1 s
@@ -168,7 +164,7 @@ def test_icmp_errors_are_rate_limited() -> None:
 
 def test_no_icmp_error_about_an_icmp_error() -> None:
     engine = relay()
-    engine.send_ipv6(build_echo(NATIVE, IPv6Address("2001:db8:9::1"), 1, 1, b"x"), 0.0)
+    engine.send_ipv6(encode_echo(NATIVE, IPv6Address("2001:db8:9::1"), 1, 1, b"x"), 0.0)
     [error] = engine.packets_to_deliver()
     # Route the error back as if it were addressed to a non-Teredo destination again.
     bounced = error[:8] + NATIVE.packed + IPv6Address("2001:db8:9::1").packed + error[40:]
@@ -178,7 +174,7 @@ def test_no_icmp_error_about_an_icmp_error() -> None:
 
 def test_multicast_and_malformed_from_stack_are_dropped() -> None:
     engine = relay()
-    engine.send_ipv6(build_echo(NATIVE, IPv6Address("ff02::1"), 1, 1, b"x"), 0.0)
+    engine.send_ipv6(encode_echo(NATIVE, IPv6Address("ff02::1"), 1, 1, b"x"), 0.0)
     engine.send_ipv6(b"\x60" + bytes(10), 0.0)
     engine.send_ipv6(to_peer(teredo())[:-1], 0.0)  # payload length longer than the packet
     assert engine.drops == {"multicast_destination": 1, "malformed_from_stack": 2}
@@ -289,7 +285,7 @@ def test_fast_paths_refuse_what_needs_the_full_path() -> None:
     assert engine.accept_from_teredo(memoryview(packet), source, 0.0)
     assert not engine.accept_from_teredo(packet + b"\x01\x04abcd", source, 0.0)  # trailer
     assert not engine.accept_from_teredo(packet[:-1], source, 0.0)
-    assert not engine.accept_from_teredo(build_bubble(IPv6Address(peer), NATIVE), source, 0.0)
+    assert not engine.accept_from_teredo(encode_bubble(IPv6Address(peer), NATIVE), source, 0.0)
     assert not engine.accept_from_teredo(b"\x00\x00" + packet, source, 0.0)
     assert not engine.accept_from_teredo(b"", source, 0.0)
     assert engine.forward_to_teredo(to_peer(peer), 1.0) == source
@@ -311,14 +307,14 @@ def test_status_document() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Hooks, for the client
+# Hooks: how a role plugs its policy in
 
 
-class Recorder(TunnelEngine):
+class Recorder(PeeringEngine):
     """An engine subclass that records the hooks' calls."""
 
     def __init__(self) -> None:
-        super().__init__(TunnelSettings(), random_bytes=counting_random(), secret=SECRET, now=0.0)
+        super().__init__(PeeringSettings(), random_bytes=counting_random(), secret=SECRET, now=0.0)
         self.calls: list[str] = []
         self.own = teredo("203.0.113.50", 3000)
 
@@ -336,26 +332,29 @@ class Recorder(TunnelEngine):
 
     def _retry_native(self, address: bytes, peer: Peer, now: float) -> None:
         self.calls.append("retry_native")
-        super()._retry_native(address, peer, now)
+        self.fail_setup(address, peer, now)
 
-    def _on_trusted(self, address: bytes, peer: Peer, now: float) -> None:
-        self.calls.append("trusted")
+    def _on_unverified(self, packet: TeredoPacket, source: Endpoint, now: float) -> None:
+        self.calls.append("unverified")
+        self.drop_unverified(packet)
 
 
 def test_hooks_for_subclasses() -> None:
     engine = Recorder()
-    native = build_echo(IPv6Address(engine.own), NATIVE, 1, 1, b"x")
+    native = encode_echo(IPv6Address(engine.own), NATIVE, 1, 1, b"x")
     engine.send_ipv6(native, 0.0)
     engine.handle_timer(2.0)
     assert engine.calls == ["native", "retry_native"]
-    assert len(engine.packets_to_deliver()) == 1  # unreachable after the default give-up
+    assert len(engine.packets_to_deliver()) == 1  # unreachable after giving up
     peer = teredo()
-    engine.send_ipv6(build_echo(IPv6Address(engine.own), IPv6Address(peer), 1, 1, b"x"), 3.0)
+    engine.send_ipv6(encode_echo(IPv6Address(engine.own), IPv6Address(peer), 1, 1, b"x"), 3.0)
     [(direct, _), (_indirect, _)] = engine.datagrams_to_send()
     assert direct[8:24] == engine.own  # the client's bubbles come from its Teredo address
-    inbound = build_echo(IPv6Address(peer), IPv6Address(engine.own), 1, 1, b"y")
-    engine.receive_datagram(inbound, embedded_sockaddr(peer), 3.1)
-    assert engine.calls[-1] == "trusted"
+    inbound = encode_echo(IPv6Address(peer), IPv6Address(engine.own), 1, 1, b"y")
+    engine.receive_datagram(inbound, ("203.0.113.9", 1), 3.1)
+    assert engine.calls[-1] == "unverified" and engine.drops["mapping_mismatch"] == 1
+    engine.receive_datagram(inbound, teredo_mapping(peer), 3.2)
+    assert engine.peers.get(peer) is not None and engine.peers.get(peer).trusted  # type: ignore[union-attr]
     assert engine.packets_to_deliver() == [inbound]
 
 
@@ -404,7 +403,7 @@ def test_structured_datagrams_never_raise(
     src: bytes, dst: bytes, next_header: int, payload: bytes, trailer: bytes, prefix: bytes
 ) -> None:
     engine = relay()
-    packet = build_ipv6_packet(IPv6Address(src), IPv6Address(dst), next_header, payload)
+    packet = encode_ipv6_packet(IPv6Address(src), IPv6Address(dst), next_header, payload)
     engine.receive_datagram(prefix + packet + trailer, ("203.0.113.2", 40000), 0.0)
     engine.send_ipv6(packet, 0.0)
     engine.handle_timer(10.0)

@@ -19,6 +19,7 @@ from teredo.core.address import (
     TEREDO_PORT,
     Endpoint,
     encode_teredo_address,
+    endpoint,
     parse_teredo_address,
     server_link_local,
 )
@@ -41,7 +42,7 @@ from teredo.core.wire import (
     PrefixInformation,
     RouterAdvertisement,
     TeredoPacket,
-    build_router_advertisement,
+    encode_router_advertisement,
     encode_teredo_packet,
     parse_teredo_packet,
 )
@@ -49,7 +50,7 @@ from teredo.core.wire import (
 
 def ep(text: str) -> Endpoint:
     host, _, port = text.rpartition(":")
-    return Endpoint(IPv4Address(host), int(port))
+    return (host, int(port))
 
 
 class Clocked:
@@ -78,9 +79,7 @@ class Clocked:
         if predicate is None:
             self.net.drop = None
         else:
-            self.net.drop = lambda hop: predicate(
-                Endpoint(IPv4Address(hop.destination[0]), hop.destination[1])
-            )
+            self.net.drop = lambda hop: predicate(hop.destination)
 
 
 class QualifierNode:
@@ -88,15 +87,15 @@ class QualifierNode:
 
     def __init__(self, core: Qualifier, address: Endpoint) -> None:
         self.core = core
-        self.address = (str(address.address), address.port)
+        self.address = address
 
     def collect(self, now: float) -> list[tuple[bytes, tuple[str, int], str | None]]:
-        return [(d, (str(e.address), e.port), None) for d, e in self.core.datagrams_to_send()]
+        return [(d, e, None) for d, e in self.core.datagrams_to_send()]
 
     def deliver(
         self, payload: bytes, source: tuple[str, int], destination: tuple[str, int], now: float
     ) -> None:
-        self.core.receive_datagram(payload, Endpoint(IPv4Address(source[0]), source[1]), now)
+        self.core.receive_datagram(payload, source, now)
 
 
 PRIMARY = IPv4Address("198.51.100.2")
@@ -178,7 +177,7 @@ def test_qualifies_behind_each_nat(kind: str | None, expected: NatBehaviour) -> 
     assert decoded.mapped == q.mapped
     # RFC 5991 §3.1: C=0, z=0, U=G=0; only the random bits may be set.
     assert decoded.flags & ~0x3CFF == 0
-    assert decoded.mapped.address == (
+    assert decoded.mapped_address == (
         IPv4Address("203.0.113.2") if kind is not None else IPv4Address("203.0.113.50")
     )
     assert q.nat is expected
@@ -226,8 +225,8 @@ def test_rs_is_nonce_only_from_the_miredo_link_local() -> None:
     q.start(0.0)
     out = q.datagrams_to_send()
     assert [d for _, d in out] == [
-        Endpoint(PRIMARY, TEREDO_PORT),
-        Endpoint(SECONDARY, TEREDO_PORT),
+        endpoint(PRIMARY, TEREDO_PORT),
+        endpoint(SECONDARY, TEREDO_PORT),
     ]
     nonces = set()
     for data, _ in out:
@@ -242,7 +241,7 @@ def test_rs_is_nonce_only_from_the_miredo_link_local() -> None:
 
 def test_secondary_silent_still_qualifies_with_nat_unknown() -> None:
     net, nat = network(PORT_RESTRICTED)
-    net.loss = lambda d: d.address == SECONDARY
+    net.loss = lambda d: d[0] == str(SECONDARY)
     q = make_qualifier()
     attach(net, q, LOCAL, nat)
     q.start(0.0)
@@ -351,7 +350,7 @@ def test_refresh_is_skipped_while_the_server_is_heard() -> None:
     now = 0.0
     q.start(now)
     (rs, _), *_ = q.datagrams_to_send()
-    q.receive_datagram(ra_for(rs), Endpoint(PRIMARY, TEREDO_PORT), 0.01)
+    q.receive_datagram(ra_for(rs), endpoint(PRIMARY, TEREDO_PORT), 0.01)
     events(q)
     deadline = q.get_timer()
     assert deadline is not None and 0.01 + 22.5 <= deadline <= 0.01 + 30.0
@@ -438,7 +437,7 @@ def ra_for(
         prefixes = (
             PrefixInformation(IPv6Address(int(IPv6Address("2001::")) | int(PRIMARY) << 64)),
         )
-    packet = build_router_advertisement(
+    packet = encode_router_advertisement(
         RouterAdvertisement(server_link_local(PRIMARY), destination, prefixes, mtu=mtu)
     )
     if not hop_limit_ok:
@@ -449,12 +448,12 @@ def ra_for(
             authentication=Authentication(
                 nonce if nonce is not None else request.authentication.nonce, confirmation
             ),
-            origin=OriginIndication(mapped.address, mapped.port) if origin else None,
+            origin=OriginIndication(IPv4Address(mapped[0]), mapped[1]) if origin else None,
         )
     )
 
 
-SERVER_EP = Endpoint(PRIMARY, TEREDO_PORT)
+SERVER_EP = endpoint(PRIMARY, TEREDO_PORT)
 
 
 def started() -> tuple[Qualifier, bytes]:
@@ -488,9 +487,9 @@ good_prefix = PrefixInformation(IPv6Address(int(IPv6Address("2001::")) | int(PRI
     ("kwargs", "source", "reason"),
     [
         ({"nonce": b"\x99" * 8}, SERVER_EP, "ra_bad_nonce"),
-        ({}, Endpoint(PRIMARY, 3545), "not_from_server"),
-        ({}, Endpoint(IPv4Address("198.51.100.9"), TEREDO_PORT), "not_from_server"),
-        ({}, Endpoint(SECONDARY, TEREDO_PORT), "ra_wrong_source"),  # our RS went to primary
+        ({}, endpoint(PRIMARY, 3545), "not_from_server"),
+        ({}, ("198.51.100.9", TEREDO_PORT), "not_from_server"),
+        ({}, endpoint(SECONDARY, TEREDO_PORT), "ra_wrong_source"),  # our RS went to primary
         ({"origin": False}, SERVER_EP, "ra_no_origin"),
         ({"destination": IPv6Address("fe80::1")}, SERVER_EP, "ra_wrong_destination"),
         ({"prefixes": ()}, SERVER_EP, "ra_prefix_count"),
@@ -539,7 +538,7 @@ def test_replayed_ra_is_dropped() -> None:
     assert q.state is QualificationState.QUALIFIED
     q.receive_datagram(ra_for(rs, mapped=ep("203.0.113.66:1")), SERVER_EP, 0.2)
     assert q.drops["ra_bad_nonce"] == 1
-    assert q.mapped == Endpoint(IPv4Address("203.0.113.2"), 40000)
+    assert q.mapped == ("203.0.113.2", 40000)
 
 
 @pytest.mark.parametrize("cut", range(0, 117, 7))

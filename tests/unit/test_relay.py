@@ -20,7 +20,7 @@ from fakenet import (
 )
 from teredo.core.address import encode_teredo_address
 from teredo.core.config import RelayType, parse_relay_config
-from teredo.core.peering import TunnelSettings
+from teredo.core.peering import PeeringSettings
 from teredo.core.relay import TeredoRelay
 from teredo.core.server import ServerSettings, TeredoServer
 from teredo.core.wire import (
@@ -28,13 +28,13 @@ from teredo.core.wire import (
     ICMPv6Type,
     TeredoPacket,
     UnreachableCode,
-    build_bubble,
-    build_echo,
-    build_router_solicitation,
+    encode_bubble,
+    encode_echo,
+    encode_router_solicitation,
     encode_teredo_packet,
     icmpv6_message,
     is_bubble,
-    parse_echo,
+    is_echo,
     parse_router_advertisement,
     parse_teredo_packet,
     trailer_nonce,
@@ -52,7 +52,7 @@ def counting_random() -> object:
 
 
 def make_relay(now: float = 0.0, **kwargs: object) -> TeredoRelay:
-    settings = kwargs.pop("settings", TunnelSettings())
+    settings = kwargs.pop("settings", PeeringSettings())
     return TeredoRelay(
         settings,  # type: ignore[arg-type]
         random_bytes=counting_random(),  # type: ignore[arg-type]
@@ -75,7 +75,7 @@ class MiniClient:
         self.bubbles: list[tuple[bytes, tuple[str, int]]] = []
 
     def qualify(self) -> None:
-        rs = build_router_solicitation(IPv6Address("fe80::ffff:ffff:ffff"))
+        rs = encode_router_solicitation(IPv6Address("fe80::ffff:ffff:ffff"))
         packet = TeredoPacket(ipv6=rs, authentication=Authentication(nonce=bytes(8)))
         self.outbox.append((encode_teredo_packet(packet), SERVER))
 
@@ -102,7 +102,7 @@ class MiniClient:
                 return
             if is_bubble(packet.ipv6):
                 nonce = trailer_nonce(packet.trailers) if self.echo_nonce else None
-                reply = build_bubble(
+                reply = encode_bubble(
                     IPv6Address(packet.ipv6[24:40]), IPv6Address(packet.ipv6[8:24])
                 )
                 if nonce is not None:
@@ -146,12 +146,12 @@ class Lab:
 @pytest.mark.parametrize("kind", [*NAT_KINDS, None])
 def test_native_to_client_through_relay_for_every_nat(kind: str | None) -> None:
     lab = Lab(kind)
-    request = build_echo(NATIVE, lab.teredo, 7, 1, b"ping")
+    request = encode_echo(NATIVE, lab.teredo, 7, 1, b"ping")
     lab.relay.send_ipv6(request, 1.0)
     lab.net.run(1.0)
     assert [p for p, _ in lab.client.received] == [request]
     # The reply from the client, directly to the relay, is forwarded natively.
-    reply = build_echo(lab.teredo, NATIVE, 7, 1, b"ping", is_request=False)
+    reply = encode_echo(lab.teredo, NATIVE, 7, 1, b"ping", is_request=False)
     lab.client.send(reply, RELAY)
     lab.net.run(1.1)
     assert lab.relay.packets_to_deliver() == [reply]
@@ -169,7 +169,7 @@ def test_native_to_client_through_relay_for_every_nat(kind: str | None) -> None:
 def test_symmetric_nat_accepted_by_cookie_or_nonce(echo_nonce: bool) -> None:
     lab = Lab(SYMMETRIC)
     lab.client.echo_nonce = echo_nonce
-    lab.relay.send_ipv6(build_echo(NATIVE, lab.teredo, 1, 1, b"x"), 1.0)
+    lab.relay.send_ipv6(encode_echo(NATIVE, lab.teredo, 1, 1, b"x"), 1.0)
     lab.net.run(1.0)
     assert len(lab.client.received) == 1
 
@@ -181,17 +181,17 @@ def test_nonce_alone_is_accepted_when_cookie_is_not_used() -> None:
     peer = encode_teredo_address(
         IPv4Address("198.51.100.2"), IPv4Address("203.0.113.2"), 40000
     ).packed
-    relay.send_ipv6(build_echo(NATIVE, IPv6Address(peer), 1, 1, b"x"), 0.0)
+    relay.send_ipv6(encode_echo(NATIVE, IPv6Address(peer), 1, 1, b"x"), 0.0)
     sent = relay.datagrams_to_send()
     indirect = next(parse_teredo_packet(d) for d, to in sent if to == SERVER)
     nonce = trailer_nonce(indirect.trailers)
     assert nonce is not None
-    reply = build_bubble(IPv6Address(peer), IPv6Address("2001:db8:3::2")) + bytes((1, 4)) + nonce
+    reply = encode_bubble(IPv6Address(peer), IPv6Address("2001:db8:3::2")) + bytes((1, 4)) + nonce
     relay.receive_datagram(reply, ("203.0.113.2", 50123), 0.1)
     assert relay.peers.get(peer).mapped == ("203.0.113.2", 50123)  # type: ignore[union-attr]
-    wrong = build_bubble(IPv6Address(peer), NATIVE) + bytes((1, 4)) + b"\x00\x00\x00\x00"
+    wrong = encode_bubble(IPv6Address(peer), NATIVE) + bytes((1, 4)) + b"\x00\x00\x00\x00"
     other = make_relay()
-    other.send_ipv6(build_echo(NATIVE, IPv6Address(peer), 1, 1, b"x"), 0.0)
+    other.send_ipv6(encode_echo(NATIVE, IPv6Address(peer), 1, 1, b"x"), 0.0)
     other.receive_datagram(wrong, ("203.0.113.2", 50123), 0.1)
     assert other.drops == {"unverified_bubble": 1}
 
@@ -200,7 +200,7 @@ def test_client_to_native_after_relay_entry_expired() -> None:
     """A client that still trusts the relay sends directly after the relay forgot it: its
     embedded mapping matches, so the relay re-creates a trusted entry (rx case 3)."""
     lab = Lab(FULLCONE)
-    packet = build_echo(lab.teredo, NATIVE, 1, 1, b"x")
+    packet = encode_echo(lab.teredo, NATIVE, 1, 1, b"x")
     lab.client.send(packet, RELAY)
     lab.net.run(0.0)
     assert lab.relay.packets_to_deliver() == [packet]
@@ -212,11 +212,11 @@ def test_spoofed_sources_are_dropped_and_leave_no_state() -> None:
     victim = encode_teredo_address(
         IPv4Address("198.51.100.2"), IPv4Address("203.0.113.2"), 40000
     ).packed
-    data = build_echo(IPv6Address(victim), NATIVE, 1, 1, b"x")
+    data = encode_echo(IPv6Address(victim), NATIVE, 1, 1, b"x")
     relay.receive_datagram(data, ("203.0.113.99", 40000), 0.0)  # wrong address
     relay.receive_datagram(data, ("203.0.113.2", 40001), 0.0)  # wrong port
-    relay.receive_datagram(build_echo(NATIVE, NATIVE, 1, 1, b"x"), ("203.0.113.2", 1), 0.0)
-    bubble = build_bubble(IPv6Address(victim), IPv6Address(relay.cookie(victim[:15] + b"\x00")))
+    relay.receive_datagram(encode_echo(NATIVE, NATIVE, 1, 1, b"x"), ("203.0.113.2", 1), 0.0)
+    bubble = encode_bubble(IPv6Address(victim), IPv6Address(relay.cookie(victim[:15] + b"\x00")))
     relay.receive_datagram(bubble, ("203.0.113.99", 1), 0.0)  # someone else's cookie
     assert relay.drops == {"mapping_mismatch": 2, "non_teredo_source": 1, "unverified_bubble": 1}
     assert len(relay.peers) == 0
@@ -229,7 +229,7 @@ def test_trusted_peer_from_another_source_is_not_accepted() -> None:
         IPv4Address("198.51.100.2"), IPv4Address("203.0.113.2"), 40000
     ).packed
     good = ("203.0.113.2", 40000)
-    data = build_echo(IPv6Address(peer), NATIVE, 1, 1, b"x")
+    data = encode_echo(IPv6Address(peer), NATIVE, 1, 1, b"x")
     relay.receive_datagram(data, good, 0.0)
     assert relay.packets_to_deliver() == [data]
     assert not relay.accept_from_teredo(data, ("203.0.113.2", 40001), 0.1)
@@ -240,21 +240,21 @@ def test_trusted_peer_from_another_source_is_not_accepted() -> None:
 
 def test_non_global_mapping_is_refused_unless_allowed() -> None:
     peer = encode_teredo_address(IPv4Address("198.51.100.2"), IPv4Address("10.0.0.1"), 4000).packed
-    data = build_echo(IPv6Address(peer), NATIVE, 1, 1, b"x")
+    data = encode_echo(IPv6Address(peer), NATIVE, 1, 1, b"x")
     relay = make_relay()
     relay.receive_datagram(data, ("10.0.0.1", 4000), 0.0)
     assert relay.drops == {"non_global_mapping": 1}
-    relay.send_ipv6(build_echo(NATIVE, IPv6Address(peer), 1, 1, b"x"), 0.0)
+    relay.send_ipv6(encode_echo(NATIVE, IPv6Address(peer), 1, 1, b"x"), 0.0)
     assert relay.drops["non_global_destination"] == 1
     assert relay.datagrams_to_send() == []
-    lab_relay = make_relay(settings=TunnelSettings(allow_private=True))
+    lab_relay = make_relay(settings=PeeringSettings(allow_private=True))
     lab_relay.receive_datagram(data, ("10.0.0.1", 4000), 0.0)
     assert lab_relay.packets_to_deliver() == [data]
 
 
 def test_non_teredo_destination_from_native_side_is_refused_with_unreachable() -> None:
     relay = make_relay()
-    packet = build_echo(NATIVE, IPv6Address("2001:db8:9::1"), 1, 1, b"x")
+    packet = encode_echo(NATIVE, IPv6Address("2001:db8:9::1"), 1, 1, b"x")
     relay.send_ipv6(packet, 0.0)
     assert relay.drops == {"non_teredo_destination": 1}
     [error] = relay.packets_to_deliver()
@@ -283,7 +283,7 @@ def test_relay_served_range(destination: str, served: bool) -> None:
     peer = encode_teredo_address(
         IPv4Address("198.51.100.2"), IPv4Address("203.0.113.2"), 40000
     ).packed
-    data = build_echo(IPv6Address(peer), IPv6Address(destination), 1, 1, b"x")
+    data = encode_echo(IPv6Address(peer), IPv6Address(destination), 1, 1, b"x")
     relay.receive_datagram(data, ("203.0.113.2", 40000), 0.0)
     assert relay.packets_to_deliver() == ([data] if served else [])
     assert relay.accept_from_teredo(data, ("203.0.113.2", 40000), 0.0) is served
@@ -294,7 +294,7 @@ def test_bubbles_are_consumed_even_to_link_local_cookie() -> None:
     peer = encode_teredo_address(
         IPv4Address("198.51.100.2"), IPv4Address("203.0.113.2"), 40000
     ).packed
-    bubble = build_bubble(IPv6Address(peer), IPv6Address(relay.cookie(peer)))
+    bubble = encode_bubble(IPv6Address(peer), IPv6Address(relay.cookie(peer)))
     relay.receive_datagram(bubble, ("203.0.113.2", 40000), 0.0)
     assert relay.packets_to_deliver() == []
     assert relay.peers.get(peer).trusted  # type: ignore[union-attr]
@@ -308,8 +308,8 @@ def test_host_specific_relay_serves_only_host_addresses() -> None:
     peer = encode_teredo_address(
         IPv4Address("198.51.100.2"), IPv4Address("203.0.113.2"), 40000
     ).packed
-    mine = build_echo(IPv6Address(peer), host, 1, 1, b"x")
-    other = build_echo(IPv6Address(peer), IPv6Address("2001:db8:2::3"), 1, 1, b"x")
+    mine = encode_echo(IPv6Address(peer), host, 1, 1, b"x")
+    other = encode_echo(IPv6Address(peer), IPv6Address("2001:db8:2::3"), 1, 1, b"x")
     hsr.receive_datagram(mine, ("203.0.113.2", 40000), 0.0)
     hsr.receive_datagram(other, ("203.0.113.2", 40000), 0.0)
     assert hsr.packets_to_deliver() == [mine]
@@ -323,7 +323,7 @@ def test_host_specific_relay_serves_only_host_addresses() -> None:
 
 def test_host_specific_relay_reaches_client_behind_symmetric_nat() -> None:
     lab = Lab(SYMMETRIC, host_specific=True, host_addresses=[NATIVE])
-    lab.relay.send_ipv6(build_echo(NATIVE, lab.teredo, 1, 1, b"x"), 1.0)
+    lab.relay.send_ipv6(encode_echo(NATIVE, lab.teredo, 1, 1, b"x"), 1.0)
     lab.net.run(1.0)
     assert len(lab.client.received) == 1
 
@@ -343,9 +343,9 @@ def test_from_config() -> None:
 
 def test_port_restricted_relay_direct_bubble_is_filtered_but_indirect_works() -> None:
     lab = Lab(PORT_RESTRICTED)
-    lab.relay.send_ipv6(build_echo(NATIVE, lab.teredo, 1, 1, b"x"), 1.0)
+    lab.relay.send_ipv6(encode_echo(NATIVE, lab.teredo, 1, 1, b"x"), 1.0)
     lab.net.run(1.0)
     filtered = [h for h in lab.net.log if h.why == "filtered by NAT"]
     assert len(filtered) == 1  # the relay's direct bubble
     assert len(lab.client.received) == 1
-    assert parse_echo(lab.client.received[0][0]) is not None
+    assert is_echo(lab.client.received[0][0])

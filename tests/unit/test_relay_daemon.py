@@ -15,11 +15,12 @@ from teredo.adapters.udp import open_udp_socket
 from teredo.core.address import encode_teredo_address
 from teredo.core.config import parse_relay_config
 from teredo.core.errors import UsageError
-from teredo.core.peering import TunnelSettings
+from teredo.core.peering import PeeringSettings
 from teredo.core.relay import TeredoRelay
-from teredo.core.wire import build_bubble, build_echo
-from teredo.programs.datapath import TunnelLoop
-from teredo.programs.relay_daemon import RelayDaemon, _Loaded, host_addresses, load_relay_config
+from teredo.core.wire import encode_bubble, encode_echo
+from teredo.programs.datapath import DataPath
+from teredo.programs.loading import Loaded
+from teredo.programs.relay_daemon import RelayDaemon, host_addresses, load_relay_config
 
 NATIVE = IPv6Address("2001:db8:2::2")
 
@@ -51,7 +52,7 @@ def test_load_relay_config(tmp_path: Path) -> None:
 def test_status_document_without_io() -> None:
     config = parse_relay_config("RelayType host-specific\n")
     core = TeredoRelay.from_config(config, random_bytes=bytes, secret=b"s" * 32, now=0.0)
-    daemon = RelayDaemon(loaded=_Loaded(config, "relay.conf", None), core=core)
+    daemon = RelayDaemon(loaded=Loaded(config, "relay.conf", None, None), core=core)
     document = daemon.status()
     assert document["role"] == "host-specific relay"
     assert document["bind"] == "-"
@@ -65,7 +66,7 @@ def test_tunnel_loop_moves_packets_both_ways() -> None:
 
 async def _loop_round_trip() -> None:
     relay = TeredoRelay(
-        TunnelSettings(allow_private=True), random_bytes=bytes, secret=b"s" * 32, now=0.0
+        PeeringSettings(allow_private=True), random_bytes=bytes, secret=b"s" * 32, now=0.0
     )
     udp = open_udp_socket("127.0.0.1", 0)
     kernel_side, tun_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -79,21 +80,21 @@ async def _loop_round_trip() -> None:
     # Everything stays on loopback: the "server" of the indirect bubble is 127.0.0.2.
     peer = encode_teredo_address(IPv4Address("127.0.0.2"), IPv4Address("127.0.0.1"), port)
     loop = asyncio.get_running_loop()
-    tunnel = TunnelLoop(relay, udp, tun)
+    tunnel = DataPath(relay, udp, tun)
     tunnel.start(loop)
     try:
         # Native -> Teredo, unknown peer: queued, bubbles go out (the direct one reaches us).
-        outbound = build_echo(NATIVE, peer, 1, 1, b"out")
+        outbound = encode_echo(NATIVE, peer, 1, 1, b"out")
         await loop.run_in_executor(None, kernel_side.send, outbound)
         bubble, _ = await loop.run_in_executor(None, peer_sock.recvfrom, 2048)
         assert bubble[6] == 59 and bubble[24:40] == peer.packed
         # The peer answers with a bubble from its embedded mapping: trusted, queue flushed.
-        reply = build_bubble(peer, IPv6Address(bubble[8:24]))
+        reply = encode_bubble(peer, IPv6Address(bubble[8:24]))
         await loop.run_in_executor(None, peer_sock.sendto, reply, udp.local)
         data, _ = await loop.run_in_executor(None, peer_sock.recvfrom, 2048)
         assert data == outbound
         # Teredo -> native through the fast path.
-        inbound = build_echo(peer, NATIVE, 1, 1, b"in")
+        inbound = encode_echo(peer, NATIVE, 1, 1, b"in")
         await loop.run_in_executor(None, peer_sock.sendto, inbound, udp.local)
         assert await loop.run_in_executor(None, kernel_side.recv, 2048) == inbound
         # Native -> Teredo through the fast path.

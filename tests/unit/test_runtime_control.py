@@ -19,13 +19,11 @@ import pytest
 from teredo import __version__
 from teredo.adapters.control import (
     ControlServer,
-    format_duration,
     query_control_socket,
-    render_status,
-    run_status,
     start_control_server,
 )
 from teredo.core.errors import UserError
+from teredo.programs.status import format_duration, render_status, run_status
 
 # Teredo address of the RFC 4380 §4 example: server 65.54.227.120, mapped 192.0.2.45:40000, cone.
 EXAMPLE_ADDRESS = "2001:0:4136:e378:8000:63bf:3fff:fdd2"

@@ -15,6 +15,7 @@ from teredo.core.address import (
     TEREDO_PORT,
     Endpoint,
     encode_teredo_address,
+    endpoint,
     server_link_local,
 )
 from teredo.core.errors import LocalProtocolError
@@ -31,10 +32,10 @@ from teredo.core.wire import (
     OriginIndication,
     TeredoPacket,
     Trailer,
-    build_bubble,
-    build_echo,
-    build_ipv6_packet,
-    build_router_solicitation,
+    encode_bubble,
+    encode_echo,
+    encode_ipv6_packet,
+    encode_router_solicitation,
     encode_teredo_packet,
     encode_trailers,
     nonce_trailer,
@@ -50,7 +51,7 @@ def hexbytes(text: str) -> bytes:
 
 PRIMARY = IPv4Address("203.0.113.120")
 SECONDARY = IPv4Address("203.0.113.121")
-CLIENT = Endpoint(IPv4Address("192.0.2.1"), 4096)
+CLIENT = ("192.0.2.1", 4096)
 NONCE = hexbytes("0123456789abcdef")
 MIREDO_LL = IPv6Address("fe80::ffff:ffff:ffff")
 MIREDO_CONE_LL = IPv6Address("fe80::8000:5445:5245:444f")
@@ -58,12 +59,12 @@ WINDOWS_LL = IPv6Address("fe80::ffff:ffff:fffe")
 WINDOWS_CONE_LL = IPv6Address("fe80::8000:ffff:ffff:fffe")
 NATIVE = IPv6Address("2001:db8:2::2")
 # A client of this server (its address embeds PRIMARY) and one of another server.
-OUR_CLIENT = encode_teredo_address(PRIMARY, CLIENT.address, CLIENT.port)
-PEER = Endpoint(IPv4Address("198.51.100.10"), 40000)
+OUR_CLIENT = encode_teredo_address(PRIMARY, IPv4Address(CLIENT[0]), CLIENT[1])
+PEER = ("198.51.100.10", 40000)
 OTHER_SERVER = IPv4Address("198.51.100.200")
-PEER_ADDRESS = encode_teredo_address(OTHER_SERVER, PEER.address, PEER.port)
-PEER_OF_OURS = encode_teredo_address(PRIMARY, PEER.address, PEER.port)
-RELAY = Endpoint(IPv4Address("198.51.100.18"), 3545)
+PEER_ADDRESS = encode_teredo_address(OTHER_SERVER, IPv4Address(PEER[0]), PEER[1])
+PEER_OF_OURS = encode_teredo_address(PRIMARY, IPv4Address(PEER[0]), PEER[1])
+RELAY = ("198.51.100.18", 3545)
 
 # Requirements §2.6 / TV-P3 and §2.7 / TV-P4.
 RS_PAYLOAD = hexbytes(
@@ -90,7 +91,7 @@ def make_server(**changes: object) -> TeredoServer:
 def rs(source: IPv6Address, nonce: bytes | None = NONCE, **auth: bytes) -> bytes:
     authentication = None if nonce is None else Authentication(nonce=nonce, **auth)
     return encode_teredo_packet(
-        TeredoPacket(ipv6=build_router_solicitation(source), authentication=authentication)
+        TeredoPacket(ipv6=encode_router_solicitation(source), authentication=authentication)
     )
 
 
@@ -150,7 +151,7 @@ def test_cone_bit_picks_the_answering_address(
     assert (destination, source) == (CLIENT, answered_from)
     packet = parse_teredo_packet(data)
     assert packet.authentication == Authentication(nonce=NONCE)
-    assert packet.origin == OriginIndication(CLIENT.address, CLIENT.port)
+    assert packet.origin == OriginIndication(IPv4Address(CLIENT[0]), CLIENT[1])
     ra = parse_router_advertisement(packet.ipv6)  # checksum, hop limit 255, link-local source
     assert ra.source == server_link_local(PRIMARY) == server.link_local
     assert ra.destination == rs_source
@@ -210,19 +211,19 @@ def test_invalid_rs_is_dropped(mutate: object, why: str) -> None:
 def test_ra_destination_must_be_global() -> None:
     """SRV-13 (checked as rule 3 on the RS's source)."""
     server = make_server()
-    server.receive_datagram(RS_PAYLOAD, Endpoint(IPv4Address("192.168.1.5"), 4096), PRIMARY, 0.0)
+    server.receive_datagram(RS_PAYLOAD, ("192.168.1.5", 4096), PRIMARY, 0.0)
     assert only_drop(server) == "not_global_source"
 
 
 def test_allow_private_addresses_relaxes_the_ipv4_checks() -> None:
     server = make_server(allow_private=True)
-    private = Endpoint(IPv4Address("10.1.0.2"), 5000)
+    private = ("10.1.0.2", 5000)
     server.receive_datagram(RS_PAYLOAD, private, PRIMARY, 0.0)
     [(_, destination, _)] = server.datagrams_to_send()
     assert destination == private
     # ...and a forward to a client whose mapping is private.
-    client = encode_teredo_address(PRIMARY, private.address, private.port)
-    server.receive_datagram(build_bubble(IPv6Address("fe80::1"), client), RELAY, PRIMARY, 0.0)
+    client = encode_teredo_address(PRIMARY, IPv4Address(private[0]), private[1])
+    server.receive_datagram(encode_bubble(IPv6Address("fe80::1"), client), RELAY, PRIMARY, 0.0)
     [(_, destination, _)] = server.datagrams_to_send()
     assert destination == private
     assert not server.drops
@@ -242,30 +243,30 @@ def test_rule1_malformed_is_dropped() -> None:
 
 def test_rule2_neither_bubble_nor_icmpv6_is_dropped() -> None:
     server = make_server()
-    udp = build_ipv6_packet(OUR_CLIENT, NATIVE, 17, bytes(8))
+    udp = encode_ipv6_packet(OUR_CLIENT, NATIVE, 17, bytes(8))
     server.receive_datagram(udp, CLIENT, PRIMARY, 0.0)
     assert only_drop(server) == "not_bubble_or_icmpv6"
 
 
 def test_rule2_no_next_header_with_a_payload_is_not_a_bubble() -> None:
     server = make_server()
-    server.receive_datagram(build_ipv6_packet(OUR_CLIENT, NATIVE, 59, b"x"), CLIENT, PRIMARY, 0)
+    server.receive_datagram(encode_ipv6_packet(OUR_CLIENT, NATIVE, 59, b"x"), CLIENT, PRIMARY, 0)
     assert only_drop(server) == "not_bubble_or_icmpv6"
 
 
 @pytest.mark.parametrize("address", ["10.0.0.1", "127.0.0.1", "224.0.0.253", "0.1.2.3"])
 def test_rule3_non_global_ipv4_source_is_dropped(address: str) -> None:
     server = make_server()
-    source = Endpoint(IPv4Address(address), 4096)
-    own = encode_teredo_address(PRIMARY, source.address, source.port)
-    server.receive_datagram(build_bubble(own, PEER_OF_OURS), source, PRIMARY, 0.0)
+    source = (address, 4096)
+    own = encode_teredo_address(PRIMARY, IPv4Address(source[0]), source[1])
+    server.receive_datagram(encode_bubble(own, PEER_OF_OURS), source, PRIMARY, 0.0)
     assert only_drop(server) == "not_global_source"
 
 
 def test_rule5_teredo_source_with_matching_mapping_is_forwarded() -> None:
     """A client's indirect bubble to another client of ours (SRV-6: with origin indication)."""
     server = make_server()
-    bubble = build_bubble(OUR_CLIENT, PEER_OF_OURS)
+    bubble = encode_bubble(OUR_CLIENT, PEER_OF_OURS)
     server.receive_datagram(bubble, CLIENT, PRIMARY, 0.0)
     [(data, destination, source)] = server.datagrams_to_send()
     assert (destination, source) == (PEER, PRIMARY)
@@ -276,34 +277,34 @@ def test_rule5_teredo_source_with_matching_mapping_is_forwarded() -> None:
 def test_rule5_spoofed_teredo_source_is_dropped() -> None:
     """The IPv6 source's embedded mapping must be the outer source (SEC-S1)."""
     server = make_server()
-    for spoofer in (Endpoint(CLIENT.address, 4097), Endpoint(IPv4Address("192.0.2.2"), 4096)):
-        server.receive_datagram(build_bubble(OUR_CLIENT, PEER_OF_OURS), spoofer, PRIMARY, 0.0)
+    for spoofer in ((CLIENT[0], 4097), ("192.0.2.2", 4096)):
+        server.receive_datagram(encode_bubble(OUR_CLIENT, PEER_OF_OURS), spoofer, PRIMARY, 0.0)
     assert server.drops == {"spoofed_source": 2}
     assert not server.datagrams_to_send()
 
 
 def test_rule5_flags_of_the_source_are_ignored() -> None:
     server = make_server()
-    flagged = encode_teredo_address(PRIMARY, CLIENT.address, CLIENT.port, flags=0xBCFF)
-    server.receive_datagram(build_bubble(flagged, PEER_OF_OURS), CLIENT, PRIMARY, 0.0)
+    flagged = encode_teredo_address(PRIMARY, IPv4Address(CLIENT[0]), CLIENT[1], flags=0xBCFF)
+    server.receive_datagram(encode_bubble(flagged, PEER_OF_OURS), CLIENT, PRIMARY, 0.0)
     assert len(server.datagrams_to_send()) == 1
 
 
 def test_rule6_relay_bubble_from_link_local_reaches_our_client_with_origin() -> None:
     """Miredo's relay sends indirect bubbles from fe80::<cookie> (requirements RLY-7)."""
     server = make_server()
-    bubble = build_bubble(IPv6Address("fe80::1:2:3:4"), OUR_CLIENT)
+    bubble = encode_bubble(IPv6Address("fe80::1:2:3:4"), OUR_CLIENT)
     server.receive_datagram(bubble, RELAY, PRIMARY, 0.0)
     [(data, destination, source)] = server.datagrams_to_send()
     assert (destination, source) == (CLIENT, PRIMARY)
     packet = parse_teredo_packet(data)
-    assert packet.origin == OriginIndication(RELAY.address, RELAY.port)
+    assert packet.origin == OriginIndication(IPv4Address(RELAY[0]), RELAY[1])
     assert packet.ipv6 == bubble
 
 
 def test_rule6_native_echo_reply_reaches_our_client() -> None:
     server = make_server()
-    reply = build_echo(NATIVE, OUR_CLIENT, 1, 2, b"12345678", is_request=False)
+    reply = encode_echo(NATIVE, OUR_CLIENT, 1, 2, b"12345678", is_request=False)
     server.receive_datagram(reply, RELAY, SECONDARY, 0.0)
     [(data, destination, source)] = server.datagrams_to_send()
     assert (destination, source) == (CLIENT, PRIMARY)  # forwards always leave from the primary
@@ -312,19 +313,19 @@ def test_rule6_native_echo_reply_reaches_our_client() -> None:
 
 def test_rule7_non_teredo_source_to_another_servers_client_is_dropped() -> None:
     server = make_server()
-    server.receive_datagram(build_bubble(NATIVE, PEER_ADDRESS), RELAY, PRIMARY, 0.0)
+    server.receive_datagram(encode_bubble(NATIVE, PEER_ADDRESS), RELAY, PRIMARY, 0.0)
     assert only_drop(server) == "not_our_client"
 
 
 def test_rule7_non_teredo_source_to_native_is_dropped() -> None:
     server = make_server()
-    server.receive_datagram(build_echo(NATIVE, NATIVE, 0, 0, b""), RELAY, PRIMARY, 0.0)
+    server.receive_datagram(encode_echo(NATIVE, NATIVE, 0, 0, b""), RELAY, PRIMARY, 0.0)
     assert only_drop(server) == "not_our_client"
 
 
 def test_teredo_source_to_another_servers_client_gets_no_origin_indication() -> None:
     server = make_server()
-    bubble = build_bubble(OUR_CLIENT, PEER_ADDRESS)
+    bubble = encode_bubble(OUR_CLIENT, PEER_ADDRESS)
     server.receive_datagram(bubble, CLIENT, PRIMARY, 0.0)
     [(data, destination, _)] = server.datagrams_to_send()
     assert (data, destination) == (bubble, PEER)
@@ -333,7 +334,10 @@ def test_teredo_source_to_another_servers_client_gets_no_origin_indication() -> 
 def test_origin_indication_from_outside_is_dropped() -> None:
     server = make_server()
     payload = encode_teredo_packet(
-        TeredoPacket(build_bubble(OUR_CLIENT, PEER_OF_OURS), origin=OriginIndication(*PEER))
+        TeredoPacket(
+            encode_bubble(OUR_CLIENT, PEER_OF_OURS),
+            origin=OriginIndication(IPv4Address(PEER[0]), PEER[1]),
+        )
     )
     server.receive_datagram(payload, CLIENT, PRIMARY, 0.0)
     assert only_drop(server) == "origin_indication"
@@ -341,7 +345,7 @@ def test_origin_indication_from_outside_is_dropped() -> None:
 
 def test_authentication_header_is_not_forwarded() -> None:
     server = make_server()
-    bubble = build_bubble(OUR_CLIENT, PEER_ADDRESS)
+    bubble = encode_bubble(OUR_CLIENT, PEER_ADDRESS)
     payload = encode_teredo_packet(TeredoPacket(bubble, authentication=Authentication(NONCE)))
     server.receive_datagram(payload, CLIENT, PRIMARY, 0.0)
     assert server.datagrams_to_send()[0].data == bubble
@@ -354,20 +358,20 @@ def test_authentication_header_is_not_forwarded() -> None:
 @pytest.mark.parametrize("address", [PRIMARY, SECONDARY])
 def test_datagrams_from_our_own_port_3544_are_dropped(address: IPv4Address) -> None:
     server = make_server()
-    server.receive_datagram(RS_PAYLOAD, Endpoint(address, TEREDO_PORT), PRIMARY, 0.0)
+    server.receive_datagram(RS_PAYLOAD, endpoint(address, TEREDO_PORT), PRIMARY, 0.0)
     assert only_drop(server) == "loop"
 
 
 def test_our_own_address_on_another_port_is_not_a_loop() -> None:
     server = make_server()
-    server.receive_datagram(RS_PAYLOAD, Endpoint(SECONDARY, 5000), PRIMARY, 0.0)
+    server.receive_datagram(RS_PAYLOAD, endpoint(SECONDARY, 5000), PRIMARY, 0.0)
     assert len(server.datagrams_to_send()) == 1
 
 
 def test_forward_toward_our_own_address_is_a_loop() -> None:
     server = make_server()
     to_us = encode_teredo_address(PRIMARY, SECONDARY, TEREDO_PORT)
-    server.receive_datagram(build_bubble(OUR_CLIENT, to_us), CLIENT, PRIMARY, 0.0)
+    server.receive_datagram(encode_bubble(OUR_CLIENT, to_us), CLIENT, PRIMARY, 0.0)
     assert only_drop(server) == "loop"
 
 
@@ -385,19 +389,19 @@ def test_forward_toward_our_own_address_is_a_loop() -> None:
          "destination_ipv4_not_global"),
         (encode_teredo_address(OTHER_SERVER, IPv4Address("255.255.255.255"), 80),
          "destination_ipv4_not_global"),
-        (encode_teredo_address(PRIMARY, PEER.address, 0), "destination_ipv4_not_global"),
+        (encode_teredo_address(PRIMARY, IPv4Address(PEER[0]), 0), "destination_ipv4_not_global"),
     ],
 )  # fmt: skip
 def test_destinations_that_are_never_forwarded(destination: IPv6Address, reason: str) -> None:
     server = make_server()
-    server.receive_datagram(build_echo(OUR_CLIENT, destination, 0, 0, b""), CLIENT, PRIMARY, 0.0)
+    server.receive_datagram(encode_echo(OUR_CLIENT, destination, 0, 0, b""), CLIENT, PRIMARY, 0.0)
     assert only_drop(server) == reason
 
 
 def test_echo_request_to_native_is_forwarded_as_native_ipv6() -> None:
     """The client's direct connectivity test (RFC 4380 §5.2.9), hop limit decremented."""
     server = make_server()
-    echo = build_echo(OUR_CLIENT, NATIVE, 7, 9, NONCE, hop_limit=64)
+    echo = encode_echo(OUR_CLIENT, NATIVE, 7, 9, NONCE, hop_limit=64)
     server.receive_datagram(echo, CLIENT, PRIMARY, 0.0)
     assert not server.datagrams_to_send()
     [native] = server.native_packets_to_send()
@@ -411,14 +415,14 @@ def test_echo_request_to_native_is_forwarded_as_native_ipv6() -> None:
 def test_native_forward_with_hop_limit_1_is_dropped() -> None:
     server = make_server()
     server.receive_datagram(
-        build_echo(OUR_CLIENT, NATIVE, 0, 0, b"", hop_limit=1), CLIENT, PRIMARY, 0
+        encode_echo(OUR_CLIENT, NATIVE, 0, 0, b"", hop_limit=1), CLIENT, PRIMARY, 0
     )
     assert only_drop(server) == "hop_limit_exceeded"
 
 
 def test_bubble_to_native_is_dropped() -> None:
     server = make_server()
-    server.receive_datagram(build_bubble(OUR_CLIENT, NATIVE), CLIENT, PRIMARY, 0.0)
+    server.receive_datagram(encode_bubble(OUR_CLIENT, NATIVE), CLIENT, PRIMARY, 0.0)
     assert only_drop(server) == "bubble_to_native"
 
 
@@ -426,10 +430,10 @@ def test_bubble_to_native_is_dropped() -> None:
 def test_oversize_non_bubble_is_dropped(destination: IPv6Address) -> None:
     """SRV-4: at most MAX_FORWARDED_PAYLOAD bytes of IPv6 payload; the server is no relay."""
     server = make_server()
-    fits = build_echo(OUR_CLIENT, destination, 0, 0, bytes(MAX_FORWARDED_PAYLOAD - 8))
+    fits = encode_echo(OUR_CLIENT, destination, 0, 0, bytes(MAX_FORWARDED_PAYLOAD - 8))
     server.receive_datagram(fits, CLIENT, PRIMARY, 0.0)
     assert len(server.datagrams_to_send()) + len(server.native_packets_to_send()) == 1
-    too_big = build_echo(OUR_CLIENT, destination, 0, 0, bytes(MAX_FORWARDED_PAYLOAD - 7))
+    too_big = encode_echo(OUR_CLIENT, destination, 0, 0, bytes(MAX_FORWARDED_PAYLOAD - 7))
     server.receive_datagram(too_big, CLIENT, PRIMARY, 0.0)
     assert only_drop(server) == "oversize"
 
@@ -437,7 +441,7 @@ def test_oversize_non_bubble_is_dropped(destination: IPv6Address) -> None:
 def test_trailers_are_forwarded_unchanged() -> None:
     """SRV-7: RFC 6081 bubbles depend on their trailers reaching the peer."""
     server = make_server()
-    bubble = build_bubble(OUR_CLIENT, PEER_OF_OURS)
+    bubble = encode_bubble(OUR_CLIENT, PEER_OF_OURS)
     trailers = encode_trailers([nonce_trailer(b"\xde\xad\xbe\xef")]) + hexbytes("80 02 aa bb")
     payload = b"\x00\x01\x00\x00" + NONCE + b"\x00" + bubble + trailers
     server.receive_datagram(payload, CLIENT, PRIMARY, 0.0)
@@ -450,7 +454,7 @@ def test_too_many_trailer_bytes_are_dropped() -> None:
     server = make_server()
     trailers = encode_trailers([Trailer(0x80, bytes(100)), Trailer(0x80, bytes(100))])
     assert len(trailers) > MAX_FORWARDED_TRAILERS
-    server.receive_datagram(build_bubble(OUR_CLIENT, PEER_ADDRESS) + trailers, CLIENT, PRIMARY, 0)
+    server.receive_datagram(encode_bubble(OUR_CLIENT, PEER_ADDRESS) + trailers, CLIENT, PRIMARY, 0)
     assert only_drop(server) == "oversize_trailers"
 
 
@@ -479,7 +483,7 @@ def test_rate_limit_per_source_and_refill() -> None:
         server.receive_datagram(RS_PAYLOAD, CLIENT, PRIMARY, 10.0)
     assert len(server.datagrams_to_send()) == 3
     assert server.drops == {"rate_limited": 2}
-    other = Endpoint(IPv4Address("192.0.2.99"), 1)
+    other = ("192.0.2.99", 1)
     server.receive_datagram(RS_PAYLOAD, other, PRIMARY, 10.0)  # another /32 has its own bucket
     server.receive_datagram(RS_PAYLOAD, CLIENT, PRIMARY, 12.0)  # two tokens earned meanwhile
     server.receive_datagram(RS_PAYLOAD, CLIENT, PRIMARY, 12.0)
@@ -492,9 +496,9 @@ def test_rate_limit_protects_a_reflection_victim() -> None:
     """Forwards to one destination /32 spend its bucket whatever the sources."""
     server = make_server(rate_per_second=1.0, rate_burst=2.0)
     for i in range(4):
-        source = Endpoint(IPv4Address(f"192.0.2.{10 + i}"), 1000)
-        own = encode_teredo_address(OTHER_SERVER, source.address, source.port)
-        server.receive_datagram(build_bubble(own, PEER_OF_OURS), source, PRIMARY, 0.0)
+        source = (f"192.0.2.{10 + i}", 1000)
+        own = encode_teredo_address(OTHER_SERVER, IPv4Address(source[0]), source[1])
+        server.receive_datagram(encode_bubble(own, PEER_OF_OURS), source, PRIMARY, 0.0)
     assert len(server.datagrams_to_send()) == 2
     assert server.drops == {"rate_limited": 2}
 
@@ -518,11 +522,7 @@ def test_rate_limiting_can_be_disabled() -> None:
     assert server.rate_limit_entries == 0
 
 
-SOURCES = st.builds(
-    Endpoint,
-    st.builds(IPv4Address, st.integers(0, 2**32 - 1)),
-    st.integers(0, 65535),
-)
+SOURCES = st.builds(endpoint, st.integers(0, 2**32 - 1), st.integers(0, 65535))
 
 
 @settings(max_examples=300, deadline=None)
@@ -547,7 +547,7 @@ def _plausible_payload() -> st.SearchStrategy[bytes]:
     header = st.builds(
         lambda src, dst, nh, hop, body, auth, trailer: (
             (b"\x00\x01\x00\x00" + NONCE + b"\x00" if auth else b"")
-            + build_ipv6_packet(src, dst, nh, body, hop)
+            + encode_ipv6_packet(src, dst, nh, body, hop)
             + trailer
         ),
         addresses,

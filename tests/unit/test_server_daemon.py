@@ -20,7 +20,7 @@ from teredo.core.server import TeredoServer
 from teredo.core.wire import (
     Authentication,
     TeredoPacket,
-    build_router_solicitation,
+    encode_router_solicitation,
     encode_teredo_packet,
     parse_router_advertisement,
     parse_teredo_packet,
@@ -43,7 +43,6 @@ def daemon_for(path: str, address: str | None = None) -> ServerDaemon:
     loaded = load_server_config(path, address)
     return ServerDaemon(
         loaded=loaded,
-        address=address,
         core=TeredoServer(settings_from_config(loaded.config)),
         clock=time.monotonic,
     )
@@ -162,7 +161,7 @@ def test_udp_glue_answers_an_rs_from_the_right_socket(
             ("fe80::8000:ffff:ffff:fffe", secondary),
         ):
             packet = TeredoPacket(
-                build_router_solicitation(IPv6Address(rs_source)), Authentication(nonce=nonce)
+                encode_router_solicitation(IPv6Address(rs_source)), Authentication(nonce=nonce)
             )
             client.sendto(encode_teredo_packet(packet), (primary, 3544))
             assert select.select([daemon.sockets[IPv4Address(primary)].sock], [], [], 5)[0]

@@ -30,9 +30,9 @@ PEER_B = bytes.fromhex("20010000c6336402000080007cffbffe")
 PLAIN = VNET_HEADER.pack(0, GSO_NONE, 0, 0, 0, 0)
 
 
-def udp(destination: bytes, payload: bytes) -> bytes:
+def udp(destination: bytes, payload: bytes, source: bytes = SOURCE) -> bytes:
     upper = struct.pack("!HHHH", 5201, 40000, 8 + len(payload), 0) + payload
-    return struct.pack("!IHBB", 0x60000000, len(upper), 17, 64) + SOURCE + destination + upper
+    return struct.pack("!IHBB", 0x60000000, len(upper), 17, 64) + source + destination + upper
 
 
 def partial(packet: bytes) -> bytes:
@@ -90,6 +90,20 @@ def test_runs_group_packets_that_leave_together(
         (20, b"\x60" * 20, GSO_NONE, 0),  # shorter than an IPv6 header: alone
         (len(super_packet), super_packet, GSO_TCPV6, 1000),
     ]
+
+
+@READERS
+def test_a_new_source_starts_a_run(
+    reader: Reader, queue: tuple[socket.socket, socket.socket]
+) -> None:
+    """A client's verdict depends on the source too (`required_source`): one run, one source."""
+    writer, tun = queue
+    ours, other = udp(PEER_A, b"z" * 100), udp(PEER_A, b"z" * 100, source=PEER_B)
+    for packet in (ours, ours, other, ours):
+        writer.send(PLAIN + packet)
+    [(reads, runs, _, _)] = read_all(reader, tun.fileno())
+    assert reads == 4
+    assert [data for _, data, _, _ in runs] == [ours + ours, other, ours]
 
 
 @READERS

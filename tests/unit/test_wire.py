@@ -19,15 +19,16 @@ from teredo.core.wire import (
     TeredoPacket,
     Trailer,
     alternate_addresses,
-    build_bubble,
-    build_echo,
-    build_icmpv6_error,
-    build_router_advertisement,
-    build_router_solicitation,
+    encode_bubble,
+    encode_echo,
+    encode_icmpv6_error,
+    encode_router_advertisement,
+    encode_router_solicitation,
     encode_teredo_packet,
     encode_trailers,
     icmpv6_message,
     is_bubble,
+    is_echo,
     is_router_solicitation,
     parse_echo,
     parse_ipv6_header,
@@ -88,7 +89,7 @@ def test_origin_indication_vectors(port: int, address: str, expected: str) -> No
 
 
 def test_router_solicitation_vector() -> None:
-    rs = build_router_solicitation(CLIENT_LL)
+    rs = encode_router_solicitation(CLIENT_LL)
     payload = encode_teredo_packet(TeredoPacket(ipv6=rs, authentication=Authentication(NONCE)))
     assert payload == RS_PAYLOAD
     assert len(payload) == 61  # the 103-byte Windows frame minus Ethernet/IPv4/UDP
@@ -104,7 +105,7 @@ def test_router_solicitation_vector() -> None:
      ("fe80::ffff:ffff:fffe", 0x7D38)],
 )  # fmt: skip
 def test_rs_checksums(source: str, checksum: int) -> None:
-    rs = build_router_solicitation(IPv6Address(source))
+    rs = encode_router_solicitation(IPv6Address(source))
     assert int.from_bytes(rs[42:44], "big") == checksum
 
 
@@ -116,7 +117,7 @@ def test_router_advertisement_vector() -> None:
         mtu=1280,
     )
     packet = TeredoPacket(
-        ipv6=build_router_advertisement(ra),
+        ipv6=encode_router_advertisement(ra),
         authentication=Authentication(NONCE),
         origin=OriginIndication(IPv4Address("192.0.2.1"), 4096),
     )
@@ -133,7 +134,7 @@ def test_ra_without_mtu_option_parses_with_none() -> None:
         destination=CLIENT_LL,
         prefixes=(PrefixInformation(IPv6Address("2001:0:cb00:7178::")),),
     )
-    assert parse_router_advertisement(build_router_advertisement(ra)).mtu is None
+    assert parse_router_advertisement(encode_router_advertisement(ra)).mtu is None
 
 
 @pytest.mark.parametrize(
@@ -162,23 +163,25 @@ def test_ra_option_with_zero_length_is_rejected() -> None:
 
 
 def test_echo_vector() -> None:
-    echo = build_echo(A1, IPv6Address("2001:db8::1"), 0, 0, hexbytes("a1b2c3d4e5f60718"))
+    echo = encode_echo(A1, IPv6Address("2001:db8::1"), 0, 0, hexbytes("a1b2c3d4e5f60718"))
     assert echo == ECHO
     parsed = parse_echo(ECHO)
     assert parsed is not None
     assert parsed.is_request
     assert parsed.data == hexbytes("a1b2c3d4e5f60718")
-    reply = build_echo(IPv6Address("2001:db8::1"), A1, 0, 0, parsed.data, is_request=False)
+    reply = encode_echo(IPv6Address("2001:db8::1"), A1, 0, 0, parsed.data, is_request=False)
     parsed_reply = parse_echo(reply)
     assert parsed_reply is not None and not parsed_reply.is_request
 
 
 def test_echo_with_bad_checksum_is_not_an_echo() -> None:
-    assert parse_echo(ECHO[:-1] + b"\x00") is None
+    assert not is_echo(ECHO[:-1] + b"\x00")
+    with pytest.raises(ParseError):
+        parse_echo(ECHO[:-1] + b"\x00")
 
 
 def test_bubble_vector() -> None:
-    assert build_bubble(A1, A2) == BUBBLE
+    assert encode_bubble(A1, A2) == BUBBLE
     assert is_bubble(BUBBLE)
     assert not is_bubble(ECHO)
     header = parse_ipv6_header(BUBBLE)
@@ -186,8 +189,8 @@ def test_bubble_vector() -> None:
 
 
 def test_icmpv6_error_fits_1280_bytes() -> None:
-    big = build_echo(A1, IPv6Address("2001:db8::1"), 1, 1, bytes(1400))
-    error = build_icmpv6_error(IPv6Address("2001:db8::ff"), 1, 3, big)
+    big = encode_echo(A1, IPv6Address("2001:db8::1"), 1, 1, bytes(1400))
+    error = encode_icmpv6_error(IPv6Address("2001:db8::ff"), 1, 3, big)
     assert len(error) == 1280
     assert parse_ipv6_header(error).destination == A1
     message = icmpv6_message(error)
@@ -217,7 +220,7 @@ def test_trailer_vectors(wire: str, trailer: Trailer) -> None:
 def test_alternate_address_entries() -> None:
     (trailer,) = parse_trailers(hexbytes("03 0e 0000 c0a8010a 0fff c0a80100 0fff"))
     entries = alternate_addresses(trailer)
-    assert [str(e) for e in entries] == ["192.168.1.10:4095", "192.168.1.0:4095"]
+    assert entries == (("192.168.1.10", 4095), ("192.168.1.0", 4095))
     with pytest.raises(ParseError):
         alternate_addresses(Trailer(0x03, hexbytes("0000 c0a8010a 0000")))
 
@@ -301,9 +304,9 @@ def test_teredo_packet_round_trip(
     origin: OriginIndication | None,
     trailer_list: list[Trailer],
 ) -> None:
-    from teredo.core.wire import build_ipv6_packet
+    from teredo.core.wire import encode_ipv6_packet
 
-    ipv6 = build_ipv6_packet(source, destination, 17, payload)
+    ipv6 = encode_ipv6_packet(source, destination, 17, payload)
     packet = TeredoPacket(ipv6, auth, origin, tuple(trailer_list))
     assert parse_teredo_packet(encode_teredo_packet(packet)) == packet
 

@@ -21,10 +21,10 @@ from teredo.core.wire import (
     PrefixInformation,
     RouterAdvertisement,
     TeredoPacket,
-    build_bubble,
-    build_echo,
-    build_router_advertisement,
-    build_router_solicitation,
+    encode_bubble,
+    encode_echo,
+    encode_router_advertisement,
+    encode_router_solicitation,
     encode_teredo_packet,
     internet_checksum,
 )
@@ -78,10 +78,10 @@ def dissect(tmp_path: Path, frames: list[bytes]) -> list[dict[str, str]]:
 
 
 def test_tshark_decodes_our_packets(tmp_path: Path) -> None:
-    rs = TeredoPacket(build_router_solicitation(IPv6Address("fe80::ffff:ffff:ffff")),
+    rs = TeredoPacket(encode_router_solicitation(IPv6Address("fe80::ffff:ffff:ffff")),
                       authentication=Authentication(NONCE))  # fmt: skip
     ra = TeredoPacket(
-        build_router_advertisement(
+        encode_router_advertisement(
             RouterAdvertisement(
                 source=server_link_local(SERVER),
                 destination=IPv6Address("fe80::ffff:ffff:ffff"),
@@ -92,10 +92,10 @@ def test_tshark_decodes_our_packets(tmp_path: Path) -> None:
         authentication=Authentication(NONCE),
         origin=OriginIndication(IPv4Address("192.0.2.1"), 4096),
     )
-    bubble = TeredoPacket(build_bubble(CLIENT, PEER),
+    bubble = TeredoPacket(encode_bubble(CLIENT, PEER),
                           origin=OriginIndication(IPv4Address("198.51.100.7"), 40000))  # fmt: skip
     authed = TeredoPacket(
-        build_echo(CLIENT, IPv6Address("2001:db8::1"), 7, 9, b"payload!"),
+        encode_echo(CLIENT, IPv6Address("2001:db8::1"), 7, 9, b"payload!"),
         authentication=Authentication(NONCE, 1, b"client-7", bytes(range(20))),
     )
     frames = [

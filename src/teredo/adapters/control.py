@@ -15,7 +15,7 @@ The status document is shared by every role and open to role-specific keys::
       "uptime": 3723.4,            # seconds, idem (measured from `started`)
       "state": "qualified",        # the core's state, free text
       "counters": {"name": int},   # traffic counters
-      "drops": {"reason": int},    # dropped input, by named reason (STYLE.md §5)
+      "drops": {"reason": int},    # dropped input, by named reason
       "address": "2001:0:...",     # optional: decoded in the human rendering
       "peers": [...] or {...},     # optional: summarised in the human rendering
       ...                          # anything else: rendered generically
@@ -24,7 +24,8 @@ The status document is shared by every role and open to role-specific keys::
 Values may be `ipaddress` objects or Enums: they are encoded as strings (Enum: its value).
 
 Daemon side: `server = await start_control_server(path, get_status, commands={"peers": ...})`,
-then `await server.close()` on exit (it removes the socket file). CLI side: `run_status`.
+then `await server.close()` on exit (it removes the socket file). CLI side:
+`query_control_socket` (`teredo status` is `teredo.programs.status`).
 """
 
 from __future__ import annotations
@@ -39,15 +40,13 @@ import socket
 import stat
 import time
 from collections.abc import Callable, Mapping
-from ipaddress import IPv6Network
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
 from teredo import __version__
-from teredo.core.address import LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, parse_teredo_address
 from teredo.core.config import CONTROL_SOCKET_DIR
-from teredo.core.errors import ParseError, UserError
+from teredo.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -312,137 +311,3 @@ def _is_socket(path: Path) -> bool:
         return stat.S_ISSOCK(path.stat().st_mode)
     except OSError:
         return False
-
-
-def run_status(
-    socket_path: str | None, as_json: bool, *, search_dir: str = CONTROL_SOCKET_DIR
-) -> int:
-    """`teredo status [--json] [--socket PATH]`: print a daemon's status; exit status 0.
-
-    Without a path, query the only live socket in `search_dir` (/run/teredo).
-    """
-    path = socket_path or find_control_socket(search_dir)
-    document = query_control_socket(path, "status")
-    if as_json:
-        print(json.dumps(document, indent=2))
-    elif isinstance(document, Mapping):
-        print(render_status(document), end="")
-    else:
-        raise UserError(f"the daemon at {path} answered with something that is not a status")
-    return 0
-
-
-# --- human rendering --------------------------------------------------------------------------
-
-_LABEL_WIDTH: Final = 11  # the value column: at least this far in, further for long keys
-_MAX_LABEL_WIDTH: Final = 26
-_HEADER_KEYS: Final = frozenset({"role", "version", "pid", "uptime"})
-
-
-def render_status(document: Mapping[str, Any]) -> str:
-    """The status document as text for a person: a header line, then one block per key.
-
-    Known keys get a tailored line (address decoded, peers summarised, empty counters shown as
-    "none"); unknown keys are rendered generically, nested mappings indented.
-    """
-    role = document.get("role", "daemon")
-    header = [f"teredo {role}"]
-    if "version" in document:
-        header.append(str(document["version"]))
-    if "pid" in document:
-        header.append(f"(pid {document['pid']})")
-    line = " ".join(header)
-    if isinstance(document.get("uptime"), int | float):
-        line += f", up {format_duration(float(document['uptime']))}"
-    lines = [line]
-    keys = [key for key in document if key not in _HEADER_KEYS]
-    width = min(max([_LABEL_WIDTH - 2, *map(len, keys)]) + 2, _MAX_LABEL_WIDTH)
-    for key in keys:
-        value = document[key]
-        if key == "address" and isinstance(value, str):
-            lines += _render_address(value, document.get("prefix"), width)
-        elif key == "peers":
-            lines.append(_row("peers", _peers_summary(value), 0, width))
-        else:
-            lines += _render_value(key, value, 0, width)
-    return "\n".join(lines) + "\n"
-
-
-def format_duration(seconds: float) -> str:
-    """3723.4 -> "1h 02m 03s"; 90061 -> "1d 1h 01m 01s"."""
-    whole = int(seconds)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h {minutes:02d}m {secs:02d}s"
-    if hours:
-        return f"{hours}h {minutes:02d}m {secs:02d}s"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
-
-
-def _row(label: str, text: str, depth: int = 0, width: int = _LABEL_WIDTH) -> str:
-    return f"{'  ' * depth}{label:<{max(width, len(label) + 1)}}{text}".rstrip()
-
-
-def _scalar(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _render_value(label: str, value: object, depth: int, width: int = _LABEL_WIDTH) -> list[str]:
-    if isinstance(value, Mapping):
-        if not value:
-            return [_row(label, "none", depth, width)]
-        lines = ["  " * depth + label]
-        inner = max(len(str(key)) for key in value) + 2  # align the values of one mapping
-        for key, item in value.items():
-            lines += _render_value(str(key), item, depth + 1, inner)
-        return lines
-    if isinstance(value, list | tuple):
-        if all(not isinstance(item, Mapping | list | tuple) for item in value):
-            text = ", ".join(_scalar(item) for item in value) or "none"
-            return [_row(label, text, depth, width)]
-        lines = [_row(label, f"{len(value)} entries", depth, width)]
-        for item in value:
-            if isinstance(item, Mapping):
-                text = ", ".join(f"{k} {_scalar(v)}" for k, v in item.items())
-            else:
-                text = json.dumps(item, default=str)
-            lines.append("  " * (depth + 1) + "- " + text)
-        return lines
-    return [_row(label, _scalar(value), depth, width)]
-
-
-def _render_address(text: str, prefix: object, width: int) -> list[str]:
-    lines = [_row("address", text, 0, width)]
-    prefixes: tuple[IPv6Network, ...] = (TEREDO_PREFIX, LEGACY_TEREDO_PREFIX)
-    try:
-        if isinstance(prefix, str):
-            prefixes = (IPv6Network(prefix if "/" in prefix else prefix + "/32"),)
-        teredo = parse_teredo_address(text, prefixes)
-    except (ParseError, ValueError):
-        return lines
-    cone = ", cone" if teredo.cone else ""
-    mapped = f"{teredo.mapped_address}:{teredo.mapped_port}"
-    lines.append(_row("", f"server {teredo.server}, mapped {mapped}{cone}", 0, width))
-    return lines
-
-
-def _peers_summary(peers: object) -> str:
-    if isinstance(peers, int) and not isinstance(peers, bool):
-        return str(peers)
-    if isinstance(peers, list | tuple):
-        trusted = sum(1 for p in peers if isinstance(p, Mapping) and p.get("trusted"))
-        has_trust = any(isinstance(p, Mapping) and "trusted" in p for p in peers)
-        return f"{len(peers)} ({trusted} trusted)" if has_trust else str(len(peers))
-    if isinstance(peers, Mapping):
-        return ", ".join(f"{k} {_scalar(v)}" for k, v in peers.items()) or "none"
-    return _scalar(peers)

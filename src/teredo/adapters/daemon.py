@@ -1,6 +1,6 @@
 """The common daemon frame: logging, pid file, signals on the asyncio loop.
 
-A role daemon (server_daemon, client_daemon, relay_daemon) looks like this::
+A role daemon (`teredo.programs`: server_daemon, client_daemon, relay_daemon) looks like this::
 
     def run_relay(config_path: str | None) -> int:
         config = ...                                    # parse; UsageError on mistakes
@@ -30,15 +30,9 @@ import logging.handlers
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, TypeVar
-
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
-    ConfigT = TypeVar("ConfigT", bound=DataclassInstance)
+from typing import Final
 
 from teredo.core.errors import UsageError, UserError
 
@@ -225,18 +219,3 @@ async def wait_for_shutdown(on_reload: Callable[[], None] | None = None) -> sign
         remove()
     log.info("%s: shutting down", number.name)
     return number
-
-
-def keep_restart_only(old: ConfigT, new: ConfigT, restart_only: Mapping[str, str]) -> ConfigT:
-    """For a SIGHUP reload: `new`, with the settings that need a restart kept from `old`.
-
-    `restart_only` maps config attributes to their directive names; each one that changed is
-    logged once ("takes effect at the next restart") rather than silently ignored.
-    """
-    kept = {}
-    for attribute, directive in restart_only.items():
-        before, after = getattr(old, attribute), getattr(new, attribute)
-        if before != after:
-            log.warning("%s changed to %s: takes effect at the next restart", directive, after)
-        kept[attribute] = before
-    return replace(new, **kept)

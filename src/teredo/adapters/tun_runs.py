@@ -1,9 +1,10 @@
 """Reading an offloaded TUN queue in *runs*: the packets that can leave in one send.
 
 A client or relay forwarding a flood of small packets to one peer would pay one Python round
-trip per packet: read, look up the peer, send. The tunnel's verdict for a plain packet
-(`TunnelEngine.forward_to_teredo`) depends only on its IPv6 destination, and UDP segmentation
-offload sends equal-sized datagrams to one destination in one call. So the reader groups what
+trip per packet: read, look up the peer, send. The engine's verdict for a plain packet
+(`PeeringEngine.forward_to_teredo`) depends only on its IPv6 addresses (the destination's peer,
+and for a client the source), and UDP segmentation offload sends equal-sized datagrams to one
+destination in one call. So the reader groups what
 it reads:
 
     read_runs(fd, buffer, max_reads) -> (reads, runs, dropped, error)
@@ -13,9 +14,9 @@ reads up to `max_reads` packets (each after its virtio-net header, `teredo.core.
 `(start, end, size, gso_type, gso_size)` in the order read:
 
 - `gso_type == GSO_NONE`: plain packets at `buffer[start:end]`, `size` bytes each but maybe the
-  last (shorter, which ends the run), all for the same IPv6 destination, at most `MAX_SEGMENTS`
-  of them and `MAX_SEGMENTED_BYTES` in all; a partial checksum (`NEEDS_CSUM`) is completed. A
-  packet shorter than an IPv6 header is a run of its own.
+  last (shorter, which ends the run), all with the same IPv6 source and destination, at most
+  `MAX_SEGMENTS` of them and `MAX_SEGMENTED_BYTES` in all; a partial checksum (`NEEDS_CSUM`) is
+  completed. A packet shorter than an IPv6 header is a run of its own.
 - otherwise: one super-packet at `buffer[start:end]` as read, for `teredo.core.offload.segment`.
 
 `dropped` counts packets whose checksum offsets lie outside them; `error` is the errno that
@@ -58,9 +59,9 @@ def python_read_runs(
     runs: list[Run] = []
     last_start = len(buffer) - READ_BYTES
     position = reads = dropped = error = 0
-    # The open run: `count` packets of `size` bytes at buffer[start:position], for `destination`.
+    # The open run: `count` packets of `size` bytes at buffer[start:position], all `addresses`.
     start = size = count = 0
-    destination = b""
+    addresses = b""
     closed = True  # nothing more may join the open run
     while reads < max_reads and position <= last_start:
         try:
@@ -93,7 +94,7 @@ def python_read_runs(
             and IPV6_HEADER_BYTES <= length <= size
             and count < MAX_SEGMENTS
             and position + length - start <= MAX_SEGMENTED_BYTES
-            and packet[24:40] == destination
+            and packet[8:40] == addresses
         ):
             count += 1
             closed = length < size
@@ -102,7 +103,7 @@ def python_read_runs(
                 runs.append((start, position, size, GSO_NONE, 0))
             start, size, count = position, length, 1
             closed = length < IPV6_HEADER_BYTES
-            destination = bytes(packet[24:40])
+            addresses = bytes(packet[8:40])
         position += length
     if count:
         runs.append((start, position, size, GSO_NONE, 0))

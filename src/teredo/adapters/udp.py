@@ -28,8 +28,8 @@ counts the failure (`send_eagain`, `send_enobufs`, `send_errors`), because a dro
 normal for UDP and must not stop a daemon. `counters()` gives them as a dict for the status
 document.
 
-Source addresses are the socket module's `(host, port)` tuples, not `ipaddress` objects:
-converting costs more than the rest of the receive path, so the role converts where it needs to.
+Sources and destinations are `Endpoint`s, the socket module's own `(host, port)` tuples: no
+conversion on the receive path.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Final
 
-from teredo.core.address import TEREDO_PORT
+from teredo.core.address import DISCOVERY_GROUP, Endpoint
 from teredo.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,6 @@ UDP_GRO: Final = 104  # receive: accept coalesced datagrams, told their size in 
 MAX_SEGMENTS: Final = 64  # UDP_MAX_SEGMENTS of older kernels (newer take 128)
 MAX_SEGMENTED_BYTES: Final = 65507  # one UDP/IPv4 payload, before the kernel cuts it
 
-DISCOVERY_GROUP: Final = IPv4Address("224.0.0.253")  # RFC 4380 §2.17, local client discovery
-DISCOVERY_PORT: Final = TEREDO_PORT  # RFC 4380 §5.2.8
 
 DEFAULT_BUFFER_BYTES: Final = 4 * 1024 * 1024
 RECEIVE_BUFFER_BYTES: Final = 65536  # larger than any IPv4 UDP payload (65507)
@@ -75,16 +73,14 @@ _GRO_ANCILLARY_BYTES: Final = socket.CMSG_SPACE(4)  # int: the size of each data
 _SEGMENT_SIZE: Final = struct.Struct("=H")  # the UDP_SEGMENT option: u16
 _GRO_SIZE: Final = struct.Struct("=i")  # the UDP_GRO cmsg: int
 
-Address = tuple[str, int]
-"""A socket-module IPv4 endpoint: (dotted quad, port)."""
 
-DatagramHandler = Callable[[memoryview, Address], None]
+DatagramHandler = Callable[[memoryview, Endpoint], None]
 """`handler(payload, source)`; the view is only valid during the call."""
 
-PktinfoHandler = Callable[[memoryview, Address, str], None]
+PktinfoHandler = Callable[[memoryview, Endpoint, str], None]
 """`handler(payload, source, destination_ip)`; the view is only valid during the call."""
 
-BatchHandler = Callable[[memoryview, int, Address], None]
+BatchHandler = Callable[[memoryview, int, Endpoint], None]
 """`handler(payload, segment, source)`: datagrams of `segment` bytes back to back, the last maybe
 shorter (see `UdpSocket.drain_batches`); the view is only valid during the call."""
 
@@ -113,7 +109,7 @@ class UdpSocket:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.local: Address = sock.getsockname()
+        self.local: Endpoint = sock.getsockname()
         self._buffer = bytearray(RECEIVE_BUFFER_BYTES)
         self._view = memoryview(self._buffer)
         self.send_eagain = 0
@@ -128,7 +124,7 @@ class UdpSocket:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, data: bytes | bytearray | memoryview, destination: Address) -> bool:
+    def send(self, data: bytes | bytearray | memoryview, destination: Endpoint) -> bool:
         """Send one datagram; on failure count it and return False instead of raising."""
         try:
             self.sock.sendto(data, destination)
@@ -146,7 +142,7 @@ class UdpSocket:
         return True
 
     def send_segments(
-        self, data: bytes | bytearray | memoryview, segment_size: int, destination: Address
+        self, data: bytes | bytearray | memoryview, segment_size: int, destination: Endpoint
     ) -> bool:
         """Send `data` as datagrams of `segment_size` bytes (the last may be shorter), all to
         `destination`, in one system call where the kernel can; False when any was dropped.
@@ -210,7 +206,7 @@ class UdpSocket:
         """
         if self.coalescing:
 
-            def split(view: memoryview, segment: int, source: Address) -> None:
+            def split(view: memoryview, segment: int, source: Endpoint) -> None:
                 for start in range(0, len(view), segment):
                     handler(view[start : start + segment], source)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
-from typing import Final, NamedTuple
+from typing import Final, TypeAlias
 
 from teredo.core.errors import ParseError
 
@@ -26,6 +26,7 @@ TEREDO_PORT: Final = 3544  # RFC 4380 §2.7: servers listen on UDP 3544
 TEREDO_PREFIX: Final = IPv6Network("2001::/32")  # RFC 4380 §2.6, IANA
 LEGACY_TEREDO_PREFIX: Final = IPv6Network("3ffe:831f::/32")  # pre-RFC Windows XP (seed document)
 TEREDO_PREFIX32: Final = 0x20010000  # the first 32 bits of TEREDO_PREFIX
+DISCOVERY_GROUP: Final = IPv4Address("224.0.0.253")  # RFC 4380 §2.17: local client discovery
 DEFAULT_MTU: Final = 1280  # RFC 4380 §5.1.2
 
 FLAG_CONE: Final = 0x8000  # RFC 4380 §4: C bit
@@ -46,14 +47,34 @@ WINDOWS_LINK_LOCAL: Final = IPv6Address("fe80::ffff:ffff:fffe")
 WINDOWS_LINK_LOCAL_CONE: Final = IPv6Address("fe80::8000:ffff:ffff:fffe")
 
 
-class Endpoint(NamedTuple):
-    """An IPv4 transport endpoint: address and UDP port."""
+Endpoint: TypeAlias = tuple[str, int]
+"""An IPv4 transport endpoint, ``(dotted_quad, port)``: the one type for mappings, datagram
+sources and destinations, in the core and at the edge.
 
-    address: IPv4Address
-    port: int
+It is the tuple that `recvfrom` returns and `sendto` takes, so the data path never converts
+(building an `IPv4Address` costs more than the rest of a packet's path). `endpoint` builds one
+from an `IPv4Address`; `show_endpoint` writes it as ``host:port``; `ipv4_value` parses the host
+where arithmetic on the address is needed.
+"""
 
-    def __str__(self) -> str:
-        return f"{self.address}:{self.port}"
+
+def endpoint(address: IPv4Address | int | str, port: int) -> Endpoint:
+    """The endpoint for an IPv4 address (an `IPv4Address`, its integer value or text) and a port."""
+    return (str(IPv4Address(address)), port)
+
+
+def show_endpoint(endpoint: Endpoint) -> str:
+    """``host:port``, for messages and status documents."""
+    return f"{endpoint[0]}:{endpoint[1]}"
+
+
+def ipv4_value(host: str) -> int:
+    """A dotted quad as an integer; -1 when it is not one (never raises: input may come from
+    anywhere)."""
+    try:
+        return int(IPv4Address(host))
+    except ValueError:
+        return -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +98,7 @@ class TeredoAddress:
 
     @property
     def mapped(self) -> Endpoint:
-        return Endpoint(self.mapped_address, self.mapped_port)
+        return endpoint(self.mapped_address, self.mapped_port)
 
     @property
     def ipv6(self) -> IPv6Address:
@@ -108,11 +129,6 @@ def encode_teredo_address(
         | (int(mapped_address) ^ IPV4_MASK)
     )
     return IPv6Address(value)
-
-
-def is_teredo_address(address: IPv6Address | bytes, prefix: IPv6Network = TEREDO_PREFIX) -> bool:
-    value = int.from_bytes(address, "big") if isinstance(address, bytes) else int(address)
-    return value >> 96 == int(prefix.network_address) >> 96
 
 
 def parse_teredo_address(
@@ -149,19 +165,40 @@ def parse_teredo_address(
     )
 
 
-def mapping_of(address: bytes) -> tuple[int, int]:
-    """The embedded (IPv4 as int, port) of a 16-byte Teredo address; no prefix check.
+# One helper per field of a 16-byte Teredo address (RFC 4380 §4), for the packet paths: no
+# prefix check (the caller did it) and no objects beyond the result.
 
-    The data path uses this instead of `parse_teredo_address` to avoid building objects.
-    """
+
+def teredo_server(address: bytes) -> Endpoint:
+    """The server embedded in a Teredo address (bits 32-63), at UDP 3544 (RFC 4380 §5.2.6)."""
+    return (f"{address[4]}.{address[5]}.{address[6]}.{address[7]}", TEREDO_PORT)
+
+
+def teredo_flags(address: bytes) -> int:
+    """The 16-bit flags field of a Teredo address (bits 64-79)."""
+    return (address[8] << 8) | address[9]
+
+
+def teredo_mapping(address: bytes) -> Endpoint:
+    """The mapping embedded in a Teredo address: its IPv4 address and port, de-obfuscated."""
     return (
-        int.from_bytes(address[12:16], "big") ^ IPV4_MASK,
-        int.from_bytes(address[10:12], "big") ^ PORT_MASK,
+        f"{address[12] ^ 255}.{address[13] ^ 255}.{address[14] ^ 255}.{address[15] ^ 255}",
+        ((address[10] << 8) | address[11]) ^ PORT_MASK,
     )
 
 
-def server_of(address: bytes) -> int:
-    """The embedded server IPv4 (as int) of a 16-byte Teredo address; no prefix check."""
+def teredo_mapped_ipv4(address: bytes) -> int:
+    """The mapped IPv4 address of a Teredo address as an integer (for the global-unicast check)."""
+    return int.from_bytes(address[12:16], "big") ^ IPV4_MASK
+
+
+def teredo_mapped_port(address: bytes) -> int:
+    """The mapped UDP port of a Teredo address."""
+    return ((address[10] << 8) | address[11]) ^ PORT_MASK
+
+
+def teredo_server_ipv4(address: bytes) -> int:
+    """The server IPv4 address of a Teredo address as an integer."""
     return int.from_bytes(address[4:8], "big")
 
 

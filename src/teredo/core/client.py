@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-`TeredoClient` is the shared tunnel engine (`teredo.core.peering.TunnelEngine`: peer list, bubbles,
+`TeredoClient` is the shared tunnel engine (`teredo.core.peering.PeeringEngine`: peer list, bubbles,
 queues, trust, RFC 6081 nonces, fast paths) plus what only a client does. It composes a
 `teredo.core.qualification.Qualifier` for everything about its server and adds the client rules:
 
@@ -59,13 +59,16 @@ from typing import Any, Final
 
 from teredo.core.address import (
     CLIENT_LINK_LOCAL,
+    DISCOVERY_GROUP,
     TEREDO_PORT,
     Endpoint,
+    endpoint,
     is_global_ipv4,
     parse_teredo_address,
+    show_endpoint,
 )
 from teredo.core.errors import LocalProtocolError, ParseError
-from teredo.core.peering import NONCE_TRAILER_LENGTH, SockAddr, TunnelEngine, TunnelSettings
+from teredo.core.peering import PeeringEngine, PeeringSettings
 from teredo.core.peers import BUBBLE_SPACING, BUBBLE_WINDOW, PING_BUDGET, PING_SPACING, Peer
 from teredo.core.qualification import (
     AddressChanged,
@@ -77,6 +80,7 @@ from teredo.core.qualification import (
     QualifierEvent,
     ServerPair,
 )
+from teredo.core.status import ClientEngineStatus
 from teredo.core.wire import (
     ALL_NODES,
     IPV6_HEADER_LENGTH,
@@ -84,19 +88,17 @@ from teredo.core.wire import (
     NextHeader,
     TeredoPacket,
     UnreachableCode,
-    build_bubble,
-    build_echo,
-    encode_trailers,
-    nonce_trailer,
+    encode_bubble,
+    encode_echo,
+    is_bubble,
     parse_teredo_packet,
     trailer_nonce,
 )
 
 log = logging.getLogger(__name__)
 
-CLIENT_IDLE_TIMEOUT: Final = 600.0  # [IMPL] Miredo: client entries live 600 s (CLI-P2)
+CLIENT_IDLE_TIMEOUT: Final = 600.0  # Miredo's value: a client's unused entries live 600 s
 ECHO_NONCE_LENGTH: Final = 8  # RFC 4380 §5.2.9: at least 64 bits
-DISCOVERY_GROUP: Final = IPv4Address("224.0.0.253")  # RFC 4380 §2.17
 DISCOVERY_PERIOD: Final = (200.0, 300.0)  # RFC 4380 §5.2.8: uniform 200-300 s
 DISCOVERY_ANNOUNCE_SPACING: Final = 5.0  # our own discovery bubble at most this often on demand
 MAX_INBOUND_HELD_BYTES: Final = 256 * 1024  # rx case 6: packets held during echo tests, total
@@ -109,8 +111,8 @@ class ClientSettings:
     """What the client core needs from the configuration (see `client_settings`)."""
 
     servers: tuple[ServerPair, ...]
-    tunnel: TunnelSettings = field(
-        default_factory=lambda: TunnelSettings(idle_timeout=CLIENT_IDLE_TIMEOUT)
+    tunnel: PeeringSettings = field(
+        default_factory=lambda: PeeringSettings(idle_timeout=CLIENT_IDLE_TIMEOUT)
     )
     refresh_interval: float = 30.0
     local_discovery: bool = False
@@ -119,7 +121,7 @@ class ClientSettings:
 ClientEvent = QualifierEvent
 
 
-class TeredoClient(TunnelEngine):
+class TeredoClient(PeeringEngine):
     """A Teredo client (sans-I/O). See the module docstring.
 
     Driving it: the engine's contract (`receive_datagram`, `send_ipv6`, `handle_timer`,
@@ -156,10 +158,11 @@ class TeredoClient(TunnelEngine):
         self.address: IPv6Address | None = None
         self._address_bytes: bytes | None = None
         self._server_ips: frozenset[str] = frozenset()
-        self._server_sockaddr: SockAddr = ("0.0.0.0", TEREDO_PORT)
+        self._server: Endpoint = ("0.0.0.0", TEREDO_PORT)
+        self.required_source = b""  # nothing leaves before an address is configured
         self._events: deque[ClientEvent] = deque()
         self._last_reply: dict[bytes, float] = {}
-        self._held: dict[bytes, list[tuple[bytes, SockAddr]]] = {}
+        self._held: dict[bytes, list[tuple[bytes, Endpoint]]] = {}
         self._held_bytes = 0
         self._discovery_at: float | None = None
         self._last_announce = now - DISCOVERY_ANNOUNCE_SPACING
@@ -213,33 +216,28 @@ class TeredoClient(TunnelEngine):
             self._schedule_discovery(now)
         self._pump(now)
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> ClientEngineStatus:
         """The status document's client part (engine counters and drops included)."""
-        document = super().status()
+        engine = self.engine_status()
         q = self.qualifier
-        drops = dict(document["drops"])  # type: ignore[call-overload]
+        drops = engine["drops"]
         for reason, count in q.drops.items():
             drops[reason] = drops.get(reason, 0) + count
-        counters = dict(document["counters"])  # type: ignore[call-overload]
-        counters.update(q.counters)
-        document.update(
-            {
-                "role": "client",
-                "state": q.state.value,
-                "address": str(self.address) if self.address is not None else None,
-                "server": str(q.server.primary),
-                "secondary_server": str(q.server.secondary) if q.server.secondary else None,
-                "mapped": str(q.mapped) if q.mapped is not None and self.address else None,
-                "nat": q.nat.value,
-                "port_preserving": q.port_preserving,
-                "mtu": q.mtu,
-                "rtt_ms": round(q.rtt * 1000, 3) if q.rtt is not None else None,
-                "local_discovery": self.client_settings.local_discovery,
-                "counters": counters,
-                "drops": drops,
-            }
-        )
-        return document
+        engine["counters"].update(q.counters)
+        return {
+            **engine,
+            "role": "client",
+            "state": q.state.value,
+            "address": str(self.address) if self.address is not None else None,
+            "server": str(q.server.primary),
+            "secondary_server": str(q.server.secondary) if q.server.secondary else None,
+            "mapped": show_endpoint(q.mapped) if q.mapped is not None and self.address else None,
+            "nat": q.nat.value,
+            "port_preserving": q.port_preserving,
+            "mtu": q.mtu,
+            "rtt_ms": round(q.rtt * 1000, 3) if q.rtt is not None else None,
+            "local_discovery": self.client_settings.local_discovery,
+        }
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -247,26 +245,18 @@ class TeredoClient(TunnelEngine):
         if self._address_bytes is None:
             self.drop("not_qualified")
             return
-        if (
-            len(packet) >= IPV6_HEADER_LENGTH
-            and packet[24] != 0xFF  # multicast: the engine counts it under its own reason
-            and bytes(packet[8:24]) != self._address_bytes
-        ):
-            # Peers would refuse it (anti-spoofing); do not set up state for it.
-            self.drop("foreign_source")
-            return
-        super().send_ipv6(packet, now)
+        super().send_ipv6(packet, now)  # refuses other sources than ours (`required_source`)
 
     def receive_datagram(
-        self, data: bytes | bytearray | memoryview, source: SockAddr, now: float
+        self, data: bytes | bytearray | memoryview, source: Endpoint, now: float
     ) -> None:
         super().receive_datagram(data, source, now)
         self._pump(now)
 
     def receive_discovery(
-        self, data: bytes | bytearray | memoryview, source: SockAddr, now: float
+        self, data: bytes | bytearray | memoryview, source: Endpoint, now: float
     ) -> None:
-        """A datagram that arrived on 224.0.0.253 (RFC 4380 §5.2.8; requirements CLI-L3)."""
+        """A datagram that arrived on 224.0.0.253 (RFC 4380 §5.2.8)."""
         if not self.client_settings.local_discovery:
             self.drop("discovery_disabled")
             return
@@ -299,7 +289,7 @@ class TeredoClient(TunnelEngine):
         if not self._on_local_subnet(source[0]):
             self.drop("discovery_not_local")
             return
-        if teredo.mapped_address != self.qualifier.mapped.address:
+        if str(teredo.mapped_address) != self.qualifier.mapped[0]:
             self.drop("discovery_other_nat")  # Miredo's DiscoveryNetmask 255.255.255.255
             return
         peer = self.peers.get(src)
@@ -322,40 +312,39 @@ class TeredoClient(TunnelEngine):
         return destination == self._address_bytes
 
     def _bubble_source(self, destination: bytes) -> bytes:
-        # A client's bubbles come from its Teredo address (requirements PKT-10).
+        # A client's bubbles come from its Teredo address (RFC 4380 §5.2.6).
         return self._address_bytes or CLIENT_LINK_LOCAL.packed
 
-    def _on_datagram(self, packet: TeredoPacket, source: SockAddr, now: float) -> bool:
+    def _on_datagram(self, packet: TeredoPacket, source: Endpoint, now: float) -> bool:
         if source[1] == TEREDO_PORT and source[0] in self._server_ips:
             ipv6 = packet.ipv6
             if Qualifier.is_router_advertisement(ipv6):
-                self.qualifier.receive_router_advertisement(
-                    packet, Endpoint(IPv4Address(source[0]), source[1]), now
-                )
+                self.qualifier.receive_router_advertisement(packet, source, now)
                 return True
             self.qualifier.note_server_contact(now)
             if packet.origin is not None:
                 self._from_server(packet, now)
                 return True
         if self._address_bytes is None:
-            self.drop("not_qualified")  # requirements CLI-R2
+            self.drop("not_qualified")  # no address yet: nothing but RAs (RFC 4380 §5.2.1)
             return True
         return False
 
-    def _on_unverified(self, packet: TeredoPacket, source: SockAddr, now: float) -> None:
+    def _on_unverified(self, packet: TeredoPacket, source: Endpoint, now: float) -> None:
         ipv6 = packet.ipv6
         src = ipv6[8:24]
         if src[0] == 0xFE and src[1] & 0xC0 == 0x80:
-            self.drop("link_local_source")  # CLI-R6: no fake RA or ND reaches the stack
+            # No fake RA or neighbor discovery may reach the stack (RFC 4380 §5.2.3, RFC 5991 §3).
+            self.drop("link_local_source")
             return
         if self.is_teredo(src):
             peer = self.peers.get(src)
             if peer is not None and peer.local is not None and peer.local == source:
                 # rx case 5: a local peer at its local endpoint (RFC 4380 §5.2.3, §5.2.8).
                 self.trust_peer(src, source, now)
-                self._accept(ipv6)
+                self.accept(ipv6)
                 return
-            super()._on_unverified(packet, source, now)
+            self.drop_unverified(packet)
             return
         if ipv6[24:40] != self._address_bytes:
             self.drop("destination_not_served")
@@ -429,11 +418,11 @@ class TeredoClient(TunnelEngine):
             self.drop("destination_not_served")
             return
         origin = packet.origin
-        to = (str(origin.address), origin.port)
+        to = origin.endpoint
         if not self._global_source(to):
             return
         nonce = trailer_nonce(packet.trailers)
-        bubble = ipv6[6] == NextHeader.NO_NEXT_HEADER and len(ipv6) == IPV6_HEADER_LENGTH
+        bubble = is_bubble(ipv6)
         self.count("indirect_bubbles_received" if bubble else "relayed_packets_received")
         if not self.is_teredo(src):
             # A relay's bubble (its source is its link-local cookie for us): answer it.
@@ -452,7 +441,7 @@ class TeredoClient(TunnelEngine):
             if not peer.is_valid(now) and peer.may_send_bubble(now):
                 # RFC 6081 §6.1 packet 4: our own indirect bubble, with a fresh nonce, so that
                 # a peer behind a symmetric NAT can answer with a direct bubble we accept.
-                self._send_indirect_bubble(src, peer, now)
+                self.send_indirect_bubble(dst, src, peer, now)
         if not bubble:
             # Only bubbles and small ICMPv6 come this way; their sender retries directly.
             self.drop("relayed_packet")
@@ -461,7 +450,7 @@ class TeredoClient(TunnelEngine):
         self,
         source: bytes,
         destination: bytes,
-        targets: list[SockAddr],
+        targets: list[Endpoint],
         now: float,
         nonce: bytes | None,
     ) -> None:
@@ -476,19 +465,6 @@ class TeredoClient(TunnelEngine):
         for to in targets:
             self.send_direct_bubble(source, destination, to, now, nonce=nonce)
 
-    def _send_indirect_bubble(self, address: bytes, peer: Peer, now: float) -> None:
-        """An indirect bubble with a fresh RFC 6081 nonce via the peer's server (§5.2.4.1)."""
-        assert self.address is not None
-        peer.note_bubble(now)
-        bubble = build_bubble(self.address, IPv6Address(address))
-        if self.settings.nonce_trailers:
-            nonce = bytes(self._random_bytes(NONCE_TRAILER_LENGTH))
-            peer.nonce_sent = nonce
-            bubble += encode_trailers([nonce_trailer(nonce)])
-        server = f"{address[4]}.{address[5]}.{address[6]}.{address[7]}"
-        self.emit(bubble, (server, TEREDO_PORT))
-        self.count("bubbles_sent")
-
     # -- the direct IPv6 connectivity test ------------------------------------------------------
 
     def _send_echo_test(self, destination: bytes, peer: Peer, now: float) -> None:
@@ -498,9 +474,9 @@ class TeredoClient(TunnelEngine):
         if nonce is None:  # one nonce per test: a late reply to an earlier try still counts
             nonce = bytes(self._random_bytes(ECHO_NONCE_LENGTH))
         identifier = int.from_bytes(nonce[:2], "big")
-        echo = build_echo(self.address, IPv6Address(destination), identifier, peer.pings, nonce)
+        echo = encode_echo(self.address, IPv6Address(destination), identifier, peer.pings, nonce)
         peer.note_ping(nonce, now)
-        self.emit(echo, self._server_sockaddr)
+        self.emit(echo, self._server)
         self.count("echo_tests_sent")
 
     def _is_our_echo_reply(self, ipv6: bytes, peer: Peer) -> bool:
@@ -517,7 +493,7 @@ class TeredoClient(TunnelEngine):
             peer.pings = 0
             peer.ping_nonce = None
 
-    def _hold_and_verify(self, src: bytes, ipv6: bytes, source: SockAddr, now: float) -> None:
+    def _hold_and_verify(self, src: bytes, ipv6: bytes, source: Endpoint, now: float) -> None:
         """rx case 6: a native source via an unverified relay. Hold the packet, ping via the
         server; the relay that returns our nonce is trusted and the held packets from it are
         delivered (RFC 4380 §5.2.3, §5.2.9)."""
@@ -533,7 +509,7 @@ class TeredoClient(TunnelEngine):
         if peer.may_ping(now):
             self._send_echo_test(src, peer, now)
 
-    def _hold(self, src: bytes, ipv6: bytes, source: SockAddr, now: float) -> None:
+    def _hold(self, src: bytes, ipv6: bytes, source: Endpoint, now: float) -> None:
         held = self._held.setdefault(src, [])
         size = len(ipv6)
         in_peer = sum(len(p) for p, _ in held)
@@ -549,12 +525,12 @@ class TeredoClient(TunnelEngine):
         self._held_bytes += size
         self.count("held_for_echo_test")
 
-    def _release_held(self, src: bytes, mapping: SockAddr) -> None:
+    def _release_held(self, src: bytes, mapping: Endpoint) -> None:
         held = self._held.pop(src, [])
         for ipv6, source in held:
             self._held_bytes -= len(ipv6)
             if source == mapping:
-                self._accept(ipv6)
+                self.accept(ipv6)
             else:
                 self.drop("held_from_other_relay")
 
@@ -562,24 +538,14 @@ class TeredoClient(TunnelEngine):
         for ipv6, _ in self._held.pop(src, []):
             self._held_bytes -= len(ipv6)
 
-    def _accept(self, ipv6: bytes) -> None:
-        """Deliver an accepted packet as the engine does: bubbles are consumed."""
-        if ipv6[6] == NextHeader.NO_NEXT_HEADER and len(ipv6) == IPV6_HEADER_LENGTH:
-            self.count("bubbles_received")
-        elif self._serves(ipv6[24:40]):
-            self.count("received")
-            self.deliver(ipv6)
-        else:
-            self.drop("destination_not_served")
-
     # -- local discovery ------------------------------------------------------------------------
 
     def _send_discovery(self, now: float) -> None:
         if self.address is None:
             return
         self._last_announce = now
-        bubble = build_bubble(self.address, ALL_NODES, hop_limit=1)
-        self.emit(bubble, (str(DISCOVERY_GROUP), TEREDO_PORT))
+        bubble = encode_bubble(self.address, ALL_NODES, hop_limit=1)
+        self.emit(bubble, endpoint(DISCOVERY_GROUP, TEREDO_PORT))
         self.count("discovery_sent")
 
     def _schedule_discovery(self, now: float) -> None:
@@ -606,7 +572,7 @@ class TeredoClient(TunnelEngine):
         """Move the qualifier's datagrams out and apply its events before the runtime sees them."""
         q = self.qualifier
         for data, destination in q.datagrams_to_send():
-            self.emit(data, (str(destination.address), destination.port))
+            self.emit(data, destination)
         while (event := q.next_event()) is not None:
             self._apply(event, now)
             self._events.append(event)
@@ -636,6 +602,7 @@ class TeredoClient(TunnelEngine):
     def _set_address(self, address: IPv6Address | None) -> None:
         self.address = address
         self._address_bytes = address.packed if address is not None else None
+        self.required_source = self._address_bytes or b""
         if address is not None:
             self.error_source = address
 
@@ -644,7 +611,7 @@ class TeredoClient(TunnelEngine):
         self._server_ips = frozenset(
             str(a) for a in (server.primary, server.secondary) if a is not None
         )
-        self._server_sockaddr = (str(server.primary), TEREDO_PORT)
+        self._server = endpoint(server.primary, TEREDO_PORT)
 
 
 def summarize_peer(address: bytes, peer: Peer, now: float) -> dict[str, Any]:

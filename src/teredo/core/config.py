@@ -88,7 +88,7 @@ Compatibility with Miredo (observed with Miredo 1.2.6 and its miredo-checkconf)
 Errors raise `teredo.core.errors.UsageError` whose message is one sentence starting with
 ``FILE:LINE:`` (or ``FILE:`` for something missing), e.g.
 ``/etc/miredo/miredo.conf:7: InterfaceMTU must be between 1280 and 65507, not 900``.
-This module is part of the sans-I/O core: only `read_config_text` touches the file system.
+This module is part of the sans-I/O core: it parses text; `teredo.programs.loading` reads files.
 """
 
 from __future__ import annotations
@@ -118,12 +118,10 @@ __all__ = [
     "ServerConfig",
     "default_control_socket",
     "detect_role",
-    "load_config",
     "parse_client_config",
     "parse_config",
     "parse_relay_config",
     "parse_server_config",
-    "read_config_text",
     "tokenize_config",
 ]
 
@@ -965,30 +963,3 @@ def parse_server_config(
     config = parse_config(text, "server", source, address=address)
     assert isinstance(config, ServerConfig)
     return config
-
-
-def read_config_text(path: str) -> str:
-    """The text of a configuration file; every failure is one `UsageError` sentence."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise UsageError(f"cannot read {path}: {reason}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise UsageError(f"{path} is larger than 1 MiB, so it is not a Teredo configuration file")
-    if b"\0" in data:
-        raise UsageError(f"{path} contains NUL bytes, so it is not a Teredo configuration file")
-    # Miredo reads bytes: non-UTF-8 bytes (a Latin-1 comment) must not stop a file from loading.
-    return data.decode("utf-8", "surrogateescape")
-
-
-def load_config(
-    path: str,
-    role: Role | None = None,
-    *,
-    server: str | None = None,
-    address: str | None = None,
-) -> Config:
-    """Read and parse the file at `path` (see `parse_config`)."""
-    return parse_config(read_config_text(path), role, path, server=server, address=address)

@@ -1,60 +1,62 @@
-"""The Teredo tunnel engine: the peer-facing rules shared by the client and the relay.
+"""Peering: the rules toward Teredo peers that a client and a relay share (RFC 4380 §5.2, §5.4).
 
 Theory of operation
 -------------------
 A Teredo client and a Teredo relay (and a host-specific relay) talk to Teredo peers with the same
-rules: "the relay's peer list is identical to a client's" (RFC 4380 §5.4). This module holds
-those rules once; `teredo.core.relay` and `teredo.core.client` specialise them through a few hooks.
+rules: "the relay's peer list is identical to a client's" (RFC 4380 §5.4). `PeeringEngine` holds
+those rules once; a role (`teredo.core.relay.TeredoRelay`, `teredo.core.client.TeredoClient`)
+subclasses it and decides, in the policy hooks below, what the RFC leaves to the role.
 
 Two directions, each with a lean fast path and a full path:
 
 * **Transmission** (an IPv6 packet from the local stack, i.e. the TUN device; RFC 4380 §5.2.4
   and §5.4.1). A trusted, valid peer gets the packet at its mapping: that is the fast path,
   `forward_to_teredo`. Otherwise `send_ipv6`: a Teredo destination (relay case 3, client case 5)
-  is checked for a global unicast embedded IPv4 and server (§5.2.4, §5.4.1, SEC-R1), the packet
-  is queued (bounded per peer and for the table), and two bubbles go out within the §5.2.6 rate
+  is checked for a global unicast embedded IPv4 and server (§5.2.4, §5.4.1), the packet is
+  queued (bounded per peer and for the table), and two bubbles go out within the §5.2.6 rate
   limits: a *direct* bubble to the embedded mapping and an *indirect* bubble to the peer's server
-  at UDP 3544 carrying an RFC 6081 nonce trailer (§5.2, `nonce_sent`). The bubbles are repeated
+  at UDP 3544 carrying an RFC 6081 nonce trailer (RFC 6081 §5.2.4.1). The bubbles are repeated
   every 2 s up to the budget of 4; when it is spent the queue is dropped and ICMPv6 destination
-  unreachable (code 3, address unreachable) goes back to the local stack, at most ~10 per second
-  (requirements CLI-T6). A non-Teredo destination goes to the `_on_native_destination` hook: the
-  relay refuses it (RLY-3), the client runs its direct IPv6 connectivity test (§5.2.9).
+  unreachable (code 3, address unreachable, RFC 4443 §3.1) goes back to the local stack, at most
+  10 per second. A non-Teredo destination goes to the role (`_on_native_destination`).
 
 * **Reception** (a UDP datagram from a peer; §5.2.3, §5.4.2). The IPv6 source is accepted when
   (1) a trusted entry's learned mapping equals the outer source -- the fast path,
   `accept_from_teredo`; or (2) it is a Teredo address whose embedded mapping equals the outer
-  source (rx case 3, SEC-R2: anti-spoofing); or (3) the packet is a bubble that proves it answers
-  one of our bubbles: its IPv6 destination is our cookie for its source (below), or its RFC 6081
-  nonce trailer equals `nonce_sent` (§5.2.4.4). In cases (2) and (3) the peer becomes trusted
-  with the outer source as its mapping -- case (3) is how clients behind symmetric NATs, whose
-  outer port differs from the embedded one, still work -- and its queue is flushed there.
-  Bubbles are consumed; other packets are delivered to the local stack when `_serves` accepts
-  their destination. Anything unproven goes to the `_on_unverified` hook (the relay drops it;
-  the client checks echo replies and local peers, or starts an echo test).
+  source (rx case 3 of §5.2.3; the relay's anti-spoofing check of §5.4.2); or (3) the packet is a
+  bubble that proves it answers one of our bubbles: its IPv6 destination is our cookie for its
+  source (below), or its RFC 6081 nonce trailer equals the one we sent (RFC 6081 §5.2.4.4). In
+  cases (2) and (3) the peer becomes trusted with the outer source as its mapping -- case (3) is
+  how clients behind symmetric NATs, whose outer port differs from the embedded one, still work
+  -- and its queue is flushed there. Bubbles are consumed; other packets are delivered to the
+  local stack when the role serves their destination (`_serves`). Anything unproven goes to the
+  role (`_on_unverified`).
 
-Bubble cookies (requirements RLY-7): the source of our bubbles (relay) is ``fe80::<cookie>``,
-where the cookie is the first 64 bits of HMAC-SHA256(secret, peer's Teredo address) with the
-U/G bits (0x0200/0x0100 of the interface identifier's first 16 bits) cleared. A client answers a
-bubble relayed by its server with a direct bubble addressed to that link-local source, so a direct
-bubble whose destination is our cookie for its source proves it came from a host that received
-our bubble: no per-peer state is needed to check it and a spoofer cannot guess it. The secret is
-injected (the runtime draws it at start).
+Bubble cookies: the source of a relay's bubbles is ``fe80::<cookie>``, where the cookie is the
+first 64 bits of HMAC-SHA256(secret, peer's Teredo address) with the U/G bits (0x0200/0x0100 of
+the interface identifier's first 16 bits) cleared. A client answers a bubble relayed by its
+server with a direct bubble addressed to that link-local source (RFC 4380 §5.2.3, RFC 5991
+§3.2), so a direct bubble whose destination is our cookie for its source proves it came from a
+host that received our bubble: no per-peer state is needed to check it and a spoofer cannot
+guess it. The secret is injected (the runtime draws it at start).
 
 Timers: one deadline, `get_timer()`: the earliest bubble retry (a heap, entries invalidated
 lazily) or the next sweep. Every `SWEEP_INTERVAL` the peer table's idle entries are swept
 (`PeerTable.sweep`) a slice at a time, so the whole table is visited every ~15 s.
 
 ``last_tx`` of a peer is the time of the last *setup* transmission (bubble); the data path does
-not touch it, so a bubble can follow at once when a busy trusted peer goes stale (Miredo's
-`CountBubble` works the same way), and the fast path writes one attribute less.
+not touch it, so a bubble can follow at once when a busy trusted peer goes stale, and the fast
+path writes one attribute less.
 
-Data types: mappings and datagram sources are ``(dotted_quad, port)`` tuples (`SockAddr`), as
+Data types: mappings and datagram sources are `Endpoint` tuples, ``(dotted_quad, port)``, as
 `recvfrom` returns and `sendto` takes; IPv6 addresses are 16-byte ``bytes`` (peer table keys).
 
-Subclassing (the hooks, all optional): `_serves`, `_on_datagram`, `_on_unverified`,
-`_on_native_destination`, `_retry_native`, `_bubble_source`, `_on_trusted`. Subclasses use the
-primitives `emit`, `deliver`, `count`, `drop`, `queue_packet`, `trust_peer`, `send_bubbles`,
-`send_direct_bubble`, `send_unreachable`, `schedule_retry`.
+Policy hooks (every role implements them): `_serves`, `_on_unverified`,
+`_on_native_destination`, `_retry_native`, `_bubble_source`; optional: `_on_datagram` (a first
+look at every parsed datagram), `_on_expired`. Roles use the primitives `emit`, `deliver`,
+`accept`, `count`, `drop`, `drop_unverified`, `queue_packet`, `trust_peer`, `send_bubbles`,
+`send_indirect_bubble`, `send_direct_bubble`, `send_unreachable`, `schedule_retry`,
+`fail_setup`.
 """
 
 from __future__ import annotations
@@ -63,12 +65,23 @@ import hashlib
 import heapq
 import hmac
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from ipaddress import IPv6Address, IPv6Network
 from typing import Final
 
-from teredo.core.address import TEREDO_PORT, TEREDO_PREFIX, is_global_ipv4
+from teredo.core.address import (
+    TEREDO_PREFIX,
+    Endpoint,
+    ipv4_value,
+    is_global_ipv4,
+    teredo_mapped_ipv4,
+    teredo_mapped_port,
+    teredo_mapping,
+    teredo_server,
+    teredo_server_ipv4,
+)
 from teredo.core.errors import ParseError
 from teredo.core.peers import (
     BUBBLE_SPACING,
@@ -77,16 +90,19 @@ from teredo.core.peers import (
     PEER_VALIDITY,
     Peer,
     PeerTable,
-    SockAddr,
 )
+from teredo.core.status import EngineStatus
 from teredo.core.wire import (
     IPV6_HEADER_LENGTH,
+    NONCE_TRAILER_LENGTH,
     ICMPv6Type,
     NextHeader,
     TeredoPacket,
-    TrailerType,
     UnreachableCode,
-    build_icmpv6_error,
+    encode_bubble,
+    encode_icmpv6_error,
+    is_bubble,
+    nonce_trailer_bytes,
     parse_teredo_packet,
     trailer_nonce,
 )
@@ -97,35 +113,28 @@ __all__ = [
     "ICMP_ERROR_BURST",
     "ICMP_ERROR_RATE",
     "SWEEP_INTERVAL",
-    "SockAddr",
-    "TunnelEngine",
-    "TunnelSettings",
+    "PeeringEngine",
+    "PeeringSettings",
     "bubble_cookie",
-    "embedded_sockaddr",
 ]
 
-ICMP_ERROR_RATE: Final = 10.0  # [IMPL] Miredo: at most 10 ICMPv6 errors per second (CLI-T6)
+ICMP_ERROR_RATE: Final = 10.0  # Miredo's figure: at most 10 ICMPv6 errors per second
 ICMP_ERROR_BURST: Final = 10.0
 SWEEP_INTERVAL: Final = 1.0  # seconds between slices of the idle sweep
 SWEEP_PERIOD: Final = 15.0  # the whole table is visited about this often
 SWEEP_MIN_BUDGET: Final = 256
-NONCE_TRAILER_LENGTH: Final = 4  # RFC 6081 §4.2
 RETRY_SLACK: Final = 64  # retry-heap entries beyond 2 * max_peers before it is compacted
 DEFAULT_ERROR_SOURCE: Final = IPv6Address("fe80::ffff:ffff:ffff")  # Miredo's relay/client LL
-_BUBBLE_HEADER: Final = bytes((0x60, 0, 0, 0, 0, 0, NextHeader.NO_NEXT_HEADER, 0))
 _LINK_LOCAL_PREFIX: Final = bytes((0xFE, 0x80)) + bytes(6)
 
 
 @dataclass(frozen=True, slots=True)
-class TunnelSettings:
+class PeeringSettings:
     """What the engine needs from the configuration.
 
     `allow_private` relaxes every global-unicast IPv4 check (RFC 4380 §5.2.4): for test beds on
     private addresses only (``AllowPrivateAddresses``). `idle_timeout` is how long an unused
-    entry lives (Miredo: 30 s in a relay, 600 s in a client, requirements CLI-P2).
-    `nonce_trailers` adds an RFC 6081 nonce trailer to indirect bubbles (SNS, §5.2).
-    `direct_bubbles` sends the direct bubble as well as the indirect one (RFC 4380 §5.4.1 MAY,
-    and SHOULD behind a non-cone NAT).
+    entry lives (Miredo's values: 30 s in a relay, 600 s in a client).
     """
 
     prefix: IPv6Network = TEREDO_PREFIX
@@ -135,29 +144,6 @@ class TunnelSettings:
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     max_total_queue_bytes: int = DEFAULT_MAX_TOTAL_QUEUE_BYTES
     icmp_error_rate: float = ICMP_ERROR_RATE
-    nonce_trailers: bool = True
-    direct_bubbles: bool = True
-
-
-def embedded_sockaddr(address: bytes) -> SockAddr:
-    """The mapping embedded in a 16-byte Teredo address, as a ``(dotted_quad, port)`` tuple."""
-    return (
-        f"{address[12] ^ 255}.{address[13] ^ 255}.{address[14] ^ 255}.{address[15] ^ 255}",
-        ((address[10] << 8) | address[11]) ^ 0xFFFF,
-    )
-
-
-def _server_sockaddr(address: bytes) -> SockAddr:
-    """The server embedded in a Teredo address (bits 32-63), at UDP 3544 (RFC 4380 §5.2.6)."""
-    return (f"{address[4]}.{address[5]}.{address[6]}.{address[7]}", TEREDO_PORT)
-
-
-def _ipv4_int(dotted: str) -> int:
-    """A dotted quad as an integer; -1 when it is not one (never raises)."""
-    try:
-        return int(IPv4Address(dotted))
-    except ValueError:
-        return -1
 
 
 def bubble_cookie(secret: bytes, peer: bytes) -> bytes:
@@ -170,21 +156,21 @@ def bubble_cookie(secret: bytes, peer: bytes) -> bytes:
     return _LINK_LOCAL_PREFIX + bytes((digest[0] & 0xFC,)) + digest[1:8]
 
 
-class TunnelEngine:
-    """Peer-facing Teredo engine (sans-I/O). See the module docstring for the rules.
+class PeeringEngine(ABC):
+    """The peer-facing Teredo engine (sans-I/O) that roles subclass. See the module docstring.
 
-    Driving it (STYLE.md §2)::
+    Driving it (the same contract as every role)::
 
         engine.receive_datagram(data, source, now)   # a UDP datagram from a peer
         engine.send_ipv6(packet, now)                # an IPv6 packet from the local stack
         engine.handle_timer(now)                     # when get_timer() is reached
-        engine.datagrams_to_send()  -> [(payload, (ip, port))]
+        engine.datagrams_to_send()  -> [(payload, Endpoint)]
         engine.packets_to_deliver() -> [ipv6_packet]  (to the local stack / TUN)
 
     and, on the data path, first::
 
-        engine.forward_to_teredo(packet, now) -> (ip, port) | None   # None: use send_ipv6
-        engine.accept_from_teredo(data, source, now) -> bool         # False: receive_datagram
+        engine.forward_to_teredo(packet, now) -> Endpoint | None   # None: use send_ipv6
+        engine.accept_from_teredo(data, source, now) -> bool       # False: receive_datagram
 
     `random_bytes(n)` must be a CSPRNG (os.urandom in the runtime); `secret` keys the bubble
     cookies (at least 16 random bytes).
@@ -192,7 +178,7 @@ class TunnelEngine:
 
     def __init__(
         self,
-        settings: TunnelSettings,
+        settings: PeeringSettings,
         *,
         random_bytes: Callable[[int], bytes],
         secret: bytes,
@@ -207,11 +193,13 @@ class TunnelEngine:
         )
         self._random_bytes = random_bytes
         self._secret = secret
-        self._prefix32 = int(settings.prefix.network_address).to_bytes(16, "big")[:4]
+        self._prefix32 = settings.prefix.network_address.packed[:4]
         self._check_global = not settings.allow_private
+        # The only IPv6 source the local stack may send from (the client's address); None: any.
+        self.required_source: bytes | None = None
         # Source of the ICMPv6 errors sent to the local stack (set by the role or runtime).
         self.error_source: IPv6Address = DEFAULT_ERROR_SOURCE
-        self._datagrams: list[tuple[bytes, SockAddr]] = []
+        self._datagrams: list[tuple[bytes, Endpoint]] = []
         self._packets: list[bytes] = []
         self._retries: list[tuple[float, int, bytes, Peer]] = []
         self._retry_seq = 0
@@ -224,7 +212,7 @@ class TunnelEngine:
         self.fast_rx = 0
         self.fast_tx = 0
 
-    def reconfigure(self, settings: TunnelSettings) -> None:
+    def reconfigure(self, settings: PeeringSettings) -> None:
         """Apply new settings (SIGHUP). Peers and counters are kept; a smaller `max_peers`
         takes effect as entries expire or are evicted."""
         self.settings = settings
@@ -233,13 +221,13 @@ class TunnelEngine:
         table.idle_timeout = settings.idle_timeout
         table.max_queue_bytes = settings.max_queue_bytes
         table.max_total_queue_bytes = settings.max_total_queue_bytes
-        self._prefix32 = int(settings.prefix.network_address).to_bytes(16, "big")[:4]
+        self._prefix32 = settings.prefix.network_address.packed[:4]
         self._check_global = not settings.allow_private
 
     # -----------------------------------------------------------------------------------------
-    # Outputs (STYLE.md §2)
+    # Outputs
 
-    def datagrams_to_send(self) -> list[tuple[bytes, SockAddr]]:
+    def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
         """UDP payloads and their destinations produced since the last call."""
         out = self._datagrams
         self._datagrams = []
@@ -271,7 +259,7 @@ class TunnelEngine:
             for address, peer in table.sweep(now, budget):
                 self._on_expired(address, peer)
 
-    def status(self) -> dict[str, object]:
+    def engine_status(self) -> EngineStatus:
         """A JSON-able snapshot: peer counts, queued bytes, counters and drops by reason."""
         table = self.peers
         trusted = sum(1 for _, peer in table.items() if peer.trusted)
@@ -290,13 +278,14 @@ class TunnelEngine:
         }
 
     # -----------------------------------------------------------------------------------------
-    # Fast paths (STYLE.md §2, data-plane exception): no events, no parsing objects.
+    # Fast paths (the data plane): no events, no parsing objects.
 
     def forward_to_teredo(
         self, packet: bytes | bytearray | memoryview, now: float
-    ) -> SockAddr | None:
+    ) -> Endpoint | None:
         """Where to send `packet` (an IPv6 packet from the stack) if its destination is a
-        trusted, valid peer; None means "not that simple": call `send_ipv6`.
+        trusted, valid peer and its source one we may send from; None means "not that simple":
+        call `send_ipv6`, which decides the same way and does the rest.
 
         The caller sends `packet` unchanged (it is the whole UDP payload) to the result.
         """
@@ -308,11 +297,14 @@ class TunnelEngine:
         link = peer.link  # a tuple when trusted and hot (peers.py); then `rx` is last_rx
         if type(link) is not tuple or now - peer.rx >= PEER_VALIDITY:
             return None
+        required = self.required_source
+        if required is not None and packet[8:24] != required:
+            return None
         self.fast_tx += 1
         return link
 
     def accept_from_teredo(
-        self, data: bytes | bytearray | memoryview, source: SockAddr, now: float
+        self, data: bytes | bytearray | memoryview, source: Endpoint, now: float
     ) -> bool:
         """True when `data` (a UDP payload from `source`) is a plain IPv6 packet from a trusted
         peer at its learned mapping, for a destination we serve, and not a bubble: the caller
@@ -339,7 +331,7 @@ class TunnelEngine:
     # Full paths
 
     def receive_datagram(
-        self, data: bytes | bytearray | memoryview, source: SockAddr, now: float
+        self, data: bytes | bytearray | memoryview, source: Endpoint, now: float
     ) -> None:
         """A UDP datagram from `source`. Never raises for bad input: drops are counted."""
         try:
@@ -362,18 +354,17 @@ class TunnelEngine:
             return
         peers = self.peers
         peer = peers.get(src)
-        bubble = ipv6[6] == NextHeader.NO_NEXT_HEADER and len(ipv6) == IPV6_HEADER_LENGTH
         if peer is not None and peers.is_mapped_at(peer, source):
             peer.rx = now  # rx case 1 (the peer is hot now: `rx` is its last_rx)
             if peer.queue:  # a stale peer was being set up again: it answered
                 self._flush(peer, source)
-        elif self.is_teredo(src) and embedded_sockaddr(src) == source:
+        elif self.is_teredo(src) and teredo_mapping(src) == source:
             # rx case 3 (RFC 4380 §5.2.3) / relay anti-spoofing (§5.4.2): mapping proven.
             if not self._global_source(source):
                 return
             peer = self.trust_peer(src, source, now)
-        elif bubble and self.is_teredo(src) and self._answers_our_bubble(ipv6, packet, peer):
-            # RFC 6081 §5.2.4.4 / Miredo cookie: a reply to our bubble from a mismatched mapping
+        elif is_bubble(ipv6) and self.is_teredo(src) and self._answers_our_bubble(packet, peer):
+            # RFC 6081 §5.2.4.4, or our cookie: a reply to our bubble from a mismatched mapping
             # (symmetric NAT); the outer source is the mapping to use.
             if not self._global_source(source):
                 return
@@ -382,14 +373,7 @@ class TunnelEngine:
         else:
             self._on_unverified(packet, source, now)
             return
-        if bubble:
-            self.count("bubbles_received")  # consumed, never delivered (RFC 4380 §5.2.3)
-            return
-        if not self._serves(ipv6[24:40]):
-            self.drop("destination_not_served")
-            return
-        self.count("received")
-        self._packets.append(ipv6)
+        self.accept(ipv6)
 
     def send_ipv6(self, packet: bytes | bytearray | memoryview, now: float) -> None:
         """An IPv6 packet from the local stack for a Teredo peer (RFC 4380 §5.2.4, §5.4.1)."""
@@ -403,7 +387,12 @@ class TunnelEngine:
             return
         dst = packet[24:40]
         if dst[0] == 0xFF:
-            self.drop("multicast_destination")  # [IMPL] Teredo carries no multicast (CLI-T5)
+            self.drop("multicast_destination")  # Teredo carries no multicast (RFC 4380 §5.2.4)
+            return
+        required = self.required_source
+        if required is not None and packet[8:24] != required:
+            # Peers would refuse it (anti-spoofing, RFC 4380 §5.2.3): set up no state for it.
+            self.drop("foreign_source")
             return
         peer = self.peers.get(dst)
         if peer is not None and peer.is_valid(now):
@@ -422,9 +411,9 @@ class TunnelEngine:
 
     def _send_to_teredo(self, packet: bytes, dst: bytes, peer: Peer | None, now: float) -> None:
         if self._check_global:
-            # RFC 4380 §5.2.4 / §5.4.1 (SEC-R1, SEC-C5): the embedded IPv4 must be global
-            # unicast; [IMPL] Miredo also rejects a non-global or zero server address.
-            if not is_global_ipv4(int.from_bytes(dst[12:16], "big") ^ 0xFFFFFFFF):
+            # RFC 4380 §5.2.4 / §5.4.1: the embedded IPv4 must be global unicast; as Miredo, a
+            # non-global or zero server address is refused too.
+            if not is_global_ipv4(teredo_mapped_ipv4(dst)):
                 self.drop("non_global_destination")
                 log.debug(
                     "dropped a packet for %s: its mapped IPv4 is not global unicast "
@@ -432,11 +421,12 @@ class TunnelEngine:
                     _show(dst),
                 )
                 return
-            if not is_global_ipv4(int.from_bytes(dst[4:8], "big")) or dst[4:8] == bytes(4):
+            server = teredo_server_ipv4(dst)
+            if not server or not is_global_ipv4(server):
                 self.drop("non_global_server")
                 log.debug("dropped a packet for %s: its server is not global unicast", _show(dst))
                 return
-        if dst[10:12] == b"\xff\xff":  # mapped port 0
+        if teredo_mapped_port(dst) == 0:
             self.drop("non_global_destination")
             return
         if peer is None:
@@ -465,7 +455,7 @@ class TunnelEngine:
             self.schedule_retry(address, peer, peer.last_tx + BUBBLE_SPACING)
 
     def fail_setup(self, address: bytes, peer: Peer, now: float) -> None:
-        """Setup of `peer` failed: drop its queue and tell the local stack (CLI-T6)."""
+        """Setup of `peer` failed: drop its queue and tell the local stack (RFC 4443 §3.1)."""
         queue = self.peers.take_queue(peer)
         self.count("setup_failures")
         if queue:
@@ -485,16 +475,37 @@ class TunnelEngine:
         self.counters[name] = self.counters.get(name, 0) + amount
 
     def drop(self, reason: str) -> None:
-        """Count a dropped packet under a named reason (STYLE.md §5)."""
+        """Count a dropped packet under a named reason."""
         self.drops[reason] = self.drops.get(reason, 0) + 1
 
-    def emit(self, payload: bytes, destination: SockAddr) -> None:
+    def emit(self, payload: bytes, destination: Endpoint) -> None:
         """Queue a UDP payload for `destination`."""
         self._datagrams.append((payload, destination))
 
     def deliver(self, packet: bytes) -> None:
         """Queue an IPv6 packet for the local stack."""
         self._packets.append(packet)
+
+    def accept(self, ipv6: bytes) -> None:
+        """An IPv6 packet from a verified source: bubbles are consumed, never delivered (RFC 4380
+        §5.2.3); the rest reaches the local stack when the role serves its destination."""
+        if is_bubble(ipv6):
+            self.count("bubbles_received")
+        elif self._serves(ipv6[24:40]):
+            self.count("received")
+            self._packets.append(ipv6)
+        else:
+            self.drop("destination_not_served")
+
+    def drop_unverified(self, packet: TeredoPacket) -> None:
+        """Count an unverified packet under the reason that explains it best."""
+        src = packet.ipv6[8:24]
+        if not self.is_teredo(src):
+            self.drop("non_teredo_source")
+        elif is_bubble(packet.ipv6):
+            self.drop("unverified_bubble")
+        else:
+            self.drop("mapping_mismatch")
 
     def queue_packet(self, peer: Peer, packet: bytes) -> bool:
         """Queue `packet` until `peer` is trusted; False (and counted) when the queue is full."""
@@ -503,7 +514,7 @@ class TunnelEngine:
         self.drop("queue_full")
         return False
 
-    def trust_peer(self, address: bytes, mapping: SockAddr, now: float) -> Peer:
+    def trust_peer(self, address: bytes, mapping: Endpoint, now: float) -> Peer:
         """Mark `address` trusted at `mapping` (creating the entry) and flush its queue there."""
         peers = self.peers
         peer = peers.get(address)
@@ -516,10 +527,9 @@ class TunnelEngine:
             self._flush(peer, mapping)
         if not was:
             self.count("peers_trusted")
-            self._on_trusted(address, peer, now)
         return peer
 
-    def _flush(self, peer: Peer, mapping: SockAddr) -> None:
+    def _flush(self, peer: Peer, mapping: Endpoint) -> None:
         queue = self.peers.take_queue(peer)
         self._datagrams.extend((packet, mapping) for packet in queue)
         self.count("sent_from_queue", len(queue))
@@ -527,32 +537,38 @@ class TunnelEngine:
     def send_bubbles(self, address: bytes, peer: Peer, now: float) -> bool:
         """Direct and indirect bubbles toward Teredo `address`, if the §5.2.6 limits allow.
 
-        Returns True when bubbles went out (and a retry is scheduled 2 s later).
+        The direct bubble goes to the embedded mapping (RFC 4380 §5.4.1 MAY, and SHOULD behind a
+        non-cone NAT; and to a mapping learned from a symmetric-NAT peer, if any), the indirect
+        one through the peer's server (`send_indirect_bubble`). Returns True when bubbles went
+        out (and a retry is scheduled 2 s later).
         """
         if not peer.may_send_bubble(now):
             return False
-        peer.note_bubble(now)
         source = self._bubble_source(address)
-        bubble = _BUBBLE_HEADER + source + address
-        if self.settings.direct_bubbles:
-            mapping = embedded_sockaddr(address)
-            if not self._check_global or is_global_ipv4(_ipv4_int(mapping[0])):
-                self._send_direct(bubble, mapping, peer)
-            if peer.mapped is not None and peer.mapped != mapping:
-                self._send_direct(bubble, peer.mapped, peer)
-        indirect = bubble
-        if self.settings.nonce_trailers:
-            nonce = self._random_bytes(NONCE_TRAILER_LENGTH)
-            peer.nonce_sent = nonce
-            indirect = bubble + bytes((TrailerType.NONCE, NONCE_TRAILER_LENGTH)) + nonce
-        self._datagrams.append((indirect, _server_sockaddr(address)))
-        self.count("bubbles_sent")
+        bubble = encode_bubble(source, address)
+        mapping = teredo_mapping(address)
+        if not self._check_global or is_global_ipv4(teredo_mapped_ipv4(address)):
+            self._send_direct(bubble, mapping, peer)
+        if peer.mapped is not None and peer.mapped != mapping:
+            self._send_direct(bubble, peer.mapped, peer)
+        self.send_indirect_bubble(source, address, peer, now)
         self.schedule_retry(address, peer, now + BUBBLE_SPACING)
         return True
 
-    def _send_direct(self, bubble: bytes, mapping: SockAddr, peer: Peer) -> None:
+    def send_indirect_bubble(self, source: bytes, address: bytes, peer: Peer, now: float) -> None:
+        """An indirect bubble `source` -> `address` through the peer's server, with a fresh
+        RFC 6081 nonce trailer (RFC 6081 §5.2.4.1), counted against the peer's bubble budget."""
+        peer.note_bubble(now)
+        nonce = self._random_bytes(NONCE_TRAILER_LENGTH)
+        peer.nonce_sent = nonce
+        self._datagrams.append(
+            (encode_bubble(source, address) + nonce_trailer_bytes(nonce), teredo_server(address))
+        )
+        self.count("bubbles_sent")
+
+    def _send_direct(self, bubble: bytes, mapping: Endpoint, peer: Peer) -> None:
         if peer.nonce_received is not None:  # RFC 6081 §5.2.4.3: echo the peer's nonce
-            bubble = bubble + bytes((TrailerType.NONCE, NONCE_TRAILER_LENGTH)) + peer.nonce_received
+            bubble = bubble + nonce_trailer_bytes(peer.nonce_received)
         self._datagrams.append((bubble, mapping))
         self.count("bubbles_sent")
 
@@ -560,22 +576,22 @@ class TunnelEngine:
         self,
         source: bytes,
         destination: bytes,
-        to: SockAddr,
+        to: Endpoint,
         now: float,
         nonce: bytes | None = None,
         peer: Peer | None = None,
     ) -> bool:
-        """A direct bubble `source` -> `destination` to `to` (e.g. a reply to an indirect
-        bubble, requirements CLI-R3), within `peer`'s rate limits when a peer is given.
+        """A direct bubble `source` -> `destination` to `to` (e.g. a client's answer to an
+        indirect bubble, RFC 4380 §5.2.3), within `peer`'s rate limits when a peer is given.
         `nonce` adds an RFC 6081 nonce trailer."""
         if peer is not None:
             if not peer.may_send_bubble(now):
                 self.drop("bubble_rate_limited")
                 return False
             peer.note_bubble(now)
-        bubble = _BUBBLE_HEADER + source + destination
+        bubble = encode_bubble(source, destination)
         if nonce is not None:
-            bubble += bytes((TrailerType.NONCE, len(nonce))) + nonce
+            bubble += nonce_trailer_bytes(nonce)
         self._datagrams.append((bubble, to))
         self.count("bubbles_sent")
         return True
@@ -619,7 +635,7 @@ class TunnelEngine:
             return
         self._icmp_tokens = tokens - 1.0
         self._packets.append(
-            build_icmpv6_error(self.error_source, ICMPv6Type.DESTINATION_UNREACHABLE, code, packet)
+            encode_icmpv6_error(self.error_source, ICMPv6Type.DESTINATION_UNREACHABLE, code, packet)
         )
         self.count("icmp_errors_sent")
 
@@ -628,50 +644,41 @@ class TunnelEngine:
         return bubble_cookie(self._secret, peer)
 
     # -----------------------------------------------------------------------------------------
-    # Hooks (override in roles)
+    # Policy hooks: each role decides
 
+    @abstractmethod
     def _serves(self, destination: bytes) -> bool:
         """Whether a packet from a Teredo peer for `destination` may reach the local stack."""
-        return False
 
-    def _on_datagram(self, packet: TeredoPacket, source: SockAddr, now: float) -> bool:
-        """First look at every parsed datagram; return True when it was handled (the client
-        takes its server's packets here)."""
-        return False
+    @abstractmethod
+    def _on_unverified(self, packet: TeredoPacket, source: Endpoint, now: float) -> None:
+        """A packet whose source the shared rules could not verify."""
 
-    def _on_unverified(self, packet: TeredoPacket, source: SockAddr, now: float) -> None:
-        """A packet whose source the generic rules could not verify. Default: drop it."""
-        src = packet.ipv6[8:24]
-        if not self.is_teredo(src):
-            self.drop("non_teredo_source")
-        elif packet.ipv6[6] == NextHeader.NO_NEXT_HEADER:
-            self.drop("unverified_bubble")
-        else:
-            self.drop("mapping_mismatch")
-
+    @abstractmethod
     def _on_native_destination(self, packet: bytes, destination: bytes, now: float) -> None:
-        """A packet from the stack for a non-Teredo destination. Default: refuse (RLY-3)."""
-        self.drop("non_teredo_destination")
-        self.send_unreachable(packet, UnreachableCode.NO_ROUTE, now)
+        """A packet from the stack for a destination outside the Teredo prefix."""
 
+    @abstractmethod
     def _retry_native(self, address: bytes, peer: Peer, now: float) -> None:
-        """A retry deadline for a non-Teredo peer (the client's echo test). Default: give up."""
-        self.fail_setup(address, peer, now)
+        """A retry deadline passed for a peer outside the Teredo prefix."""
 
+    @abstractmethod
     def _bubble_source(self, destination: bytes) -> bytes:
-        """The IPv6 source of our bubbles to `destination`. Default: our cookie for it."""
-        return self.cookie(destination)
+        """The IPv6 source of our bubbles to `destination`."""
 
-    def _on_trusted(self, address: bytes, peer: Peer, now: float) -> None:
-        """`address` just became trusted (after its queue was flushed)."""
+    def _on_datagram(self, packet: TeredoPacket, source: Endpoint, now: float) -> bool:
+        """First look at every parsed datagram; True when the role handled it (the client takes
+        its server's packets here). Default: not handled."""
+        return False
 
-    def _on_expired(self, address: bytes, peer: Peer) -> None:
-        """The sweep removed an idle entry."""
+    def _on_expired(self, address: bytes, peer: Peer) -> None:  # noqa: B027 (optional hook)
+        """The sweep removed an idle entry. Default: nothing to do."""
 
     # -----------------------------------------------------------------------------------------
     # Helpers
 
-    def _answers_our_bubble(self, ipv6: bytes, packet: TeredoPacket, peer: Peer | None) -> bool:
+    def _answers_our_bubble(self, packet: TeredoPacket, peer: Peer | None) -> bool:
+        ipv6 = packet.ipv6
         src, dst = ipv6[8:24], ipv6[24:40]
         if dst[:8] == _LINK_LOCAL_PREFIX and hmac.compare_digest(dst, self.cookie(src)):
             return True
@@ -680,9 +687,9 @@ class TunnelEngine:
             return nonce is not None and hmac.compare_digest(nonce, peer.nonce_sent)
         return False
 
-    def _global_source(self, source: SockAddr) -> bool:
-        """SEC-C5b (CVE-2006-6264): never learn a mapping that is not global unicast."""
-        if self._check_global and not is_global_ipv4(_ipv4_int(source[0])):
+    def _global_source(self, source: Endpoint) -> bool:
+        """Never learn a mapping that is not global unicast (RFC 4380 §5.2.3, CVE-2006-6264)."""
+        if self._check_global and not is_global_ipv4(ipv4_value(source[0])):
             self.drop("non_global_mapping")
             log.debug(
                 "refused mapping %s:%d: not global unicast (AllowPrivateAddresses relaxes this)",

@@ -59,8 +59,8 @@ from __future__ import annotations
 import struct
 from typing import Any, Final, Generic, TypeVar, cast, overload
 
-SockAddr = tuple[str, int]
-Link = SockAddr | int | None
+Endpoint = tuple[str, int]
+Link = Endpoint | int | None
 
 PEER_VALIDITY: Final = 30.0  # RFC 4380 §5.2.4: valid if last reception < 30 s ago
 LOCAL_PEER_VALIDITY: Final = 600.0  # RFC 4380 §5.2.4 case 3 (requirements G6)
@@ -84,7 +84,7 @@ _OCTET_VALUES: Final = {text: value for value, text in enumerate(_OCTETS)}
 _T = TypeVar("_T")
 
 
-def _freeze(sockaddr: SockAddr, rx: float) -> int | None:
+def _freeze(sockaddr: Endpoint, rx: float) -> int | None:
     """The cold link for a ``(dotted_quad, port)`` mapping last heard from at `rx`; None when
     the mapping is not an IPv4 sockaddr (never from the network)."""
     try:
@@ -96,7 +96,7 @@ def _freeze(sockaddr: SockAddr, rx: float) -> int | None:
     return int.from_bytes(packed, "little")
 
 
-def _thaw(link: int) -> tuple[SockAddr, float]:
+def _thaw(link: int) -> tuple[Endpoint, float]:
     """The mapping and last reception time held by a cold link."""
     port, d, c, b, a, rx = _COLD.unpack(link.to_bytes(_COLD_SIZE, "little"))
     octets = _OCTETS
@@ -131,7 +131,7 @@ class PeerSetup:
         self.pings = 0
         self.last_ping = NEVER
         self.ping_nonce: bytes | None = None
-        self.local: SockAddr | None = None  # local discovery (RFC 4380 §5.2.8)
+        self.local: Endpoint | None = None  # local discovery (RFC 4380 §5.2.8)
         self.local_seen = NEVER
         self.queue: list[bytes] | None = None
         self.queued_bytes = 0
@@ -191,7 +191,7 @@ class Peer:
     pings = _SetupField(0)
     last_ping = _SetupField(NEVER)
     ping_nonce = _SetupField[bytes | None](None)
-    local = _SetupField[SockAddr | None](None)
+    local = _SetupField[Endpoint | None](None)
     local_seen = _SetupField(NEVER)
     queue = _SetupField[list[bytes] | None](None)
     queued_bytes = _SetupField(0)
@@ -212,7 +212,7 @@ class Peer:
         return self.link is not None
 
     @property
-    def mapped(self) -> SockAddr | None:
+    def mapped(self) -> Endpoint | None:
         """The proven mapping as a ``(dotted_quad, port)`` pair, None while untrusted."""
         link = self.link
         if isinstance(link, int):
@@ -252,7 +252,7 @@ class Peer:
             and now - setup.local_seen < LOCAL_PEER_VALIDITY
         )
 
-    def trust(self, mapped: SockAddr, now: float) -> None:
+    def trust(self, mapped: Endpoint, now: float) -> None:
         """A direct packet proved `mapped` (RFC 4380 §5.2.3): trust it, reset the bubble count.
 
         The mapping is stored cold; `PeerTable.trust` stores it hot, within the table's bound.
@@ -263,7 +263,7 @@ class Peer:
         else:
             self._trusted(link, NEVER)
 
-    def _trusted(self, link: SockAddr | int, rx: float) -> None:
+    def _trusted(self, link: Endpoint | int, rx: float) -> None:
         self.link = link
         self.rx = rx
         setup = self.setup
@@ -399,7 +399,7 @@ class PeerTable:
     # -----------------------------------------------------------------------------------------
     # Mappings: hot and cold
 
-    def trust(self, peer: Peer, mapped: SockAddr, now: float) -> None:
+    def trust(self, peer: Peer, mapped: Endpoint, now: float) -> None:
         """`Peer.trust`, keeping the mapping hot: the data path is about to use it."""
         was_hot = type(peer.link) is tuple
         peer.link = mapped
@@ -410,7 +410,7 @@ class PeerTable:
         if not was_hot:
             self._turn_hot(peer)
 
-    def sockaddr(self, peer: Peer) -> SockAddr | None:
+    def sockaddr(self, peer: Peer) -> Endpoint | None:
         """The peer's mapping to send to (None while untrusted), turning the peer hot."""
         link = peer.link
         if type(link) is tuple or link is None:
@@ -421,7 +421,7 @@ class PeerTable:
         self._turn_hot(peer)
         return sockaddr
 
-    def is_mapped_at(self, peer: Peer, source: SockAddr) -> bool:
+    def is_mapped_at(self, peer: Peer, source: Endpoint) -> bool:
         """Whether `peer` is trusted at exactly `source` (turning it hot if so)."""
         link = peer.link
         if type(link) is tuple:

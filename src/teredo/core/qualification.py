@@ -62,7 +62,9 @@ from teredo.core.address import (
     TEREDO_PREFIX,
     Endpoint,
     encode_teredo_address,
+    endpoint,
     random_flags,
+    show_endpoint,
 )
 from teredo.core.errors import LocalProtocolError, ParseError
 from teredo.core.wire import (
@@ -70,7 +72,7 @@ from teredo.core.wire import (
     ICMPv6Type,
     NextHeader,
     TeredoPacket,
-    build_router_solicitation,
+    encode_router_solicitation,
     encode_teredo_packet,
     parse_router_advertisement,
     parse_teredo_packet,
@@ -316,10 +318,10 @@ class Qualifier:
 
     def is_server(self, source: Endpoint) -> bool:
         """Whether `source` is the current server (either address) at port 3544."""
-        if source.port != TEREDO_PORT:
+        if source[1] != TEREDO_PORT:
             return False
         server = self.server
-        return source.address == server.primary or source.address == server.secondary
+        return source[0] in (str(server.primary), str(server.secondary))
 
     def note_server_contact(self, now: float) -> None:
         """A valid packet came from the server (RFC 4380 §5.2.3): postpone the refresh."""
@@ -430,7 +432,7 @@ class Qualifier:
         self._restart_nat_check(now)
 
     def _send_primary(self, now: float) -> None:
-        self._solicit(Purpose.PRIMARY, Endpoint(self.server.primary, TEREDO_PORT), now)
+        self._solicit(Purpose.PRIMARY, endpoint(self.server.primary, TEREDO_PORT), now)
         self._round_sent += 1
         self._retransmit_at = now + self.timeout
 
@@ -457,7 +459,7 @@ class Qualifier:
             self._send_cone(now)
 
     def _send_cone(self, now: float) -> None:
-        self._solicit(Purpose.CONE, Endpoint(self.server.primary, TEREDO_PORT), now)
+        self._solicit(Purpose.CONE, endpoint(self.server.primary, TEREDO_PORT), now)
         self._cone_sent += 1
         self._nat_check_at = now + self.timeout
 
@@ -471,7 +473,7 @@ class Qualifier:
         ):
             self._nat_check_at = None
             return False
-        self._solicit(Purpose.SECONDARY, Endpoint(secondary, TEREDO_PORT), now)
+        self._solicit(Purpose.SECONDARY, endpoint(secondary, TEREDO_PORT), now)
         self._secondary_sent += 1
         self._nat_check_at = now + self.timeout
         return True
@@ -480,7 +482,7 @@ class Qualifier:
         nonce = bytes(self.random_bytes(RS_NONCE_LENGTH))
         source = CLIENT_LINK_LOCAL_CONE if purpose is Purpose.CONE else CLIENT_LINK_LOCAL
         packet = TeredoPacket(
-            ipv6=build_router_solicitation(source),
+            ipv6=encode_router_solicitation(source),
             authentication=Authentication(nonce=nonce),  # nonce-only (requirements SEC-C1)
         )
         self._pending[nonce] = _Solicitation(purpose, destination, source, now)
@@ -587,12 +589,12 @@ class Qualifier:
         return solicitation
 
     def _expected_source(self, solicitation: _Solicitation, source: Endpoint) -> bool:
-        if source.port != TEREDO_PORT:
+        if source[1] != TEREDO_PORT:
             return False
         if solicitation.purpose is Purpose.CONE:
             # RFC 4380 §5.3.2: the answer to C=1 comes from the *other* server address.
-            return source.address == self.server.secondary
-        return source.address == solicitation.destination.address
+            return source[0] == str(self.server.secondary)
+        return source[0] == solicitation.destination[0]
 
     def _check_prefix(self, prefix: IPv6Address, length: int) -> IPv6Network | None:
         """RFC 4380 §5.2.1 (requirements CLI-Q7 4-5): a /64 = Teredo prefix + primary IPv4."""
@@ -616,7 +618,7 @@ class Qualifier:
         self._forget(Purpose.PRIMARY)
         self.rtt = now - solicitation.sent_at
         if self.local is not None:
-            self.port_preserving = mapped.port == self.local.port
+            self.port_preserving = mapped[1] == self.local[1]
         self.backoff = self.backoff_min
         keep_flags = prefix == self.prefix and mapped == self.mapped
         if self.state is QualificationState.QUALIFIED:
@@ -624,7 +626,10 @@ class Qualifier:
                 old = self.address
                 self._new_address(prefix, mapped, mtu, keep_flags)
                 assert old is not None and self.address is not None
-                log.info("mapping is now %s: address %s replaces %s", mapped, self.address, old)
+                log.info(
+                    "mapping is now %s: address %s replaces %s",
+                    show_endpoint(mapped), self.address, old,
+                )  # fmt: skip
                 self._events.append(AddressChanged(old, self.address, mapped, mtu))
                 if not keep_flags:
                     self._restart_nat_check(now)
@@ -636,7 +641,7 @@ class Qualifier:
             self.qualified_at = now
             log.info(
                 "qualified with %s: address %s (mapped %s, MTU %d, RTT %.1f ms)",
-                self.server, self.address, mapped, mtu, self.rtt * 1000,
+                self.server, self.address, show_endpoint(mapped), mtu, self.rtt * 1000,
             )  # fmt: skip
             self._events.append(
                 Qualified(self.address, mapped, mtu, self.server, solicitation.sent_at, self.rtt)
@@ -694,10 +699,11 @@ class Qualifier:
                 "symmetric NAT: the secondary server address saw %s, the primary %s; keeping the "
                 "primary's address (RFC 6081 Symmetric NAT Support); Teredo peers behind "
                 "port-restricted or symmetric NATs will not be reachable",
-                self.secondary_mapping, mapped,
+                show_endpoint(self.secondary_mapping) if self.secondary_mapping else "nothing",
+                show_endpoint(mapped),
             )  # fmt: skip
         else:
-            log.info("NAT behaviour: %s (mapped %s)", nat.value, mapped)
+            log.info("NAT behaviour: %s (mapped %s)", nat.value, show_endpoint(mapped))
         self._events.append(
             NatBehaviourDetected(nat, mapped, self.secondary_mapping, self.port_preserving)
         )
@@ -712,7 +718,7 @@ class Qualifier:
         server = IPv4Address((int(prefix.network_address) >> 64) & 0xFFFFFFFF)
         teredo32 = IPv6Network((int(prefix.network_address) >> 96 << 96, 32))
         self.address = encode_teredo_address(
-            server, mapped.address, mapped.port, self.flags, teredo32
+            server, IPv4Address(mapped[0]), mapped[1], self.flags, teredo32
         )
 
     def _forget(self, purpose: Purpose) -> None:
@@ -730,4 +736,5 @@ class Qualifier:
 
     def _drop(self, reason: str, message: str, *args: object) -> None:
         self.drops[reason] += 1
-        log.debug("dropped: " + message, *args)
+        shown = (show_endpoint(a) if isinstance(a, tuple) else a for a in args)  # endpoints
+        log.debug("dropped: " + message, *shown)

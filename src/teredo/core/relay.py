@@ -1,33 +1,37 @@
-"""Teredo relay and host-specific relay (RFC 4380 §5.4; requirements §5, SEC-R*).
+"""Teredo relay and host-specific relay (RFC 4380 §5.4, §7.3): the relay's policy.
 
 Theory of operation
 -------------------
-A relay is the shared tunnel engine (`teredo.core.peering.TunnelEngine`) with the relay's policy:
+A relay is the shared peering engine (`teredo.core.peering.PeeringEngine`) with the relay's
+policy, which lives here (the hooks at the end of `TeredoRelay`):
 
 * **From the native side** (packets the kernel routes into the Teredo interface): only Teredo
-  destinations are encapsulated (RLY-3); anything else is a routing error, dropped with a
-  rate-limited ICMPv6 "no route" back to the sender. The embedded IPv4 and server must be global
-  unicast (RLY-4, SEC-R1). A trusted, valid peer gets the packet at its mapping; otherwise the
-  packet is queued (at most `MaxQueueBytes` per peer) and bubbles go out: an indirect bubble via
-  the peer's server (relay case 3) with an RFC 6081 nonce trailer, and a direct bubble to the
-  embedded mapping (RFC 4380 §5.4.1 MAY, SHOULD behind a restricted NAT), repeated every 2 s,
-  4 at most; then the queue is dropped and ICMPv6 "address unreachable" goes to the sender.
+  destinations are encapsulated (RFC 4380 §5.4.1); anything else is a routing error, dropped
+  with a rate-limited ICMPv6 "no route" back to the sender. The embedded IPv4 and server must be
+  global unicast (§5.4.1, §5.2.4). A trusted, valid peer gets the packet at its mapping;
+  otherwise the packet is queued (at most `MaxQueueBytes` per peer) and bubbles go out: an
+  indirect bubble via the peer's server (relay case 3) with an RFC 6081 nonce trailer, and a
+  direct bubble to the embedded mapping (RFC 4380 §5.4.1 MAY, SHOULD behind a restricted NAT),
+  repeated every 2 s, 4 at most; then the queue is dropped and ICMPv6 "address unreachable"
+  goes to the sender.
 
-* **From the Teredo side**: only Teredo sources (RLY-9). The outer source must equal the mapping
-  embedded in the source address or the mapping a trusted entry learned (anti-spoofing, SEC-R2),
-  except for a bubble that answers one of ours: its IPv6 destination is our link-local cookie
-  for its source (the source of our bubbles, requirements RLY-7) or it carries our nonce
-  trailer. That exception is how clients behind symmetric NATs reach native IPv6, as with Miredo.
-  Bubbles are consumed; multicast is dropped; other packets are forwarded natively when their
-  destination is in the range the relay serves (RLY-11): for a relay anything that is neither
+* **From the Teredo side**: only Teredo sources (§5.4.2). The outer source must equal the
+  mapping embedded in the source address or the mapping a trusted entry learned
+  (anti-spoofing, §5.4.2), except for a bubble that answers one of ours: its IPv6 destination is
+  our link-local cookie for its source (the source of our bubbles, see `teredo.core.peering`)
+  or it carries our nonce trailer (RFC 6081 §5.2.4.4). That exception is how clients behind
+  symmetric NATs reach native IPv6, as with Miredo. Bubbles are consumed; multicast is dropped;
+  anything else unverified is dropped and counted by reason; other packets are forwarded
+  natively when the relay serves their destination: for a relay anything that is neither
   Teredo, multicast, link-local, loopback nor unspecified.
 
-* **Host-specific relay** (RFC 4380 §5.4 "minimal relay", requirements §5.2): the same engine on
-  a dual-stack host with an unnumbered Teredo interface and a 2001::/32 route that is not
-  advertised. It serves exactly the host's own addresses (HSR-4), which the runtime keeps up to
-  date with `set_host_addresses`, and is never a client (HSR-1).
+* **Host-specific relay** (RFC 4380 §5.4's relay "for the host's own traffic"): the same engine
+  on a dual-stack host with an unnumbered Teredo interface and a 2001::/32 route that is not
+  advertised. It serves exactly the host's own addresses, which the runtime keeps up to date
+  with `set_host_addresses`, and is never a client.
 
-Peer states (data in `teredo.core.peers`): absent -> untrusted (queue + bubbles, retried every 2 s)
+Peer states (data in `teredo.core.peers`): absent -> untrusted (queue + bubbles, retried every
+2 s)
 -> trusted (mapping proven) -> stale after 30 s without reception (bubbles again, the entry is
 kept) -> expired by the sweep after `idle_timeout` (30 s, Miredo's relay value) without use, or
 evicted least-recently-used when the table is full (`MaxPeers`).
@@ -39,16 +43,19 @@ from collections.abc import Callable, Iterable
 from ipaddress import IPv6Address
 from typing import Final
 
+from teredo.core.address import Endpoint
 from teredo.core.config import RelayConfig
-from teredo.core.peering import TunnelEngine, TunnelSettings
-from teredo.core.peers import PEER_VALIDITY
+from teredo.core.peering import PeeringEngine, PeeringSettings
+from teredo.core.peers import PEER_VALIDITY, Peer
+from teredo.core.status import HostSpecificRelayStatus, RelayEngineStatus
+from teredo.core.wire import TeredoPacket, UnreachableCode
 
-RELAY_IDLE_TIMEOUT: Final = PEER_VALIDITY  # [IMPL] Miredo: unused relay entries expire in 30 s
+RELAY_IDLE_TIMEOUT: Final = PEER_VALIDITY  # Miredo's value: unused relay entries expire in 30 s
 
 
-def relay_settings(config: RelayConfig) -> TunnelSettings:
+def relay_settings(config: RelayConfig) -> PeeringSettings:
     """The engine settings for a relay configuration."""
-    return TunnelSettings(
+    return PeeringSettings(
         prefix=config.prefix,
         allow_private=config.allow_private_addresses,
         max_peers=config.max_peers,
@@ -65,7 +72,7 @@ def _is_unicast_beyond_link(address: bytes) -> bool:
     return not (first == 0 and address[:15] == bytes(15) and address[15] <= 1)
 
 
-class TeredoRelay(TunnelEngine):
+class TeredoRelay(PeeringEngine):
     """A Teredo relay, or with `host_specific` a host-specific relay.
 
     `host_addresses` (host-specific only) are the host's own IPv6 addresses: the only
@@ -74,7 +81,7 @@ class TeredoRelay(TunnelEngine):
 
     def __init__(
         self,
-        settings: TunnelSettings,
+        settings: PeeringSettings,
         *,
         random_bytes: Callable[[int], bytes],
         secret: bytes,
@@ -111,19 +118,41 @@ class TeredoRelay(TunnelEngine):
         return self._host_addresses
 
     def set_host_addresses(self, addresses: Iterable[IPv6Address | bytes]) -> None:
-        """The host's own IPv6 addresses: what a host-specific relay serves (HSR-4)."""
+        """The host's own IPv6 addresses: what a host-specific relay serves."""
         self._host_addresses = frozenset(
             a.packed if isinstance(a, IPv6Address) else bytes(a) for a in addresses
         )
+
+    def status(self) -> RelayEngineStatus | HostSpecificRelayStatus:
+        if self.host_specific:
+            served = sorted(str(IPv6Address(a)) for a in self._host_addresses)
+            return {**self.engine_status(), "role": "host-specific relay", "host_addresses": served}
+        return {**self.engine_status(), "role": "relay"}
+
+    # -----------------------------------------------------------------------------------------
+    # The relay's policy (the engine's hooks)
 
     def _serves(self, destination: bytes) -> bool:
         if self.host_specific:
             return destination in self._host_addresses
         return _is_unicast_beyond_link(destination) and not self.is_teredo(destination)
 
-    def status(self) -> dict[str, object]:
-        document = super().status()
-        document["role"] = "host-specific relay" if self.host_specific else "relay"
-        if self.host_specific:
-            document["host_addresses"] = sorted(str(IPv6Address(a)) for a in self._host_addresses)
-        return document
+    def _on_unverified(self, packet: TeredoPacket, source: Endpoint, now: float) -> None:
+        """Nothing unproven reaches the native side (RFC 4380 §5.4.2): drop it, by reason."""
+        self.drop_unverified(packet)
+
+    def _on_native_destination(self, packet: bytes, destination: bytes, now: float) -> None:
+        """A relay encapsulates only toward Teredo addresses (RFC 4380 §5.4.1): anything else
+        is a routing mistake, refused with a rate-limited ICMPv6 "no route" to the sender."""
+        self.drop("non_teredo_destination")
+        self.send_unreachable(packet, UnreachableCode.NO_ROUTE, now)
+
+    def _retry_native(self, address: bytes, peer: Peer, now: float) -> None:
+        """A relay never sets up a native peer; an entry left from a reconfigured prefix gives
+        up at its first retry."""
+        self.fail_setup(address, peer, now)
+
+    def _bubble_source(self, destination: bytes) -> bytes:
+        """A relay's bubbles come from its link-local cookie for the destination (see
+        `teredo.core.peering.bubble_cookie`): the client's direct answer then proves itself."""
+        return self.cookie(destination)

@@ -54,6 +54,8 @@ from teredo.core.address import (
     TEREDO_PORT,
     TEREDO_PREFIX,
     Endpoint,
+    endpoint,
+    ipv4_value,
     is_cone_link_local,
     is_global_ipv4,
     server_link_local,
@@ -67,7 +69,7 @@ from teredo.core.wire import (
     OriginIndication,
     PrefixInformation,
     RouterAdvertisement,
-    build_router_advertisement,
+    encode_router_advertisement,
     is_router_solicitation,
     parse_teredo_packet,
     push_authentication,
@@ -287,9 +289,9 @@ class TeredoServer:
 
     def _receive(self, data: bytes, source: Endpoint, local: IPv4Address, now: float) -> str | None:
         """Return a drop reason, or None when the datagram was handled."""
-        source_int = int(source.address)
+        source_int = ipv4_value(source[0])
         # SRV-4: a datagram from our own address and port would make a loop.
-        if source_int in self._own and source.port == TEREDO_PORT:
+        if source_int in self._own and source[1] == TEREDO_PORT:
             return "loop"
         # Rule 1: a well-formed Teredo IPv6 packet.
         try:
@@ -315,7 +317,7 @@ class TeredoServer:
             if not is_router_solicitation(ipv6):
                 return "bad_router_solicitation"
             return self._answer_router_solicitation(
-                IPv6Address(ipv6_source), packet.authentication, source, local, now
+                IPv6Address(ipv6_source), packet.authentication, source_int, source, local, now
             )
         source_is_teredo = int.from_bytes(ipv6_source[:4], "big") in self._teredo_prefixes
         destination_is_teredo = int.from_bytes(ipv6_destination[:4], "big") in self._teredo_prefixes
@@ -326,14 +328,16 @@ class TeredoServer:
             # Rule 5: the embedded mapping must be the outer source (anti-spoofing).
             mapped = int.from_bytes(ipv6_source[12:16], "big") ^ IPV4_MASK
             port = int.from_bytes(ipv6_source[10:12], "big") ^ PORT_MASK
-            if mapped != source_int or port != source.port:
+            if mapped != source_int or port != source[1]:
                 return "spoofed_source"
         elif not ours:
             # Rules 6 and 7: a non-Teredo source may only reach this server's clients.
             if ipv6_destination in self._local_destinations:
                 return "local_not_rs"
             return "not_our_client"
-        return self._forward(data, packet.authentication, ipv6, bubble, ours, source, now)
+        return self._forward(
+            data, packet.authentication, ipv6, bubble, ours, source_int, source, now
+        )
 
     def _forward(
         self,
@@ -342,6 +346,7 @@ class TeredoServer:
         ipv6: bytes,
         bubble: bool,
         ours: bool,
+        source_int: int,
         source: Endpoint,
         now: float,
     ) -> str | None:
@@ -365,13 +370,16 @@ class TeredoServer:
             rest = data[offset:]
             if len(rest) - len(ipv6) > MAX_FORWARDED_TRAILERS:
                 return "oversize_trailers"
-            if not self._spend(int(source.address), now) or not self._spend(mapped, now):
+            if not self._spend(source_int, now) or not self._spend(mapped, now):
                 return "rate_limited"
             if ours:
                 # SRV-6: tell our client where the packet really came from.
-                rest = push_origin_indication(OriginIndication(source.address, source.port)) + rest
+                rest = (
+                    push_origin_indication(OriginIndication(IPv4Address(source_int), source[1]))
+                    + rest
+                )
                 self.counters["origin_indications"] += 1
-            target = Endpoint(IPv4Address(mapped), port)
+            target = endpoint(mapped, port)
             self._datagrams.append(OutgoingDatagram(rest, target, self.settings.primary))
             self.counters["forwarded_teredo"] += 1
             return None
@@ -381,7 +389,7 @@ class TeredoServer:
         hop_limit = ipv6[7]
         if hop_limit <= 1:
             return "hop_limit_exceeded"
-        if not self._spend(int(source.address), now):
+        if not self._spend(source_int, now):
             return "rate_limited"
         # The server routes from the Teredo link onto the native one: decrement the hop limit
         # (not covered by the ICMPv6 checksum).
@@ -393,6 +401,7 @@ class TeredoServer:
         self,
         rs_source: IPv6Address,
         authentication: Authentication | None,
+        source_int: int,
         source: Endpoint,
         local: IPv4Address,
         now: float,
@@ -400,9 +409,9 @@ class TeredoServer:
         """SRV-8..14: answer an RS with an RA."""
         self.counters["router_solicitations"] += 1
         # SRV-13: the RA's destination (the RS's source) must be global unicast; rule 3 checked.
-        if not self._spend(int(source.address), now):
+        if not self._spend(source_int, now):
             return "rate_limited"
-        ra = build_router_advertisement(
+        ra = encode_router_advertisement(
             RouterAdvertisement(
                 source=self._link_local,
                 destination=rs_source,
@@ -414,7 +423,7 @@ class TeredoServer:
         if authentication is not None:
             # SRV-14: no secure qualification; echo the nonce in a nonce-only header, conf 0.
             parts.append(push_authentication(Authentication(nonce=authentication.nonce)))
-        parts.append(push_origin_indication(OriginIndication(source.address, source.port)))
+        parts.append(push_origin_indication(OriginIndication(IPv4Address(source_int), source[1])))
         parts.append(ra)
         # SRV-12: C=1 -> answer from the other address (lets the client tell a cone NAT).
         if is_cone_link_local(rs_source):

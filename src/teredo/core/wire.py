@@ -8,9 +8,10 @@ Each part is told apart by its first two bytes: 00 01 authentication, 00 00 orig
 a high nibble of 6 an IPv6 header. The IPv6 packet's total length (40 + Payload Length) must not
 exceed what is left (RFC 6081 §4 relaxes RFC 4380's "equal"); the rest are trailers.
 
-Parsing follows the aioquic/dnspython discipline: `parse_x(data) -> X` for whole structures,
-`encode_x(x) -> bytes` back, and anything malformed raises `ParseError`, never `struct.error`,
-`IndexError` or `ValueError` from deep inside.
+The verbs: `parse_x(data) -> X` reads a whole message and `encode_x(...) -> bytes` writes one;
+`pull_x(data, offset)` and `push_x(x)` do the same for the parts of a UDP payload. Anything
+malformed raises `ParseError`, never `struct.error`, `IndexError` or `ValueError` from deep
+inside; `is_x(packet) -> bool` answers without raising.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
-from teredo.core.address import IPV4_MASK, PORT_MASK, Endpoint
+from teredo.core.address import IPV4_MASK, PORT_MASK, Endpoint, endpoint
 from teredo.core.errors import ParseError
 
 IPV6_HEADER_LENGTH: Final = 40  # RFC 8200 §3
@@ -74,6 +75,11 @@ class DiscoveryType(IntEnum):  # RFC 6081 §4.4
     ADVERTISEMENT = 0x01
 
 
+NONCE_TRAILER_LENGTH: Final = 4  # RFC 6081 §4.2
+_NONCE_TRAILER_HEADER: Final = bytes((TrailerType.NONCE, NONCE_TRAILER_LENGTH))
+_BUBBLE_HEADER: Final = bytes((0x60, 0, 0, 0, 0, 0, NextHeader.NO_NEXT_HEADER, 0))
+
+
 # ---------------------------------------------------------------------------------------------
 # Teredo headers
 
@@ -97,7 +103,7 @@ class OriginIndication:
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(self.address, self.port)
+        return endpoint(self.address, self.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,9 +263,14 @@ def encode_trailers(trailers: tuple[Trailer, ...] | list[Trailer]) -> bytes:
 
 
 def nonce_trailer(nonce: bytes) -> Trailer:
-    if len(nonce) != 4:
+    if len(nonce) != NONCE_TRAILER_LENGTH:
         raise ValueError("an RFC 6081 nonce trailer carries 4 bytes")
     return Trailer(TrailerType.NONCE, nonce)
+
+
+def nonce_trailer_bytes(nonce: bytes) -> bytes:
+    """A nonce trailer on the wire (RFC 6081 §4.2): type, length 4, the nonce."""
+    return _NONCE_TRAILER_HEADER + nonce
 
 
 def trailer_nonce(trailers: tuple[Trailer, ...]) -> bytes | None:
@@ -278,7 +289,7 @@ def alternate_addresses(trailer: Trailer) -> tuple[Endpoint, ...]:
         address, port = struct.unpack_from("!IH", value, offset)
         if port == 0 or address == 0 or address >> 28 >= 0xE:
             raise ParseError("alternate address entry is not a unicast address and port")
-        entries.append(Endpoint(IPv4Address(address), port))
+        entries.append(endpoint(address, port))
     return tuple(entries)
 
 
@@ -311,19 +322,24 @@ def parse_ipv6_header(packet: bytes) -> IPv6Header:
     )
 
 
-def build_ipv6_packet(
-    source: IPv6Address,
-    destination: IPv6Address,
+def encode_ipv6_packet(
+    source: IPv6Address | bytes,
+    destination: IPv6Address | bytes,
     next_header: int,
     payload: bytes,
     hop_limit: int = 64,
 ) -> bytes:
+    """An IPv6 packet: the fixed header (RFC 8200 §3) and `payload`."""
     return (
         struct.pack("!IHBB", 6 << 28, len(payload), next_header, hop_limit)
-        + source.packed
-        + destination.packed
+        + _packed(source)
+        + _packed(destination)
         + payload
     )
+
+
+def _packed(address: IPv6Address | bytes) -> bytes:
+    return address if isinstance(address, bytes) else address.packed
 
 
 def ones_complement_sum(data: bytes | bytearray | memoryview) -> int:
@@ -356,9 +372,9 @@ def icmpv6_checksum(source: bytes, destination: bytes, message: bytes) -> int:
     return internet_checksum(pseudo + message)
 
 
-def build_icmpv6(
-    source: IPv6Address,
-    destination: IPv6Address,
+def encode_icmpv6(
+    source: IPv6Address | bytes,
+    destination: IPv6Address | bytes,
     kind: int,
     code: int,
     body: bytes,
@@ -366,9 +382,9 @@ def build_icmpv6(
 ) -> bytes:
     """An IPv6 packet carrying an ICMPv6 message; `body` follows type, code and checksum."""
     message = bytes((kind, code, 0, 0)) + body
-    checksum = icmpv6_checksum(source.packed, destination.packed, message)
+    checksum = icmpv6_checksum(_packed(source), _packed(destination), message)
     message = message[:2] + checksum.to_bytes(2, "big") + message[4:]
-    return build_ipv6_packet(source, destination, NextHeader.ICMPV6, message, hop_limit)
+    return encode_ipv6_packet(source, destination, NextHeader.ICMPV6, message, hop_limit)
 
 
 def icmpv6_message(packet: bytes) -> tuple[int, int, bytes] | None:
@@ -386,18 +402,23 @@ def icmpv6_message(packet: bytes) -> tuple[int, int, bytes] | None:
     return message[0], message[1], bytes(message[4:])
 
 
-def build_bubble(source: IPv6Address, destination: IPv6Address, hop_limit: int = 0) -> bytes:
+def encode_bubble(
+    source: IPv6Address | bytes, destination: IPv6Address | bytes, hop_limit: int = 0
+) -> bytes:
     """A bubble: an IPv6 header with no payload, next header 59 (RFC 4380 §2.8)."""
-    return build_ipv6_packet(source, destination, NextHeader.NO_NEXT_HEADER, b"", hop_limit)
+    if hop_limit == 0 and type(source) is bytes and type(destination) is bytes:
+        return _BUBBLE_HEADER + source + destination  # the packet paths' case: no objects
+    return encode_ipv6_packet(source, destination, NextHeader.NO_NEXT_HEADER, b"", hop_limit)
 
 
-def is_bubble(packet: bytes) -> bool:
+def is_bubble(packet: bytes | bytearray | memoryview) -> bool:
+    """Whether an IPv6 packet is a bubble: payload length 0, next header 59 (RFC 4380 §2.8)."""
     return len(packet) >= IPV6_HEADER_LENGTH and packet[4:7] == b"\x00\x00\x3b"
 
 
-def build_router_solicitation(source: IPv6Address) -> bytes:
+def encode_router_solicitation(source: IPv6Address) -> bytes:
     """An RS from a client link-local address to ff02::2, no options (RFC 4380 §5.2.1)."""
-    return build_icmpv6(
+    return encode_icmpv6(
         source, ALL_ROUTERS, ICMPv6Type.ROUTER_SOLICITATION, 0, bytes(4), hop_limit=255
     )
 
@@ -441,7 +462,7 @@ class RouterAdvertisement:
     options: tuple[tuple[int, bytes], ...] = field(default=(), compare=False)
 
 
-def build_router_advertisement(ra: RouterAdvertisement) -> bytes:
+def encode_router_advertisement(ra: RouterAdvertisement) -> bytes:
     """Encode `ra` as an IPv6 packet (hop limit 255)."""
     body = struct.pack(
         "!BBHII", ra.cur_hop_limit, ra.flags, ra.router_lifetime, ra.reachable_time,
@@ -454,7 +475,7 @@ def build_router_advertisement(ra: RouterAdvertisement) -> bytes:
         ) + pio.prefix.packed  # fmt: skip
     if ra.mtu is not None:
         body += struct.pack("!BBHI", 5, 1, 0, ra.mtu)
-    return build_icmpv6(
+    return encode_icmpv6(
         ra.source, ra.destination, ICMPv6Type.ROUTER_ADVERTISEMENT, 0, body, hop_limit=255
     )
 
@@ -528,9 +549,9 @@ class Echo:
     data: bytes
 
 
-def build_echo(
-    source: IPv6Address,
-    destination: IPv6Address,
+def encode_echo(
+    source: IPv6Address | bytes,
+    destination: IPv6Address | bytes,
     identifier: int,
     sequence: int,
     data: bytes,
@@ -539,16 +560,27 @@ def build_echo(
 ) -> bytes:
     kind = ICMPv6Type.ECHO_REQUEST if is_request else ICMPv6Type.ECHO_REPLY
     body = struct.pack("!HH", identifier, sequence) + data
-    return build_icmpv6(source, destination, kind, 0, body, hop_limit)
+    return encode_icmpv6(source, destination, kind, 0, body, hop_limit)
 
 
-def parse_echo(packet: bytes) -> Echo | None:
-    """The echo request/reply in `packet`, or None if it is not one (or the checksum is bad)."""
+def is_echo(packet: bytes) -> bool:
+    """Whether `packet` is a well-formed ICMPv6 echo request or reply (checksum included)."""
     message = icmpv6_message(packet)
-    if message is None or message[1] != 0 or len(message[2]) < 4:
-        return None
-    if message[0] not in (ICMPv6Type.ECHO_REQUEST, ICMPv6Type.ECHO_REPLY):
-        return None
+    return (
+        message is not None
+        and message[0] in (ICMPv6Type.ECHO_REQUEST, ICMPv6Type.ECHO_REPLY)
+        and message[1] == 0
+        and len(message[2]) >= 4
+    )
+
+
+def parse_echo(packet: bytes) -> Echo:
+    """The echo request or reply in `packet` (RFC 4443 §4); ParseError if it is not one or its
+    checksum is wrong."""
+    if not is_echo(packet):
+        raise ParseError("not an ICMPv6 echo request or reply with a valid checksum")
+    message = icmpv6_message(packet)
+    assert message is not None
     identifier, sequence = struct.unpack_from("!HH", message[2])
     return Echo(
         source=IPv6Address(bytes(packet[8:24])),
@@ -560,7 +592,7 @@ def parse_echo(packet: bytes) -> Echo | None:
     )
 
 
-def build_icmpv6_error(
+def encode_icmpv6_error(
     source: IPv6Address, kind: int, code: int, invoking_packet: bytes, parameter: int = 0
 ) -> bytes:
     """An ICMPv6 error about `invoking_packet`, sent back to its source (RFC 4443 §2.4).
@@ -570,4 +602,4 @@ def build_icmpv6_error(
     destination = IPv6Address(bytes(invoking_packet[8:24]))
     room = ICMPV6_ERROR_LIMIT - IPV6_HEADER_LENGTH - 8
     body = struct.pack("!I", parameter) + bytes(invoking_packet[:room])
-    return build_icmpv6(source, destination, kind, code, body)
+    return encode_icmpv6(source, destination, kind, code, body)

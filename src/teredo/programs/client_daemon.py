@@ -40,18 +40,18 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any, Final
 
 from teredo.adapters.control import ControlServer, start_control_server
-from teredo.adapters.daemon import keep_restart_only, setup_logging, wait_for_shutdown
+from teredo.adapters.daemon import setup_logging, wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
-from teredo.core.address import CLIENT_LINK_LOCAL, TEREDO_PORT
+from teredo.core.address import CLIENT_LINK_LOCAL, DISCOVERY_GROUP, TEREDO_PORT
 from teredo.core.client import CLIENT_IDLE_TIMEOUT, ClientSettings, TeredoClient, summarize_peer
 from teredo.core.config import DEFAULT_CONFIG_PATH, ClientConfig, parse_client_config
-from teredo.core.errors import UsageError, UserError
-from teredo.core.peering import TunnelSettings
+from teredo.core.errors import UserError
+from teredo.core.peering import PeeringSettings
 from teredo.core.qualification import (
     AddressChanged,
     NatBehaviourDetected,
@@ -59,8 +59,10 @@ from teredo.core.qualification import (
     Qualified,
     ServerPair,
 )
-from teredo.programs.datapath import TunnelLoop
+from teredo.programs.datapath import DataPath
+from teredo.programs.loading import Loaded, keep_restart_only, load
 from teredo.programs.probe import local_address_toward, resolve_ipv4
+from teredo.programs.status import merge_counters
 
 log = logging.getLogger(__name__)
 
@@ -85,31 +87,18 @@ HOOK_VARIABLES: Final = {
 # --- configuration ----------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Loaded:
-    config: ClientConfig
-    path: str | None  # None: no file, defaults plus the SERVER argument
-    syslog: str | None
-    server: str | None  # the command-line SERVER, kept for reloads
-
-
-def load_client_config(config_path: str | None, server: str | None) -> _Loaded:
+def load_client_config(config_path: str | None, server: str | None) -> Loaded[ClientConfig]:
     """Read the configuration the way `teredo client [-c FILE] [SERVER]` does."""
-    from teredo.core.config import read_config_text, tokenize_config
-
-    path: str | None = config_path or DEFAULT_CONFIG_PATH
-    if config_path is None and not os.path.exists(DEFAULT_CONFIG_PATH):
-        if server is None:
-            raise UsageError(
-                f"there is no {DEFAULT_CONFIG_PATH}; give a configuration file with -c FILE "
-                "or the Teredo server on the command line (teredo client SERVER)"
-            )
-        path = None
-    text = read_config_text(path) if path is not None else ""
-    config = parse_client_config(text, path or "<command line>", server=server)
-    explicit = {line.key for line in tokenize_config(text)}
-    syslog = config.syslog_facility if "syslogfacility" in explicit else None
-    return _Loaded(config, path, syslog, server)
+    return load(
+        config_path,
+        server,
+        default_path=DEFAULT_CONFIG_PATH,
+        parse=lambda text, source, server: parse_client_config(text, source, server=server),
+        missing=(
+            f"there is no {DEFAULT_CONFIG_PATH}; give a configuration file with -c FILE "
+            "or the Teredo server on the command line (teredo client SERVER)"
+        ),
+    )
 
 
 def resolve_servers(config: ClientConfig) -> tuple[ServerPair, ...]:
@@ -132,7 +121,7 @@ def _resolve(host: IPv4Address | str, what: str) -> IPv4Address:
 def client_settings(config: ClientConfig, servers: tuple[ServerPair, ...]) -> ClientSettings:
     return ClientSettings(
         servers=servers,
-        tunnel=TunnelSettings(
+        tunnel=PeeringSettings(
             allow_private=config.allow_private_addresses,
             max_peers=config.max_peers,
             idle_timeout=CLIENT_IDLE_TIMEOUT,
@@ -252,10 +241,10 @@ class HookRunner:
 class ClientDaemon:
     """The running client: the core, the loop, the interface and the hook."""
 
-    loaded: _Loaded
+    loaded: Loaded[ClientConfig]
     core: TeredoClient
     servers: tuple[ServerPair, ...]
-    loop: TunnelLoop | None = None
+    loop: DataPath | None = None
     iface: Any = None  # netlink.InterfaceConfigurator (pyroute2 imported lazily)
     interface: str = ""
     interface_index: int = 0
@@ -359,30 +348,27 @@ class ClientDaemon:
         )
         document: dict[str, Any] = {
             "role": "client",
-            "state": core.pop("state"),
-            "address": core.pop("address"),
+            "state": core["state"],
+            "address": core["address"],
             "interface": self.interface,
             "bind": f"{self.loop.udp.local[0]}:{self.loop.udp.local[1]}" if self.loop else "-",
             "config": self.loaded.path or "<command line>",
             "servers": [str(s) for s in self.servers],
             "rs_to_address_ms": self.rs_to_address_ms,
         }
-        core.pop("role", None)
-        document.update(core)
+        document.update((key, value) for key, value in core.items() if key not in document)
         document["peer_list"] = [
             summarize_peer(address, peer, now) for address, peer in peers[:MAX_PEERS_IN_STATUS]
         ]
-        if self.loop is not None:
-            counters = dict(core["counters"])  # type: ignore[call-overload]
-            counters.update(self.loop.counters())
-            document["counters"] = dict(sorted(counters.items()))
-        document["drops"] = dict(sorted(core["drops"].items()))  # type: ignore[attr-defined]
+        io = self.loop.counters() if self.loop is not None else {}
+        document["counters"] = merge_counters(core["counters"], io)
+        document["drops"] = dict(sorted(core["drops"].items()))
         return document
 
     def reload(self) -> None:
         """SIGHUP: new servers, timers and limits; say what needs a restart."""
         old = self.config
-        loaded = load_client_config(self.loaded.path, self.loaded.server)
+        loaded = load_client_config(self.loaded.path, self.loaded.argument)
         new = loaded.config
         for warning in new.warnings:
             log.warning("%s", warning)
@@ -405,7 +391,7 @@ class ClientDaemon:
         servers = resolve_servers(kept)
         self.core.reconfigure_client(client_settings(kept, servers), time.monotonic())
         self.servers = servers
-        self.loaded = _Loaded(kept, loaded.path, loaded.syslog, loaded.server)
+        self.loaded = replace(loaded, config=kept)
         if self.loop is not None:
             self.loop.flush()
         log.info(
@@ -423,7 +409,7 @@ def run_client(config_path: str | None, server: str | None = None) -> int:
     return asyncio.run(_serve(loaded))
 
 
-async def _serve(loaded: _Loaded) -> int:
+async def _serve(loaded: Loaded[ClientConfig]) -> int:
     from teredo.adapters.netlink import InterfaceConfigurator, interface_index
     from teredo.adapters.tun import TunDevice, open_tun
     from teredo.adapters.udp import UdpSocket, join_multicast, open_udp_socket
@@ -438,9 +424,9 @@ async def _serve(loaded: _Loaded) -> int:
         bound_ip = IPv4Address(udp.local[0])
         if bound_ip == IPv4Address("0.0.0.0"):
             bound_ip = local_address_toward(servers[0].primary) or bound_ip
-        from teredo.core.address import Endpoint
+        from teredo.core.address import endpoint
 
-        local = Endpoint(bound_ip, udp.local[1])
+        local = endpoint(bound_ip, udp.local[1])
         networks = await local_ipv4_networks() if config.local_discovery else ()
         now = time.monotonic()
         core = TeredoClient(
@@ -472,7 +458,7 @@ async def _serve(loaded: _Loaded) -> int:
             )
         _warn_if_native_ipv6(tun.name)
         drop_privileges(config.user, keep=("CAP_NET_ADMIN",))
-        daemon.loop = TunnelLoop(core, udp, tun, after_flush=daemon.on_events)
+        daemon.loop = DataPath(core, udp, tun, after_flush=daemon.on_events)
         log.info(
             "Teredo client on UDP %s:%d (seen as %s), interface %s, servers %s",
             udp.local[0], udp.local[1], local, tun.name, ", ".join(str(s) for s in servers),
@@ -515,7 +501,7 @@ def _watch_discovery(daemon: ClientDaemon) -> None:
     """Feed datagrams sent to 224.0.0.253:3544 to the core (RFC 4380 §5.2.8)."""
     core, loop, sock = daemon.core, daemon.loop, daemon.discovery
     assert loop is not None
-    group = "224.0.0.253"
+    group = str(DISCOVERY_GROUP)
 
     def handle(view: memoryview, source: tuple[str, int], destination: str) -> None:
         if destination == group:
@@ -548,12 +534,11 @@ async def _shutdown(daemon: ClientDaemon) -> None:
         await daemon.hook.close()
     status = daemon.core.status()
     counters = status["counters"]
-    assert isinstance(counters, dict)
     log.info(
         "sent %d and received %d packets through the tunnel; %d drops",
         daemon.core.fast_tx + counters.get("sent", 0) + counters.get("sent_from_queue", 0),
         daemon.core.fast_rx + counters.get("received", 0),
-        sum(status["drops"].values()),  # type: ignore[attr-defined]
+        sum(status["drops"].values()),
     )
 
 

@@ -113,7 +113,8 @@ def checkconf(path: str | None) -> int:
     """
     import sys
 
-    from teredo.core.config import DEFAULT_CONFIG_PATH, load_config
+    from teredo.core.config import DEFAULT_CONFIG_PATH
+    from teredo.programs.loading import load_config
 
     file = DEFAULT_CONFIG_PATH if path is None else path
     config = load_config(file)

@@ -1,6 +1,6 @@
 """The TUN <-> UDP event loop shared by the client and relay daemons.
 
-One `TunnelLoop` joins a tunnel engine (`teredo.core.peering.TunnelEngine`: the relay, or the client
+One `DataPath` joins a tunnel engine (`teredo.core.peering.PeeringEngine`: the relay, or the client
 which extends it) to one UDP socket and one TUN device on the running asyncio loop:
 
 - **UDP readable**: drain every queued datagram into the socket's reused buffer; for each, try
@@ -18,10 +18,11 @@ When the TUN device was opened with offloads (`open_tun(..., offload=True)`), th
 reads the queue in *runs* (`teredo.adapters.tun_runs.read_runs`, in C where built): packets
 with their virtio-net headers, straight into one batch buffer, grouped as they come:
 
-- plain packets for one IPv6 destination, of one size (a shorter one ends the run), partial
-  checksums (`NEEDS_CSUM`) completed: the first one's fast-path verdict is theirs, and a run
-  leaves in one `send_segments` call (UDP segmentation offload), so a flood of small packets to
-  one peer costs one read per packet in C and one Python round trip and send per run;
+- plain packets with one IPv6 source and destination, of one size (a shorter one ends the
+  run), partial checksums (`NEEDS_CSUM`) completed: the first one's fast-path verdict is
+  theirs, and a run leaves in one `send_segments` call (UDP segmentation offload), so a flood
+  of small packets to one peer costs one read per packet in C and one Python round trip and
+  send per run;
 - a super-packet (TCP or UDP segmentation) is cut into MTU-sized IPv6 packets in a second
   buffer, which leave in runs of up to `MAX_SEGMENTS` the same way: ~50 packets for one read
   and one or two sends.
@@ -40,7 +41,7 @@ sent on its own: the portable path.
 packet. Outputs of the full path are flushed right after each call so that a peer's queued
 packets leave before fast-path packets that follow them.
 
-The client daemon reuses it as is: `TunnelLoop(client, udp, tun, after_flush=on_events)`; other
+The client daemon reuses it as is: `DataPath(client, udp, tun, after_flush=on_events)`; other
 sockets (local discovery) can be added with `loop.add_reader` and call `flush()` after feeding
 the engine.
 """
@@ -60,9 +61,10 @@ from teredo.adapters.accel import coalesce_segments, read_runs, segment
 from teredo.adapters.timer import Timer
 from teredo.adapters.tun import DRAIN_LIMIT, TunDevice
 from teredo.adapters.tun_runs import READ_BYTES
-from teredo.adapters.udp import MAX_SEGMENTED_BYTES, MAX_SEGMENTS, Address, UdpSocket
+from teredo.adapters.udp import MAX_SEGMENTED_BYTES, MAX_SEGMENTS, UdpSocket
+from teredo.core.address import Endpoint
 from teredo.core.offload import COALESCED_BYTES, GSO_NONE, OffloadError
-from teredo.core.peering import TunnelEngine
+from teredo.core.peering import PeeringEngine
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +72,12 @@ BATCH_BYTES: Final = 4 * READ_BYTES  # a run of packets plus the next read
 SEGMENT_BYTES: Final = 4 * READ_BYTES  # a super-packet cut into segments, headers repeated
 
 
-class TunnelLoop:
+class DataPath:
     """Glue between a tunnel engine, its UDP socket and its TUN device (see the module doc)."""
 
     def __init__(
         self,
-        engine: TunnelEngine,
+        engine: PeeringEngine,
         udp: UdpSocket,
         tun: TunDevice,
         *,
@@ -176,7 +178,7 @@ class TunnelLoop:
         receive = engine.receive_datagram
         flush = self.flush
 
-        def handle(view: memoryview, source: Address) -> None:
+        def handle(view: memoryview, source: Endpoint) -> None:
             if accept(view, source, now):
                 write(view)
             else:
@@ -194,7 +196,7 @@ class TunnelLoop:
         write, write_frame = self.tun.write, self.tun.write_frame
         flush = self.flush
 
-        def handle(view: memoryview, segment: int, source: Address) -> None:
+        def handle(view: memoryview, segment: int, source: Endpoint) -> None:
             # One read is one UDP flow: every datagram in `view` comes from `source`.
             position, size = 0, len(view)
             while position < size:

@@ -20,7 +20,7 @@ from ipaddress import IPv4Address
 from typing import Any, Final
 
 from teredo.adapters.udp import open_udp_socket
-from teredo.core.address import TEREDO_PORT, Endpoint, parse_teredo_address
+from teredo.core.address import TEREDO_PORT, Endpoint, endpoint, parse_teredo_address
 from teredo.core.errors import UsageError, UserError
 from teredo.core.qualification import (
     QUALIFICATION_ATTEMPTS,
@@ -88,7 +88,7 @@ def probe(server_name: str, timeout: float = 12.0, port: int = 0) -> dict[str, A
                           port_setting="--port")  # fmt: skip
     try:
         local_ip = local_address_toward(primary) or IPv4Address("0.0.0.0")
-        local = Endpoint(local_ip, udp.local[1])
+        local = endpoint(local_ip, udp.local[1])
         qualifier = Qualifier(
             [server],
             os.urandom,
@@ -119,10 +119,10 @@ def _run(qualifier: Qualifier, sock: socket.socket, timeout: float) -> None:
         while True:
             for data, destination in qualifier.datagrams_to_send():
                 try:
-                    sock.sendto(data, (str(destination.address), destination.port))
+                    sock.sendto(data, destination)
                 except OSError as error:
                     raise UserError(
-                        f"cannot send to the Teredo server {destination.address}: "
+                        f"cannot send to the Teredo server {destination[0]}: "
                         f"{error.strerror}; check this host's IPv4 connectivity"
                     ) from None
             while qualifier.next_event() is not None:
@@ -142,9 +142,7 @@ def _run(qualifier: Qualifier, sock: socket.socket, timeout: float) -> None:
                         break
                     except OSError:
                         continue  # a queued ICMP error (port unreachable): keep waiting
-                    qualifier.receive_datagram(
-                        data, Endpoint(IPv4Address(source[0]), source[1]), clock()
-                    )
+                    qualifier.receive_datagram(data, source, clock())
             now = clock()
             if (timer := qualifier.get_timer()) is not None and now >= timer:
                 qualifier.handle_timer(now)
@@ -159,12 +157,12 @@ def _document(qualifier: Qualifier, server: ServerPair, local: Endpoint) -> dict
     return {
         "server": str(server.primary),
         "secondary_server": str(server.secondary) if server.secondary else None,
-        "local_address": str(local.address),
-        "local_port": local.port,
-        "mapped_address": str(qualifier.mapped.address),
-        "mapped_port": qualifier.mapped.port,
-        "secondary_mapped_address": str(secondary.address) if secondary else None,
-        "secondary_mapped_port": secondary.port if secondary else None,
+        "local_address": local[0],
+        "local_port": local[1],
+        "mapped_address": qualifier.mapped[0],
+        "mapped_port": qualifier.mapped[1],
+        "secondary_mapped_address": secondary[0] if secondary else None,
+        "secondary_mapped_port": secondary[1] if secondary else None,
         "nat": qualifier.nat.value,
         "cone": qualifier.cone_answered,
         "port_preserving": qualifier.port_preserving,

@@ -30,17 +30,19 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import Any, Final
 
 from teredo.adapters.control import ControlServer, start_control_server
-from teredo.adapters.daemon import keep_restart_only, setup_logging, wait_for_shutdown
+from teredo.adapters.daemon import setup_logging, wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
 from teredo.core.config import DEFAULT_CONFIG_PATH, RelayConfig, parse_relay_config
-from teredo.core.errors import UsageError, UserError
+from teredo.core.errors import UserError
 from teredo.core.relay import TeredoRelay, relay_settings
-from teredo.programs.datapath import TunnelLoop
+from teredo.programs.datapath import DataPath
+from teredo.programs.loading import Loaded, keep_restart_only, load
+from teredo.programs.status import merge_counters
 
 log = logging.getLogger(__name__)
 
@@ -51,28 +53,18 @@ SECRET_BYTES: Final = 32
 _SCOPE_GLOBAL: Final = 0x00
 
 
-@dataclass(slots=True)
-class _Loaded:
-    config: RelayConfig
-    path: str
-    syslog: str | None  # the facility when SyslogFacility is set, else None (stderr)
-
-
-def load_relay_config(config_path: str | None) -> _Loaded:
+def load_relay_config(config_path: str | None) -> Loaded[RelayConfig]:
     """Read the configuration the way `teredo relay [-c FILE]` does (default miredo.conf)."""
-    from teredo.core.config import read_config_text, tokenize_config
-
-    path = config_path or DEFAULT_CONFIG_PATH
-    if config_path is None and not os.path.exists(path):
-        raise UsageError(
-            f"there is no {path}; give a configuration file with -c FILE containing "
-            "`RelayType relay` (or host-specific)"
-        )
-    text = read_config_text(path)
-    config = parse_relay_config(text, path)
-    explicit = {line.key for line in tokenize_config(text)}
-    syslog = config.syslog_facility if "syslogfacility" in explicit else None
-    return _Loaded(config, path, syslog)
+    return load(
+        config_path,
+        None,
+        default_path=DEFAULT_CONFIG_PATH,
+        parse=lambda text, source, _: parse_relay_config(text, source),
+        missing=(
+            f"there is no {DEFAULT_CONFIG_PATH}; give a configuration file with -c FILE "
+            "containing `RelayType relay` (or host-specific)"
+        ),
+    )
 
 
 def host_addresses(exclude_interface: str | None = None, path: str = IF_INET6) -> list[IPv6Address]:
@@ -101,9 +93,9 @@ def host_addresses(exclude_interface: str | None = None, path: str = IF_INET6) -
 class RelayDaemon:
     """The running relay: the core, the loop and the interface."""
 
-    loaded: _Loaded
+    loaded: Loaded[RelayConfig]
     core: TeredoRelay
-    loop: TunnelLoop | None = None
+    loop: DataPath | None = None
     iface: Any = None  # netlink.InterfaceConfigurator (imported lazily with pyroute2)
     control: ControlServer | None = None
     interface: str = ""
@@ -143,13 +135,10 @@ class RelayDaemon:
         if not self.core.host_specific:
             document["ipv6_forwarding"] = self.forwarding
         core = self.core.status()
-        core.pop("role", None)
-        document.update(core)
-        if self.loop is not None:
-            counters = dict(core["counters"])  # type: ignore[call-overload]
-            counters.update(self.loop.counters())
-            document["counters"] = dict(sorted(counters.items()))
-        document["drops"] = dict(sorted(core["drops"].items()))  # type: ignore[attr-defined]
+        document.update((key, value) for key, value in core.items() if key not in document)
+        io = self.loop.counters() if self.loop is not None else {}
+        document["counters"] = merge_counters(core["counters"], io)
+        document["drops"] = dict(sorted(core["drops"].items()))
         return document
 
     def reload(self) -> None:
@@ -180,7 +169,7 @@ class RelayDaemon:
             from teredo.adapters.netlink import set_mtu
 
             asyncio.get_running_loop().create_task(_set_mtu(set_mtu, self.interface, kept))
-        self.loaded = _Loaded(kept, loaded.path, loaded.syslog)
+        self.loaded = replace(loaded, config=kept)
         self.refresh_addresses()
         log.info(
             "reloaded: at most %d peers, %d queued bytes per peer, private addresses %s",
@@ -207,7 +196,7 @@ def run_relay(config_path: str | None) -> int:
     return asyncio.run(_serve(loaded))
 
 
-async def _serve(loaded: _Loaded) -> int:
+async def _serve(loaded: Loaded[RelayConfig]) -> int:
     from teredo.adapters.netlink import InterfaceConfigurator, ipv6_forwarding_enabled
     from teredo.adapters.tun import TunDevice, open_tun
     from teredo.adapters.udp import UdpSocket, open_udp_socket
@@ -246,7 +235,7 @@ async def _serve(loaded: _Loaded) -> int:
                 config.control_socket, daemon.status, started=daemon.started
             )
         drop_privileges(config.user, keep=("CAP_NET_ADMIN",))
-        daemon.loop = TunnelLoop(core, udp, tun)
+        daemon.loop = DataPath(core, udp, tun)
         daemon.loop.start()
         refresher = asyncio.get_running_loop().create_task(_refresh(daemon))
         log.info(
@@ -277,7 +266,7 @@ async def _serve(loaded: _Loaded) -> int:
             "relayed %d packets to Teredo peers and %d to the native side; %d drops",
             core.fast_tx + core.counters.get("sent", 0) + core.counters.get("sent_from_queue", 0),
             core.fast_rx + core.counters.get("received", 0),
-            sum(status["drops"].values()),  # type: ignore[attr-defined]
+            sum(status["drops"].values()),
         )
     return 0
 

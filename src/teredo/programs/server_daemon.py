@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -30,50 +29,32 @@ from ipaddress import IPv4Address
 from typing import Any, Final
 
 from teredo.adapters.control import ControlServer, start_control_server
-from teredo.adapters.daemon import keep_restart_only, setup_logging, wait_for_shutdown
+from teredo.adapters.daemon import setup_logging, wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
-from teredo.adapters.udp import Address, UdpSocket, open_udp_socket
+from teredo.adapters.udp import UdpSocket, open_udp_socket
 from teredo.core.address import TEREDO_PORT, Endpoint
 from teredo.core.config import DEFAULT_SERVER_CONFIG_PATH, ServerConfig, parse_server_config
-from teredo.core.errors import UsageError, UserError
+from teredo.core.errors import UserError
 from teredo.core.server import ServerSettings, TeredoServer
+from teredo.programs.loading import Loaded, keep_restart_only, load
 
 log = logging.getLogger(__name__)
 
 NATIVE_SOCKET_BUFFER: Final = 1 << 20
 
 
-@dataclass(slots=True)
-class _Loaded:
-    """A parsed configuration and what the file said explicitly."""
-
-    config: ServerConfig
-    path: str | None
-    syslog: str | None  # the facility when SyslogFacility is set, else None (stderr)
-
-
-def load_server_config(config_path: str | None, address: str | None) -> _Loaded:
-    """Read the configuration the way `teredo server [-c FILE] [ADDRESS]` does.
-
-    Without ``-c`` the default file is read; when it does not exist and ADDRESS is given, the
-    server runs with the defaults (Miredo needs a file; this spares one for a quick start).
-    """
-    from teredo.core.config import read_config_text, tokenize_config
-
-    path = config_path or DEFAULT_SERVER_CONFIG_PATH
-    if config_path is None and address is not None and not os.path.exists(path):
-        text, source = "", "<command line>"
-    elif config_path is None and not os.path.exists(path):
-        raise UsageError(
-            f"there is no {path}; give a configuration file with -c FILE, or the server's "
-            "primary IPv4 address as `teredo server ADDRESS`"
-        )
-    else:
-        text, source = read_config_text(path), path
-    config = parse_server_config(text, source, address=address)
-    explicit = {line.key for line in tokenize_config(text)}
-    syslog = config.syslog_facility if "syslogfacility" in explicit else None
-    return _Loaded(config, None if source == "<command line>" else path, syslog)
+def load_server_config(config_path: str | None, address: str | None) -> Loaded[ServerConfig]:
+    """Read the configuration the way `teredo server [-c FILE] [ADDRESS]` does."""
+    return load(
+        config_path,
+        address,
+        default_path=DEFAULT_SERVER_CONFIG_PATH,
+        parse=lambda text, source, address: parse_server_config(text, source, address=address),
+        missing=(
+            f"there is no {DEFAULT_SERVER_CONFIG_PATH}; give a configuration file with -c "
+            "FILE, or the server's primary IPv4 address as `teredo server ADDRESS`"
+        ),
+    )
 
 
 def settings_from_config(config: ServerConfig) -> ServerSettings:
@@ -131,8 +112,7 @@ class NativeSocket:
 class ServerDaemon:
     """The running server: the core, its sockets, and the glue between them."""
 
-    loaded: _Loaded
-    address: str | None  # the ADDRESS argument, kept for reloads
+    loaded: Loaded[ServerConfig]
     core: TeredoServer
     clock: Callable[[], float]
     sockets: dict[IPv4Address, UdpSocket] = field(default_factory=dict)
@@ -151,12 +131,8 @@ class ServerDaemon:
         core = self.core
         now = self.clock()
 
-        def handle(view: memoryview, source: Address) -> None:
-            try:
-                endpoint = Endpoint(IPv4Address(source[0]), source[1])
-            except ValueError:  # pragma: no cover - the kernel gives dotted quads
-                return
-            core.receive_datagram(bytes(view), endpoint, local, now)
+        def handle(view: memoryview, source: Endpoint) -> None:
+            core.receive_datagram(bytes(view), source, local, now)
 
         udp.drain(handle)
         self.flush()
@@ -164,7 +140,7 @@ class ServerDaemon:
     def flush(self) -> None:
         for datagram in self.core.datagrams_to_send():
             udp = self.sockets[datagram.source]
-            udp.send(datagram.data, (str(datagram.destination.address), datagram.destination.port))
+            udp.send(datagram.data, datagram.destination)
         if self.native is not None:
             for packet in self.core.native_packets_to_send():
                 self.native.send(packet)
@@ -201,7 +177,7 @@ class ServerDaemon:
     def reload(self) -> None:
         """SIGHUP: apply what can change without new sockets; say what needs a restart."""
         old = self.config
-        loaded = load_server_config(self.loaded.path, self.address)
+        loaded = load_server_config(self.loaded.path, self.loaded.argument)
         new = loaded.config
         for warning in new.warnings:
             log.warning("%s", warning)
@@ -227,7 +203,7 @@ class ServerDaemon:
             setup_logging(0, syslog_facility=loaded.syslog)
         settings = settings_from_config(kept)
         self.core.reconfigure(settings)
-        self.loaded = _Loaded(kept, loaded.path, loaded.syslog)
+        self.loaded = replace(loaded, config=kept)
         log.info(
             "reloaded: advertising %s, MTU %d, private addresses %s",
             self.core.client_prefix,
@@ -250,15 +226,14 @@ def run_server(config_path: str | None, address: str | None = None) -> int:
     setup_logging(0, syslog_facility=loaded.syslog)
     for warning in loaded.config.warnings:
         log.warning("%s", warning)
-    return asyncio.run(_serve(loaded, address))
+    return asyncio.run(_serve(loaded))
 
 
-async def _serve(loaded: _Loaded, address: str | None) -> int:
+async def _serve(loaded: Loaded[ServerConfig]) -> int:
     loop = asyncio.get_running_loop()
     config = loaded.config
     daemon = ServerDaemon(
         loaded=loaded,
-        address=address,
         core=TeredoServer(settings_from_config(config)),
         clock=loop.time,
     )

@@ -1,0 +1,60 @@
+"""The status documents the roles' cores report (`teredo status`, the control socket), typed.
+
+Each core gives a JSON-able snapshot of its state, counters and drops by reason; the daemons
+(`teredo.programs`) add what only they know (interface, bind address, I/O counters) and the
+control socket sends the whole as JSON. Counters and drops are ``{name: count}`` with names in
+snake_case, stable across versions (tools read them).
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class EngineStatus(TypedDict):
+    """What the peering engine shared by clients and relays reports."""
+
+    peers: int
+    trusted_peers: int
+    max_peers: int
+    queued_bytes: int
+    evicted_peers: int
+    expired_peers: int
+    counters: dict[str, int]
+    drops: dict[str, int]
+
+
+class RelayEngineStatus(EngineStatus):
+    """A relay's core: the engine's figures and the role."""
+
+    role: str
+
+
+class HostSpecificRelayStatus(RelayEngineStatus):
+    """A host-specific relay's core: also the host's addresses, the only ones it serves."""
+
+    host_addresses: list[str]
+
+
+class ClientEngineStatus(EngineStatus):
+    """A client's core: the engine's figures and the qualification state (RFC 4380 §5.2)."""
+
+    role: str
+    state: str
+    address: str | None
+    server: str
+    secondary_server: str | None
+    mapped: str | None
+    nat: str
+    port_preserving: bool | None
+    mtu: int | None
+    rtt_ms: float | None
+    local_discovery: bool
+
+
+class ServerCoreStatus(TypedDict):
+    """A server's core: its counters and drops by reason (RFC 4380 §5.3)."""
+
+    counters: dict[str, int]
+    drops: dict[str, int]
+    rate_limited_sources: int
