@@ -22,7 +22,7 @@ second chance to an entry used within the idle timeout: the hand passes it rathe
 
 Memory layout
 -------------
-A relay may hold a million peers (issue 7: at most ~200 bytes each), nearly all *established*:
+A relay may hold a million peers (at most ~200 bytes each is the goal), nearly all *established*:
 trusted, heard from recently, nothing queued, no setup under way. In CPython every object has a
 header and every number is an object of its own (a float 24 bytes, an int 28 to 40), so the
 layout is cut to the established peer:
@@ -59,7 +59,8 @@ from __future__ import annotations
 import struct
 from typing import Any, Final, Generic, TypeVar, cast, overload
 
-Endpoint = tuple[str, int]
+from teredo.core.address import Endpoint
+
 Link = Endpoint | int | None
 
 PEER_VALIDITY: Final = 30.0  # RFC 4380 §5.2.4: valid if last reception < 30 s ago
@@ -487,13 +488,6 @@ class PeerTable:
         queue = peer.queue or []
         self._drop_queue(peer)
         return queue
-
-    def discard_queue(self, peer: Peer) -> int:
-        """Drop the queue (setup failed); return how many packets were dropped."""
-        queue = peer.queue
-        count = len(queue) if queue else 0
-        self._drop_queue(peer)
-        return count
 
     # -----------------------------------------------------------------------------------------
     # Expiry and eviction
