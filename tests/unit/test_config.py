@@ -6,7 +6,6 @@ The Miredo behaviour mirrored here was observed with Miredo 1.2.6's miredo-check
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import shutil
 import subprocess
@@ -752,24 +751,6 @@ def test_fuzz_arbitrary_text(text: str, role: str | None) -> None:
 )
 def test_fuzz_directive_lines(lines: list[tuple[str, str, str]], role: str | None) -> None:
     check_outcome("".join(f"{name}{blank}{value}\n" for name, value, blank in lines), role)
-
-
-# --- the core stays pure ------------------------------------------------------------------------
-
-
-def test_config_module_imports_no_io() -> None:
-    tree = ast.parse(Path(teredo.core.config.__file__).read_text())
-    imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    } | {
-        (node.module or "").split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-    }
-    assert not imported & {"os", "socket", "time", "asyncio", "random", "subprocess"}
 
 
 # --- `teredo checkconf` -------------------------------------------------------------------------
