@@ -278,6 +278,11 @@ static PyObject *segment(PyObject *module, PyObject *args) {
             goto done;
         }
         header_bytes = IPV6_HEADER_BYTES + (packet[IPV6_HEADER_BYTES + 12] >> 4) * 4;
+        if (header_bytes < IPV6_HEADER_BYTES + 20) {
+            /* A data offset under 5 words: the checksum field would lie past the header. */
+            raise_offload_error("TCP header shorter than 20 bytes");
+            goto done;
+        }
         field = IPV6_HEADER_BYTES + TCP_CHECKSUM_OFFSET;
         tcp = 1;
     } else if (kind == GSO_UDP_L4 && next_header == NEXT_HEADER_UDP) {

@@ -173,6 +173,21 @@ def test_segment_refuses_what_it_cannot_cut(packet: bytes) -> None:
         segment(memoryview(packet), GSO_TCPV6, 1000, memoryview(bytearray(4096)))
 
 
+@pytest.mark.parametrize("cutter", [segment, python_segment])
+@pytest.mark.parametrize("words", [0, 1, 2, 3, 4])
+def test_segment_refuses_a_tcp_data_offset_under_five_words(
+    cutter: Callable[..., tuple[int, int, int]], words: int
+) -> None:
+    """With a data offset of 2-4 words the checksum field (offset 16) lies past the header:
+    writing it overran the segments. Both twins refuse such a packet the same way."""
+    packet = bytearray(tcp_packet(bytes(64), sequence=0, flags=TCP_ACK))
+    packet[40 + 12] = words << 4
+    out = bytearray(b"\xaa" * 8192)
+    with pytest.raises(OffloadError):
+        cutter(memoryview(bytes(packet)), GSO_TCPV6, 8, memoryview(out))
+    assert out == b"\xaa" * 8192
+
+
 def test_segment_refuses_a_short_output_buffer() -> None:
     packet = tcp_packet(bytes(5000), sequence=0, flags=TCP_ACK)
     with pytest.raises(OffloadError):

@@ -69,6 +69,7 @@ TCP_PSH: Final = 0x08
 TCP_ACK: Final = 0x10
 TCP_CWR: Final = 0x80
 TCP_CHECKSUM_OFFSET: Final = 16
+TCP_MIN_HEADER_BYTES: Final = 20  # RFC 9293 §3.1: data offset of at least 5 words
 UDP_CHECKSUM_OFFSET: Final = 6
 
 
@@ -107,6 +108,10 @@ def python_segment(
         if len(packet) < IPV6_HEADER_BYTES + 20:
             raise OffloadError("TCP header truncated")
         header_bytes = IPV6_HEADER_BYTES + (packet[IPV6_HEADER_BYTES + 12] >> 4) * 4
+        if header_bytes < IPV6_HEADER_BYTES + TCP_MIN_HEADER_BYTES:
+            # A data offset under 5 words (RFC 9293 §3.1): the checksum field would lie past
+            # the header, in the payload or beyond the packet.
+            raise OffloadError("TCP header shorter than 20 bytes")
         checksum_field = IPV6_HEADER_BYTES + TCP_CHECKSUM_OFFSET
         tcp = True
     elif kind == GSO_UDP_L4 and next_header == NEXT_HEADER_UDP:
