@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -91,6 +92,30 @@ def test_hook_helper_passes_only_valid_miredo_variables(tmp_path: Path) -> None:
     assert env["ADDRESS"] == "2001:0:c633:6402::1"
     assert "LD_PRELOAD" not in env and "OLD_ADDRESS" not in env
     assert env["PATH"].startswith("/usr/local/sbin")
+
+
+def test_hook_output_does_not_confuse_the_helper(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hook that prints (Miredo's client-hook runs `ip`, which may) must not be taken for the
+    helper's reply: its exit status is still the one reported, run after run."""
+    script = tmp_path / "hook"
+    script.write_text("#!/bin/sh\necho hello\necho '{\"code\": 0}'\nexit 3\n")
+    script.chmod(0o755)
+
+    async def run() -> None:
+        runner = HookRunner(str(script))
+        await runner.start()
+        try:
+            for state in ("up", "down"):
+                await runner.run({"STATE": state, "IFACE": "teredo"})
+        finally:
+            await runner.close()
+
+    with caplog.at_level(logging.INFO, logger="teredo.programs.client_daemon"):
+        asyncio.run(run())
+    statuses = [r.getMessage() for r in caplog.records if "exited with status" in r.getMessage()]
+    assert len(statuses) == 2 and all(m.endswith("status 3") for m in statuses), caplog.text
 
 
 def test_hook_script_must_be_executable(tmp_path: Path) -> None:

@@ -164,8 +164,9 @@ for line in sys.stdin:
         for key, value in request.items():
             if key in allowed and isinstance(value, str) and re.fullmatch(allowed[key], value):
                 env[key] = value
+        # The script's output goes to our stderr (the daemon's log): stdout carries the replies.
         code = subprocess.run([script], env=env, timeout=timeout, stdin=subprocess.DEVNULL,
-                              check=False).returncode
+                              stdout=sys.stderr.fileno(), check=False).returncode
     except Exception as error:
         print(json.dumps({"error": str(error)}), flush=True)
         continue
