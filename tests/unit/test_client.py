@@ -543,6 +543,33 @@ def test_flood_of_unverified_native_packets_is_bounded() -> None:
     assert node.delivered == []
 
 
+def test_held_packets_leave_with_their_evicted_peer() -> None:
+    """rx case 6: packets held for an echo test are dropped when their peer is evicted, so the
+    held-bytes budget is not eaten by entries that can never be released, and a new native
+    peer's first packet is held after a flood of others (it was dropped as held_queue_full)."""
+    world = World()
+    client, _ = world.add_client(("203.0.113.40", 5000), None)
+    world.run(1.0)
+    assert client.address is not None
+
+    def from_native(i: int) -> bytes:
+        source = IPv6Address(int(IPv6Address("2001:db8:77::")) + i)
+        return encode_echo(source, client.address, 1, 1, b"x" * 1000)
+
+    for i in range(3000):  # more than MaxPeers (1024): most entries are evicted
+        client.receive_datagram(from_native(i), ("203.0.113.66", 3545), world.now)
+        client.datagrams_to_send()
+    held = sum(len(p) for packets in client._held.values() for p, _ in packets)
+    assert client._held_bytes == held
+    assert set(client._held) <= {address for address, _ in client.peers.items()}
+    before = client.drops.get("held_queue_full", 0)
+    client.receive_datagram(from_native(99999), ("203.0.113.66", 3545), world.now)
+    assert client.drops.get("held_queue_full", 0) == before
+    assert client.counters["held_for_echo_test"] > client.drops["held_evicted"] > 0
+    world.run(12.0)  # every echo test fails (nobody answers): nothing stays held
+    assert client._held_bytes == 0 and not client._held
+
+
 def test_flood_of_indirect_bubbles_is_bounded() -> None:
     world = World()
     client, _ = world.add_client(("203.0.113.40", 5000), None)

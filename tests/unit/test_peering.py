@@ -260,14 +260,32 @@ def test_flood_of_new_sources_keeps_memory_bounded_and_traffic_flowing() -> None
     assert len(engine._retries) <= 2 * max_peers + 64
 
 
-def test_eviction_prefers_untrusted_entries() -> None:
+def test_eviction_spares_an_established_peer() -> None:
     engine = relay(max_peers=4)
-    trusted = teredo("203.0.113.9", 9)
-    engine.receive_datagram(from_peer(trusted), ("203.0.113.9", 9), 0.0)
+    established = teredo("203.0.113.9", 9)
+    engine.receive_datagram(from_peer(established), ("203.0.113.9", 9), 0.0)
+    engine.receive_datagram(from_peer(established), ("203.0.113.9", 9), 0.05)
     for port in range(1, 20):
         engine.send_ipv6(to_peer(teredo(port=port)), 0.1)
     assert len(engine.peers) == 4
-    assert engine.peers.get(trusted) is not None
+    assert engine.peers.get(established) is not None
+
+
+def test_what_will_be_dropped_creates_no_entry() -> None:
+    """Unsolicited bubbles from self-consistent strangers, and packets for destinations the
+    relay does not serve (multicast, link-local, Teredo), are dropped or consumed without an
+    entry: one UDP socket can claim 2^48 Teredo sources."""
+    engine = relay()
+    for port in range(1, 200):
+        stranger = teredo(port=port)
+        source = ("203.0.113.2", port)
+        engine.receive_datagram(encode_bubble(IPv6Address(stranger), NATIVE), source, 1.0)
+        for destination in ("ff02::1", "fe80::1", str(IPv6Address(teredo(port=9)))):
+            packet = encode_echo(IPv6Address(stranger), IPv6Address(destination), 1, 1, b"x")
+            engine.receive_datagram(packet, source, 1.0)
+    assert len(engine.peers) == 0
+    assert engine.counters["bubbles_received"] == 199
+    assert engine.drops["destination_not_served"] == 3 * 199
 
 
 # ---------------------------------------------------------------------------------------------

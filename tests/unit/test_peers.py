@@ -65,16 +65,35 @@ def test_ping_budget() -> None:
     assert peer.setup_exhausted(now)
 
 
-def test_table_is_bounded_and_evicts_untrusted_first() -> None:
+def test_table_is_bounded_and_evicts_unproven_entries_first() -> None:
     table = PeerTable(max_peers=3)
-    trusted = table.create(key(1), now=0.0)
-    trusted.trust(("192.0.2.1", 1), now=0.0)
+    established = table.create(key(1), now=0.0)
+    established.trust(("192.0.2.1", 1), now=0.0)
+    established.last_rx = 0.5  # heard from again: it has proven itself
     table.create(key(2), now=0.0)
     table.create(key(3), now=0.0)
     table.create(key(4), now=1.0)
     assert len(table) == 3
     assert key(1) in table and key(2) not in table
     assert table.evicted == 1
+
+
+def test_a_flood_of_new_entries_churns_among_itself() -> None:
+    """Entries seen once (trusted or not) are evicted oldest first; an established peer and
+    recent entries heard from again stay, and every eviction examines a bounded number."""
+    removed: list[bytes] = []
+    table = PeerTable(max_peers=100, on_remove=lambda address, _: removed.append(address))
+    established = table.create(key(0), now=0.0)
+    table.trust(established, ("192.0.2.1", 1), now=0.0)
+    for n in range(1, 5000):
+        now = n / 1000
+        entry = table.create(key(n), now)
+        table.trust(entry, ("192.0.2.2", n), now)  # one packet each, like a flood
+        if n % 50 == 0:
+            established.rx = now  # the legitimate peer keeps talking
+    assert key(0) in table and len(table) == 100
+    assert table.evicted == len(removed) == 4900
+    assert key(0) not in removed and removed[:3] == [key(1), key(2), key(3)]
 
 
 def test_queue_limits_per_peer_and_total() -> None:

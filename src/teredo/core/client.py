@@ -51,7 +51,7 @@ backoff) and the discovery period; `get_timer()` is the earliest.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
@@ -162,7 +162,8 @@ class TeredoClient(PeeringEngine):
         self.required_source = b""  # nothing leaves before an address is configured
         self._events: deque[ClientEvent] = deque()
         self._last_reply: dict[bytes, float] = {}
-        self._held: dict[bytes, list[tuple[bytes, Endpoint]]] = {}
+        # rx case 6: packets from native sources held during their echo test, oldest first.
+        self._held: OrderedDict[bytes, list[tuple[bytes, Endpoint]]] = OrderedDict()
         self._held_bytes = 0
         self._discovery_at: float | None = None
         self._last_announce = now - DISCOVERY_ANNOUNCE_SPACING
@@ -377,12 +378,19 @@ class TeredoClient(PeeringEngine):
             self.schedule_retry(destination, peer, now + PING_SPACING)
 
     def _retry_native(self, address: bytes, peer: Peer, now: float) -> None:
+        """The echo test toward a native peer (RFC 4380 §5.2.9): try again, or give up and drop
+        what waited for it, the packets to send (queue) and those received (held)."""
+        if not peer.queue and address not in self._held:
+            return
         if peer.may_ping(now):
             self._send_echo_test(address, peer, now)
             self.schedule_retry(address, peer, now + PING_SPACING)
         elif peer.pings >= PING_BUDGET:
             self.count("echo_tests_failed")
-            self.fail_setup(address, peer, now)
+            if peer.queue:
+                self.fail_setup(address, peer, now)
+            for _ in self._drop_held(address):
+                self.drop("unverified_relay")
         else:
             self.schedule_retry(address, peer, peer.last_ping + PING_SPACING)
 
@@ -401,8 +409,8 @@ class TeredoClient(PeeringEngine):
                 self._send_discovery(now)
         super()._send_to_teredo(packet, dst, peer, now)
 
-    def _on_expired(self, address: bytes, peer: Peer) -> None:
-        self._drop_held(address)
+    def _on_removed(self, address: bytes, peer: Peer) -> None:
+        self._drop_held(address)  # expired or evicted: its held packets can never be released
 
     # -- the server's packets -------------------------------------------------------------------
 
@@ -505,23 +513,28 @@ class TeredoClient(PeeringEngine):
         if not peer.may_ping(now) and peer.pings >= PING_BUDGET:
             self.drop("unverified_relay")
             return
-        self._hold(src, ipv6, source, now)
+        self._hold(src, ipv6, source)
         if peer.may_ping(now):
             self._send_echo_test(src, peer, now)
+            self.schedule_retry(src, peer, now + PING_SPACING)  # gives up after the last one
 
-    def _hold(self, src: bytes, ipv6: bytes, source: Endpoint, now: float) -> None:
-        held = self._held.setdefault(src, [])
+    def _hold(self, src: bytes, ipv6: bytes, source: Endpoint) -> None:
+        """Hold `ipv6` from native `src`, within the per-peer limit; past the total limit the
+        oldest peers' held packets make room (a flood of new native sources churns among
+        itself, as new peer entries do, and the newest peer is not refused)."""
         size = len(ipv6)
-        in_peer = sum(len(p) for p, _ in held)
-        if (
-            in_peer + size > self.settings.max_queue_bytes
-            or self._held_bytes + size > MAX_INBOUND_HELD_BYTES
-        ):
+        held = self._held.get(src, [])
+        if sum(len(p) for p, _ in held) + size > self.settings.max_queue_bytes:
             self.drop("held_queue_full")
-            if not held:
-                del self._held[src]
             return
-        held.append((ipv6, source))
+        while self._held_bytes + size > MAX_INBOUND_HELD_BYTES and self._held:
+            oldest = next(iter(self._held))
+            for _ in self._drop_held(oldest):
+                self.drop("held_evicted")
+        if size > MAX_INBOUND_HELD_BYTES:
+            self.drop("held_queue_full")
+            return
+        self._held.setdefault(src, []).append((ipv6, source))
         self._held_bytes += size
         self.count("held_for_echo_test")
 
@@ -534,9 +547,11 @@ class TeredoClient(PeeringEngine):
             else:
                 self.drop("held_from_other_relay")
 
-    def _drop_held(self, src: bytes) -> None:
-        for ipv6, _ in self._held.pop(src, []):
+    def _drop_held(self, src: bytes) -> list[tuple[bytes, Endpoint]]:
+        held = self._held.pop(src, [])
+        for ipv6, _ in held:
             self._held_bytes -= len(ipv6)
+        return held
 
     # -- local discovery ------------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ Data types: mappings and datagram sources are `Endpoint` tuples, ``(dotted_quad,
 
 Policy hooks (every role implements them): `_serves`, `_on_unverified`,
 `_on_native_destination`, `_retry_native`, `_bubble_source`; optional: `_on_datagram` (a first
-look at every parsed datagram), `_on_expired`. Roles use the primitives `emit`, `deliver`,
+look at every parsed datagram), `_on_removed`. Roles use the primitives `emit`, `deliver`,
 `accept`, `count`, `drop`, `drop_unverified`, `queue_packet`, `trust_peer`, `send_bubbles`,
 `send_indirect_bubble`, `send_direct_bubble`, `send_unreachable`, `schedule_retry`,
 `fail_setup`.
@@ -190,6 +190,7 @@ class PeeringEngine(ABC):
             idle_timeout=settings.idle_timeout,
             max_queue_bytes=settings.max_queue_bytes,
             max_total_queue_bytes=settings.max_total_queue_bytes,
+            on_remove=self._on_removed,
         )
         self._random_bytes = random_bytes
         self._secret = secret
@@ -256,8 +257,7 @@ class PeeringEngine(ABC):
             self._next_sweep = now + SWEEP_INTERVAL
             table = self.peers
             budget = max(SWEEP_MIN_BUDGET, int(len(table) * SWEEP_INTERVAL / SWEEP_PERIOD) + 1)
-            for address, peer in table.sweep(now, budget):
-                self._on_expired(address, peer)
+            table.sweep(now, budget)
 
     def engine_status(self) -> EngineStatus:
         """A JSON-able snapshot: peer counts, queued bytes, counters and drops by reason."""
@@ -352,6 +352,11 @@ class PeeringEngine(ABC):
         if src[0] == 0xFF:
             self.drop("multicast_source")
             return
+        bubble = is_bubble(ipv6)
+        if not bubble and not self._serves(ipv6[24:40]):
+            # Before any state: nothing that will be dropped creates or refreshes an entry.
+            self.drop("destination_not_served")
+            return
         peers = self.peers
         peer = peers.get(src)
         if peer is not None and peers.is_mapped_at(peer, source):
@@ -362,8 +367,14 @@ class PeeringEngine(ABC):
             # rx case 3 (RFC 4380 §5.2.3) / relay anti-spoofing (§5.4.2): mapping proven.
             if not self._global_source(source):
                 return
+            if bubble and peer is None and not self._answers_our_bubble(packet, peer):
+                # An unsolicited bubble from a stranger: consumed, and no entry for it. RFC 4380
+                # §5.4.2 would create one, but nothing needs it (the peer's data will create
+                # it), and one UDP socket could claim 2^48 such sources to fill the table.
+                self.count("bubbles_received")
+                return
             peer = self.trust_peer(src, source, now)
-        elif is_bubble(ipv6) and self.is_teredo(src) and self._answers_our_bubble(packet, peer):
+        elif bubble and self.is_teredo(src) and self._answers_our_bubble(packet, peer):
             # RFC 6081 §5.2.4.4, or our cookie: a reply to our bubble from a mismatched mapping
             # (symmetric NAT); the outer source is the mapping to use.
             if not self._global_source(source):
@@ -442,10 +453,12 @@ class PeeringEngine(ABC):
 
     def _retry(self, address: bytes, peer: Peer, now: float) -> None:
         """A retry deadline passed for `peer`: bubble again, or give up (RFC 4380 §5.4.1)."""
-        if peer.is_valid(now) or not peer.queue:
+        if peer.is_valid(now):
             return
         if not self.is_teredo(address):
             self._retry_native(address, peer, now)
+            return
+        if not peer.queue:
             return
         if self.send_bubbles(address, peer, now):
             return
@@ -671,8 +684,8 @@ class PeeringEngine(ABC):
         its server's packets here). Default: not handled."""
         return False
 
-    def _on_expired(self, address: bytes, peer: Peer) -> None:  # noqa: B027 (optional hook)
-        """The sweep removed an idle entry. Default: nothing to do."""
+    def _on_removed(self, address: bytes, peer: Peer) -> None:  # noqa: B027 (optional hook)
+        """The table dropped an entry by itself (expired or evicted). Default: nothing to do."""
 
     # -----------------------------------------------------------------------------------------
     # Helpers

@@ -15,10 +15,17 @@ least 2 s apart (§5.2.9, CVE-2006-6266). Packets waiting for a peer's setup are
 limit per peer and a limit for the whole table (RFC 4380 §5.4.1, §7.3.3), so whatever arrives,
 memory stays bounded: `max_peers` entries, each with at most `max_queue_bytes` queued.
 
-The table is bounded: inserting into a full table evicts the least recently used entry. Use is
-not tracked by reordering on every packet (that would cost on the data path); instead eviction
-and the idle sweep share one CLOCK hand going round the entries in insertion order, and give a
-second chance to an entry used within the idle timeout: the hand passes it rather than drop it.
+The table is bounded, and admission is what keeps it useful under a flood: inserting into a
+full table evicts, in O(1), an entry that has not proven itself rather than an established peer.
+A new entry starts on *probation* (a FIFO of the newest entries, at most `PROBATION_LIMIT`):
+eviction takes the oldest probation entry not heard from since it was created; an entry heard
+from since leaves probation for good. So entries from a flood of new sources or destinations,
+each seen once, compete only among themselves (like the A1 queue of 2Q or SIEVE's new
+objects), and a busy peer is never the one to go. Use is not tracked by reordering on every
+packet (that would cost on the data path); beyond probation, eviction and the idle sweep share
+one CLOCK hand going round the entries in insertion order, which gives a second chance to an
+entry used within the idle timeout. The roles add the other half: nothing that will be dropped
+creates an entry (`teredo.core.peering`).
 
 Memory layout
 -------------
@@ -57,6 +64,8 @@ to three times its entries (84 bytes a slot at 1 M), and the CLOCK hand's round 
 from __future__ import annotations
 
 import struct
+from collections import deque
+from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar, cast, overload
 
 from teredo.core.address import Endpoint
@@ -74,6 +83,7 @@ PING_BUDGET: Final = 4  # ... repeated up to 3 times
 DEFAULT_MAX_QUEUE_BYTES: Final = 1280  # per peer, as Miredo
 DEFAULT_MAX_TOTAL_QUEUE_BYTES: Final = 4 * 1024 * 1024
 EVICTION_SCAN: Final = 64  # entries examined for a second chance before evicting the oldest
+PROBATION_LIMIT: Final = 65536  # newest entries tracked for eviction first (see `create`)
 HOT_MAPPINGS: Final = 16384  # [IMPL] peers holding their mapping as a sockaddr tuple, at most
 NEVER: Final = float("-inf")  # the time of something that did not happen
 
@@ -349,7 +359,10 @@ class PeerTable:
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         max_total_queue_bytes: int = DEFAULT_MAX_TOTAL_QUEUE_BYTES,
         hot_mappings: int = HOT_MAPPINGS,
+        on_remove: Callable[[bytes, Peer], None] | None = None,
     ) -> None:
+        """`on_remove(address, peer)` is called for every entry the table drops by itself
+        (expired by the sweep or evicted to make room), after its queue was dropped."""
         if max_peers < 1:
             raise ValueError("max_peers must be at least 1")
         self.max_peers = max_peers
@@ -366,6 +379,9 @@ class PeerTable:
         self._hot_hand = 0
         self._round: list[bytes] = []  # the CLOCK hand's round: addresses in insertion order
         self._hand = 0
+        # Probation: the newest entries, oldest first, with their creation time (see `create`).
+        self._probation: deque[tuple[bytes, Peer, float]] = deque()
+        self.on_remove = on_remove
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -380,7 +396,12 @@ class PeerTable:
         return self._peers.get(address)
 
     def create(self, address: bytes, now: float) -> Peer:
-        """A new untrusted entry (RFC 4380 §5.2.3 initial values), evicting if full."""
+        """A new untrusted entry (RFC 4380 §5.2.3 initial values), evicting if full.
+
+        The entry starts on probation: until it is heard from after `now`, it is among the
+        first to be evicted, so a flood of new sources or destinations (each seen once) churns
+        through the probation entries and never evicts an established peer (`_evict_one`).
+        """
         peers = self._peers
         existing = peers.get(address)
         if existing is not None:
@@ -389,6 +410,10 @@ class PeerTable:
             self._evict_one(now)
         peer = Peer(now)
         peers[address] = peer
+        probation = self._probation
+        probation.append((address, peer, now))
+        if len(probation) > min(self.max_peers, PROBATION_LIMIT):
+            probation.popleft()  # the oldest leaves probation: the CLOCK hand judges it now
         return peer
 
     def remove(self, address: bytes) -> Peer | None:
@@ -493,8 +518,9 @@ class PeerTable:
     # Expiry and eviction
 
     def sweep(self, now: float, budget: int = 1024) -> list[tuple[bytes, Peer]]:
-        """Examine up to `budget` entries at the CLOCK hand; remove the idle ones and return
-        them. Kept entries whose setup state is at rest lose it (`Peer.settle`).
+        """Examine up to `budget` entries at the CLOCK hand; remove the idle ones (`on_remove`
+        is told) and return them. Kept entries whose setup state is at rest lose it
+        (`Peer.settle`).
 
         Call it from a periodic timer: the whole table is visited in len/budget calls.
         """
@@ -503,8 +529,7 @@ class PeerTable:
         for _ in range(min(budget, len(peers))):
             address, peer = self._advance()
             if self._idle(peer, now):
-                del peers[address]
-                self._drop_queue(peer)
+                self._remove(address, peer)
                 removed.append((address, peer))
                 self.expired += 1
             elif peer.setup is not None:
@@ -543,17 +568,39 @@ class PeerTable:
         return now - last >= self.idle_timeout
 
     def _evict_one(self, now: float) -> None:
+        """Make room for one entry, in O(1): bounded scans, no walk over the table.
+
+        First probation, oldest first: an entry not heard from since it was created is evicted;
+        one heard from since has proven itself and leaves probation (kept). New and unproven
+        entries thus compete among themselves: a flood of new sources or destinations cannot
+        push out an established peer while its own entries are there to evict. Only when
+        probation holds none (every recent entry proved itself) does the CLOCK hand choose:
+        an untrusted or idle entry, else, after `EVICTION_SCAN` second chances, the next one.
+        """
         peers = self._peers
-        # Second chance for trusted, recently used entries; a bounded scan keeps inserts O(1).
+        probation = self._probation
+        for _ in range(min(len(probation), EVICTION_SCAN)):
+            address, peer, created = probation.popleft()
+            if peers.get(address) is not peer:
+                continue  # removed (or replaced) since
+            if peer.last_rx <= created:
+                self._remove(address, peer)
+                self.evicted += 1
+                return
         for _ in range(min(len(peers), EVICTION_SCAN)):
             address, peer = self._advance()
             if peer.link is None or self._idle(peer, now):
                 break
         else:
             address, peer = self._advance()
-        del peers[address]
-        self._drop_queue(peer)
+        self._remove(address, peer)
         self.evicted += 1
+
+    def _remove(self, address: bytes, peer: Peer) -> None:
+        del self._peers[address]
+        self._drop_queue(peer)
+        if self.on_remove is not None:
+            self.on_remove(address, peer)
 
     def _drop_queue(self, peer: Peer) -> None:
         setup = peer.setup

@@ -150,7 +150,8 @@ class TeredoRelay(PeeringEngine):
     def _retry_native(self, address: bytes, peer: Peer, now: float) -> None:
         """A relay never sets up a native peer; an entry left from a reconfigured prefix gives
         up at its first retry."""
-        self.fail_setup(address, peer, now)
+        if peer.queue:
+            self.fail_setup(address, peer, now)
 
     def _bubble_source(self, destination: bytes) -> bytes:
         """A relay's bubbles come from its link-local cookie for the destination (see
