@@ -66,9 +66,10 @@ from teredo.core.address import (
     is_global_ipv4,
     parse_teredo_address,
     show_endpoint,
+    teredo_server_ipv4,
 )
 from teredo.core.errors import LocalProtocolError, ParseError
-from teredo.core.peering import PeeringEngine, PeeringSettings
+from teredo.core.peering import PeeringEngine, PeeringSettings, retry_time
 from teredo.core.peers import BUBBLE_SPACING, BUBBLE_WINDOW, PING_BUDGET, PING_SPACING, Peer
 from teredo.core.qualification import (
     AddressChanged,
@@ -159,6 +160,7 @@ class TeredoClient(PeeringEngine):
         self._address_bytes: bytes | None = None
         self._server_ips: frozenset[str] = frozenset()
         self._server: Endpoint = ("0.0.0.0", TEREDO_PORT)
+        self._server_ipv4 = 0
         self.required_source = b""  # nothing leaves before an address is configured
         self._events: deque[ClientEvent] = deque()
         self._last_reply: dict[bytes, float] = {}
@@ -392,7 +394,7 @@ class TeredoClient(PeeringEngine):
             for _ in self._drop_held(address):
                 self.drop("unverified_relay")
         else:
-            self.schedule_retry(address, peer, peer.last_ping + PING_SPACING)
+            self.schedule_retry(address, peer, retry_time(peer.last_ping + PING_SPACING, now))
 
     def _send_to_teredo(self, packet: bytes, dst: bytes, peer: Peer | None, now: float) -> None:
         if (
@@ -446,7 +448,13 @@ class TeredoClient(PeeringEngine):
             if peer.mapped is not None and peer.mapped != to:
                 targets.append(peer.mapped)  # a mapping learned from a symmetric NAT peer
             self._reply_bubble(dst, src, targets, now, nonce)
-            if not peer.is_valid(now) and peer.may_send_bubble(now):
+            if (
+                not peer.is_valid(now)
+                and peer.may_send_bubble(now)
+                and self.budget.allow(
+                    1, now, server=teredo_server_ipv4(src), repeated=peer.repeated_demand()
+                )
+            ):
                 # RFC 6081 §6.1 packet 4: our own indirect bubble, with a fresh nonce, so that
                 # a peer behind a symmetric NAT can answer with a direct bubble we accept.
                 self.send_indirect_bubble(dst, src, peer, now)
@@ -462,7 +470,8 @@ class TeredoClient(PeeringEngine):
         now: float,
         nonce: bytes | None,
     ) -> None:
-        """Direct bubbles answering a peer, at most once per 2 s per peer (RFC 4380 §5.2.6)."""
+        """Direct bubbles answering a peer, at most once per 2 s per peer (RFC 4380 §5.2.6),
+        within the setup budget (a peer asking again has priority)."""
         last = self._last_reply.get(destination)
         if last is not None and now - last < BUBBLE_SPACING:
             self.drop("bubble_reply_rate_limited")
@@ -470,14 +479,23 @@ class TeredoClient(PeeringEngine):
         if len(self._last_reply) >= MAX_REPLY_ENTRIES:
             self._last_reply.clear()  # bounded; forgetting only relaxes the spacing
         self._last_reply[destination] = now
+        if not self.budget.allow(len(targets), now, server=None, repeated=last is not None):
+            self.drop("setup_budget_exhausted")
+            return
         for to in targets:
             self.send_direct_bubble(source, destination, to, now, nonce=nonce)
 
     # -- the direct IPv6 connectivity test ------------------------------------------------------
 
     def _send_echo_test(self, destination: bytes, peer: Peer, now: float) -> None:
-        """An echo request with a random nonce via our own server (RFC 4380 §5.2.9)."""
+        """An echo request with a random nonce via our own server (RFC 4380 §5.2.9), within
+        the setup budget; a deferred test counts against the peer's budget of 4."""
         assert self.address is not None
+        repeated = peer.repeated_demand() or len(self._held.get(destination, ())) > 1
+        if not self.budget.allow(1, now, server=self._server_ipv4, repeated=repeated):
+            self.drop("setup_budget_exhausted")
+            peer.note_ping(None, now)
+            return
         nonce = peer.ping_nonce
         if nonce is None:  # one nonce per test: a late reply to an earlier try still counts
             nonce = bytes(self._random_bytes(ECHO_NONCE_LENGTH))
@@ -627,6 +645,7 @@ class TeredoClient(PeeringEngine):
             str(a) for a in (server.primary, server.secondary) if a is not None
         )
         self._server = endpoint(server.primary, TEREDO_PORT)
+        self._server_ipv4 = int(server.primary)
 
 
 def summarize_peer(address: bytes, peer: Peer, now: float) -> dict[str, Any]:

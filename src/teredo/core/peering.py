@@ -67,7 +67,7 @@ import hmac
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv6Address, IPv6Network
 from typing import Final
 
@@ -82,11 +82,13 @@ from teredo.core.address import (
     teredo_server,
     teredo_server_ipv4,
 )
+from teredo.core.budget import BudgetSettings, SetupBudget
 from teredo.core.errors import ParseError
 from teredo.core.peers import (
     BUBBLE_SPACING,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_TOTAL_QUEUE_BYTES,
+    NEVER,
     PEER_VALIDITY,
     Peer,
     PeerTable,
@@ -116,6 +118,7 @@ __all__ = [
     "PeeringEngine",
     "PeeringSettings",
     "bubble_cookie",
+    "retry_time",
 ]
 
 ICMP_ERROR_RATE: Final = 10.0  # Miredo's figure: at most 10 ICMPv6 errors per second
@@ -123,6 +126,7 @@ ICMP_ERROR_BURST: Final = 10.0
 SWEEP_INTERVAL: Final = 1.0  # seconds between slices of the idle sweep
 SWEEP_PERIOD: Final = 15.0  # the whole table is visited about this often
 SWEEP_MIN_BUDGET: Final = 256
+RETRY_GRANULARITY: Final = 0.01  # seconds: the earliest a retry that cannot run yet comes back
 RETRY_SLACK: Final = 64  # retry-heap entries beyond 2 * max_peers before it is compacted
 DEFAULT_ERROR_SOURCE: Final = IPv6Address("fe80::ffff:ffff:ffff")  # Miredo's relay/client LL
 _LINK_LOCAL_PREFIX: Final = bytes((0xFE, 0x80)) + bytes(6)
@@ -134,7 +138,8 @@ class PeeringSettings:
 
     `allow_private` relaxes every global-unicast IPv4 check (RFC 4380 §5.2.4): for test beds on
     private addresses only (``AllowPrivateAddresses``). `idle_timeout` is how long an unused
-    entry lives (Miredo's values: 30 s in a relay, 600 s in a client).
+    entry lives (Miredo's values: 30 s in a relay, 600 s in a client). `budget` bounds the
+    setup traffic of the whole node (`teredo.core.budget`).
     """
 
     prefix: IPv6Network = TEREDO_PREFIX
@@ -144,6 +149,14 @@ class PeeringSettings:
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     max_total_queue_bytes: int = DEFAULT_MAX_TOTAL_QUEUE_BYTES
     icmp_error_rate: float = ICMP_ERROR_RATE
+    budget: BudgetSettings = field(default_factory=BudgetSettings)
+
+
+def retry_time(deadline: float, now: float) -> float:
+    """`deadline`, but strictly after `now`: `last_tx + 2.0` can round to a time that is not
+    2 s after `last_tx` (0.26 + 2.0 - 0.26 < 2.0), and a retry due now that cannot run yet
+    would come back at once, for ever."""
+    return max(deadline, now + RETRY_GRANULARITY)
 
 
 def bubble_cookie(secret: bytes, peer: bytes) -> bytes:
@@ -192,6 +205,7 @@ class PeeringEngine(ABC):
             max_total_queue_bytes=settings.max_total_queue_bytes,
             on_remove=self._on_removed,
         )
+        self.budget = SetupBudget(settings.budget, now)
         self._random_bytes = random_bytes
         self._secret = secret
         self._prefix32 = settings.prefix.network_address.packed[:4]
@@ -222,6 +236,7 @@ class PeeringEngine(ABC):
         table.idle_timeout = settings.idle_timeout
         table.max_queue_bytes = settings.max_queue_bytes
         table.max_total_queue_bytes = settings.max_total_queue_bytes
+        self.budget.reconfigure(settings.budget)
         self._prefix32 = settings.prefix.network_address.packed[:4]
         self._check_global = not settings.allow_private
 
@@ -250,8 +265,9 @@ class PeeringEngine(ABC):
         """Run bubble retries that are due and a slice of the idle sweep."""
         retries = self._retries
         while retries and retries[0][0] <= now:
-            _, _, address, peer = heapq.heappop(retries)
-            if self.peers.get(address) is peer:
+            deadline, _, address, peer = heapq.heappop(retries)
+            if peer.retry_at == deadline and self.peers.get(address) is peer:
+                peer.retry_at = NEVER
                 self._retry(address, peer, now)
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL
@@ -465,7 +481,7 @@ class PeeringEngine(ABC):
         if peer.setup_exhausted(now):
             self.fail_setup(address, peer, now)
         else:
-            self.schedule_retry(address, peer, peer.last_tx + BUBBLE_SPACING)
+            self.schedule_retry(address, peer, retry_time(peer.last_tx + BUBBLE_SPACING, now))
 
     def fail_setup(self, address: bytes, peer: Peer, now: float) -> None:
         """Setup of `peer` failed: drop its queue and tell the local stack (RFC 4443 §3.1)."""
@@ -521,7 +537,9 @@ class PeeringEngine(ABC):
             self.drop("mapping_mismatch")
 
     def queue_packet(self, peer: Peer, packet: bytes) -> bool:
-        """Queue `packet` until `peer` is trusted; False (and counted) when the queue is full."""
+        """Queue `packet` until `peer` is trusted; False (and counted) when the queue is full.
+        Either way the packet is demand for the peer's setup (`Peer.repeated_demand`)."""
+        peer.demand += 1
         if self.peers.enqueue(peer, packet):
             return True
         self.drop("queue_full")
@@ -553,17 +571,35 @@ class PeeringEngine(ABC):
         The direct bubble goes to the embedded mapping (RFC 4380 §5.4.1 MAY, and SHOULD behind a
         non-cone NAT; and to a mapping learned from a symmetric-NAT peer, if any), the indirect
         one through the peer's server (`send_indirect_bubble`). Returns True when bubbles went
-        out (and a retry is scheduled 2 s later).
+        out or the setup budget deferred them (a retry is scheduled 2 s later either way).
         """
         if not peer.may_send_bubble(now):
             return False
+        mapping = teredo_mapping(address)
+        direct = (
+            [mapping]
+            if not self._check_global or is_global_ipv4(teredo_mapped_ipv4(address))
+            else []
+        )
+        learned = peer.mapped
+        if learned is not None and learned != mapping:
+            direct.append(learned)
+        if not self.budget.allow(
+            len(direct) + 1,
+            now,
+            server=teredo_server_ipv4(address),
+            repeated=peer.repeated_demand(),
+        ):
+            # Deferred: counted against the peer's budget, tried again in 2 s or at its next
+            # packet (then as repeated demand, which has priority).
+            self.drop("setup_budget_exhausted")
+            peer.note_bubble(now, sent=False)
+            self.schedule_retry(address, peer, now + BUBBLE_SPACING)
+            return True
         source = self._bubble_source(address)
         bubble = encode_bubble(source, address)
-        mapping = teredo_mapping(address)
-        if not self._check_global or is_global_ipv4(teredo_mapped_ipv4(address)):
-            self._send_direct(bubble, mapping, peer)
-        if peer.mapped is not None and peer.mapped != mapping:
-            self._send_direct(bubble, peer.mapped, peer)
+        for to in direct:
+            self._send_direct(bubble, to, peer)
         self.send_indirect_bubble(source, address, peer, now)
         self.schedule_retry(address, peer, now + BUBBLE_SPACING)
         return True
@@ -610,7 +646,12 @@ class PeeringEngine(ABC):
         return True
 
     def schedule_retry(self, address: bytes, peer: Peer, deadline: float) -> None:
-        """Call `_retry(address, peer, now)` at `deadline` (if the entry is still there)."""
+        """Call `_retry(address, peer, now)` at `deadline` (if the entry is still there), unless
+        an earlier retry is pending: one per peer, so the heap stays within the table's size."""
+        pending = peer.retry_at
+        if pending != NEVER and pending <= deadline:
+            return
+        peer.retry_at = deadline
         self._retry_seq += 1
         retries = self._retries
         heapq.heappush(retries, (deadline, self._retry_seq, address, peer))
@@ -618,7 +659,11 @@ class PeeringEngine(ABC):
             # Entries of evicted peers linger until their deadline: under a flood of new
             # destinations, drop them now so the heap stays proportional to the table.
             lookup = self.peers.get
-            retries[:] = [entry for entry in retries if lookup(entry[2]) is entry[3]]
+            retries[:] = [
+                entry
+                for entry in retries
+                if entry[3].retry_at == entry[0] and lookup(entry[2]) is entry[3]
+            ]
             heapq.heapify(retries)
 
     def send_unreachable(self, packet: bytes, code: int, now: float) -> None:
@@ -645,6 +690,10 @@ class PeeringEngine(ABC):
         if tokens < 1.0:
             self._icmp_tokens = tokens
             self.drop("icmp_error_rate_limited")
+            return
+        if not self.budget.allow(1, now, server=None, repeated=False):
+            self._icmp_tokens = tokens
+            self.drop("setup_budget_exhausted")
             return
         self._icmp_tokens = tokens - 1.0
         self._packets.append(

@@ -123,6 +123,7 @@ class PeerSetup:
     __slots__ = (
         "bubble_window",
         "bubbles",
+        "demand",
         "last_ping",
         "last_tx",
         "local",
@@ -133,6 +134,7 @@ class PeerSetup:
         "pings",
         "queue",
         "queued_bytes",
+        "retry_at",
     )
 
     def __init__(self) -> None:
@@ -146,6 +148,8 @@ class PeerSetup:
         self.local_seen = NEVER
         self.queue: list[bytes] | None = None
         self.queued_bytes = 0
+        self.demand = 0  # packets that asked for this setup (repeated demand has priority)
+        self.retry_at = NEVER  # the pending setup retry, if any (one per peer)
         self.nonce_sent: bytes | None = None  # RFC 6081 §5.2: our last indirect bubble's nonce
         self.nonce_received: bytes | None = None  # RFC 6081 §5.2: the peer's
 
@@ -206,6 +210,8 @@ class Peer:
     local_seen = _SetupField(NEVER)
     queue = _SetupField[list[bytes] | None](None)
     queued_bytes = _SetupField(0)
+    demand = _SetupField(0)
+    retry_at = _SetupField(NEVER)
     nonce_sent = _SetupField[bytes | None](None)
     nonce_received = _SetupField[bytes | None](None)
 
@@ -299,12 +305,16 @@ class Peer:
             setup.bubble_window = now
         return now - setup.last_tx >= BUBBLE_SPACING and setup.bubbles < BUBBLE_BUDGET
 
-    def note_bubble(self, now: float) -> None:
+    def note_bubble(self, now: float, *, sent: bool = True) -> None:
+        """Count a bubble attempt against the §5.2.6 budget; `sent=False` for one the setup
+        budget deferred (`teredo.core.budget`): it counts, but sets no spacing, so that the
+        next packet of repeated demand may try again at once."""
         setup = self._setup()
         if setup.bubbles == 0:
             setup.bubble_window = now
         setup.bubbles += 1
-        setup.last_tx = now
+        if sent:
+            setup.last_tx = now
 
     def may_ping(self, now: float) -> bool:
         """At most PING_BUDGET echo tests, PING_SPACING apart (RFC 4380 §5.2.9)."""
@@ -313,11 +323,20 @@ class Peer:
             return True
         return setup.pings < PING_BUDGET and now - setup.last_ping >= PING_SPACING
 
-    def note_ping(self, nonce: bytes, now: float) -> None:
+    def note_ping(self, nonce: bytes | None, now: float) -> None:
+        """Count an echo test against its budget; `nonce` None for one the setup budget
+        deferred (counted, no spacing, the previous nonce kept)."""
         setup = self._setup()
         setup.pings += 1
-        setup.last_ping = now
-        setup.ping_nonce = nonce
+        if nonce is not None:
+            setup.last_ping = now
+            setup.ping_nonce = nonce
+
+    def repeated_demand(self) -> bool:
+        """Whether setting this peer up answers repeated demand: more than one packet asked
+        for it, or it was a trusted peer before (priority in `teredo.core.budget`)."""
+        setup = self.setup
+        return self.link is not None or (setup is not None and setup.demand > 1)
 
     def setup_exhausted(self, now: float) -> bool:
         """Both budgets are spent and the last attempt timed out: the peer is unreachable."""
