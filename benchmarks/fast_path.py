@@ -1,4 +1,4 @@
-"""Micro-benchmark of the tunnel engine's data path (the guard of STYLE.md §2's exception).
+"""Micro-benchmark of the peering engine's fast paths, the data path for trusted peers.
 
     .venv/bin/python benchmarks/fast_path.py [--peers N] [--packets N] [--json FILE]
 
@@ -8,10 +8,12 @@ Measures, for a relay core with N trusted peers (no I/O at all):
 - `accept_from_teredo` (Teredo -> native: the per-packet cost on the UDP side),
 - and, for scale, the full paths `send_ipv6` and `receive_datagram` on the same packets.
 
-Prints nanoseconds per packet and packets per second per core. The interpreter's share of a
-relayed packet should stay well below the ~10 us of syscalls Miredo spends per packet
-(LAB-NOTES.md): if a change makes the fast path much slower, this shows it. Issue 7 builds the
-full benchmark against Miredo in the lab.
+Prints nanoseconds per packet and packets per second per core. The fast paths are the one place
+where the core answers with a single call and builds no event or parsed object, for speed; this
+benchmark is what keeps them honest. The interpreter's share of a relayed packet should stay well
+below the ~10 us Miredo spends per packet, mostly in system calls (docs/lab-notes.md): if a
+change makes the fast path much slower, this shows it. The end-to-end comparison with Miredo in
+the lab is `benchmarks/tunnel.py` (`bash scripts/bench`).
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def main() -> int:
         results[name] = {"ns_per_packet": round(seconds * 1e9), "packets_per_s": round(1 / seconds)}
     assert relay.fast_tx and relay.fast_rx, "the fast paths were not taken"
     width = max(len(name) for name in results)
-    print(f"tunnel engine data path, {args.peers} trusted peers, 64-byte payloads")
+    print(f"peering engine fast paths, {args.peers} trusted peers, 64-byte payloads")
     for name, row in results.items():
         rate = row["packets_per_s"]
         print(f"  {name:<{width}}  {row['ns_per_packet']:>6} ns/packet  {rate:>10,} /s")

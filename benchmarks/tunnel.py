@@ -27,7 +27,7 @@ Per arm:
 
 Prints a table of medians over rounds (ours, Miredo, ratio ours/Miredo, which way is better)
 and writes every per-round value, the machine and the settings to JSON. Timing figures on a
-shared 2-core machine vary 10-20 % from run to run (LAB-NOTES.md): compare within one run.
+shared 2-core machine vary 10-20 % from run to run (docs/lab-notes.md): compare within one run.
 Progress goes to stderr. Needs root, iperf3, Miredo, nftables and ping.
 """
 

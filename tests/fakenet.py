@@ -5,7 +5,7 @@ Import it from any test as `from fakenet import ...` (pytest has `pythonpath = [
 Nodes are adapters around cores. A node has one IPv4 endpoint (its *private* address when it sits
 behind a `Nat`) and implements `collect(now)` (what the core wants to send, as
 ``(payload, destination, source_ip_or_None)``) and `deliver(payload, source, destination, now)`.
-`EngineNode` wraps anything with the tunnel engine's contract (`datagrams_to_send()`, and
+`EngineNode` wraps anything with the peering engine's contract (`datagrams_to_send()`, and
 `receive_datagram(data, (ip, port), now)`), `ServerNode` wraps `teredo.core.server.TeredoServer`.
 Other roles add their own small adapter.
 
@@ -13,9 +13,9 @@ Other roles add their own small adapter.
 NAT's mapping and filtering rules, an optional `drop` predicate (loss), and recording every hop
 in `log` so tests can assert what went where.
 
-Time (client helper's additions): `FakeNetwork.advance(now, until)` is the clock-driven loop:
-it settles the network, then fires the earliest timer of any node whose core has
-`get_timer()`/`handle_timer(now)`, and so on until `until`; tests never sleep.
+Time: `FakeNetwork.advance(now, until)` is the clock-driven loop: it settles the network, then
+fires the earliest timer of any node whose core has `get_timer()`/`handle_timer(now)`, and so on
+until `until`; tests never sleep.
 Also: `Nat(..., port_preserving=True)` keeps the inside port when free (Linux masquerade),
 `hairpin=False` refuses datagrams from the LAN to the NAT's own public address, `Nat.reset()`
 forgets all mappings (a NAT reboot: new ports); datagrams between two nodes behind the same NAT
@@ -230,7 +230,7 @@ class FakeNetwork:
                 self.log.append(Hop(payload, node.address, destination, True, "multicast"))
                 other.deliver(payload, node.address, destination, now)
 
-    # -- the clock (client helper) ----------------------------------------------------------------
+    # -- the clock ---------------------------------------------------------------------------
 
     def next_timer(self) -> float | None:
         """The earliest deadline of any node's core (`get_timer()`), if any."""
@@ -264,7 +264,7 @@ class FakeNetwork:
             self.run(now)
         raise AssertionError("timers did not settle: a core keeps re-arming a past deadline")
 
-    # -- native IPv6 (client helper) --------------------------------------------------------------
+    # -- native IPv6 -------------------------------------------------------------------------
 
     def add_native_host(self, address: str, answer_pings: bool = True) -> NativeHost:
         host = NativeHost(self, IPv6Address(address), answer_pings)
@@ -304,7 +304,7 @@ class FakeNetwork:
 
 class EngineNode:
     """A node around a core with `datagrams_to_send()` and `receive_datagram(data, src, now)`,
-    both using ``(ip, port)`` tuples (the tunnel engine, the relay, the client)."""
+    both using ``(ip, port)`` tuples (the peering engine, the relay, the client)."""
 
     def __init__(self, core: Any, address: Endpoint) -> None:
         self.core = core

@@ -37,7 +37,7 @@
 #define MAX_SEGMENTS 64        /* teredo.adapters.udp */
 #define MAX_SEGMENTED_BYTES 65507
 
-/* Raise teredo.core.offload.OffloadError (looked up when needed: that module imports this one). */
+/* Raise teredo.core.offload.OffloadError (looked up when needed, not at import). */
 static void raise_offload_error(const char *message) {
     PyObject *offload = PyImport_ImportModule("teredo.core.offload");
     if (offload == NULL)
@@ -102,7 +102,7 @@ static PyObject *ones_complement_sum(PyObject *module, PyObject *arg) {
     return PyLong_FromUnsignedLong(fold(sum));
 }
 
-/* What may join a super-packet: see _joinable in teredo/offload.py. */
+/* What may join a super-packet: see _joinable in teredo/core/offload.py. */
 typedef struct {
     Py_ssize_t header_bytes;
     unsigned flags; /* TCP flags; 0 for UDP */

@@ -1,4 +1,4 @@
-"""Command-line entry point: argument parsing only, dispatching to the core, runtime and lab.
+"""Command-line entry point: argument parsing only, dispatching to the programs and the lab.
 
 Every error a person sees is one sentence on stderr with a non-zero exit (2 for usage and
 configuration errors), never a traceback. Heavy modules are imported inside the command that

@@ -1,4 +1,4 @@
-"""Smoke test of the same-run benchmark against Miredo (benchmarks/tunnel.py, issue 7).
+"""Smoke test of the same-run benchmark against Miredo (benchmarks/tunnel.py).
 
 Runs the harness with the smallest settings (one round, 1 s per iperf3 test, --quick) and checks
 that its JSON holds every metric for both arms (ours and Miredo) of both roles, and that the run

@@ -1,4 +1,4 @@
-"""`teredo client` and `teredo probe` in the lab (issue 5's "done when"), root only.
+"""`teredo client` and `teredo probe` in the lab, against Miredo and our own roles; root only.
 
 Labs (module scope each, always torn down):
 

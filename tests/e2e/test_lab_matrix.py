@@ -28,7 +28,7 @@ Why:
 - Teredo <-> native works behind every NAT kind, symmetric included: the client opens its NAT
   toward the relay itself (a bubble answering the relay's indirect bubble, RFC 4380 §5.2.6),
   and Miredo's relay accepts a bubble whose source mapping differs from the Teredo address when
-  it carries the relay's own nonce (LAB-NOTES), which is what a symmetric NAT produces.
+  it carries the relay's own nonce (docs/lab-notes.md), which is what a symmetric NAT produces.
 - Teredo <-> Teredo without a symmetric NAT works both ways: the initiator's direct bubble
   opens its own NAT toward the peer's mapping, the peer's direct bubble (sent on receiving the
   indirect bubble through the server) comes back on that very mapping.
@@ -39,8 +39,8 @@ Why:
   initiator has sent to that address already) or no NAT, and Miredo then talks to the port it
   came from; a port-restricted or symmetric NAT drops it, so those fail.
 
-This refines LAB-NOTES ("fails whenever one side is symmetric, except a full-cone peer
-initiating"): an address-restricted or NAT-less initiator succeeds too.
+This refines the rule of thumb in docs/lab-notes.md ("fails whenever one side is symmetric,
+except a full-cone peer initiating"): an address-restricted or NAT-less initiator succeeds too.
 
 The NAT kinds themselves are checked with plain UDP (test_nat_kind_behaves_as_named): which of a
 server's replies from the same address and port, the same address and another port, another

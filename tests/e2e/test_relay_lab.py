@@ -1,14 +1,15 @@
-"""`teredo relay` in the lab, with Miredo clients (issue 6's "done when"), and the host-specific
-relay on the native host.
+"""`teredo relay` in the lab, with Miredo clients and with ours, and the host-specific relay on the
+native host.
 
-Two labs with OUR relay (module scope each, torn down even when a test fails):
+Three labs with OUR relay (module scope each, torn down even when a test fails):
 
 - "cone": Miredo clients behind a port-restricted (cli1) and a full-cone (cli2) NAT, Miredo's
   server, so only the relay is ours;
 - "symmetric": Miredo clients behind a symmetric (cli1) and an address-restricted (cli2) NAT,
   our server: behind the symmetric NAT the relay must accept the client's direct bubble from a
   port that differs from its Teredo address (bubble cookie / RFC 6081 nonce), as Miredo's relay
-  does.
+  does;
+- "ours": this project in every role, clients behind a port-restricted and a symmetric NAT.
 
 Both directions are pinged: the client's echo test goes natively through the server and comes
 back through the relay; the native host's packets reach the relay, which sets the client up with
@@ -177,7 +178,7 @@ def test_sighup_reload_keeps_relaying(cone_lab: Lab) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Our client through our relay (runs once the client daemon is in the lab)
+# Our client through our relay
 
 
 @pytest.fixture(scope="module")

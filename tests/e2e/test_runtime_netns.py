@@ -1,8 +1,8 @@
-"""teredo.runtime against the real kernel, inside a network namespace of the test's own.
+"""The adapters (TUN, netlink, UDP) against the real kernel, in a network namespace of its own.
 
 Each test gets a fresh, uniquely named namespace; the test thread enters it (setns) for the
 duration of the test, so TUN devices, netlink sockets, sysctls and UDP sockets opened by the
-runtime land there. The namespace is always left and deleted, even when the test fails.
+adapters land there. The namespace is always left and deleted, even when the test fails.
 Configuration is verified with pyroute2 directly, not with the module under test.
 """
 
@@ -31,7 +31,8 @@ from testsupport import require_root
 
 pytestmark = pytest.mark.root
 
-# RFC 4380 §4 example address: server 65.54.227.120, mapped 192.0.2.45:40000, cone.
+# The often quoted example address (not from an RFC): server 65.54.227.120, mapped
+# 192.0.2.45:40000, cone.
 CLIENT_ADDRESS = IPv6Address("2001:0:4136:e378:8000:63bf:3fff:fdd2")
 OTHER_ADDRESS = IPv6Address("2001:0:4136:e378:8000:63bf:3fff:fdd3")
 NATIVE_HOST = IPv6Address("2001:db8:2::2")

@@ -1,4 +1,4 @@
-"""`teredo server` in the lab, with Miredo clients and a Miredo relay (issue 4's "done when").
+"""`teredo server` in the lab, with Miredo clients and a Miredo relay.
 
 One lab per NAT pairing (module scope, torn down even when a test fails): client 1 behind an
 address-restricted NAT and client 2 behind a full-cone NAT, then port-restricted and no NAT; both
@@ -25,8 +25,8 @@ from teredo.lab.topology import NATIVE_IPV4, NATIVE_IPV6, SERVER_IPV4, SERVER_IP
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-# (NAT in front of client 1, NAT in front of client 2): the issue's pairing first, then a
-# port-restricted NAT and a client with a public address of its own.
+# (NAT in front of client 1, NAT in front of client 2): address-restricted and full cone first,
+# then a port-restricted NAT and a client with a public address of its own.
 NAT_PAIRS = [("restricted", "fullcone"), ("port-restricted", "none")]
 
 

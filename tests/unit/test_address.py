@@ -1,4 +1,4 @@
-"""Teredo address vectors (requirements §1.4, RFC 6081 Fig. 2 and 3) and properties."""
+"""Teredo address vectors (RFC 6081 Figures 2 and 3, and two of our own) and properties."""
 
 from __future__ import annotations
 
@@ -28,14 +28,18 @@ from teredo.core.address import (
 )
 from teredo.core.errors import ParseError
 
-# (server, flags, mapped port, mapped address, Teredo address)  -- requirements §1.4
+# (server, flags, mapped port, mapped address, Teredo address)
 VECTORS = [
-    ("203.0.113.120", 0x0000, 4096, "192.0.2.1", "2001:0:cb00:7178:0:efff:3fff:fdfe"),  # TV-A1
-    ("198.51.100.118", 0x0000, 8192, "192.0.2.10", "2001:0:c633:6476:0:dfff:3fff:fdf5"),  # TV-A2
-    ("203.0.113.120", 0x0000, 4095, "198.51.100.118", "2001:0:cb00:7178:0:f000:39cc:9b89"),  # A3
-    ("203.0.113.120", 0x0000, 4096, "198.51.100.118", "2001:0:cb00:7178:0:efff:39cc:9b89"),  # A4
-    ("65.54.227.120", 0x8000, 40000, "192.0.2.45", "2001:0:4136:e378:8000:63bf:3fff:fdd2"),  # A6
-    ("203.0.113.120", 0x285C, 4096, "192.0.2.1", "2001:0:cb00:7178:285c:efff:3fff:fdfe"),  # TV-A7
+    # RFC 6081 §3.1 Figure 2: clients A and B.
+    ("203.0.113.120", 0x0000, 4096, "192.0.2.1", "2001:0:cb00:7178:0:efff:3fff:fdfe"),
+    ("198.51.100.118", 0x0000, 8192, "192.0.2.10", "2001:0:c633:6476:0:dfff:3fff:fdf5"),
+    # RFC 6081 §3.5 Figure 3: clients A and B.
+    ("203.0.113.120", 0x0000, 4095, "198.51.100.118", "2001:0:cb00:7178:0:f000:39cc:9b89"),
+    ("203.0.113.120", 0x0000, 4096, "198.51.100.118", "2001:0:cb00:7178:0:efff:39cc:9b89"),
+    # Not from an RFC: the cone-flag example address often quoted (Wikipedia's), recomputed.
+    ("65.54.227.120", 0x8000, 40000, "192.0.2.45", "2001:0:4136:e378:8000:63bf:3fff:fdd2"),
+    # Not from an RFC: Figure 2's client A with RFC 5991 random bits 0x285C (R1 0xA, R2 0x5C).
+    ("203.0.113.120", 0x285C, 4096, "192.0.2.1", "2001:0:cb00:7178:285c:efff:3fff:fdfe"),
 ]
 
 
@@ -66,7 +70,7 @@ def test_decode_vectors(server: str, flags: int, port: int, mapped: str, expecte
     assert teredo_flags(packed) == flags
 
 
-def test_tv_a7_random_bits() -> None:
+def test_rfc5991_random_bits_are_read_in_place_and_leave_the_cone_bit_clear() -> None:
     teredo = parse_teredo_address("2001:0:cb00:7178:285c:efff:3fff:fdfe")
     assert teredo.random_bits == 0x285C
     assert not teredo.cone
@@ -92,7 +96,7 @@ def test_legacy_prefix() -> None:
         parse_teredo_address("3ffe:831f::1", prefixes=(TEREDO_PREFIX,))
 
 
-def test_server_link_local_tv_p8() -> None:
+def test_server_link_local_addresses() -> None:
     assert server_link_local(IPv4Address("65.55.158.118")) == IPv6Address(
         "fe80::8000:f227:bec8:6189"
     )  # the Windows capture's RA source

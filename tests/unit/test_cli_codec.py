@@ -1,4 +1,5 @@
-"""`teredo decode` / `teredo encode` through the CLI contract of DESIGN.md."""
+"""`teredo decode` / `teredo encode` as a person or a script uses them: the JSON keys, the text
+form, one sentence and exit status 2 for bad input, and `python -m teredo`."""
 
 from __future__ import annotations
 

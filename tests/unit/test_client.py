@@ -266,8 +266,8 @@ def test_native_host_pings_client(kind: str) -> None:
 
 
 def test_relay_is_not_trusted_without_our_nonce() -> None:
-    """SEC-C4: a packet from a native source through an unknown relay is not delivered; an
-    echo reply with a wrong nonce does not make the relay trusted."""
+    """RFC 4380 §5.2.9, §7.2.2: a packet from a native source through an unknown relay is not
+    delivered; an echo reply with a wrong nonce does not make the relay trusted."""
     world = World()
     client, node = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", FULLCONE))
     world.run(1.0)
@@ -307,7 +307,7 @@ def test_native_destination_unreachable_after_four_echo_tests() -> None:
         (PORT_RESTRICTED, PORT_RESTRICTED),
         (FULLCONE, PORT_RESTRICTED),
         (RESTRICTED, FULLCONE),
-        (SYMMETRIC, FULLCONE),  # RFC 6081 SNS: the nonce trailer carries it
+        (SYMMETRIC, FULLCONE),  # RFC 6081 §5.2 (symmetric NAT support): the nonce trailer
         (SYMMETRIC, RESTRICTED),
         (FULLCONE, SYMMETRIC),
     ],
@@ -340,7 +340,8 @@ def test_symmetric_to_port_restricted_fails_as_rfc_6081_says() -> None:
 
 
 def test_indirect_bubble_gets_a_direct_bubble_with_its_nonce() -> None:
-    """RFC 4380 §5.2.3 (G7) and RFC 6081 §5.2.4: answer to the origin, echoing the nonce."""
+    """Answer to the origin with a direct bubble, echoing the nonce (RFC 6081 §5.2.4.2). RFC
+    4380 §5.2.3 literally asks for a connectivity test here; the bubble is what peers do."""
     world = World()
     client, _ = world.add_client(("203.0.113.40", 5000), None)
     world.run(1.0)

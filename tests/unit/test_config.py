@@ -82,9 +82,9 @@ DEBIAN_STYLE_SERVER = """\
 ServerBindAddress 192.0.2.221
 """
 
-# Seed document 003 ("Configuration of the Teredo Relay / Server"), with documentation addresses
-# in place of its DIR_IPv4_PUBLIC placeholders.
-SEED_RELAY = """\
+# The relay and server files of Consulintel's public Teredo how-to (a Miredo-era operator guide),
+# with documentation addresses in place of its DIR_IPv4_PUBLIC placeholders.
+GUIDE_RELAY = """\
 RelayType relay
 InterfaceName teredo
 BindAddress 198.51.100.18
@@ -93,7 +93,7 @@ Prefix 2001:0::
 InterfaceMTU 1280
 """
 
-SEED_SERVER = """\
+GUIDE_SERVER = """\
 Prefix 2001:0::
 InterfaceMTU 1280
 ServerBindAddress 198.51.100.2
@@ -118,7 +118,7 @@ def test_debian_style_client() -> None:
     assert config == ClientConfig(
         server_address="teredo.example.org", interface_name="teredo", source=SRC
     )
-    assert config.server_address2 is None  # the runtime adds 1 to the resolved address
+    assert config.server_address2 is None  # the client daemon adds 1 to the resolved address
 
 
 def test_sample_style_client() -> None:
@@ -135,8 +135,8 @@ def test_debian_style_server() -> None:
     assert config.warnings == ()
 
 
-def test_seed_relay() -> None:
-    config = parse_relay_config(SEED_RELAY, SRC)
+def test_operator_guide_relay() -> None:
+    config = parse_relay_config(GUIDE_RELAY, SRC)
     assert config == RelayConfig(
         relay_type=RelayType.CONE,
         prefix=IPv6Network("2001::/32"),
@@ -149,8 +149,8 @@ def test_seed_relay() -> None:
     assert not config.host_specific
 
 
-def test_seed_server() -> None:
-    config = parse_server_config(SEED_SERVER, SRC)
+def test_operator_guide_server() -> None:
+    config = parse_server_config(GUIDE_SERVER, SRC)
     assert config == ServerConfig(
         server_bind_address=IPv4Address("198.51.100.2"),
         server_bind_address2=IPv4Address("198.51.100.3"),
@@ -466,12 +466,12 @@ def test_detect_role() -> None:
 @pytest.mark.parametrize(
     ("text", "role", "expected"),
     [
-        (SEED_SERVER, "client", f"{SRC}:3: ServerBindAddress makes this a server configuration"),
-        (SEED_SERVER, "relay", f"{SRC}:3: ServerBindAddress makes this a server configuration"),
-        (SEED_RELAY, "client", f"{SRC}:1: RelayType relay makes this a relay configuration"),
+        (GUIDE_SERVER, "client", f"{SRC}:3: ServerBindAddress makes this a server configuration"),
+        (GUIDE_SERVER, "relay", f"{SRC}:3: ServerBindAddress makes this a server configuration"),
+        (GUIDE_RELAY, "client", f"{SRC}:1: RelayType relay makes this a relay configuration"),
         ("RelayType autoclient\n", "relay", f"{SRC}:1: RelayType autoclient makes this a client"),
         ("BindPort 1\n", "relay", f"{SRC}: there is no RelayType, so this is a client"),
-        (SEED_RELAY, "server", f"{SRC}: there is no ServerBindAddress"),
+        (GUIDE_RELAY, "server", f"{SRC}: there is no ServerBindAddress"),
     ],
 )
 def test_role_mismatch(text: str, role: str, expected: str) -> None:
@@ -769,7 +769,7 @@ def write(tmp_path: Path, text: str, name: str = "test.conf") -> str:
 
 
 @pytest.mark.parametrize(
-    "text", [SEED_RELAY, SEED_SERVER, DEBIAN_STYLE_CLIENT, SAMPLE_STYLE_CLIENT]
+    "text", [GUIDE_RELAY, GUIDE_SERVER, DEBIAN_STYLE_CLIENT, SAMPLE_STYLE_CLIENT]
 )
 def test_checkconf_valid_is_silent(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str
@@ -845,7 +845,7 @@ AGREED = [
     ),
     ("serveraddress 198.51.100.2\n  # comment\n\n", True),
     ("ServerAddress 198.51.100.2 # trailing comment\n", True),
-    (SEED_RELAY, True),
+    (GUIDE_RELAY, True),
     ("RelayType cone\nPrefix 3ffe:831f::\n", True),
     ("RelayType restricted\n", True),
     ("RelayType CONE\nBindAddress 10.0.0.1\n", True),

@@ -198,7 +198,7 @@ def test_parse_ping() -> None:
 
 
 def test_teredo_address_decoding() -> None:
-    # RFC 4380 §4's example: server 65.54.227.120, mapped 192.0.2.45:40000, cone.
+    # The often quoted example address: server 65.54.227.120, mapped 192.0.2.45:40000, cone.
     address = IPv6Address("2001:0:4136:e378:8000:63bf:3fff:fdd2")
     assert describe_teredo(address) == "server 65.54.227.120, mapped 192.0.2.45:40000, cone"
     decoded = teredo_json(address)

@@ -1,4 +1,4 @@
-"""The tunnel engine shared by client and relay: timers, rate limits, bounds, robustness.
+"""The peering engine shared by client and relay: timers, rate limits, bounds, robustness.
 
 Time is driven by hand (`now = engine.get_timer(); engine.handle_timer(now)`); randomness and the
 cookie secret are fixed, so every byte is predictable.

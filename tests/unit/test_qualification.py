@@ -186,7 +186,7 @@ def test_qualifies_behind_each_nat(kind: str | None, expected: NatBehaviour) -> 
 
 
 def test_symmetric_nat_keeps_the_primary_mapping() -> None:
-    """RFC 6081 §5.2 (EXT-S1): qualify anyway, with the primary server's mapping."""
+    """RFC 6081 §5.2 (symmetric NAT support): qualify anyway, with the primary's mapping."""
     _, q, evs = qualify_behind(SYMMETRIC, port_preserving=False)
     assert q.secondary_mapping is not None and q.mapped is not None
     assert q.secondary_mapping != q.mapped
@@ -235,7 +235,7 @@ def test_rs_is_nonce_only_from_the_miredo_link_local() -> None:
         assert packet.authentication.client_id == b"" and packet.authentication.auth_value == b""
         assert packet.ipv6[8:24] == CLIENT_LINK_LOCAL.packed
         nonces.add(packet.authentication.nonce)
-        assert len(data) == 61  # requirements PKT-11
+        assert len(data) == 61  # auth 13 + IPv6 40 + RS 8, as in the 103-byte Windows frame
     assert len(nonces) == 2
 
 
@@ -416,7 +416,7 @@ def test_stop_clears_timers() -> None:
     assert q.get_timer() is None and q.state is QualificationState.IDLE
 
 
-# -- RA validation (requirements CLI-Q7, CLI-Q9) -----------------------------------------------
+# -- RA validation (RFC 4380 §5.2.1, §5.2.2; Miredo's source and MTU checks) -----------------
 
 
 def ra_for(

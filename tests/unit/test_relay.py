@@ -1,5 +1,5 @@
 """Relay and host-specific relay core: end-to-end flows over a fake network with NATs, and the
-relay's filters (RFC 4380 §5.4, requirements RLY-*, HSR-*, SEC-R*)."""
+relay's filters (RFC 4380 §5.4, §5.4.1, §5.4.2, §7.3)."""
 
 from __future__ import annotations
 

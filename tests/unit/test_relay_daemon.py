@@ -1,4 +1,4 @@
-"""The relay's runtime pieces without root: the TUN <-> UDP loop over a loopback UDP socket and a
+"""The relay daemon's pieces without root: the data path over a loopback UDP socket and a
 datagram socketpair standing in for the TUN device, the host address reader, config loading."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_status_document_without_io() -> None:
     assert document["peers"] == 0
 
 
-def test_tunnel_loop_moves_packets_both_ways() -> None:
+def test_data_path_moves_packets_both_ways() -> None:
     asyncio.run(_loop_round_trip())
 
 

@@ -25,7 +25,8 @@ from teredo.adapters.control import (
 from teredo.core.errors import UserError
 from teredo.programs.status import format_duration, render_status, run_status
 
-# Teredo address of the RFC 4380 §4 example: server 65.54.227.120, mapped 192.0.2.45:40000, cone.
+# The often quoted example address (not from an RFC): server 65.54.227.120, mapped
+# 192.0.2.45:40000, cone.
 EXAMPLE_ADDRESS = "2001:0:4136:e378:8000:63bf:3fff:fdd2"
 
 

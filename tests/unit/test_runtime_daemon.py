@@ -47,8 +47,8 @@ def test_stderr_logging_replaces_its_own_handler(
     root = logging.getLogger("teredo")
     assert [h.get_name() for h in root.handlers].count("teredo-runtime") == 1
     assert root.level == logging.DEBUG
-    logging.getLogger("teredo.runtime.test").debug("hello %s", "world")
-    assert "DEBUG   teredo.runtime.test: hello world" in capsys.readouterr().err
+    logging.getLogger("teredo.adapters.test").debug("hello %s", "world")
+    assert "DEBUG   teredo.adapters.test: hello world" in capsys.readouterr().err
 
 
 def test_syslog_logging(restore_logging: None) -> None:

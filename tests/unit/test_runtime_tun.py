@@ -1,7 +1,7 @@
 """teredo.adapters.tun without root: name checks, errors, and the read/write loop on a socketpair.
 
 A SOCK_SEQPACKET socketpair keeps packet boundaries like a TUN queue, so `TunDevice`'s drain and
-write logic is tested here; the real device is exercised in tests/e2e/test_runtime_netlink_tun.py.
+write logic is tested here; the real device is exercised in tests/e2e/test_runtime_netns.py.
 """
 
 from __future__ import annotations

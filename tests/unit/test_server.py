@@ -1,4 +1,4 @@
-"""The Teredo server core (RFC 4380 §5.3; requirements §4, SEC-S*): deterministic, no I/O."""
+"""The Teredo server core (RFC 4380 §5.3, §7; RFC 5991 §3.2): deterministic, no I/O."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ PEER_ADDRESS = encode_teredo_address(OTHER_SERVER, IPv4Address(PEER[0]), PEER[1]
 PEER_OF_OURS = encode_teredo_address(PRIMARY, IPv4Address(PEER[0]), PEER[1])
 RELAY = ("198.51.100.18", 3545)
 
-# Requirements §2.6 / TV-P3 and §2.7 / TV-P4.
+# The RS and RA vectors of test_wire.py: a nonce-only RS from fe80::ffff:ffff:ffff, and the RA
+# a server at 203.0.113.120 answers to 192.0.2.1:4096, with the field values Miredo's server uses.
 RS_PAYLOAD = hexbytes(
     "0001 00 00 0123456789abcdef 00"
     "60000000 0008 3a ff fe800000000000000000ffffffffffff ff020000000000000000000000000002"
@@ -102,7 +103,7 @@ def only_drop(server: TeredoServer) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Router Solicitation -> Router Advertisement (SRV-8..14)
+# Router Solicitation -> Router Advertisement (RFC 4380 §5.3.2)
 
 
 def test_rs_ra_vector_is_byte_exact() -> None:
@@ -141,7 +142,8 @@ def test_rs_on_secondary_with_c0_is_answered_from_secondary() -> None:
 def test_cone_bit_picks_the_answering_address(
     rs_source: IPv6Address, arrived_on: IPv4Address, answered_from: IPv4Address
 ) -> None:
-    """SRV-12 / SEC-S5: C=1 -> the other address, C=0 -> the same one (RFC 5991 §3.2)."""
+    """C=1 -> the other address, C=0 -> the same one (RFC 4380 §5.3.2; RFC 5991 §3.2 keeps
+    it: a server must not ignore the bit)."""
     server = make_server()
     server.receive_datagram(rs(rs_source), CLIENT, arrived_on, 0.0)
     [(data, destination, source)] = server.datagrams_to_send()
@@ -158,7 +160,8 @@ def test_cone_bit_picks_the_answering_address(
 
 
 def test_nonce_is_echoed_in_a_nonce_only_header() -> None:
-    """SRV-14: no secure qualification, so the client id and value are not returned."""
+    """No secure qualification, so the client id and value are not returned (RFC 4380 §5.2.2:
+    only the nonce is repeated)."""
     server = make_server()
     nonce = bytes(range(8))
     server.receive_datagram(
@@ -206,7 +209,8 @@ def test_invalid_rs_is_dropped(mutate: object, why: str) -> None:
 
 
 def test_ra_destination_must_be_global() -> None:
-    """SRV-13 (checked as rule 3 on the RS's source)."""
+    """RFC 4380 §5.3.2: the RA's IPv4 destination must be global unicast (here rule 3 of
+    §5.3.1 refuses the RS's source first)."""
     server = make_server()
     server.receive_datagram(RS_PAYLOAD, ("192.168.1.5", 4096), PRIMARY, 0.0)
     assert only_drop(server) == "not_global_source"
@@ -227,7 +231,7 @@ def test_allow_private_addresses_relaxes_the_ipv4_checks() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Acceptance checks (SRV-3), in order
+# Acceptance checks (RFC 4380 §5.3.1 rules 1-7), in order
 
 
 def test_rule1_malformed_is_dropped() -> None:
@@ -261,7 +265,8 @@ def test_rule3_non_global_ipv4_source_is_dropped(address: str) -> None:
 
 
 def test_rule5_teredo_source_with_matching_mapping_is_forwarded() -> None:
-    """A client's indirect bubble to another client of ours (SRV-6: with origin indication)."""
+    """A client's indirect bubble to another client of ours, with an origin indication (RFC 4380
+    §5.3.1)."""
     server = make_server()
     bubble = encode_bubble(OUR_CLIENT, PEER_OF_OURS)
     server.receive_datagram(bubble, CLIENT, PRIMARY, 0.0)
@@ -272,7 +277,7 @@ def test_rule5_teredo_source_with_matching_mapping_is_forwarded() -> None:
 
 
 def test_rule5_spoofed_teredo_source_is_dropped() -> None:
-    """The IPv6 source's embedded mapping must be the outer source (SEC-S1)."""
+    """The IPv6 source's embedded mapping must be the outer source (RFC 4380 §5.3.1, §7.4.2)."""
     server = make_server()
     for spoofer in ((CLIENT[0], 4097), ("192.0.2.2", 4096)):
         server.receive_datagram(encode_bubble(OUR_CLIENT, PEER_OF_OURS), spoofer, PRIMARY, 0.0)
@@ -288,7 +293,8 @@ def test_rule5_flags_of_the_source_are_ignored() -> None:
 
 
 def test_rule6_relay_bubble_from_link_local_reaches_our_client_with_origin() -> None:
-    """Miredo's relay sends indirect bubbles from fe80::<cookie> (requirements RLY-7)."""
+    """Miredo's relay (and ours) sends indirect bubbles from fe80::<cookie>, a link-local
+    address keyed on the client: not a Teredo source, so rule 6 lets them in."""
     server = make_server()
     bubble = encode_bubble(IPv6Address("fe80::1:2:3:4"), OUR_CLIENT)
     server.receive_datagram(bubble, RELAY, PRIMARY, 0.0)
@@ -349,7 +355,7 @@ def test_authentication_header_is_not_forwarded() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Loops (SRV-4) and destinations (SRV-5)
+# Loops (Miredo's hardening) and destinations (RFC 4380 §5.3.1)
 
 
 @pytest.mark.parametrize("address", [PRIMARY, SECONDARY])
@@ -425,7 +431,7 @@ def test_bubble_to_native_is_dropped() -> None:
 
 @pytest.mark.parametrize("destination", [NATIVE, PEER_OF_OURS])
 def test_oversize_non_bubble_is_dropped(destination: IPv6Address) -> None:
-    """SRV-4: at most MAX_FORWARDED_PAYLOAD bytes of IPv6 payload; the server is no relay."""
+    """As Miredo: at most MAX_FORWARDED_PAYLOAD bytes of IPv6 payload; the server is no relay."""
     server = make_server()
     fits = encode_echo(OUR_CLIENT, destination, 0, 0, bytes(MAX_FORWARDED_PAYLOAD - 8))
     server.receive_datagram(fits, CLIENT, PRIMARY, 0.0)
@@ -436,7 +442,7 @@ def test_oversize_non_bubble_is_dropped(destination: IPv6Address) -> None:
 
 
 def test_trailers_are_forwarded_unchanged() -> None:
-    """SRV-7: RFC 6081 bubbles depend on their trailers reaching the peer."""
+    """RFC 6081 bubbles depend on their trailers reaching the peer (RFC 6081 §4)."""
     server = make_server()
     bubble = encode_bubble(OUR_CLIENT, PEER_OF_OURS)
     trailers = encode_trailers([nonce_trailer(b"\xde\xad\xbe\xef")]) + hexbytes("80 02 aa bb")

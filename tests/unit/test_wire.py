@@ -1,4 +1,10 @@
-"""Wire vectors (requirements §2 and §10), truncation discipline and round trips."""
+"""Wire vectors, truncation discipline and round trips.
+
+The vectors were computed by hand from the layouts of RFC 4380 §5.1.1 (headers), §5.2.1 (RS),
+§5.3.2 (RA), §5.2.9 (echo test) and §2.8 (bubbles), and RFC 6081 §4 (trailers); where the RFCs
+leave a field open (RA timers, lifetimes, the MTU option, a bubble's hop limit), they hold the
+values Miredo sends.
+"""
 
 from __future__ import annotations
 
@@ -50,19 +56,20 @@ A2 = IPv6Address("2001:0:c633:6476:0:dfff:3fff:fdf5")
 CLIENT_LL = IPv6Address("fe80::ffff:ffff:ffff")
 SERVER = IPv4Address("203.0.113.120")
 
-# RFC 4380 §5.1.1: port 337 and 1.2.3.4 (TV-A5); TV-P1
+# RFC 4380 §5.1.1's example (port 337, 1.2.3.4), and RFC 6081 Figure 2's client A
 ORIGIN_VECTORS = [
     (337, "1.2.3.4", "0000 feae fefdfcfb"),
     (4096, "192.0.2.1", "0000 efff 3ffffdfe"),
 ]
 
-# Requirements §2.6 / TV-P3: auth | IPv6 header | RS
+# A nonce-only RS from fe80::ffff:ffff:ffff: auth | IPv6 header | RS
 RS_PAYLOAD = hexbytes(
     "0001 00 00 0123456789abcdef 00"
     "60000000 0008 3a ff fe800000000000000000ffffffffffff ff020000000000000000000000000002"
     "85 00 7d37 00000000"
 )
-# Requirements §2.7 / TV-P4: auth | origin | IPv6 | RA | PIO | MTU
+# The RA that answers it from server 203.0.113.120 to 192.0.2.1:4096:
+# auth | origin | IPv6 | RA | PIO | MTU
 RA_PAYLOAD = hexbytes(
     "0001 00 00 0123456789abcdef 00"
     "0000 efff 3ffffdfe"
@@ -71,12 +78,12 @@ RA_PAYLOAD = hexbytes(
     "03 04 40 40 ffffffff ffffffff 00000000 20010000cb0071780000000000000000"
     "05 01 0000 00000500"
 )
-# Requirements §2.8 / TV-P5
+# An echo test (RFC 4380 §5.2.9) from A1 to 2001:db8::1, hop limit 64, its nonce as data
 ECHO = hexbytes(
     "60000000 0010 3a 40 20010000cb0071780000efff3ffffdfe 20010db8000000000000000000000001"
     "80 00 74ec 0000 0000 a1b2c3d4e5f60718"
 )
-# Requirements §2.5 / TV-P6
+# A direct bubble from A1 to A2, hop limit 0 (RFC 4380 §2.8)
 BUBBLE = hexbytes(
     "60000000 0000 3b 00 20010000cb0071780000efff3ffffdfe 20010000c63364760000dfff3ffffdf5"
 )

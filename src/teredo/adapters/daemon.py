@@ -3,20 +3,22 @@
 A role daemon (`teredo.programs`: server_daemon, client_daemon, relay_daemon) looks like this::
 
     def run_relay(config_path: str | None) -> int:
-        config = ...                                    # parse; UsageError on mistakes
-        setup_logging(verbosity, syslog_facility=config.syslog_facility)
-        return asyncio.run(_main(config))
+        loaded = load_relay_config(config_path)         # parse; UsageError on mistakes
+        setup_logging(0, syslog_facility=loaded.syslog) # stderr, or syslog (SyslogFacility)
+        return asyncio.run(_serve(loaded))
 
-    async def _main(config) -> int:
-        with PidFile(pid_path):                         # optional (e.g. a -p option)
+    async def _serve(loaded) -> int:
+        try:
             udp = open_udp_socket(...)                  # UserError -> one sentence
             ...                                         # TUN, interface, control socket
             drop_privileges(config.user, keep=(...))    # teredo.adapters.privileges
-            try:
-                await wait_for_shutdown(on_reload=reload)   # SIGTERM/SIGINT end it
-            finally:
-                ...                                     # undo the interface, close sockets
+            await wait_for_shutdown(on_reload=daemon.reload)  # SIGTERM/SIGINT end it
+        finally:
+            ...                                         # undo the interface, close sockets
         return 0
+
+The daemons run in the foreground and write no pid file: `PidFile` (a pid file held with a
+lock) is here for when one does, and no command-line option asks for it yet.
 
 The timer adapter for the core's `get_timer()` is `teredo.adapters.timer.Timer`.
 """

@@ -2,8 +2,9 @@
 
 A daemon needs root only to open its TUN device and sockets and to configure its interface.
 Once that is done, `drop_privileges(user)` switches every user and group id to `user` (default
-"nobody"), with no supplementary groups. A client must keep reconfiguring its interface when its
-Teredo address changes, so it passes `keep=("CAP_NET_ADMIN",)`; server and relay keep nothing.
+"nobody"), with no supplementary groups. The client and the relay pass `keep=("CAP_NET_ADMIN",)`:
+the client reconfigures its interface whenever its Teredo address changes, and the relay sets a
+new MTU on SIGHUP and removes its route and address on exit. The server keeps nothing.
 
 How (Linux, through ctypes; see capabilities(7)):
 

@@ -1,6 +1,6 @@
 """One asyncio timer that follows a sans-I/O core's `get_timer()` deadline.
 
-Every core exposes `get_timer() -> float | None`, an absolute deadline on the clock the runtime
+Every core exposes `get_timer() -> float | None`, an absolute deadline on the clock its daemon
 feeds it (`loop.time()`), and `handle_timer(now)`. The adapter keeps a single `TimerHandle`
 armed at that deadline::
 

@@ -21,7 +21,8 @@ Two kernel features serve the fast data path (`teredo.programs.datapath`):
   the kernel refuses an offload the queue still works, with fewer (or no) offloads:
   `offloads` says which were granted.
 - `multi_queue=True` (IFF_MULTI_QUEUE): call `open_tun` again with the same name to attach more
-  queues (one per worker); the kernel spreads flows across them.
+  queues; the kernel spreads flows across them. The daemons use one queue each (one event loop
+  in one thread); only the tests open several.
 """
 
 from __future__ import annotations
@@ -118,8 +119,8 @@ class TunDevice:
         """Read up to `limit` queued packets, calling `handler(view)` for each; return the count.
 
         The view aliases the reused buffer and is overwritten by the next read. With a
-        virtio-net header the view starts with it (the offloaded reader in `tunnel_loop` reads
-        the device itself).
+        virtio-net header the view starts with it (the offloaded data path,
+        `teredo.programs.datapath`, reads the device itself through `read_runs`).
         """
         readv, fd, buffers, view = os.readv, self.fd, self._buffers, self._view
         count = 0
@@ -161,8 +162,8 @@ class TunDevice:
 
     def write_frame(self, frame: bytes | bytearray | memoryview) -> bool:
         """Inject a virtio-net header and its packet held in one buffer, as
-        `teredo.core.offload.coalesce_segments` writes them; needs `offload=True`. On failure count
-        it and return False."""
+        `coalesce_segments` (`teredo.adapters.accel`) writes them; needs `offload=True`. On
+        failure count it and return False."""
         try:
             os.write(self.fd, frame)
         except OSError as error:

@@ -17,7 +17,7 @@ reads up to `max_reads` packets (each after its virtio-net header, `teredo.core.
   last (shorter, which ends the run), all with the same IPv6 source and destination, at most
   `MAX_SEGMENTS` of them and `MAX_SEGMENTED_BYTES` in all; a partial checksum (`NEEDS_CSUM`) is
   completed. A packet shorter than an IPv6 header is a run of its own.
-- otherwise: one super-packet at `buffer[start:end]` as read, for `teredo.core.offload.segment`.
+- otherwise: one super-packet at `buffer[start:end]` as read, for `teredo.adapters.accel.segment`.
 
 `dropped` counts packets whose checksum offsets lie outside them; `error` is the errno that
 stopped the reading (`EAGAIN`: the queue is empty), 0 when `max_reads` or the room did.

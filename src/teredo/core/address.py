@@ -8,7 +8,7 @@ The mapped port and address are stored bit-inverted so that NATs rewriting IPv4 
 in payloads leave them alone. Only the cone bit (0x8000) of the flags ever had a meaning; RFC 5991
 turns twelve of the other bits (mask 0x3CFF) into random bits and asks receivers to ignore all
 flag bits but C (and even C is advisory). Receivers therefore extract the mapping the same way
-whatever the flags are (RFC 4380 §4, requirements ADDR-9).
+whatever the flags are (RFC 4380 §4: receivers ignore the reserved bits).
 
 The stdlib's `IPv6Address.teredo` is deliberately not used: it drops the flags and the port.
 """
@@ -24,7 +24,8 @@ from teredo.core.errors import ParseError
 
 TEREDO_PORT: Final = 3544  # RFC 4380 §2.7: servers listen on UDP 3544
 TEREDO_PREFIX: Final = IPv6Network("2001::/32")  # RFC 4380 §2.6, IANA
-LEGACY_TEREDO_PREFIX: Final = IPv6Network("3ffe:831f::/32")  # pre-RFC Windows XP (seed document)
+# The 6bone prefix pre-RFC Teredo used (Windows XP before its update); 2001::/32 replaced it.
+LEGACY_TEREDO_PREFIX: Final = IPv6Network("3ffe:831f::/32")
 TEREDO_PREFIX32: Final = 0x20010000  # the first 32 bits of TEREDO_PREFIX
 DISCOVERY_GROUP: Final = IPv4Address("224.0.0.253")  # RFC 4380 §2.17: local client discovery
 DEFAULT_MTU: Final = 1280  # RFC 4380 §5.1.2
@@ -39,8 +40,8 @@ PORT_MASK: Final = 0xFFFF  # RFC 4380 §4: obfuscation of the mapped port
 IPV4_MASK: Final = 0xFFFFFFFF  # RFC 4380 §4: obfuscation of the mapped IPv4 address
 
 LINK_LOCAL_PREFIX: Final = 0xFE80 << 112
-# RFC 4380 §5.2.1 leaves the client's RS source open (requirements ADDR-17). These are the values
-# implementations use; a server must accept all of them.
+# RFC 4380 §5.2.1 leaves the client's RS source open: any link-local address whose C bit matches
+# the probe phase. These are the values implementations use; a server must accept all of them.
 CLIENT_LINK_LOCAL: Final = IPv6Address("fe80::ffff:ffff:ffff")  # Miredo, C=0 (ours too)
 CLIENT_LINK_LOCAL_CONE: Final = IPv6Address("fe80::8000:ffff:ffff:ffff")  # C=1 probe (4380 only)
 WINDOWS_LINK_LOCAL: Final = IPv6Address("fe80::ffff:ffff:fffe")
@@ -248,7 +249,8 @@ _NON_GLOBAL_IPV4: Final = tuple(
 def is_global_ipv4(address: IPv4Address | int) -> bool:
     """Global unicast per RFC 4380 §5.2.4 (TEST-NET and 240/4 count as global there).
 
-    Directed broadcast addresses of attached subnets are the runtime's business: it knows them.
+    Directed broadcast addresses of attached subnets are not checked: only the host knows its
+    subnets, and the core does no I/O.
     """
     value = int(address)
     return all(value & mask != network for network, mask in _NON_GLOBAL_IPV4)

@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-`TeredoClient` is the shared tunnel engine (`teredo.core.peering.PeeringEngine`: peer list, bubbles,
-queues, trust, RFC 6081 nonces, fast paths) plus what only a client does. It composes a
-`teredo.core.qualification.Qualifier` for everything about its server and adds the client rules:
+`TeredoClient` is the peering engine it shares with the relay
+(`teredo.core.peering.PeeringEngine`: peer list, bubbles, queues, trust, RFC 6081 nonces, fast
+paths) plus what only a client does. It composes a `teredo.core.qualification.Qualifier` for
+everything about its server and adds the client rules:
 
 States (the qualifier's, RFC 4380 §5.2.1): IDLE -> QUALIFYING -> QUALIFIED <-> OFFLINE; see
 `teredo.core.qualification` for the RS/RA exchange, the NAT check, the refresh timer, the backoff
@@ -13,35 +14,39 @@ and failover. While not qualified the client has no address: it drops everything
 
 Reception (RFC 4380 §5.2.3), before the engine's generic rules:
 
-- From the server (either address, port 3544): any valid packet postpones the refresh (§5.2.3,
-  CLI-M6). RAs go to the qualifier. A packet carrying an origin indication is an indirect bubble
-  (or a relayed packet): the client answers with a *direct* bubble to the origin, from its own
-  address to the packet's source (requirements CLI-R3, G7; RFC 5991 §3.2), carrying the RFC 6081
-  nonce of the indirect bubble if it had one (§5.2.4.3, EXT-S4/S5). That answer is what makes the
-  sender's bubbles (client case 5, relay case 3) succeed. It is spaced 2 s per peer (§5.2.6).
+- From the server (either address, port 3544): any valid packet counts as an interaction with
+  the server and postpones the refresh (§5.2.3). RAs go to the qualifier. A packet carrying an
+  origin indication is an indirect bubble (or a relayed packet): the client answers with a
+  *direct* bubble to the origin, from its own address to the packet's source. RFC 4380 §5.2.3
+  literally asks for a connectivity test there; the direct bubble is what Miredo and every RFC
+  6081 example do, and RFC 5991 §3.2 takes for granted that peers reply to indirect bubbles. The
+  bubble carries the RFC 6081 nonce of the indirect bubble if it had one (RFC 6081 §5.2.4.2,
+  §5.2.4.3). That answer is what makes the sender's bubbles (client case 5, relay case 3)
+  succeed. It is spaced 2 s per peer (§5.2.6).
 - Generic rules (engine): trusted mapping; Teredo source whose embedded mapping is the outer
   source (rx case 3, with the global-unicast check of CVE-2006-6264); a bubble carrying our
   RFC 6081 nonce (symmetric NAT peers).
 - Then the client's unverified cases (`_on_unverified`): an ICMPv6 echo reply whose data is the
-  nonce of our direct IPv6 connectivity test trusts that relay for that native peer (rx case 2,
-  SEC-C4: the *only* way a relay's mapping is trusted) and releases the queue; a packet from a
-  local peer's local endpoint (rx case 5); a packet from a native source through an unknown relay
-  (rx case 6): held (bounded) while an echo test via the server checks that relay (Miredo does
-  the same; CVE-2006-6266 bounded by the ping budget); link-local sources are refused (CLI-R6).
+  nonce of our direct IPv6 connectivity test trusts that relay for that native peer (rx case 2;
+  the *only* way a relay's mapping is trusted, RFC 4380 §5.2.9, §7.2.2) and releases the queue;
+  a packet from a local peer's local endpoint (rx case 5); a packet from a native source through
+  an unknown relay (rx case 6): held (bounded) while an echo test via the server checks that
+  relay (Miredo does the same; CVE-2006-6266 bounded by the ping budget); link-local sources are
+  refused, as Miredo does, so that no forged RA or neighbor discovery message reaches the stack.
 
 Transmission (RFC 4380 §5.2.4): trusted peers by the engine's fast path; Teredo destinations by
 the engine (queue + direct and indirect bubbles, retried every 2 s, 4 at most); native
 destinations by the direct IPv6 connectivity test (`_on_native_destination`, §5.2.9): a random
 64-bit nonce in an ICMPv6 echo request sent through our own server, repeated every 2 s, 4 at most
-(CLI-E1, CLI-E3); the relay whose echo reply carries the nonce becomes the peer's mapping.
+(§5.2.4 case 2); the relay whose echo reply carries the nonce becomes the peer's mapping.
 Local peers (case 3) also get a unicast bubble to their local endpoint and a discovery bubble.
 
 Local client discovery (RFC 4380 §5.2.8, optional, `local_discovery`): discovery bubbles
 (our address -> ff02::1, hop limit 1) to 224.0.0.253:3544 every 200-300 s and right after
-qualifying; received ones (`receive_discovery`, from the runtime's multicast socket) are accepted
-only from a local subnet with a well-formed Teredo source whose mapped IPv4 is ours (same NAT,
-Miredo's DiscoveryNetmask /32), recorded as *local*, not trusted, and answered with a unicast
-bubble (CLI-L3, CLI-L4). Peers behind the same NAT otherwise meet through the NAT if it
+qualifying; received ones (`receive_discovery`, from the client daemon's multicast socket) are
+accepted only from a local subnet with a well-formed Teredo source whose mapped IPv4 is ours
+(same NAT, Miredo's DiscoveryNetmask /32), recorded as *local*, not trusted, and answered with a
+unicast bubble (§5.2.8). Peers behind the same NAT otherwise meet through the NAT if it
 hairpins: our bubbles go to their public mapping like any other.
 
 Timers: the engine's (bubble and echo retries, peer sweep), the qualifier's (RS retries, refresh,
@@ -132,7 +137,7 @@ class TeredoClient(PeeringEngine):
 
     `local` is the service socket's endpoint as the host sees it (its address toward the server
     when bound to 0.0.0.0): it tells "no NAT" and port preservation apart. `local_networks` are
-    the IPv4 subnets of the host's interfaces, for the local discovery filter (CLI-L3).
+    the IPv4 subnets of the host's interfaces, for the local discovery filter (RFC 4380 §5.2.8).
     """
 
     def __init__(
@@ -183,7 +188,7 @@ class TeredoClient(PeeringEngine):
         self._pump(now)
 
     def stop(self) -> None:
-        """Shutting down: forget timers; the runtime withdraws the address."""
+        """Shutting down: forget timers; the daemon withdraws the address."""
         self.qualifier.stop()
         self._set_address(None)
         self._discovery_at = None
@@ -299,7 +304,7 @@ class TeredoClient(PeeringEngine):
         known = peer is not None and peer.local == source
         if peer is None:
             peer = self.peers.create(src, now)
-            peer.last_rx = now  # RFC 4380 §5.2.8 (CLI-P4); not trusted
+            peer.last_rx = now  # RFC 4380 §5.2.8: heard from now, but not trusted
             self.count("peers_created")
         peer.local = source
         peer.local_seen = now
@@ -337,7 +342,7 @@ class TeredoClient(PeeringEngine):
         ipv6 = packet.ipv6
         src = ipv6[8:24]
         if src[0] == 0xFE and src[1] & 0xC0 == 0x80:
-            # No fake RA or neighbor discovery may reach the stack (RFC 4380 §5.2.3, RFC 5991 §3).
+            # As Miredo does: no forged RA or neighbor discovery may reach the stack.
             self.drop("link_local_source")
             return
         if self.is_teredo(src):
@@ -588,7 +593,7 @@ class TeredoClient(PeeringEngine):
 
     def _on_local_subnet(self, address: str) -> bool:
         if not self.local_networks:
-            # The runtime did not tell us: accept only when the source is not global (a LAN).
+            # The daemon gave no subnets: accept only when the source is not global (a LAN).
             try:
                 return not is_global_ipv4(IPv4Address(address))
             except ValueError:
@@ -602,7 +607,7 @@ class TeredoClient(PeeringEngine):
     # -- qualifier glue -------------------------------------------------------------------------
 
     def _pump(self, now: float) -> None:
-        """Move the qualifier's datagrams out and apply its events before the runtime sees them."""
+        """Move the qualifier's datagrams out and apply its events before the daemon sees them."""
         q = self.qualifier
         for data, destination in q.datagrams_to_send():
             self.emit(data, destination)

@@ -79,8 +79,8 @@ Compatibility with Miredo (observed with Miredo 1.2.6 and its miredo-checkconf)
   those rather than read ``010`` differently. Addresses in ``BindAddress`` and
   ``ServerBindAddress*`` must be literal IPv4 addresses (Miredo resolves names there too).
 - Extra words after a value are ignored with a warning, as Miredo ignores them silently.
-- Hostnames are kept as strings and resolved by the runtime (Miredo's checker resolves them; this
-  module does no I/O). ``ServerAddress2`` defaults to the resolved primary + 1.
+- Hostnames are kept as strings and resolved when the client daemon starts (Miredo's checker
+  resolves them; this module does no I/O). ``ServerAddress2`` defaults to the resolved primary + 1.
 - Miredo's man page gives "miredo" as the default interface name, yet Miredo on Linux creates
   the kernel's ``tunN``; every shipped example sets ``InterfaceName teredo``, which is our default.
 - The last line may lack a newline (Miredo rejects that as an "overly long line").
@@ -187,7 +187,9 @@ class RelayType(Enum):
 
     CLIENT = "client"
     CONE = "cone"  # a relay with public IPv4 (or a full-cone mapping); Miredo: relay == cone
-    RESTRICTED = "restricted"  # a relay behind a restricted NAT: also sends direct bubbles
+    # Miredo's relay behind a restricted NAT (discouraged, see `_build_relay`). Ours runs it as a
+    # cone relay: every relay sends direct bubbles besides the indirect ones (teredo.core.peering).
+    RESTRICTED = "restricted"
     HOST_SPECIFIC = "host-specific"  # ours: RFC 4380 §5.4 "minimal relay" serving only this host
 
 
@@ -239,8 +241,9 @@ class ConfigWarning:
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     """A Teredo client (``RelayType client``). Addresses are `ipaddress` objects; hostnames stay
-    strings for the runtime to resolve. ``server_address2`` is None only when ``server_address``
-    is a hostname and no ``ServerAddress2`` was given: the runtime uses the resolved address + 1."""
+    strings for the client daemon to resolve. ``server_address2`` is None only when
+    ``server_address`` is a hostname and no ``ServerAddress2`` was given: the daemon then uses the
+    resolved address + 1."""
 
     server_address: IPv4Address | str
     server_address2: IPv4Address | str | None = None
@@ -401,7 +404,7 @@ def _parse_ipv4(value: str) -> IPv4Address:
 
 
 def _parse_host(value: str) -> IPv4Address | str:
-    """An IPv4 literal or a hostname (kept as written, resolved by the runtime)."""
+    """An IPv4 literal or a hostname (kept as written, resolved by the client daemon)."""
     try:
         return IPv4Address(value)
     except ValueError:
@@ -688,7 +691,8 @@ def _next_address(
     allow_private: bool,
     directive2: str,
 ) -> IPv4Address:
-    """The conventional secondary address, primary + 1 (miredo.conf(5); requirements G10)."""
+    """The conventional secondary address, primary + 1 (miredo.conf(5)): RFC 4380 §5.2 asks
+    for a secondary address but does not say which."""
     following = int(address) + 1
     if following > 0xFFFFFFFF:
         reader.fail(key, f"{what} {address} has no next address, so set {directive2}")

@@ -34,8 +34,8 @@ two runs is chosen at the edge, by `teredo.adapters.accel`. The sum uses the fac
 a sum of 16-bit words in one's complement arithmetic is the number they form modulo 0xFFFF
 (because 2**16 = 1 mod 0xFFFF), `int.from_bytes(...) % 0xFFFF`, ~3 us for 1280 bytes.
 
-Everything here is pure: buffers in, buffers out. The runtime (`teredo.adapters.tun`,
-`teredo.programs.datapath`) does the reads, writes and sends.
+Everything here is pure: buffers in, buffers out. The adapters and programs
+(`teredo.adapters.tun`, `teredo.programs.datapath`) do the reads, writes and sends.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ the interface identifier's first 16 bits) cleared. A client answers a bubble rel
 server with a direct bubble addressed to that link-local source (RFC 4380 §5.2.3, RFC 5991
 §3.2), so a direct bubble whose destination is our cookie for its source proves it came from a
 host that received our bubble: no per-peer state is needed to check it and a spoofer cannot
-guess it. The secret is injected (the runtime draws it at start).
+guess it. The secret is injected (the daemon draws it at start).
 
 Timers: one deadline, `get_timer()`: the earliest bubble retry (a heap, entries invalidated
 lazily) or the next sweep. Every `SWEEP_INTERVAL` the peer table's idle entries are swept
@@ -185,7 +185,7 @@ class PeeringEngine(ABC):
         engine.forward_to_teredo(packet, now) -> Endpoint | None   # None: use send_ipv6
         engine.accept_from_teredo(data, source, now) -> bool       # False: receive_datagram
 
-    `random_bytes(n)` must be a CSPRNG (os.urandom in the runtime); `secret` keys the bubble
+    `random_bytes(n)` must be a CSPRNG (os.urandom in the daemons); `secret` keys the bubble
     cookies (at least 16 random bytes).
     """
 
@@ -212,7 +212,7 @@ class PeeringEngine(ABC):
         self._check_global = not settings.allow_private
         # The only IPv6 source the local stack may send from (the client's address); None: any.
         self.required_source: bytes | None = None
-        # Source of the ICMPv6 errors sent to the local stack (set by the role or runtime).
+        # Source of the ICMPv6 errors sent to the local stack (set by the role or its daemon).
         self.error_source: IPv6Address = DEFAULT_ERROR_SOURCE
         self._datagrams: list[tuple[bytes, Endpoint]] = []
         self._packets: list[bytes] = []

@@ -6,8 +6,9 @@ A peer is keyed by its 16-byte IPv6 address. It is *trusted* once a packet prove
 mapping (the IPv4 endpoint packets for it must go to) is real: a direct bubble or packet whose
 outer source equals the mapping embedded in its Teredo address, an echo reply carrying our nonce,
 or (RFC 6081) a bubble carrying our nonce. A trusted peer is *valid* for sending while it was
-heard from less than 30 s ago (600 s for a local peer, requirements G6); an invalid one goes
-through setup again (bubbles or an echo test) but keeps its entry.
+heard from less than 30 s ago (600 s for a local peer: RFC 4380 §5.2.4 says 30 s for every
+peer, yet its transmission case 3 counts a peer as local for 600 s; Miredo uses 600 s too); an
+invalid one goes through setup again (bubbles or an echo test) but keeps its entry.
 
 Setup traffic is rate limited per peer: no bubble within 2 s of the last transmission, no more
 than 4 bubbles per 300 s without a direct answer (RFC 4380 §5.2.6), and at most 4 echo tests at
@@ -73,7 +74,7 @@ from teredo.core.address import Endpoint
 Link = Endpoint | int | None
 
 PEER_VALIDITY: Final = 30.0  # RFC 4380 §5.2.4: valid if last reception < 30 s ago
-LOCAL_PEER_VALIDITY: Final = 600.0  # RFC 4380 §5.2.4 case 3 (requirements G6)
+LOCAL_PEER_VALIDITY: Final = 600.0  # RFC 4380 §5.2.4 case 3, as Miredo (module docstring)
 BACKDATE: Final = 30.0  # RFC 4380 §5.2.3/§5.2.6: new entries start 30 s in the past
 BUBBLE_SPACING: Final = 2.0  # RFC 4380 §5.2.6: no bubble within 2 s of the last transmission
 BUBBLE_BUDGET: Final = 4  # RFC 4380 §5.2.6: at most 4 bubbles ...
@@ -84,7 +85,7 @@ DEFAULT_MAX_QUEUE_BYTES: Final = 1280  # per peer, as Miredo
 DEFAULT_MAX_TOTAL_QUEUE_BYTES: Final = 4 * 1024 * 1024
 EVICTION_SCAN: Final = 64  # entries examined for a second chance before evicting the oldest
 PROBATION_LIMIT: Final = 65536  # newest entries tracked for eviction first (see `create`)
-HOT_MAPPINGS: Final = 16384  # [IMPL] peers holding their mapping as a sockaddr tuple, at most
+HOT_MAPPINGS: Final = 16384  # our choice: peers in the fast form (a sockaddr tuple), at most
 NEVER: Final = float("-inf")  # the time of something that did not happen
 
 _COLD: Final = struct.Struct("<H4Bd")  # a cold link: port, IPv4 octets last first, last_rx
@@ -140,7 +141,7 @@ class PeerSetup:
     def __init__(self) -> None:
         self.bubbles = 0
         self.bubble_window = NEVER
-        self.last_tx = NEVER  # the last bubble (the data path does not count, see tunnel.py)
+        self.last_tx = NEVER  # the last bubble (the data path does not count, see peering.py)
         self.pings = 0
         self.last_ping = NEVER
         self.ping_nonce: bytes | None = None

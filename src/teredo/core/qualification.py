@@ -14,10 +14,10 @@ States (RFC 4380 §5.2.1 "Initial", "Starting", "Qualified", "Off-line")::
 
 - QUALIFYING: an RS (C=0, RFC 5991 §3.2 skips the cone phase) goes to the primary server address
   every T = 4 s, at most N = 3 times (RFC 4380 §5.2.1). Each RS carries a fresh random 8-byte
-  nonce in a nonce-only authentication header (RFC 4380 §5.2.2, requirements SEC-C1); the RA must
-  echo one of the nonces of the current round. The first valid RA qualifies the client at once:
-  the address is the RA's /64 prefix + random flags (RFC 5991 §3.1) + the mapping in the RA's
-  origin indication (RFC 4380 §5.2.1).
+  nonce in a nonce-only authentication header (RFC 4380 §5.2.2; sent always, not only for secure
+  qualification, as Miredo does); the RA must echo one of the nonces of the current round. The
+  first valid RA qualifies the client at once: the address is the RA's /64 prefix + random flags
+  (RFC 5991 §3.1) + the mapping in the RA's origin indication (RFC 4380 §5.2.1).
 - NAT behaviour (RFC 4380 §5.2.1, RFC 6081 §5.2): an RS also goes to the *secondary* server
   address, in parallel with the primary one so that it never delays the address. Same mapping
   from both: the NAT maps endpoint-independently ("restricted": address- or port-restricted,
@@ -34,12 +34,13 @@ States (RFC 4380 §5.2.1 "Initial", "Starting", "Qualified", "Off-line")::
   came from the server for a randomised 75-100 % of the refresh interval (default 30 s); any
   valid packet from the server's address and port 3544 counts as contact (`note_server_contact`).
   The refresh RS is retried like a qualification RS. Its RA must still carry our mapping; if the
-  mapping changed, the old address is invalid and a new one (new random bits) replaces it
-  (requirements CLI-M5): an `AddressChanged` event.
+  mapping changed, the old address is invalid and a new one (new random bits, RFC 5991 §3.1)
+  replaces it (RFC 4380 §5.2.5): an `AddressChanged` event.
 - OFFLINE: N unanswered RSes. The address is withdrawn (`Offline` event) and qualification
   restarts after a capped exponential backoff (2 s, 4 s ... 60 s; not Miredo's fixed 100 s, so a
   client started before its server qualifies soon after the server comes up), with the next
-  server of the configured list (failover, requirements SEC-S4).
+  server of the configured list (failover, which RFC 4380 §7.3.5 counts on against attacks on a
+  server).
 
 Events: `Qualified`, `AddressChanged`, `NatBehaviourDetected`, `Offline`.
 """
@@ -137,14 +138,14 @@ class Purpose(Enum):
 
 @dataclass(frozen=True, slots=True)
 class ServerPair:
-    """A Teredo server: its primary address and the secondary one (requirements CLI-C1, G10)."""
+    """A Teredo server: its primary address and the secondary one (RFC 4380 §5.2)."""
 
     primary: IPv4Address
     secondary: IPv4Address | None = None
 
     @classmethod
     def of(cls, primary: IPv4Address, secondary: IPv4Address | None = None) -> ServerPair:
-        """Miredo's convention when no secondary is given: primary + 1 (requirements G10)."""
+        """Miredo's convention when no secondary is given: primary + 1 (RFC 4380 does not say)."""
         if secondary is None and int(primary) < 0xFFFFFFFF:
             secondary = primary + 1
         return cls(primary, secondary)
@@ -210,7 +211,8 @@ class Qualifier:
     `random_bytes` must be a cryptographically strong source (`os.urandom`): it makes the RS
     nonces and the address's random bits (RFC 5991 §3.1, §4). `local` is our bound endpoint when
     known, for the "no NAT" and port-preserving reports. `probe_cone` adds the RFC 4380 cone
-    test (for `teredo probe` only: a client must not do it, RFC 5991 §3.2, requirements SEC-C11).
+    test (for `teredo probe` only: RFC 5991 §3.2 has clients skip it, so that their address does
+    not tell a scanner their NAT type).
     """
 
     def __init__(
@@ -296,7 +298,7 @@ class Qualifier:
         self._begin_round(now)
 
     def stop(self) -> None:
-        """Forget everything in flight; the runtime is shutting down."""
+        """Forget everything in flight; the client or probe is shutting down."""
         self._pending.clear()
         self._retransmit_at = self._refresh_at = self._restart_at = self._nat_check_at = None
         if self.state is not QualificationState.IDLE:
@@ -347,8 +349,12 @@ class Qualifier:
     ) -> None:
         """Handle a Teredo packet whose IPv6 part is an RA (see `is_router_advertisement`).
 
-        Every check of requirements CLI-Q7 is made here; a failed one drops the packet under a
-        named reason. Never raises for bad input.
+        Every check RFC 4380 §5.2.1 and §5.2.2 ask for is made here (an origin indication, a
+        valid RA, our RS's source as its destination, exactly one prefix, the Teredo prefix of
+        our server, our nonce), plus Miredo's: an authentication header is required, the RA
+        comes from the address our RS went to at port 3544, the prefix is a /64 and the MTU
+        lies within 1280-65535. A failed check drops the packet under a named reason. Never
+        raises for bad input.
         """
         solicitation = self._check_ra_envelope(packet, source)
         if solicitation is None:
@@ -483,7 +489,7 @@ class Qualifier:
         source = CLIENT_LINK_LOCAL_CONE if purpose is Purpose.CONE else CLIENT_LINK_LOCAL
         packet = TeredoPacket(
             ipv6=encode_router_solicitation(source),
-            authentication=Authentication(nonce=nonce),  # nonce-only (requirements SEC-C1)
+            authentication=Authentication(nonce=nonce),  # nonce-only (RFC 4380 §5.2.2)
         )
         self._pending[nonce] = _Solicitation(purpose, destination, source, now)
         self._outgoing.append((encode_teredo_packet(packet), destination))
@@ -561,7 +567,7 @@ class Qualifier:
     # -- RA handling ----------------------------------------------------------------------------
 
     def _check_ra_envelope(self, packet: TeredoPacket, source: Endpoint) -> _Solicitation | None:
-        """Origin indication, authentication, nonce and outer source (requirements CLI-Q7)."""
+        """Origin indication, authentication, nonce and outer source (RFC 4380 §5.2.1, §5.2.2)."""
         if packet.origin is None:
             self._drop("ra_no_origin", "RA from %s without an origin indication", source)
             return None
@@ -597,7 +603,7 @@ class Qualifier:
         return source[0] == solicitation.destination[0]
 
     def _check_prefix(self, prefix: IPv6Address, length: int) -> IPv6Network | None:
-        """RFC 4380 §5.2.1 (requirements CLI-Q7 4-5): a /64 = Teredo prefix + primary IPv4."""
+        """RFC 4380 §5.2.1: the Teredo prefix + our server's primary IPv4; a /64, as Miredo asks."""
         if length != 64:
             return None
         value = int(prefix)

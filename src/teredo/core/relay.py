@@ -27,8 +27,8 @@ policy, which lives here (the hooks at the end of `TeredoRelay`):
 
 * **Host-specific relay** (RFC 4380 §5.4's relay "for the host's own traffic"): the same engine
   on a dual-stack host with an unnumbered Teredo interface and a 2001::/32 route that is not
-  advertised. It serves exactly the host's own addresses, which the runtime keeps up to date
-  with `set_host_addresses`, and is never a client.
+  advertised. It serves exactly the host's own addresses, which the relay daemon keeps up to
+  date with `set_host_addresses`, and is never a client.
 
 Peer states (data in `teredo.core.peers`): absent -> untrusted (queue + bubbles, retried every
 2 s)
@@ -76,7 +76,8 @@ class TeredoRelay(PeeringEngine):
     """A Teredo relay, or with `host_specific` a host-specific relay.
 
     `host_addresses` (host-specific only) are the host's own IPv6 addresses: the only
-    destinations it forwards to and, the runtime's business, the only sources it carries.
+    destinations it forwards to and, since only the host's own packets are routed into its
+    interface (its route is not advertised), the only sources it carries.
     """
 
     def __init__(

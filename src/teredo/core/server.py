@@ -21,13 +21,14 @@ UDP 3544 on both (RFC 4380 §5.2, §5.3). It does two things and keeps no per-cl
    IPv6 connectivity tests (ICMPv6 echo requests to native hosts, RFC 4380 §5.2.9) are emitted as
    native IPv6.
 
-Every datagram goes through the acceptance checks of RFC 4380 §5.3.1 in order (requirements
-SRV-3): well formed; a bubble or ICMPv6; a global unicast IPv4 source; then accepted as an RS
-(rule 4), as traffic from a Teredo source whose embedded mapping equals the outer source
+Every datagram goes through the seven acceptance checks of RFC 4380 §5.3.1 in order: well
+formed (rule 1); a bubble or ICMPv6 (rule 2); a global unicast IPv4 source (rule 3); then accepted
+as an RS (rule 4), as traffic from a Teredo source whose embedded mapping equals the outer source
 (rule 5), or as traffic from a non-Teredo source to one of this server's clients (rule 6);
-anything else is discarded (rule 7). Before those, the Miredo hardening (SRV-4): datagrams from our
-own addresses' port 3544 are dropped (loops), and a forwarded packet that is not a bubble may carry
-at most MAX_FORWARDED_PAYLOAD bytes of IPv6 payload, so that the server is no open relay.
+anything else is discarded (rule 7). Before those, Miredo's hardening, which we share: datagrams
+from our own addresses' port 3544 are dropped (loops), and a forwarded packet that is not a
+bubble may carry at most MAX_FORWARDED_PAYLOAD bytes of IPv6 payload, so that the server is no
+open relay.
 
 There are no timers. The only state is a bounded table of token buckets keyed by IPv4 /32 (see
 `SourceRateLimiter`): every answer (RA) and every forwarded packet spends one token of the outer
@@ -78,15 +79,17 @@ from teredo.core.wire import (
 
 logger = logging.getLogger(__name__)
 
-# Requirements SRV-4 / SEC-S6 [IMPL]: a forwarded IPv6 packet that is not a bubble may carry at
+# Miredo's hardening, which we share: a forwarded IPv6 packet that is not a bubble may carry at
 # most this many bytes of IPv6 payload. Echo tests and echo replies fit; bulk traffic does not,
 # so the server cannot be used as an open relay. A deliberate RFC 4380 deviation shared with
 # Miredo (which says Microsoft servers do the same). Our own client's echo test must fit in it.
 MAX_FORWARDED_PAYLOAD: Final = 88
 
-# RFC 6081 §4 trailers are forwarded unchanged (requirements SRV-7). The known trailer types fit
-# in 44 bytes together (nonce 6, alternate address <= 28, ND option 6, random port 4); this cap
-# leaves room for future types without letting a "bubble" carry kilobytes.
+# RFC 6081 §4 trailers are forwarded unchanged: RFC 6081 does not revise the server's rules, but
+# its bubbles only work when their trailers reach the peer (Miredo, too, forwards everything after
+# the Teredo headers). The known trailer types fit in 44 bytes together (nonce 6, alternate
+# address <= 28, ND option 6, random port 4); this cap leaves room for future types without
+# letting a "bubble" carry kilobytes.
 MAX_FORWARDED_TRAILERS: Final = 128
 
 # Rate limits (RFC 4380 §7.3.5, §7.4.1: a server's main threats are brute-force DoS and
@@ -101,7 +104,7 @@ RATE_LIMIT_MAX_SOURCES: Final = 65536  # bounded table: least recently used entr
 GLOBAL_UNICAST_IPV6: Final = IPv6Network("2000::/3")
 
 DROP_REASONS: Final[dict[str, str]] = {
-    "loop": "from one of our own addresses' port 3544, or toward one (SRV-4)",
+    "loop": "from one of our own addresses' port 3544, or toward one (as Miredo)",
     "malformed": "not a well-formed Teredo IPv6 packet (RFC 4380 §5.3.1 rule 1)",
     "origin_indication": "carried an origin indication, which only servers insert",
     "not_bubble_or_icmpv6": "neither a bubble nor ICMPv6 (rule 2)",
@@ -109,12 +112,12 @@ DROP_REASONS: Final[dict[str, str]] = {
     "bad_router_solicitation": "to ff02::2 from link-local but not a valid RS (rule 4)",
     "spoofed_source": "Teredo IPv6 source does not match the outer IPv4 source and port (rule 5)",
     "not_our_client": "non-Teredo source, destination not one of our clients (rules 6, 7)",
-    "local_not_rs": "for ff02::2 or our link-local address but not an RS we answer (SRV-17)",
-    "destination_not_global": "IPv6 destination is not global unicast (SRV-5)",
+    "local_not_rs": "for ff02::2 or our link-local address but not an RS (as Miredo)",
+    "destination_not_global": "IPv6 destination is not global unicast (RFC 4380 §5.3.1)",
     "destination_ipv4_not_global": "Teredo destination embeds a non-global IPv4 or port 0",
     "bubble_to_native": "a bubble toward a native IPv6 host (nothing to forward)",
     "hop_limit_exceeded": "native forward with hop limit <= 1",
-    "oversize": f"non-bubble with more than {MAX_FORWARDED_PAYLOAD} bytes of payload (SRV-4)",
+    "oversize": f"non-bubble with more than {MAX_FORWARDED_PAYLOAD} bytes of payload (as Miredo)",
     "oversize_trailers": f"more than {MAX_FORWARDED_TRAILERS} bytes of RFC 6081 trailers",
     "rate_limited": "the source's or destination's token bucket is empty",
 }
@@ -231,7 +234,7 @@ class TeredoServer:
     def reconfigure(self, settings: ServerSettings) -> None:
         """Apply new settings (SIGHUP); counters and rate-limit state are kept.
 
-        The addresses are bound by the runtime; it decides whether they may change.
+        The addresses are bound by the server daemon; it decides whether they may change.
         """
         self._apply(settings)
 
@@ -274,7 +277,7 @@ class TeredoServer:
         """Process one UDP datagram that arrived on `local`:3544 from `source`.
 
         Never raises for anything `data` or `source` contain; `local` must be one of the two
-        server addresses (a runtime bug otherwise).
+        server addresses (a bug in the caller otherwise).
         """
         local_int = int(local)
         if local_int not in self._own:
@@ -290,7 +293,7 @@ class TeredoServer:
     def _receive(self, data: bytes, source: Endpoint, local: IPv4Address, now: float) -> str | None:
         """Return a drop reason, or None when the datagram was handled."""
         source_int = ipv4_value(source[0])
-        # SRV-4: a datagram from our own address and port would make a loop.
+        # As Miredo: a datagram from our own address and port would make a loop.
         if source_int in self._own and source[1] == TEREDO_PORT:
             return "loop"
         # Rule 1: a well-formed Teredo IPv6 packet.
@@ -350,10 +353,10 @@ class TeredoServer:
         source: Endpoint,
         now: float,
     ) -> str | None:
-        """SRV-5..7: route an accepted packet toward its destination."""
+        """Route an accepted packet toward its destination (RFC 4380 §5.3.1, after the rules)."""
         destination = ipv6[24:40]
         if destination in self._local_destinations:
-            return "local_not_rs"  # SRV-17: Miredo drops echo requests to the server too
+            return "local_not_rs"  # RFC 4380 §5.3.1 would answer echo requests; Miredo drops them
         if IPv6Address(destination) not in GLOBAL_UNICAST_IPV6:
             return "destination_not_global"
         if not bubble and len(ipv6) - IPV6_HEADER_LENGTH > MAX_FORWARDED_PAYLOAD:
@@ -365,7 +368,7 @@ class TeredoServer:
                 return "loop"
             if port == 0 or (not self.settings.allow_private and not is_global_ipv4(mapped)):
                 return "destination_ipv4_not_global"
-            # SRV-7: everything after the Teredo headers, trailers included, goes through.
+            # Everything after the Teredo headers, RFC 6081 trailers included, goes through.
             offset = 0 if authentication is None else len(push_authentication(authentication))
             rest = data[offset:]
             if len(rest) - len(ipv6) > MAX_FORWARDED_TRAILERS:
@@ -373,7 +376,7 @@ class TeredoServer:
             if not self._spend(source_int, now) or not self._spend(mapped, now):
                 return "rate_limited"
             if ours:
-                # SRV-6: tell our client where the packet really came from.
+                # RFC 4380 §5.3.1: tell our client where the packet really came from.
                 rest = (
                     push_origin_indication(OriginIndication(IPv4Address(source_int), source[1]))
                     + rest
@@ -383,7 +386,8 @@ class TeredoServer:
             self._datagrams.append(OutgoingDatagram(rest, target, self.settings.primary))
             self.counters["forwarded_teredo"] += 1
             return None
-        # SRV-5: a native destination (the clients' direct connectivity test, RFC 4380 §5.2.9).
+        # RFC 4380 §5.3.1: a native destination is routed natively (the clients' direct
+        # connectivity test, §5.2.9).
         if bubble:
             return "bubble_to_native"
         hop_limit = ipv6[7]
@@ -406,9 +410,10 @@ class TeredoServer:
         local: IPv4Address,
         now: float,
     ) -> str | None:
-        """SRV-8..14: answer an RS with an RA."""
+        """Answer an RS with an RA (RFC 4380 §5.3.2)."""
         self.counters["router_solicitations"] += 1
-        # SRV-13: the RA's destination (the RS's source) must be global unicast; rule 3 checked.
+        # RFC 4380 §5.3.2: the RA's destination (the RS's source) must be global unicast; rule 3
+        # checked it already.
         if not self._spend(source_int, now):
             return "rate_limited"
         ra = encode_router_advertisement(
@@ -421,11 +426,13 @@ class TeredoServer:
         )
         parts = []
         if authentication is not None:
-            # SRV-14: no secure qualification; echo the nonce in a nonce-only header, conf 0.
+            # No secure qualification: echo the nonce in a nonce-only header, confirmation 0
+            # (RFC 4380 §5.2.2: the server repeats the client's nonce).
             parts.append(push_authentication(Authentication(nonce=authentication.nonce)))
         parts.append(push_origin_indication(OriginIndication(IPv4Address(source_int), source[1])))
         parts.append(ra)
-        # SRV-12: C=1 -> answer from the other address (lets the client tell a cone NAT).
+        # RFC 4380 §5.3.2, RFC 5991 §3.2: C=1 -> answer from the other address (lets the client
+        # tell a cone NAT).
         if is_cone_link_local(rs_source):
             primary, secondary = self.settings.primary, self.settings.secondary
             sender = secondary if local == primary else primary

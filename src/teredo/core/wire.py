@@ -33,7 +33,7 @@ AUTH_HEADER_MIN_LENGTH: Final = 13  # RFC 4380 §5.1.1: 4 + nonce 8 + confirmati
 ORIGIN_INDICATION_LENGTH: Final = 8  # RFC 4380 §5.1.1
 NONCE_LENGTH: Final = 8  # RFC 4380 §5.1.1
 
-# RFC 4861 §6.1.2 / RFC 4380 §5.3.2 values Miredo's server uses (requirements §2.7).
+# RA fields that RFC 4380 §5.3.2 and RFC 4861 §6.1.2 leave open: the values Miredo's server sends.
 RA_RETRANS_TIMER_MS: Final = 2000
 PIO_FLAG_AUTONOMOUS: Final = 0x40
 INFINITE_LIFETIME: Final = 0xFFFFFFFF
@@ -64,7 +64,7 @@ class UnreachableCode(IntEnum):  # RFC 4443 §3.1
 
 class TrailerType(IntEnum):  # RFC 6081 §4
     NONCE = 0x01
-    RANDOM_PORT_IANA = 0x02  # RFC 6081 §9 (IANA table); §4.5 says 0x05: accept both (G2)
+    RANDOM_PORT_IANA = 0x02  # RFC 6081 §9 (IANA table); its §4.5 says 0x05: accept both
     ALTERNATE_ADDRESS = 0x03
     NEIGHBOR_DISCOVERY = 0x04
     RANDOM_PORT = 0x05
@@ -196,8 +196,8 @@ def parse_teredo_packet(data: bytes) -> TeredoPacket:
     if data[offset : offset + 2] == b"\x00\x00":
         origin, offset = pull_origin_indication(data, offset)
     elif data[offset : offset + 2] == b"\x00\x01":
-        # Requirements PKT-4 [INFER]: an origin indication before an authentication header, or
-        # two authentication headers, is not a legal order.
+        # RFC 4380 §5.1.1 puts the authentication header first; an origin indication before
+        # one, or two of them, is not a legal order (our reading: the RFC names no other).
         raise ParseError("authentication header in the wrong place")
     total = ipv6_total_length(data, offset)
     end = offset + total

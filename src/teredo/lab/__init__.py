@@ -1,4 +1,4 @@
-"""The teredo lab: a small Teredo Internet in network namespaces (see DESIGN.md, "The lab").
+"""The teredo lab: a small Teredo Internet in network namespaces (README, "The lab").
 
 Eight namespaces named ``<name>-<node>`` (default name ``tl``), joined by veth pairs created
 directly inside them, so nothing is ever added to the host's own namespace::

@@ -58,7 +58,7 @@ from teredo.lab.topology import (
 
 logger = logging.getLogger(__name__)
 
-READY_TIMEOUT: Final = 20.0  # seconds; a Miredo client retries 3 times 4 s apart (LAB-NOTES)
+READY_TIMEOUT: Final = 20.0  # seconds; a Miredo client tries 3 times 4 s apart (docs/lab-notes.md)
 POLL_INTERVAL: Final = 0.05
 SETTLE_TIMEOUT: Final = 10.0  # seconds for every link to get carrier and a link-local address
 TEREDO_PORT: Final = 3544  # RFC 4380 §2.7

@@ -1,8 +1,9 @@
 """The Teredo roles the lab runs, and how to launch each with this project or with Miredo.
 
-`OURS_IMPLEMENTED` says which roles this project implements; `teredo lab demo` (and the
-"auto" choice of `teredo lab up`) uses ours where it says True and Miredo elsewhere. The
-developers of each role flip their flag when their daemon works in the lab.
+`OURS_IMPLEMENTED` says which roles this project implements: all of them (server, client and
+relay). `teredo lab demo` and the "auto" choice of `teredo lab up` use ours where it says True
+and Miredo elsewhere, so setting a flag to False sends that role back to Miredo (the tests do,
+to check the choice).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ AUTO: Final = "auto"
 IMPL_CHOICES: Final = (AUTO, Impl.OURS.value, Impl.MIREDO.value)
 
 # role -> (node, kind). Roles start in this order: servers and relays before clients, because
-# a Miredo client that finds no server sleeps 100 s before trying again (LAB-NOTES).
+# a Miredo client that finds no server sleeps 100 s before trying again (docs/lab-notes.md).
 ROLES: Final = {
     "server": ("srv", "server"),
     "relay": ("relay", "relay"),
@@ -105,7 +106,7 @@ def role_launch(role: str, impl: Impl, state_dir: Path) -> RoleLaunch:
                 f"{role} ours"
             )
         # Foreground, and a pid file of its own: namespaces share the file system and a second
-        # instance with the default pid file refuses to start (LAB-NOTES).
+        # instance with the default pid file refuses to start (docs/lab-notes.md).
         pid_path = state_dir / f"{node}.pid"
         argv = (program, "-f", "-p", str(pid_path), "-c", str(config_path))
     return RoleLaunch(

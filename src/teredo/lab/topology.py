@@ -16,8 +16,8 @@ Every lab uses the same addresses: labs are told apart by their namespace names
                     10.1.0.2     10.2.0.2      NAT kind "none" the public 203.0.113.66 / .82
 
 The public side uses the documentation ranges 198.51.100.0/24 and 203.0.113.0/24 (Miredo
-refuses private, shared and 172.16/12 mapped addresses, and the host itself may sit in
-192.0.2.0/24, so that range is avoided) and 2001:db8::/32 for native IPv6.
+refuses mapped addresses in the private ranges, 172.16/12 included, and the host itself may sit
+in 192.0.2.0/24, so that range is avoided: docs/lab-notes.md) and 2001:db8::/32 for native IPv6.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ NODE_ALIASES: Final = {
 }
 
 SERVER_IPV4: Final = IPv4Address("198.51.100.2")
-SERVER_IPV4_2: Final = IPv4Address("198.51.100.3")  # RFC 4380 §5.2.1: primary address + 1
+SERVER_IPV4_2: Final = IPv4Address("198.51.100.3")  # primary + 1, Miredo's default secondary
 SERVER_IPV6: Final = IPv6Address("2001:db8:1::2")
 RELAY_IPV4: Final = IPv4Address("198.51.100.18")
 RELAY_IPV6: Final = IPv6Address("2001:db8:3::2")
@@ -270,7 +270,7 @@ def build_topology(nat1: NatKind = DEFAULT_NAT1, nat2: NatKind = DEFAULT_NAT2) -
                 Route(default6, _v6("2001:db8:3::1").ip),
             ),
             # A relay forwards between its Teredo interface and native IPv6: without IPv6
-            # forwarding every relayed packet is dropped silently, both ways (LAB-NOTES).
+            # forwarding every relayed packet is dropped silently, both ways (docs/lab-notes.md).
             (*COMMON_SYSCTLS, IPV6_FORWARDING),
         )
     )

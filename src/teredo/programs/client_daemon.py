@@ -12,9 +12,10 @@ What it does, in order:
    starts the hook script helper when ``HookScript`` is set, listens on the control socket, then
    drops privileges to ``User`` keeping CAP_NET_ADMIN (address changes need it).
 3. qualifies. On `Qualified` it configures the interface through netlink as Miredo's
-   ``/etc/miredo/client-hook`` does (runtime/netlink.py ``configure_client``: link up with the
-   RA's MTU, ``fe80::ffff:ffff:ffff/64``, ``ADDRESS/32`` -- which brings the ``2001::/32``
-   route -- and ``default dev IFACE metric 1029``), logs how long it took from the router
+   ``/etc/miredo/client-hook`` does (``InterfaceConfigurator.configure_client`` in
+   `teredo.adapters.netlink`: link up with the RA's MTU, ``fe80::ffff:ffff:ffff/64``,
+   ``ADDRESS/32`` -- which brings the ``2001::/32`` route -- and
+   ``default dev IFACE metric 1029``), logs how long it took from the router
    solicitation that qualified to the address being usable, and runs the hook script with
    ``STATE=up``. `AddressChanged` reconfigures (``OLD_ADDRESS`` set); `Offline` withdraws
    everything (``STATE=down``); exit withdraws it too and runs the hook with ``STATE=destroy``.
@@ -480,7 +481,7 @@ async def _serve(loaded: Loaded[ClientConfig]) -> int:
 
 
 def _warn_if_native_ipv6(interface: str) -> None:
-    """RFC 4380 §5.5 (requirements CLI-Q11, SEC-C15): Teredo is the last resort. Say so when
+    """RFC 4380 §5.5: Teredo is the last resort, not for a host with other IPv6. Say so when
     this host already has a global IPv6 address elsewhere (the metric-1029 default route keeps
     native routes preferred meanwhile)."""
     from teredo.core.address import TEREDO_PREFIX
@@ -508,7 +509,7 @@ def _watch_discovery(daemon: ClientDaemon) -> None:
         if destination == group:
             core.receive_discovery(bytes(view), source, time.monotonic())
         else:
-            core.drop("discovery_unicast")  # requirements CLI-L3
+            core.drop("discovery_unicast")  # RFC 4380 §5.2.8: discovery bubbles come by multicast
 
     def readable() -> None:
         sock.drain_pktinfo(handle)

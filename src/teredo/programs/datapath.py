@@ -1,7 +1,7 @@
 """The TUN <-> UDP event loop shared by the client and relay daemons.
 
-One `DataPath` joins a tunnel engine (`teredo.core.peering.PeeringEngine`: the relay, or the client
-which extends it) to one UDP socket and one TUN device on the running asyncio loop:
+One `DataPath` joins a peering engine (`teredo.core.peering.PeeringEngine`: the relay, or the
+client, which extends it) to one UDP socket and one TUN device on the running asyncio loop:
 
 - **UDP readable**: drain every queued datagram into the socket's reused buffer; for each, try
   the engine's fast path `accept_from_teredo(view, source, now)` and on success write the view
@@ -15,7 +15,7 @@ which extends it) to one UDP socket and one TUN device on the running asyncio lo
   one timer at `get_timer()`.
 
 When the TUN device was opened with offloads (`open_tun(..., offload=True)`), the TUN side
-reads the queue in *runs* (`teredo.adapters.tun_runs.read_runs`, in C where built): packets
+reads the queue in *runs* (`teredo.adapters.accel.read_runs`, in C where built): packets
 with their virtio-net headers, straight into one batch buffer, grouped as they come:
 
 - plain packets with one IPv6 source and destination, of one size (a shorter one ends the
@@ -29,8 +29,8 @@ with their virtio-net headers, straight into one batch buffer, grouped as they c
 
 The UDP side, with offloads, asks the kernel to coalesce datagrams (`UDP_GRO`): one read then
 holds up to 64 datagrams of one flow. The first is checked by the engine's fast path, and
-`teredo.core.offload.coalesce_segments` joins it and those that follow it in the same TCP or UDP
-flow (same IPv6 addresses, so the same verdict) into one super-packet for one TUN write; the
+`teredo.adapters.accel.coalesce_segments` joins it and those that follow it in the same TCP or
+UDP flow (same IPv6 addresses, so the same verdict) into one super-packet for one TUN write; the
 kernel cuts it again where it must (or hands it to TCP whole). Anything else goes alone, in
 order.
 
@@ -73,7 +73,7 @@ SEGMENT_BYTES: Final = 4 * READ_BYTES  # a super-packet cut into segments, heade
 
 
 class DataPath:
-    """Glue between a tunnel engine, its UDP socket and its TUN device (see the module doc)."""
+    """Glue between a peering engine, its UDP socket and its TUN device (see the module doc)."""
 
     def __init__(
         self,
