@@ -456,7 +456,8 @@ def test_local_discovery_connects_peers_behind_a_non_hairpinning_nat() -> None:
     assert world.run_until(lambda: bool(echo_requests(node_b.delivered)), 10.0)
     answer_pings(world, b, node_b)
     assert world.run_until(lambda: bool(echo_replies(node_a.delivered)), 10.0)
-    assert a.peers.get(b.address.packed).mapped == ("10.1.0.3", 5001)
+    peer = a.peers.get(b.address.packed)
+    assert peer is not None and peer.mapped == ("10.1.0.3", 5001)
 
 
 def test_without_discovery_or_hairpinning_same_nat_peers_cannot_meet() -> None:
