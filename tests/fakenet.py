@@ -208,12 +208,13 @@ class FakeNetwork:
             hop.why = "lost"
             return
         target_nat = self._nats.get(destination[0])
-        target: Endpoint | None = destination
+        target = destination
         if target_nat is not None:
-            target = target_nat.inbound(destination[1], source)
-            if target is None:
+            inside = target_nat.inbound(destination[1], source)
+            if inside is None:
                 hop.why = "filtered by NAT"
                 return
+            target = inside
         receiver = self._nodes.get(target)
         if receiver is None:
             hop.why = "no such host"
@@ -256,11 +257,13 @@ class FakeNetwork:
             now = max(now, deadline)
             for node in list(self._nodes.values()):
                 core = getattr(node, "core", None)
+                if core is None:
+                    continue
                 get_timer = getattr(core, "get_timer", None)
                 if get_timer is not None:
                     due = get_timer()
                     if due is not None and due <= now:
-                        core.handle_timer(now)  # type: ignore[union-attr]
+                        core.handle_timer(now)
             self.run(now)
         raise AssertionError("timers did not settle: a core keeps re-arming a past deadline")
 

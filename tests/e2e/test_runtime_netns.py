@@ -165,7 +165,7 @@ def test_client_configuration_mirrors_miredo_and_is_undone(tun: TunDevice) -> No
         {IPv6Interface("fe80::ffff:ffff:ffff/64"), IPv6Interface(f"{OTHER_ADDRESS}/32")}
     )
     assert (IPv6Network("::/0"), 1029) not in routes("teredo")
-    assert configurator.addresses == () and configurator.routes == ()
+    assert not configurator.addresses and not configurator.routes
 
     tun.close()
     assert link("teredo") == {}, "the TUN interface goes away with its descriptor"

@@ -457,7 +457,8 @@ def test_local_discovery_connects_peers_behind_a_non_hairpinning_nat() -> None:
     assert world.run_until(lambda: bool(echo_requests(node_b.delivered)), 10.0)
     answer_pings(world, b, node_b)
     assert world.run_until(lambda: bool(echo_replies(node_a.delivered)), 10.0)
-    assert a.peers.get(b.address.packed).mapped == ("10.1.0.3", 5001)
+    peer = a.peers.get(b.address.packed)
+    assert peer is not None and peer.mapped == ("10.1.0.3", 5001)
 
 
 def test_without_discovery_or_hairpinning_same_nat_peers_cannot_meet() -> None:
@@ -551,11 +552,12 @@ def test_held_packets_leave_with_their_evicted_peer() -> None:
     world = World()
     client, _ = world.add_client(("203.0.113.40", 5000), None)
     world.run(1.0)
-    assert client.address is not None
+    address = client.address
+    assert address is not None
 
     def from_native(i: int) -> bytes:
         source = IPv6Address(int(IPv6Address("2001:db8:77::")) + i)
-        return encode_echo(source, client.address, 1, 1, b"x" * 1000)
+        return encode_echo(source, address, 1, 1, b"x" * 1000)
 
     for i in range(3000):  # more than MaxPeers (1024): most entries are evicted
         client.receive_datagram(from_native(i), ("203.0.113.66", 3545), world.now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def test_nat_rulesets() -> None:
 def test_role_configs_parse_without_warnings(
     role: str, impl: roles.Impl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(roles.shutil, "which", lambda program: f"/usr/sbin/{program}")
+    monkeypatch.setattr(shutil, "which", lambda program: f"/usr/sbin/{program}")
     launch = roles.role_launch(role, impl, tmp_path)
     config = parse_config(launch.config_text, source=str(launch.config_path))
     assert config.warnings == ()

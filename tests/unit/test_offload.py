@@ -23,10 +23,10 @@ from teredo.core.offload import (
     OffloadError,
     complete_checksum,
     python_coalesce_segments,
-    python_ones_complement_sum,
     python_segment,
 )
 from teredo.core.wire import internet_checksum
+from teredo.core.wire import ones_complement_sum as python_ones_complement_sum
 from testsupport import require_accelerators
 
 SOURCE = bytes.fromhex("20010db8000200000000000000000002")

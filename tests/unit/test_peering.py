@@ -106,7 +106,9 @@ def test_bubble_spacing_retries_and_exhaustion_with_unreachable() -> None:
     assert engine.counters["bubbles_sent"] == 8
     errors = engine.packets_to_deliver()
     assert len(errors) == 2  # one per queued packet
-    kind, code, body = icmpv6_message(errors[0])  # type: ignore[misc]
+    message = icmpv6_message(errors[0])
+    assert message is not None
+    kind, code, body = message
     assert (kind, code) == (ICMPv6Type.DESTINATION_UNREACHABLE, UnreachableCode.ADDRESS_UNREACHABLE)
     assert body[4:] == packet
     assert engine.drops["peer_unreachable"] == 2
@@ -201,7 +203,8 @@ def test_queue_limit_per_peer() -> None:
     engine.send_ipv6(big, 0.0)
     engine.send_ipv6(big, 0.1)  # 2 * 1048 > 1280
     assert engine.drops["queue_full"] == 1
-    assert engine.peers.get(peer).queued_bytes == len(big)  # type: ignore[union-attr]
+    entry = engine.peers.get(peer)
+    assert entry is not None and entry.queued_bytes == len(big)
 
 
 def test_expiry_by_sweep() -> None:
@@ -211,7 +214,9 @@ def test_expiry_by_sweep() -> None:
     assert len(engine.peers) == 100
     now = 0.0
     while now < 31.0:
-        now = engine.get_timer()  # type: ignore[assignment]
+        deadline = engine.get_timer()
+        assert deadline is not None
+        now = deadline
         engine.handle_timer(now)
     assert len(engine.peers) == 0
     assert engine.status()["expired_peers"] == 100
@@ -310,7 +315,7 @@ def test_fast_paths_refuse_what_needs_the_full_path() -> None:
     assert engine.forward_to_teredo(memoryview(to_peer(peer)), 1.0) == source
     assert engine.forward_to_teredo(b"\x60", 1.0) is None
     assert engine.forward_to_teredo(to_peer(teredo(port=1)), 1.0) is None
-    assert engine.status()["counters"]["fast_tx"] == 2  # type: ignore[index]
+    assert engine.status()["counters"]["fast_tx"] == 2
 
 
 def test_status_document() -> None:
@@ -372,7 +377,8 @@ def test_hooks_for_subclasses() -> None:
     engine.receive_datagram(inbound, ("203.0.113.9", 1), 3.1)
     assert engine.calls[-1] == "unverified" and engine.drops["mapping_mismatch"] == 1
     engine.receive_datagram(inbound, teredo_mapping(peer), 3.2)
-    assert engine.peers.get(peer) is not None and engine.peers.get(peer).trusted  # type: ignore[union-attr]
+    entry = engine.peers.get(peer)
+    assert entry is not None and entry.trusted
     assert engine.packets_to_deliver() == [inbound]
 
 

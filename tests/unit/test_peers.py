@@ -21,6 +21,11 @@ def key(i: int) -> bytes:
     return (0x20010000 << 96 | i).to_bytes(16, "big")
 
 
+def is_cold(peer: Peer) -> bool:
+    """Whether the peer's mapping is packed in an int (cold) rather than a hot tuple."""
+    return type(peer.link) is int
+
+
 def test_new_entries_are_backdated_and_untrusted() -> None:
     peer = Peer(now=100.0)
     assert not peer.trusted and not peer.is_valid(100.0)
@@ -213,16 +218,16 @@ def test_hot_mappings_are_bounded_and_cold_ones_keep_every_value() -> None:
         assert peer.trusted and peer.mapped == (f"192.0.2.{i}", 1000 + i)
         assert peer.last_rx == i + 0.25 and peer.is_valid(i + 30.0)
     cold = peers[0]
-    assert type(cold.link) is int
+    assert is_cold(cold)
     assert not table.is_mapped_at(cold, ("192.0.2.0", 999))
-    assert type(cold.link) is int  # a mismatch does not warm it
+    assert is_cold(cold)  # a mismatch does not warm it
     assert table.is_mapped_at(cold, ("192.0.2.0", 1000))
     assert cold.link == ("192.0.2.0", 1000) and cold.rx == 0.25
     assert sum(type(peer.link) is tuple for peer in peers) == 2
     assert table.sockaddr(peers[1]) == ("192.0.2.1", 1001)
     assert peers[1].link == ("192.0.2.1", 1001)
     cold = peers[4]
-    assert type(cold.link) is int
+    assert is_cold(cold)
     cold.last_rx = 99.0  # a cold peer's time is written in place
     assert cold.last_rx == 99.0 and cold.mapped == ("192.0.2.4", 1004)
 
@@ -235,7 +240,7 @@ def test_a_new_mapping_while_hot_is_the_one_kept_when_cooling() -> None:
     table.trust(moving, ("198.51.100.1", 2), now=1.0)  # NAT rebinding: a second place
     for i in (1, 2):
         table.trust(table.create(key(i), now=1.0), ("192.0.2.9", i), now=1.0)
-    assert type(moving.link) is int
+    assert is_cold(moving)
     assert moving.mapped == ("198.51.100.1", 2) and moving.last_rx == 1.0
 
 
@@ -253,7 +258,7 @@ def test_a_mapping_that_is_not_ipv4_stays_as_given() -> None:
 def test_cold_links_round_trip(address: object, port: int, now: float) -> None:
     peer = Peer(now=0.0)
     peer.trust((str(address), port), now)
-    assert type(peer.link) is int
+    assert is_cold(peer)
     assert peer.mapped == (str(address), port) and peer.last_rx == now
     table = PeerTable()
     assert table.sockaddr(peer) == (str(address), port) and peer.rx == now

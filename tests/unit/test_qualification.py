@@ -296,9 +296,10 @@ def test_late_server_is_found_quickly() -> None:
 
 
 def test_failover_to_the_next_server() -> None:
-    other = ServerPair(IPv4Address("198.51.100.66"), IPv4Address("198.51.100.67"))
+    primary, secondary = IPv4Address("198.51.100.66"), IPv4Address("198.51.100.67")
+    other = ServerPair(primary, secondary)
     net = Clocked()
-    ServerNode(TeredoServer(ServerSettings(other.primary, other.secondary)), net.net)
+    ServerNode(TeredoServer(ServerSettings(primary, secondary)), net.net)
     nat = Nat("203.0.113.2", PORT_RESTRICTED)
     q = Qualifier([SERVER, other], counting_random(), local=LOCAL)
     attach(net, q, LOCAL, nat)
@@ -315,8 +316,9 @@ def test_failover_to_the_next_server() -> None:
 def test_set_servers_requalifies_only_when_the_server_changes() -> None:
     net, q, _ = qualify_behind(PORT_RESTRICTED)
     q.set_servers([SERVER], net.now)
-    assert q.state is QualificationState.QUALIFIED
+    same_server = q.state
     q.set_servers([ServerPair(IPv4Address("198.51.100.66"))], net.now)
+    assert same_server is QualificationState.QUALIFIED
     assert q.state is QualificationState.QUALIFYING
     with pytest.raises(LocalProtocolError):
         q.set_servers([], net.now)
@@ -329,7 +331,7 @@ def test_refresh_interval_is_randomised_between_75_and_100_percent() -> None:
     q = Qualifier([SERVER], os.urandom, local=LOCAL, detect_nat=False)
     now = 0.0
     q.start(now)
-    sends = []
+    sends: list[float] = []
     while len(sends) < 200:
         for rs, destination in q.datagrams_to_send():
             assert destination == SERVER_EP

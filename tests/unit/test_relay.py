@@ -4,6 +4,7 @@ relay's filters (RFC 4380 §5.4, §5.4.1, §5.4.2, §7.3)."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -46,7 +47,7 @@ NATIVE = IPv6Address("2001:db8:2::2")
 SECRET = b"k" * 32
 
 
-def counting_random() -> object:
+def counting_random() -> Callable[[int], bytes]:
     counter = itertools.count(1)
     return lambda n: next(counter).to_bytes(n, "big")
 
@@ -55,7 +56,7 @@ def make_relay(now: float = 0.0, **kwargs: object) -> TeredoRelay:
     settings = kwargs.pop("settings", PeeringSettings())
     return TeredoRelay(
         settings,  # type: ignore[arg-type]
-        random_bytes=counting_random(),  # type: ignore[arg-type]
+        random_bytes=counting_random(),
         secret=SECRET,
         now=now,
         **kwargs,  # type: ignore[arg-type]
@@ -82,8 +83,10 @@ class MiniClient:
     def send(self, ipv6: bytes, to: tuple[str, int]) -> None:
         self.outbox.append((ipv6, to))
 
-    def collect(self, now: float) -> list[tuple[bytes, tuple[str, int], None]]:
-        out = [(payload, to, None) for payload, to in self.outbox]
+    def collect(self, now: float) -> list[tuple[bytes, tuple[str, int], str | None]]:
+        out: list[tuple[bytes, tuple[str, int], str | None]] = [
+            (payload, to, None) for payload, to in self.outbox
+        ]
         self.outbox = []
         return out
 
@@ -161,8 +164,9 @@ def test_native_to_client_through_relay_for_every_nat(kind: str | None) -> None:
         assert lab.relay.counters["mismatched_mapping_accepted"] == 1
     # Established: both directions take the fast paths.
     assert lab.relay.forward_to_teredo(request, 1.2) is not None
-    source = lab.relay.peers.get(lab.teredo.packed).mapped  # type: ignore[union-attr]
-    assert lab.relay.accept_from_teredo(reply, source, 1.2)
+    peer = lab.relay.peers.get(lab.teredo.packed)
+    assert peer is not None and peer.mapped is not None
+    assert lab.relay.accept_from_teredo(reply, peer.mapped, 1.2)
 
 
 @pytest.mark.parametrize("echo_nonce", [True, False])
@@ -188,7 +192,8 @@ def test_nonce_alone_is_accepted_when_cookie_is_not_used() -> None:
     assert nonce is not None
     reply = encode_bubble(IPv6Address(peer), IPv6Address("2001:db8:3::2")) + bytes((1, 4)) + nonce
     relay.receive_datagram(reply, ("203.0.113.2", 50123), 0.1)
-    assert relay.peers.get(peer).mapped == ("203.0.113.2", 50123)  # type: ignore[union-attr]
+    entry = relay.peers.get(peer)
+    assert entry is not None and entry.mapped == ("203.0.113.2", 50123)
     wrong = encode_bubble(IPv6Address(peer), NATIVE) + bytes((1, 4)) + b"\x00\x00\x00\x00"
     other = make_relay()
     other.send_ipv6(encode_echo(NATIVE, IPv6Address(peer), 1, 1, b"x"), 0.0)
@@ -204,7 +209,8 @@ def test_client_to_native_after_relay_entry_expired() -> None:
     lab.client.send(packet, RELAY)
     lab.net.run(0.0)
     assert lab.relay.packets_to_deliver() == [packet]
-    assert lab.relay.peers.get(lab.teredo.packed).trusted  # type: ignore[union-attr]
+    peer = lab.relay.peers.get(lab.teredo.packed)
+    assert peer is not None and peer.trusted
 
 
 def test_spoofed_sources_are_dropped_and_leave_no_state() -> None:
@@ -258,7 +264,9 @@ def test_non_teredo_destination_from_native_side_is_refused_with_unreachable() -
     relay.send_ipv6(packet, 0.0)
     assert relay.drops == {"non_teredo_destination": 1}
     [error] = relay.packets_to_deliver()
-    kind, code, body = icmpv6_message(error)  # type: ignore[misc]
+    message = icmpv6_message(error)
+    assert message is not None
+    kind, code, body = message
     assert (kind, code) == (ICMPv6Type.DESTINATION_UNREACHABLE, UnreachableCode.NO_ROUTE)
     assert error[24:40] == NATIVE.packed
     assert body[4:] == packet
@@ -297,7 +305,8 @@ def test_bubbles_are_consumed_even_to_link_local_cookie() -> None:
     bubble = encode_bubble(IPv6Address(peer), IPv6Address(relay.cookie(peer)))
     relay.receive_datagram(bubble, ("203.0.113.2", 40000), 0.0)
     assert relay.packets_to_deliver() == []
-    assert relay.peers.get(peer).trusted  # type: ignore[union-attr]
+    entry = relay.peers.get(peer)
+    assert entry is not None and entry.trusted
     assert relay.counters["bubbles_received"] == 1
     assert not relay.accept_from_teredo(bubble, ("203.0.113.2", 40000), 0.0)
 

@@ -127,9 +127,9 @@ def test_answer_handles_bad_requests_and_failing_getters(directory: str) -> None
         ]
 
     not_json, not_object, failed = with_server(os.path.join(directory, "b.sock"), body, broken)
-    assert "not JSON" in not_json["error"]  # type: ignore[index]
-    assert "unknown command None" in not_object["error"]  # type: ignore[index]
-    assert "internal error" in failed["error"]  # type: ignore[index]
+    assert "not JSON" in not_json["error"]
+    assert "unknown command None" in not_object["error"]
+    assert "internal error" in failed["error"]
 
 
 def test_stale_socket_is_replaced(directory: str) -> None:

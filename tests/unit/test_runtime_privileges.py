@@ -9,7 +9,6 @@ import os
 
 import pytest
 
-from teredo.adapters import privileges
 from teredo.adapters.privileges import capability_mask, current_capabilities, drop_privileges
 from teredo.core.errors import UserError
 
@@ -30,12 +29,12 @@ def test_current_capabilities_reads_this_thread() -> None:
 
 
 def test_not_root_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(privileges.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert drop_privileges("nobody", keep=["CAP_NET_ADMIN"]) is False
 
 
 def test_unknown_user_is_refused_before_any_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(privileges.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     before = (os.getresuid(), current_capabilities())
     with pytest.raises(UserError) as caught:
         drop_privileges("no-such-user-teredo")

@@ -32,9 +32,9 @@ def sender() -> Iterator[socket.socket]:
         yield sock
 
 
-def drain_all(udp: UdpSocket, pktinfo: bool = False) -> list[tuple]:
+def drain_all(udp: UdpSocket, pktinfo: bool = False) -> list[tuple[object, ...]]:
     """Everything queued now (loopback delivers before sendto returns)."""
-    got: list[tuple] = []
+    got: list[tuple[object, ...]] = []
     if pktinfo:
         udp.drain_pktinfo(lambda view, source, dest: got.append((bytes(view), source, dest)))
     else:

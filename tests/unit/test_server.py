@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 import pytest
@@ -86,8 +87,18 @@ def make_server(**changes: object) -> TeredoServer:
     return TeredoServer(ServerSettings(**values))  # type: ignore[arg-type]
 
 
-def rs(source: IPv6Address, nonce: bytes | None = NONCE, **auth: bytes) -> bytes:
-    authentication = None if nonce is None else Authentication(nonce=nonce, **auth)
+def rs(
+    source: IPv6Address,
+    nonce: bytes | None = NONCE,
+    *,
+    client_id: bytes = b"",
+    auth_value: bytes = b"",
+) -> bytes:
+    authentication = (
+        None
+        if nonce is None
+        else Authentication(nonce=nonce, client_id=client_id, auth_value=auth_value)
+    )
     return encode_teredo_packet(
         TeredoPacket(ipv6=encode_router_solicitation(source), authentication=authentication)
     )
@@ -200,9 +211,9 @@ def test_prefix_and_mtu_come_from_the_settings_and_reload() -> None:
         (lambda p: p[:-7] + b"\x01" + p[-6:], "code 1"),
     ],
 )
-def test_invalid_rs_is_dropped(mutate: object, why: str) -> None:
+def test_invalid_rs_is_dropped(mutate: Callable[[bytes], bytes], why: str) -> None:
     server = make_server()
-    payload = mutate(RS_PAYLOAD)  # type: ignore[operator]
+    payload = mutate(RS_PAYLOAD)
     assert len(payload) == len(RS_PAYLOAD), why
     server.receive_datagram(payload, CLIENT, PRIMARY, 0.0)
     assert only_drop(server) == "bad_router_solicitation"
