@@ -36,6 +36,7 @@ def test_without_the_option_the_lab_is_unchanged() -> None:
     assert tuple(node.name for node in topology.nodes) == NODES
     assert all(not node.rules for node in topology.nodes)
     assert all(route.table is None for node in topology.nodes for route in node.routes)
+    assert not any(i.wire_segments for node in topology.nodes for i in node.interfaces)
     assert Lab("x1").namespaces == [f"x1-{node}" for node in NODES]
 
 
@@ -56,6 +57,9 @@ def test_generator_node_owns_the_fake_clients_and_the_plain_path() -> None:
         ("gen", "2001:db8:2::/64", PLAIN_TABLE),  # gen -> native host, through the relay node
         ("v6", "2001:db8:4::/64", PLAIN_TABLE),  # and back
     }
+    # Where the benchmarks count, packets arrive as a wire would carry them, not as super-packets.
+    segmented = {(n.name, i.name) for n in topology.nodes for i in n.interfaces if i.wire_segments}
+    assert segmented == {("inet", "v6"), ("inet", "gen")}
     # Every interface is one end of one veth, in the lab with the generator too.
     interfaces = {(n.name, i.name) for n in topology.nodes for i in n.interfaces}
     ends = {(link.node_a, link.ifname_a) for link in topology.links}

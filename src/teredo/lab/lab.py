@@ -268,7 +268,10 @@ class Lab:
                 for interface in node.interfaces:
                     step = f"configure {node.name}:{interface.name}"
                     netns.configure_interface(
-                        self.namespace(node.name), interface.name, interface.addresses
+                        self.namespace(node.name),
+                        interface.name,
+                        interface.addresses,
+                        interface.wire_segments,
                     )
             for node in topology.nodes:
                 for route in node.routes:

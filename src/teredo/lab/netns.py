@@ -177,9 +177,15 @@ def create_veth(namespace_a: str, ifname_a: str, namespace_b: str, ifname_b: str
         os.close(peer_namespace)
 
 
-def configure_interface(namespace: str, ifname: str, addresses: Iterable[Address]) -> None:
+def configure_interface(
+    namespace: str, ifname: str, addresses: Iterable[Address], wire_segments: bool = False
+) -> None:
+    """Addresses, then up; with `wire_segments` the kernel segments GSO packets before they
+    leave (gso_max_segs 1), as on a link without segmentation offload."""
     with iproute(namespace) as ipr:
         index = ipr.link_lookup(ifname=ifname)[0]
+        if wire_segments:
+            ipr.link("set", index=index, gso_max_segs=1)
         for address in addresses:
             ipr.addr(
                 "add",

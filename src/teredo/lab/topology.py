@@ -28,7 +28,9 @@ rulesets)::
 
 gen stands for any number of Teredo clients with public mappings in 100.64.0.0/10 (RFC 6598
 shared space: global unicast for RFC 4380 §5.2.4 and for Miredo), and receives, counts and
-drops whatever is sent to them. Without the option the lab is exactly the eight nodes above.
+drops whatever is sent to them. The router cuts super-packets into wire-size packets on its
+links to gen and to the native host, where benchmarks count what arrives. Without the option
+the lab is exactly the eight nodes above.
 """
 
 from __future__ import annotations
@@ -119,6 +121,10 @@ Network = IPv4Network | IPv6Network
 class Interface:
     name: str
     addresses: tuple[Address, ...]
+    # Cut GSO super-packets (a relay's UDP_SEGMENT sends, TUN writes with a virtio-net header)
+    # into wire-size packets before they leave, as a link without segmentation offload does,
+    # so that a receiver counts packets as a real network would carry them.
+    wire_segments: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +240,9 @@ def build_topology(
     inet_ifaces = [
         Interface("srv", (_v4("198.51.100.1/28"), _v6("2001:db8:1::1/64"))),
         Interface("relay", (_v4("198.51.100.17/28"), _v6("2001:db8:3::1/64"))),
-        Interface("v6", (_v4("198.51.100.33/28"), _v6("2001:db8:2::1/64"))),
+        Interface(
+            "v6", (_v4("198.51.100.33/28"), _v6("2001:db8:2::1/64")), wire_segments=generator
+        ),
     ]
     inet_routes = [Route(TEREDO_PREFIX, RELAY_IPV6)]
     nodes: list[Node] = []
@@ -273,7 +281,11 @@ def build_topology(
         native_net = IPv6Network("2001:db8:2::/64")
         generator_net = IPv6Network("2001:db8:4::/64")
         inet_ifaces.append(
-            Interface(GENERATOR_NODE, (_v4("198.51.100.49/28"), _v6("2001:db8:4::1/64")))
+            Interface(
+                GENERATOR_NODE,
+                (_v4("198.51.100.49/28"), _v6("2001:db8:4::1/64")),
+                wire_segments=True,
+            )
         )
         links.append(Link("inet", GENERATOR_NODE, GENERATOR_NODE, "eth0"))
         inet_routes.append(Route(FAKE_CLIENTS, GENERATOR_IPV4))
