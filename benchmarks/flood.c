@@ -52,6 +52,9 @@
  *   -s IPV6        IPv6 source (native, plain)
  *   -p PORT        UDP destination port of the IPv6/UDP packets (default 9, discard)
  *   -b BATCH       datagrams per sendmmsg call (default 64, at most 1024)
+ *   -x             send nothing: print the first -c datagrams (default 1) in hex, one a line,
+ *                  as they would be sent (IPv4 header checksum zero: the kernel fills it in),
+ *                  so that tests can check them with an independent parser
  *
  * At the end it prints one line on stdout:
  *   flood mode=M sent=S failed=F seconds=T pps=P clients=N first=O
@@ -106,7 +109,7 @@ struct config {
     uint32_t server;                  /* network order */
     struct sockaddr_in teredo_to;
     struct in6_addr source6, dest6;
-    int have_server, have_to, have_source6, have_dest6;
+    int have_server, have_to, have_source6, have_dest6, dump;
     uint16_t port;
     unsigned batch;
 };
@@ -334,7 +337,7 @@ static void parse(int argc, char **argv, struct config *c) {
     c->port = 9;
     c->batch = 64;
     c->seconds = 10;
-    while ((opt = getopt(argc, argv, "m:n:o:r:c:t:R:S:F:d:s:p:b:")) != -1) {
+    while ((opt = getopt(argc, argv, "m:n:o:r:c:t:R:S:F:d:s:p:b:x")) != -1) {
         switch (opt) {
         case 'm': mode = optarg; break;
         case 'n': c->clients = (uint64_t)number(optarg, "-n"); break;
@@ -368,6 +371,7 @@ static void parse(int argc, char **argv, struct config *c) {
         case 's': ipv6_option(optarg, &c->source6, &c->have_source6); break;
         case 'p': c->port = (uint16_t)number(optarg, "-p"); break;
         case 'b': c->batch = (unsigned)number(optarg, "-b"); break;
+        case 'x': c->dump = 1; break;
         default: fail("unknown option; read the comment at the top of flood.c");
         }
     }
@@ -464,6 +468,17 @@ int main(int argc, char **argv) {
     parse(argc, argv, &c);
     if (c.mode == SHOW) {
         show(&c);
+        return 0;
+    }
+    if (c.dump) {
+        static uint8_t slot[SLOT];
+        struct sockaddr_in6 to;
+        for (uint64_t i = 0; i < (c.count ? c.count : 1); i++) {
+            size_t length = build(&c, i, slot, &to);
+            for (size_t k = 0; k < length; k++)
+                printf("%02x", slot[k]);
+            printf("\n");
+        }
         return 0;
     }
     check_namespace();
