@@ -18,17 +18,20 @@ Per arm:
 - **The plain-forwarding limit**: IPv6/UDP with 64 bytes of payload sent as fast as the
   generator can, gen -> native host and native host -> gen, over the same hops as Teredo traffic
   (the router detours it through the relay's node, which forwards it in the kernel).
+- The [ours/limit] column divides our figure by plain forwarding's: the share of the limit for
+  packet rates, how many times plain forwarding's cost for machine CPU per packet.
 - For each N (`--peers`), on a relay restarted with an empty peer table:
-  * **priming**: the native host sends one packet to each of the N clients (the relay sets up a
-    peer: queue and bubbles), then each client sends one packet to the native host, which makes
-    it trusted (RFC 4380 §5.4.2: an entry exists and the source matches its mapping). Both
-    passes go at `--prime-rate`, or faster when N is so large that priming would outlast a
-    peer's 30 s life (1M: 84 000/s), in chunks of 100 000 clients so that a peer is trusted
-    soon after it was set up; the chunk primed last is the one the floods reach first. Why
-    both passes: Miredo's relay drops packets from Teredo clients it has no entry for, which
-    RFC 4380 §5.4.2 allows ("may be silently discarded"); a client on the Internet reaches a
-    relay only after that relay contacted it. "primed" is the share of the N clients whose
-    packet reached the native host in the second pass;
+  * **priming**, the same three passes for both relays: each client sends one packet to the
+    native host; the native host sends one packet to each client; each client sends one again.
+    A relay that trusts a self-consistent source at once (rx case 3 of RFC 4380 §5.2.3: ours)
+    trusts the peer in the first pass and forwards the others on its fast path. Miredo's relay
+    drops packets from clients it has no entry for, which RFC 4380 §5.4.2 allows ("may be
+    silently discarded"; on the Internet a relay hears from a client only after contacting it):
+    the second pass sets each peer up (queue and bubbles), the third makes it trusted (an entry
+    exists and the source matches its mapping). Each pass goes over all N at `--prime-rate`,
+    or faster when one pass would last more than 25 s, since a peer must hear from the next
+    pass within its 30 s life (1M: 50 000/s, 60 s in all). "primed" is the share of the N
+    clients whose packet of the third pass reached the native host;
   * **Teredo -> native**: the N clients send 64-byte UDP datagrams, round-robin, as fast as the
     generator can (or at `--rate`) for `--duration` seconds; delivered = what the native host's
     counted drop rule saw;
@@ -37,8 +40,9 @@ Per arm:
     UDP payloads carrying IPv6/UDP to the sink port, so bubbles are not counted).
   For each direction: packets per second delivered, CPU per delivered packet of the relay's
   processes (utime + stime of its process group) and of the whole machine (busy time from
-  /proc/stat, minus the machine's idle-lab rate measured before: a kernel fast path works in
-  softirq, which no process is charged for; on a shared machine other work leaks into it). And
+  /proc/stat: a kernel fast path works in softirq, which no process is charged for; it counts
+  the generator and whatever else runs on the machine too, so the machine's load just before
+  the floods is printed with it). And
   the relay's memory once the N peers are primed: RSS of its processes plus the locked memory of
   any BPF map it holds or attached in its namespace, and per peer: (that - the same on the empty
   relay) / N.
@@ -62,6 +66,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -106,10 +111,9 @@ from teredo.lab.topology import (
 IMPLS: Final = ("ours", "miredo")
 PEERS: Final = (1, 1000, 100000, 1000000)
 QUICK_PEERS: Final = (1, 1000)
-CHUNK: Final = 100000  # clients primed per pass before the next chunk
-PRIME_WINDOW: Final = 24  # seconds both priming passes may take, under the peers' 30 s life
+PASS_WINDOW: Final = 25  # seconds a priming pass may last, under the peers' 30 s life
 SETTLE: Final = 0.3  # seconds for queues to drain after a flood before counters are read
-BACKGROUND_SECONDS: Final = 2.0  # how long the idle lab's machine load is sampled
+BACKGROUND_SECONDS: Final = 1.0  # how long the machine's load is sampled before the floods
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 REQUIRED_TOOLS: Final = ("ip", "nft", "ping", "gcc", "miredo", "miredo-server")
 # Generous bounds on the relays' memory per peer, to skip an N the machine cannot hold.
@@ -178,7 +182,6 @@ class Bench:
         self.flood = flood
         self.arm = arm
         self.settings = settings
-        self.background = 0.0  # busy CPU seconds per second of the idle lab and machine
         self.client = ""  # client1's Teredo address
 
     # -- the relay's processes --------------------------------------------------------------
@@ -231,28 +234,40 @@ class Bench:
             )
 
     def measure_background(self) -> None:
-        seconds = 1.0 if self.settings.quick else BACKGROUND_SECONDS
+        """How busy the machine is with the idle lab and whatever else runs on it: the machine
+        CPU figures include that share, and other engineers' work changes by the second."""
         before = sample([])
-        time.sleep(seconds)
+        time.sleep(BACKGROUND_SECONDS)
         used = used_between(before, sample([]))
-        self.background = used.machine_cpu / used.seconds
-        self.arm.raw["background_busy_cpus"] = round(self.background, 3)
+        self.record("background_busy_cpus", used.machine_cpu / used.seconds)
 
     def rtt(self) -> None:
+        """Both directions at once: 100 pings a second each way cost the relay nothing much."""
         count = self.settings.pings
-        for name, node, destination in (
-            ("to_client", "v6", self.client),
-            ("from_client", "cli1", str(NATIVE_IPV6)),
-        ):
-            result = self.lab.exec(
-                node, ping_argv(destination, count, 0.01), timeout=count * 0.01 + 20
+        running = {
+            name: subprocess.Popen(
+                ["ip", "netns", "exec", self.lab.namespace(node), *ping_argv(to, count, 0.01)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
-            stats = parse_pings(result.stdout).stats()
+            for name, node, to in (
+                ("to_client", "v6", self.client),
+                ("from_client", "cli1", str(NATIVE_IPV6)),
+            )
+        }
+        for name, process in running.items():
+            try:
+                output, _ = process.communicate(timeout=count * 0.01 + 20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                output, _ = process.communicate()
+            stats = parse_pings(output).stats()
             self.arm.raw[f"rtt_{name}"] = stats
             self.record(f"rtt_{name}_median_ms", stats["median_ms"])
             self.record(f"rtt_{name}_p99_ms", stats["p99_ms"])
             if stats["median_ms"] is None:
-                raise ArmFailed(f"no ping reply {name}: {result.stdout.strip()[-200:]}")
+                raise ArmFailed(f"no ping reply {name}: {output.strip()[-200:]}")
 
     # -- cells ------------------------------------------------------------------------------
 
@@ -277,11 +292,9 @@ class Bench:
         }
 
     def costs(self, used: Used, delivered: int) -> dict[str, float | None]:
-        machine_cpu = max(0.0, used.machine_cpu - self.background * used.seconds)
         return {
             "relay_us": per(used.role_cpu, delivered, 1e6),
-            "machine_us": per(machine_cpu, delivered, 1e6),
-            "machine_raw_us": per(used.machine_cpu, delivered, 1e6),
+            "machine_us": per(used.machine_cpu, delivered, 1e6),
             "generator_us": per(used.generator_cpu, delivered, 1e6),
         }
 
@@ -348,22 +361,22 @@ class Bench:
         )
 
     def prime(self, n: int) -> int:
-        """Set up and trust N peers (see the module docstring); how many got trusted."""
+        """Make N peers trusted the same way for both relays (see the module docstring): a
+        Teredo pass (trusted at once where the relay applies rx case 3, dropped where it does
+        not), a native pass (sets up the peers the relay does not know), a Teredo pass again
+        (trusts them). Returns how many packets of the last pass reached the native host."""
         pps = prime_rate(n, self.settings.prime_rate)
-        rate = str(pps)
-        trusted = 0
-        # The last chunk primed is the first the floods reach: the freshest peers.
-        for first in reversed(range(0, n, CHUNK)):
-            size = min(CHUNK, n - first)
-            bound = size / pps + 1
-            count = ["-c", str(size), "-r", rate]
-            self.flood.run("v6", [*self.native_args(size, first), *count], bound)
-            time.sleep(SETTLE)
-            before = self.lab.counters("v6")["sink"]
-            self.flood.run("gen", [*self.teredo_args(size, first), *count], bound)
-            time.sleep(SETTLE)
-            trusted += self.lab.counters("v6")["sink"] - before
-        return trusted
+        bound = n / pps + 1
+        count = ["-c", str(n), "-r", str(pps)]
+        teredo = [*self.teredo_args(n), *count]
+        self.flood.run("gen", teredo, bound)
+        time.sleep(SETTLE)
+        self.flood.run("v6", [*self.native_args(n), *count], bound)
+        time.sleep(SETTLE)
+        before = self.lab.counters("v6")["sink"]
+        self.flood.run("gen", teredo, bound)
+        time.sleep(SETTLE)
+        return self.lab.counters("v6")["sink"] - before
 
 
 # -- arms, rounds and the report --------------------------------------------------------------
@@ -371,9 +384,10 @@ class Bench:
 
 def prime_rate(n: int, floor: int) -> int:
     """Packets per second of each priming pass for N peers: at least `floor`, and fast enough
-    that both passes end within PRIME_WINDOW, so that every peer is still alive at the end
-    (both relays forget a peer 30 s after they last heard from it)."""
-    return max(floor, -(-2 * n // PRIME_WINDOW))
+    that a pass lasts at most PASS_WINDOW. Both relays forget a peer 30 s after they last
+    heard from it, and a peer hears from the next pass one pass later; the last pass is at
+    most one pass old when priming ends."""
+    return max(floor, -(-n // PASS_WINDOW))
 
 
 def lab_impls(impl: str, settings: Settings) -> dict[str, str]:
@@ -424,8 +438,18 @@ ROWS: Final = (
     Row("native->Teredo pkt/s", "to_teredo_pps", True, "plain_to_teredo_pps"),
     Row("relay CPU us/pkt, Teredo->native", "to_native_relay_us", True),
     Row("relay CPU us/pkt, native->Teredo", "to_teredo_relay_us", True),
-    Row("machine CPU us/pkt, Teredo->native", "to_native_machine_us", True),
-    Row("machine CPU us/pkt, native->Teredo", "to_teredo_machine_us", True),
+    Row(
+        "machine CPU us/pkt, Teredo->native",
+        "to_native_machine_us",
+        True,
+        "plain_to_native_machine_us",
+    ),
+    Row(
+        "machine CPU us/pkt, native->Teredo",
+        "to_teredo_machine_us",
+        True,
+        "plain_to_teredo_machine_us",
+    ),
     Row("relay memory MB, N peers primed", "rss_mb", True),
     Row("relay bytes per peer", "bytes_per_peer", True),
     Row("peers primed %", "primed_pct", True),
@@ -439,6 +463,7 @@ SINGLE_ROWS: Final = (
     Row("RTT native->client p99 ms", "rtt_to_client_p99_ms", False),
     Row("RTT client->native median ms", "rtt_from_client_median_ms", False),
     Row("RTT client->native p99 ms", "rtt_from_client_p99_ms", False),
+    Row("machine busy CPUs before the floods", "background_busy_cpus", False),
 )
 
 
@@ -550,7 +575,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--max-peers",
         type=int,
         metavar="N",
-        help="our relay's MaxPeers (default: the largest N, at least its own default 65536)",
+        help="our relay's MaxPeers (default: 5 %% above the largest N, at least its own "
+        "default 65536)",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a minute or two")
     parser.add_argument(
@@ -601,7 +627,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         nat=args.nat,
         rest=args.rest,
         server=args.server or args.rest,
-        max_peers=args.max_peers or max(DEFAULT_OURS_MAX_PEERS, max(peers)),
+        # Room for the lab's own clients and a margin: a table just full evicts.
+        max_peers=args.max_peers or max(DEFAULT_OURS_MAX_PEERS, max(peers) * 21 // 20 + 1024),
         quick=args.quick,
         json_path=args.json or RESULTS_DIR / f"internet-{stamp}.json",
     )
@@ -700,7 +727,7 @@ def run(settings: Settings) -> int:
         + (f"at {settings.rate} pkt/s, " if settings.rate else "as fast as the generator sends, ")
         + f"priming at {settings.prime_rate} pkt/s, our relay with MaxPeers {settings.max_peers}, "
         f"other roles {settings.rest}, server {settings.server}; [ours/limit] compares with "
-        "plain IPv6 forwarding over the same hops; machine CPU is net of the idle lab's load"
+        "plain IPv6 forwarding over the same hops"
     )
     print(f"raw values: {settings.json_path}")
     for arm in arms:
