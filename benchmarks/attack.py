@@ -67,6 +67,7 @@ from benchlib import (
     daemon_status,
     first_reply_seconds,
     group_pids,
+    keep_log,
     median,
     parse_pings,
     per,
@@ -219,15 +220,21 @@ class AttackBench:
         used = used_between(before.costs, after.costs)
         rx = after.interface["rx_packets"] - before.interface["rx_packets"]
         tx = after.interface["tx_packets"] - before.interface["tx_packets"]
-        pids = self.pids()
-        self.record(attack, "cpu_s", used.role_cpu)
-        self.record(attack, "cpu_us_per_flood_packet", per(used.role_cpu, flood_packets, 1e6))
-        self.record(attack, "rss_mb", rss_bytes(pids) / 1e6)
-        self.record(attack, "rss_peak_mb", rss_bytes(pids, peak=True) / 1e6)
         self.record(attack, "out_per_in", per(tx, rx))
         self.arm.raw[attack].update(
             {"interface_rx": rx, "interface_tx": tx, "machine_cpu_s": used.machine_cpu}
         )
+        pids = self.pids()
+        if not pids:  # its CPU and memory went with it: no figure rather than a zero
+            kept = keep_log(self.lab, self.node, self.settings.json_path)
+            message = f"{attack}: the {self.arm.impl} {self.role} exited during the flood"
+            self.arm.errors.append(f"{message}; its log: {kept}")
+            progress(f"  FAILED {message}; its log: {kept}")
+            return
+        self.record(attack, "cpu_s", used.role_cpu)
+        self.record(attack, "cpu_us_per_flood_packet", per(used.role_cpu, flood_packets, 1e6))
+        self.record(attack, "rss_mb", rss_bytes(pids) / 1e6)
+        self.record(attack, "rss_peak_mb", rss_bytes(pids, peak=True) / 1e6)
 
     def record_pings(self, attack: str, name: str, output: str) -> None:
         stats = parse_pings(output).stats()

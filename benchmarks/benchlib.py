@@ -137,6 +137,18 @@ class Flood:
         return parse_flood(stdout)
 
 
+def keep_log(lab: Lab, node: str, like: Path) -> Path | None:
+    """Copy a role's log next to the results file `like` (the lab removes its own on teardown),
+    as <results stem>-<lab>-<node>.log; None when there is no log."""
+    source = lab.directory / f"{node}.log"
+    if not source.exists():
+        return None
+    target = like.with_name(f"{like.stem}-{lab.name}-{node}.log")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
+
+
 # -- costs ------------------------------------------------------------------------------------
 
 

@@ -84,6 +84,7 @@ from benchlib import (
     compiled_flood,
     count_label,
     group_pids,
+    keep_log,
     median,
     parse_count,
     parse_pings,
@@ -193,6 +194,10 @@ class Bench:
         pid = state.roles["relay"].pid
         return group_pids(pid, self.lab.namespace("relay"))
 
+    def relay_gone(self) -> str:
+        kept = keep_log(self.lab, "relay", self.settings.json_path)
+        return f"the {self.arm.impl} relay exited; its log: {kept}"
+
     def relay_memory(self) -> tuple[int, int]:
         pids = self.relay_pids()
         return rss_bytes(pids), bpf_map_bytes(pids, self.lab.namespace("relay"))
@@ -275,11 +280,15 @@ class Bench:
         """One flood for `--duration` seconds; what arrived, and what it cost."""
         duration = self.settings.duration
         pids = self.relay_pids()
+        if not pids:
+            raise ArmFailed(self.relay_gone())
         counted = self.lab.counters(counter_node)[counter]
         before = sample(pids)
         bounds = ["-t", f"{duration:g}", "-r", str(self.settings.rate)]
         result = self.flood.run(sender, [*args, *bounds], duration)
         time.sleep(SETTLE)
+        if not self.relay_pids():
+            raise ArmFailed(self.relay_gone())
         used = used_between(before, sample(pids))
         delivered = self.lab.counters(counter_node)[counter] - counted
         return {
