@@ -831,9 +831,9 @@ def check_machine() -> None:
         raise UserError(f"missing {', '.join(missing)}: run `bash scripts/setup` first")
 
 
-def leftovers(arms: list[Arm]) -> list[str]:
+def leftovers(labs: list[str]) -> list[str]:
     """Namespaces of this run's labs that still exist (there should be none)."""
-    prefixes = tuple(f"{arm.lab}-" for arm in arms)
+    prefixes = tuple(f"{lab}-" for lab in labs)
     return [name for name in netns.list_namespaces() if name.startswith(prefixes)]
 
 
@@ -880,7 +880,7 @@ def run(settings: Settings) -> int:
     report["interrupted"] = interrupted
     report["arms"] = [arm.to_json() for arm in arms]
     report["summary"] = rows
-    left = leftovers(arms)
+    left = leftovers([arm.lab for arm in arms])
     report["leftover_namespaces"] = left
     settings.json_path.parent.mkdir(parents=True, exist_ok=True)
     settings.json_path.write_text(json.dumps(report, indent=2) + "\n")

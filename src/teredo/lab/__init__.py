@@ -18,7 +18,11 @@ port-restricted, symmetric, or none. Every role (server, relay, client1, client2
 this project's daemon or Miredo, as a process of its own inside its node; the lab's state, the
 generated configuration files and the role logs live in /run/teredo-lab/<name>/.
 
-Modules: `topology` (the plan, as data), `nat` (rulesets), `roles` (configs, command lines,
-which roles this project implements), `netns` (pyroute2 and setns), `processes` (start and
-stop by pid), `state` (the JSON state file), `lab` (the `Lab` API), `commands` (the CLI).
+With `--generator` (`Lab(generator=True)`) a ninth node "gen" joins for the benchmarks: it
+owns the fake-client range 100.64.0.0/10, sends their traffic and counts what comes back.
+
+Modules: `topology` (the plan, as data), `nat` (rulesets), `generator` (the generator node's
+counting rulesets), `roles` (configs, command lines, which roles this project implements),
+`netns` (pyroute2 and setns), `processes` (start and stop by pid), `state` (the JSON state
+file), `lab` (the `Lab` API), `commands` (the CLI).
 """

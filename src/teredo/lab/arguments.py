@@ -74,6 +74,13 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_name(p, DEFAULT_NAME)
     _add_build(p)
+    p.add_argument(
+        "--generator",
+        action="store_true",
+        help="add the benchmarks' traffic generator node gen (198.51.100.50, 2001:db8:4::2): "
+        "the router sends 100.64.0.0/10 (fake Teredo clients) to it, and it counts and drops "
+        "what arrives",
+    )
 
     p = sub.add_parser(
         "down",
@@ -95,8 +102,8 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         "exec",
         help="run a command in a lab node",
         description="Run a command inside a lab node's namespace (a shell when none is given). "
-        "Nodes: inet, srv, relay, v6, nat1, cli1, nat2, cli2 (also router, server, native, "
-        "client1, client2).",
+        "Nodes: inet, srv, relay, v6, nat1, cli1, nat2, cli2, and gen in a lab brought up with "
+        "--generator (also router, server, native, client1, client2, generator).",
     )
     _add_name(p, DEFAULT_NAME)
     p.add_argument("node", help="the node, e.g. cli1 or v6")

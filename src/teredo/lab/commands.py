@@ -55,6 +55,7 @@ def _new_lab(args: argparse.Namespace) -> Lab:
         client2=args.client2,
         ready_timeout=args.timeout,
         progress=lambda message: _say(f"  {message}"),
+        generator=getattr(args, "generator", False),
     )
 
 
@@ -73,7 +74,7 @@ def _up(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     lab = Lab(args.name)
     if load(args.name) is None and not any(
-        os.path.exists(f"/run/netns/{ns}") for ns in lab.namespaces
+        os.path.exists(f"/run/netns/{ns}") for ns in lab.possible_namespaces
     ):
         raise UserError(f"no lab named {args.name!r} is up{_others(args.name)}")
     done = lab.down()

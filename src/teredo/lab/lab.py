@@ -5,6 +5,8 @@
         lab.teredo_address("cli2")
 
 `Lab.attach(name)` picks up a lab another process brought up (from its state file).
+`Lab(..., generator=True)` adds the benchmarks' generator node "gen" (topology.py,
+generator.py); `interface_counters` and `counters` read what the kernel counted in a node.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, Final
 from teredo.core.address import TeredoAddress, parse_teredo_address
 from teredo.core.errors import ParseError, UsageError, UserError
 from teredo.lab import netns, processes
+from teredo.lab.generator import generator_ruleset, read_counters, sink_ruleset
 from teredo.lab.nat import nat_ruleset
 from teredo.lab.processes import ProcessInfo
 from teredo.lab.roles import ROLES, Impl, RoleLaunch, resolve_impl, role_launch
@@ -45,7 +48,8 @@ from teredo.lab.state import (
 from teredo.lab.topology import (
     DEFAULT_NAT1,
     DEFAULT_NAT2,
-    NODES,
+    EVERY_NODE,
+    GENERATOR_NODE,
     SERVER_IPV4,
     SERVER_IPV4_2,
     TEREDO_INTERFACE,
@@ -86,7 +90,12 @@ def _quiet(message: str) -> None:
 
 
 class Lab:
-    """One lab: eight namespaces named `<name>-<node>` and the roles running in them."""
+    """One lab: eight namespaces named `<name>-<node>` (nine with the generator) and the roles
+    running in them.
+
+    `ours_config` adds configuration lines for this project's daemons, by role (e.g.
+    `{"relay": ["MaxPeers 1100000"]}`); Miredo's roles never get them (it knows none of our
+    directives)."""
 
     def __init__(
         self,
@@ -100,10 +109,21 @@ class Lab:
         client2: str = "auto",
         ready_timeout: float = READY_TIMEOUT,
         progress: Progress | None = None,
+        generator: bool = False,
+        ours_config: dict[str, list[str]] | None = None,
     ) -> None:
         self.name = check_name(name)
+        self.generator = generator
+        self.ours_config = {role: list(lines) for role, lines in (ours_config or {}).items()}
+        unknown = sorted(set(self.ours_config) - set(ROLES))
+        if unknown:
+            raise UsageError(
+                f"ours_config names no role {unknown[0]!r}; roles are {', '.join(ROLES)}"
+            )
         try:
-            self.topology: Topology = build_topology(NatKind(nat1), NatKind(nat2))
+            self.topology: Topology = build_topology(
+                NatKind(nat1), NatKind(nat2), generator=generator
+            )
         except ValueError as error:
             raise UsageError(f"{error}; NAT kinds are {', '.join(NatKind)}") from None
         self.impls = {
@@ -125,19 +145,33 @@ class Lab:
     def directory(self) -> Path:
         return state_dir(self.name)
 
+    @property
+    def nodes(self) -> list[str]:
+        """The names of this lab's nodes, in the order they are built."""
+        return [node.name for node in self.topology.nodes]
+
     def namespace(self, node: str) -> str:
         """The namespace of a node (node names and aliases such as "client1" are accepted)."""
         try:
-            return f"{self.name}-{resolve_node(node)}"
+            name = resolve_node(node)
         except KeyError:
-            aliases = "server, native, client1, client2"
+            name = ""
+        if name not in self.nodes:
+            aliases = "server, native, client1, client2" + (", generator" if self.generator else "")
             raise UsageError(
-                f"no node {node!r} in the lab; nodes are {', '.join(NODES)} ({aliases})"
-            ) from None
+                f"no node {node!r} in the lab; nodes are {', '.join(self.nodes)} ({aliases})"
+            )
+        return f"{self.name}-{name}"
 
     @property
     def namespaces(self) -> list[str]:
-        return [f"{self.name}-{node}" for node in NODES]
+        return [f"{self.name}-{node}" for node in self.nodes]
+
+    @property
+    def possible_namespaces(self) -> list[str]:
+        """Every namespace a lab of this name may have, optional nodes included: what a
+        teardown looks for, whether or not this object was built with them."""
+        return [f"{self.name}-{node}" for node in EVERY_NODE]
 
     @classmethod
     def attach(cls, name: str = DEFAULT_NAME, progress: Progress | None = None) -> Lab:
@@ -145,7 +179,14 @@ class Lab:
         state = load(name)
         if state is None:
             raise UserError(f"no lab named {name!r} is up; start one with `teredo lab up`")
-        lab = cls(name, nat1=state.nat1, nat2=state.nat2, progress=progress)
+        lab = cls(
+            name,
+            nat1=state.nat1,
+            nat2=state.nat2,
+            progress=progress,
+            generator=GENERATOR_NODE in state.namespaces,
+            ours_config=state.ours_config,
+        )
         lab.impls = {role: Impl(record.impl) for role, record in state.roles.items()}
         lab.state = state
         return lab
@@ -173,7 +214,11 @@ class Lab:
             )
         nat1, nat2 = (site.kind.value for site in self.topology.sites)
         state = LabState(
-            self.name, nat1, nat2, namespaces={node: f"{self.name}-{node}" for node in NODES}
+            self.name,
+            nat1,
+            nat2,
+            namespaces={node: f"{self.name}-{node}" for node in self.nodes},
+            ours_config=self.ours_config,
         )
         claim(state)
         self.state = state
@@ -182,7 +227,7 @@ class Lab:
                 started = time.monotonic()
                 self._build()
                 self.progress(
-                    f"built {len(NODES)} namespaces {self.name}-*, NAT1 {nat1}, NAT2 {nat2} "
+                    f"built {len(self.nodes)} namespaces {self.name}-*, NAT1 {nat1}, NAT2 {nat2} "
                     f"({time.monotonic() - started:.1f} s)"
                 )
                 self._start_roles(("server", "relay"))
@@ -223,12 +268,22 @@ class Lab:
                 for interface in node.interfaces:
                     step = f"configure {node.name}:{interface.name}"
                     netns.configure_interface(
-                        self.namespace(node.name), interface.name, interface.addresses
+                        self.namespace(node.name),
+                        interface.name,
+                        interface.addresses,
+                        interface.wire_segments,
                     )
             for node in topology.nodes:
                 for route in node.routes:
                     step = f"add route {route.destination} via {route.gateway} in {node.name}"
-                    netns.add_route(self.namespace(node.name), route.destination, route.gateway)
+                    netns.add_route(
+                        self.namespace(node.name), route.destination, route.gateway, route.table
+                    )
+                for rule in node.rules:
+                    step = f"add rule iif {rule.iif} to {rule.destination} in {node.name}"
+                    netns.add_rule(
+                        self.namespace(node.name), rule.iif, rule.destination, rule.table
+                    )
         except UserError:
             raise
         except Exception as error:  # OSError, pyroute2's NetlinkError
@@ -240,6 +295,9 @@ class Lab:
             ruleset = nat_ruleset(site.kind, site.lan_network, site.wan.ip, site.client.ip)
             if ruleset is not None:
                 netns.load_nftables(self.namespace(site.nat_node), ruleset)
+        if self.generator:
+            netns.load_nftables(self.namespace(GENERATOR_NODE), generator_ruleset())
+            netns.load_nftables(self.namespace("v6"), sink_ruleset())
         self._wait_settled()
 
     def _wait_settled(self) -> None:
@@ -267,9 +325,12 @@ class Lab:
         assert self.state is not None
         started = time.monotonic()
         for role in roles:
-            launch = role_launch(role, self.impls[role], self.directory)
-            self._launch(launch)
+            self._launch(self._role_launch(role, self.impls[role]))
         self._wait_ready(roles, started)
+
+    def _role_launch(self, role: str, impl: Impl) -> RoleLaunch:
+        extra = self.ours_config.get(role, []) if impl is Impl.OURS else []
+        return role_launch(role, impl, self.directory, extra)
 
     def _launch(self, launch: RoleLaunch) -> None:
         assert self.state is not None
@@ -359,7 +420,7 @@ class Lab:
     def _teardown(self, keep_logs: bool) -> list[str]:
         state = self.state or load(self.name)
         done: list[str] = []
-        namespaces = self.namespaces
+        namespaces = self.possible_namespaces
         if state is not None:
             infos = [
                 ProcessInfo(r.pid, r.starttime, state.namespaces.get(r.node, ""))
@@ -452,7 +513,7 @@ class Lab:
             )
         started = time.monotonic()
         launched_at = time.time()
-        self._launch(role_launch(role, Impl(record.impl), self.directory))
+        self._launch(self._role_launch(role, Impl(record.impl)))
         self._wait_ready([role], started)
         return launched_at
 
@@ -467,8 +528,19 @@ class Lab:
         processes.stop(infos, self.namespaces)
         started = time.monotonic()
         for role in roles:
-            self._launch(role_launch(role, Impl(state.roles[role].impl), self.directory))
+            self._launch(self._role_launch(role, Impl(state.roles[role].impl)))
         self._wait_ready(roles, started)
+
+    def interface_counters(self, node: str, interface: str = "eth0") -> dict[str, int]:
+        """The kernel's counters of one interface of a node (rx_packets, tx_packets, ...)."""
+        counters = netns.interface_counters(self.namespace(node))
+        if interface not in counters:
+            raise UserError(f"node {node} has no interface {interface!r}; is the lab up?")
+        return counters[interface]
+
+    def counters(self, node: str) -> dict[str, int]:
+        """Packets per named nftables counter in a node (generator.py names them)."""
+        return read_counters(self.namespace(node))
 
     def _require_state(self) -> LabState:
         if self.state is None:

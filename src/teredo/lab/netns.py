@@ -177,9 +177,15 @@ def create_veth(namespace_a: str, ifname_a: str, namespace_b: str, ifname_b: str
         os.close(peer_namespace)
 
 
-def configure_interface(namespace: str, ifname: str, addresses: Iterable[Address]) -> None:
+def configure_interface(
+    namespace: str, ifname: str, addresses: Iterable[Address], wire_segments: bool = False
+) -> None:
+    """Addresses, then up; with `wire_segments` the kernel segments GSO packets before they
+    leave (gso_max_segs 1), as on a link without segmentation offload."""
     with iproute(namespace) as ipr:
         index = ipr.link_lookup(ifname=ifname)[0]
+        if wire_segments:
+            ipr.link("set", index=index, gso_max_segs=1)
         for address in addresses:
             ipr.addr(
                 "add",
@@ -191,14 +197,72 @@ def configure_interface(namespace: str, ifname: str, addresses: Iterable[Address
         ipr.link("set", index=index, state="up")
 
 
-def add_route(namespace: str, destination: Network, gateway: IPv4Address | IPv6Address) -> None:
+def add_route(
+    namespace: str,
+    destination: Network,
+    gateway: IPv4Address | IPv6Address,
+    table: int | None = None,
+) -> None:
+    extra = {} if table is None else {"table": table}
     with iproute(namespace) as ipr:
         ipr.route(
             "add",
             dst=str(destination),
             gateway=str(gateway),
             family=socket.AF_INET if destination.version == 4 else socket.AF_INET6,
+            **extra,
         )
+
+
+def add_rule(namespace: str, iif: str, destination: Network, table: int) -> None:
+    """A policy-routing rule: packets arriving on `iif` for `destination` look up `table`."""
+    with iproute(namespace) as ipr:
+        ipr.rule(
+            "add",
+            iifname=iif,
+            dst=str(destination.network_address),
+            dst_len=destination.prefixlen,
+            table=table,
+            family=socket.AF_INET if destination.version == 4 else socket.AF_INET6,
+        )
+
+
+def interface_counters(namespace: str) -> dict[str, dict[str, int]]:
+    """Every interface's kernel counters in `namespace` (/proc/net/dev, read from inside)."""
+    with entered(namespace):
+        text = Path("/proc/thread-self/net/dev").read_text()
+    return parse_net_dev(text)
+
+
+_NET_DEV_FIELDS: Final = (
+    "rx_bytes",
+    "rx_packets",
+    "rx_errors",
+    "rx_dropped",
+    "rx_fifo",
+    "rx_frame",
+    "rx_compressed",
+    "rx_multicast",
+    "tx_bytes",
+    "tx_packets",
+    "tx_errors",
+    "tx_dropped",
+    "tx_fifo",
+    "tx_colls",
+    "tx_carrier",
+    "tx_compressed",
+)
+
+
+def parse_net_dev(text: str) -> dict[str, dict[str, int]]:
+    """/proc/net/dev as {interface: {"rx_packets": ..., "tx_packets": ..., ...}}."""
+    counters = {}
+    for line in text.splitlines()[2:]:
+        name, _, values = line.partition(":")
+        numbers = values.split()
+        if len(numbers) >= len(_NET_DEV_FIELDS):
+            counters[name.strip()] = dict(zip(_NET_DEV_FIELDS, map(int, numbers), strict=False))
+    return counters
 
 
 def load_nftables(namespace: str, ruleset: str) -> None:

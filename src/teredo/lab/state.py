@@ -61,6 +61,7 @@ class LabState:
     phase: str = "building"  # building | up | failed
     owner_pid: int = field(default_factory=os.getpid)
     roles: dict[str, RoleRecord] = field(default_factory=dict)
+    ours_config: dict[str, list[str]] = field(default_factory=dict)  # role -> extra lines
 
     @property
     def directory(self) -> Path:

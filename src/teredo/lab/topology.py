@@ -16,8 +16,21 @@ Every lab uses the same addresses: labs are told apart by their namespace names
                     10.1.0.2     10.2.0.2      NAT kind "none" the public 203.0.113.66 / .82
 
 The public side uses the documentation ranges 198.51.100.0/24 and 203.0.113.0/24 (Miredo
-refuses mapped addresses in the private ranges, 172.16/12 included, and the host itself may sit
-in 192.0.2.0/24, so that range is avoided: docs/lab-notes.md) and 2001:db8::/32 for native IPv6.
+refuses private and 172.16/12 mapped addresses, and the host itself may sit in 192.0.2.0/24, so
+that range is avoided: docs/lab-notes.md) and 2001:db8::/32 for native IPv6.
+
+With `generator=True` a ninth node joins, for benchmarks (`teredo.lab.generator` has its
+rulesets)::
+
+    gen 198.51.100.50, 2001:db8:4::2 (traffic generator) ---- inet
+        the router sends the fake-client range 100.64.0.0/10 to gen, and IPv6 between gen
+        and the native host through the relay's node ("the plain path", table PLAIN_TABLE)
+
+gen stands for any number of Teredo clients with public mappings in 100.64.0.0/10 (RFC 6598
+shared space: global unicast for RFC 4380 §5.2.4 and for Miredo), and receives, counts and
+drops whatever is sent to them. The router cuts super-packets into wire-size packets on its
+links to gen and to the native host, where benchmarks count what arrives. Without the option
+the lab is exactly the eight nodes above.
 """
 
 from __future__ import annotations
@@ -56,6 +69,11 @@ DEFAULT_NAT2: Final = NatKind.FULLCONE
 # The eight nodes, one network namespace each, in the order they are built.
 NODES: Final = ("inet", "srv", "relay", "v6", "nat1", "cli1", "nat2", "cli2")
 
+# Nodes a lab has only when asked for (`Lab(generator=True)`, `teredo lab up --generator`).
+GENERATOR_NODE: Final = "gen"
+OPTIONAL_NODES: Final = (GENERATOR_NODE,)
+EVERY_NODE: Final = NODES + OPTIONAL_NODES
+
 # Friendlier names accepted wherever a node is named (`teredo lab exec client1 ...`).
 NODE_ALIASES: Final = {
     "router": "inet",
@@ -64,6 +82,7 @@ NODE_ALIASES: Final = {
     "host": "v6",
     "client1": "cli1",
     "client2": "cli2",
+    "generator": "gen",
 }
 
 SERVER_IPV4: Final = IPv4Address("198.51.100.2")
@@ -76,6 +95,14 @@ NATIVE_IPV6: Final = IPv6Address("2001:db8:2::2")
 NATIVE_IPV4: Final = IPv4Address("198.51.100.34")
 TEREDO_PREFIX: Final = IPv6Network("2001::/32")
 TEREDO_INTERFACE: Final = "teredo"
+GENERATOR_IPV4: Final = IPv4Address("198.51.100.50")
+GENERATOR_IPV6: Final = IPv6Address("2001:db8:4::2")
+# The generator's fake Teredo clients live here (RFC 6598 shared address space).
+FAKE_CLIENTS: Final = IPv4Network("100.64.0.0/10")
+# The router's routing table for "the plain path": native IPv6 between gen and the native
+# host detours through the relay's node, so that plain forwarding crosses the same hops as
+# Teredo traffic does (gen -> inet -> relay -> inet -> v6) and can be compared with it.
+PLAIN_TABLE: Final = 64
 
 # Sysctls every lab namespace gets before its interfaces exist: without duplicate address
 # detection the first native packet does not wait ~1 s for an address to become usable.
@@ -94,12 +121,26 @@ Network = IPv4Network | IPv6Network
 class Interface:
     name: str
     addresses: tuple[Address, ...]
+    # Cut GSO super-packets (a relay's UDP_SEGMENT sends, TUN writes with a virtio-net header)
+    # into wire-size packets before they leave, as a link without segmentation offload does,
+    # so that a receiver counts packets as a real network would carry them.
+    wire_segments: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     destination: Network
     gateway: IPv4Address | IPv6Address
+    table: int | None = None  # None: the main table
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A policy-routing rule: packets arriving on `iif` for `destination` use `table`."""
+
+    iif: str
+    destination: Network
+    table: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +172,11 @@ class Site:
 @dataclass(frozen=True, slots=True)
 class Node:
     name: str
-    kind: str  # router | server | relay | host | nat | client
+    kind: str  # router | server | relay | host | nat | client | generator
     interfaces: tuple[Interface, ...]
     routes: tuple[Route, ...]
     sysctls: tuple[tuple[str, str], ...]
+    rules: tuple[Rule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,15 +230,19 @@ def router_side(site: Site) -> IPv4Interface:
     return IPv4Interface((IPv4Address(int(site.wan.ip) - 1), site.wan.network.prefixlen))
 
 
-def build_topology(nat1: NatKind = DEFAULT_NAT1, nat2: NatKind = DEFAULT_NAT2) -> Topology:
-    """The whole lab for the given NAT kinds."""
+def build_topology(
+    nat1: NatKind = DEFAULT_NAT1, nat2: NatKind = DEFAULT_NAT2, *, generator: bool = False
+) -> Topology:
+    """The whole lab for the given NAT kinds, with the generator node when asked for."""
     sites = (_site(1, nat1), _site(2, nat2))
     default4 = IPv4Network("0.0.0.0/0")
     default6 = IPv6Network("::/0")
     inet_ifaces = [
         Interface("srv", (_v4("198.51.100.1/28"), _v6("2001:db8:1::1/64"))),
         Interface("relay", (_v4("198.51.100.17/28"), _v6("2001:db8:3::1/64"))),
-        Interface("v6", (_v4("198.51.100.33/28"), _v6("2001:db8:2::1/64"))),
+        Interface(
+            "v6", (_v4("198.51.100.33/28"), _v6("2001:db8:2::1/64")), wire_segments=generator
+        ),
     ]
     inet_routes = [Route(TEREDO_PREFIX, RELAY_IPV6)]
     nodes: list[Node] = []
@@ -230,6 +276,38 @@ def build_topology(nat1: NatKind = DEFAULT_NAT1, nat2: NatKind = DEFAULT_NAT2) -
                 COMMON_SYSCTLS,
             )
         )
+    inet_rules: list[Rule] = []
+    if generator:
+        native_net = IPv6Network("2001:db8:2::/64")
+        generator_net = IPv6Network("2001:db8:4::/64")
+        inet_ifaces.append(
+            Interface(
+                GENERATOR_NODE,
+                (_v4("198.51.100.49/28"), _v6("2001:db8:4::1/64")),
+                wire_segments=True,
+            )
+        )
+        links.append(Link("inet", GENERATOR_NODE, GENERATOR_NODE, "eth0"))
+        inet_routes.append(Route(FAKE_CLIENTS, GENERATOR_IPV4))
+        inet_routes.append(Route(default6, RELAY_IPV6, table=PLAIN_TABLE))
+        inet_rules += [
+            Rule(GENERATOR_NODE, native_net, PLAIN_TABLE),
+            Rule("v6", generator_net, PLAIN_TABLE),
+        ]
+        nodes.append(
+            Node(
+                GENERATOR_NODE,
+                "generator",
+                (Interface("eth0", (_v4(f"{GENERATOR_IPV4}/28"), _v6(f"{GENERATOR_IPV6}/64"))),),
+                (
+                    Route(default4, IPv4Address("198.51.100.49")),
+                    Route(default6, _v6("2001:db8:4::1").ip),
+                ),
+                # No forwarding: what arrives for the fake clients is counted, then dropped
+                # by its ingress ruleset before routing, so no ICMP error goes back.
+                COMMON_SYSCTLS,
+            )
+        )
     nodes.append(
         Node(
             "inet",
@@ -237,6 +315,7 @@ def build_topology(nat1: NatKind = DEFAULT_NAT1, nat2: NatKind = DEFAULT_NAT2) -
             tuple(inet_ifaces),
             tuple(inet_routes),
             (*COMMON_SYSCTLS, IPV4_FORWARDING, IPV6_FORWARDING),
+            tuple(inet_rules),
         )
     )
     nodes.append(
@@ -287,7 +366,7 @@ def build_topology(nat1: NatKind = DEFAULT_NAT1, nat2: NatKind = DEFAULT_NAT2) -
         )
     )
     nodes.extend(site_nodes)
-    order = {name: i for i, name in enumerate(NODES)}
+    order = {name: i for i, name in enumerate(EVERY_NODE)}
     nodes.sort(key=lambda node: order[node.name])
     return Topology(tuple(nodes), tuple(links), sites)
 
@@ -295,6 +374,6 @@ def build_topology(nat1: NatKind = DEFAULT_NAT1, nat2: NatKind = DEFAULT_NAT2) -
 def resolve_node(name: str) -> str:
     """A node name from a node name or alias; KeyError when it names no node."""
     name = NODE_ALIASES.get(name, name)
-    if name not in NODES:
+    if name not in EVERY_NODE:
         raise KeyError(name)
     return name
