@@ -100,6 +100,7 @@ ARPHRD_ETHER: Final = 1
 SIOCGIFHWADDR: Final = 0x8927
 SIOCGIFADDR: Final = 0x8915
 ANY: Final = "0.0.0.0"
+ENOTSUPP: Final = 524  # the kernel-internal errno of an unsupported operation
 ADDRESS_BYTES: Final = 16
 _PEER_VALUE_BYTES: Final = 16
 _LOG_BYTES: Final = 1 << 20
@@ -484,7 +485,7 @@ class KernelDataPath:
                 self._attachments.append(_Attachment(link_fd=fd))
                 return
             code = _failure(fd)
-            if mode == "tcx" or code not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUPP):
+            if mode == "tcx" or code not in (errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP):
                 raise self._attach_error(ifindex, code)
         point = BPF_TC_INGRESS if ingress else BPF_TC_EGRESS
         hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=point)
@@ -564,7 +565,7 @@ class KernelDataPath:
     def remove_peer(self, address: bytes) -> bool:
         """Take a peer out of the map; False when it was not there."""
         key = ctypes.create_string_buffer(bytes(address), ADDRESS_BYTES)
-        return self._lib.bpf_map_delete_elem(self._peers, key) == 0
+        return bool(self._lib.bpf_map_delete_elem(self._peers, key) == 0)
 
     def peer(self, address: bytes) -> PeerEntry | None:
         """A peer's map entry, or None."""
