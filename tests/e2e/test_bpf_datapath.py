@@ -366,7 +366,9 @@ def teredo_to_peer(frame: bytes) -> bool:
     )
 
 
-def open_wire(names: Namespaces, *, offload: bool, **options: object) -> Wire:
+def open_wire(
+    names: Namespaces, *, offload: bool, local: tuple[str, int] = (RELAY_IP, RELAY_PORT)
+) -> Wire:
     tun = open_tun("teredo", offload=offload)
     ip("link", "set", "teredo", "up")
     ip("-6", "route", "add", "2001::/32", "dev", "teredo")
@@ -381,8 +383,7 @@ def open_wire(names: Namespaces, *, offload: bool, **options: object) -> Wire:
         Role.RELAY,
         tun_ifindex=tun.index,
         ipv4_ifindexes=[socket.if_nametoindex("r0")],
-        local=(RELAY_IP, RELAY_PORT),
-        **options,  # type: ignore[arg-type]
+        local=local,
     )
     return Wire(names, tun, path, daemon, sink, raw)
 
@@ -393,10 +394,14 @@ def wire(request: pytest.FixtureRequest, namespaces: Namespaces) -> Iterator[Wir
     try:
         yield link
     finally:
-        link.path.close()
-        for sock in (link.daemon, link.sink, link.raw):
-            sock.close()
-        link.tun.close()
+        close_wire(link)
+
+
+def close_wire(link: Wire) -> None:
+    link.path.close()
+    for sock in (link.daemon, link.sink, link.raw):
+        sock.close()
+    link.tun.close()
 
 
 def valid_checksums(frame: bytes) -> bool:
@@ -465,6 +470,27 @@ def test_packets_routed_into_the_tun_leave_encapsulated(wire: Wire, forward: boo
         assert encapsulated[34:36] == RELAY_PORT.to_bytes(2, "big")
     if wire.tun.vnet_hdr:
         assert udp_frame is None
+
+
+@pytest.mark.parametrize("forward", [True, False], ids=["fib", "neigh"])
+def test_bound_to_any_address(namespaces: Namespaces, forward: bool) -> None:
+    """Bound to 0.0.0.0, datagrams to any local address are taken, and encapsulated packets
+    leave from the route's preferred source (the lookup's, or the interface's address)."""
+    forwarding(namespaces.relay, forward)
+    link = open_wire(namespaces, offload=False, local=("0.0.0.0", RELAY_PORT))
+    try:
+        link.path.set_peer(PEER, (PEER_IP, PEER_PORT), time.monotonic())
+        link.send_teredo(udp6(PEER, NATIVE, b"to any"))
+        assert read_one(link.sink) == b"to any"
+        sender = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        with sender:
+            sender.bind(("2001:db8:1::1", 9000))
+            sender.sendto(b"from any", (socket.inet_ntop(socket.AF_INET6, PEER), 7777))
+            frame = link.captured(teredo_to_peer)
+        assert frame is not None and valid_checksums(frame)
+        assert frame[26:30] == socket.inet_aton(RELAY_IP)
+    finally:
+        close_wire(link)
 
 
 def test_what_the_kernel_passes_reaches_user_space_unchanged(wire: Wire) -> None:

@@ -351,6 +351,23 @@ static __always_inline int summed_and_complete(struct __sk_buff *skb, __u32 l3, 
     return 1;
 }
 
+/* The output route to a peer's mapping from the daemon's address and port (bpf_fib_lookup). */
+static __always_inline long route_to(struct __sk_buff *skb, const struct config *cfg,
+                                     struct bpf_fib_lookup *route, __be32 peer_ipv4,
+                                     __be16 peer_port, __u32 length, __u32 flags)
+{
+    __builtin_memset(route, 0, sizeof(*route));
+    route->family = AF_INET;
+    route->l4_protocol = PROTO_UDP;
+    route->sport = cfg->local_port;
+    route->dport = peer_port;
+    route->tot_len = length + OUTER_BYTES;
+    route->ifindex = cfg->fib_ifindex;
+    route->ipv4_src = cfg->local_ipv4;
+    route->ipv4_dst = peer_ipv4;
+    return bpf_fib_lookup(skb, route, sizeof(*route), BPF_FIB_LOOKUP_OUTPUT | flags);
+}
+
 SEC("tc")
 int teredo_encap(struct __sk_buff *skb)
 {
@@ -405,21 +422,15 @@ int teredo_encap(struct __sk_buff *skb)
     __be32 peer_ipv4 = peer->ipv4;
     __be16 peer_port = peer->port;
     __be32 source = cfg->local_ipv4;
-    struct bpf_fib_lookup route = {
-        .family = AF_INET,
-        .l4_protocol = PROTO_UDP,
-        .sport = cfg->local_port,
-        .dport = peer_port,
-        .tot_len = length + OUTER_BYTES,
-        .ifindex = cfg->fib_ifindex,
-        .ipv4_src = source,
-        .ipv4_dst = peer_ipv4,
-    };
-    long found = bpf_fib_lookup(skb, &route, sizeof(route),
-                                BPF_FIB_LOOKUP_OUTPUT | (source ? 0 : BPF_FIB_LOOKUP_SRC));
+    struct bpf_fib_lookup route;
+    long found = route_to(skb, cfg, &route, peer_ipv4, peer_port, length, source ? 0 : BPF_FIB_LOOKUP_SRC);
+    if (found < 0 && !source) /* BPF_FIB_LOOKUP_SRC is Linux 6.7: without it, source_ipv4 */
+        found = route_to(skb, cfg, &route, peer_ipv4, peer_port, length, 0);
     int direct = found == BPF_FIB_LKUP_RET_SUCCESS;
     if (direct) {
-        source = route.ipv4_src;
+        source = route.ipv4_src ? route.ipv4_src : cfg->source_ipv4;
+        if (!source)
+            return count(TX_NO_ROUTE, TC_ACT_OK);
     } else if (found == BPF_FIB_LKUP_RET_FWD_DISABLED) {
         /* The lookup needs IPv4 forwarding on the interface; a host without it gets the
          * kernel's own route and neighbour resolution through bpf_redirect_neigh. */
