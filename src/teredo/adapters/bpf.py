@@ -36,11 +36,16 @@ privileges. The map file descriptors stay valid after the drop, and map updates 
 need no capability (Linux >= 6.5; the tests check it with CAP_NET_ADMIN kept). Closing tcx
 links needs none either; detaching clsact filters needs CAP_NET_ADMIN.
 
-Why GSO packets are not encapsulated: `bpf_skb_adjust_room` with the UDP-tunnel flags would
-let the kernel cut a TCP super-packet into Teredo datagrams (SKB_GSO_UDP_TUNNEL), but a veth
-(as between containers) hands the uncut super-packet to the receiving host, whose UDP socket
-would read it as one 64 KiB datagram with partial inner checksums. Super-packets go to user
-space, which cuts them itself (`teredo.offload`).
+Why GSO packets are not encapsulated: `bpf_skb_adjust_room` with
+BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | ENCAP_L4_UDP | FIXED_GSO marks a super-packet as a UDP tunnel
+(SKB_GSO_UDP_TUNNEL) for the kernel to cut into Teredo datagrams at the egress device. Tried on
+Linux 6.18 with a UDP_SEGMENT super-packet routed into the TUN device: the veth dropped it at
+transmission (its tx_dropped counter), through bpf_redirect and bpf_redirect_neigh alike, and
+nothing reached the peer. Had it passed, a veth hands an uncut super-packet, with partial inner
+checksums, to the namespace on its other side, whose Teredo socket would read it as one 64 KiB
+datagram. Only a network card (or the software segmentation in front of one) would cut it
+right, and the program cannot tell which kind of device the route ends in. Super-packets go
+to user space, which cuts them itself (`teredo.offload`).
 """
 
 from __future__ import annotations

@@ -50,28 +50,41 @@ the inner IPv6 packets.
 **Encapsulation** (`teredo_encap`, egress of the TUN interface). Taken when all hold:
 
 1. an IPv6 packet (skb protocol and version 6, at least 40 bytes) [`tx_not_ipv6`];
-2. not a GSO super-packet [`tx_gso`]: user space cuts those in runs already, and the kernel's
-   UDP-tunnel segmentation would cross a veth to a local socket uncut (see the loader);
+2. not a GSO super-packet [`tx_gso`]: user space cuts those in runs already. (Encapsulating
+   them with the UDP-tunnel flags of `bpf_skb_adjust_room` was tried: see the loader's
+   docstring for why it is not done);
 3. its destination is a trusted entry of `peers` [`tx_unknown_peer`] heard from less than
    30 s ago (RFC 4380 §5.2.4) [`tx_stale_peer`];
 4. for a client, its source is the client's own address [`tx_foreign_source`]: peers would
    refuse anything else (RFC 4380 §5.2.3 anti-spoofing), and the client's full path drops it;
 5. at most `MAX_SUMMED_BYTES` [`tx_too_big`];
-6. its TCP or UDP checksum is complete [`tx_checksum_incomplete`]: the stack leaves it partial
-   (CHECKSUM_PARTIAL) when the TUN device was opened with offloads, for the reader to finish;
-   user space finishes it. A partial checksum does not verify, so verifying tells the two
-   apart without reading kernel-internal state. Behind a hop-by-hop, routing or destination
-   options header the program does not look and passes;
-7. the routing table has a route to the peer's IPv4 mapping [`tx_no_route`] through an
-   interface whose neighbour entry is resolved [`tx_no_neighbour`] (`bpf_fib_lookup`: the
-   daemon's own send resolves it, and the next packet is taken); the route's MTU is checked
-   too (a packet too big for it is the daemon's to send, fragmented: DF is off).
+6. its TCP or UDP checksum is complete [`tx_checksum_incomplete`]. The stack leaves it
+   *partial* (CHECKSUM_PARTIAL: only the pseudo-header sum in the field) for the device to
+   finish: always for TCP from a local socket (Linux TCP always does), and for UDP when the TUN
+   device was opened with offloads; user space finishes it (`teredo.offload`). Encapsulated
+   as it stands, a partial checksum would be finished by a network card, but not across a veth
+   to a Teredo peer on the same host, whose socket would read it unfinished. A partial
+   checksum does not verify, so verifying tells the two apart without reading kernel-internal
+   state; a corrupt one (it does not verify either) gets the same treatment as in user space,
+   which sends it as it is. Behind a hop-by-hop, routing or destination options header the
+   program does not look, and passes. So the kernel encapsulates what a relay forwards from
+   native hosts (its checksums are complete) and local UDP or ICMPv6 on a TUN device without
+   offloads; local TCP goes to user space;
+7. the routing table has a route to the peer's IPv4 mapping [`tx_no_route`]: an output
+   `bpf_fib_lookup` from the daemon's address, which also checks the route's MTU (a packet
+   too big for it is the daemon's to send, fragmented: DF is off), through an interface whose
+   neighbour entry is resolved [`tx_no_neighbour`] (the daemon's own send resolves it, and the
+   next packet is taken). The lookup refuses to work on an interface without IPv4 forwarding
+   (BPF_FIB_LKUP_RET_FWD_DISABLED), as on most clients: then the packet goes to
+   `bpf_redirect_neigh` on the configured IPv4 interface, whose route and neighbour the kernel
+   resolves itself (queueing while it asks), after `bpf_check_mtu`.
 
 Then an IPv4 header (DF off, RFC 4380 §5.1.2; TTL 64; a random identification, since a
-router may fragment it) and a UDP header from the daemon's bound address and port (the
-route's preferred source when bound to 0.0.0.0) to the peer's mapping, with its checksum, are
-prepended; an Ethernet header with the route's MAC addresses too, and the packet is
-redirected to the egress of the route's interface.
+router may fragment it) and a UDP header from the daemon's bound address and port (bound to
+0.0.0.0: the route's preferred source, or the interface's address) to the peer's mapping,
+with its checksum, are prepended, then an Ethernet header: the route's MAC addresses for a
+`bpf_redirect` to the route's interface, or a blank one that `bpf_redirect_neigh` replaces
+(it will not take a packet without one, as from an L3 device like the TUN).
 
 The engine's fast paths differ from the programs only where the programs pass more: the
 outer checks of decapsulation are what the kernel's IP and UDP layers check before the daemon
