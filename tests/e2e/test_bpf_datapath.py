@@ -524,9 +524,15 @@ def test_what_the_kernel_passes_reaches_user_space_unchanged(wire: Wire) -> None
     assert counters["encapsulated"] == 0
 
 
-def test_a_reception_revives_a_stale_peer(wire: Wire) -> None:
-    if wire.tun.vnet_hdr:
-        pytest.skip("encapsulation needs complete checksums: the plain TUN variant checks it")
+def test_a_reception_revives_a_stale_peer(namespaces: Namespaces) -> None:
+    wire = open_wire(namespaces, offload=False)  # complete UDP checksums: encapsulated
+    try:
+        revive(wire)
+    finally:
+        close_wire(wire)
+
+
+def revive(wire: Wire) -> None:
     wire.path.set_peer(PEER, (PEER_IP, PEER_PORT), time.monotonic() - 40)
     sender = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     sender.bind(("2001:db8:1::1", 9000))
