@@ -7,10 +7,11 @@
  * the daemon had read the datagram and written the packet (RFC 4380 §5.2.3 rx case 1, §5.4.2).
  *
  * teredo_encap runs at the egress of the TUN interface. An IPv6 packet the kernel routes into
- * it, for an established peer heard from less than 30 s ago (RFC 4380 §5.2.4), gets an IPv4
- * header (DF off, RFC 4380 §5.1.2; TTL 64) and a UDP header from the daemon's bound address
- * and port to the peer's mapping, and leaves through the IPv4 interface the routing table
- * names, with the MAC addresses of its neighbour entry.
+ * it, for an established peer heard from less than 30 s ago (RFC 4380 §5.2.4), with complete
+ * TCP/UDP checksums, gets an IPv4 header (DF off, RFC 4380 §5.1.2; TTL 64) and a UDP header
+ * from the daemon's bound address and port to the peer's mapping, and leaves through the IPv4
+ * interface the routing table names, with the MAC addresses of its neighbour entry; where the
+ * routing lookup needs IPv4 forwarding and it is off, through bpf_redirect_neigh.
  *
  * Anything else is passed unchanged (TC_ACT_OK): the daemon's user-space path handles it, so
  * the programs only ever take a packet whose outcome they can reproduce exactly. Each decision
