@@ -14,6 +14,7 @@ Nothing here knows Teredo's rules (those are in `teredo.core`); the programs in
 | `daemon` | logging, pid file and signals of a daemon on the asyncio loop |
 | `privileges` | dropping root to an unprivileged user, optionally keeping CAP_NET_ADMIN |
 | `timer` | one asyncio timer re-armed to a core's `get_timer()` deadline |
+| `bpf` | the kernel data path: loading `teredo/bpf/datapath.bpf.c` (libbpf), attaching, its maps |
 
 Only `netlink` imports pyroute2, so one-shot commands such as `teredo status` start without it.
 """

@@ -1,0 +1,225 @@
+"""The kernel data path's Python twin against the engine's fast paths (no root, no kernel).
+
+`teredo.bpf.datapath.python_decap_verdict` and `python_encap_verdict` are what the TC programs
+decide (tests/e2e/test_bpf_datapath.py runs the programs against them); here they are held
+against `PeeringEngine.accept_from_teredo` and `forward_to_teredo` for the same peers: the
+kernel may pass more than the engine's fast path takes, for reasons the module docstring
+lists, but never takes what the engine would not, and takes everything plain that it would.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from ipaddress import IPv6Address
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bpfsupport import (
+    CLIENT,
+    NATIVE,
+    NOW_NS,
+    PEER,
+    PEER_IP,
+    PEER_PORT,
+    PREFIX,
+    RELAY_IP,
+    RELAY_PORT,
+    bubble,
+    decap_frames,
+    encap_packets,
+    nonce_trailer,
+    peer_table,
+    relay_settings,
+    teredo_frame,
+    udp6,
+)
+from teredo.bpf.datapath import (
+    COUNTER_NAMES,
+    MAX_SUMMED_BYTES,
+    PEER_VALUE,
+    SETTINGS,
+    DataPathSettings,
+    PeerEntry,
+    Role,
+    encapsulate,
+    python_decap_verdict,
+    python_encap_verdict,
+)
+from teredo.core.address import Endpoint
+from teredo.core.client import ClientSettings, TeredoClient
+from teredo.core.peering import PeeringEngine, PeeringSettings
+from teredo.core.qualification import ServerPair
+from teredo.core.relay import TeredoRelay
+from teredo.core.wire import internet_checksum
+
+NOW = NOW_NS / 1e9
+BPF_SOURCE = os.path.join(os.path.dirname(__file__), "../../src/teredo/bpf/datapath.bpf.c")
+
+
+def engine_for(role: Role, peers: dict[bytes, PeerEntry]) -> tuple[PeeringEngine, set[bytes]]:
+    """An engine of `role` that trusts `peers` as the twin's table holds them."""
+    engine: PeeringEngine
+    tunnel = PeeringSettings(prefix=PREFIX, allow_private=True)
+    local: set[bytes] = set()
+    if role == Role.CLIENT:
+        from ipaddress import IPv4Address
+
+        client = TeredoClient(
+            ClientSettings(servers=(ServerPair(IPv4Address("198.51.100.9"), None),), tunnel=tunnel),
+            random_bytes=os.urandom,
+            secret=os.urandom(32),
+            now=0.0,
+        )
+        client._set_address(IPv6Address(CLIENT))  # as qualification does
+        engine, local = client, {CLIENT}
+    else:
+        host_specific = role == Role.HOST_SPECIFIC_RELAY
+        local = {NATIVE} if host_specific else set()
+        engine = TeredoRelay(
+            tunnel,
+            random_bytes=os.urandom,
+            secret=os.urandom(32),
+            now=0.0,
+            host_specific=host_specific,
+            host_addresses=local,
+        )
+    for address, entry in peers.items():
+        engine.trust_peer(address, entry.mapping, entry.last_rx_ns / 1e9)
+    return engine, local
+
+
+def delivered(frame: bytes) -> tuple[bytes, Endpoint] | None:
+    """What the kernel's IP and UDP layers would give the daemon's socket (bound to
+    RELAY_IP:RELAY_PORT) for `frame` received by the all-zero-MAC test device, parsed here
+    independently of the twin: the UDP payload and its source; None when they would not."""
+    if len(frame) < 42 or frame[:6] != bytes(6) or frame[12:14] != b"\x08\x00":
+        return None
+    ip = frame[14:]
+    if ip[0] != 0x45 or int.from_bytes(ip[6:8], "big") & 0x3FFF or ip[9] != 17:
+        return None
+    if int.from_bytes(ip[2:4], "big") != len(ip) or internet_checksum(ip[:20]) != 0:
+        return None
+    if ip[16:20] != socket.inet_aton(RELAY_IP):
+        return None
+    udp = ip[20:]
+    if int.from_bytes(udp[2:4], "big") != RELAY_PORT or int.from_bytes(udp[4:6], "big") != len(udp):
+        return None
+    if udp[6:8] != b"\0\0":
+        pseudo = ip[12:20] + struct.pack("!xBH", 17, len(udp))
+        if internet_checksum(pseudo + udp) != 0:
+            return None
+    source = (socket.inet_ntoa(ip[12:16]), int.from_bytes(udp[0:2], "big"))
+    return bytes(udp[8:]), source
+
+
+ROLES = pytest.mark.parametrize("role", list(Role))
+
+
+@ROLES
+@settings(max_examples=300)
+@given(frame=decap_frames())
+def test_decap_twin_takes_what_the_engine_accepts(role: Role, frame: bytes) -> None:
+    peers = peer_table()
+    engine, local = engine_for(role, peers)
+    verdict = python_decap_verdict(frame, relay_settings(role=role), peers, local)
+    datagram = delivered(frame)
+    if datagram is None:
+        assert not verdict.taken
+        return
+    payload, source = datagram
+    accepted = engine.accept_from_teredo(payload, source, NOW)
+    if len(payload) + 8 <= MAX_SUMMED_BYTES:
+        assert verdict.taken == accepted, verdict
+    else:
+        assert not verdict.taken
+    if verdict.taken:
+        assert verdict.packet == payload
+
+
+@ROLES
+@settings(max_examples=300)
+@given(packet=encap_packets())
+def test_encap_twin_sends_where_the_engine_sends(role: Role, packet: bytes) -> None:
+    peers = peer_table()
+    engine, local = engine_for(role, peers)
+    verdict = python_encap_verdict(packet, relay_settings(role=role), peers, local, now_ns=NOW_NS)
+    mapping = engine.forward_to_teredo(packet, NOW)
+    if verdict.taken:
+        assert mapping == verdict.mapping
+    elif mapping is not None:
+        # The kernel passes more: only for the reasons the engine's fast path does not check.
+        assert verdict.reason in ("tx_not_ipv6", "tx_foreign_source", "tx_checksum_incomplete")
+
+
+def test_decap_rules_by_example() -> None:
+    peers = peer_table()
+    relay = relay_settings()
+    packet = udp6(PEER, NATIVE, b"hello")
+    assert python_decap_verdict(teredo_frame(packet), relay, peers) == (
+        True,
+        "decapsulated",
+        packet,
+        None,
+    )
+    cases = {
+        "rx_not_plain_ipv6": [
+            teredo_frame(nonce_trailer(packet)),
+            teredo_frame(bubble(PEER, NATIVE)),
+        ],
+        "rx_mapping_mismatch": [teredo_frame(packet, source=(PEER_IP, PEER_PORT + 5))],
+        "rx_unknown_peer": [teredo_frame(udp6(CLIENT, NATIVE, b"x"))],
+        "rx_not_served": [teredo_frame(udp6(PEER, bytes.fromhex("ff02" + "00" * 13 + "01"), b"x"))],
+        "rx_fragment_or_options": [teredo_frame(packet, frag_off=0x2000)],
+        None: [teredo_frame(packet, destination=(RELAY_IP, 3544))],
+    }
+    for reason, frames in cases.items():
+        for frame in frames:
+            assert python_decap_verdict(frame, relay, peers) == (False, reason, None, None)
+
+
+def test_encap_rules_by_example() -> None:
+    peers = peer_table()
+    client = relay_settings(role=Role.CLIENT)
+    to_peer = udp6(CLIENT, PEER, b"hello")
+    verdict = python_encap_verdict(to_peer, client, peers, {CLIENT}, now_ns=NOW_NS)
+    assert verdict == (True, "encapsulated", None, (PEER_IP, PEER_PORT))
+    foreign = python_encap_verdict(udp6(NATIVE, PEER, b"x"), client, peers, {CLIENT}, now_ns=NOW_NS)
+    assert foreign.reason == "tx_foreign_source"
+    stale = python_encap_verdict(to_peer, client, peers, {CLIENT}, now_ns=NOW_NS + 29 * 10**9)
+    assert stale.reason == "tx_stale_peer"  # last heard 1 s before NOW_NS: 30 s then
+
+
+@given(st.binary(max_size=1500), st.integers(0, 0xFFFF))
+def test_encapsulate_writes_valid_checksums(packet: bytes, identification: int) -> None:
+    out = encapsulate(packet, (RELAY_IP, RELAY_PORT), (PEER_IP, PEER_PORT), identification)
+    assert internet_checksum(out[:20]) == 0
+    assert out[6:8] == b"\0\0"  # DF off (RFC 4380 §5.1.2)
+    assert out[8] == 64 and out[9] == 17
+    pseudo = out[12:20] + struct.pack("!xBH", 17, len(out) - 20)
+    assert internet_checksum(pseudo + out[20:]) == 0
+    assert out[28:] == packet
+
+
+def test_layouts_match_the_program() -> None:
+    """The record sizes the C structs have, and the counters in the C enum's order."""
+    source = Path(BPF_SOURCE).read_text()
+    assert PEER_VALUE.size == 16 and SETTINGS.size == 32
+    enum = source[source.index("enum counter {") : source.index("COUNTERS\n};")]
+    names = [line.strip().rstrip(",").lower() for line in enum.splitlines()[1:] if line.strip()]
+    assert tuple(names) == COUNTER_NAMES
+    record = relay_settings(validity=30.0, tun_ifindex=7, fib_ifindex=9).pack()
+    assert record[:6] == socket.inet_aton(RELAY_IP) + RELAY_PORT.to_bytes(2, "big")
+    assert record[8:12] == b"\x20\x01\x00\x00"
+    assert struct.unpack("=IIQ", record[12:16] + record[16:20] + record[24:32]) == (
+        7,
+        9,
+        30 * 10**9,
+    )
+    entry = PeerEntry((PEER_IP, PEER_PORT), 123)
+    assert PeerEntry.unpack(entry.pack()) == entry
+    assert isinstance(relay_settings(), DataPathSettings)
