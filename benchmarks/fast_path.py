@@ -6,7 +6,11 @@ Measures, for a relay core with N trusted peers (no I/O at all):
 
 - `forward_to_teredo` (native -> Teredo, a trusted peer: the per-packet cost on the TUN side),
 - `accept_from_teredo` (Teredo -> native: the per-packet cost on the UDP side),
-- and, for scale, the full paths `send_ipv6` and `receive_datagram` on the same packets.
+- and, for scale, the full paths `send_ipv6` and `receive_datagram` on the same packets;
+- and what strangers cost, each packet from or to someone new, with the table full
+  (`--peers` entries, all established): a bubble from a new self-consistent Teredo source
+  (consumed, no state), a data packet from a new source (a new entry, evicting one on
+  probation), and a packet toward a new Teredo destination (queued, setup within the budget).
 
 Prints nanoseconds per packet and packets per second per core. The fast paths are the one place
 where the core answers with a single call and builds no event or parsed object, for speed; this
@@ -27,7 +31,7 @@ from ipaddress import IPv4Address, IPv6Address
 from teredo.core.address import encode_teredo_address
 from teredo.core.peering import PeeringSettings
 from teredo.core.relay import TeredoRelay
-from teredo.core.wire import encode_ipv6_packet
+from teredo.core.wire import encode_bubble, encode_ipv6_packet
 
 NATIVE = IPv6Address("2001:db8:2::2")
 PAYLOAD = bytes(64)  # a 64-byte UDP-sized payload
@@ -108,7 +112,60 @@ def main() -> int:
                 relay.packets_to_deliver()
         relay.packets_to_deliver()
 
+    strangers = TeredoRelay(
+        PeeringSettings(max_peers=max(args.peers, 1)),
+        random_bytes=lambda n: bytes(n),
+        secret=b"s" * 32,
+        now=0.0,
+    )
+    for packet, source in zip(inbound, sources, strict=True):  # fill the table
+        strangers.receive_datagram(packet, source, 0.0)
+    strangers.packets_to_deliver()
+
+    def stranger(n: int, kind: int) -> tuple[bytes, tuple[str, int]]:
+        ip = IPv4Address(0x64400000 + (n >> 14))  # 100.64/10: global for RFC 4380
+        port = 1024 + (n & 0x3FFF)
+        address = encode_teredo_address(IPv4Address("198.51.100.2"), ip, port)
+        if kind == 0:
+            return encode_bubble(address, NATIVE), (str(ip), port)
+        if kind == 1:
+            return encode_ipv6_packet(address, NATIVE, 17, PAYLOAD), (str(ip), port)
+        return encode_ipv6_packet(NATIVE, address, 17, PAYLOAD), (str(ip), port)
+
+    def new_sources(kind: int, n: int) -> None:
+        packets = [stranger(kind << 22 | i, kind) for i in range(n)]
+        fn = strangers.receive_datagram
+        start = time.perf_counter()
+        for packet, source in packets:
+            fn(packet, source, now)
+        stranger_seconds[kind] = (time.perf_counter() - start) / n
+        strangers.packets_to_deliver()
+
+    def new_destinations(n: int) -> None:
+        packets = [stranger(2 << 22 | i, 2)[0] for i in range(n)]
+        fn = strangers.send_ipv6
+        start = time.perf_counter()
+        for i, packet in enumerate(packets):
+            fn(packet, now)
+            if i & 1023 == 0:
+                strangers.datagrams_to_send()
+        stranger_seconds[2] = (time.perf_counter() - start) / n
+        strangers.datagrams_to_send()
+
+    stranger_seconds = [0.0, 0.0, 0.0]
+    count_strangers = max(1000, args.packets // 10)
+    new_sources(0, count_strangers)
+    new_sources(1, count_strangers)
+    new_destinations(count_strangers)
+
     results = {}
+    for name, seconds in (
+        ("stranger: bubble from a new source", stranger_seconds[0]),
+        ("stranger: data from a new source", stranger_seconds[1]),
+        ("stranger: packet to a new destination", stranger_seconds[2]),
+    ):
+        results[name] = {"ns_per_packet": round(seconds * 1e9), "packets_per_s": round(1 / seconds)}
+    assert len(strangers.peers) <= strangers.peers.max_peers
     for name, run, packets in (
         ("forward_to_teredo", forward, args.packets),
         ("forward_to_teredo (memoryview)", forward_view, args.packets),
@@ -120,7 +177,7 @@ def main() -> int:
         results[name] = {"ns_per_packet": round(seconds * 1e9), "packets_per_s": round(1 / seconds)}
     assert relay.fast_tx and relay.fast_rx, "the fast paths were not taken"
     width = max(len(name) for name in results)
-    print(f"peering engine fast paths, {args.peers} trusted peers, 64-byte payloads")
+    print(f"peering engine, {args.peers} trusted peers (a full table), 64-byte payloads")
     for name, row in results.items():
         rate = row["packets_per_s"]
         print(f"  {name:<{width}}  {row['ns_per_packet']:>6} ns/packet  {rate:>10,} /s")

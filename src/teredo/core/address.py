@@ -71,11 +71,19 @@ def show_endpoint(endpoint: Endpoint) -> str:
 
 def ipv4_value(host: str) -> int:
     """A dotted quad as an integer; -1 when it is not one (never raises: input may come from
-    anywhere)."""
-    try:
-        return int(IPv4Address(host))
-    except ValueError:
+    anywhere). Four `int()` calls, not an `IPv4Address`: this is on the packet path."""
+    parts = host.split(".")
+    if len(parts) != 4:
         return -1
+    value = 0
+    for part in parts:
+        if not part.isdigit() or len(part) > 3 or (len(part) > 1 and part[0] == "0"):
+            return -1
+        octet = int(part)
+        if octet > 255:
+            return -1
+        value = value << 8 | octet
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,11 +254,24 @@ _NON_GLOBAL_IPV4: Final = tuple(
 )
 
 
+# The first octets that decide alone (0/8, 10/8, 127/8, 224/4), and those that need the table.
+_NON_GLOBAL_FIRST_OCTETS: Final = frozenset({0, 10, 127, *range(224, 240)})
+_MIXED_FIRST_OCTETS: Final = frozenset({169, 172, 192, 255})
+
+
 def is_global_ipv4(address: IPv4Address | int) -> bool:
     """Global unicast per RFC 4380 §5.2.4 (TEST-NET and 240/4 count as global there).
 
     Directed broadcast addresses of attached subnets are not checked: only the host knows its
-    subnets, and the core does no I/O.
+    subnets, and the core does no I/O. Negative values (`ipv4_value` of a non-address) are not
+    global.
     """
     value = int(address)
+    if value < 0:
+        return False
+    first = value >> 24
+    if first in _NON_GLOBAL_FIRST_OCTETS:
+        return False
+    if first not in _MIXED_FIRST_OCTETS:
+        return True
     return all(value & mask != network for network, mask in _NON_GLOBAL_IPV4)

@@ -381,7 +381,8 @@ class PeeringEngine(ABC):
                 self._flush(peer, source)
         elif self.is_teredo(src) and teredo_mapping(src) == source:
             # rx case 3 (RFC 4380 §5.2.3) / relay anti-spoofing (§5.4.2): mapping proven.
-            if not self._global_source(source):
+            if self._check_global and not is_global_ipv4(teredo_mapped_ipv4(src)):
+                self._global_source(source)  # counts and logs the refusal
                 return
             if bubble and peer is None and not self._answers_our_bubble(packet, peer):
                 # An unsolicited bubble from a stranger: consumed, and no entry for it. RFC 4380
