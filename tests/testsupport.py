@@ -39,3 +39,16 @@ def require_accelerators() -> None:
     if IN_CI:
         pytest.fail(f"in CI this test must run, but it {reason}")
     pytest.skip(reason)
+
+
+def require_kernel_data_path() -> None:
+    """Skip (outside CI) or fail (in CI) unless the kernel data path's object was built: CI
+    installs clang and libbpf-dev, so there a missing object is a broken build."""
+    from teredo.adapters.bpf import OBJECT_PATH
+
+    if OBJECT_PATH.exists():
+        return
+    reason = f"needs the kernel data path built ({OBJECT_PATH.name}: clang and libbpf-dev)"
+    if IN_CI:
+        pytest.fail(f"in CI this test must run, but it {reason}")
+    pytest.skip(reason)

@@ -35,6 +35,7 @@ import pytest
 from labsupport import built_lab, daemon_status, teredo_of
 from teredo.lab.lab import Lab
 from teredo.lab.topology import NATIVE_IPV4, NATIVE_IPV6, RELAY_IPV4, RELAY_PORT
+from testsupport import require_kernel_data_path
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -109,8 +110,23 @@ def test_status_document(cone_lab: Lab) -> None:
     assert document["peers"] >= document["trusted_peers"]
     assert document["queued_bytes"] >= 0
     counters = document["counters"]
-    assert counters["fast_tx"] >= 1 and counters["fast_rx"] >= 1
+    # The established peer's packets take the kernel's path when it runs, else the daemon's.
+    assert counters["fast_tx"] + counters.get("kernel_encapsulated", 0) >= 1
+    assert counters["fast_rx"] + counters.get("kernel_decapsulated", 0) >= 1
     assert counters["bubbles_sent"] >= 2
+
+
+def test_established_peers_take_the_kernel_path(cone_lab: Lab) -> None:
+    """With the kernel data path built (CI builds it), the relay forwards an established
+    peer's packets in the kernel both ways; the first packets set the peer up in user space."""
+    require_kernel_data_path()
+    target = teredo_of(cone_lab, "cli2")
+    assert cone_lab.ping("v6", target, count=5, interval=0.05).ok
+    document = status(cone_lab)
+    assert document["data_path"].startswith("the kernel (eBPF)"), document["data_path"]
+    counters = document["counters"]
+    assert counters["kernel_encapsulated"] >= 3, counters
+    assert counters["kernel_decapsulated"] >= 3, counters
 
 
 # From the native host (public IPv4): datagrams claiming Teredo sources they do not own.

@@ -350,7 +350,7 @@ class Recorder(PeeringEngine):
     def _on_native_destination(self, packet: bytes, destination: bytes, now: float) -> None:
         self.calls.append("native")
         peer = self.peers.create(destination, now)
-        self.queue_packet(peer, packet)
+        self.queue_packet(destination, peer, packet)
         self.schedule_retry(destination, peer, now + 2.0)
 
     def _retry_native(self, address: bytes, peer: Peer, now: float) -> None:

@@ -80,6 +80,7 @@ __all__ = [
     "KernelDataPath",
     "KernelDataPathUnavailable",
     "TestRun",
+    "ipv4_interfaces",
 ]
 
 OBJECT_PATH: Final = Path(__file__).resolve().parent.parent / "bpf" / "datapath.bpf.o"
@@ -279,6 +280,20 @@ def _interface_address(ifindex: int) -> str:
     except OSError:
         return ANY
     return socket.inet_ntoa(answer[20:24])
+
+
+def ipv4_interfaces(bound: str) -> list[int]:
+    """The Ethernet interfaces a daemon bound to `bound` receives its datagrams on: the one
+    holding that IPv4 address, or with 0.0.0.0 every Ethernet interface with an IPv4 address
+    (the interface indexes, for `KernelDataPath.open`)."""
+    found = []
+    for ifindex, _ in socket.if_nameindex():
+        if _interface_type(ifindex) != ARPHRD_ETHER:
+            continue
+        address = _interface_address(ifindex)
+        if address != ANY and (bound in (ANY, address)):
+            found.append(ifindex)
+    return found
 
 
 class _Attachment:

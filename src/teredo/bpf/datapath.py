@@ -33,11 +33,11 @@ order (each failure after the first line is counted under the reason in brackets
    link-local, loopback or unspecified address (`teredo.core.relay`); for a client its own address,
    for a host-specific relay the host's addresses (the `local_addresses` map);
 9. at most `MAX_SUMMED_BYTES` of UDP [`rx_too_big`] (jumbo datagrams stay in user space);
-10. the IPv4 header checksum and the UDP checksum verify, as the IP and UDP layers would
-    check them before the socket [`rx_bad_checksum`]. A UDP checksum of 0 means none (IPv4);
-    a checksum the network card already verified (CHECKSUM_UNNECESSARY) is not summed again.
-    A *partial* checksum (a datagram from a local socket over a veth) does not verify and
-    passes: the stack knows what it is.
+10. the IPv4 header checksum verifies [`rx_bad_checksum`]. The UDP checksum is not checked:
+    the inner IPv6 packet carries its own, end to end (TCP, UDP and ICMPv6 checksums are
+    mandatory in IPv6 and cover its addresses, RFC 8200 §8.1), and a datagram that a local
+    socket sent over a veth carries only a partial one, which the stack trusts and this
+    program could not complete.
 
 Then the peer's `last_rx` becomes now (`bpf_ktime_get_ns`, CLOCK_MONOTONIC: the clock of
 `time.monotonic()`), the outer headers go (`bpf_skb_adjust_room` with
@@ -287,14 +287,12 @@ def python_decap_verdict(
     local_addresses: Collection[bytes] = (),
     *,
     interface_mac: bytes = bytes(6),
-    checksum_unnecessary: bool = False,
 ) -> Verdict:
     """What `teredo_decap` decides for an Ethernet `frame` received by an interface whose MAC
     address is `interface_mac` (see the module docstring for the rules, in the same order).
 
-    `checksum_unnecessary`: the card verified the UDP checksum. A decapsulated packet is
-    returned without its Ethernet header (the program leaves it with type IPv6, and the
-    redirection to the TUN device removes it).
+    A decapsulated packet is returned without its Ethernet header (the program leaves it with
+    type IPv6, and the redirection to the TUN device removes it).
     """
     size = len(frame)
     if size < ETH_BYTES + IPV4_BYTES + UDP_BYTES:
@@ -334,10 +332,6 @@ def python_decap_verdict(
         return _passed("rx_too_big")
     if internet_checksum(frame[ETH_BYTES : ETH_BYTES + IPV4_BYTES]) != 0:
         return _passed("rx_bad_checksum")
-    if frame[40:42] != b"\0\0" and not checksum_unnecessary:
-        pseudo = frame[26:34] + bytes((0, PROTO_UDP)) + frame[38:40]
-        if internet_checksum(pseudo + frame[ETH_BYTES + IPV4_BYTES :]) != 0:
-            return _passed("rx_bad_checksum")
     return Verdict(True, "decapsulated", inner)
 
 

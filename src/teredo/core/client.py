@@ -379,7 +379,7 @@ class TeredoClient(PeeringEngine):
             self.drop("peer_unreachable")
             self.send_unreachable(packet, UnreachableCode.ADDRESS_UNREACHABLE, now)
             return
-        self.queue_packet(peer, packet)
+        self.queue_packet(destination, peer, packet)
         if peer.may_ping(now):
             self._send_echo_test(destination, peer, now)
             self.schedule_retry(destination, peer, now + PING_SPACING)

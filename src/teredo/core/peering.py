@@ -90,6 +90,7 @@ from teredo.core.peers import (
     DEFAULT_MAX_TOTAL_QUEUE_BYTES,
     NEVER,
     PEER_VALIDITY,
+    SWEEP_ROUND,
     Peer,
     PeerTable,
 )
@@ -124,7 +125,7 @@ __all__ = [
 ICMP_ERROR_RATE: Final = 10.0  # Miredo's figure: at most 10 ICMPv6 errors per second
 ICMP_ERROR_BURST: Final = 10.0
 SWEEP_INTERVAL: Final = 1.0  # seconds between slices of the idle sweep
-SWEEP_PERIOD: Final = 15.0  # the whole table is visited about this often
+SWEEP_PERIOD: Final = SWEEP_ROUND  # the whole table is visited about this often
 SWEEP_MIN_BUDGET: Final = 256
 RETRY_GRANULARITY: Final = 0.01  # seconds: the earliest a retry that cannot run yet comes back
 RETRY_SLACK: Final = 64  # retry-heap entries beyond 2 * max_peers before it is compacted
@@ -378,7 +379,7 @@ class PeeringEngine(ABC):
         if peer is not None and peers.is_mapped_at(peer, source):
             peer.rx = now  # rx case 1 (the peer is hot now: `rx` is its last_rx)
             if peer.queue:  # a stale peer was being set up again: it answered
-                self._flush(peer, source)
+                self._flush(src, peer, source)
         elif self.is_teredo(src) and teredo_mapping(src) == source:
             # rx case 3 (RFC 4380 §5.2.3) / relay anti-spoofing (§5.4.2): mapping proven.
             if self._check_global and not is_global_ipv4(teredo_mapped_ipv4(src)):
@@ -423,6 +424,8 @@ class PeeringEngine(ABC):
             self.drop("foreign_source")
             return
         peer = self.peers.get(dst)
+        if peer is not None and not peer.is_valid(now) and not peer.queue:
+            self.peers.refresh(dst, peer)  # the kernel's path may have heard from it meanwhile
         if peer is not None and peer.is_valid(now):
             self.count("sent")
             mapped = self.peers.sockaddr(peer)  # the mapping, hot for the fast path
@@ -465,7 +468,7 @@ class PeeringEngine(ABC):
             self.drop("peer_unreachable")
             self.send_unreachable(packet, UnreachableCode.ADDRESS_UNREACHABLE, now)
             return
-        self.queue_packet(peer, packet)
+        self.queue_packet(dst, peer, packet)
         self.send_bubbles(dst, peer, now)
 
     def _retry(self, address: bytes, peer: Peer, now: float) -> None:
@@ -537,11 +540,11 @@ class PeeringEngine(ABC):
         else:
             self.drop("mapping_mismatch")
 
-    def queue_packet(self, peer: Peer, packet: bytes) -> bool:
+    def queue_packet(self, address: bytes, peer: Peer, packet: bytes) -> bool:
         """Queue `packet` until `peer` is trusted; False (and counted) when the queue is full.
         Either way the packet is demand for the peer's setup (`Peer.repeated_demand`)."""
         peer.demand += 1
-        if self.peers.enqueue(peer, packet):
+        if self.peers.enqueue(peer, packet, address):
             return True
         self.drop("queue_full")
         return False
@@ -556,15 +559,19 @@ class PeeringEngine(ABC):
         was = peer.trusted
         peers.trust(peer, mapping, now)
         if peer.queue:
-            self._flush(peer, mapping)
+            self._flush(address, peer, mapping)
+        else:
+            peers.publish(address, peer)
         if not was:
             self.count("peers_trusted")
         return peer
 
-    def _flush(self, peer: Peer, mapping: Endpoint) -> None:
+    def _flush(self, address: bytes, peer: Peer, mapping: Endpoint) -> None:
+        """Send what waited for `peer` to `mapping`; the peer is established now."""
         queue = self.peers.take_queue(peer)
         self._datagrams.extend((packet, mapping) for packet in queue)
         self.count("sent_from_queue", len(queue))
+        self.peers.publish(address, peer)
 
     def send_bubbles(self, address: bytes, peer: Peer, now: float) -> bool:
         """Direct and indirect bubbles toward Teredo `address`, if the §5.2.6 limits allow.

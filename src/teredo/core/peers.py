@@ -67,7 +67,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final, Generic, TypeVar, cast, overload
+from typing import Any, Final, Generic, Protocol, TypeVar, cast, overload
 
 from teredo.core.address import Endpoint
 
@@ -85,6 +85,7 @@ DEFAULT_MAX_QUEUE_BYTES: Final = 1280  # per peer, as Miredo
 DEFAULT_MAX_TOTAL_QUEUE_BYTES: Final = 4 * 1024 * 1024
 EVICTION_SCAN: Final = 64  # entries examined for a second chance before evicting the oldest
 PROBATION_LIMIT: Final = 65536  # newest entries tracked for eviction first (see `create`)
+SWEEP_ROUND: Final = 15.0  # seconds: the sweep visits every entry about this often
 HOT_MAPPINGS: Final = 16384  # our choice: peers in the fast form (a sockaddr tuple), at most
 NEVER: Final = float("-inf")  # the time of something that did not happen
 
@@ -368,9 +369,26 @@ class Peer:
             self.setup = None
 
 
+class PeerMirror(Protocol):
+    """A copy of the established peers kept elsewhere: the kernel data path's peer map
+    (`teredo.adapters.bpf.KernelDataPath`), which forwards their packets without the daemon and
+    records when it last heard from each. The table keeps it in step (`PeerTable.publish`)."""
+
+    def set_peer(self, address: bytes, mapping: Endpoint, last_rx: float) -> bool: ...
+
+    def remove_peer(self, address: bytes) -> bool: ...
+
+    def last_rx(self, address: bytes) -> float | None: ...
+
+
 class PeerTable:
     """A bounded map from 16-byte IPv6 addresses to `Peer`, with bounded queues and a bounded
-    number of hot peers (see the module docstring)."""
+    number of hot peers (see the module docstring).
+
+    With a `mirror`, the table also keeps its *established* peers (trusted, nothing queued)
+    there, and reads back when the mirror heard from them: a peer whose packets all take the
+    kernel's path is as alive here as one whose packets reach the daemon.
+    """
 
     def __init__(
         self,
@@ -402,6 +420,7 @@ class PeerTable:
         # Probation: the newest entries, oldest first, with their creation time (see `create`).
         self._probation: deque[tuple[bytes, Peer, float]] = deque()
         self.on_remove = on_remove
+        self.mirror: PeerMirror | None = None
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -507,10 +526,16 @@ class PeerTable:
     # -----------------------------------------------------------------------------------------
     # Queues
 
-    def enqueue(self, peer: Peer, packet: bytes) -> bool:
-        """Queue `packet` for `peer` until its setup completes; False (and counted) if full."""
+    def enqueue(self, peer: Peer, packet: bytes, address: bytes | None = None) -> bool:
+        """Queue `packet` for `peer` until its setup completes; False (and counted) if full.
+
+        A trusted peer (at `address`) that starts queueing is no longer established: the
+        mirror forgets it, so that its packets reach the engine, which flushes the queue first.
+        """
         size = len(packet)
         setup = peer.setup
+        if address is not None and peer.link is not None and (setup is None or not setup.queue):
+            self.withdraw(address)
         queued = 0 if setup is None else setup.queued_bytes
         if (
             queued + size > self.max_queue_bytes
@@ -546,8 +571,11 @@ class PeerTable:
         """
         peers = self._peers
         removed = []
+        mirror = self.mirror
         for _ in range(min(budget, len(peers))):
             address, peer = self._advance()
+            if mirror is not None and peer.link is not None:
+                self._sync(address, peer, now)
             if self._idle(peer, now):
                 self._remove(address, peer)
                 removed.append((address, peer))
@@ -555,6 +583,17 @@ class PeerTable:
             elif peer.setup is not None:
                 peer.settle(now)
         return removed
+
+    def _sync(self, address: bytes, peer: Peer, now: float) -> None:
+        """The sweep's visit to a trusted peer, with a mirror: a peer heard from here since the
+        last round is told to the mirror (whose own time may be older: the packets it forwards
+        need a valid peer); one that looks idle here is asked about there first."""
+        last = peer.last_rx
+        if now - last < SWEEP_ROUND:
+            if not peer.queue:
+                self.publish(address, peer)
+        elif now - last >= self.idle_timeout:
+            self.refresh(address, peer)
 
     def _advance(self) -> tuple[bytes, Peer]:
         """The entry under the CLOCK hand, which moves on (the table must not be empty).
@@ -603,6 +642,8 @@ class PeerTable:
             address, peer, created = probation.popleft()
             if peers.get(address) is not peer:
                 continue  # removed (or replaced) since
+            if self.mirror is not None:
+                self.refresh(address, peer)  # its packets may all have taken the kernel's path
             if peer.last_rx <= created:
                 self._remove(address, peer)
                 self.evicted += 1
@@ -619,8 +660,36 @@ class PeerTable:
     def _remove(self, address: bytes, peer: Peer) -> None:
         del self._peers[address]
         self._drop_queue(peer)
+        if peer.link is not None:
+            self.withdraw(address)
         if self.on_remove is not None:
             self.on_remove(address, peer)
+
+    # -----------------------------------------------------------------------------------------
+    # The mirror (see `PeerMirror`)
+
+    def publish(self, address: bytes, peer: Peer) -> None:
+        """Put `peer` in the mirror if it is established: trusted, nothing queued."""
+        mirror = self.mirror
+        if mirror is None:
+            return
+        mapped = peer.mapped
+        if mapped is not None and not peer.queue:
+            mirror.set_peer(address, mapped, peer.last_rx)
+
+    def withdraw(self, address: bytes) -> None:
+        """Take `address` out of the mirror (nothing happens if it was not there)."""
+        if self.mirror is not None:
+            self.mirror.remove_peer(address)
+
+    def refresh(self, address: bytes, peer: Peer) -> None:
+        """Learn from the mirror when it last heard from `peer`, if that is later than here."""
+        mirror = self.mirror
+        if mirror is None or peer.link is None:
+            return
+        heard = mirror.last_rx(address)
+        if heard is not None and heard > peer.last_rx:
+            peer.last_rx = heard
 
     def _drop_queue(self, peer: Peer) -> None:
         setup = peer.setup

@@ -43,7 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from teredo.adapters.control import ControlServer, start_control_server
 from teredo.adapters.daemon import setup_logging, wait_for_shutdown
@@ -60,10 +60,13 @@ from teredo.core.qualification import (
     Qualified,
     ServerPair,
 )
-from teredo.programs.datapath import DataPath
+from teredo.programs.datapath import DataPath, open_kernel_path
 from teredo.programs.loading import Loaded, keep_restart_only, load
 from teredo.programs.probe import local_address_toward, resolve_ipv4
 from teredo.programs.status import merge_counters
+
+if TYPE_CHECKING:
+    from teredo.adapters.bpf import KernelDataPath
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +250,7 @@ class ClientDaemon:
     core: TeredoClient
     servers: tuple[ServerPair, ...]
     loop: DataPath | None = None
+    kernel: KernelDataPath | None = None
     iface: Any = None  # netlink.InterfaceConfigurator (pyroute2 imported lazily)
     interface: str = ""
     interface_index: int = 0
@@ -289,6 +293,8 @@ class ClientDaemon:
         old_address, old_mtu = self.configured, self.configured_mtu
         await self.iface.configure_client(event.address, event.mtu)
         self.configured, self.configured_mtu = event.address, event.mtu
+        if self.kernel is not None:
+            self.kernel.set_local_addresses([event.address.packed])
         if isinstance(event, Qualified):
             elapsed = (time.monotonic() - event.solicited_at) * 1000
             self.rs_to_address_ms = round(elapsed, 2)
@@ -311,6 +317,8 @@ class ClientDaemon:
 
     async def _withdraw(self, reason: str, final: bool = False) -> None:
         old_address, old_mtu = self.configured, self.configured_mtu
+        if self.kernel is not None:
+            self.kernel.set_local_addresses([])
         await self.iface.undo()
         self.configured = self.configured_mtu = None
         if old_address is not None:
@@ -354,6 +362,7 @@ class ClientDaemon:
             "address": core["address"],
             "interface": self.interface,
             "bind": f"{self.loop.udp.local[0]}:{self.loop.udp.local[1]}" if self.loop else "-",
+            "data_path": self.loop.description() if self.loop else "-",
             "config": self.loaded.path or "<command line>",
             "servers": [str(s) for s in self.servers],
             "rs_to_address_ms": self.rs_to_address_ms,
@@ -459,8 +468,12 @@ async def _serve(loaded: Loaded[ClientConfig]) -> int:
                 config.control_socket, daemon.status, started=daemon.started
             )
         _warn_if_native_ipv6(tun.name)
+        if config.offload:
+            daemon.kernel = open_kernel_path(
+                "client", tun=tun, udp=udp, prefix=core.settings.prefix, max_peers=config.max_peers
+            )
         drop_privileges(config.user, keep=("CAP_NET_ADMIN",))
-        daemon.loop = DataPath(core, udp, tun, after_flush=daemon.on_events)
+        daemon.loop = DataPath(core, udp, tun, after_flush=daemon.on_events, kernel=daemon.kernel)
         log.info(
             "Teredo client on UDP %s:%d (seen as %s), interface %s, servers %s",
             udp.local[0], udp.local[1], local, tun.name, ", ".join(str(s) for s in servers),
@@ -530,6 +543,8 @@ async def _shutdown(daemon: ClientDaemon) -> None:
     async with daemon.lock:
         if daemon.iface is not None:
             await daemon._withdraw("shutting down", final=True)
+    if daemon.kernel is not None:
+        daemon.kernel.close()
     if daemon.control is not None:
         await daemon.control.close()
     if daemon.hook is not None:

@@ -52,9 +52,11 @@ import asyncio
 import errno
 import logging
 import os
+import socket
 import time
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Iterable
+from ipaddress import IPv6Network
+from typing import TYPE_CHECKING, Final
 
 from teredo.adapters import accel
 from teredo.adapters.accel import coalesce_segments, read_runs, segment
@@ -65,6 +67,9 @@ from teredo.adapters.udp import MAX_SEGMENTED_BYTES, MAX_SEGMENTS, UdpSocket
 from teredo.core.address import Endpoint
 from teredo.core.offload import COALESCED_BYTES, GSO_NONE, OffloadError
 from teredo.core.peering import PeeringEngine
+
+if TYPE_CHECKING:
+    from teredo.adapters.bpf import KernelDataPath
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +88,14 @@ class DataPath:
         *,
         after_flush: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        kernel: KernelDataPath | None = None,
     ) -> None:
         self.engine = engine
         self.udp = udp
         self.tun = tun
+        self.kernel = kernel
+        if kernel is not None:
+            engine.peers.mirror = kernel
         self.after_flush = after_flush
         self.clock = clock
         self._timer: Timer | None = None
@@ -109,16 +118,11 @@ class DataPath:
         loop = loop or asyncio.get_running_loop()
         self._loop = loop
         self._timer = Timer(self._on_timer, loop)
-        if self.tun.vnet_hdr:
-            coalescing = self.udp.enable_coalescing()
-            log.info(
-                "data path: TUN offloads %#x, UDP coalescing %s, C accelerators %s",
-                self.tun.offloads,
-                "on" if coalescing else "off",
-                "on" if accel.ACCELERATED else "off",
-            )
-        else:
-            log.info("data path: one system call per packet (no offloads)")
+        if self.tun.vnet_hdr and self.kernel is None:
+            # Not with the kernel's path: UDP_GRO would join datagrams into super-packets
+            # before that path sees them, and it passes super-packets to us.
+            self.udp.enable_coalescing()
+        log.info("data path: %s", self.description())
         loop.add_reader(
             self.udp.fileno(), self._on_udp_offloaded if self.tun.vnet_hdr else self._on_udp
         )
@@ -126,6 +130,17 @@ class DataPath:
             self.tun.fileno(), self._on_tun_offloaded if self.tun.vnet_hdr else self._on_tun
         )
         self.flush()
+
+    def description(self) -> str:
+        """Which data path runs, for the log and `teredo status`."""
+        first = "the kernel (eBPF) for established peers, then " if self.kernel else ""
+        if not self.tun.vnet_hdr:
+            return first + "one system call per packet (no offloads)"
+        return first + (
+            f"TUN offloads {self.tun.offloads:#x}, UDP coalescing "
+            f"{'on' if self.udp.coalescing else 'off'}, C accelerators "
+            f"{'on' if accel.ACCELERATED else 'off'}"
+        )
 
     def stop(self) -> None:
         """Stop reading; the caller closes the socket and the device."""
@@ -162,6 +177,9 @@ class DataPath:
             counters["tun_super_packets_out"] = self.super_packets_out
         if self.offload_drops:
             counters["offload_drops"] = self.offload_drops
+        if self.kernel is not None:
+            for name, value in self.kernel.counters().items():
+                counters["kernel_" + name] = value
         for prefix, source in (("udp_", self.udp.counters()), ("tun_", self.tun.counters())):
             for name, value in source.items():
                 if value:
@@ -299,3 +317,37 @@ class DataPath:
         send_segments = self.udp.send_segments
         for start in range(0, end, step):
             send_segments(out[start : min(start + step, end)], size, destination)
+
+
+def open_kernel_path(
+    role: str,
+    *,
+    tun: TunDevice,
+    udp: UdpSocket,
+    prefix: IPv6Network,
+    max_peers: int,
+    local_addresses: Iterable[bytes] = (),
+) -> KernelDataPath | None:
+    """The kernel data path for a daemon (`teredo.adapters.bpf`), or None when it cannot be
+    used here, with the reason in the log: the daemon then runs its user-space path alone,
+    which is complete on its own. Call it as root, before dropping privileges."""
+    try:
+        from teredo.adapters.bpf import KernelDataPath, KernelDataPathUnavailable, ipv4_interfaces
+        from teredo.bpf.datapath import Role
+    except ImportError as error:  # pragma: no cover - the package ships both
+        log.info("kernel data path off: %s", error)
+        return None
+    kinds = {"relay": Role.RELAY, "host-specific relay": Role.HOST_SPECIFIC_RELAY}
+    try:
+        return KernelDataPath.open(
+            kinds.get(role, Role.CLIENT),
+            tun_ifindex=socket.if_nametoindex(tun.name),
+            ipv4_ifindexes=ipv4_interfaces(udp.local[0]),
+            local=udp.local,
+            prefix=prefix,
+            local_addresses=local_addresses,
+            max_peers=max_peers,
+        )
+    except (KernelDataPathUnavailable, OSError) as error:
+        log.info("kernel data path off: %s", error)
+        return None

@@ -32,7 +32,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from teredo.adapters.control import ControlServer, start_control_server
 from teredo.adapters.daemon import setup_logging, wait_for_shutdown
@@ -40,9 +40,12 @@ from teredo.adapters.privileges import drop_privileges
 from teredo.core.config import DEFAULT_CONFIG_PATH, RelayConfig, parse_relay_config
 from teredo.core.errors import UserError
 from teredo.core.relay import TeredoRelay, relay_settings
-from teredo.programs.datapath import DataPath
+from teredo.programs.datapath import DataPath, open_kernel_path
 from teredo.programs.loading import Loaded, keep_restart_only, load
 from teredo.programs.status import merge_counters
+
+if TYPE_CHECKING:
+    from teredo.adapters.bpf import KernelDataPath
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,7 @@ class RelayDaemon:
     loaded: Loaded[RelayConfig]
     core: TeredoRelay
     loop: DataPath | None = None
+    kernel: KernelDataPath | None = None
     iface: Any = None  # netlink.InterfaceConfigurator (imported lazily with pyroute2)
     control: ControlServer | None = None
     interface: str = ""
@@ -111,6 +115,8 @@ class RelayDaemon:
         if self.core.host_specific:
             before = self.core.host_addresses
             self.core.set_host_addresses(addresses)
+            if self.kernel is not None:
+                self.kernel.set_local_addresses(self.core.host_addresses)
             if self.core.host_addresses != before:
                 log.info(
                     "serving this host's addresses: %s",
@@ -130,6 +136,7 @@ class RelayDaemon:
             "mtu": config.interface_mtu,
             "prefix": str(config.prefix),
             "bind": f"{self.loop.udp.local[0]}:{self.loop.udp.local[1]}" if self.loop else "-",
+            "data_path": self.loop.description() if self.loop else "-",
             "config": self.loaded.path,
         }
         if not self.core.host_specific:
@@ -234,8 +241,17 @@ async def _serve(loaded: Loaded[RelayConfig]) -> int:
             daemon.control = await start_control_server(
                 config.control_socket, daemon.status, started=daemon.started
             )
+        if config.offload:
+            daemon.kernel = open_kernel_path(
+                "host-specific relay" if core.host_specific else "relay",
+                tun=tun,
+                udp=udp,
+                prefix=config.prefix,
+                max_peers=config.max_peers,
+                local_addresses=core.host_addresses,
+            )
         drop_privileges(config.user, keep=("CAP_NET_ADMIN",))
-        daemon.loop = DataPath(core, udp, tun)
+        daemon.loop = DataPath(core, udp, tun, kernel=daemon.kernel)
         daemon.loop.start()
         refresher = asyncio.get_running_loop().create_task(_refresh(daemon))
         log.info(
@@ -253,6 +269,8 @@ async def _serve(loaded: Loaded[RelayConfig]) -> int:
             refresher.cancel()
         if daemon.loop is not None:
             daemon.loop.stop()
+        if daemon.kernel is not None:
+            daemon.kernel.close()
         if daemon.control is not None:
             await daemon.control.close()
         if daemon.iface is not None:

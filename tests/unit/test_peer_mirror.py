@@ -1,0 +1,119 @@
+"""The peer table keeps a mirror (the kernel data path's peer map) in step with its established
+peers, and learns from it when the kernel last heard from them."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address
+
+from teredo.core.address import Endpoint, encode_teredo_address
+from teredo.core.peering import PeeringSettings
+from teredo.core.relay import TeredoRelay
+from teredo.core.wire import encode_echo
+
+NATIVE = IPv6Address("2001:db8:2::2")
+
+
+class FakeMirror:
+    """The kernel map as a dict; `heard` plays the kernel forwarding a peer's packets."""
+
+    def __init__(self) -> None:
+        self.peers: dict[bytes, tuple[Endpoint, float]] = {}
+        self.calls = 0
+
+    def set_peer(self, address: bytes, mapping: Endpoint, last_rx: float) -> bool:
+        self.calls += 1
+        self.peers[address] = (mapping, last_rx)
+        return True
+
+    def remove_peer(self, address: bytes) -> bool:
+        self.calls += 1
+        return self.peers.pop(address, None) is not None
+
+    def last_rx(self, address: bytes) -> float | None:
+        self.calls += 1
+        entry = self.peers.get(address)
+        return entry[1] if entry else None
+
+    def heard(self, address: bytes, now: float) -> None:
+        mapping, _ = self.peers[address]
+        self.peers[address] = (mapping, now)
+
+
+def counting_random() -> Callable[[int], bytes]:
+    counter = itertools.count(1)
+    return lambda n: next(counter).to_bytes(n, "big")
+
+
+def relay(max_peers: int = 1000) -> tuple[TeredoRelay, FakeMirror]:
+    engine = TeredoRelay(
+        PeeringSettings(max_peers=max_peers),
+        random_bytes=counting_random(),
+        secret=b"k" * 32,
+        now=0.0,
+    )
+    mirror = FakeMirror()
+    engine.peers.mirror = mirror
+    return engine, mirror
+
+
+def teredo(port: int, ip: str = "203.0.113.2") -> bytes:
+    return encode_teredo_address(IPv4Address("198.51.100.2"), IPv4Address(ip), port).packed
+
+
+def from_peer(peer: bytes) -> bytes:
+    return encode_echo(IPv6Address(peer), NATIVE, 1, 1, b"x")
+
+
+def to_peer(peer: bytes) -> bytes:
+    return encode_echo(NATIVE, IPv6Address(peer), 1, 1, b"x")
+
+
+def test_a_trusted_peer_is_published_with_its_mapping() -> None:
+    engine, mirror = relay()
+    peer = teredo(40000)
+    engine.receive_datagram(from_peer(peer), ("203.0.113.2", 40000), 1.0)
+    assert mirror.peers[peer] == (("203.0.113.2", 40000), 1.0)
+
+
+def test_a_queued_peer_is_withdrawn_until_it_answers() -> None:
+    engine, mirror = relay()
+    peer = teredo(40000)
+    engine.receive_datagram(from_peer(peer), ("203.0.113.2", 40000), 1.0)
+    engine.send_ipv6(to_peer(peer), 40.0)  # stale here and in the mirror: set up again
+    assert peer not in mirror.peers and engine.peers.get(peer).queue  # type: ignore[union-attr]
+    engine.receive_datagram(from_peer(peer), ("203.0.113.2", 40000), 40.5)  # it answers
+    assert mirror.peers[peer] == (("203.0.113.2", 40000), 40.5)
+
+
+def test_the_kernel_keeping_a_peer_alive_keeps_it_valid_and_unexpired() -> None:
+    engine, mirror = relay()
+    peer = teredo(40000)
+    engine.receive_datagram(from_peer(peer), ("203.0.113.2", 40000), 1.0)
+    for second in range(2, 100):
+        mirror.heard(peer, float(second))  # every packet takes the kernel's path
+        engine.handle_timer(float(second))
+    assert engine.peers.get(peer) is not None and peer in mirror.peers
+    engine.send_ipv6(to_peer(peer), 100.0)  # a packet the kernel passed up (say, GSO)
+    assert engine.datagrams_to_send() == [(to_peer(peer), ("203.0.113.2", 40000))]
+
+
+def test_an_idle_peer_expires_here_and_there() -> None:
+    engine, mirror = relay()
+    peer = teredo(40000)
+    engine.receive_datagram(from_peer(peer), ("203.0.113.2", 40000), 1.0)
+    for second in range(2, 60):
+        engine.handle_timer(float(second))
+    assert engine.peers.get(peer) is None and peer not in mirror.peers
+
+
+def test_eviction_asks_the_mirror_before_judging_a_peer_on_probation() -> None:
+    engine, mirror = relay(max_peers=10)
+    established = teredo(1)
+    engine.receive_datagram(from_peer(established), ("203.0.113.2", 1), 1.0)
+    mirror.heard(established, 1.5)  # only the kernel heard it again
+    for port in range(2, 40):  # a flood of new sources, each seen once
+        engine.receive_datagram(from_peer(teredo(port)), ("203.0.113.2", port), 2.0)
+    assert engine.peers.get(established) is not None and established in mirror.peers
+    assert len(mirror.peers) == len(engine.peers) == 10
