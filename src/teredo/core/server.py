@@ -42,10 +42,11 @@ Input from the network never raises: each discarded datagram is counted under a 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 from teredo.core.address import (
     DEFAULT_MTU,
@@ -152,52 +153,83 @@ class ServerSettings:
             raise ValueError("rate limit burst and table size must be at least 1")
 
 
+class RateLimiter(Protocol):
+    """What the server needs of a per-source limiter (`SourceRateLimiter`)."""
+
+    rate: float
+    burst: float
+
+    @property
+    def max_entries(self) -> int: ...
+
+    def allow(self, key: int, now: float, /) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+
 class SourceRateLimiter:
     """Token buckets keyed by an IPv4 address (as int), in a table of bounded size.
 
-    Each key may spend `burst` tokens at once and earns `rate` tokens per second. The table is a
-    dict kept in least-recently-used order (an entry is re-inserted on every use); when it is
-    full the oldest entry is evicted. Evicting forgets a bucket, so an attacker cycling through
-    more than `max_entries` spoofed sources only gets fresh buckets for them: the limit fails open
-    for those sources, never closed for others, and memory stays bounded.
+    Each key may spend `burst` tokens at once and earns `rate` tokens per second. The table is
+    kept in least-recently-used order (an OrderedDict: `move_to_end` on every use and
+    `popitem(last=False)` to evict are O(1), whatever the number of sources); when it is full
+    the least recently used entry is evicted. Evicting forgets a bucket, so an attacker cycling
+    through more than `max_entries` spoofed sources only gets fresh buckets for them: the limit
+    fails open for those sources, never closed for others, and memory stays bounded.
+
+    `max_entries` is fixed at construction.
     """
 
-    __slots__ = ("_buckets", "burst", "max_entries", "rate")
+    __slots__ = ("_buckets", "_max_entries", "burst", "rate")
 
     def __init__(self, rate: float, burst: float, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
         self.rate = rate
         self.burst = burst
-        self.max_entries = max_entries
-        self._buckets: dict[int, tuple[float, float]] = {}  # key -> (tokens, last update)
+        self._max_entries = max_entries
+        self._buckets: OrderedDict[int, tuple[float, float]] = OrderedDict()
+
+    @property
+    def max_entries(self) -> int:
+        return self._max_entries
 
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def allow(self, key: int, now: float) -> bool:
+    def allow(self, key: int, now: float, /) -> bool:
         """Spend one token of `key`'s bucket if it has one."""
-        entry = self._buckets.pop(key, None)
+        buckets = self._buckets
+        entry = buckets.get(key)
         if entry is None:
             tokens = self.burst
+            if len(buckets) >= self._max_entries:
+                buckets.popitem(last=False)
         else:
+            buckets.move_to_end(key)
             tokens = min(self.burst, entry[0] + max(0.0, now - entry[1]) * self.rate)
         allowed = tokens >= 1.0
         if allowed:
             tokens -= 1.0
-        self._buckets[key] = (tokens, now)
-        while len(self._buckets) > self.max_entries:
-            del self._buckets[next(iter(self._buckets))]
+        buckets[key] = (tokens, now)
         return allowed
 
 
 class TeredoServer:
     """A Teredo server's protocol logic. Feed datagrams with the time; drain the outputs."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        new_limiter: Callable[[float, float, int], RateLimiter] = SourceRateLimiter,
+    ) -> None:
+        """`new_limiter(rate, burst, max_entries)` makes the per-source limiter."""
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self._datagrams: list[OutgoingDatagram] = []
         self._native: list[bytes] = []
-        self._limiter: SourceRateLimiter | None = None
+        self._new_limiter = new_limiter
+        self._limiter: RateLimiter | None = None
         self.settings = settings
         self._apply(settings)
 
@@ -219,14 +251,14 @@ class TeredoServer:
         self._client_prefix = IPv6Address(int(settings.prefix.network_address) | int(primary) << 64)
         if settings.rate_per_second is None:
             self._limiter = None
-        elif self._limiter is None:
-            self._limiter = SourceRateLimiter(
+        elif self._limiter is None or self._limiter.max_entries != settings.rate_max_sources:
+            # A new table size starts a new table (the limiter fixes its size at creation).
+            self._limiter = self._new_limiter(
                 settings.rate_per_second, settings.rate_burst, settings.rate_max_sources
             )
         else:
             self._limiter.rate = settings.rate_per_second
             self._limiter.burst = settings.rate_burst
-            self._limiter.max_entries = settings.rate_max_sources
 
     def reconfigure(self, settings: ServerSettings) -> None:
         """Apply new settings (SIGHUP); counters and rate-limit state are kept.
@@ -248,6 +280,11 @@ class TeredoServer:
     @property
     def rate_limit_entries(self) -> int:
         return len(self._limiter) if self._limiter is not None else 0
+
+    @property
+    def limiter(self) -> RateLimiter | None:
+        """The per-source limiter every path spends from; None when rate limiting is off."""
+        return self._limiter
 
     # -- the contract --------------------------------------------------------------------------
 
