@@ -8,6 +8,7 @@
  * teredo/core/offload.py and teredo/core/wire.py (ones_complement_sum, coalesce_segments, segment) or
  * teredo/adapters/tun_runs.py (read_runs); read their documentation there. The tests check each
  * against its twin. It is optional: when it is not built (no compiler), the twins run (teredo.adapters.accel chooses).
+ * The Teredo server's rate limiter is here too (a section at the end).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 #include <errno.h>
 #include <sys/uio.h>
+#include <sys/random.h>
 
 #define VNET_HEADER_BYTES 10
 #define IPV6_HEADER_BYTES 40
@@ -441,6 +443,262 @@ fail:
     return NULL;
 }
 
+/* -- The Teredo server's per-source rate limiter ------------------------------------------------
+ *
+ * RateLimiter is the token-bucket table of teredo.core.server (SourceRateLimiter is its twin;
+ * read the documentation there): O(1) per packet at any number of sources, in a table of fixed
+ * size, with the same decisions. */
+#define MAX_LIMITER_ENTRIES (1 << 24)
+
+/* RateLimiter: buckets in an array of max_entries nodes, found through an open-addressing
+ * index (linear probing, at most half full, deletion by backward shift: no tombstones) and
+ * kept in least-recently-used order by a doubly linked list through the nodes. The index hashes
+ * keys with multiply-add-shift under a random 128-bit seed (2-independent for 32-bit keys), so
+ * that spoofed sources cannot be chosen to collide. */
+typedef struct {
+    uint32_t key;
+    int32_t newer, older; /* -1: none */
+    double tokens, last;
+} bucket;
+
+typedef struct {
+    PyObject_HEAD
+    double rate, burst;
+    Py_ssize_t max_entries, count;
+    int32_t newest, oldest;
+    uint64_t multiplier, addend;
+    int shift;
+    size_t mask;
+    int32_t *index; /* node number, -1: empty */
+    bucket *nodes;
+} RateLimiterObject;
+
+static size_t home(const RateLimiterObject *self, uint32_t key) {
+    return (size_t)((key * self->multiplier + self->addend) >> self->shift) & self->mask;
+}
+
+static void unlink_node(RateLimiterObject *self, int32_t node) {
+    bucket *b = &self->nodes[node];
+    if (b->newer >= 0)
+        self->nodes[b->newer].older = b->older;
+    else
+        self->newest = b->older;
+    if (b->older >= 0)
+        self->nodes[b->older].newer = b->newer;
+    else
+        self->oldest = b->newer;
+}
+
+static void push_newest(RateLimiterObject *self, int32_t node) {
+    bucket *b = &self->nodes[node];
+    b->newer = -1;
+    b->older = self->newest;
+    if (self->newest >= 0)
+        self->nodes[self->newest].newer = node;
+    self->newest = node;
+    if (self->oldest < 0)
+        self->oldest = node;
+}
+
+/* Remove the index entry of `node` (present), shifting back the entries after it. */
+static void remove_index(RateLimiterObject *self, int32_t node) {
+    size_t mask = self->mask, hole = home(self, self->nodes[node].key);
+    while (self->index[hole] != node)
+        hole = (hole + 1) & mask;
+    size_t next = (hole + 1) & mask;
+    while (self->index[next] >= 0) {
+        size_t wanted = home(self, self->nodes[self->index[next]].key);
+        /* The entry at `next` may fill the hole when its home is not in (hole, next]. */
+        if (((next - wanted) & mask) >= ((next - hole) & mask)) {
+            self->index[hole] = self->index[next];
+            hole = next;
+        }
+        next = (next + 1) & mask;
+    }
+    self->index[hole] = -1;
+}
+
+/* SourceRateLimiter.allow: spend one token of key's bucket if it has one. */
+static int limiter_allow(RateLimiterObject *self, uint32_t key, double now) {
+    size_t mask = self->mask, slot = home(self, key);
+    int32_t node;
+    while ((node = self->index[slot]) >= 0) {
+        bucket *b = &self->nodes[node];
+        if (b->key == key) {
+            double elapsed = now - b->last;
+            /* volatile: no fused multiply-add, so that the sum rounds as Python's does */
+            volatile double earned = (elapsed > 0.0 ? elapsed : 0.0) * self->rate;
+            double tokens = b->tokens + earned;
+            if (!(tokens < self->burst))
+                tokens = self->burst;
+            int allowed = tokens >= 1.0;
+            if (allowed)
+                tokens -= 1.0;
+            b->tokens = tokens;
+            b->last = now;
+            if (self->newest != node) {
+                unlink_node(self, node);
+                push_newest(self, node);
+            }
+            return allowed;
+        }
+        slot = (slot + 1) & mask;
+    }
+    if (self->count >= self->max_entries) {
+        /* Full: forget the least recently used bucket (it fails open, never closed). */
+        node = self->oldest;
+        unlink_node(self, node);
+        remove_index(self, node);
+        slot = home(self, key);
+        while (self->index[slot] >= 0)
+            slot = (slot + 1) & mask;
+    } else {
+        node = (int32_t)self->count++;
+    }
+    self->index[slot] = node;
+    bucket *b = &self->nodes[node];
+    double tokens = self->burst;
+    int allowed = tokens >= 1.0;
+    if (allowed)
+        tokens -= 1.0;
+    b->key = key;
+    b->tokens = tokens;
+    b->last = now;
+    push_newest(self, node);
+    return allowed;
+}
+
+static void limiter_dealloc(RateLimiterObject *self) {
+    PyMem_Free(self->index);
+    PyMem_Free(self->nodes);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *limiter_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"rate", "burst", "max_entries", "seed", NULL};
+    double rate, burst;
+    Py_ssize_t max_entries;
+    Py_buffer seed = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "ddn|y*", names, &rate, &burst, &max_entries,
+                                     &seed))
+        return NULL;
+    unsigned char random[16];
+    if (seed.buf != NULL) {
+        if (seed.len != 16) {
+            PyBuffer_Release(&seed);
+            PyErr_SetString(PyExc_ValueError, "the seed is 16 bytes");
+            return NULL;
+        }
+        memcpy(random, seed.buf, 16);
+        PyBuffer_Release(&seed);
+    } else if (getrandom(random, sizeof random, 0) != (ssize_t)sizeof random) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (max_entries < 1 || max_entries > MAX_LIMITER_ENTRIES) {
+        PyErr_Format(PyExc_ValueError, "max_entries must be between 1 and %d",
+                     MAX_LIMITER_ENTRIES);
+        return NULL;
+    }
+    RateLimiterObject *self = (RateLimiterObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    int bits = 1;
+    while (((size_t)1 << bits) < (size_t)max_entries * 2)
+        bits++;
+    size_t capacity = (size_t)1 << bits;
+    self->rate = rate;
+    self->burst = burst;
+    self->max_entries = max_entries;
+    self->count = 0;
+    self->newest = self->oldest = -1;
+    memcpy(&self->multiplier, random, 8);
+    memcpy(&self->addend, random + 8, 8);
+    self->shift = 64 - bits;
+    self->mask = capacity - 1;
+    self->index = PyMem_Malloc(capacity * sizeof *self->index);
+    self->nodes = PyMem_Malloc((size_t)max_entries * sizeof *self->nodes);
+    if (self->index == NULL || self->nodes == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    memset(self->index, 0xFF, capacity * sizeof *self->index); /* all -1 */
+    return (PyObject *)self;
+}
+
+static PyObject *limiter_allow_method(RateLimiterObject *self, PyObject *const *args,
+                                      Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "allow(key, now) takes two arguments");
+        return NULL;
+    }
+    unsigned long long key = PyLong_AsUnsignedLongLong(args[0]);
+    if (key == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (key > 0xFFFFFFFFull) {
+        PyErr_SetString(PyExc_ValueError, "the key is an IPv4 address: 0 to 2**32 - 1");
+        return NULL;
+    }
+    double now = PyFloat_AsDouble(args[1]);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(limiter_allow(self, (uint32_t)key, now));
+}
+
+static Py_ssize_t limiter_length(RateLimiterObject *self) { return self->count; }
+
+static PyObject *limiter_get_double(RateLimiterObject *self, void *closure) {
+    return PyFloat_FromDouble(closure ? self->burst : self->rate);
+}
+
+static int limiter_set_double(RateLimiterObject *self, PyObject *value, void *closure) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete a rate limiter setting");
+        return -1;
+    }
+    double number = PyFloat_AsDouble(value);
+    if (number == -1.0 && PyErr_Occurred())
+        return -1;
+    if (closure)
+        self->burst = number;
+    else
+        self->rate = number;
+    return 0;
+}
+
+static PyObject *limiter_get_max_entries(RateLimiterObject *self, void *closure) {
+    return PyLong_FromSsize_t(self->max_entries);
+}
+
+static PyGetSetDef limiter_getset[] = {
+    {"rate", (getter)limiter_get_double, (setter)limiter_set_double, "tokens earned per second",
+     NULL},
+    {"burst", (getter)limiter_get_double, (setter)limiter_set_double, "tokens a bucket holds",
+     (void *)1},
+    {"max_entries", (getter)limiter_get_max_entries, NULL, "buckets the table holds", NULL},
+    {NULL},
+};
+
+static PyMethodDef limiter_methods[] = {
+    {"allow", (PyCFunction)(void (*)(void))limiter_allow_method, METH_FASTCALL,
+     "Spend one token of the key's bucket if it has one."},
+    {NULL},
+};
+
+static PySequenceMethods limiter_sequence = {.sq_length = (lenfunc)limiter_length};
+
+static PyTypeObject RateLimiterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "teredo._accel.RateLimiter",
+    .tp_basicsize = sizeof(RateLimiterObject),
+    .tp_dealloc = (destructor)limiter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Token buckets per IPv4 address in a bounded LRU table (see SourceRateLimiter).",
+    .tp_new = limiter_new,
+    .tp_methods = limiter_methods,
+    .tp_getset = limiter_getset,
+    .tp_as_sequence = &limiter_sequence,
+};
+
 static PyMethodDef methods[] = {
     {"ones_complement_sum", ones_complement_sum, METH_O,
      "The folded 16-bit one's complement sum of a buffer (RFC 1071)."},
@@ -457,4 +715,17 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "teredo._accel", "The data path's hot functions in C (see teredo.adapters.accel).", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__accel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__accel(void) {
+    if (PyType_Ready(&RateLimiterType) < 0)
+        return NULL;
+    PyObject *created = PyModule_Create(&module);
+    if (created == NULL)
+        return NULL;
+    Py_INCREF(&RateLimiterType);
+    if (PyModule_AddObject(created, "RateLimiter", (PyObject *)&RateLimiterType) < 0) {
+        Py_DECREF(&RateLimiterType);
+        Py_DECREF(created);
+        return NULL;
+    }
+    return created;
+}

@@ -8,3 +8,16 @@ def segment(
 def read_runs(
     fd: int, buffer: memoryview, max_reads: int, /
 ) -> tuple[int, list[tuple[int, int, int, int, int]], int, int]: ...
+
+class RateLimiter:
+    """Token buckets per IPv4 address in a bounded LRU table (see SourceRateLimiter)."""
+
+    rate: float
+    burst: float
+    def __init__(
+        self, rate: float, burst: float, max_entries: int, seed: bytes | None = None
+    ) -> None: ...
+    @property
+    def max_entries(self) -> int: ...
+    def allow(self, key: int, now: float, /) -> bool: ...
+    def __len__(self) -> int: ...

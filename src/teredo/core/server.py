@@ -154,7 +154,8 @@ class ServerSettings:
 
 
 class RateLimiter(Protocol):
-    """What the server needs of a per-source limiter (`SourceRateLimiter`)."""
+    """What the server needs of a per-source limiter: `SourceRateLimiter`, or its C twin
+    `teredo._accel.RateLimiter` (chosen by `teredo.adapters.accel`)."""
 
     rate: float
     burst: float
@@ -177,7 +178,10 @@ class SourceRateLimiter:
     through more than `max_entries` spoofed sources only gets fresh buckets for them: the limit
     fails open for those sources, never closed for others, and memory stays bounded.
 
-    `max_entries` is fixed at construction.
+    The C module has a twin, `teredo._accel.RateLimiter(rate, burst, max_entries, seed=None)`,
+    with the same decisions: a fixed-size hash table (keyed with a random seed, so that spoofed
+    sources cannot be chosen to collide) with an LRU list, for the server's batch fast path.
+    `max_entries` is fixed at construction in both.
     """
 
     __slots__ = ("_buckets", "_max_entries", "burst", "rate")
@@ -252,7 +256,7 @@ class TeredoServer:
         if settings.rate_per_second is None:
             self._limiter = None
         elif self._limiter is None or self._limiter.max_entries != settings.rate_max_sources:
-            # A new table size starts a new table (the limiter fixes its size at creation).
+            # A new table size starts a new table (both limiters fix their size at creation).
             self._limiter = self._new_limiter(
                 settings.rate_per_second, settings.rate_burst, settings.rate_max_sources
             )
