@@ -8,7 +8,8 @@
  * teredo/core/offload.py and teredo/core/wire.py (ones_complement_sum, coalesce_segments, segment) or
  * teredo/adapters/tun_runs.py (read_runs); read their documentation there. The tests check each
  * against its twin. It is optional: when it is not built (no compiler), the twins run (teredo.adapters.accel chooses).
- * The Teredo server's rate limiter is here too (a section at the end).
+ * The Teredo server's batch path is here too: its rate limiter and the Router Solicitations it
+ * answers from a template (sections at the end).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -699,6 +700,215 @@ static PyTypeObject RateLimiterType = {
     .tp_as_sequence = &limiter_sequence,
 };
 
+/* -- The Teredo server's Router Solicitations, answered from a template ---------------------------
+ *
+ * answer_solicitations decides for each datagram of a batch and writes the RAs for the common
+ * Router Solicitations; python_answer_solicitations in teredo/core/server.py is its twin and
+ * documents the batch's layout, the verdicts and the order of the checks. */
+#define TEREDO_PORT 3544           /* RFC 4380 §2.7 */
+#define RECORD_BYTES 12            /* struct record, teredo.core.server.RECORD ("=IIHH") */
+#define MAX_BATCH 256              /* teredo.core.server.MAX_BATCH */
+#define AUTH_BYTES 13              /* a nonce-only authentication header, RFC 4380 §5.1.1 */
+#define ORIGIN_BYTES 8             /* an origin indication, RFC 4380 §5.1.1 */
+#define RS_BYTES 48                /* IPv6 header + an 8-byte RS without options */
+#define ICMPV6 58
+#define ROUTER_SOLICITATION 133
+
+/* Verdicts, teredo.core.server.Verdict */
+enum { SLOW = 0, ANSWERED = 1, LOOP = 2, NOT_GLOBAL_SOURCE = 3, BAD_ROUTER_SOLICITATION = 4,
+       RATE_LIMITED = 5 };
+
+typedef struct {
+    uint32_t address; /* IPv4, host order */
+    uint32_t length;
+    uint16_t port;
+    uint16_t tag;     /* the verdict of a received datagram; the socket of an answer */
+} record;
+
+_Static_assert(sizeof(record) == RECORD_BYTES, "struct record is \"=IIHH\"");
+
+static void get_record(const unsigned char *records, Py_ssize_t index, record *out) {
+    memcpy(out, records + index * RECORD_BYTES, RECORD_BYTES);
+}
+
+static void put_record(unsigned char *records, Py_ssize_t index, const record *in) {
+    memcpy(records + index * RECORD_BYTES, in, RECORD_BYTES);
+}
+
+/* RFC 4380 §5.2.4 (rule 3 of §5.3.1): the (network, mask) pairs of the plan, host order. */
+static int global_ipv4(uint32_t address, const uint32_t *pairs, Py_ssize_t count) {
+    for (Py_ssize_t i = 0; i < count; i++)
+        if ((address & pairs[2 * i + 1]) == pairs[2 * i])
+            return 0;
+    return 1;
+}
+
+/* limiter.allow(address, now) of a limiter of another type: 1, 0, or -1 with an exception. */
+static int call_allow(PyObject *allow, uint32_t address, double now) {
+    PyObject *result = PyObject_CallFunction(allow, "kd", (unsigned long)address, now);
+    if (result == NULL)
+        return -1;
+    int allowed = PyObject_IsTrue(result);
+    Py_DECREF(result);
+    return allowed;
+}
+
+static const unsigned char ALL_ROUTERS[16] = {0xff, 0x02, 0, 0, 0, 0, 0, 0,
+                                              0,    0,    0, 0, 0, 0, 0, 2};
+
+/* answer_solicitations(data, slot, records, count, plan, limiter, now, local, out, out_slot,
+ *                      out_records, slow)
+ * -> (answers, cone, loop, not_global_source, bad_router_solicitation, rate_limited, slow) */
+static PyObject *answer_solicitations(PyObject *module, PyObject *args) {
+    Py_buffer data, records, out, out_records;
+    Py_ssize_t slot, count, out_slot;
+    PyObject *plan, *limiter, *slow;
+    double now;
+    int local;
+    if (!PyArg_ParseTuple(args, "y*nw*nO!Odiw*nw*O", &data, &slot, &records, &count,
+                          &PyTuple_Type, &plan, &limiter, &now, &local, &out, &out_slot,
+                          &out_records, &slow))
+        return NULL;
+    PyObject *result = NULL, *allow = NULL;
+    const char *template_text;
+    Py_ssize_t template_bytes, pairs_bytes;
+    unsigned long base, primary, secondary;
+    int allow_private;
+    const char *pairs_text;
+    if (!PyArg_ParseTuple(plan, "y#kkkpy#", &template_text, &template_bytes, &base, &primary,
+                          &secondary, &allow_private, &pairs_text, &pairs_bytes))
+        goto done;
+    if (template_bytes < AUTH_BYTES + ORIGIN_BYTES + 44 || template_bytes > out_slot ||
+        pairs_bytes % 8) {
+        PyErr_SetString(PyExc_ValueError, "not a solicitation plan");
+        goto done;
+    }
+    if (slot <= 0 || out_slot <= 0 || count < 0 || count > MAX_BATCH ||
+        count > data.len / slot || count > records.len / RECORD_BYTES ||
+        count > out.len / out_slot || count > out_records.len / RECORD_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "batch buffers too small for the count");
+        goto done;
+    }
+    if (local != 0 && local != 1) {
+        PyErr_SetString(PyExc_ValueError, "local must be 0 (primary) or 1 (secondary)");
+        goto done;
+    }
+    uint32_t pairs[64];
+    Py_ssize_t pair_count = pairs_bytes / 8;
+    if (pair_count > 32) {
+        PyErr_SetString(PyExc_ValueError, "too many non-global networks");
+        goto done;
+    }
+    memcpy(pairs, pairs_text, (size_t)pairs_bytes);
+    const unsigned char *template = (const unsigned char *)template_text;
+    const unsigned char *in = data.buf;
+    unsigned char *tags = records.buf, *answers_out = out.buf, *answer_records = out_records.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        record r;
+        get_record(tags, i, &r);
+        if (r.length > (uint64_t)slot) {
+            PyErr_SetString(PyExc_ValueError, "a datagram is longer than its slot");
+            goto done;
+        }
+    }
+    /* Our own limiter is called directly; any other object through its allow method. */
+    RateLimiterObject *buckets = NULL;
+    if (PyObject_TypeCheck(limiter, &RateLimiterType))
+        buckets = (RateLimiterObject *)limiter;
+    else if (limiter != Py_None && (allow = PyObject_GetAttrString(limiter, "allow")) == NULL)
+        goto done;
+    if (!PyCallable_Check(slow)) {
+        PyErr_SetString(PyExc_TypeError, "slow must be callable");
+        goto done;
+    }
+    Py_ssize_t answers = 0, cone = 0, handed = 0, drops[6] = {0};
+    uint32_t own[2] = {(uint32_t)primary, (uint32_t)secondary};
+    for (Py_ssize_t i = 0; i < count; i++) {
+        record r;
+        get_record(tags, i, &r);
+        const unsigned char *p = in + i * slot;
+        const unsigned char *ip = NULL;
+        int verdict = SLOW, auth = 0;
+        if ((r.address == own[0] || r.address == own[1]) && r.port == TEREDO_PORT) {
+            verdict = LOOP; /* first of all checks: never answer our own port */
+        } else {
+            if (r.length == AUTH_BYTES + RS_BYTES && p[0] == 0 && p[1] == 1 && p[2] == 0 &&
+                p[3] == 0) {
+                ip = p + AUTH_BYTES;
+                auth = 1;
+            } else if (r.length == RS_BYTES) {
+                ip = p;
+            }
+            if (ip != NULL && ip[0] >> 4 == 6 && ip[4] == 0 && ip[5] == 8 && ip[6] == ICMPV6 &&
+                ip[8] == 0xfe && (ip[9] & 0xc0) == 0x80 && memcmp(ip + 24, ALL_ROUTERS, 16) == 0) {
+                if (!allow_private && !global_ipv4(r.address, pairs, pair_count))
+                    verdict = NOT_GLOBAL_SOURCE;
+                else if (ip[7] != 255 || ip[40] != ROUTER_SOLICITATION || ip[41] != 0 ||
+                         fold(sum_words(ip + 8, 32) + 8 + ICMPV6 + sum_words(ip + 40, 8)) != 0xFFFF)
+                    verdict = BAD_ROUTER_SOLICITATION;
+                else {
+                    int allowed = 1;
+                    if (buckets != NULL)
+                        allowed = limiter_allow(buckets, r.address, now);
+                    else if (allow != NULL &&
+                             (allowed = call_allow(allow, r.address, now)) < 0)
+                        goto done;
+                    verdict = allowed ? ANSWERED : RATE_LIMITED;
+                }
+            }
+        }
+        r.tag = (uint16_t)verdict;
+        put_record(tags, i, &r);
+        if (verdict == SLOW) {
+            /* In arrival order, so that the limiter sees the datagrams as one by one. */
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (index == NULL)
+                goto done;
+            PyObject *called = PyObject_CallOneArg(slow, index);
+            Py_DECREF(index);
+            if (called == NULL)
+                goto done;
+            Py_DECREF(called);
+            handed++;
+            continue;
+        }
+        if (verdict != ANSWERED) {
+            drops[verdict]++;
+            continue;
+        }
+        /* RFC 4380 §5.3.2: the template with the nonce (§5.2.2, confirmation 0), the origin
+         * indication of the RS's source, the RS's IPv6 source as destination, the checksum. */
+        const unsigned char *from = template + (auth ? 0 : AUTH_BYTES);
+        Py_ssize_t length = template_bytes - (auth ? 0 : AUTH_BYTES);
+        unsigned char *o = answers_out + answers * out_slot;
+        memcpy(o, from, (size_t)length);
+        if (auth)
+            memcpy(o + 4, p + 4, 8);
+        unsigned char *origin = o + (auth ? AUTH_BYTES : 0);
+        put16(origin + 2, r.port ^ 0xFFFFu);
+        put32(origin + 4, r.address ^ 0xFFFFFFFFu);
+        unsigned char *ra = origin + ORIGIN_BYTES;
+        memcpy(ra + 24, ip + 8, 16);
+        unsigned folded = fold((uint64_t)base + sum_words(ip + 8, 16));
+        put16(ra + IPV6_HEADER_BYTES + 2, 0xFFFF - folded);
+        /* RFC 4380 §5.3.2: C=1 in the RS's source -> from the other address. */
+        int cone_bit = (ip[16] & 0x80) != 0;
+        record a = {r.address, (uint32_t)length, r.port, (uint16_t)(cone_bit ? !local : local)};
+        put_record(answer_records, answers, &a);
+        answers++;
+        cone += cone_bit;
+    }
+    result = Py_BuildValue("(nnnnnnn)", answers, cone, drops[LOOP], drops[NOT_GLOBAL_SOURCE],
+                           drops[BAD_ROUTER_SOLICITATION], drops[RATE_LIMITED], handed);
+done:
+    Py_XDECREF(allow);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&records);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&out_records);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"ones_complement_sum", ones_complement_sum, METH_O,
      "The folded 16-bit one's complement sum of a buffer (RFC 1071)."},
@@ -708,6 +918,8 @@ static PyMethodDef methods[] = {
      "Cut an IPv6 TCP or UDP super-packet into segments, back to back: (count, size, end)."},
     {"read_runs", read_runs, METH_VARARGS,
      "Read a TUN queue into a buffer, grouped into runs: (reads, runs, dropped, error)."},
+    {"answer_solicitations", answer_solicitations, METH_VARARGS,
+     "Answer the batch's well-formed Router Solicitations from the server's template."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,3 +1,5 @@
+from collections.abc import Callable
+
 def ones_complement_sum(data: bytes | bytearray | memoryview, /) -> int: ...
 def coalesce_segments(
     data: bytes | bytearray | memoryview, segment: int, out: bytearray | memoryview, /
@@ -21,3 +23,19 @@ class RateLimiter:
     def max_entries(self) -> int: ...
     def allow(self, key: int, now: float, /) -> bool: ...
     def __len__(self) -> int: ...
+
+def answer_solicitations(
+    data: bytearray | memoryview,
+    slot: int,
+    records: bytearray | memoryview,
+    count: int,
+    plan: tuple[bytes, int, int, int, bool, bytes],
+    limiter: object,
+    now: float,
+    local: int,
+    out: bytearray | memoryview,
+    out_slot: int,
+    out_records: bytearray | memoryview,
+    slow: Callable[[int], object],
+    /,
+) -> tuple[int, int, int, int, int, int, int]: ...

@@ -11,6 +11,11 @@ mutated input):
 | `coalesce_segments` | `teredo.core.offload.python_coalesce_segments` |
 | `read_runs` | `teredo.adapters.tun_runs.python_read_runs` |
 | `RateLimiter` (type) | `teredo.core.server.SourceRateLimiter` |
+| `answer_solicitations` | `teredo.core.server.python_answer_solicitations` |
+
+`new_rate_limiter` is the limiter type that goes with `answer_solicitations`: the C answer
+function calls its own `RateLimiter` directly and any other limiter through its `allow` method
+(correct, only slower).
 
 The choice is made once, here, at import: the C module when it was built (a C compiler and the
 Python headers at install time) unless `TEREDO_PURE_PYTHON` is set to anything in the
@@ -26,7 +31,12 @@ from typing import Final
 
 from teredo.adapters.tun_runs import python_read_runs
 from teredo.core.offload import python_coalesce_segments, python_segment
-from teredo.core.server import RateLimiter, SourceRateLimiter
+from teredo.core.server import (
+    AnswerFunction,
+    RateLimiter,
+    SourceRateLimiter,
+    python_answer_solicitations,
+)
 from teredo.core.wire import ones_complement_sum as python_ones_complement_sum
 
 PURE_PYTHON_VARIABLE: Final = "TEREDO_PURE_PYTHON"
@@ -34,6 +44,7 @@ PURE_PYTHON_VARIABLE: Final = "TEREDO_PURE_PYTHON"
 __all__ = [
     "ACCELERATED",
     "PURE_PYTHON_VARIABLE",
+    "answer_solicitations",
     "coalesce_segments",
     "new_rate_limiter",
     "ones_complement_sum",
@@ -41,6 +52,7 @@ __all__ = [
     "segment",
 ]
 
+answer_solicitations: AnswerFunction
 new_rate_limiter: Callable[[float, float, int], RateLimiter]
 
 try:
@@ -49,10 +61,17 @@ try:
     from teredo._accel import (
         RateLimiter as new_rate_limiter,
     )
-    from teredo._accel import coalesce_segments, ones_complement_sum, read_runs, segment
+    from teredo._accel import (
+        answer_solicitations,
+        coalesce_segments,
+        ones_complement_sum,
+        read_runs,
+        segment,
+    )
 
     ACCELERATED = True
 except ImportError:  # built without a C compiler, or refused: the same results, slower
+    answer_solicitations = python_answer_solicitations
     coalesce_segments = python_coalesce_segments
     new_rate_limiter = SourceRateLimiter
     ones_complement_sum = python_ones_complement_sum
