@@ -8,8 +8,8 @@
  * teredo/core/offload.py and teredo/core/wire.py (ones_complement_sum, coalesce_segments, segment) or
  * teredo/adapters/tun_runs.py (read_runs); read their documentation there. The tests check each
  * against its twin. It is optional: when it is not built (no compiler), the twins run (teredo.adapters.accel chooses).
- * The Teredo server's batch path is here too: its rate limiter and the Router Solicitations it
- * answers from a template (sections at the end).
+ * The Teredo server's batch path is here too: its rate limiter, the Router Solicitations it
+ * answers from a template, and its batches on the wire (sections at the end).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -17,7 +17,9 @@
 #include <string.h>
 #include <errno.h>
 #include <sys/uio.h>
+#include <sys/socket.h>
 #include <sys/random.h>
+#include <netinet/in.h>
 
 #define VNET_HEADER_BYTES 10
 #define IPV6_HEADER_BYTES 40
@@ -909,6 +911,142 @@ done:
     return result;
 }
 
+/* -- The Teredo server's batches on the wire ------------------------------------------------------
+ *
+ * recv_batch and send_batch move a batch with recvmmsg and sendmmsg; python_recv_batch and
+ * python_send_batch in teredo/adapters/udp.py are their twins. */
+/* recv_batch(sock, data, slot, records, max_count) -> (count, error) */
+static PyObject *recv_batch(PyObject *module, PyObject *args) {
+    PyObject *sock;
+    Py_buffer data, records;
+    Py_ssize_t slot, max_count;
+    if (!PyArg_ParseTuple(args, "Ow*nw*n", &sock, &data, &slot, &records, &max_count))
+        return NULL;
+    PyObject *result = NULL;
+    int fd = PyObject_AsFileDescriptor(sock);
+    if (fd < 0)
+        goto done;
+    if (slot <= 0 || max_count < 0 || max_count > MAX_BATCH || max_count > data.len / slot ||
+        max_count > records.len / RECORD_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "batch buffers too small for the count");
+        goto done;
+    }
+    struct mmsghdr messages[MAX_BATCH];
+    struct iovec vectors[MAX_BATCH];
+    struct sockaddr_in sources[MAX_BATCH];
+    for (Py_ssize_t i = 0; i < max_count; i++) {
+        vectors[i].iov_base = (unsigned char *)data.buf + i * slot;
+        vectors[i].iov_len = (size_t)slot;
+        memset(&messages[i], 0, sizeof messages[i]);
+        messages[i].msg_hdr.msg_iov = &vectors[i];
+        messages[i].msg_hdr.msg_iovlen = 1;
+        messages[i].msg_hdr.msg_name = &sources[i];
+        messages[i].msg_hdr.msg_namelen = sizeof sources[i];
+    }
+    Py_ssize_t got = 0;
+    int error = 0;
+    while (got < max_count) {
+        int r = recvmmsg(fd, messages + got, (unsigned)(max_count - got), MSG_DONTWAIT, NULL);
+        if (r < 0) {
+            if (errno == EINTR) {
+                if (PyErr_CheckSignals() < 0)
+                    goto done;
+                continue;
+            }
+            error = errno;
+            break;
+        }
+        for (int k = 0; k < r; k++) {
+            struct sockaddr_in *source = &sources[got + k];
+            record a = {0, messages[got + k].msg_len, 0, 0};
+            if (messages[got + k].msg_hdr.msg_namelen >= sizeof *source &&
+                source->sin_family == AF_INET) {
+                a.address = ntohl(source->sin_addr.s_addr);
+                a.port = ntohs(source->sin_port);
+            }
+            put_record(records.buf, got + k, &a);
+        }
+        got += r;
+    }
+    result = Py_BuildValue("(ni)", got, error);
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&records);
+    return result;
+}
+
+/* send_batch(sock, out, slot, records, count, which) -> (sent, eagain, enobufs, errors) */
+static PyObject *send_batch(PyObject *module, PyObject *args) {
+    PyObject *sock;
+    Py_buffer out, records;
+    Py_ssize_t slot, count;
+    int which;
+    if (!PyArg_ParseTuple(args, "Oy*ny*ni", &sock, &out, &slot, &records, &count, &which))
+        return NULL;
+    PyObject *result = NULL;
+    int fd = PyObject_AsFileDescriptor(sock);
+    if (fd < 0)
+        goto done;
+    if (slot <= 0 || count < 0 || count > MAX_BATCH || count > out.len / slot ||
+        count > records.len / RECORD_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "batch buffers too small for the count");
+        goto done;
+    }
+    struct mmsghdr messages[MAX_BATCH];
+    struct iovec vectors[MAX_BATCH];
+    struct sockaddr_in destinations[MAX_BATCH];
+    Py_ssize_t n = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        record a;
+        get_record(records.buf, i, &a);
+        if (a.tag != which)
+            continue;
+        if (a.length > (uint64_t)slot) {
+            PyErr_SetString(PyExc_ValueError, "an answer is longer than its slot");
+            goto done;
+        }
+        vectors[n].iov_base = (unsigned char *)out.buf + i * slot;
+        vectors[n].iov_len = a.length;
+        memset(&destinations[n], 0, sizeof destinations[n]);
+        destinations[n].sin_family = AF_INET;
+        destinations[n].sin_addr.s_addr = htonl(a.address);
+        destinations[n].sin_port = htons(a.port);
+        memset(&messages[n], 0, sizeof messages[n]);
+        messages[n].msg_hdr.msg_iov = &vectors[n];
+        messages[n].msg_hdr.msg_iovlen = 1;
+        messages[n].msg_hdr.msg_name = &destinations[n];
+        messages[n].msg_hdr.msg_namelen = sizeof destinations[n];
+        n++;
+    }
+    Py_ssize_t done_count = 0, sent = 0, eagain = 0, enobufs = 0, errors = 0;
+    while (done_count < n) {
+        int r = sendmmsg(fd, messages + done_count, (unsigned)(n - done_count), MSG_DONTWAIT);
+        if (r > 0) {
+            done_count += r;
+            sent += r;
+            continue;
+        }
+        if (r < 0 && errno == EINTR) {
+            if (PyErr_CheckSignals() < 0)
+                goto done;
+            continue;
+        }
+        /* This datagram is lost, as UdpSocket.send loses it: count why, go on with the next. */
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            eagain++;
+        else if (r < 0 && errno == ENOBUFS)
+            enobufs++;
+        else
+            errors++;
+        done_count++;
+    }
+    result = Py_BuildValue("(nnnn)", sent, eagain, enobufs, errors);
+done:
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&records);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"ones_complement_sum", ones_complement_sum, METH_O,
      "The folded 16-bit one's complement sum of a buffer (RFC 1071)."},
@@ -920,6 +1058,10 @@ static PyMethodDef methods[] = {
      "Read a TUN queue into a buffer, grouped into runs: (reads, runs, dropped, error)."},
     {"answer_solicitations", answer_solicitations, METH_VARARGS,
      "Answer the batch's well-formed Router Solicitations from the server's template."},
+    {"recv_batch", recv_batch, METH_VARARGS,
+     "Receive up to max_count datagrams with recvmmsg into slots: (count, error)."},
+    {"send_batch", send_batch, METH_VARARGS,
+     "Send the answers for one socket with sendmmsg: (sent, eagain, enobufs, errors)."},
     {NULL, NULL, 0, NULL},
 };
 

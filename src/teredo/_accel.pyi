@@ -1,3 +1,4 @@
+import socket
 from collections.abc import Callable
 
 def ones_complement_sum(data: bytes | bytearray | memoryview, /) -> int: ...
@@ -39,3 +40,20 @@ def answer_solicitations(
     slow: Callable[[int], object],
     /,
 ) -> tuple[int, int, int, int, int, int, int]: ...
+def recv_batch(
+    sock: socket.socket,
+    data: bytearray | memoryview,
+    slot: int,
+    records: bytearray | memoryview,
+    max_count: int,
+    /,
+) -> tuple[int, int]: ...
+def send_batch(
+    sock: socket.socket,
+    out: bytearray | memoryview,
+    slot: int,
+    records: bytearray | memoryview,
+    count: int,
+    which: int,
+    /,
+) -> tuple[int, int, int, int]: ...

@@ -1,19 +1,23 @@
 """The server's batch path (RFC 4380 §5.3.2 answered from a template) and its rate limiter.
 
-Two layers of agreement:
+Three layers of agreement:
 
 - the pure-Python answer function, through `TeredoServer.receive_batch`, against the
   per-datagram core (`receive_datagram`): the same answers, counters and drops for any traffic;
 - the C answer function against its twin (skipped without the C module outside CI) on mutated
-  Router Solicitations, sources, nonces and C bits, and on arbitrary bytes (a bounded fuzz).
+  Router Solicitations, sources, nonces and C bits, and on arbitrary bytes (a bounded fuzz);
+- the batch I/O (`recv_batch`, `send_batch`) on real loopback sockets.
 
 The limiters are tested in test_server_limiter.py.
 """
 
 from __future__ import annotations
 
+import errno
+import random
+import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -21,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from teredo.adapters import accel
+from teredo.adapters.udp import python_recv_batch, python_send_batch
 from teredo.core.address import TEREDO_PORT, Endpoint, encode_teredo_address, endpoint
 from teredo.core.server import (
     ANSWER_SLOT_BYTES,
@@ -504,4 +509,125 @@ def test_the_c_answer_survives_arbitrary_bytes_like_its_twin(
         run_answer(answer, limiter, datagrams, local, False, 1.0)
         for answer, limiter in zip((C_ANSWER, python_answer_solicitations), limiters, strict=True)
     ]
+    assert results[0] == results[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch I/O on loopback sockets
+
+
+@pytest.fixture
+def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A non-blocking receiver and a sender on 127.0.0.1."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    sender.bind(("127.0.0.1", 0))
+    try:
+        yield receiver, sender
+    finally:
+        receiver.close()
+        sender.close()
+
+
+RECEIVERS = pytest.mark.parametrize("receive", [python_recv_batch, accel.recv_batch])
+SENDERS = pytest.mark.parametrize("send", [python_send_batch, accel.send_batch])
+
+
+def wait_readable(sock: socket.socket) -> None:
+    import select
+
+    assert select.select([sock], [], [], 5)[0]
+
+
+@RECEIVERS
+def test_recv_batch_reads_into_slots(
+    receive: Callable[..., tuple[int, int]], socket_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    receiver, sender = socket_pair
+    payloads = [bytes([i]) * (i * 7 % 90) for i in range(1, 11)] + [b"x" * 300]
+    for payload in payloads:
+        sender.sendto(payload, receiver.getsockname())
+    wait_readable(receiver)
+    slot = 256
+    data, records = bytearray(slot * 8), bytearray(RECORD.size * 8)
+    count, error = receive(receiver, data, slot, records, 8)
+    assert (count, error) == (8, 0)
+    count2, error2 = receive(receiver, data, slot, records, 8)
+    assert (count2, error2) == (3, errno.EAGAIN)
+    address, port = sender.getsockname()
+    for index, payload in enumerate(payloads[8:]):
+        record = RECORD.unpack_from(records, index * RECORD.size)
+        expected = payload[:slot]  # a longer datagram is cut to its slot
+        assert record == (int(IPv4Address(address)), len(expected), port, 0)
+        assert data[index * slot : index * slot + len(expected)] == expected
+    assert receive(receiver, data, slot, records, 8) == (0, errno.EAGAIN)
+
+
+@RECEIVERS
+def test_recv_batch_refuses_small_buffers(
+    receive: Callable[..., tuple[int, int]], socket_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    receiver, _ = socket_pair
+    with pytest.raises(ValueError):
+        receive(receiver, bytearray(100), 64, bytearray(RECORD.size * 2), 2)
+    with pytest.raises(ValueError):
+        receive(receiver, bytearray(128), 64, bytearray(RECORD.size), 2)
+
+
+@SENDERS
+def test_send_batch_sends_the_answers_of_one_socket(
+    send: Callable[..., tuple[int, int, int, int]],
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    receiver, sender = socket_pair
+    address, port = receiver.getsockname()
+    slot = 64
+    out, records = bytearray(slot * 5), bytearray(RECORD.size * 5)
+    for index in range(5):
+        payload = bytes([index]) * (10 + index)
+        out[index * slot : index * slot + len(payload)] = payload
+        which = index % 2
+        RECORD.pack_into(
+            records, index * RECORD.size, int(IPv4Address(address)), len(payload), port, which
+        )
+    assert send(sender, out, slot, records, 5, 1) == (2, 0, 0, 0)
+    got = []
+    for _ in range(2):
+        wait_readable(receiver)
+        got.append(receiver.recv(100))
+    assert got == [bytes([1]) * 11, bytes([3]) * 13]
+    RECORD.pack_into(records, 0, int(IPv4Address(address)), len(out), port, 0)
+    with pytest.raises(ValueError, match="longer than its slot"):
+        send(sender, out, slot, records, 5, 0)
+
+
+@SENDERS
+def test_send_batch_counts_what_the_kernel_refuses(
+    send: Callable[..., tuple[int, int, int, int]],
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    _, sender = socket_pair
+    slot = 16
+    out, records = bytearray(slot * 3), bytearray(RECORD.size * 3)
+    for index, address in enumerate(("127.0.0.1", "255.255.255.255", "127.0.0.1")):
+        RECORD.pack_into(records, index * RECORD.size, int(IPv4Address(address)), 4, 9, 0)
+    # Broadcast without SO_BROADCAST: EACCES, counted, and the next one still goes out.
+    assert send(sender, out, slot, records, 3, 0) == (2, 0, 0, 1)
+
+
+def test_the_c_and_python_batch_io_agree(socket_pair: tuple[socket.socket, socket.socket]) -> None:
+    """Loopback delivers during sendto, so the 60 datagrams wait in the queue for one read."""
+    require_accelerators()
+    receiver, sender = socket_pair
+    rng = random.Random(3)
+    payloads = [rng.randbytes(rng.randrange(0, 200)) for _ in range(60)]
+    results = []
+    for receive in (accel.recv_batch, python_recv_batch):
+        for payload in payloads:
+            sender.sendto(payload, receiver.getsockname())
+        data, records = bytearray(128 * 64), bytearray(RECORD.size * 64)
+        assert receive(receiver, data, 128, records, 64) == (60, errno.EAGAIN)
+        results.append((bytes(data), bytes(records)))
     assert results[0] == results[1]

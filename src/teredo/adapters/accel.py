@@ -12,6 +12,8 @@ mutated input):
 | `read_runs` | `teredo.adapters.tun_runs.python_read_runs` |
 | `RateLimiter` (type) | `teredo.core.server.SourceRateLimiter` |
 | `answer_solicitations` | `teredo.core.server.python_answer_solicitations` |
+| `recv_batch` | `teredo.adapters.udp.python_recv_batch` |
+| `send_batch` | `teredo.adapters.udp.python_send_batch` |
 
 `new_rate_limiter` is the limiter type that goes with `answer_solicitations`: the C answer
 function calls its own `RateLimiter` directly and any other limiter through its `allow` method
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from typing import Final
 
 from teredo.adapters.tun_runs import python_read_runs
+from teredo.adapters.udp import python_recv_batch, python_send_batch
 from teredo.core.offload import python_coalesce_segments, python_segment
 from teredo.core.server import (
     AnswerFunction,
@@ -49,7 +52,9 @@ __all__ = [
     "new_rate_limiter",
     "ones_complement_sum",
     "read_runs",
+    "recv_batch",
     "segment",
+    "send_batch",
 ]
 
 answer_solicitations: AnswerFunction
@@ -66,7 +71,9 @@ try:
         coalesce_segments,
         ones_complement_sum,
         read_runs,
+        recv_batch,
         segment,
+        send_batch,
     )
 
     ACCELERATED = True
@@ -76,5 +83,7 @@ except ImportError:  # built without a C compiler, or refused: the same results,
     new_rate_limiter = SourceRateLimiter
     ones_complement_sum = python_ones_complement_sum
     read_runs = python_read_runs
+    recv_batch = python_recv_batch
     segment = python_segment
+    send_batch = python_send_batch
     ACCELERATED = False
