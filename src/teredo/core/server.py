@@ -35,6 +35,23 @@ source's bucket, and a forward to a Teredo client also one of the destination's.
 one host can make the server emit and what one victim can be sent by reflection (RFC 4380 §7.4.1),
 while the table itself never grows beyond its limit whatever arrives.
 
+What a spoofed flood can make the server send (reflection, RFC 4380 §7.4.1)
+---------------------------------------------------------------------------
+
+- At most one datagram out per datagram in, never more: an RS gets one RA, an accepted packet
+  is forwarded once, everything else is dropped.
+- Bytes per byte: the smallest RS the server answers is 48 bytes of UDP payload (an IPv6 header
+  and the 8-byte RS) and gets 104 bytes (origin indication and RA); with a nonce, 61 gets 117.
+  So at most 2.2 bytes of UDP payload per byte, 1.74 counting the IPv4 and UDP headers (132 for
+  76). A forward adds at most the 8-byte origin indication to what it carries.
+- Per IPv4 address, at most RATE_LIMIT (the ``RateLimit`` directive, default 100) answers and
+  forwards per second after a burst of twice as many, whoever asks for them, as long as the
+  address's bucket stays in the table. The table fails open: a flood from more than
+  RATE_LIMIT_MAX_SOURCES (65 536) other addresses between two uses of an address evicts its
+  bucket, and it starts again with a full burst. So a flood of F datagrams per second from
+  spoofed sources can add at most ``2 * RateLimit * F / 65536`` per second to the victim's share
+  (at F = 600 000, a flood of 53 MB per second: about 1 800 more RAs, 210 kB of payload).
+
 Input from the network never raises: each discarded datagram is counted under a named reason in
 `drops` (reasons listed in DROP_REASONS) and logged at debug level.
 """
@@ -97,9 +114,11 @@ MAX_FORWARDED_TRAILERS: Final = 128
 
 # Rate limits (RFC 4380 §7.3.5, §7.4.1: a server's main threats are brute-force DoS and
 # reflection). One token bucket per IPv4 /32; a whole carrier-grade NAT shares one address, hence
-# generous defaults (a client sends an RS every 30 s and an echo test per new native peer).
+# generous defaults (a client sends an RS every 30 s and an echo test per new native peer). The
+# module documentation gives the bound they put on reflection; ``RateLimit N`` sets the rate to
+# N and the burst to 2 N (teredo.programs.server_daemon), 0 turns the limit off.
 RATE_LIMIT_PER_SECOND: Final = 100.0
-RATE_LIMIT_BURST: Final = 200.0
+RATE_LIMIT_BURST: Final = 2 * RATE_LIMIT_PER_SECOND
 RATE_LIMIT_MAX_SOURCES: Final = 65536  # bounded table: least recently used entry evicted
 
 # RFC 4291 §2.4: global unicast is 2000::/3; the server never forwards anything else natively
