@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from teredo.adapters.udp import open_udp_socket
+from teredo.adapters import accel
+from teredo.adapters.udp import open_udp_socket, python_recv_batch, python_send_batch
 from teredo.cli import main
 from teredo.core.errors import UsageError
+from teredo.core.server import SourceRateLimiter, python_answer_solicitations
 from teredo.core.wire import (
     Authentication,
     TeredoPacket,
@@ -166,6 +168,7 @@ def loopback_pair() -> Iterator[tuple[str, str]]:
     yield f"127.83.{base}.1", f"127.83.{base}.2"
 
 
+@pytest.mark.usefixtures("implementation")
 def test_udp_glue_answers_an_rs_from_the_right_socket(
     tmp_path: Path, loopback_pair: tuple[str, str]
 ) -> None:
@@ -226,12 +229,31 @@ def receive_all(client: socket.socket) -> list[tuple[bytes, tuple[str, int]]]:
     return got
 
 
+@pytest.fixture(params=["accelerated", "twins"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The daemon as built (C where it was compiled), then with the pure-Python twins, as
+    TEREDO_PURE_PYTHON=1 or a machine without a compiler runs it."""
+    if request.param == "twins":
+        for name, twin in (
+            ("recv_batch", python_recv_batch),
+            ("send_batch", python_send_batch),
+            ("answer_solicitations", python_answer_solicitations),
+            ("new_rate_limiter", SourceRateLimiter),
+        ):
+            monkeypatch.setattr(accel, name, twin)
+    return str(request.param)
+
+
 @pytest.mark.parametrize(("rate_limit", "answered"), [(0, 300), (100, 200)])
 def test_a_flood_of_solicitations_is_answered_in_batches(
-    tmp_path: Path, loopback_pair: tuple[str, str], rate_limit: int, answered: int
+    tmp_path: Path,
+    loopback_pair: tuple[str, str],
+    rate_limit: int,
+    answered: int,
+    implementation: str,
 ) -> None:
-    """300 RSs (some C=1), junk and a bubble in one go: every RS the limit allows is answered,
-    from the right socket, with its own nonce; the rest is counted as the core counts it."""
+    """300 RSs (some C=1) and junk in one go: every RS the limit allows is answered, from the
+    right socket, with its own nonce; the rest is counted as the core counts it."""
     primary, secondary = loopback_pair
     path = write(
         tmp_path,
