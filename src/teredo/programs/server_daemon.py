@@ -59,6 +59,11 @@ from teredo.programs.loading import Loaded, keep_restart_only, load
 log = logging.getLogger(__name__)
 
 NATIVE_SOCKET_BUFFER: Final = 1 << 20
+# Receive buffer of each server socket (the kernel counts twice this in packet overhead): a
+# flooded server that loses the CPU for a while should find what it would have answered still
+# queued, not dropped. 16 MiB holds some 100 ms of a flood at the rate it answers, which is also
+# the longest a real client's RS waits behind it.
+SERVER_BUFFER_BYTES: Final = 16 << 20
 # Batches read per readiness callback: up to 4 * BATCH_SIZE datagrams, so that one flooded
 # socket cannot starve the other and the control socket.
 BATCHES_PER_WAKEUP: Final = 4
@@ -300,7 +305,11 @@ async def _serve(loaded: Loaded[ServerConfig]) -> int:
             (config.server_bind_address2, "ServerBindAddress2"),
         ):
             daemon.sockets[local] = open_udp_socket(
-                local, TEREDO_PORT, address_setting=setting, port_setting=None
+                local,
+                TEREDO_PORT,
+                buffer_bytes=SERVER_BUFFER_BYTES,
+                address_setting=setting,
+                port_setting=None,
             )
         daemon.native = NativeSocket()
         if config.control_socket is not None:
