@@ -967,6 +967,12 @@ static PyObject *recv_batch(PyObject *module, PyObject *args) {
             put_record(records.buf, got + k, &a);
         }
         got += r;
+        if (got < max_count && r > 0) {
+            /* A short read: recvmmsg stopped at an empty queue (an error after some datagrams
+             * is kept by the socket for the next read), so spare the call that would say so. */
+            error = EAGAIN;
+            break;
+        }
     }
     result = Py_BuildValue("(ni)", got, error);
 done:

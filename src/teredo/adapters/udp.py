@@ -323,7 +323,9 @@ def python_recv_batch(
     longer than `slot` is cut to it. Returns `(count, error)`: error is the errno that stopped the
     reading (EAGAIN: the queue is empty; anything else, such as a queued ECONNREFUSED, is for
     the caller to count), 0 when `max_count` were read. Twin of `teredo._accel.recv_batch`, which
-    reads with `recvmmsg`; raises ValueError alike when the buffers cannot hold `max_count`.
+    reads with `recvmmsg`; raises ValueError alike when the buffers cannot hold `max_count`. After
+    a short `recvmmsg` the C version says EAGAIN without asking again: an error that came after
+    some datagrams is then reported by the next read, where this one reports it at once.
     """
     if (
         slot <= 0

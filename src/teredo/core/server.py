@@ -615,6 +615,11 @@ class TeredoServer:
         out, self._native = self._native, []
         return out
 
+    @property
+    def has_output(self) -> bool:
+        """Whether datagrams or native packets wait to be taken (a cheap test per batch)."""
+        return bool(self._datagrams or self._native)
+
     def get_timer(self) -> float | None:
         """The server has no timers (same contract as the other roles)."""
         return None

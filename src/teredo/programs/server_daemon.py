@@ -173,7 +173,8 @@ class ServerDaemon:
                 answers = core.receive_batch(batch, count, local, now, answer)
                 if answers:
                     self.send_answers(answers)
-                self.flush()
+                if core.has_output:
+                    self.flush()
             if error == errno.EAGAIN:
                 break
             if error:
