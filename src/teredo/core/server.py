@@ -698,15 +698,15 @@ class TeredoServer:
             counters["router_advertisements_cone"] += cone
         if limited:
             counters["router_solicitations"] += limited
-        for reason, dropped in (
-            ("loop", loop),
-            ("not_global_source", not_global),
-            ("bad_router_solicitation", bad),
-            ("rate_limited", limited),
-        ):
-            if dropped:
-                drops[reason] += dropped
-        if answers < count - handed:
+        if answers < count - handed:  # some were dropped in the answer function
+            for reason, dropped in (
+                ("loop", loop),
+                ("not_global_source", not_global),
+                ("bad_router_solicitation", bad),
+                ("rate_limited", limited),
+            ):
+                if dropped:
+                    drops[reason] += dropped
             logger.debug(
                 "dropped in the batch path: %d loop, %d not global, %d bad RS, %d rate limited",
                 loop,
