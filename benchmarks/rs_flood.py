@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/rs_flood.py [--rounds N] [--seconds S] [--clients N] [--rate PPS]
                                             [--json FILE]
 
-For each round, two labs are built one after the other (`teredo.lab.lab.Lab`), one where this
-project runs the server and one where `miredo-server` does, in alternating order (round 1 ours
-first, round 2 Miredo first, ...); every other role is ours in both. In each, the C generator
+Two labs are built (`teredo.lab.lab.Lab`), one where this project runs the server and one where
+`miredo-server` does; every other role is ours in both. Then each round floods one, then the
+other, in alternating order (round 1 ours first, round 2 Miredo first, ...), so that what else
+the machine does at the time touches both alike. Each time, the C generator
 `benchmarks/flood.c` (mode `rs`, compiled once per run) runs on the native host "v6" and sends
 Router Solicitations (RFC 4380 §5.2.1: a nonce-only authentication header, fe80::ffff:ffff:ffff
 to ff02::2) to the server's primary address from `--clients` spoofed sources (default 65 536:
@@ -155,20 +156,34 @@ def measure(lab: Lab, arm: Arm, flood: Path, settings: Settings) -> None:
     )
 
 
-def run_arm(round_: int, impl: str, flood: Path, settings: Settings) -> Arm:
-    arm = Arm(round_, impl, random_lab_name("rs"))
-    progress(f"round {round_}: server {impl} (lab {arm.lab})")
-    lab = Lab(arm.lab, server=impl, progress=lambda message: progress(f"  {message}"))
+def run_arm(lab: Lab, round_: int, impl: str, flood: Path, settings: Settings) -> Arm:
+    arm = Arm(round_, impl, lab.name)
     try:
-        lab.up()
-        prepare(lab)
         measure(lab, arm, flood, settings)
     except (UserError, subprocess.SubprocessError) as error:
         progress(f"  FAILED {error}")
         arm.errors.append(str(error))
-    finally:
-        lab.down()
     return arm
+
+
+def run_rounds(flood: Path, settings: Settings, arms: list[Arm]) -> None:
+    """Both labs up at once, then floods in alternating order: drift on a shared machine
+    touches both arms alike."""
+    labs: dict[str, Lab] = {}
+    try:
+        for impl in IMPLS:
+            name = random_lab_name("rs")
+            progress(f"lab {name}: server {impl}")
+            labs[impl] = Lab(name, server=impl, progress=lambda message: progress(f"  {message}"))
+            labs[impl].up()
+            prepare(labs[impl])
+        for round_ in range(1, settings.rounds + 1):
+            progress(f"round {round_}")
+            for impl in IMPLS if round_ % 2 else tuple(reversed(IMPLS)):
+                arms.append(run_arm(labs[impl], round_, impl, flood, settings))
+    finally:
+        for lab in labs.values():
+            lab.down()
 
 
 ROWS: Final = (
@@ -223,7 +238,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         prog="benchmarks/rs_flood.py",
         description="Flood the lab's Teredo server with Router Solicitations: ours vs Miredo.",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     parser.add_argument("--seconds", type=float, default=10.0, help="flood length (default 10)")
     parser.add_argument(
         "--clients", type=int, default=65536, help="spoofed sources (default 65536)"
@@ -250,11 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rs-flood-") as directory:
         flood = compile_flood(Path(directory))
         try:
-            for round_ in range(1, settings.rounds + 1):
-                for impl in IMPLS if round_ % 2 else tuple(reversed(IMPLS)):
-                    arms.append(run_arm(round_, impl, flood, settings))
+            run_rounds(flood, settings, arms)
         except KeyboardInterrupt:
             progress("interrupted: writing what was measured")
+        except UserError as error:
+            print(f"rs_flood: {error}", file=sys.stderr)
+            return 1
     rows = summarize(arms)
     settings.json_path.parent.mkdir(parents=True, exist_ok=True)
     settings.json_path.write_text(
