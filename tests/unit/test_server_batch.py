@@ -32,6 +32,7 @@ from teredo.core.server import (
     BATCH_SIZE,
     RECORD,
     SLOT_BYTES,
+    AnswerFunction,
     OutgoingDatagram,
     RateLimiter,
     ServerBatch,
@@ -109,7 +110,7 @@ def batch_outputs(server: TeredoServer, batch: ServerBatch, answers: int) -> lis
 @pytest.mark.parametrize("answer", [python_answer_solicitations, C_ANSWER])
 @pytest.mark.parametrize("limiter", [SourceRateLimiter, C_LIMITER])
 def test_the_vector_is_answered_from_the_template(
-    answer: Callable[..., tuple[int, ...]], limiter: Callable[[float, float, int], RateLimiter]
+    answer: AnswerFunction, limiter: Callable[[float, float, int], RateLimiter]
 ) -> None:
     server = TeredoServer(ServerSettings(PRIMARY, SECONDARY), limiter)
     batch = ServerBatch(4)
@@ -226,7 +227,7 @@ def arguments(batch: ServerBatch, **changes: object) -> list[object]:
     ],
 )
 def test_answer_refuses_buffers_that_cannot_hold_the_batch(
-    answer: Callable[..., tuple[int, ...]], changes: dict[str, object], message: str
+    answer: Callable[..., object], changes: dict[str, object], message: str
 ) -> None:
     batch = ServerBatch(4)
     fill(batch, [(RS_PAYLOAD, CLIENT)] * 4)
@@ -338,7 +339,7 @@ def run_both(
     local: IPv4Address,
     step: float,
     batch_size: int,
-    answer: Callable[..., tuple[int, ...]] = python_answer_solicitations,
+    answer: AnswerFunction = python_answer_solicitations,
     new_limiter: Callable[[float, float, int], RateLimiter] = SourceRateLimiter,
     **options: object,
 ) -> tuple[TeredoServer, list[OutgoingDatagram], TeredoServer, list[OutgoingDatagram]]:
@@ -437,7 +438,7 @@ def test_the_c_answer_and_limiter_do_what_the_datagram_path_does(
 
 
 def run_answer(
-    answer: Callable[..., tuple[int, ...]],
+    answer: Callable[..., object],
     limiter: RateLimiter | None,
     datagrams: list[tuple[bytes, Endpoint]],
     local: int,
