@@ -219,6 +219,26 @@ def test_server_defaults() -> None:
     assert config.interface_mtu == 1280
     assert config.control_socket == "/run/teredo/server.sock"
     assert config.user == "nobody"
+    assert config.rate_limit == 100
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("RateLimit -1\n", "RateLimit must be a decimal number between 0 and 1000000, not '-1'"),
+        ("RateLimit 1000001\n", "RateLimit must be between 0 and 1000000, not 1000001"),
+        ("RateLimit fast\n", "RateLimit must be a decimal number between 0 and 1000000"),
+    ],
+)
+def test_rate_limit_errors(text: str, expected: str) -> None:
+    message = error_of("ServerBindAddress 198.51.100.2\n" + text)
+    assert message.startswith(f"{SRC}:2: {expected}")
+
+
+def test_rate_limit_is_for_servers_only() -> None:
+    config = parse_client_config("ServerAddress 198.51.100.2\nRateLimit 10\n", SRC)
+    [warning] = config.warnings
+    assert warning.ignored and "RateLimit does not apply to a client" in warning.message
 
 
 def test_dataclasses_are_frozen_and_slotted() -> None:
@@ -305,6 +325,9 @@ SERVER_BASE = "ServerBindAddress 198.51.100.2\n"
         (SERVER_BASE, "ControlSocket /run/s.sock", "control_socket", "/run/s.sock"),
         (SERVER_BASE, "User daemon", "user", "daemon"),
         (SERVER_BASE, "AllowPrivateAddresses 1", "allow_private_addresses", True),
+        (SERVER_BASE, "RateLimit 50", "rate_limit", 50),
+        (SERVER_BASE, "RateLimit 0", "rate_limit", 0),
+        (SERVER_BASE, "ratelimit 1000000", "rate_limit", 1000000),
     ],
 )
 def test_directive(base: str, line: str, field: str, expected: object) -> None:
@@ -775,6 +798,13 @@ def test_checkconf_valid_is_silent(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str
 ) -> None:
     assert checkconf(capsys, write(tmp_path, text)) == (0, "", "")
+
+
+def test_checkconf_accepts_a_server_rate_limit(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = write(tmp_path, GUIDE_SERVER + "RateLimit 20\n")
+    assert checkconf(capsys, path) == (0, "", "")
 
 
 def test_checkconf_advice_prints_warning_and_passes(

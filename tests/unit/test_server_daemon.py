@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from teredo.adapters.udp import open_udp_socket
+from teredo.adapters import accel
+from teredo.adapters.udp import open_udp_socket, python_recv_batch, python_send_batch
 from teredo.cli import main
 from teredo.core.errors import UsageError
-from teredo.core.server import TeredoServer
+from teredo.core.server import SourceRateLimiter, python_answer_solicitations
 from teredo.core.wire import (
     Authentication,
     TeredoPacket,
@@ -29,6 +30,7 @@ from teredo.programs import server_daemon
 from teredo.programs.server_daemon import (
     ServerDaemon,
     load_server_config,
+    new_core,
     settings_from_config,
 )
 
@@ -41,11 +43,7 @@ def write(tmp_path: Path, text: str) -> str:
 
 def daemon_for(path: str, address: str | None = None) -> ServerDaemon:
     loaded = load_server_config(path, address)
-    return ServerDaemon(
-        loaded=loaded,
-        core=TeredoServer(settings_from_config(loaded.config)),
-        clock=time.monotonic,
-    )
+    return ServerDaemon(loaded=loaded, core=new_core(loaded.config), clock=time.monotonic)
 
 
 def test_miredo_server_conf_is_read_unchanged(tmp_path: Path) -> None:
@@ -62,6 +60,20 @@ def test_miredo_server_conf_is_read_unchanged(tmp_path: Path) -> None:
     assert settings.mtu == 1400
     assert not settings.allow_private
     assert loaded.syslog is None  # no SyslogFacility: log to stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "rate", "burst"),
+    [("", 100.0, 200.0), ("RateLimit 10\n", 10.0, 20.0), ("RateLimit 0\n", None, 200.0)],
+)
+def test_rate_limit_sets_the_rate_and_a_burst_of_twice_as_many(
+    tmp_path: Path, line: str, rate: float | None, burst: float
+) -> None:
+    path = write(tmp_path, f"ServerBindAddress 198.51.100.2\n{line}")
+    settings = settings_from_config(load_server_config(path, None).config)
+    assert (settings.rate_per_second, settings.rate_burst) == (rate, burst)
+    core = new_core(load_server_config(path, None).config)
+    assert (core.limiter is None) == (rate is None)
 
 
 def test_syslog_facility_selects_syslog(tmp_path: Path) -> None:
@@ -113,6 +125,21 @@ def test_reload_applies_prefix_and_mtu_and_keeps_addresses(
     assert "ControlSocket changed" in caplog.text
 
 
+def test_reload_applies_the_rate_limit(tmp_path: Path) -> None:
+    path = write(tmp_path, "ServerBindAddress 198.51.100.2\n")
+    daemon = daemon_for(path)
+    limiter = daemon.core.limiter
+    assert limiter is not None and limiter.rate == 100.0
+    Path(path).write_text("ServerBindAddress 198.51.100.2\nRateLimit 5\n")
+    daemon.reload()
+    assert daemon.core.limiter is limiter  # the buckets are kept
+    assert (limiter.rate, limiter.burst) == (5.0, 10.0)
+    assert daemon.status()["rate_limit"] == 5.0
+    Path(path).write_text("ServerBindAddress 198.51.100.2\nRateLimit 0\n")
+    daemon.reload()
+    assert daemon.core.limiter is None
+
+
 def test_reload_with_a_broken_file_raises_and_keeps_running(tmp_path: Path) -> None:
     path = write(tmp_path, "ServerBindAddress 198.51.100.2\n")
     daemon = daemon_for(path)
@@ -141,6 +168,7 @@ def loopback_pair() -> Iterator[tuple[str, str]]:
     yield f"127.83.{base}.1", f"127.83.{base}.2"
 
 
+@pytest.mark.usefixtures("implementation")
 def test_udp_glue_answers_an_rs_from_the_right_socket(
     tmp_path: Path, loopback_pair: tuple[str, str]
 ) -> None:
@@ -177,6 +205,97 @@ def test_udp_glue_answers_an_rs_from_the_right_socket(
     finally:
         client.close()
         daemon.close()
+
+
+def solicitation(rs_source: str, nonce: bytes) -> bytes:
+    packet = TeredoPacket(
+        encode_router_solicitation(IPv6Address(rs_source)), Authentication(nonce=nonce)
+    )
+    return encode_teredo_packet(packet)
+
+
+def serve_until_quiet(daemon: ServerDaemon, local: IPv4Address) -> None:
+    """Run the readiness callback while the socket has datagrams (loopback queues them during
+    sendto, so they are all there already)."""
+    sock = daemon.sockets[local].sock
+    while select.select([sock], [], [], 0)[0]:
+        daemon.on_readable(local)
+
+
+def receive_all(client: socket.socket) -> list[tuple[bytes, tuple[str, int]]]:
+    got = []
+    while select.select([client], [], [], 1)[0]:
+        got.append(client.recvfrom(2048))
+    return got
+
+
+@pytest.fixture(params=["accelerated", "twins"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The daemon as built (C where it was compiled), then with the pure-Python twins, as
+    TEREDO_PURE_PYTHON=1 or a machine without a compiler runs it."""
+    if request.param == "twins":
+        for name, twin in (
+            ("recv_batch", python_recv_batch),
+            ("send_batch", python_send_batch),
+            ("answer_solicitations", python_answer_solicitations),
+            ("new_rate_limiter", SourceRateLimiter),
+        ):
+            monkeypatch.setattr(accel, name, twin)
+    return str(request.param)
+
+
+@pytest.mark.parametrize(("rate_limit", "answered"), [(0, 300), (100, 200)])
+def test_a_flood_of_solicitations_is_answered_in_batches(
+    tmp_path: Path,
+    loopback_pair: tuple[str, str],
+    rate_limit: int,
+    answered: int,
+    implementation: str,
+) -> None:
+    """300 RSs (some C=1) and junk in one go: every RS the limit allows is answered, from the
+    right socket, with its own nonce; the rest is counted as the core counts it."""
+    primary, secondary = loopback_pair
+    path = write(
+        tmp_path,
+        f"ServerBindAddress {primary}\nAllowPrivateAddresses yes\nRateLimit {rate_limit}\n",
+    )
+    daemon = daemon_for(path)
+    daemon.clock = lambda: 1000.0  # no token earned meanwhile, however long it takes
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for local in (IPv4Address(primary), IPv4Address(secondary)):
+            daemon.sockets[local] = open_udp_socket(local, 3544, port_setting=None)
+        client.bind(("127.0.0.1", 0))
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sent = {}
+        for index in range(300):
+            nonce = index.to_bytes(8, "big")
+            source = "fe80::8000:ffff:ffff:fffe" if index % 3 == 0 else "fe80::ffff:ffff:ffff"
+            sent[nonce] = secondary if index % 3 == 0 else primary
+            client.sendto(solicitation(source, nonce), (primary, 3544))
+            if index % 100 == 0:
+                client.sendto(b"junk", (primary, 3544))
+        serve_until_quiet(daemon, IPv4Address(primary))
+        answers = receive_all(client)
+    finally:
+        client.close()
+        daemon.close()
+    assert len(answers) == answered
+    for data, sender in answers:
+        answer = parse_teredo_packet(data)
+        assert answer.authentication is not None
+        assert sender == (sent[answer.authentication.nonce], 3544)
+        ra = parse_router_advertisement(answer.ipv6)
+        assert ra.destination in (
+            IPv6Address("fe80::8000:ffff:ffff:fffe"),
+            IPv6Address("fe80::ffff:ffff:ffff"),
+        )
+    counters = daemon.core.counters
+    assert counters["received"] == 303
+    assert counters["router_solicitations"] == 300
+    assert counters["router_advertisements"] == answered
+    drops = {"malformed": 3} | ({"rate_limited": 300 - answered} if answered < 300 else {})
+    assert daemon.core.drops == drops
 
 
 # --- the command line: one sentence, the right exit status, no traceback ---------------------

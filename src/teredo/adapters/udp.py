@@ -23,6 +23,12 @@ Two offloads cut system calls on the data path, each with a fallback where the k
   of one flow in one read; `drain` splits them again, so handlers see single datagrams, and
   `drain_batches` hands each read over whole.
 
+A Teredo server moves whole batches (`teredo.core.server.ServerBatch`): `python_recv_batch`
+reads up to a batch of datagrams into fixed-size slots of one buffer, each with a record
+(`teredo.core.server.RECORD`: source address and port, length), and `python_send_batch` sends
+the answers of a batch that go out from one socket. The C module does each in one system call
+(`recvmmsg`, `sendmmsg`); these are its portable twins (`teredo.adapters.accel` chooses).
+
 Sending never raises for a full queue or a transient network error: `send` returns False and
 counts the failure (`send_eagain`, `send_enobufs`, `send_errors`), because a dropped datagram is
 normal for UDP and must not stop a daemon. `counters()` gives them as a dict for the status
@@ -45,6 +51,7 @@ from typing import Final
 
 from teredo.core.address import DISCOVERY_GROUP, Endpoint
 from teredo.core.errors import UserError
+from teredo.core.server import MAX_BATCH, RECORD
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +308,92 @@ class UdpSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def python_recv_batch(
+    sock: socket.socket,
+    data: bytearray | memoryview,
+    slot: int,
+    records: bytearray | memoryview,
+    max_count: int,
+) -> tuple[int, int]:
+    """Read up to `max_count` queued datagrams from `sock`, datagram i into `data[i * slot:]`.
+
+    Writes record i (`RECORD`: source address, length, port, tag 0) into `records`; a datagram
+    longer than `slot` is cut to it. Returns `(count, error)`: error is the errno that stopped the
+    reading (EAGAIN: the queue is empty; anything else, such as a queued ECONNREFUSED, is for
+    the caller to count), 0 when `max_count` were read. Twin of `teredo._accel.recv_batch`, which
+    reads with `recvmmsg`; raises ValueError alike when the buffers cannot hold `max_count`. After
+    a short `recvmmsg` the C version says EAGAIN without asking again: an error that came after
+    some datagrams is then reported by the next read, where this one reports it at once.
+    """
+    if (
+        slot <= 0
+        or not 0 <= max_count <= MAX_BATCH
+        or max_count > len(data) // slot
+        or max_count > len(records) // RECORD.size
+    ):
+        raise ValueError("batch buffers too small for the count")
+    view = memoryview(data)
+    receive = sock.recvfrom_into
+    count = error = 0
+    while count < max_count:
+        start = count * slot
+        try:
+            size, source = receive(view[start : start + slot])
+        except OSError as failure:
+            error = failure.errno or errno.EIO
+            break
+        address = int.from_bytes(socket.inet_aton(source[0]), "big")
+        RECORD.pack_into(records, count * RECORD.size, address, size, source[1], 0)
+        count += 1
+    return count, error
+
+
+def python_send_batch(
+    sock: socket.socket,
+    out: bytearray | memoryview,
+    slot: int,
+    records: bytearray | memoryview,
+    count: int,
+    which: int,
+) -> tuple[int, int, int, int]:
+    """Send the answers among the first `count` whose record's tag is `which` from `sock`.
+
+    Answer k is `out[k * slot:]` with the destination and length of record k (`RECORD`).
+    Returns `(sent, eagain, enobufs, errors)`: a datagram that cannot be sent is counted and
+    skipped, as `UdpSocket.send` does. Twin of `teredo._accel.send_batch`, which sends with
+    `sendmmsg`; raises ValueError alike when the buffers cannot hold `count`.
+    """
+    if (
+        slot <= 0
+        or not 0 <= count <= MAX_BATCH
+        or count > len(out) // slot
+        or count > len(records) // RECORD.size
+    ):
+        raise ValueError("batch buffers too small for the count")
+    entries = [RECORD.unpack_from(records, k * RECORD.size) for k in range(count)]
+    if any(tag == which and length > slot for _, length, _, tag in entries):
+        raise ValueError("an answer is longer than its slot")
+    view = memoryview(out)
+    send = sock.sendto
+    sent = eagain = enobufs = errors = 0
+    for k, (address, length, port, tag) in enumerate(entries):
+        if tag != which:
+            continue
+        start = k * slot
+        try:
+            send(view[start : start + length], (socket.inet_ntoa(address.to_bytes(4, "big")), port))
+        except BlockingIOError:
+            eagain += 1
+        except OSError as failure:
+            if failure.errno == errno.ENOBUFS:
+                enobufs += 1
+            else:
+                errors += 1
+        else:
+            sent += 1
+    return sent, eagain, enobufs, errors
 
 
 def open_udp_socket(

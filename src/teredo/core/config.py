@@ -56,6 +56,9 @@ FallbackServers        C      none                       comma-separated servers
                                                          hostname) tried in turn when
                                                          ServerAddress stops answering
 AllowPrivateAddresses  C R S  no                         yes|no (true/false, on/off, 1/0)
+RateLimit              S      100                        0..1000000 answers (RAs and forwards)
+                                                         per second per IPv4 address, after a
+                                                         burst of twice as many; 0: no limit
 =====================  =====  =========================  ===================================
 
 ``<role>`` in the control socket path is ``client``, ``relay`` or ``server``: one default socket per
@@ -104,6 +107,7 @@ from typing import Final, Literal, NoReturn, TypeAlias, TypeVar
 from teredo.core.address import DEFAULT_MTU, LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, is_global_ipv4
 from teredo.core.errors import UsageError
 from teredo.core.peers import DEFAULT_MAX_QUEUE_BYTES
+from teredo.core.server import RATE_LIMIT_PER_SECOND
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -154,6 +158,10 @@ MAX_QUEUE_LIMIT: Final = 1 << 20
 DEFAULT_REFRESH_INTERVAL: Final = 30  # RFC 6081 §5.1.1 (and RFC 4380 §2.15): MUST default to 30 s
 MAX_REFRESH_INTERVAL: Final = 3600
 MAX_CONFIG_BYTES: Final = 1 << 20  # a configuration file is a few hundred bytes
+# RateLimit: what one IPv4 address may make a server send per second (RFC 4380 §7.4.1:
+# reflection); teredo.core.server explains the bound.
+DEFAULT_RATE_LIMIT: Final = int(RATE_LIMIT_PER_SECOND)
+MAX_RATE_LIMIT: Final = 1_000_000
 
 _BLANKS: Final = " \t\r\f\v"  # C isspace() without the newline, as Miredo splits lines
 _BLANK_RUN: Final = re.compile(r"[ \t\r\f\v]+")
@@ -302,6 +310,7 @@ class ServerConfig:
     control_socket: str | None = f"{CONTROL_SOCKET_DIR}/server.sock"
     user: str = DEFAULT_USER
     allow_private_addresses: bool = False
+    rate_limit: int = DEFAULT_RATE_LIMIT  # answers per second per IPv4 address; 0: no limit
     source: str = "<config>"
     warnings: tuple[ConfigWarning, ...] = ()
 
@@ -378,6 +387,10 @@ def _parse_queue_bytes(value: str) -> int:
 
 def _parse_refresh(value: str) -> int:
     return _parse_int(value, 1, MAX_REFRESH_INTERVAL)
+
+
+def _parse_rate_limit(value: str) -> int:
+    return _parse_int(value, 0, MAX_RATE_LIMIT)
 
 
 def _parse_bool(value: str) -> bool:
@@ -536,6 +549,7 @@ _DIRECTIVES: Final = {
         _Directive("FallbackServers", _CLIENT, _parse_host_list),
         _Directive("AllowPrivateAddresses", _ALL, _parse_bool),
         _Directive("Offload", _CLIENT_RELAY, _parse_bool),
+        _Directive("RateLimit", _SERVER, _parse_rate_limit),
     )
 }
 
@@ -903,6 +917,7 @@ def _build_server(reader: _Reader, address: str | None) -> ServerConfig:
         control_socket=_control_socket(reader, "server"),
         user=reader.get("user", _parse_user, DEFAULT_USER),
         allow_private_addresses=allow_private,
+        rate_limit=reader.get("ratelimit", _parse_rate_limit, DEFAULT_RATE_LIMIT),
         source=reader.source,
         warnings=reader.sorted_warnings(),
     )

@@ -36,6 +36,23 @@ source's bucket, and a forward to a Teredo client also one of the destination's.
 one host can make the server emit and what one victim can be sent by reflection (RFC 4380 §7.4.1),
 while the table itself never grows beyond its limit whatever arrives.
 
+What a spoofed flood can make the server send (reflection, RFC 4380 §7.4.1)
+---------------------------------------------------------------------------
+
+- At most one datagram out per datagram in, never more: an RS gets one RA, an accepted packet
+  is forwarded once, everything else is dropped.
+- Bytes per byte: the smallest RS the server answers is 48 bytes of UDP payload (an IPv6 header
+  and the 8-byte RS) and gets 104 bytes (origin indication and RA); with a nonce, 61 gets 117.
+  So at most 2.2 bytes of UDP payload per byte, 1.74 counting the IPv4 and UDP headers (132 for
+  76). A forward adds at most the 8-byte origin indication to what it carries.
+- Per IPv4 address, at most RATE_LIMIT (the ``RateLimit`` directive, default 100) answers and
+  forwards per second after a burst of twice as many, whoever asks for them, as long as the
+  address's bucket stays in the table. The table fails open: a flood from more than
+  RATE_LIMIT_MAX_SOURCES (65 536) other addresses between two uses of an address evicts its
+  bucket, and it starts again with a full burst. So a flood of F datagrams per second from
+  spoofed sources can add at most ``2 * RateLimit * F / 65536`` per second to the victim's share
+  (at F = 600 000, a flood of 53 MB per second: about 1 800 more RAs, 210 kB of payload).
+
 Input from the network never raises: each discarded datagram is counted under a named reason in
 `drops` (reasons listed in DROP_REASONS) and logged at debug level.
 """
@@ -43,12 +60,16 @@ Input from the network never raises: each discarded datagram is counted under a 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import struct
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 from teredo.core.address import (
+    _NON_GLOBAL_IPV4,  # the networks is_global_ipv4 excludes, for the C fast path's plan
     DEFAULT_MTU,
     IPV4_MASK,
     PORT_MASK,
@@ -66,12 +87,14 @@ from teredo.core.wire import (
     ALL_ROUTERS,
     IPV6_HEADER_LENGTH,
     Authentication,
+    ICMPv6Type,
     NextHeader,
     OriginIndication,
     PrefixInformation,
     RouterAdvertisement,
     encode_router_advertisement,
     is_router_solicitation,
+    ones_complement_sum,
     parse_teredo_packet,
     push_authentication,
     push_origin_indication,
@@ -94,9 +117,11 @@ MAX_FORWARDED_TRAILERS: Final = 128
 
 # Rate limits (RFC 4380 §7.3.5, §7.4.1: a server's main threats are brute-force DoS and
 # reflection). One token bucket per IPv4 /32; a whole carrier-grade NAT shares one address, hence
-# generous defaults (a client sends an RS every 30 s and an echo test per new native peer).
+# generous defaults (a client sends an RS every 30 s and an echo test per new native peer). The
+# module documentation gives the bound they put on reflection; ``RateLimit N`` sets the rate to
+# N and the burst to 2 N (teredo.programs.server_daemon), 0 turns the limit off.
 RATE_LIMIT_PER_SECOND: Final = 100.0
-RATE_LIMIT_BURST: Final = 200.0
+RATE_LIMIT_BURST: Final = 2 * RATE_LIMIT_PER_SECOND
 RATE_LIMIT_MAX_SOURCES: Final = 65536  # bounded table: least recently used entry evicted
 
 # RFC 4291 §2.4: global unicast is 2000::/3; the server never forwards anything else natively
@@ -155,52 +180,370 @@ class ServerSettings:
             raise ValueError("rate limit burst and table size must be at least 1")
 
 
+class RateLimiter(Protocol):
+    """What the server needs of a per-source limiter: `SourceRateLimiter`, or its C twin
+    `teredo._accel.RateLimiter` (chosen by `teredo.adapters.accel`)."""
+
+    rate: float
+    burst: float
+
+    @property
+    def max_entries(self) -> int: ...
+
+    def allow(self, key: int, now: float, /) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+
 class SourceRateLimiter:
     """Token buckets keyed by an IPv4 address (as int), in a table of bounded size.
 
-    Each key may spend `burst` tokens at once and earns `rate` tokens per second. The table is a
-    dict kept in least-recently-used order (an entry is re-inserted on every use); when it is
-    full the oldest entry is evicted. Evicting forgets a bucket, so an attacker cycling through
-    more than `max_entries` spoofed sources only gets fresh buckets for them: the limit fails open
-    for those sources, never closed for others, and memory stays bounded.
+    Each key may spend `burst` tokens at once and earns `rate` tokens per second. The table is
+    kept in least-recently-used order (an OrderedDict: `move_to_end` on every use and
+    `popitem(last=False)` to evict are O(1), whatever the number of sources); when it is full
+    the least recently used entry is evicted. Evicting forgets a bucket, so an attacker cycling
+    through more than `max_entries` spoofed sources only gets fresh buckets for them: the limit
+    fails open for those sources, never closed for others, and memory stays bounded.
+
+    The C module has a twin, `teredo._accel.RateLimiter(rate, burst, max_entries, seed=None)`,
+    with the same decisions: a fixed-size hash table (keyed with a random seed, so that spoofed
+    sources cannot be chosen to collide) with an LRU list, for the server's batch fast path.
+    `max_entries` is fixed at construction in both.
     """
 
-    __slots__ = ("_buckets", "burst", "max_entries", "rate")
+    __slots__ = ("_buckets", "_max_entries", "burst", "rate")
 
     def __init__(self, rate: float, burst: float, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
         self.rate = rate
         self.burst = burst
-        self.max_entries = max_entries
-        self._buckets: dict[int, tuple[float, float]] = {}  # key -> (tokens, last update)
+        self._max_entries = max_entries
+        self._buckets: OrderedDict[int, tuple[float, float]] = OrderedDict()
+
+    @property
+    def max_entries(self) -> int:
+        return self._max_entries
 
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def allow(self, key: int, now: float) -> bool:
+    def allow(self, key: int, now: float, /) -> bool:
         """Spend one token of `key`'s bucket if it has one."""
-        entry = self._buckets.pop(key, None)
+        buckets = self._buckets
+        entry = buckets.get(key)
         if entry is None:
             tokens = self.burst
+            if len(buckets) >= self._max_entries:
+                buckets.popitem(last=False)
         else:
+            buckets.move_to_end(key)
             tokens = min(self.burst, entry[0] + max(0.0, now - entry[1]) * self.rate)
         allowed = tokens >= 1.0
         if allowed:
             tokens -= 1.0
-        self._buckets[key] = (tokens, now)
-        while len(self._buckets) > self.max_entries:
-            del self._buckets[next(iter(self._buckets))]
+        buckets[key] = (tokens, now)
         return allowed
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch fast path: Router Solicitations answered from a template (RFC 4380 §5.3.2)
+#
+# Under a flood of RSs the per-datagram path above costs tens of microseconds of Python per
+# answer. The server daemon therefore receives a batch of datagrams at a time into one buffer
+# (`ServerBatch`: up to BATCH_SIZE slots of SLOT_BYTES, one RECORD each) and hands it to
+# `TeredoServer.receive_batch`, which gives the whole batch to an *answer function*: the C
+# `teredo._accel.answer_solicitations` or its twin `python_answer_solicitations` below (same
+# arguments, same decisions, byte-identical answers; `teredo.adapters.accel` chooses). For each
+# datagram it decides, in the order of `_receive`'s checks:
+#
+# - LOOP: from our own address's port 3544 (the first check of all);
+# - SLOW: anything but an RS of the common shape, handed to `receive_datagram` in its turn (so
+#   that every datagram meets the shared limiter in arrival order, whichever path takes it); the
+#   shape is an optional nonce-only authentication header (RFC 4380 §5.1.1: indicator 1,
+#   client id and authentication value empty), then IPv6 from fe80::/10 to ff02::2 with next
+#   header 58 and an 8-byte payload, and nothing after it (RFC 4380 §5.2.1: the RS of Miredo
+#   and Windows clients);
+# - NOT_GLOBAL_SOURCE (rule 3, unless AllowPrivateAddresses), BAD_ROUTER_SOLICITATION (rule 4:
+#   hop limit 255, ICMPv6 type 133 code 0, valid checksum) and RATE_LIMITED (the source's
+#   bucket in the one limiter both paths share), each counted under its DROP_REASONS name;
+# - ANSWERED: the RA written into the output buffer from the plan's template (built by
+#   `solicitation_plan` for the settings), changing only the nonce (echoed, confirmation 0,
+#   RFC 4380 §5.2.2), the origin indication (the RS's outer source, §5.3.2), the IPv6
+#   destination (the RS's source) and the ICMPv6 checksum (from the template's partial sum),
+#   with the socket to send it from: the one it arrived on, or the other when the RS's source
+#   has C=1 (§5.3.2; RFC 5991 §3.2).
+#
+# The answers are exactly what `_answer_router_solicitation` would have sent, and the counters
+# and drops end up the same (tests/unit/test_server_batch.py checks both paths against each
+# other, and the C function against its twin).
+
+BATCH_SIZE: Final = 64  # datagrams per recvmmsg and per sendmmsg (at most MAX_BATCH)
+MAX_BATCH: Final = 256  # the largest count the answer and batch I/O functions accept
+SLOT_BYTES: Final = 65536  # a receive slot holds any UDP payload over IPv4 (at most 65507)
+ANSWER_SLOT_BYTES: Final = 128  # an answer slot holds the largest RA (117 bytes)
+RECORD: Final = struct.Struct("=IIHH")
+"""One datagram of a batch: IPv4 address (host order), length, port, tag. A received datagram's
+tag is the answer function's `Verdict`; an answer's is the socket to send it from (0: primary,
+1: secondary)."""
+
+AUTH_BYTES: Final = 13  # a nonce-only authentication header (RFC 4380 §5.1.1)
+ORIGIN_BYTES: Final = 8  # an origin indication (RFC 4380 §5.1.1)
+RS_BYTES: Final = IPV6_HEADER_LENGTH + 8  # an RS without options (RFC 4861 §4.1)
+_NONCE_ONLY: Final = b"\x00\x01\x00\x00"  # indicator, client id length 0, auth length 0
+_NETWORK: Final = struct.Struct("=II")  # a (network, mask) pair of the plan, host order
+_PSEUDO_RS: Final = 8 + NextHeader.ICMPV6  # an RS's pseudo-header length and next header
+
+
+class Verdict(IntEnum):
+    """What the answer function decided for one datagram (the tag of its RECORD)."""
+
+    SLOW = 0  # for receive_datagram
+    ANSWERED = 1
+    LOOP = 2
+    NOT_GLOBAL_SOURCE = 3
+    BAD_ROUTER_SOLICITATION = 4
+    RATE_LIMITED = 5
+
+
+class SolicitationPlan(NamedTuple):
+    """What the answer function needs of the settings, computed once per configuration."""
+
+    template: bytes  # the RA with a nonce-only header and an origin indication, see below
+    checksum_base: int  # folded sum of what the RA's checksum covers, but its destination
+    primary: int
+    secondary: int
+    allow_private: bool
+    non_global: bytes  # _NETWORK pairs: the IPv4 networks that are not global (rule 3)
+
+
+AnswerResult = tuple[int, int, int, int, int, int, int]
+"""(answers, of which cone, loop, not_global_source, bad_router_solicitation, rate_limited,
+SLOW datagrams handed to `slow`)."""
+
+AnswerFunction = Callable[
+    [
+        bytearray | memoryview,  # data: received datagrams, one per slot
+        int,  # slot: bytes per receive slot
+        bytearray | memoryview,  # records: one RECORD per datagram, tags written here
+        int,  # count
+        SolicitationPlan,
+        RateLimiter | None,
+        float,  # now
+        int,  # local: the socket the batch arrived on, 0 primary, 1 secondary
+        bytearray | memoryview,  # out: answers, one per answer slot
+        int,  # out_slot
+        bytearray | memoryview,  # out_records: one RECORD per answer
+        Callable[[int], object],  # slow: called with the index of each SLOW datagram
+    ],
+    AnswerResult,
+]
+
+
+def solicitation_plan(settings: ServerSettings) -> SolicitationPlan:
+    """The RA template and the rest of the answer function's plan for `settings`.
+
+    The template is what `_answer_router_solicitation` sends for an RS with a nonce, with the
+    nonce, the origin indication, the IPv6 destination and the ICMPv6 checksum zero: a nonce-only
+    authentication header (13 bytes), an origin indication (8), then the RA (RFC 4380 §5.3.2:
+    from the server's link-local address, one prefix information option for the client /64, an
+    MTU option). Without a nonce the answer is the template without its first 13 bytes.
+    """
+    primary = settings.primary
+    client_prefix = IPv6Address(int(settings.prefix.network_address) | int(primary) << 64)
+    ra = encode_router_advertisement(
+        RouterAdvertisement(
+            source=server_link_local(primary),
+            destination=IPv6Address(0),
+            prefixes=(PrefixInformation(client_prefix),),
+            mtu=settings.mtu,
+        )
+    )
+    ra = ra[: IPV6_HEADER_LENGTH + 2] + bytes(2) + ra[IPV6_HEADER_LENGTH + 4 :]
+    message = ra[IPV6_HEADER_LENGTH:]
+    pseudo = struct.pack("!I3xB", len(message), NextHeader.ICMPV6)
+    template = _NONCE_ONLY + bytes(AUTH_BYTES - len(_NONCE_ONLY)) + bytes(ORIGIN_BYTES) + ra
+    return SolicitationPlan(
+        template=template,
+        checksum_base=ones_complement_sum(ra[8:24] + pseudo + message),
+        primary=int(primary),
+        secondary=int(settings.secondary),
+        allow_private=settings.allow_private,
+        non_global=b"".join(_NETWORK.pack(network, mask) for network, mask in _NON_GLOBAL_IPV4),
+    )
+
+
+def python_answer_solicitations(
+    data: bytearray | memoryview,
+    slot: int,
+    records: bytearray | memoryview,
+    count: int,
+    plan: SolicitationPlan,
+    limiter: RateLimiter | None,
+    now: float,
+    local: int,
+    out: bytearray | memoryview,
+    out_slot: int,
+    out_records: bytearray | memoryview,
+    slow: Callable[[int], object],
+) -> AnswerResult:
+    """Decide for each of the `count` datagrams of a batch, answering the common RSs.
+
+    Datagram i is `data[i * slot:][:length]`, its source and length in `records[i]` (RECORD);
+    its `Verdict` is written into that record's tag (see the section comment above). Answer k is
+    written to `out[k * out_slot:]`, its destination, length and socket in `out_records[k]`.
+    `slow(i)` is called for each SLOW datagram when its turn comes, so that the datagrams spend
+    from the limiter in the order they arrived whichever path takes them; an exception it raises
+    stops the batch and propagates. Raises ValueError when the buffers cannot hold `count`
+    datagrams or answers, or a record is longer than its slot. The C twin
+    `teredo._accel.answer_solicitations` decides the same and writes the same bytes; it calls its
+    own `RateLimiter` directly and any other limiter through `allow`.
+    """
+    template, base, primary, secondary, allow_private, non_global = plan
+    if (
+        len(template) < AUTH_BYTES + ORIGIN_BYTES + IPV6_HEADER_LENGTH + 4
+        or len(template) > out_slot
+        or len(non_global) % _NETWORK.size
+    ):
+        raise ValueError("not a solicitation plan")
+    if (
+        slot <= 0
+        or out_slot <= 0
+        or not 0 <= count <= MAX_BATCH
+        or count > len(data) // slot
+        or count > len(records) // RECORD.size
+        or count > len(out) // out_slot
+        or count > len(out_records) // RECORD.size
+    ):
+        raise ValueError("batch buffers too small for the count")
+    if local not in (0, 1):
+        raise ValueError("local must be 0 (primary) or 1 (secondary)")
+    networks = list(_NETWORK.iter_unpack(non_global))
+    if len(networks) > 32:
+        raise ValueError("too many non-global networks")
+    entries = [RECORD.unpack_from(records, i * RECORD.size) for i in range(count)]
+    if any(entry[1] > slot for entry in entries):
+        raise ValueError("a datagram is longer than its slot")
+    answers = cone = handed = 0
+    drops = [0] * len(Verdict)
+    for i, (address, length, port, _) in enumerate(entries):
+        start = i * slot
+        verdict = Verdict.SLOW
+        rs = b""
+        auth = False
+        if address in (primary, secondary) and port == TEREDO_PORT:
+            verdict = Verdict.LOOP
+        else:
+            if length == AUTH_BYTES + RS_BYTES and bytes(data[start : start + 4]) == _NONCE_ONLY:
+                rs = bytes(data[start + AUTH_BYTES : start + AUTH_BYTES + RS_BYTES])
+                auth = True
+            elif length == RS_BYTES:
+                rs = bytes(data[start : start + RS_BYTES])
+            if (
+                rs
+                and rs[0] >> 4 == 6
+                and rs[4:7] == b"\x00\x08\x3a"
+                and rs[8] == 0xFE
+                and rs[9] & 0xC0 == 0x80
+                and rs[24:40] == ALL_ROUTERS.packed
+            ):
+                if not allow_private and any(address & m == n for n, m in networks):
+                    verdict = Verdict.NOT_GLOBAL_SOURCE
+                elif (
+                    rs[7] != 255
+                    or rs[40] != ICMPv6Type.ROUTER_SOLICITATION
+                    or rs[41] != 0
+                    or not _sums_to_zero(rs)
+                ):
+                    verdict = Verdict.BAD_ROUTER_SOLICITATION
+                elif limiter is not None and not limiter.allow(address, now):
+                    verdict = Verdict.RATE_LIMITED
+                else:
+                    verdict = Verdict.ANSWERED
+        RECORD.pack_into(records, i * RECORD.size, address, length, port, verdict)
+        if verdict == Verdict.SLOW:
+            slow(i)
+            handed += 1
+            continue
+        if verdict != Verdict.ANSWERED:
+            drops[verdict] += 1
+            continue
+        answer = bytearray(template if auth else template[AUTH_BYTES:])
+        if auth:
+            answer[4:12] = data[start + 4 : start + 12]
+        origin = AUTH_BYTES if auth else 0
+        answer[origin + 2 : origin + ORIGIN_BYTES] = struct.pack(
+            "!HI", port ^ PORT_MASK, address ^ IPV4_MASK
+        )
+        ra = origin + ORIGIN_BYTES
+        answer[ra + 24 : ra + 40] = rs[8:24]
+        folded = (base + int.from_bytes(rs[8:24], "big")) % 0xFFFF or 0xFFFF
+        answer[ra + IPV6_HEADER_LENGTH + 2 : ra + IPV6_HEADER_LENGTH + 4] = (
+            0xFFFF - folded
+        ).to_bytes(2, "big")
+        cone_bit = rs[16] >> 7
+        position = answers * out_slot
+        out[position : position + len(answer)] = answer
+        socket = local ^ cone_bit
+        RECORD.pack_into(out_records, answers * RECORD.size, address, len(answer), port, socket)
+        answers += 1
+        cone += cone_bit
+    return (
+        answers,
+        cone,
+        drops[Verdict.LOOP],
+        drops[Verdict.NOT_GLOBAL_SOURCE],
+        drops[Verdict.BAD_ROUTER_SOLICITATION],
+        drops[Verdict.RATE_LIMITED],
+        handed,
+    )
+
+
+def _sums_to_zero(rs: bytes) -> bool:
+    """Whether an RS's ICMPv6 checksum is valid: the one's complement sum of its pseudo-header
+    and message is 0xFFFF (RFC 4443 §2.3), i.e. their value is 0 modulo 0xFFFF (wire.py)."""
+    value = int.from_bytes(rs[8:40], "big") + _PSEUDO_RS + int.from_bytes(rs[40:48], "big")
+    return value % 0xFFFF == 0
+
+
+class ServerBatch:
+    """The buffers of one batch: received datagrams and their records, answers and theirs."""
+
+    __slots__ = ("data", "out", "out_records", "records", "size", "view")
+
+    def __init__(self, size: int = BATCH_SIZE) -> None:
+        if not 1 <= size <= MAX_BATCH:
+            raise ValueError(f"a batch holds 1 to {MAX_BATCH} datagrams")
+        self.size = size
+        self.data = bytearray(size * SLOT_BYTES)
+        self.view = memoryview(self.data)
+        self.records = bytearray(size * RECORD.size)
+        self.out = bytearray(size * ANSWER_SLOT_BYTES)
+        self.out_records = bytearray(size * RECORD.size)
+
+    def answer(self, index: int) -> tuple[bytes, Endpoint, int]:
+        """Answer `index` as (payload, destination, socket): for tests and logs."""
+        address, length, port, socket = RECORD.unpack_from(self.out_records, index * RECORD.size)
+        start = index * ANSWER_SLOT_BYTES
+        return bytes(self.out[start : start + length]), endpoint(address, port), socket
 
 
 class TeredoServer:
     """A Teredo server's protocol logic. Feed datagrams with the time; drain the outputs."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        new_limiter: Callable[[float, float, int], RateLimiter] = SourceRateLimiter,
+    ) -> None:
+        """`new_limiter(rate, burst, max_entries)` makes the per-source limiter that every path
+        spends from (`SourceRateLimiter`, or the C twin the C answer function needs)."""
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self._datagrams: list[OutgoingDatagram] = []
         self._native: list[bytes] = []
-        self._limiter: SourceRateLimiter | None = None
+        self._new_limiter = new_limiter
+        self._limiter: RateLimiter | None = None
         self.settings = settings
         self._apply(settings)
 
@@ -220,16 +563,17 @@ class TeredoServer:
         self._prefix32 = int(settings.prefix.network_address) >> 96
         self._teredo_prefixes = {self._prefix32, int(TEREDO_PREFIX.network_address) >> 96}
         self._client_prefix = IPv6Address(int(settings.prefix.network_address) | int(primary) << 64)
+        self._plan = solicitation_plan(settings)
         if settings.rate_per_second is None:
             self._limiter = None
-        elif self._limiter is None:
-            self._limiter = SourceRateLimiter(
+        elif self._limiter is None or self._limiter.max_entries != settings.rate_max_sources:
+            # A new table size starts a new table (both limiters fix their size at creation).
+            self._limiter = self._new_limiter(
                 settings.rate_per_second, settings.rate_burst, settings.rate_max_sources
             )
         else:
             self._limiter.rate = settings.rate_per_second
             self._limiter.burst = settings.rate_burst
-            self._limiter.max_entries = settings.rate_max_sources
 
     def reconfigure(self, settings: ServerSettings) -> None:
         """Apply new settings (SIGHUP); counters and rate-limit state are kept.
@@ -252,6 +596,16 @@ class TeredoServer:
     def rate_limit_entries(self) -> int:
         return len(self._limiter) if self._limiter is not None else 0
 
+    @property
+    def limiter(self) -> RateLimiter | None:
+        """The per-source limiter every path spends from; None when rate limiting is off."""
+        return self._limiter
+
+    @property
+    def plan(self) -> SolicitationPlan:
+        """The answer function's plan for the current settings (`solicitation_plan`)."""
+        return self._plan
+
     # -- the contract --------------------------------------------------------------------------
 
     def datagrams_to_send(self) -> list[OutgoingDatagram]:
@@ -263,6 +617,11 @@ class TeredoServer:
         """Native IPv6 packets (header included) to emit, e.g. clients' echo tests."""
         out, self._native = self._native, []
         return out
+
+    @property
+    def has_output(self) -> bool:
+        """Whether datagrams or native packets wait to be taken (a cheap test per batch)."""
+        return bool(self._datagrams or self._native)
 
     def get_timer(self) -> float | None:
         """The server has no timers (same contract as the other roles)."""
@@ -287,6 +646,78 @@ class TeredoServer:
         if reason is not None:
             self.drops[reason] += 1
             logger.debug("dropped datagram from %s: %s", source, reason)
+
+    def receive_batch(
+        self,
+        batch: ServerBatch,
+        count: int,
+        local: IPv4Address,
+        now: float,
+        answer: AnswerFunction = python_answer_solicitations,
+    ) -> int:
+        """Process the first `count` datagrams of `batch`, which arrived on `local`:3544.
+
+        `answer` (the C `answer_solicitations` or its twin) answers the common RSs into the
+        batch's output buffers and counts its drops; every other datagram goes through
+        `receive_datagram` in its turn, whose outputs wait in `datagrams_to_send` as usual: the
+        outcome is that of `receive_datagram` for each datagram in order. Returns how many
+        answers `batch` holds: answer k's destination, length and socket (0 primary, 1
+        secondary) are in `batch.out_records[k]` (RECORD), its bytes at `k * ANSWER_SLOT_BYTES`
+        in `batch.out`.
+        """
+        local_int = int(local)
+        if local_int not in self._own:
+            raise LocalProtocolError(f"{local} is not one of this server's addresses")
+        view, records = batch.view, batch.records
+
+        def slow(index: int) -> None:
+            address, length, port, _ = RECORD.unpack_from(records, index * RECORD.size)
+            start = index * SLOT_BYTES
+            self.receive_datagram(
+                bytes(view[start : start + length]), endpoint(address, port), local, now
+            )
+
+        answers, cone, loop, not_global, bad, limited, handed = answer(
+            batch.data,
+            SLOT_BYTES,
+            records,
+            count,
+            self._plan,
+            self._limiter,
+            now,
+            0 if local_int == self._primary_int else 1,
+            batch.out,
+            ANSWER_SLOT_BYTES,
+            batch.out_records,
+            slow,
+        )
+        counters, drops = self.counters, self.drops
+        if count > handed:  # receive_datagram counted the others
+            counters["received"] += count - handed
+        if answers:
+            counters["router_solicitations"] += answers
+            counters["router_advertisements"] += answers
+        if cone:
+            counters["router_advertisements_cone"] += cone
+        if limited:
+            counters["router_solicitations"] += limited
+        if answers < count - handed:  # some were dropped in the answer function
+            for reason, dropped in (
+                ("loop", loop),
+                ("not_global_source", not_global),
+                ("bad_router_solicitation", bad),
+                ("rate_limited", limited),
+            ):
+                if dropped:
+                    drops[reason] += dropped
+            logger.debug(
+                "dropped in the batch path: %d loop, %d not global, %d bad RS, %d rate limited",
+                loop,
+                not_global,
+                bad,
+                limited,
+            )
+        return answers
 
     # -- processing ----------------------------------------------------------------------------
 

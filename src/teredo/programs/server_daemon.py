@@ -4,7 +4,8 @@ What it does, in order:
 
 1. reads ``miredo-server.conf`` unchanged (``ServerBindAddress``, ``ServerBindAddress2`` = the next
    address by default, ``Prefix``, ``InterfaceMTU``, ``SyslogFacility``; our ``ControlSocket``,
-   ``User``, ``AllowPrivateAddresses``); the ADDRESS argument overrides ``ServerBindAddress``;
+   ``User``, ``AllowPrivateAddresses``, ``RateLimit``); the ADDRESS argument overrides
+   ``ServerBindAddress``;
 2. logs to stderr, or to syslog when the file sets ``SyslogFacility`` (as Miredo does);
 3. binds UDP 3544 on both addresses (RFC 4380 §5.3: clients use both) and opens a raw IPv6 socket
    (``AF_INET6, SOCK_RAW, IPPROTO_RAW``: the IPv6 header is ours) to emit the clients' echo tests
@@ -12,8 +13,16 @@ What it does, in order:
 4. listens on the control socket (``teredo status``), then drops privileges to ``User``: nothing
    needs root once the sockets are open;
 5. runs until SIGTERM/SIGINT; SIGHUP re-reads the file and applies what needs no new socket
-   (``Prefix``, ``InterfaceMTU``, ``AllowPrivateAddresses``, ``SyslogFacility``); other changes
-   are logged as needing a restart.
+   (``Prefix``, ``InterfaceMTU``, ``AllowPrivateAddresses``, ``RateLimit``, ``SyslogFacility``);
+   other changes are logged as needing a restart.
+
+The data path works in batches (`teredo.core.server.ServerBatch`): when a socket is readable,
+`recv_batch` reads up to BATCH_SIZE datagrams into one buffer (one `recvmmsg`), the core's
+`receive_batch` has the answer function write the RAs for the common Router Solicitations
+straight into the batch's output buffer from a template and sends everything else through the
+per-datagram path, and `send_batch` sends the answers of each socket (one `sendmmsg`). The three
+functions and the rate limiter are C where the accelerator was built, their pure-Python twins
+otherwise (`teredo.adapters.accel`); the results are the same.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -28,19 +38,35 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from typing import Any, Final
 
+from teredo.adapters import accel
 from teredo.adapters.control import ControlServer, start_control_server
 from teredo.adapters.daemon import setup_logging, wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
 from teredo.adapters.udp import UdpSocket, open_udp_socket
-from teredo.core.address import TEREDO_PORT, Endpoint
+from teredo.core.address import TEREDO_PORT
 from teredo.core.config import DEFAULT_SERVER_CONFIG_PATH, ServerConfig, parse_server_config
 from teredo.core.errors import UserError
-from teredo.core.server import ServerSettings, TeredoServer
+from teredo.core.server import (
+    ANSWER_SLOT_BYTES,
+    RATE_LIMIT_BURST,
+    SLOT_BYTES,
+    ServerBatch,
+    ServerSettings,
+    TeredoServer,
+)
 from teredo.programs.loading import Loaded, keep_restart_only, load
 
 log = logging.getLogger(__name__)
 
 NATIVE_SOCKET_BUFFER: Final = 1 << 20
+# Receive buffer of each server socket (the kernel counts twice this in packet overhead): a
+# flooded server that loses the CPU for a while should find what it would have answered still
+# queued, not dropped. 16 MiB holds some 100 ms of a flood at the rate it answers, which is also
+# the longest a real client's RS waits behind it.
+SERVER_BUFFER_BYTES: Final = 16 << 20
+# Batches read per readiness callback: up to 4 * BATCH_SIZE datagrams, so that one flooded
+# socket cannot starve the other and the control socket.
+BATCHES_PER_WAKEUP: Final = 4
 
 
 def load_server_config(config_path: str | None, address: str | None) -> Loaded[ServerConfig]:
@@ -58,13 +84,22 @@ def load_server_config(config_path: str | None, address: str | None) -> Loaded[S
 
 
 def settings_from_config(config: ServerConfig) -> ServerSettings:
+    """RateLimit N: N answers per second per IPv4 address after a burst of 2 N; 0: no limit."""
+    rate = config.rate_limit
     return ServerSettings(
         primary=config.server_bind_address,
         secondary=config.server_bind_address2,
         prefix=config.prefix,
         mtu=config.interface_mtu,
         allow_private=config.allow_private_addresses,
+        rate_per_second=float(rate) if rate else None,
+        rate_burst=2.0 * rate if rate else RATE_LIMIT_BURST,
     )
+
+
+def new_core(config: ServerConfig) -> TeredoServer:
+    """The server core for `config`, with the rate limiter that goes with the answer function."""
+    return TeredoServer(settings_from_config(config), accel.new_rate_limiter)
 
 
 class NativeSocket:
@@ -119,6 +154,7 @@ class ServerDaemon:
     native: NativeSocket | None = None
     control: ControlServer | None = None
     started: float = field(default_factory=time.monotonic)
+    batch: ServerBatch = field(default_factory=ServerBatch)
 
     @property
     def config(self) -> ServerConfig:
@@ -128,14 +164,36 @@ class ServerDaemon:
 
     def on_readable(self, local: IPv4Address) -> None:
         udp = self.sockets[local]
-        core = self.core
+        core, batch = self.core, self.batch
         now = self.clock()
+        receive, answer = accel.recv_batch, accel.answer_solicitations
+        for _ in range(BATCHES_PER_WAKEUP):
+            count, error = receive(udp.sock, batch.data, SLOT_BYTES, batch.records, batch.size)
+            if count:
+                answers = core.receive_batch(batch, count, local, now, answer)
+                if answers:
+                    self.send_answers(answers)
+                if core.has_output:
+                    self.flush()
+            if error == errno.EAGAIN:
+                break
+            if error:
+                # A queued ICMP error (ECONNREFUSED...) surfaces here; it is not fatal.
+                udp.receive_errors += 1
+                log.debug("receiving on %s failed: %s", local, os.strerror(error))
 
-        def handle(view: memoryview, source: Endpoint) -> None:
-            core.receive_datagram(bytes(view), source, local, now)
-
-        udp.drain(handle)
-        self.flush()
+    def send_answers(self, answers: int) -> None:
+        """Send the batch's answers, each from the socket its record names (0: primary)."""
+        settings, batch, send = self.core.settings, self.batch, accel.send_batch
+        for which, local in enumerate((settings.primary, settings.secondary)):
+            udp = self.sockets[local]
+            _, eagain, enobufs, errors = send(
+                udp.sock, batch.out, ANSWER_SLOT_BYTES, batch.out_records, answers, which
+            )
+            if eagain or enobufs or errors:
+                udp.send_eagain += eagain
+                udp.send_enobufs += enobufs
+                udp.send_errors += errors
 
     def flush(self) -> None:
         for datagram in self.core.datagrams_to_send():
@@ -168,6 +226,8 @@ class ServerDaemon:
             "link_local": str(core.link_local),
             "mtu": settings.mtu,
             "allow_private_addresses": settings.allow_private,
+            "rate_limit": settings.rate_per_second or 0,
+            "accelerated": accel.ACCELERATED,
             "config": self.loaded.path or "(none)",
             "counters": counters,
             "drops": dict(sorted(core.drops.items())),
@@ -205,10 +265,11 @@ class ServerDaemon:
         self.core.reconfigure(settings)
         self.loaded = replace(loaded, config=kept)
         log.info(
-            "reloaded: advertising %s, MTU %d, private addresses %s",
+            "reloaded: advertising %s, MTU %d, private addresses %s, rate limit %s",
             self.core.client_prefix,
             settings.mtu,
             "allowed" if settings.allow_private else "refused",
+            _rate_limit(settings),
         )
 
     def close(self) -> None:
@@ -218,6 +279,12 @@ class ServerDaemon:
         if self.native is not None:
             self.native.close()
             self.native = None
+
+
+def _rate_limit(settings: ServerSettings) -> str:
+    if settings.rate_per_second is None:
+        return "off"
+    return f"{settings.rate_per_second:g}/s per IPv4 address (burst {settings.rate_burst:g})"
 
 
 def run_server(config_path: str | None, address: str | None = None) -> int:
@@ -232,18 +299,18 @@ def run_server(config_path: str | None, address: str | None = None) -> int:
 async def _serve(loaded: Loaded[ServerConfig]) -> int:
     loop = asyncio.get_running_loop()
     config = loaded.config
-    daemon = ServerDaemon(
-        loaded=loaded,
-        core=TeredoServer(settings_from_config(config)),
-        clock=loop.time,
-    )
+    daemon = ServerDaemon(loaded=loaded, core=new_core(config), clock=loop.time)
     try:
         for local, setting in (
             (config.server_bind_address, "ServerBindAddress"),
             (config.server_bind_address2, "ServerBindAddress2"),
         ):
             daemon.sockets[local] = open_udp_socket(
-                local, TEREDO_PORT, address_setting=setting, port_setting=None
+                local,
+                TEREDO_PORT,
+                buffer_bytes=SERVER_BUFFER_BYTES,
+                address_setting=setting,
+                port_setting=None,
             )
         daemon.native = NativeSocket()
         if config.control_socket is not None:
@@ -254,13 +321,16 @@ async def _serve(loaded: Loaded[ServerConfig]) -> int:
         for local, udp in daemon.sockets.items():
             loop.add_reader(udp.fileno(), daemon.on_readable, local)
         log.info(
-            "Teredo server on %s:%d and %s:%d, advertising %s (MTU %d)",
+            "Teredo server on %s:%d and %s:%d, advertising %s (MTU %d), rate limit %s, "
+            "C accelerators %s",
             config.server_bind_address,
             TEREDO_PORT,
             config.server_bind_address2,
             TEREDO_PORT,
             daemon.core.client_prefix,
             config.interface_mtu,
+            _rate_limit(daemon.core.settings),
+            "on" if accel.ACCELERATED else "off",
         )
         await wait_for_shutdown(on_reload=daemon.reload)
     finally:
