@@ -202,7 +202,7 @@ def test_relay_defaults() -> None:
     assert config.interface_name == "teredo"
     assert (config.bind_address, config.bind_port) == (IPv4Address("0.0.0.0"), 0)
     assert config.control_socket == "/run/teredo/relay.sock"
-    assert config.max_peers == 65536
+    assert config.max_peers == 1 << 20
     assert config.max_queue_bytes == 1280
 
 

@@ -42,7 +42,7 @@ User                   C R S  nobody                     user to drop privileges
 HookScript             C      none                       absolute path of a script run with
                                                          Miredo's client-hook environment
 MaxPeers               C R    1024 (Miredo's bound),     1..16777216
-                              65536 for a non-host-
+                              1048576 for a non-host-
                               specific relay
 MaxQueueBytes          C R    1280 (Miredo), or          1280..1048576, at least the MTU
                               InterfaceMTU if larger
@@ -150,9 +150,11 @@ CONTROL_SOCKET_DIR: Final = "/run/teredo"
 MAX_SOCKET_PATH: Final = 107  # Linux sockaddr_un.sun_path (108) minus the NUL
 DEFAULT_USER: Final = "nobody"  # miredo(8): "By default, it runs as nobody"
 DEFAULT_CLIENT_MAX_PEERS: Final = 1024  # Miredo's peer list bound
-# A relay serves every Teredo client that talks to its native side. 65536 entries cost some tens
-# of MB in Python; queued bytes are bounded for the whole table anyway (peers.py).
-DEFAULT_RELAY_MAX_PEERS: Final = 65536
+# A relay serves every Teredo client that talks to its native side: a million, at ~190 bytes
+# each in the daemon (teredo.core.peers, benchmarks/peer_table.py) plus the kernel data path's
+# map entry when it runs, and nothing is allocated before peers come; queued bytes are bounded
+# for the whole table anyway.
+DEFAULT_RELAY_MAX_PEERS: Final = 1 << 20
 MAX_PEERS_LIMIT: Final = 1 << 24
 MAX_QUEUE_LIMIT: Final = 1 << 20
 DEFAULT_REFRESH_INTERVAL: Final = 30  # RFC 6081 §5.1.1 (and RFC 4380 §2.15): MUST default to 30 s
