@@ -93,15 +93,55 @@ def parse_flood(output: str) -> FloodResult:
     )
 
 
+# The role under test gets a CPU of its own, as if it were another host: on a machine of two
+# or more CPUs, the generator and the rest of the lab (router, senders, sinks) run on CPU 0 and
+# the role's node on CPU 1. In namespaces on one machine a packet is otherwise processed, all
+# the way through the relay's node, on the CPU of the process that sent it (a veth hands it to
+# the next namespace in the sender's softirq), so an in-kernel path would pay on the
+# generator's CPU what a user-space daemon pays on its own: a lab artefact, not a property of
+# either relay. Receive packet steering (RPS) on the veths in and out of the role's node moves
+# that processing where a separate host's network card would: its way in to CPU 1, its way out
+# back to CPU 0. Both relays (and servers) are measured the same way.
+LAB_CPU: Final = 0
+ROLE_CPU: Final = 1
+
+
+def cpus_to_split() -> bool:
+    return (os.cpu_count() or 1) >= 2
+
+
+def _rps(lab: Lab, node: str, interface: str, cpu: int) -> None:
+    path = f"/sys/class/net/{interface}/queues/rx-0/rps_cpus"
+    subprocess.run(
+        ["ip", "netns", "exec", lab.namespace(node), "sh", "-c", f"echo {1 << cpu:x} > {path}"],
+        check=True,
+        capture_output=True,
+    )
+
+
+def give_own_cpu(lab: Lab, node: str, pids: Iterable[int]) -> None:
+    """Steer `node`'s traffic (the role's node: "relay" or "srv") and its processes `pids` to
+    ROLE_CPU, the traffic leaving it back to LAB_CPU (see above). A no-op on one CPU."""
+    if not cpus_to_split():
+        return
+    _rps(lab, node, "eth0", ROLE_CPU)
+    _rps(lab, "inet", node, LAB_CPU)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, {ROLE_CPU})
+
+
 class Flood:
-    """The compiled generator, run inside the nodes of one lab."""
+    """The compiled generator, run inside the nodes of one lab (on LAB_CPU when the machine
+    has CPUs to split)."""
 
     def __init__(self, binary: Path, lab: Lab) -> None:
         self.binary = binary
         self.lab = lab
 
     def argv(self, node: str, args: Iterable[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.lab.namespace(node), str(self.binary), *args]
+        pin = ["taskset", "-c", str(LAB_CPU)] if cpus_to_split() else []
+        return ["ip", "netns", "exec", self.lab.namespace(node), *pin, str(self.binary), *args]
 
     def run(self, node: str, args: list[str], bound: float) -> FloodResult:
         """Run to completion (`bound`: the seconds the flood itself may last)."""
@@ -152,14 +192,16 @@ def keep_log(lab: Lab, node: str, like: Path) -> Path | None:
 # -- costs ------------------------------------------------------------------------------------
 
 
-def parse_proc_stat(text: str) -> tuple[int, int]:
-    """(busy, total) clock ticks of all CPUs from /proc/stat's "cpu" line.
+def parse_proc_stat(text: str, cpu: int | None = None) -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs from /proc/stat's "cpu" line (of CPU `cpu` from
+    its "cpuN" line, when given).
 
     Busy is user + nice + system + irq + softirq + steal (guest time is inside user already);
     idle and iowait are not busy.
     """
+    label = "cpu " if cpu is None else f"cpu{cpu} "
     for line in text.splitlines():
-        if line.startswith("cpu "):
+        if line.startswith(label):
             values = [int(v) for v in line.split()[1:]]
             values += [0] * (8 - len(values))
             user, nice, system, idle, iowait, irq, softirq, steal = values[:8]
@@ -168,8 +210,8 @@ def parse_proc_stat(text: str) -> tuple[int, int]:
     raise ValueError("no cpu line in /proc/stat")
 
 
-def machine_busy_ticks() -> int:
-    return parse_proc_stat(Path("/proc/stat").read_text())[0]
+def machine_busy_ticks(cpu: int | None = None) -> int:
+    return parse_proc_stat(Path("/proc/stat").read_text(), cpu)[0]
 
 
 def parse_stat_cpu(text: str) -> tuple[int, int]:
@@ -321,11 +363,16 @@ class Costs:
     machine_ticks: int
     role_ticks: dict[tuple[int, int], int]
     children_cpu: float
+    role_cpu_ticks: int  # busy ticks of ROLE_CPU (0 when the machine has no CPUs to split)
 
 
 def sample(pids: Iterable[int]) -> Costs:
     return Costs(
-        time.monotonic(), machine_busy_ticks(), group_cpu_ticks(pids), children_cpu_seconds()
+        time.monotonic(),
+        machine_busy_ticks(),
+        group_cpu_ticks(pids),
+        children_cpu_seconds(),
+        machine_busy_ticks(ROLE_CPU) if cpus_to_split() else 0,
     )
 
 
@@ -335,6 +382,7 @@ class Used:
     role_cpu: float  # CPU seconds of the role's processes
     machine_cpu: float  # busy CPU seconds of the whole machine
     generator_cpu: float  # CPU seconds of the generator (and anything else we waited for)
+    role_host_cpu: float  # busy seconds of ROLE_CPU: the role's node, kernel work included
 
 
 def used_between(before: Costs, after: Costs) -> Used:
@@ -343,6 +391,7 @@ def used_between(before: Costs, after: Costs) -> Used:
         role_cpu=cpu_seconds(before.role_ticks, after.role_ticks),
         machine_cpu=(after.machine_ticks - before.machine_ticks) / CLOCK_TICKS,
         generator_cpu=after.children_cpu - before.children_cpu,
+        role_host_cpu=(after.role_cpu_ticks - before.role_cpu_ticks) / CLOCK_TICKS,
     )
 
 
