@@ -41,7 +41,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING, Any, Final
 
@@ -61,7 +61,7 @@ from teredo.core.qualification import (
     ServerPair,
 )
 from teredo.programs.datapath import DataPath, open_kernel_path
-from teredo.programs.loading import Loaded, keep_restart_only, load
+from teredo.programs.loading import Loaded, load, reload_config
 from teredo.programs.probe import local_address_toward, resolve_ipv4
 from teredo.programs.status import merge_counters
 
@@ -306,14 +306,7 @@ class ClientDaemon:
         else:
             log.info("address %s replaces %s on %s", event.address, event.old, self.interface)
         if self.hook is not None:
-            env = self._hook_env("up")
-            env["OLD_STATE"] = "up" if old_address is not None else "down"
-            if old_address is not None:
-                env["OLD_ADDRESS"] = str(old_address)
-                env["OLD_LLADDRESS"] = str(CLIENT_LINK_LOCAL)
-            if old_mtu is not None:
-                env["OLD_MTU"] = str(old_mtu)
-            await self.hook.run(env)
+            await self.hook.run(self._hook_env("up", old_address, old_mtu))
 
     async def _withdraw(self, reason: str, final: bool = False) -> None:
         old_address, old_mtu = self.configured, self.configured_mtu
@@ -327,25 +320,29 @@ class ClientDaemon:
                 "address %s withdrawn from %s: %s", old_address, self.interface, reason,
             )  # fmt: skip
         if self.hook is not None and (old_address is not None or final):
-            env = self._hook_env("destroy" if final else "down")
-            env["OLD_STATE"] = "up" if old_address is not None else "down"
-            if old_address is not None:
-                env["OLD_ADDRESS"] = str(old_address)
-                env["OLD_LLADDRESS"] = str(CLIENT_LINK_LOCAL)
-            if old_mtu is not None:
-                env["OLD_MTU"] = str(old_mtu)
-            await self.hook.run(env)
+            await self.hook.run(
+                self._hook_env("destroy" if final else "down", old_address, old_mtu)
+            )
 
-    def _hook_env(self, state: str) -> dict[str, str]:
+    def _hook_env(
+        self, state: str, old_address: IPv6Address | None = None, old_mtu: int | None = None
+    ) -> dict[str, str]:
+        """Miredo's client-hook variables for `state`, with the OLD_* ones."""
         env = {
             "STATE": state,
             "IFACE": self.interface,
             "IFINDEX": str(self.interface_index),
             "LLADDRESS": str(CLIENT_LINK_LOCAL),
+            "OLD_STATE": "up" if old_address is not None else "down",
         }
         if state == "up" and self.configured is not None:
             env["ADDRESS"] = str(self.configured)
             env["MTU"] = str(self.configured_mtu)
+        if old_address is not None:
+            env["OLD_ADDRESS"] = str(old_address)
+            env["OLD_LLADDRESS"] = str(CLIENT_LINK_LOCAL)
+        if old_mtu is not None:
+            env["OLD_MTU"] = str(old_mtu)
         return env
 
     # -- status and reload -----------------------------------------------------------------
@@ -378,14 +375,9 @@ class ClientDaemon:
 
     def reload(self) -> None:
         """SIGHUP: new servers, timers and limits; say what needs a restart."""
-        old = self.config
-        loaded = load_client_config(self.loaded.path, self.loaded.argument)
-        new = loaded.config
-        for warning in new.warnings:
-            log.warning("%s", warning)
-        kept = keep_restart_only(
-            old,
-            new,
+        self.loaded = reload_config(
+            self.loaded,
+            load_client_config,
             {
                 "interface_name": "InterfaceName",
                 "bind_address": "BindAddress",
@@ -397,12 +389,10 @@ class ClientDaemon:
                 "local_discovery": "LocalDiscovery",
             },
         )
-        if loaded.syslog != self.loaded.syslog:
-            setup_logging(0, syslog_facility=loaded.syslog)
+        kept = self.loaded.config
         servers = resolve_servers(kept)
         self.core.reconfigure_client(client_settings(kept, servers), time.monotonic())
         self.servers = servers
-        self.loaded = replace(loaded, config=kept)
         if self.loop is not None:
             self.loop.flush()
         log.info(

@@ -84,6 +84,25 @@ def load(
     return Loaded(config, path, syslog, argument)
 
 
+def reload_config(
+    current: Loaded[ConfigT],
+    load_again: Callable[[str | None, str | None], Loaded[ConfigT]],
+    restart_only: Mapping[str, str],
+) -> Loaded[ConfigT]:
+    """SIGHUP: the configuration read again (its warnings logged), with the settings in
+    `restart_only` kept from `current` (`keep_restart_only`), and logging moved to syslog or
+    stderr if the file's SyslogFacility changed. The daemon applies the rest."""
+    from teredo.adapters.daemon import setup_logging
+
+    loaded = load_again(current.path, current.argument)
+    for warning in loaded.config.warnings:
+        log.warning("%s", warning)
+    kept = keep_restart_only(current.config, loaded.config, restart_only)
+    if loaded.syslog != current.syslog:
+        setup_logging(0, syslog_facility=loaded.syslog)
+    return dataclasses.replace(loaded, config=kept)
+
+
 def keep_restart_only(old: ConfigT, new: ConfigT, restart_only: Mapping[str, str]) -> ConfigT:
     """For a SIGHUP reload: `new`, with the settings that need a restart kept from `old`.
 

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING, Any, Final
 
@@ -41,7 +41,7 @@ from teredo.core.config import DEFAULT_CONFIG_PATH, RelayConfig, parse_relay_con
 from teredo.core.errors import UserError
 from teredo.core.relay import TeredoRelay, relay_settings
 from teredo.programs.datapath import DataPath, open_kernel_path
-from teredo.programs.loading import Loaded, keep_restart_only, load
+from teredo.programs.loading import Loaded, load, reload_config
 from teredo.programs.status import merge_counters
 
 if TYPE_CHECKING:
@@ -151,13 +151,9 @@ class RelayDaemon:
     def reload(self) -> None:
         """SIGHUP: apply what needs no new socket or interface; say what needs a restart."""
         old = self.config
-        loaded = load_relay_config(self.loaded.path)
-        new = loaded.config
-        for warning in new.warnings:
-            log.warning("%s", warning)
-        kept = keep_restart_only(
-            old,
-            new,
+        self.loaded = reload_config(
+            self.loaded,
+            lambda path, _: load_relay_config(path),
             {
                 "relay_type": "RelayType",
                 "prefix": "Prefix",
@@ -169,14 +165,12 @@ class RelayDaemon:
                 "user": "User",
             },
         )
-        if loaded.syslog != self.loaded.syslog:
-            setup_logging(0, syslog_facility=loaded.syslog)
+        kept = self.loaded.config
         self.core.reconfigure(relay_settings(kept))
         if kept.interface_mtu != old.interface_mtu and self.iface is not None:
             from teredo.adapters.netlink import set_mtu
 
             asyncio.get_running_loop().create_task(_set_mtu(set_mtu, self.interface, kept))
-        self.loaded = replace(loaded, config=kept)
         self.refresh_addresses()
         log.info(
             "reloaded: at most %d peers, %d queued bytes per peer, private addresses %s",
