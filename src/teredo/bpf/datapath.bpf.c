@@ -230,8 +230,9 @@ static __always_inline int serves(const struct config *cfg, const struct in6_add
         destination->in6_u.u6_addr32[2] == 0 && d[12] == 0 && d[13] == 0 && d[14] == 0 &&
         d[15] <= 1)
         return 0; /* unspecified, loopback */
+    /* A Teredo destination is never forwarded natively (RFC 4380 §5.4.2). */
     return !(d[0] == cfg->prefix[0] && d[1] == cfg->prefix[1] && d[2] == cfg->prefix[2] &&
-             d[3] == cfg->prefix[3]); /* a Teredo destination is never forwarded (RLY-11) */
+             d[3] == cfg->prefix[3]);
 }
 
 SEC("tc")
