@@ -118,9 +118,11 @@ class DataPath:
         loop = loop or asyncio.get_running_loop()
         self._loop = loop
         self._timer = Timer(self._on_timer, loop)
-        if self.tun.vnet_hdr and self.kernel is None:
-            # Not with the kernel's path: UDP_GRO would join datagrams into super-packets
-            # before that path sees them, and it passes super-packets to us.
+        if self.tun.vnet_hdr:
+            # With the kernel's path too: a batch of one flow (a peer's UDP_SEGMENT send, or
+            # what a network card's GRO joined) reaches the kernel's path as one super-packet,
+            # which it passes to us whole, and we forward it in one go; single datagrams, the
+            # many-peers case, are the kernel's.
             self.udp.enable_coalescing()
         log.info("data path: %s", self.description())
         loop.add_reader(
