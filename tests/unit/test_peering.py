@@ -441,3 +441,22 @@ def test_retry_heap_stays_proportional_to_the_table() -> None:
     engine.datagrams_to_send()
     engine.handle_timer(2.0)  # the surviving peers still get their retries
     assert len(engine.datagrams_to_send()) == 2 * len(engine.peers) == 16
+
+
+def test_the_bare_bubble_shortcut_decides_as_the_full_path() -> None:
+    """A relay's shortcut for strangers' bare bubbles consumes exactly what the engine's full
+    path would consume without an entry, and leaves the rest to it."""
+    shortcut, full = relay(), relay()
+    stranger = teredo(port=5000)
+    cases = [
+        (encode_bubble(IPv6Address(stranger), NATIVE), ("203.0.113.2", 5000)),  # consumed
+        (encode_bubble(IPv6Address(stranger), NATIVE), ("203.0.113.2", 5001)),  # mismatch
+        (encode_bubble(IPv6Address(teredo("10.0.0.1", 5000)), NATIVE), ("10.0.0.1", 5000)),
+        (encode_bubble(IPv6Address(stranger), IPv6Address("fe80::1")), ("203.0.113.2", 5000)),
+        (encode_bubble(NATIVE, NATIVE), ("203.0.113.2", 5000)),  # not a Teredo source
+    ]
+    for packet, source in cases:
+        shortcut.receive_datagram(packet, source, 1.0)
+        super(TeredoRelay, full).receive_datagram(packet, source, 1.0)
+    assert shortcut.counters == full.counters and shortcut.drops == full.drops
+    assert len(shortcut.peers) == len(full.peers) == 0

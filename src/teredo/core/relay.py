@@ -43,14 +43,21 @@ from collections.abc import Callable, Iterable
 from ipaddress import IPv6Address
 from typing import Final
 
-from teredo.core.address import Endpoint
+from teredo.core.address import (
+    Endpoint,
+    is_global_ipv4,
+    teredo_mapped_ipv4,
+    teredo_mapped_port,
+    teredo_mapping,
+)
 from teredo.core.config import RelayConfig
 from teredo.core.peering import PeeringEngine, PeeringSettings
 from teredo.core.peers import PEER_VALIDITY, Peer
 from teredo.core.status import HostSpecificRelayStatus, RelayEngineStatus
-from teredo.core.wire import TeredoPacket, UnreachableCode
+from teredo.core.wire import IPV6_HEADER_LENGTH, TeredoPacket, UnreachableCode
 
 RELAY_IDLE_TIMEOUT: Final = PEER_VALIDITY  # Miredo's value: unused relay entries expire in 30 s
+_BARE_BUBBLE: Final = bytes((0, 0, 59))  # payload length 0, next header 59 (no next header)
 
 
 def relay_settings(config: RelayConfig) -> PeeringSettings:
@@ -123,6 +130,32 @@ class TeredoRelay(PeeringEngine):
         self._host_addresses = frozenset(
             a.packed if isinstance(a, IPv6Address) else bytes(a) for a in addresses
         )
+
+    def receive_datagram(
+        self, data: bytes | bytearray | memoryview, source: Endpoint, now: float
+    ) -> None:
+        """As the engine's, with a shortcut for what a flood of strangers sends most: a bare
+        bubble (RFC 4380 §2.8) from an unknown, self-consistent Teredo source that does not
+        answer one of ours (not addressed to a link-local cookie). The full path would consume
+        it without an entry all the same; this decides it without parsing or building objects.
+        """
+        if (
+            len(data) == IPV6_HEADER_LENGTH
+            and data[4:7] == _BARE_BUBBLE
+            and data[0] >> 4 == 6
+            and data[24] != 0xFE  # fe80::/10 and fec0::/10: maybe one of our cookies
+        ):
+            src = bytes(data[8:24])
+            if (
+                src not in self.peers
+                and self.is_teredo(src)
+                and teredo_mapped_port(src) == source[1]
+                and teredo_mapping(src)[0] == source[0]
+                and (not self._check_global or is_global_ipv4(teredo_mapped_ipv4(src)))
+            ):
+                self.count("bubbles_received")
+                return
+        super().receive_datagram(data, source, now)
 
     def status(self) -> RelayEngineStatus | HostSpecificRelayStatus:
         if self.host_specific:
