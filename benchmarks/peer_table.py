@@ -5,10 +5,11 @@
 Every peer is established as a relay holds it (rx case 3, `PeeringEngine.trust_peer`): created,
 then trusted through `PeerTable.trust` at a mapping of its own (a distinct string, port and
 tuple) at a time of its own (a distinct float). Memory is what tracemalloc sees the table hold,
-keys included (the table keeps one 16-byte `bytes` per peer). It is printed twice: after the
-fill, and after churn (40 % of the peers replaced by new ones, then one full idle sweep), as a
-relay holds its table after a while: CPython resizes a dict that saw deletions to three times
-its entries, so at 1 M its slots cost twice what they cost after the fill. Inserts and lookups
+keys included (the table keeps one 16-byte `bytes` per peer). It is printed three times: after
+the fill; at rest, once a sweep has frozen the established peers (an int per entry instead of a
+`Peer` around it, `teredo.core.peers`); and after churn (40 % of the peers replaced by new ones,
+then one full idle sweep), as a relay holds its table after a while: CPython resizes a dict
+that saw deletions to three times its entries, so at 1 M its slots cost more. Inserts and lookups
 are the best of three passes, the garbage collector off.
 
 Miredo's C peer list (libteredo with Judy arrays) measured on this kind of machine does about
@@ -74,6 +75,8 @@ def main() -> int:
     table = PeerTable(max_peers=count)
     fill(table, peers(count))
     memory, _ = tracemalloc.get_traced_memory()
+    table.sweep(stamp(count), budget=count)  # at rest: established peers are frozen
+    rested, _ = tracemalloc.get_traced_memory()
     churn = count * 2 // 5
     for i in range(churn):
         table.remove(key(i))
@@ -112,6 +115,7 @@ def main() -> int:
     result = {
         "peers": count,
         "bytes_per_peer": round(memory / count, 1),
+        "bytes_per_peer_at_rest": round(rested / count, 1),
         "key_bytes_per_peer": key_size,
         "bytes_per_peer_after_churn": round(churned / count, 1),
         "inserts_per_s": round(inserts),
@@ -121,6 +125,7 @@ def main() -> int:
     }
     print(f"{'peers':<28}{count:>14,}")
     print(f"{'bytes per peer':<28}{result['bytes_per_peer']:>14} (target <= 200)")
+    print(f"{'  at rest (frozen)':<28}{result['bytes_per_peer_at_rest']:>14}")
     print(f"{'  of which the key':<28}{key_size:>14}")
     print(f"{'  after 40 % churn':<28}{result['bytes_per_peer_after_churn']:>14} (dict resized)")
     print(f"{'inserts/s':<28}{inserts:>14,.0f}  x{result['inserts_ratio_vs_miredo']} Miredo")

@@ -262,3 +262,21 @@ def test_cold_links_round_trip(address: object, port: int, now: float) -> None:
     assert peer.mapped == (str(address), port) and peer.last_rx == now
     table = PeerTable()
     assert table.sockaddr(peer) == (str(address), port) and peer.rx == now
+
+
+def test_peers_at_rest_freeze_and_thaw_with_every_value() -> None:
+    """The sweep freezes an established peer at rest (its cold link, no `Peer`); `get` thaws
+    it with the same mapping and reception time, and nothing is lost or counted twice."""
+    table = PeerTable(max_peers=10, hot_mappings=1)
+    for i in range(3):
+        table.trust(table.create(key(i), now=1.0), ("192.0.2.1", 100 + i), now=1.0 + i)
+    table.sweep(now=5.0, budget=10)
+    frozen = [value for value in table._peers.values() if isinstance(value, int)]
+    assert len(frozen) == 2  # the third is still hot
+    assert table.trusted_count() == 3 and len(table.items()) == 3
+    peer = table.get(key(0))
+    assert peer is not None and peer.mapped == ("192.0.2.1", 100) and peer.last_rx == 1.0
+    assert table.get(key(0)) is peer  # thawed for good
+    assert peer.is_valid(5.0) and not peer.is_valid(31.0)
+    table.sweep(now=40.0, budget=10)  # idle now: frozen or not, they expire
+    assert len(table) == 0 and table.expired == 3

@@ -279,7 +279,7 @@ class PeeringEngine(ABC):
     def engine_status(self) -> EngineStatus:
         """A JSON-able snapshot: peer counts, queued bytes, counters and drops by reason."""
         table = self.peers
-        trusted = sum(1 for _, peer in table.items() if peer.trusted)
+        trusted = table.trusted_count()
         counters = dict(self.counters)
         counters["fast_rx"] = self.fast_rx
         counters["fast_tx"] = self.fast_tx

@@ -56,10 +56,16 @@ layout is cut to the established peer:
   conversions), then the fast path again. Both forms hold the same values, so turning hot or cold
   changes no decision.
 
+* At rest -- trusted, cold, no setup state -- a peer is *frozen* by the sweep: the table holds
+  its cold link (the int) directly instead of a `Peer` around it. `PeerTable.get` thaws it back
+  into a `Peer` when anyone asks for it; the sweep freezes it again. Nothing but the table
+  holds a frozen peer, so no second `Peer` for the same address can exist.
+
 An established peer at 1 M peers thus costs its dict slot (42 bytes), its 16-byte key (49), the
-`Peer` (56), its cold link (40) and its share of the hot ring (2): ~190 bytes instead of ~490
-(`benchmarks/peer_table.py`). After churn, ~50 more: CPython resizes a dict that saw deletions
-to three times its entries (84 bytes a slot at 1 M), and the CLOCK hand's round takes 8.
+`Peer` (56), its cold link (40) and its share of the hot ring (2): ~190 bytes instead of ~490;
+frozen, ~150 (`benchmarks/peer_table.py`). After churn, some more: CPython resizes a dict that
+saw deletions to three times its entries (84 bytes a slot at 1 M), and the CLOCK hand's round
+takes 8.
 """
 
 from __future__ import annotations
@@ -107,6 +113,15 @@ def _freeze(sockaddr: Endpoint, rx: float) -> int | None:
     except (AttributeError, KeyError, TypeError, ValueError, struct.error):
         return None
     return int.from_bytes(packed, "little")
+
+
+def _frozen_peer(link: int) -> Peer:
+    """The `Peer` a frozen entry stands for: trusted at the cold `link`, no setup state."""
+    peer = Peer.__new__(Peer)
+    peer.link = link
+    peer.rx = NEVER
+    peer.setup = None
+    return peer
 
 
 def _thaw(link: int) -> tuple[Endpoint, float]:
@@ -412,7 +427,9 @@ class PeerTable:
         self.evicted = 0
         self.expired = 0
         self.queue_drops = 0
-        self._peers: dict[bytes, Peer] = {}
+        # An entry is a `Peer`, or, frozen, the cold link of an established peer at rest
+        # (trusted, no setup state): one int instead of a `Peer` around it (see `_freeze_at`).
+        self._peers: dict[bytes, Peer | int] = {}
         self._hot: list[Peer] = []  # a ring: the peers that turned hot, the oldest at _hot_hand
         self._hot_hand = 0
         self._round: list[bytes] = []  # the CLOCK hand's round: addresses in insertion order
@@ -429,10 +446,25 @@ class PeerTable:
         return address in self._peers
 
     def items(self) -> list[tuple[bytes, Peer]]:
-        return list(self._peers.items())
+        """Every entry; a frozen one as a `Peer` made for the occasion (changing it changes
+        nothing in the table)."""
+        return [
+            (address, _frozen_peer(value) if isinstance(value, int) else value)
+            for address, value in self._peers.items()
+        ]
+
+    def trusted_count(self) -> int:
+        return sum(
+            1 for value in self._peers.values() if isinstance(value, int) or value.link is not None
+        )
 
     def get(self, address: bytes) -> Peer | None:
-        return self._peers.get(address)
+        """The entry of `address`; a frozen one thaws into a `Peer` for good (the sweep
+        freezes it again once it is at rest)."""
+        value = self._peers.get(address)
+        if isinstance(value, int):
+            value = self._peers[address] = _frozen_peer(value)
+        return value
 
     def create(self, address: bytes, now: float) -> Peer:
         """A new untrusted entry (RFC 4380 §5.2.3 initial values), evicting if full.
@@ -441,10 +473,10 @@ class PeerTable:
         first to be evicted, so a flood of new sources or destinations (each seen once) churns
         through the probation entries and never evicts an established peer (`_evict_one`).
         """
-        peers = self._peers
-        existing = peers.get(address)
+        existing = self.get(address)
         if existing is not None:
             return existing
+        peers = self._peers
         if len(peers) >= self.max_peers:
             self._evict_one(now)
         peer = Peer(now)
@@ -456,8 +488,9 @@ class PeerTable:
         return peer
 
     def remove(self, address: bytes) -> Peer | None:
-        peer = self._peers.pop(address, None)
+        peer = self.get(address)
         if peer is not None:
+            del self._peers[address]
             self._drop_queue(peer)
         return peer
 
@@ -580,8 +613,11 @@ class PeerTable:
                 self._remove(address, peer)
                 removed.append((address, peer))
                 self.expired += 1
-            elif peer.setup is not None:
-                peer.settle(now)
+            else:
+                if peer.setup is not None:
+                    peer.settle(now)
+                if peer.setup is None and type(peer.link) is int:
+                    peers[address] = peer.link  # at rest: frozen
         return removed
 
     def _sync(self, address: bytes, peer: Peer, now: float) -> None:
@@ -611,7 +647,7 @@ class PeerTable:
                 hand = 0
             address = self._round[hand]
             self._hand = hand + 1
-            peer = peers.get(address)
+            peer = self.get(address)
             if peer is not None:  # else removed since the snapshot
                 return address, peer
 
