@@ -341,13 +341,17 @@ def _twin_packets() -> list[bytes]:
 def test_the_c_and_python_coalescers_agree(read: tuple[bytes, int]) -> None:
     require_accelerators()
     data, segment_size = read
-    outs = [memoryview(bytearray(COALESCED_BYTES)) for _ in range(2)]
+    outs = [memoryview(bytearray(b"\xaa" * COALESCED_BYTES)) for _ in range(2)]
     results = [
         join(data, segment_size, out)
         for join, out in zip((coalesce_segments, python_coalesce_segments), outs, strict=True)
     ]
     assert results[0] == results[1]
-    assert outs[0][: results[0][1]] == outs[1][: results[1][1]]
+    end = results[0][1]
+    assert outs[0][:end] == outs[1][:end]
+    if results[0][0] > 1:  # nothing written past the super-packet (with one, nothing to read)
+        for name, out in zip(("C", "Python"), outs, strict=True):
+            assert out[end:] == b"\xaa" * (COALESCED_BYTES - end), (name, results[0])
 
 
 @given(
@@ -360,7 +364,8 @@ def test_the_c_and_python_segmenters_agree(
 ) -> None:
     require_accelerators()
     packet = read[0]
-    outs = [memoryview(bytearray(len(packet) * 2 + 4096)) for _ in range(2)]
+    room = len(packet) * 2 + 4096
+    outs = [memoryview(bytearray(b"\xaa" * room)) for _ in range(2)]
     results: list[object] = []
     for cutter, out in zip((segment, python_segment), outs, strict=True):
         try:
@@ -368,6 +373,7 @@ def test_the_c_and_python_segmenters_agree(
         except OffloadError as error:
             results.append(str(error))
     assert results[0] == results[1]
-    if isinstance(results[0], tuple):
-        end = results[0][2]
-        assert outs[0][:end] == outs[1][:end]
+    end = results[0][2] if isinstance(results[0], tuple) else 0
+    assert outs[0][:end] == outs[1][:end]
+    for out in outs:  # nothing written past the segments (or at all, when refused)
+        assert out[end:] == b"\xaa" * (room - end)
