@@ -224,8 +224,9 @@ def python_coalesce_segments(
     `MAX_COALESCED`, and a valid checksum, so that a damaged packet still reaches the kernel
     alone and is dropped there. When `count` > 1, `out[:length]` is the virtio-net header and
     the super-packet, ready for one write. When `count` is 1, nothing in `out` is to be read
-    (the C twin may have begun copying into it): the first datagram goes alone, as it is. Raises `OffloadError` when `out` is too small for any
-    super-packet or `segment` is not positive.
+    (the C twin may have begun copying into it): the first datagram goes alone, as it is.
+    Raises `OffloadError` when `out` is too small for any super-packet or `segment` is not
+    positive.
     """
     if segment <= 0:
         raise OffloadError("segment size must be positive")
