@@ -48,21 +48,19 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 
 from benchlib import (
     Costs,
     Flood,
     FloodResult,
+    bench_main,
     compiled_flood,
     cpus_to_split,
     daemon_status,
@@ -698,20 +696,6 @@ def check_machine() -> None:
         raise UserError(f"missing {', '.join(missing)}: run `bash scripts/setup` first")
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextmanager
-def _signals() -> Iterator[None]:
-    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def run(settings: Settings) -> int:
     check_machine()
     report: dict[str, Any] = {
@@ -778,13 +762,7 @@ def run(settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = parse_args(argv)
-        with _signals():
-            return run(settings)
-    except UserError as error:
-        print(f"bench: {error}", file=sys.stderr)
-        return error.exit_code
+    return bench_main(lambda: parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -21,19 +21,23 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from teredo.core.errors import UserError
 from teredo.lab import processes
 from teredo.lab.lab import Lab
+
+SettingsT = TypeVar("SettingsT")
 
 FLOOD_SOURCE: Final = Path(__file__).resolve().with_name("flood.c")
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -541,3 +545,33 @@ def ping_argv(destination: str, count: int, interval: float, wait: float = 2.0) 
         f"{wait:g}",
         destination,
     ]
+
+
+# -- the benchmarks' entry point ----------------------------------------------------------------
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupted_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP end a benchmark as Ctrl-C does: its labs are torn down."""
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def bench_main(parse: Callable[[], SettingsT], run: Callable[[SettingsT], int]) -> int:
+    """A benchmark's main: its settings, its run under `interrupted_by_signals`, and a
+    person's mistake as one sentence (exit status 2)."""
+    try:
+        settings = parse()
+        with interrupted_by_signals():
+            return run(settings)
+    except UserError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return error.exit_code

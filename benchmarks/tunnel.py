@@ -44,7 +44,6 @@ import platform
 import re
 import secrets
 import shutil
-import signal
 import socket
 import statistics
 import string
@@ -56,8 +55,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
+
+from benchlib import bench_main
 
 from teredo.core.errors import ParseError, UsageError, UserError
 from teredo.core.wire import ICMPv6Type, icmpv6_message, is_router_solicitation, parse_teredo_packet
@@ -837,10 +837,6 @@ def leftovers(labs: list[str]) -> list[str]:
     return [name for name in netns.list_namespaces() if name.startswith(prefixes)]
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def run(settings: Settings) -> int:
     check_machine()
     report: dict[str, Any] = {
@@ -921,13 +917,7 @@ def run(settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
-    try:
-        return run(parse_args(argv))
-    except UserError as error:
-        print(f"bench: {error}", file=sys.stderr)
-        return error.exit_code
+    return bench_main(lambda: parse_args(argv), run)
 
 
 if __name__ == "__main__":

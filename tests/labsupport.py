@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import secrets
 import string
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from ipaddress import IPv6Address
+from pathlib import Path
 from typing import Any
 
 from teredo.lab.lab import Lab
@@ -72,3 +75,16 @@ def daemon_status(lab: Lab, node: str, socket_path: str | None = None) -> dict[s
     assert result.returncode == 0, result.stderr
     document: dict[str, Any] = json.loads(result.stdout)
     return document
+
+
+FLOOD_SOURCE = Path(__file__).resolve().parents[1] / "benchmarks" / "flood.c"
+
+
+@contextmanager
+def compiled_flood() -> Iterator[Path]:
+    """The traffic generator (benchmarks/flood.c), compiled for a test (needs root and gcc)."""
+    require_root("gcc")
+    with tempfile.TemporaryDirectory(prefix="flood-") as directory:
+        binary = Path(directory) / "flood"
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(FLOOD_SOURCE)], check=True)
+        yield binary

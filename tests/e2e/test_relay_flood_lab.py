@@ -15,7 +15,6 @@ The generator `benchmarks/flood.c` runs in the lab's generator node (fake Teredo
 from __future__ import annotations
 
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,15 +22,13 @@ from typing import Any
 
 import pytest
 
-from labsupport import built_lab, daemon_status, teredo_of
+from labsupport import built_lab, compiled_flood, daemon_status, teredo_of
 from teredo.lab.generator import SINK_PORT
 from teredo.lab.lab import Lab
 from teredo.lab.topology import NATIVE_IPV6, RELAY_IPV4, RELAY_PORT, SERVER_IPV4
-from testsupport import require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-FLOOD_SOURCE = Path(__file__).resolve().parents[2] / "benchmarks" / "flood.c"
 STRANGERS = 40_000
 RATE = 8_000  # packets per second: enough to churn a 4096-entry table, light for the CI machine
 MAX_PEERS = 4096
@@ -39,10 +36,7 @@ MAX_PEERS = 4096
 
 @pytest.fixture(scope="module")
 def flood_binary() -> Iterator[Path]:
-    require_root("gcc")
-    with tempfile.TemporaryDirectory(prefix="flood-") as directory:
-        binary = Path(directory) / "flood"
-        subprocess.run(["gcc", "-O2", "-o", str(binary), str(FLOOD_SOURCE)], check=True)
+    with compiled_flood() as binary:
         yield binary
 
 

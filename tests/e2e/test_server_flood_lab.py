@@ -12,22 +12,19 @@ from __future__ import annotations
 
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from labsupport import built_lab, daemon_status
+from labsupport import built_lab, compiled_flood, daemon_status
 from teredo.core.address import TEREDO_PORT, parse_teredo_address
 from teredo.lab.lab import Lab
 from teredo.lab.topology import NATIVE_IPV4, SERVER_IPV4, SERVER_IPV4_2
-from testsupport import require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-FLOOD_SOURCE = Path(__file__).resolve().parents[2] / "benchmarks" / "flood.c"
 FAKE_CLIENTS = "100.64.0.0/10"
 SPOOFED_CLIENTS = 262144  # 65 536 addresses, four ports each (flood.c)
 FLOOD_SECONDS = 240  # longer than the test: it is stopped by pid when the test ends
@@ -45,10 +42,7 @@ ip daddr {FAKE_CLIENTS} counter name answers drop
 
 @pytest.fixture(scope="module")
 def flood_binary() -> Iterator[Path]:
-    require_root("gcc")
-    with tempfile.TemporaryDirectory(prefix="flood-") as directory:
-        binary = Path(directory) / "flood"
-        subprocess.run(["gcc", "-O2", "-o", str(binary), str(FLOOD_SOURCE)], check=True)
+    with compiled_flood() as binary:
         yield binary
 
 

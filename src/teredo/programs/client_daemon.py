@@ -46,7 +46,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING, Any, Final
 
 from teredo.adapters.control import ControlServer, start_control_server
-from teredo.adapters.daemon import setup_logging, wait_for_shutdown
+from teredo.adapters.daemon import wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
 from teredo.core.address import CLIENT_LINK_LOCAL, DISCOVERY_GROUP, TEREDO_PORT
 from teredo.core.client import CLIENT_IDLE_TIMEOUT, ClientSettings, TeredoClient, summarize_peer
@@ -61,7 +61,7 @@ from teredo.core.qualification import (
     ServerPair,
 )
 from teredo.programs.datapath import DataPath, open_kernel_path
-from teredo.programs.loading import Loaded, load, reload_config
+from teredo.programs.loading import Loaded, load, reload_config, start_logging
 from teredo.programs.probe import local_address_toward, resolve_ipv4
 from teredo.programs.status import merge_counters
 
@@ -404,9 +404,7 @@ class ClientDaemon:
 def run_client(config_path: str | None, server: str | None = None) -> int:
     """`teredo client [-c FILE] [SERVER]`: run until SIGTERM/SIGINT; the exit status."""
     loaded = load_client_config(config_path, server)
-    setup_logging(0, syslog_facility=loaded.syslog)
-    for warning in loaded.config.warnings:
-        log.warning("%s", warning)
+    start_logging(loaded)
     return asyncio.run(_serve(loaded))
 
 

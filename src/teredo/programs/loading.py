@@ -84,6 +84,16 @@ def load(
     return Loaded(config, path, syslog, argument)
 
 
+def start_logging(loaded: Loaded[ConfigT]) -> None:
+    """A daemon's first words: logging where the file asks (syslog with SyslogFacility, else
+    stderr), then the file's warnings."""
+    from teredo.adapters.daemon import setup_logging
+
+    setup_logging(0, syslog_facility=loaded.syslog)
+    for warning in loaded.config.warnings:
+        log.warning("%s", warning)
+
+
 def reload_config(
     current: Loaded[ConfigT],
     load_again: Callable[[str | None, str | None], Loaded[ConfigT]],

@@ -35,13 +35,13 @@ from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING, Any, Final
 
 from teredo.adapters.control import ControlServer, start_control_server
-from teredo.adapters.daemon import setup_logging, wait_for_shutdown
+from teredo.adapters.daemon import wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
 from teredo.core.config import DEFAULT_CONFIG_PATH, RelayConfig, parse_relay_config
 from teredo.core.errors import UserError
 from teredo.core.relay import TeredoRelay, relay_settings
 from teredo.programs.datapath import DataPath, open_kernel_path
-from teredo.programs.loading import Loaded, load, reload_config
+from teredo.programs.loading import Loaded, load, reload_config, start_logging
 from teredo.programs.status import merge_counters
 
 if TYPE_CHECKING:
@@ -191,9 +191,7 @@ async def _set_mtu(set_mtu: Any, interface: str, config: RelayConfig) -> None:
 def run_relay(config_path: str | None) -> int:
     """`teredo relay [-c FILE]`: relay until SIGTERM/SIGINT; the exit status."""
     loaded = load_relay_config(config_path)
-    setup_logging(0, syslog_facility=loaded.syslog)
-    for warning in loaded.config.warnings:
-        log.warning("%s", warning)
+    start_logging(loaded)
     return asyncio.run(_serve(loaded))
 
 

@@ -40,7 +40,7 @@ from typing import Any, Final
 
 from teredo.adapters import accel
 from teredo.adapters.control import ControlServer, start_control_server
-from teredo.adapters.daemon import setup_logging, wait_for_shutdown
+from teredo.adapters.daemon import wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
 from teredo.adapters.udp import UdpSocket, open_udp_socket
 from teredo.core.address import TEREDO_PORT
@@ -54,7 +54,7 @@ from teredo.core.server import (
     ServerSettings,
     TeredoServer,
 )
-from teredo.programs.loading import Loaded, keep_restart_only, load
+from teredo.programs.loading import Loaded, load, reload_config, start_logging
 
 log = logging.getLogger(__name__)
 
@@ -237,10 +237,11 @@ class ServerDaemon:
     def reload(self) -> None:
         """SIGHUP: apply what can change without new sockets; say what needs a restart."""
         old = self.config
-        loaded = load_server_config(self.loaded.path, self.loaded.argument)
+        # Kept: what is bound or set up once (the control socket, the user, the addresses).
+        loaded = reload_config(
+            self.loaded, load_server_config, {"control_socket": "ControlSocket", "user": "User"}
+        )
         new = loaded.config
-        for warning in new.warnings:
-            log.warning("%s", warning)
         if (new.server_bind_address, new.server_bind_address2) != (
             old.server_bind_address,
             old.server_bind_address2,
@@ -253,14 +254,11 @@ class ServerDaemon:
                 old.server_bind_address,
                 old.server_bind_address2,
             )
-        # Keep what is bound or set up once: the addresses, the control socket, the user.
         kept = replace(
-            keep_restart_only(old, new, {"control_socket": "ControlSocket", "user": "User"}),
+            new,
             server_bind_address=old.server_bind_address,
             server_bind_address2=old.server_bind_address2,
         )
-        if loaded.syslog != self.loaded.syslog:
-            setup_logging(0, syslog_facility=loaded.syslog)
         settings = settings_from_config(kept)
         self.core.reconfigure(settings)
         self.loaded = replace(loaded, config=kept)
@@ -290,9 +288,7 @@ def _rate_limit(settings: ServerSettings) -> str:
 def run_server(config_path: str | None, address: str | None = None) -> int:
     """`teredo server [-c FILE] [ADDRESS]`: serve until SIGTERM/SIGINT; the exit status."""
     loaded = load_server_config(config_path, address)
-    setup_logging(0, syslog_facility=loaded.syslog)
-    for warning in loaded.config.warnings:
-        log.warning("%s", warning)
+    start_logging(loaded)
     return asyncio.run(_serve(loaded))
 
 
