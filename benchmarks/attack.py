@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchlib import (
+    ArmFailed,
     Costs,
     Flood,
     FloodResult,
@@ -65,6 +66,7 @@ from benchlib import (
     cpus_to_split,
     daemon_status,
     first_reply_seconds,
+    generator_lab,
     give_own_cpu,
     group_pids,
     keep_log,
@@ -75,6 +77,7 @@ from benchlib import (
     ratio,
     render_table,
     rss_bytes,
+    run_arm_lab,
     sample,
     si,
     used_between,
@@ -114,10 +117,6 @@ CLIENT_COUNTER: Final = f"""table inet teredo_bench_client {{
   }}
 }}
 """
-
-
-class ArmFailed(Exception):
-    """The arm cannot go on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,26 +466,8 @@ def run_arm(
     arm.impls["client2"] = settings.rest
     arm.impls[role] = impl
     progress(f"{role} round {round_}: {impl} (lab {arm.lab}: {arm.impls})")
-    started = time.monotonic()
-    lab = Lab(
-        arm.lab,
-        nat1=settings.nat,
-        generator=True,
-        progress=lambda message: progress(f"  {message}"),
-        server=arm.impls.get("server", "auto"),
-        relay=arm.impls.get("relay", "auto"),
-        client1=arm.impls.get("client1", "auto"),
-        client2=arm.impls.get("client2", "auto"),
-    )
-    try:
-        lab.up()
-        AttackBench(lab, Flood(binary, lab), arm, settings).run()
-    except (ArmFailed, UserError) as error:
-        progress(f"  FAILED {error}")
-        arm.errors.append(str(error))
-    finally:
-        lab.down()
-        arm.seconds = time.monotonic() - started
+    lab = generator_lab(arm.lab, settings.nat, arm.impls, progress)
+    run_arm_lab(lab, arm, AttackBench(lab, Flood(binary, lab), arm, settings).run, progress)
 
 
 @dataclass(frozen=True, slots=True)

@@ -547,6 +547,59 @@ def ping_argv(destination: str, count: int, interval: float, wait: float = 2.0) 
     ]
 
 
+# -- arms in generator labs --------------------------------------------------------------------
+
+
+class ArmFailed(Exception):
+    """The arm cannot go on."""
+
+
+@dataclass
+class ArmRecord:
+    """What `run_arm_lab` fills in of an arm: how long it took, what went wrong."""
+
+    errors: list[str]
+    seconds: float
+
+
+def generator_lab(
+    name: str,
+    nat: str,
+    impls: dict[str, str],
+    progress: Callable[[str], None],
+    ours_config: dict[str, list[str]] | None = None,
+) -> Lab:
+    """A lab with the generator node, each role run by `impls` (default: "auto")."""
+    return Lab(
+        name,
+        nat1=nat,
+        generator=True,
+        ours_config=ours_config,
+        progress=lambda message: progress(f"  {message}"),
+        server=impls.get("server", "auto"),
+        relay=impls.get("relay", "auto"),
+        client1=impls.get("client1", "auto"),
+        client2=impls.get("client2", "auto"),
+    )
+
+
+def run_arm_lab(
+    lab: Lab, arm: Any, work: Callable[[], None], progress: Callable[[str], None]
+) -> None:
+    """Bring `lab` up, run `work`, and always take the lab down; an arm's failure is recorded
+    in `arm.errors` (the run goes on with the next arm), its duration in `arm.seconds`."""
+    started = time.monotonic()
+    try:
+        lab.up()
+        work()
+    except (ArmFailed, UserError) as error:
+        progress(f"  FAILED {error}")
+        arm.errors.append(str(error))
+    finally:
+        lab.down()
+        arm.seconds = time.monotonic() - started
+
+
 # -- the benchmarks' entry point ----------------------------------------------------------------
 
 

@@ -81,6 +81,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchlib import (
+    ArmFailed,
     Flood,
     Used,
     bench_main,
@@ -89,6 +90,7 @@ from benchlib import (
     compiled_flood,
     count_label,
     cpus_to_split,
+    generator_lab,
     give_own_cpu,
     group_pids,
     keep_log,
@@ -99,6 +101,7 @@ from benchlib import (
     ping_argv,
     render_table,
     rss_bytes,
+    run_arm_lab,
     sample,
     used_between,
 )
@@ -130,10 +133,6 @@ DEFAULT_OURS_MAX_PEERS: Final = 1 << 20  # our relay's default MaxPeers
 MIN_PEERS_FOR_MEMORY: Final = 1000
 DIRECTIONS: Final = ("to_native", "to_teredo")
 DIRECTION_LABEL: Final = {"to_native": "Teredo->native", "to_teredo": "native->Teredo"}
-
-
-class ArmFailed(Exception):
-    """The arm cannot go on (its lab did not come up, the tunnel passes no traffic...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,27 +427,14 @@ def run_arm(round_: int, impl: str, binary: Path, settings: Settings, arms: list
     arms.append(arm)
     arm.impls = lab_impls(impl, settings)
     progress(f"round {round_}: relay {impl} (lab {arm.lab}: {arm.impls})")
-    started = time.monotonic()
-    lab = Lab(
+    lab = generator_lab(
         arm.lab,
-        nat1=settings.nat,
-        generator=True,
+        settings.nat,
+        arm.impls,
+        progress,
         ours_config={"relay": [f"MaxPeers {settings.max_peers}"]},
-        progress=lambda message: progress(f"  {message}"),
-        server=arm.impls.get("server", "auto"),
-        relay=arm.impls.get("relay", "auto"),
-        client1=arm.impls.get("client1", "auto"),
-        client2=arm.impls.get("client2", "auto"),
     )
-    try:
-        lab.up()
-        Bench(lab, Flood(binary, lab), arm, settings).run()
-    except (ArmFailed, UserError) as error:
-        progress(f"  FAILED {error}")
-        arm.errors.append(str(error))
-    finally:
-        lab.down()
-        arm.seconds = time.monotonic() - started
+    run_arm_lab(lab, arm, Bench(lab, Flood(binary, lab), arm, settings).run, progress)
 
 
 @dataclass(frozen=True, slots=True)
