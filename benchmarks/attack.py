@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import math
 import os
 import shutil
@@ -65,6 +64,7 @@ from benchlib import (
     compiled_flood,
     cpus_to_split,
     daemon_status,
+    exit_status,
     first_reply_seconds,
     generator_lab,
     give_own_cpu,
@@ -79,10 +79,11 @@ from benchlib import (
     rss_bytes,
     run_arm_lab,
     sample,
+    save_report,
     si,
     used_between,
 )
-from tunnel import leftovers, machine, progress, random_lab_name
+from tunnel import machine, progress, random_lab_name
 
 from teredo.core.errors import UsageError, UserError
 from teredo.lab.lab import Lab
@@ -709,15 +710,7 @@ def run(settings: Settings) -> int:
         interrupted = True
         progress("interrupted: the labs built so far are torn down; writing what was measured")
     rows = summarize(arms, settings)
-    report["machine"]["loadavg_end"] = os.getloadavg()
-    report["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    report["interrupted"] = interrupted
-    report["arms"] = [arm.to_json() for arm in arms]
-    report["summary"] = rows
-    left = leftovers([arm.lab for arm in arms])
-    report["leftover_namespaces"] = left
-    settings.json_path.parent.mkdir(parents=True, exist_ok=True)
-    settings.json_path.write_text(json.dumps(report, indent=2) + "\n")
+    left = save_report(report, arms, rows, interrupted, settings.json_path)
 
     print(tables(rows, settings))
     print()
@@ -732,14 +725,8 @@ def run(settings: Settings) -> int:
         f"{settings.rest}, NAT1 {settings.nat}, default relay and server settings"
     )
     print(f"raw values: {settings.json_path}")
-    for arm in arms:
-        for error in arm.errors:
-            print(f"error: {arm.role}/{arm.impl} round {arm.round}: {error}", file=sys.stderr)
-    if left:
-        print(f"error: namespaces left behind: {', '.join(left)}", file=sys.stderr)
-    if interrupted:
-        return 130
-    return 1 if left or any(arm.errors for arm in arms) else 0
+    failures = [f"{a.role}/{a.impl} round {a.round}: {e}" for a in arms for e in a.errors]
+    return exit_status(failures, left, interrupted)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ Pure functions (parsing, statistics, formatting) are unit-tested in tests/unit/t
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -28,13 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from teredo.core.errors import UserError
-from teredo.lab import processes
+from teredo.lab import netns, processes
 from teredo.lab.lab import Lab
 
 SettingsT = TypeVar("SettingsT")
@@ -598,6 +599,44 @@ def run_arm_lab(
     finally:
         lab.down()
         arm.seconds = time.monotonic() - started
+
+
+# -- the end of a run ---------------------------------------------------------------------------
+
+
+def leftovers(labs: list[str]) -> list[str]:
+    """Namespaces of this run's labs that still exist (there should be none)."""
+    prefixes = tuple(f"{lab}-" for lab in labs)
+    return [name for name in netns.list_namespaces() if name.startswith(prefixes)]
+
+
+def save_report(
+    report: dict[str, Any], arms: Sequence[Any], summary: Any, interrupted: bool, path: Path
+) -> list[str]:
+    """Complete `report` with how the run ended, its arms (`to_json`) and `summary`, write it
+    to `path` as JSON, and return the namespaces the arms' labs left behind."""
+    report["machine"]["loadavg_end"] = os.getloadavg()
+    report["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    report["interrupted"] = interrupted
+    report["arms"] = [arm.to_json() for arm in arms]
+    report["summary"] = summary
+    left = leftovers([arm.lab for arm in arms])
+    report["leftover_namespaces"] = left
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return left
+
+
+def exit_status(failures: list[str], left: list[str], interrupted: bool) -> int:
+    """Print every failure and leftover namespace; 130 when interrupted, else 1 if anything
+    failed or was left behind."""
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    if left:
+        print(f"error: namespaces left behind: {', '.join(left)}", file=sys.stderr)
+    if interrupted:
+        return 130
+    return 1 if failures or left else 0
 
 
 # -- the benchmarks' entry point ----------------------------------------------------------------

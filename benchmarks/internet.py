@@ -69,7 +69,6 @@ import argparse
 import dataclasses
 import datetime
 import functools
-import json
 import os
 import shutil
 import subprocess
@@ -90,6 +89,7 @@ from benchlib import (
     compiled_flood,
     count_label,
     cpus_to_split,
+    exit_status,
     generator_lab,
     give_own_cpu,
     group_pids,
@@ -103,9 +103,10 @@ from benchlib import (
     rss_bytes,
     run_arm_lab,
     sample,
+    save_report,
     used_between,
 )
-from tunnel import leftovers, machine, progress, random_lab_name
+from tunnel import machine, progress, random_lab_name
 
 from teredo.core.errors import UsageError, UserError
 from teredo.lab.generator import SINK_PORT
@@ -705,15 +706,7 @@ def run(settings: Settings) -> int:
         interrupted = True
         progress("interrupted: the labs built so far are torn down; writing what was measured")
     summary = summarize(arms, settings)
-    report["machine"]["loadavg_end"] = os.getloadavg()
-    report["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    report["interrupted"] = interrupted
-    report["arms"] = [arm.to_json() for arm in arms]
-    report["summary"] = summary["rows"]
-    left = leftovers([arm.lab for arm in arms])
-    report["leftover_namespaces"] = left
-    settings.json_path.parent.mkdir(parents=True, exist_ok=True)
-    settings.json_path.write_text(json.dumps(report, indent=2) + "\n")
+    left = save_report(report, arms, summary["rows"], interrupted, settings.json_path)
 
     print(tables(summary, settings))
     print()
@@ -731,14 +724,8 @@ def run(settings: Settings) -> int:
         "plain IPv6 forwarding over the same hops"
     )
     print(f"raw values: {settings.json_path}")
-    for arm in arms:
-        for error in arm.errors:
-            print(f"error: {arm.impl} round {arm.round}: {error}", file=sys.stderr)
-    if left:
-        print(f"error: namespaces left behind: {', '.join(left)}", file=sys.stderr)
-    if interrupted:
-        return 130
-    return 1 if left or any(arm.errors for arm in arms) else 0
+    failures = [f"{a.impl} round {a.round}: {e}" for a in arms for e in a.errors]
+    return exit_status(failures, left, interrupted)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,7 +57,7 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any, Final
 
-from benchlib import bench_main
+from benchlib import bench_main, exit_status, save_report
 
 from teredo.core.errors import ParseError, UsageError, UserError
 from teredo.core.wire import ICMPv6Type, icmpv6_message, is_router_solicitation, parse_teredo_packet
@@ -831,12 +831,6 @@ def check_machine() -> None:
         raise UserError(f"missing {', '.join(missing)}: run `bash scripts/setup` first")
 
 
-def leftovers(labs: list[str]) -> list[str]:
-    """Namespaces of this run's labs that still exist (there should be none)."""
-    prefixes = tuple(f"{lab}-" for lab in labs)
-    return [name for name in netns.list_namespaces() if name.startswith(prefixes)]
-
-
 def run(settings: Settings) -> int:
     check_machine()
     report: dict[str, Any] = {
@@ -871,15 +865,7 @@ def run(settings: Settings) -> int:
         interrupted = True
         progress("interrupted: the labs built so far are torn down; writing what was measured")
     rows = summarize(arms, settings)
-    report["machine"]["loadavg_end"] = os.getloadavg()
-    report["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    report["interrupted"] = interrupted
-    report["arms"] = [arm.to_json() for arm in arms]
-    report["summary"] = rows
-    left = leftovers([arm.lab for arm in arms])
-    report["leftover_namespaces"] = left
-    settings.json_path.parent.mkdir(parents=True, exist_ok=True)
-    settings.json_path.write_text(json.dumps(report, indent=2) + "\n")
+    left = save_report(report, arms, rows, interrupted, settings.json_path)
 
     info = report["machine"]
     print(table(rows))
@@ -901,19 +887,13 @@ def run(settings: Settings) -> int:
     )
     print(f"raw values: {settings.json_path}")
     failures = [f"{a.role}/{a.impl} round {a.round}: {e}" for a in arms for e in a.errors]
-    for failure in failures:
-        print(f"error: {failure}", file=sys.stderr)
-    if left:
-        print(f"error: namespaces left behind: {', '.join(left)}", file=sys.stderr)
-    if interrupted:
-        return 130
-    missing = [
-        f"{a.role}/{a.impl} round {a.round}: {name}"
+    failures += [
+        f"{a.role}/{a.impl} round {a.round}: no {name} measured"
         for a in arms
         for name, value in a.metrics.items()
         if value is None
     ]
-    return 1 if missing or left else 0
+    return exit_status(failures, left, interrupted)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from benchlib import (
     attached_program_ids,
     comparison,
     count_label,
+    exit_status,
     first_reply_seconds,
     median,
     parse_count,
@@ -165,3 +166,13 @@ def test_parse_pings() -> None:
     nothing = parse_pings("5 packets transmitted, 0 received, 100% packet loss")
     assert nothing.loss == 100.0 and first_reply_seconds(nothing, 0.1) is None
     assert Pings(0, 0, {}).stats()["loss_pct"] is None
+
+
+def test_exit_status_prints_every_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_status([], [], interrupted=False) == 0
+    assert exit_status(["relay/ours round 1: lab down"], [], interrupted=False) == 1
+    assert exit_status([], ["bench-x-relay"], interrupted=False) == 1
+    assert exit_status(["anything"], [], interrupted=True) == 130
+    err = capsys.readouterr().err
+    assert "error: relay/ours round 1: lab down" in err
+    assert "error: namespaces left behind: bench-x-relay" in err
