@@ -45,8 +45,6 @@ import argparse
 import dataclasses
 import datetime
 import math
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -76,6 +74,7 @@ from benchlib import (
     ping_argv,
     ratio,
     render_table,
+    require_root_and_tools,
     rss_bytes,
     run_arm_lab,
     sample,
@@ -151,19 +150,6 @@ class Arm:
     raw: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "round": self.round,
-            "impl": self.impl,
-            "lab": self.lab,
-            "impls": self.impls,
-            "metrics": self.metrics,
-            "raw": self.raw,
-            "errors": self.errors,
-            "seconds": round(self.seconds, 1),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,16 +656,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
 
 
-def check_machine() -> None:
-    if os.geteuid() != 0:
-        raise UserError("the benchmark builds network namespaces: run it as root")
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-    if missing:
-        raise UserError(f"missing {', '.join(missing)}: run `bash scripts/setup` first")
-
-
 def run(settings: Settings) -> int:
-    check_machine()
+    require_root_and_tools(REQUIRED_TOOLS)
     report: dict[str, Any] = {
         "benchmark": "attack",
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

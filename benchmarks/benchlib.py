@@ -15,6 +15,7 @@ Pure functions (parsing, statistics, formatting) are unit-tested in tests/unit/t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -32,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 from teredo.core.errors import UserError
 from teredo.lab import netns, processes
@@ -555,12 +556,19 @@ class ArmFailed(Exception):
     """The arm cannot go on."""
 
 
-@dataclass
-class ArmRecord:
-    """What `run_arm_lab` fills in of an arm: how long it took, what went wrong."""
+class ArmRecord(Protocol):
+    """What every benchmark's arm (a dataclass) has: its lab, what went wrong, how long it
+    took. `run_arm_lab` fills in the last two; `save_report` writes every field."""
 
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    lab: str
     errors: list[str]
     seconds: float
+
+
+def arm_json(arm: ArmRecord) -> dict[str, Any]:
+    """An arm's fields as JSON, its duration to a tenth of a second."""
+    return {**dataclasses.asdict(arm), "seconds": round(arm.seconds, 1)}
 
 
 def generator_lab(
@@ -585,7 +593,7 @@ def generator_lab(
 
 
 def run_arm_lab(
-    lab: Lab, arm: Any, work: Callable[[], None], progress: Callable[[str], None]
+    lab: Lab, arm: ArmRecord, work: Callable[[], None], progress: Callable[[str], None]
 ) -> None:
     """Bring `lab` up, run `work`, and always take the lab down; an arm's failure is recorded
     in `arm.errors` (the run goes on with the next arm), its duration in `arm.seconds`."""
@@ -601,6 +609,15 @@ def run_arm_lab(
         arm.seconds = time.monotonic() - started
 
 
+def require_root_and_tools(tools: Iterable[str]) -> None:
+    """A benchmark builds network namespaces (root) and runs `tools`."""
+    if os.geteuid() != 0:
+        raise UserError("the benchmark builds network namespaces: run it as root")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        raise UserError(f"missing {', '.join(missing)}: run `bash scripts/setup` first")
+
+
 # -- the end of a run ---------------------------------------------------------------------------
 
 
@@ -611,14 +628,18 @@ def leftovers(labs: list[str]) -> list[str]:
 
 
 def save_report(
-    report: dict[str, Any], arms: Sequence[Any], summary: Any, interrupted: bool, path: Path
+    report: dict[str, Any],
+    arms: Sequence[ArmRecord],
+    summary: Any,
+    interrupted: bool,
+    path: Path,
 ) -> list[str]:
-    """Complete `report` with how the run ended, its arms (`to_json`) and `summary`, write it
+    """Complete `report` with how the run ended, its arms and `summary`, write it
     to `path` as JSON, and return the namespaces the arms' labs left behind."""
     report["machine"]["loadavg_end"] = os.getloadavg()
     report["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     report["interrupted"] = interrupted
-    report["arms"] = [arm.to_json() for arm in arms]
+    report["arms"] = [arm_json(arm) for arm in arms]
     report["summary"] = summary
     left = leftovers([arm.lab for arm in arms])
     report["leftover_namespaces"] = left

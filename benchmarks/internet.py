@@ -69,8 +69,6 @@ import argparse
 import dataclasses
 import datetime
 import functools
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -100,6 +98,7 @@ from benchlib import (
     per,
     ping_argv,
     render_table,
+    require_root_and_tools,
     rss_bytes,
     run_arm_lab,
     sample,
@@ -163,18 +162,6 @@ class Arm:
     raw: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "impl": self.impl,
-            "lab": self.lab,
-            "impls": self.impls,
-            "metrics": self.metrics,
-            "raw": self.raw,
-            "errors": self.errors,
-            "seconds": round(self.seconds, 1),
-        }
 
 
 def metric(n: int | None, name: str) -> str:
@@ -652,11 +639,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
 def check_machine(settings: Settings) -> Settings:
     """Root and the tools; drop the N the machine has no memory for (saying so)."""
-    if os.geteuid() != 0:
-        raise UserError("the benchmark builds network namespaces: run it as root")
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-    if missing:
-        raise UserError(f"missing {', '.join(missing)}: run `bash scripts/setup` first")
+    require_root_and_tools(REQUIRED_TOOLS)
     available = 0
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):

@@ -57,7 +57,7 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any, Final
 
-from benchlib import bench_main, exit_status, save_report
+from benchlib import bench_main, exit_status, require_root_and_tools, save_report
 
 from teredo.core.errors import ParseError, UsageError, UserError
 from teredo.core.wire import ICMPv6Type, icmpv6_message, is_router_solicitation, parse_teredo_packet
@@ -163,20 +163,6 @@ class Arm:
     raw: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "round": self.round,
-            "impl": self.impl,
-            "lab": self.lab,
-            "impls": self.impls,
-            "teredo_address": self.teredo_address,
-            "metrics": self.metrics,
-            "raw": self.raw,
-            "errors": self.errors,
-            "seconds": round(self.seconds, 1),
-        }
 
 
 _started = time.monotonic()
@@ -823,16 +809,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
 
 
-def check_machine() -> None:
-    if os.geteuid() != 0:
-        raise UserError("the benchmark builds network namespaces: run it as root")
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-    if missing:
-        raise UserError(f"missing {', '.join(missing)}: run `bash scripts/setup` first")
-
-
 def run(settings: Settings) -> int:
-    check_machine()
+    require_root_and_tools(REQUIRED_TOOLS)
     report: dict[str, Any] = {
         "benchmark": "tunnel",
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

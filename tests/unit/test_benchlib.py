@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pytest
 from benchlib import (
     FloodResult,
     Pings,
+    arm_json,
     attached_program_ids,
     comparison,
     count_label,
@@ -176,3 +179,17 @@ def test_exit_status_prints_every_failure(capsys: pytest.CaptureFixture[str]) ->
     err = capsys.readouterr().err
     assert "error: relay/ours round 1: lab down" in err
     assert "error: namespaces left behind: bench-x-relay" in err
+
+
+def test_arm_json_keeps_field_order_and_rounds_seconds() -> None:
+    @dataclass
+    class Arm:
+        round: int
+        lab: str = ""
+        errors: list[str] = field(default_factory=list)
+        seconds: float = 0.0
+
+    arm = Arm(round=2, lab="bnabcde", errors=["lab down"], seconds=12.345)
+    document = arm_json(arm)
+    assert list(document) == ["round", "lab", "errors", "seconds"]
+    assert document == {"round": 2, "lab": "bnabcde", "errors": ["lab down"], "seconds": 12.3}
