@@ -463,6 +463,16 @@ class Row:
     label: str
 
 
+# What a relay flood costs the relay, the same rows for every relay attack.
+RELAY_COSTS: Final = (
+    Row("flood_pps", "flood packets/s sent"),
+    Row("cpu_s", "relay CPU s"),
+    Row("cpu_us_per_flood_packet", "relay CPU us per flood packet"),
+    Row("rss_mb", "relay RSS MB after"),
+    Row("rss_peak_mb", "relay RSS MB peak"),
+    Row("out_per_in", "relay packets out per packet in"),
+)
+
 ROWS: Final = {
     "bubbles": (
         Row("legit_to_native_loss_pct", "client1->native loss %"),
@@ -473,12 +483,7 @@ ROWS: Final = {
         Row("legit_to_client_max_ms", "native->client1 RTT max ms"),
         Row("client1_set_up_again", "client1 set up again (bubbles relayed to it)"),
         Row("evicted_peers", "peers evicted (our relay's counter)"),
-        Row("flood_pps", "flood packets/s sent"),
-        Row("cpu_s", "relay CPU s"),
-        Row("cpu_us_per_flood_packet", "relay CPU us per flood packet"),
-        Row("rss_mb", "relay RSS MB after"),
-        Row("rss_peak_mb", "relay RSS MB peak"),
-        Row("out_per_in", "relay packets out per packet in"),
+        *RELAY_COSTS,
     ),
     "destinations": (
         Row("new_client_first_reply_s", "new client2: first reply after s"),
@@ -489,12 +494,7 @@ ROWS: Final = {
         Row("legit_to_client_loss_pct", "native->client1 loss %"),
         Row("legit_to_client_max_ms", "native->client1 RTT max ms"),
         Row("evicted_peers", "peers evicted (our relay's counter)"),
-        Row("flood_pps", "flood packets/s sent"),
-        Row("cpu_s", "relay CPU s"),
-        Row("cpu_us_per_flood_packet", "relay CPU us per flood packet"),
-        Row("rss_mb", "relay RSS MB after"),
-        Row("rss_peak_mb", "relay RSS MB peak"),
-        Row("out_per_in", "relay packets out per packet in"),
+        *RELAY_COSTS,
     ),
     "rs": (
         Row("qualify_s", "client1 launch -> address s"),
