@@ -87,6 +87,9 @@ from teredo.core.qualification import (
     ServerPair,
 )
 from teredo.core.status import ClientEngineStatus
+from teredo.core.trailers import (
+    trailer_nonce,
+)
 from teredo.core.wire import (
     ALL_NODES,
     IPV6_HEADER_LENGTH,
@@ -98,7 +101,6 @@ from teredo.core.wire import (
     encode_echo,
     is_bubble,
     parse_teredo_packet,
-    trailer_nonce,
 )
 
 log = logging.getLogger(__name__)
