@@ -86,6 +86,7 @@ from teredo.core.qualification import (
     QualifierEvent,
     ServerPair,
 )
+from teredo.core.secure_qualification import ClientKey
 from teredo.core.status import ClientEngineStatus
 from teredo.core.trailers import (
     trailer_nonce,
@@ -124,6 +125,7 @@ class ClientSettings:
     )
     refresh_interval: float = 30.0
     local_discovery: bool = False
+    key: ClientKey | None = None  # secure qualification (RFC 4380 §5.2.2)
 
 
 ClientEvent = QualifierEvent
@@ -162,6 +164,7 @@ class TeredoClient(PeeringEngine):
             refresh_interval=settings.refresh_interval,
             local=local,
             prefixes=(settings.tunnel.prefix,),
+            key=settings.key,
         )
         self.address: IPv6Address | None = None
         self._address_bytes: bytes | None = None
@@ -200,6 +203,7 @@ class TeredoClient(PeeringEngine):
         self.client_settings = settings
         self.reconfigure(settings.tunnel)
         self.qualifier.refresh_interval = settings.refresh_interval
+        self.qualifier.key = settings.key
         self.qualifier.set_servers(settings.servers, now)
         if not settings.local_discovery:
             self._discovery_at = None
