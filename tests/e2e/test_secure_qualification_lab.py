@@ -96,7 +96,8 @@ def test_a_wrong_secret_is_refused_and_counted_after_sighup(
     os.kill(record.pid, signal.SIGHUP)
 
     def refused() -> bool:
-        return daemon_status(lab, "srv")["drops"].get("authentication_failed", 0) >= 1
+        drops: dict[str, int] = daemon_status(lab, "srv")["drops"]
+        return drops.get("authentication_failed", 0) >= 1
 
     assert wait_for(refused), daemon_status(lab, "srv")
     assert "client keys: 2 from" in Path(record.log).read_text()
