@@ -16,6 +16,8 @@ import itertools
 from ipaddress import IPv4Address
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fakenet import PORT_RESTRICTED, FakeNetwork, Nat, ServerNode
 from teredo.adapters import accel
@@ -313,3 +315,25 @@ def test_client_and_server_qualify_through_a_nat_with_the_key(
         assert server.counters["router_advertisements_authenticated"] == 2
     else:
         assert server.drops["authentication_failed"] == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    client_id=st.sampled_from([b"", b"alice", b"bob"]) | st.binary(max_size=8),
+    auth_value=st.sampled_from([b"", RS_VALUE]) | st.binary(max_size=24),
+    confirmation=st.integers(0, 255),
+    required=st.booleans(),
+    cut=st.integers(0, 120),
+)
+def test_arbitrary_authentication_headers_are_answered_or_dropped_by_name(
+    client_id: bytes, auth_value: bytes, confirmation: int, required: bool, cut: int
+) -> None:
+    server = make_server(required=required)
+    data = rs(Authentication(NONCE, confirmation, client_id, auth_value))
+    server.receive_datagram(data[: len(data) - cut % len(data)], CLIENT, PRIMARY, 0.0)
+    answers = server.datagrams_to_send()
+    assert len(answers) + sum(server.drops.values()) == 1
+    assert set(server.drops) <= set(DROP_REASONS)
+    if answers and (required or client_id):
+        assert client_id == b"alice" and auth_value == RS_VALUE and confirmation == 0
+        assert answers[0].data == SIGNED_RA
