@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -77,6 +75,9 @@ def authentication_value(
 ) -> bytes:
     """HMAC-SHA1 keyed with `secret` over nonce, confirmation byte, origin indication (the 8
     bytes on the wire, or b"" when absent) and IPv6 packet (RFC 4380 §5.2.2)."""
+    import hashlib  # here, not at the top: a server without keys never loads OpenSSL's hashes
+    import hmac
+
     message = nonce + bytes((confirmation,)) + origin + ipv6
     return hmac.new(secret, message, hashlib.sha1).digest()
 
@@ -95,6 +96,8 @@ def sign(
 
 def verify(auth: Authentication, secret: bytes, ipv6: bytes, origin: bytes = b"") -> bool:
     """Whether `auth` carries the value `secret` gives for this packet (in constant time)."""
+    import hmac
+
     expected = authentication_value(secret, auth.nonce, auth.confirmation, origin, ipv6)
     return hmac.compare_digest(auth.auth_value, expected)
 
