@@ -70,6 +70,17 @@ class ClientKey:
         return f"ClientKey(identifier={self.identifier!r}, secret=<{len(self.secret)} bytes>)"
 
 
+def load_algorithm() -> None:
+    """Import what HMAC-SHA1 needs, now. The hashes are imported lazily (a server without keys
+    never loads OpenSSL's), so a daemon that will use a key calls this before it drops its
+    privileges: afterwards the interpreter's library may be out of its reach
+    (`teredo.adapters.privileges`)."""
+    import hashlib
+    import hmac
+
+    del hashlib, hmac
+
+
 def authentication_value(
     secret: bytes, nonce: bytes, confirmation: int, origin: bytes, ipv6: bytes
 ) -> bytes:

@@ -8,8 +8,9 @@ be root's, mode 0600), and again on SIGHUP.
 
 from __future__ import annotations
 
+from teredo.core import secure_qualification
 from teredo.core.config import ClientConfig
-from teredo.core.errors import UsageError
+from teredo.core.errors import UsageError, UserError
 from teredo.core.secure_qualification import (
     MAX_KEY_FILE_BYTES,
     ClientKey,
@@ -35,10 +36,24 @@ def read_key_text(path: str, what: str) -> str:
         raise UsageError(f"the {what} {path} is not ASCII text; is it the right file?") from None
 
 
+def load_algorithm() -> None:
+    """`secure_qualification.load_algorithm`, failing in one sentence: on SIGHUP, after the
+    privileges were dropped, the library may be out of reach (then a restart turns keys on)."""
+    try:
+        secure_qualification.load_algorithm()
+    except ImportError as error:
+        raise UserError(
+            f"cannot load HMAC-SHA1 ({error}) now that privileges are dropped; restart the "
+            "daemon to use the keys"
+        ) from None
+
+
 def client_key(config: ClientConfig) -> ClientKey | None:
-    """The client's key from ClientIdentifier and SharedSecret or SharedSecretFile, or None."""
+    """The client's key from ClientIdentifier and SharedSecret or SharedSecretFile, or None.
+    Called before privileges are dropped, it also loads the algorithm (`load_algorithm`)."""
     if config.client_identifier is None:
         return None
+    load_algorithm()
     secret = config.shared_secret
     if secret is None:
         assert config.shared_secret_file is not None  # the configuration checked it
@@ -51,5 +66,8 @@ def client_key(config: ClientConfig) -> ClientKey | None:
 
 
 def client_keys(path: str) -> dict[bytes, bytes]:
-    """The clients' keys of a server's ClientKeyFile, identifier -> secret."""
-    return parse_key_file(read_key_text(path, "client key file (ClientKeyFile)"), path)
+    """The clients' keys of a server's ClientKeyFile, identifier -> secret; also loads the
+    algorithm (`load_algorithm`)."""
+    keys = parse_key_file(read_key_text(path, "client key file (ClientKeyFile)"), path)
+    load_algorithm()
+    return keys
