@@ -19,13 +19,17 @@ test and the bubbles to the relay carry hop limit 21.
 from __future__ import annotations
 
 import itertools
+import os
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
+from fakenet import FULLCONE, PORT_RESTRICTED, ClientNode, FakeNetwork, Nat, ServerNode
 from teredo.adapters import accel
-from teredo.core.address import parse_teredo_address, server_link_local
+from teredo.core.address import encode_teredo_address, parse_teredo_address, server_link_local
+from teredo.core.client import ClientSettings, TeredoClient
 from teredo.core.peering import PeeringSettings
+from teredo.core.qualification import ServerPair
 from teredo.core.relay import TeredoRelay
 from teredo.core.server import (
     BATCH_SIZE,
@@ -41,6 +45,7 @@ from teredo.core.wire import (
     encode_bubble,
     encode_echo,
     is_bubble,
+    is_echo,
     is_router_solicitation,
     parse_echo,
     parse_router_advertisement,
@@ -259,3 +264,117 @@ def test_hop_limit_21_echo_request_survives_our_server_and_the_reply_our_relay()
     relay.receive_datagram(TCP_SYN, CLIENT_MAPPING, 0.0)  # the client is known to the relay
     relay.send_ipv6(reply, 0.1)
     assert relay.datagrams_to_send() == [(reply, CLIENT_MAPPING)]
+
+
+# -- our client with a Windows client as its peer ----------------------------------------------
+
+
+class WindowsPeer:
+    """A fake node that behaves as the trace's Windows client does: it qualifies with the RS of
+    frame 6 (C=1, nonce-only, a source link-layer option) and takes the address with flags
+    0x8000 and no random bits; it answers an indirect bubble relayed by its server with a direct
+    bubble of hop limit 21 (frames 29, 31); it answers echo requests with hop limit 128, its
+    stack's default (frame 34); and it sends no RFC 6081 trailer."""
+
+    def __init__(self, private: tuple[str, int]) -> None:
+        self.address = private
+        self.teredo: IPv6Address | None = None
+        self.outbox: list[tuple[bytes, tuple[str, int]]] = [(WINDOWS_RS, (str(MICROSOFT), 3544))]
+        self.received: list[bytes] = []
+        self.direct_bubbles: list[bytes] = []
+        self.queue: dict[IPv6Address, list[bytes]] = {}
+
+    def send(self, packet: bytes) -> None:
+        """A first packet to a Teredo peer: held, with an indirect bubble through the peer's
+        server and a direct one to its mapping (RFC 4380 §5.2.4, hop limit 21 as in frame 29)."""
+        assert self.teredo is not None
+        peer = IPv6Address(packet[24:40])
+        self.queue.setdefault(peer, []).append(packet)
+        teredo = parse_teredo_address(peer)
+        bubble = encode_bubble(self.teredo, peer, hop_limit=21)
+        self.outbox.append((bubble, (str(teredo.server), 3544)))
+        self.outbox.append((bubble, (str(teredo.mapped_address), teredo.mapped_port)))
+
+    def collect(self, now: float) -> list[tuple[bytes, tuple[str, int], str | None]]:
+        out, self.outbox = self.outbox, []
+        return [(data, to, None) for data, to in out]
+
+    def deliver(
+        self, payload: bytes, source: tuple[str, int], destination: object, now: float
+    ) -> None:
+        packet = parse_teredo_packet(payload)
+        ipv6 = packet.ipv6
+        if packet.authentication is not None and packet.origin is not None:
+            parse_router_advertisement(ipv6)
+            origin = packet.origin
+            self.teredo = encode_teredo_address(MICROSOFT, origin.address, origin.port, 0x8000)
+            return
+        assert self.teredo is not None
+        peer = IPv6Address(ipv6[8:24])
+        if packet.origin is not None and is_bubble(ipv6):
+            bubble = encode_bubble(self.teredo, peer, hop_limit=21)
+            self.outbox.append((bubble, packet.origin.endpoint))
+            return
+        if is_bubble(ipv6):
+            self.direct_bubbles.append(ipv6)
+            for waiting in self.queue.pop(peer, []):  # the peer answered: send what waited
+                self.outbox.append((waiting, source))
+            return
+        self.received.append(ipv6)
+        if is_echo(ipv6) and parse_echo(ipv6).is_request:
+            echo = parse_echo(ipv6)
+            reply = encode_echo(
+                self.teredo, peer, echo.identifier, echo.sequence, echo.data, False, 128
+            )
+            self.outbox.append((reply, source))
+
+
+def windows_and_our_client() -> tuple[FakeNetwork, WindowsPeer, TeredoClient, ClientNode, float]:
+    """Our server (at Microsoft's addresses), the Windows client behind a full-cone NAT at the
+    trace's mapping, our client behind a port-restricted NAT; both qualified."""
+    net = FakeNetwork()
+    ServerNode(microsoft_like_server(), net)
+    windows = WindowsPeer(("192.168.2.16", 3797))
+    net.attach(windows, Nat(CLIENT_MAPPING[0], FULLCONE, port_preserving=True))
+    client = TeredoClient(
+        ClientSettings(servers=(ServerPair(MICROSOFT, MICROSOFT_2),)),
+        random_bytes=os.urandom,
+        secret=os.urandom(32),
+        now=0.0,
+        local=("10.1.0.2", 5000),
+    )
+    node = ClientNode(client, ("10.1.0.2", 5000))
+    net.attach(node, Nat("198.51.100.77", PORT_RESTRICTED))
+    client.start(0.0)
+    now = net.advance(0.0, 1.0)
+    assert windows.teredo == CLIENT_ADDRESS  # what the trace's client got, from our server
+    assert client.address is not None
+    return net, windows, client, node, now
+
+
+def test_our_client_reaches_a_windows_client() -> None:
+    """Our bubbles, the Windows client's direct bubble (hop limit 21) back, then our ping and
+    its answer (hop limit 128)."""
+    net, windows, client, node, now = windows_and_our_client()
+    assert client.address is not None
+    request = encode_echo(client.address, CLIENT_ADDRESS, 7, 1, b"from teredo")
+    client.send_ipv6(request, now)
+    net.advance(now, now + 1.0)
+    assert windows.received == [request]
+    reply = encode_echo(CLIENT_ADDRESS, client.address, 7, 1, b"from teredo", False, 128)
+    assert node.delivered == [reply]
+
+
+def test_a_windows_client_reaches_our_client() -> None:
+    """The Windows client's bubbles (hop limit 21, no RFC 6081 nonce), our direct bubble back
+    to the origin our server names, then its ping, answered."""
+    net, windows, client, node, now = windows_and_our_client()
+    assert client.address is not None
+    ping = encode_echo(CLIENT_ADDRESS, client.address, 9, 1, b"from windows", True, 128)
+    windows.send(ping)
+    now = net.advance(now, now + 1.0)
+    assert node.delivered == [ping]
+    answer = encode_echo(client.address, CLIENT_ADDRESS, 9, 1, b"from windows", False, 64)
+    client.send_ipv6(answer, now)
+    net.advance(now, now + 1.0)
+    assert windows.received == [answer]
