@@ -19,9 +19,7 @@ from teredo.core.address import Endpoint, encode_teredo_address, teredo_mapping
 from teredo.core.peering import PeeringEngine, PeeringSettings, bubble_cookie
 from teredo.core.peers import Peer
 from teredo.core.relay import TeredoRelay
-from teredo.core.trailers import (
-    trailer_nonce,
-)
+from teredo.core.trailers import trailer_nonce
 from teredo.core.wire import (
     ICMPv6Type,
     TeredoPacket,

@@ -24,9 +24,7 @@ from teredo.core.config import RelayType, parse_relay_config
 from teredo.core.peering import PeeringSettings
 from teredo.core.relay import TeredoRelay
 from teredo.core.server import ServerSettings, TeredoServer
-from teredo.core.trailers import (
-    trailer_nonce,
-)
+from teredo.core.trailers import trailer_nonce
 from teredo.core.wire import (
     Authentication,
     ICMPv6Type,

@@ -88,9 +88,7 @@ from teredo.core.qualification import (
 )
 from teredo.core.secure_qualification import ClientKey
 from teredo.core.status import ClientEngineStatus
-from teredo.core.trailers import (
-    trailer_nonce,
-)
+from teredo.core.trailers import trailer_nonce
 from teredo.core.wire import (
     ALL_NODES,
     IPV6_HEADER_LENGTH,
