@@ -41,6 +41,10 @@ from teredo.core.qualification import (
 )
 from teredo.core.relay import TeredoRelay
 from teredo.core.server import ServerSettings, TeredoServer
+from teredo.core.trailers import (
+    nonce_trailer,
+    trailer_nonce,
+)
 from teredo.core.wire import (
     ALL_NODES,
     Authentication,
@@ -50,10 +54,8 @@ from teredo.core.wire import (
     encode_echo,
     encode_teredo_packet,
     is_echo,
-    nonce_trailer,
     parse_echo,
     parse_teredo_packet,
-    trailer_nonce,
 )
 
 PRIMARY = IPv4Address("198.51.100.2")

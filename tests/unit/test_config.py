@@ -922,3 +922,54 @@ def test_agrees_with_miredo_checkconf(tmp_path: Path, text: str, valid: bool) ->
         assert miredo is not valid
     else:
         assert miredo is valid
+
+
+# ---------------------------------------------------------------------------------------------
+# Secure qualification (RFC 4380 §5.2.2)
+
+SERVER_BASE = "ServerBindAddress 198.51.100.2\n"
+CLIENT_BASE = "ServerAddress 198.51.100.2\n"
+
+
+def test_client_key_inline_and_in_a_file() -> None:
+    config = parse_client_config(CLIENT_BASE + "ClientIdentifier alice\nSharedSecret 00ff\n")
+    assert (config.client_identifier, config.shared_secret) == (b"alice", b"\x00\xff")
+    assert "00ff" not in repr(config) and "\\xff" not in repr(config)
+    config = parse_client_config(
+        CLIENT_BASE + "ClientIdentifier bob\nSharedSecretFile /etc/teredo/secret\n"
+    )
+    assert (config.client_identifier, config.shared_secret_file) == (b"bob", "/etc/teredo/secret")
+    config = parse_client_config(CLIENT_BASE + "ClientIdentifier c\nSharedSecret base64:AAE=\n")
+    assert config.shared_secret == b"\x00\x01"
+    assert parse_client_config(CLIENT_BASE).client_identifier is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ("ClientIdentifier alice\n", "ClientIdentifier needs the client's secret"),
+        ("SharedSecret 00ff\n", "a shared secret needs the identifier"),
+        ("SharedSecretFile /s\n", "a shared secret needs the identifier"),
+        (
+            "ClientIdentifier a\nSharedSecret 00\nSharedSecretFile /s\n",
+            "set SharedSecret or SharedSecretFile, not both",
+        ),
+        ("ClientIdentifier a\nSharedSecret 0f0\n", "SharedSecret must be an even number of hex"),
+        ("ClientIdentifier a\nSharedSecret base64:!!\n", "SharedSecret is not valid base64"),
+        ("ClientIdentifier a\nSharedSecretFile secret\n", "must be an absolute path"),
+    ],
+)
+def test_client_key_errors(lines: str, expected: str) -> None:
+    with pytest.raises(UsageError, match=expected):
+        parse_client_config(CLIENT_BASE + lines)
+
+
+def test_server_key_file_and_requirement() -> None:
+    config = parse_server_config(SERVER_BASE)
+    assert (config.client_key_file, config.require_authentication) == (None, False)
+    config = parse_server_config(
+        SERVER_BASE + "ClientKeyFile /etc/teredo/clients\nRequireAuthentication yes\n"
+    )
+    assert (config.client_key_file, config.require_authentication) == ("/etc/teredo/clients", True)
+    with pytest.raises(UsageError, match="RequireAuthentication yes needs the clients' keys"):
+        parse_server_config(SERVER_BASE + "RequireAuthentication yes\n")

@@ -19,6 +19,7 @@ from teredo.core.address import Endpoint, encode_teredo_address, teredo_mapping
 from teredo.core.peering import PeeringEngine, PeeringSettings, bubble_cookie
 from teredo.core.peers import Peer
 from teredo.core.relay import TeredoRelay
+from teredo.core.trailers import trailer_nonce
 from teredo.core.wire import (
     ICMPv6Type,
     TeredoPacket,
@@ -28,7 +29,6 @@ from teredo.core.wire import (
     encode_ipv6_packet,
     icmpv6_message,
     parse_teredo_packet,
-    trailer_nonce,
 )
 
 SERVER = ("198.51.100.2", 3544)
@@ -460,3 +460,20 @@ def test_the_bare_bubble_shortcut_decides_as_the_full_path() -> None:
         super(TeredoRelay, full).receive_datagram(packet, source, 1.0)
     assert shortcut.counters == full.counters and shortcut.drops == full.drops
     assert len(shortcut.peers) == len(full.peers) == 0
+
+
+def test_malformed_and_misplaced_trailers_are_dropped_and_counted() -> None:
+    """RFC 6081 §5.1.2: processing stops at a malformed trailer, the packet is still used;
+    §4.2-§4.5: trailers ride on bubbles only, the Alternate Address on indirect ones only."""
+    engine = relay()
+    peer = teredo()
+    bubble = encode_ipv6_packet(IPv6Address(peer), NATIVE, 59, b"")
+    engine.receive_datagram(bubble + bytes.fromhex("01 04 dead"), ("203.0.113.2", 40000), 0.0)
+    assert engine.drops.get("malformed_trailer") == 1
+    alternate = bytes.fromhex("03 08 0000 cb007101 0ed5")
+    engine.receive_datagram(bubble + alternate, ("203.0.113.2", 40000), 0.0)
+    assert engine.drops.get("misplaced_trailer") == 1
+    echo = from_peer(peer) + bytes.fromhex("01 04 deadbeef")
+    engine.receive_datagram(echo, ("203.0.113.2", 40000), 0.0)
+    assert engine.drops.get("misplaced_trailer") == 2
+    assert engine.packets_to_deliver() == [from_peer(peer)]  # the packet itself goes on

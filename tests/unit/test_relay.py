@@ -24,6 +24,7 @@ from teredo.core.config import RelayType, parse_relay_config
 from teredo.core.peering import PeeringSettings
 from teredo.core.relay import TeredoRelay
 from teredo.core.server import ServerSettings, TeredoServer
+from teredo.core.trailers import trailer_nonce
 from teredo.core.wire import (
     Authentication,
     ICMPv6Type,
@@ -38,7 +39,6 @@ from teredo.core.wire import (
     is_echo,
     parse_router_advertisement,
     parse_teredo_packet,
-    trailer_nonce,
 )
 
 SERVER = ("198.51.100.2", 3544)

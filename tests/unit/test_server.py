@@ -25,18 +25,20 @@ from teredo.core.server import (
     SourceRateLimiter,
     TeredoServer,
 )
+from teredo.core.trailers import (
+    Trailer,
+    encode_trailers,
+    nonce_trailer,
+)
 from teredo.core.wire import (
     Authentication,
     OriginIndication,
     TeredoPacket,
-    Trailer,
     encode_bubble,
     encode_echo,
     encode_ipv6_packet,
     encode_router_solicitation,
     encode_teredo_packet,
-    encode_trailers,
-    nonce_trailer,
     parse_echo,
     parse_router_advertisement,
     parse_teredo_packet,

@@ -17,21 +17,22 @@ from hypothesis import strategies as st
 
 from teredo.core.address import server_link_local
 from teredo.core.errors import ParseError
+from teredo.core.trailers import (
+    Trailer,
+    trailer_nonce,
+)
 from teredo.core.wire import (
     Authentication,
     OriginIndication,
     PrefixInformation,
     RouterAdvertisement,
     TeredoPacket,
-    Trailer,
-    alternate_addresses,
     encode_bubble,
     encode_echo,
     encode_icmpv6_error,
     encode_router_advertisement,
     encode_router_solicitation,
     encode_teredo_packet,
-    encode_trailers,
     icmpv6_message,
     is_bubble,
     is_echo,
@@ -40,9 +41,7 @@ from teredo.core.wire import (
     parse_ipv6_header,
     parse_router_advertisement,
     parse_teredo_packet,
-    parse_trailers,
     push_origin_indication,
-    trailer_nonce,
 )
 
 
@@ -205,38 +204,12 @@ def test_icmpv6_error_fits_1280_bytes() -> None:
     assert message[2][4:] == big[: 1280 - 48]
 
 
-TRAILER_VECTORS = [
-    ("01 04 deadbeef", Trailer(0x01, hexbytes("deadbeef"))),
-    (
-        "03 0e 0000 c0a8010a 0fff c0a80100 0fff",
-        Trailer(0x03, hexbytes("0000c0a8010a0fffc0a801000fff")),
-    ),
-    ("04 04 00000000", Trailer(0x04, bytes(4))),
-    ("04 04 01000000", Trailer(0x04, hexbytes("01000000"))),
-    ("05 02 04b1", Trailer(0x05, hexbytes("04b1"))),
-    ("02 02 04b1", Trailer(0x02, hexbytes("04b1"))),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(("wire", "trailer"), TRAILER_VECTORS)
-def test_trailer_vectors(wire: str, trailer: Trailer) -> None:
-    assert parse_trailers(hexbytes(wire)) == (trailer,)
-    assert encode_trailers([trailer]) == hexbytes(wire)
-
-
-def test_alternate_address_entries() -> None:
-    (trailer,) = parse_trailers(hexbytes("03 0e 0000 c0a8010a 0fff c0a80100 0fff"))
-    entries = alternate_addresses(trailer)
-    assert entries == (("192.168.1.10", 4095), ("192.168.1.0", 4095))
-    with pytest.raises(ParseError):
-        alternate_addresses(Trailer(0x03, hexbytes("0000 c0a8010a 0000")))
-
-
 def test_trailers_in_a_packet_and_the_length_rule() -> None:
     payload = BUBBLE + hexbytes("01 04 deadbeef") + hexbytes("80 01 00")  # unknown 10xxxxxx: skip
     parsed = parse_teredo_packet(payload)
     assert parsed.ipv6 == BUBBLE
     assert trailer_nonce(parsed.trailers) == hexbytes("deadbeef")
+    assert not parsed.malformed_trailers
 
 
 def test_unknown_trailer_with_top_bits_01_discards_the_packet() -> None:
@@ -244,11 +217,11 @@ def test_unknown_trailer_with_top_bits_01_discards_the_packet() -> None:
         parse_teredo_packet(BUBBLE + hexbytes("41 00"))
 
 
-def test_malformed_trailer_stops_processing() -> None:
-    # nonce with wrong length, then a good nonce: processing stops at the first
-    assert parse_trailers(hexbytes("01 03 aabbcc 01 04 deadbeef")) == ()
-    assert parse_trailers(hexbytes("01 04 deadbeef 01")) == (Trailer(1, hexbytes("deadbeef")),)
-    assert parse_trailers(hexbytes("01 09 deadbeef")) == ()
+def test_a_malformed_trailer_keeps_the_packet_and_says_so() -> None:
+    parsed = parse_teredo_packet(BUBBLE + hexbytes("01 04 deadbeef 01"))
+    assert parsed.ipv6 == BUBBLE
+    assert parsed.trailers == (Trailer(1, hexbytes("deadbeef")),)
+    assert parsed.malformed_trailers
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,9 @@ from teredo.core.qualification import (
     QualifierEvent,
     ServerPair,
 )
+from teredo.core.secure_qualification import ClientKey
 from teredo.core.status import ClientEngineStatus
+from teredo.core.trailers import trailer_nonce
 from teredo.core.wire import (
     ALL_NODES,
     IPV6_HEADER_LENGTH,
@@ -98,7 +100,6 @@ from teredo.core.wire import (
     encode_echo,
     is_bubble,
     parse_teredo_packet,
-    trailer_nonce,
 )
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class ClientSettings:
     )
     refresh_interval: float = 30.0
     local_discovery: bool = False
+    key: ClientKey | None = None  # secure qualification (RFC 4380 §5.2.2)
 
 
 ClientEvent = QualifierEvent
@@ -160,6 +162,7 @@ class TeredoClient(PeeringEngine):
             refresh_interval=settings.refresh_interval,
             local=local,
             prefixes=(settings.tunnel.prefix,),
+            key=settings.key,
         )
         self.address: IPv6Address | None = None
         self._address_bytes: bytes | None = None
@@ -198,6 +201,7 @@ class TeredoClient(PeeringEngine):
         self.client_settings = settings
         self.reconfigure(settings.tunnel)
         self.qualifier.refresh_interval = settings.refresh_interval
+        self.qualifier.key = settings.key
         self.qualifier.set_servers(settings.servers, now)
         if not settings.local_discovery:
             self._discovery_at = None

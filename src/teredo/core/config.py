@@ -59,6 +59,21 @@ AllowPrivateAddresses  C R S  no                         yes|no (true/false, on/
 RateLimit              S      100                        0..1000000 answers (RAs and forwards)
                                                          per second per IPv4 address, after a
                                                          burst of twice as many; 0: no limit
+*ours: secure qualification (RFC 4380 §5.2.2, teredo.core.secure_qualification)*
+ClientIdentifier       C      none (nonce-only RS)       1-255 printable ASCII characters: the
+                                                         identifier in the server's key file;
+                                                         needs SharedSecret or SharedSecretFile
+SharedSecret           C      none                       the client's secret: hex digits, or
+                                                         base64 after ``base64:``
+SharedSecretFile       C      none                       absolute path of a file holding the
+                                                         secret as SharedSecret writes it
+                                                         (keeps it out of a readable config)
+ClientKeyFile          S      none                       absolute path of the key file: one
+                                                         ``identifier secret`` line per client;
+                                                         SIGHUP reloads it
+RequireAuthentication  S      no                         yes|no: yes answers only RSs signed
+                                                         with a key of ClientKeyFile; no also
+                                                         answers nonce-only RSs (Miredo, Windows)
 =====================  =====  =========================  ===================================
 
 ``<role>`` in the control socket path is ``client``, ``relay`` or ``server``: one default socket per
@@ -99,7 +114,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Final, Literal, NoReturn, TypeAlias, TypeVar
@@ -107,6 +122,7 @@ from typing import Final, Literal, NoReturn, TypeAlias, TypeVar
 from teredo.core.address import DEFAULT_MTU, LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, is_global_ipv4
 from teredo.core.errors import UsageError
 from teredo.core.peers import DEFAULT_MAX_QUEUE_BYTES
+from teredo.core.secure_qualification import KeyFormatError, parse_identifier, parse_secret
 from teredo.core.server import RATE_LIMIT_PER_SECOND
 
 __all__ = [
@@ -271,6 +287,11 @@ class ClientConfig:
     offload: bool = True  # TUN offloads and UDP GSO/GRO (teredo.programs.datapath)
     local_discovery: bool = False
     fallback_servers: tuple[IPv4Address | str, ...] = ()
+    # Secure qualification (RFC 4380 §5.2.2): the identifier and the secret, given inline or
+    # in a file the client daemon reads (`shared_secret_file`); None: nonce-only RSs.
+    client_identifier: bytes | None = None
+    shared_secret: bytes | None = field(default=None, repr=False)
+    shared_secret_file: str | None = None
     source: str = "<config>"
     warnings: tuple[ConfigWarning, ...] = ()
 
@@ -313,6 +334,9 @@ class ServerConfig:
     user: str = DEFAULT_USER
     allow_private_addresses: bool = False
     rate_limit: int = DEFAULT_RATE_LIMIT  # answers per second per IPv4 address; 0: no limit
+    # Secure qualification (RFC 4380 §5.2.2): the clients' key file, read by the server daemon.
+    client_key_file: str | None = None
+    require_authentication: bool = False
     source: str = "<config>"
     warnings: tuple[ConfigWarning, ...] = ()
 
@@ -500,6 +524,20 @@ def _parse_user(value: str) -> str:
     return value
 
 
+def _parse_identifier(value: str) -> bytes:
+    try:
+        return parse_identifier(value)
+    except KeyFormatError as problem:
+        raise _Invalid(str(problem)) from None
+
+
+def _parse_secret(value: str) -> bytes:
+    try:
+        return parse_secret(value)
+    except KeyFormatError as problem:
+        raise _Invalid(str(problem)) from None
+
+
 def _parse_host_list(value: str) -> tuple[IPv4Address | str, ...]:
     """Comma-separated `_parse_host` values (no blanks: a value is one word)."""
     hosts = tuple(_parse_host(item) for item in value.split(",") if item)
@@ -552,6 +590,12 @@ _DIRECTIVES: Final = {
         _Directive("AllowPrivateAddresses", _ALL, _parse_bool),
         _Directive("Offload", _CLIENT_RELAY, _parse_bool),
         _Directive("RateLimit", _SERVER, _parse_rate_limit),
+        # Secure qualification (RFC 4380 §5.2.2)
+        _Directive("ClientIdentifier", _CLIENT, _parse_identifier),
+        _Directive("SharedSecret", _CLIENT, _parse_secret),
+        _Directive("SharedSecretFile", _CLIENT, _parse_path),
+        _Directive("ClientKeyFile", _SERVER, _parse_path),
+        _Directive("RequireAuthentication", _SERVER, _parse_bool),
     )
 }
 
@@ -802,6 +846,7 @@ def _build_client(reader: _Reader, server: str | None) -> ClientConfig:
         secondary = _next_address(
             reader, primary_key, what, primary, allow_private, "ServerAddress2"
         )
+    identifier, secret, secret_file = _client_key(reader)
     return ClientConfig(
         server_address=primary,
         server_address2=secondary,
@@ -819,9 +864,35 @@ def _build_client(reader: _Reader, server: str | None) -> ClientConfig:
         offload=reader.get("offload", _parse_bool, True),
         local_discovery=reader.get("localdiscovery", _parse_bool, False),
         fallback_servers=reader.get("fallbackservers", _parse_host_list, ()),
+        client_identifier=identifier,
+        shared_secret=secret,
+        shared_secret_file=secret_file,
         source=reader.source,
         warnings=reader.sorted_warnings(),
     )
+
+
+def _client_key(reader: _Reader) -> tuple[bytes | None, bytes | None, str | None]:
+    """ClientIdentifier with SharedSecret or SharedSecretFile (RFC 4380 §5.2.2): all or none."""
+    identifier = reader.get("clientidentifier", _parse_identifier, None)
+    secret = reader.get("sharedsecret", _parse_secret, None)
+    secret_file = reader.get("sharedsecretfile", _parse_path, None)
+    if secret is not None and secret_file is not None:
+        reader.fail(
+            "sharedsecretfile", "set SharedSecret or SharedSecretFile, not both; remove one"
+        )
+    if identifier is None and (secret is not None or secret_file is not None):
+        key = "sharedsecret" if secret is not None else "sharedsecretfile"
+        reader.fail(
+            key,
+            "a shared secret needs the identifier the server knows it by; add 'ClientIdentifier'",
+        )
+    if identifier is not None and secret is None and secret_file is None:
+        reader.fail(
+            "clientidentifier",
+            "ClientIdentifier needs the client's secret; add 'SharedSecret' or 'SharedSecretFile'",
+        )
+    return identifier, secret, secret_file
 
 
 def _build_relay(reader: _Reader, relay_type: RelayType) -> RelayConfig:
@@ -910,6 +981,14 @@ def _build_server(reader: _Reader, address: str | None) -> ServerConfig:
                 ignored=False,
             )
     prefix, mtu = _prefix_and_mtu(reader)
+    key_file = reader.get("clientkeyfile", _parse_path, None)
+    required = reader.get("requireauthentication", _parse_bool, False)
+    if required and key_file is None:
+        reader.fail(
+            "requireauthentication",
+            "RequireAuthentication yes needs the clients' keys; add 'ClientKeyFile' with the "
+            "path of the key file",
+        )
     return ServerConfig(
         server_bind_address=primary,
         server_bind_address2=secondary,
@@ -920,6 +999,8 @@ def _build_server(reader: _Reader, address: str | None) -> ServerConfig:
         user=reader.get("user", _parse_user, DEFAULT_USER),
         allow_private_addresses=allow_private,
         rate_limit=reader.get("ratelimit", _parse_rate_limit, DEFAULT_RATE_LIMIT),
+        client_key_file=key_file,
+        require_authentication=required,
         source=reader.source,
         warnings=reader.sorted_warnings(),
     )

@@ -67,7 +67,7 @@ import hmac
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv6Address, IPv6Network
 from typing import Final
 
@@ -95,9 +95,14 @@ from teredo.core.peers import (
     PeerTable,
 )
 from teredo.core.status import EngineStatus
+from teredo.core.trailers import (
+    NONCE_TRAILER_LENGTH,
+    misplaced,
+    nonce_trailer_bytes,
+    trailer_nonce,
+)
 from teredo.core.wire import (
     IPV6_HEADER_LENGTH,
-    NONCE_TRAILER_LENGTH,
     ICMPv6Type,
     NextHeader,
     TeredoPacket,
@@ -105,9 +110,7 @@ from teredo.core.wire import (
     encode_bubble,
     encode_icmpv6_error,
     is_bubble,
-    nonce_trailer_bytes,
     parse_teredo_packet,
-    trailer_nonce,
 )
 
 log = logging.getLogger(__name__)
@@ -356,6 +359,8 @@ class PeeringEngine(ABC):
         except ParseError:
             self.drop("malformed")
             return
+        if packet.trailers or packet.malformed_trailers:
+            packet = self._usable_trailers(packet)
         if self._on_datagram(packet, source, now):
             return
         if packet.origin is not None:
@@ -507,9 +512,10 @@ class PeeringEngine(ABC):
     def count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount
 
-    def drop(self, reason: str) -> None:
-        """Count a dropped packet under a named reason."""
-        self.drops[reason] = self.drops.get(reason, 0) + 1
+    def drop(self, reason: str, amount: int = 1) -> None:
+        """Count a dropped packet (or `amount` of them, or of a packet's parts) under a named
+        reason."""
+        self.drops[reason] = self.drops.get(reason, 0) + amount
 
     def emit(self, payload: bytes, destination: Endpoint) -> None:
         """Queue a UDP payload for `destination`."""
@@ -756,6 +762,21 @@ class PeeringEngine(ABC):
             nonce = trailer_nonce(packet.trailers)
             return nonce is not None and hmac.compare_digest(nonce, peer.nonce_sent)
         return False
+
+    def _usable_trailers(self, packet: TeredoPacket) -> TeredoPacket:
+        """`packet` without the trailers that may not be where they are (RFC 6081 §4.2-§4.5,
+        `teredo.core.trailers.misplaced`), each counted, and with a malformed trailer counted
+        (processing stopped there, RFC 6081 §5.1.2)."""
+        if packet.malformed_trailers:
+            self.drop("malformed_trailer")
+        bubble = is_bubble(packet.ipv6)
+        indirect = packet.origin is not None
+        kept = tuple(
+            t for t in packet.trailers if not misplaced(t, bubble=bubble, indirect=indirect)
+        )
+        if len(kept) != len(packet.trailers):
+            self.drop("misplaced_trailer", len(packet.trailers) - len(kept))
+        return replace(packet, trailers=kept, malformed_trailers=False)
 
     def _global_source(self, source: Endpoint) -> bool:
         """Never learn a mapping that is not global unicast (RFC 4380 §5.2.3, CVE-2006-6264)."""

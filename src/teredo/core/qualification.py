@@ -15,7 +15,10 @@ States (RFC 4380 §5.2.1 "Initial", "Starting", "Qualified", "Off-line")::
 - QUALIFYING: an RS (C=0, RFC 5991 §3.2 skips the cone phase) goes to the primary server address
   every T = 4 s, at most N = 3 times (RFC 4380 §5.2.1). Each RS carries a fresh random 8-byte
   nonce in a nonce-only authentication header (RFC 4380 §5.2.2; sent always, not only for secure
-  qualification, as Miredo does); the RA must echo one of the nonces of the current round. The
+  qualification, as Miredo does); the RA must echo one of the nonces of the current round. With
+  a client key (secure qualification, RFC 4380 §5.2.2, `teredo.core.secure_qualification`) the
+  RS also carries our identifier and its HMAC-SHA1 value, and an RA counts only when it carries
+  the value our secret gives for it. The
   first valid RA qualifies the client at once: the address is the RA's /64 prefix + random flags
   (RFC 5991 §3.1) + the mapping in the RA's origin indication (RFC 4380 §5.2.1).
 - NAT behaviour (RFC 4380 §5.2.1, RFC 6081 §5.2): an RS also goes to the *secondary* server
@@ -68,6 +71,7 @@ from teredo.core.address import (
     show_endpoint,
 )
 from teredo.core.errors import LocalProtocolError, ParseError
+from teredo.core.secure_qualification import ClientKey, is_authenticated, sign, verify
 from teredo.core.wire import (
     Authentication,
     ICMPv6Type,
@@ -77,6 +81,7 @@ from teredo.core.wire import (
     encode_teredo_packet,
     parse_router_advertisement,
     parse_teredo_packet,
+    push_origin_indication,
 )
 
 log = logging.getLogger(__name__)
@@ -212,7 +217,8 @@ class Qualifier:
     nonces and the address's random bits (RFC 5991 §3.1, §4). `local` is our bound endpoint when
     known, for the "no NAT" and port-preserving reports. `probe_cone` adds the RFC 4380 cone
     test (for `teredo probe` only: RFC 5991 §3.2 has clients skip it, so that their address does
-    not tell a scanner their NAT type).
+    not tell a scanner their NAT type). `key` turns on secure qualification (RFC 4380 §5.2.2):
+    every RS is signed with it, and only RAs signed with it are accepted.
     """
 
     def __init__(
@@ -230,6 +236,7 @@ class Qualifier:
         probe_cone: bool = False,
         local: Endpoint | None = None,
         prefixes: Sequence[IPv6Network] = (TEREDO_PREFIX,),
+        key: ClientKey | None = None,
     ) -> None:
         if not servers:
             raise LocalProtocolError("a Teredo client needs at least one server")
@@ -250,6 +257,7 @@ class Qualifier:
         self.probe_cone = probe_cone
         self.local = local
         self.prefixes = tuple(prefixes)
+        self.key = key  # secure qualification (RFC 4380 §5.2.2); None: nonce-only RSs
 
         self.state = QualificationState.IDLE
         self.server_index = 0
@@ -487,10 +495,14 @@ class Qualifier:
     def _solicit(self, purpose: Purpose, destination: Endpoint, now: float) -> None:
         nonce = bytes(self.random_bytes(RS_NONCE_LENGTH))
         source = CLIENT_LINK_LOCAL_CONE if purpose is Purpose.CONE else CLIENT_LINK_LOCAL
-        packet = TeredoPacket(
-            ipv6=encode_router_solicitation(source),
-            authentication=Authentication(nonce=nonce),  # nonce-only (RFC 4380 §5.2.2)
-        )
+        ipv6 = encode_router_solicitation(source)
+        if self.key is None:
+            authentication = Authentication(nonce=nonce)  # nonce-only (RFC 4380 §5.2.2)
+        else:
+            # Secure qualification (RFC 4380 §5.2.2): identifier and HMAC-SHA1 over nonce,
+            # confirmation 0 and the RS (an RS has no origin indication).
+            authentication = sign(self.key, nonce, ipv6)
+        packet = TeredoPacket(ipv6=ipv6, authentication=authentication)
         self._pending[nonce] = _Solicitation(purpose, destination, source, now)
         self._outgoing.append((encode_teredo_packet(packet), destination))
         self.counters[f"rs_sent_{purpose.value}"] += 1
@@ -583,7 +595,21 @@ class Qualifier:
             self._drop("ra_confirmation", "RA from %s asks for a new key (confirmation %d)",
                        source, auth.confirmation)  # fmt: skip
             return None
-        if auth.client_id or auth.auth_value:
+        if self.key is not None:
+            # Secure qualification (RFC 4380 §5.2.2): our identifier, and the value our secret
+            # gives over nonce, confirmation, origin indication and RA; else MUST discard.
+            if not is_authenticated(auth):
+                self._drop("ra_not_authenticated", "RA from %s is not signed, though our "
+                           "RSs are (does the server know our key?)", source)  # fmt: skip
+                return None
+            origin = push_origin_indication(packet.origin)
+            if auth.client_id != self.key.identifier or not verify(
+                auth, self.key.secret, packet.ipv6, origin
+            ):
+                self._drop("ra_authentication_failed", "RA from %s fails authentication (is "
+                           "SharedSecret the one in the server's key file?)", source)  # fmt: skip
+                return None
+        elif auth.client_id or auth.auth_value:
             # We sent a nonce-only header; a server adding a value we cannot check is suspicious.
             self._drop("ra_unexpected_authentication", "RA from %s carries authentication data",
                        source)  # fmt: skip

@@ -15,6 +15,12 @@ UDP 3544 on both (RFC 4380 §5.2, §5.3). It does two things and keeps no per-cl
    nonce-only header (RFC 4380 §5.2.2). If the C bit of the RS source is set, the RA goes out from
    the *other* server address than the one the RS arrived on, otherwise from the same one
    (RFC 4380 §5.3.2; RFC 5991 §3.2 forbids ignoring the bit).
+   With a key file (secure qualification, RFC 4380 §5.2.2, `teredo.core.secure_qualification`)
+   an RS signed with a client identifier is answered only if the identifier is listed and the
+   HMAC-SHA1 value matches, and its RA carries the identifier and the value our copy of the
+   secret gives over nonce, confirmation 0, origin indication and RA. `require_authentication`
+   (``RequireAuthentication yes``) refuses every other RS; then the batch fast path (which
+   answers nonce-only RSs from a template) is not used at all.
 2. **Forwarding of bubbles and ICMPv6** (RFC 4380 §5.3.1). Indirect bubbles and echo replies for
    the server's own clients are encapsulated toward the mapping embedded in the client's address,
    sent from primary:3544 with an origin indication naming the real sender; the clients' direct
@@ -62,7 +68,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
@@ -83,6 +89,7 @@ from teredo.core.address import (
     server_link_local,
 )
 from teredo.core.errors import LocalProtocolError, ParseError
+from teredo.core.secure_qualification import ClientKey, is_authenticated, sign, verify
 from teredo.core.wire import (
     ALL_ROUTERS,
     IPV6_HEADER_LENGTH,
@@ -145,6 +152,9 @@ DROP_REASONS: Final[dict[str, str]] = {
     "oversize": f"non-bubble with more than {MAX_FORWARDED_PAYLOAD} bytes of payload (as Miredo)",
     "oversize_trailers": f"more than {MAX_FORWARDED_TRAILERS} bytes of RFC 6081 trailers",
     "rate_limited": "the source's or destination's token bucket is empty",
+    "authentication_required": "an RS without a client key while RequireAuthentication is on",
+    "unknown_client": "an RS signed with a client identifier the key file does not list",
+    "authentication_failed": "an RS whose authentication value is wrong (RFC 4380 §5.2.2)",
 }
 
 
@@ -168,6 +178,9 @@ class ServerSettings:
     rate_per_second: float | None = RATE_LIMIT_PER_SECOND  # None disables rate limiting
     rate_burst: float = RATE_LIMIT_BURST
     rate_max_sources: int = RATE_LIMIT_MAX_SOURCES
+    # RequireAuthentication: answer only RSs signed with a client key (RFC 4380 §5.2.2); the
+    # keys themselves are given by `TeredoServer.set_client_keys`.
+    require_authentication: bool = False
 
     def __post_init__(self) -> None:
         if self.primary == self.secondary:
@@ -544,6 +557,7 @@ class TeredoServer:
         self._native: list[bytes] = []
         self._new_limiter = new_limiter
         self._limiter: RateLimiter | None = None
+        self._client_keys: dict[bytes, bytes] | None = None
         self.settings = settings
         self._apply(settings)
 
@@ -574,6 +588,17 @@ class TeredoServer:
         else:
             self._limiter.rate = settings.rate_per_second
             self._limiter.burst = settings.rate_burst
+
+    def set_client_keys(self, keys: Mapping[bytes, bytes] | None) -> None:
+        """The clients' keys for secure qualification, identifier -> secret (RFC 4380 §5.2.2),
+        replacing the previous ones (the key file, at start and on SIGHUP). None (no key
+        file) turns secure qualification off: a signed RS is then answered as a nonce-only
+        one, as before, and the client decides whether that is enough."""
+        self._client_keys = None if keys is None else dict(keys)
+
+    @property
+    def client_key_count(self) -> int:
+        return 0 if self._client_keys is None else len(self._client_keys)
 
     def reconfigure(self, settings: ServerSettings) -> None:
         """Apply new settings (SIGHUP); counters and rate-limit state are kept.
@@ -677,6 +702,13 @@ class TeredoServer:
                 bytes(view[start : start + length]), endpoint(address, port), local, now
             )
 
+        if self.settings.require_authentication:
+            # The answer functions answer plain and nonce-only RSs, which this server must
+            # refuse: every datagram takes the full path, where RSs are checked (§5.2.2).
+            for index in range(count):
+                slow(index)
+            return 0
+
         answers, cone, loop, not_global, bad, limited, handed = answer(
             batch.data,
             SLOT_BYTES,
@@ -751,7 +783,7 @@ class TeredoServer:
             if not is_router_solicitation(ipv6):
                 return "bad_router_solicitation"
             return self._answer_router_solicitation(
-                IPv6Address(ipv6_source), packet.authentication, source_int, source, local, now
+                ipv6, packet.authentication, source_int, source, local, now
             )
         source_is_teredo = int.from_bytes(ipv6_source[:4], "big") in self._teredo_prefixes
         destination_is_teredo = int.from_bytes(ipv6_destination[:4], "big") in self._teredo_prefixes
@@ -834,19 +866,34 @@ class TeredoServer:
 
     def _answer_router_solicitation(
         self,
-        rs_source: IPv6Address,
+        rs: bytes,
         authentication: Authentication | None,
         source_int: int,
         source: Endpoint,
         local: IPv4Address,
         now: float,
     ) -> str | None:
-        """Answer an RS with an RA (RFC 4380 §5.3.2)."""
+        """Answer an RS with an RA (RFC 4380 §5.3.2), signed when the RS was (§5.2.2)."""
         self.counters["router_solicitations"] += 1
+        key = None
+        keys = self._client_keys
+        if keys is not None and is_authenticated(authentication):
+            assert authentication is not None
+            secret = keys.get(authentication.client_id)
+            if secret is None:
+                return "unknown_client"
+            # RFC 4380 §5.2.2: recompute the value; a mismatch MUST be discarded. An RS has no
+            # origin indication (only a server inserts one), so none is covered.
+            if not verify(authentication, secret, rs):
+                return "authentication_failed"
+            key = ClientKey(authentication.client_id, secret)
+        elif self.settings.require_authentication:
+            return "authentication_required"
         # RFC 4380 §5.3.2: the RA's destination (the RS's source) must be global unicast; rule 3
         # checked it already.
         if not self._spend(source_int, now):
             return "rate_limited"
+        rs_source = IPv6Address(rs[8:24])
         ra = encode_router_advertisement(
             RouterAdvertisement(
                 source=self._link_local,
@@ -855,12 +902,20 @@ class TeredoServer:
                 mtu=self.settings.mtu,
             )
         )
+        origin = push_origin_indication(OriginIndication(IPv4Address(source_int), source[1]))
         parts = []
-        if authentication is not None:
+        if key is not None:
+            # Secure qualification (RFC 4380 §5.2.2): the client's identifier, its nonce,
+            # confirmation 0 (our keys do not expire) and HMAC-SHA1 over nonce, confirmation,
+            # origin indication and RA.
+            assert authentication is not None
+            parts.append(push_authentication(sign(key, authentication.nonce, ra, origin)))
+            self.counters["router_advertisements_authenticated"] += 1
+        elif authentication is not None:
             # No secure qualification: echo the nonce in a nonce-only header, confirmation 0
             # (RFC 4380 §5.2.2: the server repeats the client's nonce).
             parts.append(push_authentication(Authentication(nonce=authentication.nonce)))
-        parts.append(push_origin_indication(OriginIndication(IPv4Address(source_int), source[1])))
+        parts.append(origin)
         parts.append(ra)
         # RFC 4380 §5.3.2, RFC 5991 §3.2: C=1 -> answer from the other address (lets the client
         # tell a cone NAT).

@@ -6,7 +6,8 @@ UDP payload grammar (RFC 4380 §5.1.1, RFC 6081 §4)::
 
 Each part is told apart by its first two bytes: 00 01 authentication, 00 00 origin indication,
 a high nibble of 6 an IPv6 header. The IPv6 packet's total length (40 + Payload Length) must not
-exceed what is left (RFC 6081 §4 relaxes RFC 4380's "equal"); the rest are trailers.
+exceed what is left (RFC 6081 §4 relaxes RFC 4380's "equal"); the rest are trailers, read by
+`teredo.core.trailers`.
 
 The verbs: `parse_x(data) -> X` reads a whole message and `encode_x(...) -> bytes` writes one;
 `pull_x(data, offset)` and `push_x(x)` do the same for the parts of a UDP payload. Anything
@@ -24,6 +25,7 @@ from typing import Final
 
 from teredo.core.address import IPV4_MASK, PORT_MASK, Endpoint, endpoint
 from teredo.core.errors import ParseError
+from teredo.core.trailers import NO_TRAILERS, Trailer, encode_trailers, parse_trailers
 
 IPV6_HEADER_LENGTH: Final = 40  # RFC 8200 §3
 ICMPV6_ERROR_LIMIT: Final = 1280  # RFC 4443 §2.4 (c): an error message fits the minimum MTU
@@ -62,21 +64,6 @@ class UnreachableCode(IntEnum):  # RFC 4443 §3.1
     PORT_UNREACHABLE = 4
 
 
-class TrailerType(IntEnum):  # RFC 6081 §4
-    NONCE = 0x01
-    RANDOM_PORT_IANA = 0x02  # RFC 6081 §9 (IANA table); its §4.5 says 0x05: accept both
-    ALTERNATE_ADDRESS = 0x03
-    NEIGHBOR_DISCOVERY = 0x04
-    RANDOM_PORT = 0x05
-
-
-class DiscoveryType(IntEnum):  # RFC 6081 §4.4
-    SOLICITATION = 0x00
-    ADVERTISEMENT = 0x01
-
-
-NONCE_TRAILER_LENGTH: Final = 4  # RFC 6081 §4.2
-_NONCE_TRAILER_HEADER: Final = bytes((TrailerType.NONCE, NONCE_TRAILER_LENGTH))
 _BUBBLE_HEADER: Final = bytes((0x60, 0, 0, 0, 0, 0, NextHeader.NO_NEXT_HEADER, 0))
 
 
@@ -107,21 +94,19 @@ class OriginIndication:
 
 
 @dataclass(frozen=True, slots=True)
-class Trailer:
-    """An RFC 6081 §4 trailer, TLV. `value` excludes type and length."""
-
-    type: int
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class TeredoPacket:
-    """A parsed Teredo UDP payload."""
+    """A parsed Teredo UDP payload.
+
+    `trailers` holds the known RFC 6081 trailers in order (`teredo.core.trailers`);
+    `malformed_trailers` is set when their processing stopped at a malformed one (RFC 6081
+    §5.1.2): the receiver counts it, and uses the packet and the trailers before it.
+    """
 
     ipv6: bytes
     authentication: Authentication | None = None
     origin: OriginIndication | None = None
     trailers: tuple[Trailer, ...] = ()
+    malformed_trailers: bool = False
 
 
 def push_authentication(auth: Authentication) -> bytes:
@@ -201,11 +186,14 @@ def parse_teredo_packet(data: bytes) -> TeredoPacket:
         raise ParseError("authentication header in the wrong place")
     total = ipv6_total_length(data, offset)
     end = offset + total
+    # RFC 6081 §4: what follows the IPv6 packet is trailers (ParseError: discard the packet).
+    found = parse_trailers(data[end:]) if end < len(data) else NO_TRAILERS
     return TeredoPacket(
         ipv6=bytes(data[offset:end]),
         authentication=authentication,
         origin=origin,
-        trailers=parse_trailers(data[end:]) if end < len(data) else (),
+        trailers=found.trailers,
+        malformed_trailers=found.malformed,
     )
 
 
@@ -218,79 +206,6 @@ def encode_teredo_packet(packet: TeredoPacket) -> bytes:
     parts.append(packet.ipv6)
     parts.append(encode_trailers(packet.trailers))
     return b"".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# RFC 6081 trailers
-
-
-def parse_trailers(data: bytes) -> tuple[Trailer, ...]:
-    """Trailers in order; stop at the first malformed one (RFC 6081 §5.1.2).
-
-    Raises ParseError when a trailer of an unknown type whose top two bits are 01 is found: the
-    packet must then be discarded (RFC 6081 §4.1). Known types with a wrong length are
-    malformed and end processing, like a truncated trailer.
-    """
-    trailers = []
-    offset = 0
-    while len(data) - offset >= 2:
-        kind, length = data[offset], data[offset + 1]
-        if len(data) - offset < 2 + length:
-            break
-        value = bytes(data[offset + 2 : offset + 2 + length])
-        offset += 2 + length
-        if kind in _TRAILER_LENGTHS:
-            if length not in _TRAILER_LENGTHS[kind]:
-                break
-            trailers.append(Trailer(kind, value))
-        elif kind >> 6 == 0b01:
-            raise ParseError(f"unknown trailer type {kind:#04x} that demands discarding")
-        # Any other unknown type is skipped (RFC 6081 §4.1).
-    return tuple(trailers)
-
-
-_TRAILER_LENGTHS: Final[dict[int, set[int]]] = {
-    TrailerType.NONCE: {4},
-    TrailerType.ALTERNATE_ADDRESS: {8, 14, 20, 26},  # RFC 6081 §4.3: at most 4 entries
-    TrailerType.NEIGHBOR_DISCOVERY: {4},
-    TrailerType.RANDOM_PORT: {2},
-    TrailerType.RANDOM_PORT_IANA: {2},
-}
-
-
-def encode_trailers(trailers: tuple[Trailer, ...] | list[Trailer]) -> bytes:
-    return b"".join(bytes((t.type, len(t.value))) + t.value for t in trailers)
-
-
-def nonce_trailer(nonce: bytes) -> Trailer:
-    if len(nonce) != NONCE_TRAILER_LENGTH:
-        raise ValueError("an RFC 6081 nonce trailer carries 4 bytes")
-    return Trailer(TrailerType.NONCE, nonce)
-
-
-def nonce_trailer_bytes(nonce: bytes) -> bytes:
-    """A nonce trailer on the wire (RFC 6081 §4.2): type, length 4, the nonce."""
-    return _NONCE_TRAILER_HEADER + nonce
-
-
-def trailer_nonce(trailers: tuple[Trailer, ...]) -> bytes | None:
-    """The value of the first nonce trailer, if any (RFC 6081 §4.2)."""
-    for trailer in trailers:
-        if trailer.type == TrailerType.NONCE:
-            return trailer.value
-    return None
-
-
-def alternate_addresses(trailer: Trailer) -> tuple[Endpoint, ...]:
-    """Entries of an Alternate Address trailer (RFC 6081 §4.3); ParseError when invalid."""
-    value = trailer.value
-    entries = []
-    for offset in range(2, len(value), 6):
-        address, port = struct.unpack_from("!IH", value, offset)
-        if port == 0 or address == 0 or address >> 28 >= 0xE:
-            raise ParseError("alternate address entry is not a unicast address and port")
-        entries.append(endpoint(address, port))
-    return tuple(entries)
 
 
 # ---------------------------------------------------------------------------------------------

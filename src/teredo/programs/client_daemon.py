@@ -60,7 +60,9 @@ from teredo.core.qualification import (
     Qualified,
     ServerPair,
 )
+from teredo.core.secure_qualification import ClientKey
 from teredo.programs.datapath import DataPath, open_kernel_path
+from teredo.programs.keys import client_key
 from teredo.programs.loading import Loaded, load, reload_config, start_logging
 from teredo.programs.probe import local_address_toward, resolve_ipv4
 from teredo.programs.status import merge_counters
@@ -122,7 +124,9 @@ def _resolve(host: IPv4Address | str, what: str) -> IPv4Address:
     return host if isinstance(host, IPv4Address) else resolve_ipv4(host, what)
 
 
-def client_settings(config: ClientConfig, servers: tuple[ServerPair, ...]) -> ClientSettings:
+def client_settings(
+    config: ClientConfig, servers: tuple[ServerPair, ...], key: ClientKey | None = None
+) -> ClientSettings:
     return ClientSettings(
         servers=servers,
         tunnel=PeeringSettings(
@@ -133,6 +137,7 @@ def client_settings(config: ClientConfig, servers: tuple[ServerPair, ...]) -> Cl
         ),
         refresh_interval=float(config.refresh_interval),
         local_discovery=config.local_discovery,
+        key=key,
     )
 
 
@@ -391,7 +396,12 @@ class ClientDaemon:
         )
         kept = self.loaded.config
         servers = resolve_servers(kept)
-        self.core.reconfigure_client(client_settings(kept, servers), time.monotonic())
+        try:
+            key = client_key(kept)
+        except UserError as error:  # e.g. a root-only SharedSecretFile, now that we are not
+            key = self.core.client_settings.key
+            log.warning("%s; the client key read at start stays in use", error)
+        self.core.reconfigure_client(client_settings(kept, servers, key), time.monotonic())
         self.servers = servers
         if self.loop is not None:
             self.loop.flush()
@@ -415,6 +425,7 @@ async def _serve(loaded: Loaded[ClientConfig]) -> int:
 
     config = loaded.config
     servers = resolve_servers(config)
+    key = client_key(config)  # before dropping privileges: the file may be root's
     udp: UdpSocket | None = None
     tun: TunDevice | None = None
     daemon: ClientDaemon | None = None
@@ -429,7 +440,7 @@ async def _serve(loaded: Loaded[ClientConfig]) -> int:
         networks = await local_ipv4_networks() if config.local_discovery else ()
         now = time.monotonic()
         core = TeredoClient(
-            client_settings(config, servers),
+            client_settings(config, servers, key),
             random_bytes=os.urandom,
             secret=os.urandom(SECRET_BYTES),
             now=now,

@@ -54,6 +54,7 @@ from teredo.core.server import (
     ServerSettings,
     TeredoServer,
 )
+from teredo.programs.keys import client_keys
 from teredo.programs.loading import Loaded, load, reload_config, start_logging
 
 log = logging.getLogger(__name__)
@@ -94,12 +95,16 @@ def settings_from_config(config: ServerConfig) -> ServerSettings:
         allow_private=config.allow_private_addresses,
         rate_per_second=float(rate) if rate else None,
         rate_burst=2.0 * rate if rate else RATE_LIMIT_BURST,
+        require_authentication=config.require_authentication,
     )
 
 
 def new_core(config: ServerConfig) -> TeredoServer:
     """The server core for `config`, with the rate limiter that goes with the answer function."""
-    return TeredoServer(settings_from_config(config), accel.new_rate_limiter)
+    core = TeredoServer(settings_from_config(config), accel.new_rate_limiter)
+    if config.client_key_file is not None:  # read before dropping privileges: root's file
+        core.set_client_keys(client_keys(config.client_key_file))
+    return core
 
 
 class NativeSocket:
@@ -227,6 +232,8 @@ class ServerDaemon:
             "mtu": settings.mtu,
             "allow_private_addresses": settings.allow_private,
             "rate_limit": settings.rate_per_second or 0,
+            "require_authentication": settings.require_authentication,
+            "client_keys": core.client_key_count,
             "accelerated": accel.ACCELERATED,
             "config": self.loaded.path or "(none)",
             "counters": counters,
@@ -260,6 +267,7 @@ class ServerDaemon:
             server_bind_address2=old.server_bind_address2,
         )
         settings = settings_from_config(kept)
+        self._reload_keys(kept)
         self.core.reconfigure(settings)
         self.loaded = replace(loaded, config=kept)
         log.info(
@@ -269,6 +277,19 @@ class ServerDaemon:
             "allowed" if settings.allow_private else "refused",
             _rate_limit(settings),
         )
+
+    def _reload_keys(self, config: ServerConfig) -> None:
+        """SIGHUP re-reads ClientKeyFile; a file that cannot be read keeps the keys in use."""
+        if config.client_key_file is None:
+            self.core.set_client_keys(None)
+            return
+        try:
+            keys = client_keys(config.client_key_file)
+        except UserError as error:
+            log.warning("%s; the %d client keys in use are kept", error, self.core.client_key_count)
+            return
+        self.core.set_client_keys(keys)
+        log.info("client keys: %d from %s", len(keys), config.client_key_file)
 
     def close(self) -> None:
         for udp in self.sockets.values():
