@@ -105,6 +105,23 @@ def test_status_document(tmp_path: Path) -> None:
     assert isinstance(status["counters"], dict)
 
 
+def test_status_names_the_limiter_table_for_what_it_is(tmp_path: Path) -> None:
+    """The limiter keeps a bucket for every recent source: those are sources *tracked*, and
+    three sources far below the limit must not read as three sources rate limited."""
+    daemon = daemon_for(write(tmp_path, "ServerBindAddress 198.51.100.2\n"))
+    local = daemon.core.settings.primary
+    for number in range(3):
+        source = (f"203.0.113.{number + 1}", 40000)
+        daemon.core.receive_datagram(
+            solicitation("fe80::ffff:ffff:ffff", bytes(8)), source, local, 1.0
+        )
+    status = daemon.status()
+    assert "rate_limited_sources" not in status
+    assert status["rate_limit_sources_tracked"] == 3
+    assert status["drops"].get("rate_limited", 0) == 0
+    assert status["counters"]["router_advertisements"] == 3
+
+
 def test_reload_applies_prefix_and_mtu_and_keeps_addresses(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

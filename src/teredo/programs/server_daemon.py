@@ -231,7 +231,9 @@ class ServerDaemon:
             "config": self.loaded.path or "(none)",
             "counters": counters,
             "drops": dict(sorted(core.drops.items())),
-            "rate_limited_sources": core.rate_limit_entries,
+            # The limiter's table: every source heard from recently has a bucket there, limited
+            # or not (what was refused is drops["rate_limited"]).
+            "rate_limit_sources_tracked": core.rate_limit_entries,
         }
 
     def reload(self) -> None:
