@@ -157,6 +157,24 @@ def test_reload_applies_the_rate_limit(tmp_path: Path) -> None:
     assert daemon.core.limiter is None
 
 
+def test_reload_keeps_the_metrics_address_and_socket_group_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The endpoint and the socket are bound once: a new MetricsAddress or ControlSocketGroup
+    needs a restart, and SIGHUP says so rather than pretend."""
+    path = write(tmp_path, "ServerBindAddress 198.51.100.2\nMetricsAddress 127.0.0.1:9344\n")
+    daemon = daemon_for(path)
+    Path(path).write_text(
+        "ServerBindAddress 198.51.100.2\nMetricsAddress [::1]:9345\nControlSocketGroup adm\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="teredo"):
+        daemon.reload()
+    assert str(daemon.config.metrics_address) == "127.0.0.1:9344"
+    assert daemon.config.control_socket_group is None
+    assert "MetricsAddress changed to [::1]:9345: takes effect at the next restart" in caplog.text
+    assert "ControlSocketGroup changed to adm: takes effect at the next restart" in caplog.text
+
+
 def test_reload_with_a_broken_file_raises_and_keeps_running(tmp_path: Path) -> None:
     path = write(tmp_path, "ServerBindAddress 198.51.100.2\n")
     daemon = daemon_for(path)

@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING, Any, Final
 
-from teredo.adapters.control import ControlServer, start_control_server
 from teredo.adapters.daemon import wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
 from teredo.core.address import CLIENT_LINK_LOCAL, DISCOVERY_GROUP, TEREDO_PORT
@@ -62,6 +61,7 @@ from teredo.core.qualification import (
 )
 from teredo.programs.datapath import DataPath, open_kernel_path
 from teredo.programs.loading import Loaded, load, reload_config, start_logging
+from teredo.programs.observers import Observers, start_observers
 from teredo.programs.probe import local_address_toward, resolve_ipv4
 from teredo.programs.status import merge_counters
 
@@ -255,7 +255,7 @@ class ClientDaemon:
     interface: str = ""
     interface_index: int = 0
     hook: HookRunner | None = None
-    control: ControlServer | None = None
+    control: Observers | None = None  # the control socket and metrics endpoint
     discovery: Any = None  # the local discovery UdpSocket
     started: float = field(default_factory=time.monotonic)
     configured: IPv6Address | None = None
@@ -451,10 +451,7 @@ async def _serve(loaded: Loaded[ClientConfig]) -> int:
         if config.hook_script is not None:
             daemon.hook = HookRunner(config.hook_script)
             await daemon.hook.start()
-        if config.control_socket is not None:
-            daemon.control = await start_control_server(
-                config.control_socket, daemon.status, started=daemon.started
-            )
+        daemon.control = await start_observers(config, daemon.status, started=daemon.started)
         _warn_if_native_ipv6(tun.name)
         if config.offload:
             daemon.kernel = open_kernel_path(
