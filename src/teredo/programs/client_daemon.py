@@ -122,6 +122,20 @@ def _resolve(host: IPv4Address | str, what: str) -> IPv4Address:
     return host if isinstance(host, IPv4Address) else resolve_ipv4(host, what)
 
 
+def server_list(servers: tuple[ServerPair, ...], in_use: ServerPair) -> list[dict[str, Any]]:
+    """The status document's ``servers``: each server pair as an object, the one in use marked
+    (RFC 4380 §5.2: the client talks to both addresses of one pair, on UDP 3544)."""
+    return [
+        {
+            "address": str(pair.primary),
+            "secondary": str(pair.secondary) if pair.secondary is not None else None,
+            "port": TEREDO_PORT,
+            "in_use": pair == in_use,
+        }
+        for pair in servers
+    ]
+
+
 def client_settings(config: ClientConfig, servers: tuple[ServerPair, ...]) -> ClientSettings:
     return ClientSettings(
         servers=servers,
@@ -361,7 +375,7 @@ class ClientDaemon:
             "bind": f"{self.loop.udp.local[0]}:{self.loop.udp.local[1]}" if self.loop else "-",
             "data_path": self.loop.description() if self.loop else "-",
             "config": self.loaded.path or "<command line>",
-            "servers": [str(s) for s in self.servers],
+            "servers": server_list(self.servers, self.core.qualifier.server),
             "rs_to_address_ms": self.rs_to_address_ms,
         }
         document.update((key, value) for key, value in core.items() if key not in document)
