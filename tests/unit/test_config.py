@@ -808,6 +808,16 @@ def test_checkconf_accepts_a_server_rate_limit(
     assert checkconf(capsys, path) == (0, "", "")
 
 
+@pytest.mark.parametrize("text", [GUIDE_RELAY, GUIDE_SERVER, DEBIAN_STYLE_CLIENT])
+def test_checkconf_accepts_the_observability_directives(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str
+) -> None:
+    extra = "MetricsAddress [::1]:9344\nControlSocketGroup monitoring\nLogFormat json\n"
+    assert checkconf(capsys, write(tmp_path, text + extra)) == (0, "", "")
+    code, _, err = checkconf(capsys, write(tmp_path, text + "MetricsAddress 9344\n"))
+    assert code == 2 and "MetricsAddress must be an address and a port" in err
+
+
 def test_checkconf_advice_prints_warning_and_passes(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

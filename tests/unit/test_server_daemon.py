@@ -175,6 +175,24 @@ def test_reload_keeps_the_metrics_address_and_socket_group_and_says_so(
     assert "ControlSocketGroup changed to adm: takes effect at the next restart" in caplog.text
 
 
+def test_reload_switches_the_log_format(tmp_path: Path, restore_logging: None) -> None:
+    from teredo.adapters.daemon import JsonFormatter
+    from teredo.programs.loading import start_logging
+
+    path = write(tmp_path, "ServerBindAddress 198.51.100.2\n")
+    daemon = daemon_for(path)
+    start_logging(daemon.loaded)
+
+    def formatter() -> logging.Formatter | None:
+        (handler,) = [h for h in logging.getLogger("teredo").handlers if h.get_name()]
+        return handler.formatter
+
+    assert not isinstance(formatter(), JsonFormatter)
+    Path(path).write_text("ServerBindAddress 198.51.100.2\nLogFormat json\n")
+    daemon.reload()
+    assert isinstance(formatter(), JsonFormatter) and daemon.config.log_format == "json"
+
+
 def test_reload_with_a_broken_file_raises_and_keeps_running(tmp_path: Path) -> None:
     path = write(tmp_path, "ServerBindAddress 198.51.100.2\n")
     daemon = daemon_for(path)
