@@ -139,6 +139,9 @@ def test_a_second_client_watched_without_root_leaves_no_socket(lab: Lab) -> None
         assert families["teredo_server_rtt_seconds"].samples[0].value < 5
         events = [json.loads(line) for line in json_lines(log_path)]
         assert all(event["role"] == "client" for event in events)
+        (qualified,) = [event for event in events if event.get("event") == "qualified"]
+        assert qualified["address"] == document["address"] and qualified["mtu"] == 1280
+        assert qualified["interface"] == "teredo2" and qualified["level"] == "info"
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -316,9 +316,21 @@ class ClientDaemon:
                 "address %s configured on %s (MTU %d) %.1f ms after the router solicitation "
                 "that qualified (server RTT %.1f ms)",
                 event.address, self.interface, event.mtu, elapsed, event.rtt * 1000,
+                extra={  # the event's fields, for LogFormat json
+                    "event": "qualified", "address": str(event.address),
+                    "interface": self.interface, "mtu": event.mtu,
+                    "rs_to_address_ms": self.rs_to_address_ms,
+                    "server_rtt_ms": round(event.rtt * 1000, 3),
+                },
             )  # fmt: skip
         else:
-            log.info("address %s replaces %s on %s", event.address, event.old, self.interface)
+            log.info(
+                "address %s replaces %s on %s", event.address, event.old, self.interface,
+                extra={
+                    "event": "address_changed", "address": str(event.address),
+                    "old_address": str(event.old), "interface": self.interface,
+                },
+            )  # fmt: skip
         if self.hook is not None:
             await self.hook.run(self._hook_env("up", old_address, old_mtu))
 
@@ -332,6 +344,10 @@ class ClientDaemon:
             log.log(
                 logging.INFO if final else logging.WARNING,
                 "address %s withdrawn from %s: %s", old_address, self.interface, reason,
+                extra={
+                    "event": "withdrawn", "address": str(old_address),
+                    "interface": self.interface, "reason": reason,
+                },
             )  # fmt: skip
         if self.hook is not None and (old_address is not None or final):
             await self.hook.run(
