@@ -280,3 +280,61 @@ def test_a_busy_port_is_one_sentence() -> None:
 
         with pytest.raises(Exception, match=r"cannot serve metrics on 127\.0\.0\.1:\d+: .*; set"):
             asyncio.run(main())
+
+
+# --- both started with one call ---------------------------------------------------------------
+
+
+def test_start_observers_serves_one_document_both_ways(tmp_path: Path) -> None:
+    import dataclasses
+
+    from teredo.adapters.control import query_control_socket
+    from teredo.core.config import parse_server_config
+    from teredo.programs.observers import start_observers
+
+    path = str(tmp_path / "server.sock")
+    config = dataclasses.replace(
+        parse_server_config("ServerBindAddress 198.51.100.2\n"),
+        control_socket=path,
+        metrics_address=MetricsAddress(IPv4Address("127.0.0.1"), 0),
+    )
+
+    async def main() -> tuple[Any, bytes]:
+        observers = await start_observers(
+            config, lambda: {"role": "server", "counters": {"received": 3}, "drops": {}}
+        )
+        try:
+            assert observers.metrics is not None
+            document = await asyncio.to_thread(query_control_socket, path)
+            text = await request(observers.metrics.port, b"GET /metrics HTTP/1.0\r\n\r\n")
+            return document, text
+        finally:
+            await observers.close()
+
+    document, text = asyncio.run(main())
+    families = parse(text.partition(b"\r\n\r\n")[2].decode())
+    assert document["counters"] == {"received": 3} and "uptime" in document
+    assert families["teredo_received"][1] == [("teredo_received_total", {}, 3.0)]
+    assert families["teredo_build_info"][1][0][1]["version"] == document["version"]
+    assert not os.path.exists(path)
+
+
+def test_start_observers_undoes_the_socket_when_metrics_fail(tmp_path: Path) -> None:
+    import dataclasses
+
+    from teredo.core.config import parse_client_config
+    from teredo.core.errors import UserError
+    from teredo.programs.observers import start_observers
+
+    path = str(tmp_path / "client.sock")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = dataclasses.replace(
+            parse_client_config("ServerAddress 198.51.100.2\n"),
+            control_socket=path,
+            metrics_address=MetricsAddress(IPv4Address("127.0.0.1"), taken.getsockname()[1]),
+        )
+        with pytest.raises(UserError, match="cannot serve metrics"):
+            asyncio.run(start_observers(config, dict))
+    assert not os.path.exists(path)
