@@ -95,4 +95,4 @@ def test_a_client_qualifies_while_the_server_is_flooded(
     assert flood.poll() is None, "the flood ended before the client qualified"
     status = daemon_status(lab, "srv")
     assert status["counters"]["router_advertisements"] > 10000
-    assert status["rate_limited_sources"] <= 65536  # the table stays bounded
+    assert status["rate_limit_sources_tracked"] <= 65536  # the table stays bounded

@@ -144,5 +144,46 @@ def test_status_document_without_a_loop() -> None:
     daemon = asyncio.run(build())
     document = daemon.status()
     assert document["role"] == "client" and document["state"] == "idle"
-    assert document["address"] is None and document["servers"] == [str(servers[0])]
+    assert document["address"] is None
+    assert document["servers"] == [
+        {"address": "198.51.100.2", "secondary": "198.51.100.3", "port": 3544, "in_use": True}
+    ]
     assert document["config"] == "<command line>" and document["peer_list"] == []
+
+
+def test_human_status_says_each_thing_once() -> None:
+    """`teredo status` for a client: the server in use is marked on the servers line, the
+    mapping is read from the decoded address, trusted peers and the bound are on the peers line;
+    nothing is repeated under another label (the JSON keeps every key)."""
+    from teredo.core.client import TeredoClient
+    from teredo.programs.status import render_status
+
+    config = parse_client_config(
+        "ServerAddress 198.51.100.2\nFallbackServers 192.0.2.1\nAllowPrivateAddresses yes\n"
+    )
+    servers = resolve_servers(config)
+
+    async def build() -> ClientDaemon:
+        core = TeredoClient(
+            client_settings(config, servers), random_bytes=os.urandom, secret=b"s" * 32, now=0.0
+        )
+        return ClientDaemon(loaded=Loaded(config, None, None, None), core=core, servers=servers)
+
+    document = asyncio.run(build()).status()
+    document.update(
+        state="qualified",
+        address="2001:0:c633:6402:39:69b8:34ff:8efd",
+        mapped="203.0.113.2:38471",
+    )
+    text = render_status(document)
+    labels = [line.split()[0] for line in text.splitlines()[1:] if line[:1].strip()]
+    assert len(labels) == len(set(labels)), text
+    for repeated in ("server", "secondary_server", "mapped", "trusted_peers", "max_peers"):
+        assert repeated not in labels, text
+    assert (
+        "servers           198.51.100.2 (secondary 198.51.100.3, in use), "
+        "192.0.2.1 (secondary 192.0.2.2)"
+    ) in text
+    assert "server 198.51.100.2, mapped 203.0.113.2:38471" in text
+    assert "peers             0 (0 trusted), at most 1024" in text
+    assert {"server", "secondary_server", "mapped", "trusted_peers"} <= set(document)

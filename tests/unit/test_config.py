@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
-from ipaddress import IPv4Address, IPv6Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from teredo.cli import main
 from teredo.core.config import (
     ClientConfig,
     ConfigLine,
+    MetricsAddress,
     RelayConfig,
     RelayType,
     ServerConfig,
@@ -184,7 +185,7 @@ def test_client_defaults() -> None:
     assert config.bind_address == IPv4Address("0.0.0.0")
     assert config.bind_port == 0
     assert config.syslog_facility == "daemon"
-    assert config.control_socket == "/run/teredo/client.sock"
+    assert config.control_socket == "/run/teredo/client-teredo.sock"  # per instance
     assert config.user == "nobody"
     assert config.hook_script is None
     assert config.max_peers == 1024
@@ -201,7 +202,7 @@ def test_relay_defaults() -> None:
     assert config.interface_mtu == 1280
     assert config.interface_name == "teredo"
     assert (config.bind_address, config.bind_port) == (IPv4Address("0.0.0.0"), 0)
-    assert config.control_socket == "/run/teredo/relay.sock"
+    assert config.control_socket == "/run/teredo/relay-teredo.sock"
     assert config.max_peers == 1 << 20
     assert config.max_queue_bytes == 1280
 
@@ -807,6 +808,16 @@ def test_checkconf_accepts_a_server_rate_limit(
     assert checkconf(capsys, path) == (0, "", "")
 
 
+@pytest.mark.parametrize("text", [GUIDE_RELAY, GUIDE_SERVER, DEBIAN_STYLE_CLIENT])
+def test_checkconf_accepts_the_observability_directives(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str
+) -> None:
+    extra = "MetricsAddress [::1]:9344\nControlSocketGroup monitoring\nLogFormat json\n"
+    assert checkconf(capsys, write(tmp_path, text + extra)) == (0, "", "")
+    code, _, err = checkconf(capsys, write(tmp_path, text + "MetricsAddress 9344\n"))
+    assert code == 2 and "MetricsAddress must be an address and a port" in err
+
+
 def test_checkconf_advice_prints_warning_and_passes(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -973,3 +984,68 @@ def test_server_key_file_and_requirement() -> None:
     assert (config.client_key_file, config.require_authentication) == ("/etc/teredo/clients", True)
     with pytest.raises(UsageError, match="RequireAuthentication yes needs the clients' keys"):
         parse_server_config(SERVER_BASE + "RequireAuthentication yes\n")
+
+
+# --- watching a daemon: ControlSocketGroup, MetricsAddress, LogFormat -------------------------
+
+
+def test_default_control_socket_is_per_interface() -> None:
+    """Two clients on one host (two interfaces) get two sockets, not one they fight over."""
+    first = parse_client_config("ServerAddress 198.51.100.2\nInterfaceName teredo1\n", SRC)
+    second = parse_client_config("ServerAddress 198.51.100.2\nInterfaceName teredo2\n", SRC)
+    assert first.control_socket == "/run/teredo/client-teredo1.sock"
+    assert second.control_socket == "/run/teredo/client-teredo2.sock"
+    relay = parse_relay_config("RelayType relay\nInterfaceName tr0\n", SRC)
+    assert relay.control_socket == "/run/teredo/relay-tr0.sock"
+    explicit = parse_client_config("ServerAddress 198.51.100.2\nControlSocket /run/x.sock\n", SRC)
+    assert explicit.control_socket == "/run/x.sock"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:9344", MetricsAddress(IPv4Address("127.0.0.1"), 9344)),
+        ("[::1]:9344", MetricsAddress(IPv6Address("::1"), 9344)),
+        ("0.0.0.0:80", MetricsAddress(IPv4Address("0.0.0.0"), 80)),
+        ("none", None),
+    ],
+)
+def test_metrics_address(value: str, expected: MetricsAddress | None) -> None:
+    for text in (
+        f"ServerAddress 198.51.100.2\nMetricsAddress {value}\n",
+        f"RelayType relay\nMetricsAddress {value}\n",
+        f"ServerBindAddress 198.51.100.2\nMetricsAddress {value}\n",
+    ):
+        config = parse_config(text, None, SRC)
+        assert config.metrics_address == expected
+        assert config.warnings == ()
+    if expected is not None:
+        assert str(expected) == value
+
+
+@pytest.mark.parametrize(
+    "value", ["127.0.0.1", "::1:9344", "[::1]", "127.0.0.1:0", "127.0.0.1:65536", "host:80",
+              "224.0.0.1:9344", "[fe80::1%eth0]:9344", "127.0.0.1:09"],
+)  # fmt: skip
+def test_metrics_address_refused(value: str) -> None:
+    with pytest.raises(UsageError, match=r"test\.conf:2: MetricsAddress must be an address and a"):
+        parse_client_config(f"ServerAddress 198.51.100.2\nMetricsAddress {value}\n", SRC)
+
+
+def test_metrics_off_by_default_and_text_logs() -> None:
+    config = parse_client_config("ServerAddress 198.51.100.2\n", SRC)
+    assert config.metrics_address is None
+    assert config.log_format == "text"
+    assert config.control_socket_group is None
+
+
+def test_control_socket_group_and_log_format() -> None:
+    config = parse_server_config(
+        "ServerBindAddress 198.51.100.2\nControlSocketGroup monitoring\nLogFormat JSON\n", SRC
+    )
+    assert config.control_socket_group == "monitoring"
+    assert config.log_format == "json"
+    with pytest.raises(UsageError, match="LogFormat must be text or json, not 'xml'"):
+        parse_server_config("ServerBindAddress 198.51.100.2\nLogFormat xml\n", SRC)
+    with pytest.raises(UsageError, match="ControlSocketGroup must be a group name"):
+        parse_server_config("ServerBindAddress 198.51.100.2\nControlSocketGroup a:b\n", SRC)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import grp
 import json
 import os
+import pwd
 import shutil
 import socket
 import stat
@@ -105,6 +107,42 @@ def test_socket_mode_and_extra_command(directory: str) -> None:
     mode, peers = with_server(path, body, commands={"peers": lambda: [{"n": 1}]})
     assert mode == 0o660
     assert peers == [{"n": 1}]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a socket to a group needs root")
+def test_control_socket_group(directory: str) -> None:
+    """ControlSocketGroup: members of the group may ask, so monitoring needs no root."""
+    path = os.path.join(directory, "client-teredo.sock")
+    group = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
+
+    async def body(server: ControlServer) -> os.stat_result:
+        return os.stat(path)
+
+    found = with_server(path, body, group=group)
+    assert found.st_gid == grp.getgrnam(group).gr_gid
+    assert stat.S_IMODE(found.st_mode) == 0o660
+
+
+def test_unknown_control_socket_group(directory: str) -> None:
+    path = os.path.join(directory, "x.sock")
+    with pytest.raises(UserError, match="no group 'no-such-group' for ControlSocketGroup; create"):
+        with_server(path, lambda server: asyncio.sleep(0), group="no-such-group")
+    assert not os.path.exists(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing a directory to a user needs root")
+def test_directory_is_handed_to_the_user_only_when_ours(directory: str) -> None:
+    """A daemon that drops to User must be able to unlink its socket: the directory it created
+    becomes User's; a directory the operator made (here: `directory`) is left alone."""
+    nobody = pwd.getpwnam("nobody").pw_uid
+    created = os.path.join(directory, "teredo")
+    inside = os.path.join(created, "client-teredo.sock")
+    with_server(inside, lambda server: asyncio.sleep(0), owner="nobody")
+    assert os.stat(created).st_uid == nobody
+    assert not os.path.exists(inside)
+    beside = os.path.join(directory, "relay.sock")
+    with_server(beside, lambda server: asyncio.sleep(0), owner="nobody")
+    assert os.stat(directory).st_uid == 0
 
 
 def test_unknown_command_is_a_user_error(directory: str) -> None:

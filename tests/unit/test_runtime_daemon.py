@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import re
 import signal
 import socket
 from collections.abc import Iterator
@@ -49,6 +51,38 @@ def test_stderr_logging_replaces_its_own_handler(
     assert root.level == logging.DEBUG
     logging.getLogger("teredo.adapters.test").debug("hello %s", "world")
     assert "DEBUG   teredo.adapters.test: hello world" in capsys.readouterr().err
+
+
+def test_json_logging_is_one_object_per_line(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """LogFormat json: time, level, role, message and the event's fields, one line each."""
+    setup_logging(0, log_format="json", role="client")
+    logger = logging.getLogger("teredo.programs.client_daemon")
+    logger.info("address %s configured", "2001:0::1", extra={"address": "2001:0::1", "mtu": 1280})
+    logger.warning('a "quoted"\nmessage')
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["message"] == "address 2001:0::1 configured"
+    assert (first["level"], first["role"], first["pid"]) == ("info", "client", os.getpid())
+    assert (first["address"], first["mtu"]) == ("2001:0::1", 1280)
+    assert first["logger"] == "teredo.programs.client_daemon"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
+    assert second["message"] == 'a "quoted"\nmessage' and second["level"] == "warning"
+    assert "args" not in first and "msg" not in first
+
+
+def test_json_logging_carries_the_traceback(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup_logging(0, log_format="json", role="relay")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("teredo.x").exception("failed")
+    event = json.loads(capsys.readouterr().err)
+    assert event["message"] == "failed" and "RuntimeError: boom" in event["exception"]
 
 
 def test_syslog_logging(restore_logging: None) -> None:

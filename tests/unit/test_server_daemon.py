@@ -105,6 +105,23 @@ def test_status_document(tmp_path: Path) -> None:
     assert isinstance(status["counters"], dict)
 
 
+def test_status_names_the_limiter_table_for_what_it_is(tmp_path: Path) -> None:
+    """The limiter keeps a bucket for every recent source: those are sources *tracked*, and
+    three sources far below the limit must not read as three sources rate limited."""
+    daemon = daemon_for(write(tmp_path, "ServerBindAddress 198.51.100.2\n"))
+    local = daemon.core.settings.primary
+    for number in range(3):
+        source = (f"203.0.113.{number + 1}", 40000)
+        daemon.core.receive_datagram(
+            solicitation("fe80::ffff:ffff:ffff", bytes(8)), source, local, 1.0
+        )
+    status = daemon.status()
+    assert "rate_limited_sources" not in status
+    assert status["rate_limit_sources_tracked"] == 3
+    assert status["drops"].get("rate_limited", 0) == 0
+    assert status["counters"]["router_advertisements"] == 3
+
+
 def test_reload_applies_prefix_and_mtu_and_keeps_addresses(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -138,6 +155,42 @@ def test_reload_applies_the_rate_limit(tmp_path: Path) -> None:
     Path(path).write_text("ServerBindAddress 198.51.100.2\nRateLimit 0\n")
     daemon.reload()
     assert daemon.core.limiter is None
+
+
+def test_reload_keeps_the_metrics_address_and_socket_group_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The endpoint and the socket are bound once: a new MetricsAddress or ControlSocketGroup
+    needs a restart, and SIGHUP says so rather than pretend."""
+    path = write(tmp_path, "ServerBindAddress 198.51.100.2\nMetricsAddress 127.0.0.1:9344\n")
+    daemon = daemon_for(path)
+    Path(path).write_text(
+        "ServerBindAddress 198.51.100.2\nMetricsAddress [::1]:9345\nControlSocketGroup adm\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="teredo"):
+        daemon.reload()
+    assert str(daemon.config.metrics_address) == "127.0.0.1:9344"
+    assert daemon.config.control_socket_group is None
+    assert "MetricsAddress changed to [::1]:9345: takes effect at the next restart" in caplog.text
+    assert "ControlSocketGroup changed to adm: takes effect at the next restart" in caplog.text
+
+
+def test_reload_switches_the_log_format(tmp_path: Path, restore_logging: None) -> None:
+    from teredo.adapters.daemon import JsonFormatter
+    from teredo.programs.loading import start_logging
+
+    path = write(tmp_path, "ServerBindAddress 198.51.100.2\n")
+    daemon = daemon_for(path)
+    start_logging(daemon.loaded)
+
+    def formatter() -> logging.Formatter | None:
+        (handler,) = [h for h in logging.getLogger("teredo").handlers if h.get_name()]
+        return handler.formatter
+
+    assert not isinstance(formatter(), JsonFormatter)
+    Path(path).write_text("ServerBindAddress 198.51.100.2\nLogFormat json\n")
+    daemon.reload()
+    assert isinstance(formatter(), JsonFormatter) and daemon.config.log_format == "json"
 
 
 def test_reload_with_a_broken_file_raises_and_keeps_running(tmp_path: Path) -> None:

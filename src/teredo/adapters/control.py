@@ -1,7 +1,8 @@
 """The control socket: how `teredo status` asks a running daemon for its state.
 
 Protocol: a client connects to the daemon's AF_UNIX stream socket (configuration directive
-`ControlSocket`, default `teredo.core.config.default_control_socket(role)`: /run/teredo/ROLE.sock),
+`ControlSocket`, default `teredo.core.config.default_control_socket`: one per instance,
+/run/teredo/client-IFNAME.sock, relay-IFNAME.sock, server.sock),
 sends one JSON line such as `{"command": "status"}` and reads one JSON document back; then the
 daemon closes the connection.
 A failed request is answered with `{"error": "one sentence"}`.
@@ -26,6 +27,12 @@ Values may be `ipaddress` objects or Enums: they are encoded as strings (Enum: i
 Daemon side: `server = await start_control_server(path, get_status, commands={"peers": ...})`,
 then `await server.close()` on exit (it removes the socket file). CLI side:
 `query_control_socket` (`teredo status` is `teredo.programs.status`).
+
+Who may ask: the socket is mode 0660, owned by root and by the group ``ControlSocketGroup``
+(`group`) when set, so that monitoring runs as a member of that group, not as root. Who may
+remove it: the daemon drops privileges after it listens, and unlinking needs write permission
+on the directory; so the directory is handed to the daemon's ``User`` (`owner`) when the daemon
+created it or it is /run/teredo, and the dropped daemon removes its own socket at exit.
 """
 
 from __future__ import annotations
@@ -33,9 +40,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import grp
 import json
 import logging
 import os
+import pwd
 import socket
 import stat
 import time
@@ -85,11 +94,7 @@ class ControlServer:
 
     def status(self) -> dict[str, Any]:
         """The status document with the common keys (version, pid, uptime) filled in."""
-        document = dict(self._get_status())
-        document.setdefault("version", __version__)
-        document.setdefault("pid", os.getpid())
-        document.setdefault("uptime", round(time.monotonic() - self._started, 1))
-        return document
+        return complete_status(self._get_status(), self._started)
 
     def answer(self, request: bytes) -> object:
         """The reply to one request line (exposed for tests)."""
@@ -150,6 +155,16 @@ class ControlServer:
         await self.close()
 
 
+def complete_status(document: Mapping[str, Any], started: float) -> dict[str, Any]:
+    """`document` with the keys every role shares filled in: version, pid, uptime (seconds since
+    `started`, on the `time.monotonic()` clock)."""
+    complete = dict(document)
+    complete.setdefault("version", __version__)
+    complete.setdefault("pid", os.getpid())
+    complete.setdefault("uptime", round(time.monotonic() - started, 1))
+    return complete
+
+
 async def start_control_server(
     path: str,
     get_status: StatusGetter,
@@ -157,6 +172,8 @@ async def start_control_server(
     commands: Mapping[str, Command] | None = None,
     started: float | None = None,
     mode: int = SOCKET_MODE,
+    group: str | None = None,
+    owner: str | None = None,
 ) -> ControlServer:
     """Listen on the AF_UNIX socket `path` and answer control requests on the running loop.
 
@@ -164,13 +181,18 @@ async def start_control_server(
     more (e.g. `{"peers": core_peer_list}`). `started` is the daemon's start on the
     `time.monotonic()` clock (default: now), for the uptime. The parent directory is created
     (mode 0755) when missing; a stale socket left by a daemon that died is replaced; the socket
-    is created with `mode` (default 0660). Raises `UserError` when another daemon already
-    answers on `path` or the path cannot be used.
+    is created with `mode` (default 0660) and given to `group` (``ControlSocketGroup``) when
+    set. `owner` is the user the daemon will drop to (``User``): the directory is handed to it
+    when this call created it or it is /run/teredo, so that the daemon can remove its socket
+    after the drop. Raises `UserError` when another daemon already answers on `path`, the
+    group does not exist, or the path cannot be used.
     """
     server = ControlServer(
         path, get_status, commands or {}, time.monotonic() if started is None else started
     )
+    gid = _group_id(group) if group is not None else None
     directory = os.path.dirname(path) or "."
+    created = not os.path.isdir(directory)
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
     except OSError as error:
@@ -187,6 +209,14 @@ async def start_control_server(
         finally:
             os.umask(previous)
         os.chmod(path, mode)
+        if gid is not None:
+            try:
+                os.chown(path, -1, gid)
+            except PermissionError:
+                raise UserError(
+                    f"cannot give control socket {path} to group {group}: permission denied; "
+                    "run as root or as a member of that group"
+                ) from None
         server._inode = os.stat(path).st_ino
         server._server = await asyncio.start_unix_server(
             server._serve, sock=sock, limit=MAX_LINE_BYTES
@@ -197,8 +227,39 @@ async def start_control_server(
             f"cannot listen on control socket {path}: {error.strerror or error}; "
             "set ControlSocket to a short path in a writable directory"
         ) from None
+    if owner is not None and (created or os.path.abspath(directory) == CONTROL_SOCKET_DIR):
+        _hand_directory_to(directory, owner)
     log.info("control socket listening on %s", path)
     return server
+
+
+def _group_id(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UserError(
+            f"there is no group {group!r} for ControlSocketGroup; create it (groupadd {group}) "
+            "or set ControlSocketGroup to an existing group"
+        ) from None
+
+
+def _hand_directory_to(directory: str, user: str) -> None:
+    """Let `user` (the daemon after its privilege drop) unlink its socket in `directory`."""
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return  # the privilege drop reports the unknown user
+    if uid == 0 or os.geteuid() != 0:
+        return  # staying root, or not root: the socket stays removable as it is
+    owner = os.stat(directory).st_uid
+    if owner == 0:
+        os.chown(directory, uid, -1)
+    elif owner != uid:
+        log.warning(
+            "%s belongs to another user (uid %d), so %s cannot remove its control socket there "
+            "at exit; give each User its own ControlSocket directory",
+            directory, owner, user,
+        )  # fmt: skip
 
 
 def _remove_stale(path: str) -> None:

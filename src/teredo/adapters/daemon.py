@@ -27,14 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import logging.handlers
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Final
+from typing import Final, Literal
 
 from teredo.core.errors import UsageError, UserError
 
@@ -46,6 +48,40 @@ RELOAD_SIGNAL: Final = signal.SIGHUP
 
 _STDERR_FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _SYSLOG_FORMAT: Final = "%(levelname)s %(name)s: %(message)s"
+# What every LogRecord has; anything else on a record came from `extra=` and is an event field.
+_RECORD_ATTRIBUTES: Final = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime"}
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """``LogFormat json``: one JSON object per line, for log shippers.
+
+    Keys: ``time`` (UTC, RFC 3339 with milliseconds), ``level``, ``role``, ``logger``,
+    ``message`` (the %-formatted text), ``pid``, the event's own fields (what the call passed in
+    ``extra=``), and ``exception`` (the traceback text) when there is one.
+    """
+
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role = role
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        event: dict[str, object] = {
+            "time": f"{stamp}.{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "role": self.role,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and key not in event:
+                event[key] = value
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event, default=str, ensure_ascii=False)
 
 
 # --- logging ----------------------------------------------------------------------------------
@@ -64,11 +100,14 @@ def setup_logging(
     syslog_facility: str | None = None,
     ident: str = "teredo",
     syslog_socket: str = SYSLOG_SOCKET,
+    log_format: Literal["text", "json"] = "text",
+    role: str = "teredo",
 ) -> None:
     """Send the `teredo` loggers to stderr, or to syslog with `syslog_facility` when given.
 
     `syslog_facility` takes Miredo's `SyslogFacility` names (daemon, user, local0..local7...);
-    messages then go to `syslog_socket` tagged `ident[pid]`.
+    messages then go to `syslog_socket` tagged `ident[pid]`. `log_format` "json" writes each
+    message as one JSON object (`JsonFormatter`, naming `role`) instead of text.
     Safe to call again (on reload, in tests): it replaces the handler it installed before.
     pyroute2's own chatter is shown only from verbosity 2.
     """
@@ -91,6 +130,8 @@ def setup_logging(
         handler = logging.handlers.SysLogHandler(syslog_socket, facility=facility)
         handler.ident = f"{ident}[{os.getpid()}]: "
         handler.setFormatter(logging.Formatter(_SYSLOG_FORMAT))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(role))
     handler.set_name("teredo-runtime")
     root = logging.getLogger("teredo")
     for old in [h for h in root.handlers if h.get_name() == "teredo-runtime"]:

@@ -37,7 +37,22 @@ SyslogFacility         C R S  daemon                     auth authpriv cron daem
 ServerBindAddress      S      required (or ADDRESS arg)  IPv4 address, global unicast
 ServerBindAddress2     S      ServerBindAddress + 1      IPv4 address, global unicast
 *ours*
-ControlSocket          C R S  /run/teredo/<role>.sock    absolute path, or ``none``
+ControlSocket          C R S  /run/teredo/client-        absolute path, or ``none``; the
+                              <InterfaceName>.sock,      daemon hands the socket's directory
+                              relay-<InterfaceName>      to User when it created it or it is
+                              .sock, server.sock         /run/teredo, so that it removes its
+                                                         socket at exit
+ControlSocketGroup     C R S  none (root's group)        group whose members may use the
+                                                         control socket (mode 0660), e.g.
+                                                         monitoring: ``teredo status`` without
+                                                         root
+MetricsAddress         C R S  none (off)                 IPv4:port or [IPv6]:port, e.g.
+                                                         127.0.0.1:9344: serve Prometheus
+                                                         metrics over HTTP at /metrics; ``none``
+                                                         turns it off; a change needs a restart
+LogFormat              C R S  text                       text|json: json writes one JSON object
+                                                         per line (time, level, role, message,
+                                                         the event's fields)
 User                   C R S  nobody                     user to drop privileges to
 HookScript             C      none                       absolute path of a script run with
                                                          Miredo's client-hook environment
@@ -76,8 +91,9 @@ RequireAuthentication  S      no                         yes|no: yes answers onl
                                                          answers nonce-only RSs (Miredo, Windows)
 =====================  =====  =========================  ===================================
 
-``<role>`` in the control socket path is ``client``, ``relay`` or ``server``: one default socket per
-kind of daemon, so ``teredo status`` finds it; run two daemons of one kind with explicit paths.
+The default control socket is per instance: ``client-<InterfaceName>.sock`` and
+``relay-<InterfaceName>.sock`` (two clients on two interfaces do not collide), ``server.sock``;
+``teredo status`` finds the one that answers in /run/teredo, and lists them when there are several.
 
 Compatibility with Miredo (observed with Miredo 1.2.6 and its miredo-checkconf)
 -------------------------------------------------------------------------------
@@ -117,7 +133,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Final, Literal, NoReturn, TypeAlias, TypeVar
+from typing import Final, Literal, NoReturn, TypeAlias, TypedDict, TypeVar
 
 from teredo.core.address import DEFAULT_MTU, LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, is_global_ipv4
 from teredo.core.errors import UsageError
@@ -132,6 +148,8 @@ __all__ = [
     "Config",
     "ConfigLine",
     "ConfigWarning",
+    "LogFormat",
+    "MetricsAddress",
     "RelayConfig",
     "RelayType",
     "Role",
@@ -180,6 +198,7 @@ MAX_CONFIG_BYTES: Final = 1 << 20  # a configuration file is a few hundred bytes
 # reflection); teredo.core.server explains the bound.
 DEFAULT_RATE_LIMIT: Final = int(RATE_LIMIT_PER_SECOND)
 MAX_RATE_LIMIT: Final = 1_000_000
+LOG_FORMATS: Final = ("text", "json")
 
 _BLANKS: Final = " \t\r\f\v"  # C isspace() without the newline, as Miredo splits lines
 _BLANK_RUN: Final = re.compile(r"[ \t\r\f\v]+")
@@ -206,6 +225,21 @@ _NEVER_UNICAST: Final = (
 )
 _LINK_LOCAL_V6: Final = IPv6Network("fe80::/10")
 _MULTICAST_V6: Final = IPv6Network("ff00::/8")
+
+
+LogFormat: TypeAlias = Literal["text", "json"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsAddress:
+    """Where the Prometheus endpoint listens (``MetricsAddress``): an IP address and a port."""
+
+    host: IPv4Address | IPv6Address
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if self.host.version == 6 else str(self.host)
+        return f"{host}:{self.port}"
 
 
 class RelayType(Enum):
@@ -277,7 +311,10 @@ class ClientConfig:
     bind_address: IPv4Address = ANY_IPV4
     bind_port: int = 0
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
-    control_socket: str | None = f"{CONTROL_SOCKET_DIR}/client.sock"
+    control_socket: str | None = f"{CONTROL_SOCKET_DIR}/client-{DEFAULT_INTERFACE_NAME}.sock"
+    control_socket_group: str | None = None
+    metrics_address: MetricsAddress | None = None
+    log_format: LogFormat = "text"
     user: str = DEFAULT_USER
     hook_script: str | None = None
     max_peers: int = DEFAULT_CLIENT_MAX_PEERS
@@ -307,7 +344,10 @@ class RelayConfig:
     bind_address: IPv4Address = ANY_IPV4
     bind_port: int = 0
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
-    control_socket: str | None = f"{CONTROL_SOCKET_DIR}/relay.sock"
+    control_socket: str | None = f"{CONTROL_SOCKET_DIR}/relay-{DEFAULT_INTERFACE_NAME}.sock"
+    control_socket_group: str | None = None
+    metrics_address: MetricsAddress | None = None
+    log_format: LogFormat = "text"
     user: str = DEFAULT_USER
     max_peers: int = DEFAULT_RELAY_MAX_PEERS
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
@@ -331,6 +371,9 @@ class ServerConfig:
     interface_mtu: int = DEFAULT_MTU  # the MTU advertised in Router Advertisements
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
     control_socket: str | None = f"{CONTROL_SOCKET_DIR}/server.sock"
+    control_socket_group: str | None = None
+    metrics_address: MetricsAddress | None = None
+    log_format: LogFormat = "text"
     user: str = DEFAULT_USER
     allow_private_addresses: bool = False
     rate_limit: int = DEFAULT_RATE_LIMIT  # answers per second per IPv4 address; 0: no limit
@@ -344,9 +387,12 @@ class ServerConfig:
 Config: TypeAlias = ClientConfig | RelayConfig | ServerConfig
 
 
-def default_control_socket(role: Role) -> str:
-    """The control socket a daemon of this role listens on unless ``ControlSocket`` says else."""
-    return f"{CONTROL_SOCKET_DIR}/{role}.sock"
+def default_control_socket(role: Role, interface: str = DEFAULT_INTERFACE_NAME) -> str:
+    """The control socket a daemon listens on unless ``ControlSocket`` says else: one per
+    instance, so that two clients on one host (two interfaces) do not collide."""
+    if role == "server":
+        return f"{CONTROL_SOCKET_DIR}/server.sock"
+    return f"{CONTROL_SOCKET_DIR}/{role}-{interface}.sock"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,6 +584,48 @@ def _parse_secret(value: str) -> bytes:
         raise _Invalid(str(problem)) from None
 
 
+def _parse_group(value: str) -> str:
+    if not _USER_NAME.fullmatch(value):
+        raise _Invalid(f"must be a group name such as monitoring, not {_show(value)}")
+    return value
+
+
+def _parse_metrics_address(value: str) -> MetricsAddress | None:
+    """``127.0.0.1:9344``, ``[::1]:9344``, or ``none``."""
+    if value.lower() == "none":
+        return None
+    problem = (
+        f"must be an address and a port such as 127.0.0.1:9344 or [::1]:9344, or none, "
+        f"not {_show(value)}"
+    )
+    host, colon, port = value.rpartition(":")
+    if not colon or not port:
+        raise _Invalid(problem)
+    address: IPv4Address | IPv6Address
+    try:
+        if host.startswith("[") and host.endswith("]"):
+            address = IPv6Address(host[1:-1])
+        else:
+            address = IPv4Address(host)
+    except ValueError:
+        raise _Invalid(problem) from None
+    if address.is_multicast or (address.version == 6 and address.scope_id):
+        raise _Invalid(problem)
+    try:
+        return MetricsAddress(address, _parse_int(port, 1, 0xFFFF))
+    except _Invalid:
+        raise _Invalid(problem) from None
+
+
+def _parse_log_format(value: str) -> LogFormat:
+    word = value.lower()
+    if word == "text":
+        return "text"
+    if word == "json":
+        return "json"
+    raise _Invalid(f"must be text or json, not {_show(value)}")
+
+
 def _parse_host_list(value: str) -> tuple[IPv4Address | str, ...]:
     """Comma-separated `_parse_host` values (no blanks: a value is one word)."""
     hosts = tuple(_parse_host(item) for item in value.split(",") if item)
@@ -580,6 +668,9 @@ _DIRECTIVES: Final = {
         _Directive("ServerBindAddress", _SERVER, _parse_ipv4, miredo=True),
         _Directive("ServerBindAddress2", _SERVER, _parse_ipv4, miredo=True),
         _Directive("ControlSocket", _ALL, _parse_socket_path),
+        _Directive("ControlSocketGroup", _ALL, _parse_group),
+        _Directive("MetricsAddress", _ALL, _parse_metrics_address),
+        _Directive("LogFormat", _ALL, _parse_log_format),
         _Directive("User", _ALL, _parse_user),
         _Directive("HookScript", _CLIENT, _parse_path),
         _Directive("MaxPeers", _CLIENT_RELAY, _parse_max_peers),
@@ -767,9 +858,24 @@ def _next_address(
     return secondary
 
 
-def _control_socket(reader: _Reader, role: Role) -> str | None:
-    default: str | None = default_control_socket(role)
+def _control_socket(reader: _Reader, role: Role, interface: str) -> str | None:
+    default: str | None = default_control_socket(role, interface)
     return reader.get("controlsocket", _parse_socket_path, default)
+
+
+class _Observability(TypedDict):
+    control_socket_group: str | None
+    metrics_address: MetricsAddress | None
+    log_format: LogFormat
+
+
+def _observability(reader: _Reader) -> _Observability:
+    """The directives every role shares for watching it: socket group, metrics, log format."""
+    return {
+        "control_socket_group": reader.get("controlsocketgroup", _parse_group, None),
+        "metrics_address": reader.get("metricsaddress", _parse_metrics_address, None),
+        "log_format": reader.get("logformat", _parse_log_format, "text"),
+    }
 
 
 def _queue_bytes(reader: _Reader, mtu: int) -> int:
@@ -847,14 +953,16 @@ def _build_client(reader: _Reader, server: str | None) -> ClientConfig:
             reader, primary_key, what, primary, allow_private, "ServerAddress2"
         )
     identifier, secret, secret_file = _client_key(reader)
+    interface = reader.get("interfacename", _parse_interface_name, DEFAULT_INTERFACE_NAME)
     return ClientConfig(
         server_address=primary,
         server_address2=secondary,
-        interface_name=reader.get("interfacename", _parse_interface_name, DEFAULT_INTERFACE_NAME),
+        interface_name=interface,
         bind_address=reader.get("bindaddress", _parse_ipv4, ANY_IPV4),
         bind_port=reader.get("bindport", _parse_port, 0),
         syslog_facility=reader.get("syslogfacility", _parse_facility, DEFAULT_SYSLOG_FACILITY),
-        control_socket=_control_socket(reader, "client"),
+        control_socket=_control_socket(reader, "client", interface),
+        **_observability(reader),
         user=reader.get("user", _parse_user, DEFAULT_USER),
         hook_script=reader.get("hookscript", _parse_path, None),
         max_peers=reader.get("maxpeers", _parse_max_peers, DEFAULT_CLIENT_MAX_PEERS),
@@ -909,15 +1017,17 @@ def _build_relay(reader: _Reader, relay_type: RelayType) -> RelayConfig:
         if relay_type is RelayType.HOST_SPECIFIC
         else DEFAULT_RELAY_MAX_PEERS
     )
+    interface = reader.get("interfacename", _parse_interface_name, DEFAULT_INTERFACE_NAME)
     return RelayConfig(
         relay_type=relay_type,
         prefix=prefix,
         interface_mtu=mtu,
-        interface_name=reader.get("interfacename", _parse_interface_name, DEFAULT_INTERFACE_NAME),
+        interface_name=interface,
         bind_address=reader.get("bindaddress", _parse_ipv4, ANY_IPV4),
         bind_port=reader.get("bindport", _parse_port, 0),
         syslog_facility=reader.get("syslogfacility", _parse_facility, DEFAULT_SYSLOG_FACILITY),
-        control_socket=_control_socket(reader, "relay"),
+        control_socket=_control_socket(reader, "relay", interface),
+        **_observability(reader),
         user=reader.get("user", _parse_user, DEFAULT_USER),
         max_peers=reader.get("maxpeers", _parse_max_peers, default_peers),
         max_queue_bytes=_queue_bytes(reader, mtu),
@@ -995,7 +1105,8 @@ def _build_server(reader: _Reader, address: str | None) -> ServerConfig:
         prefix=prefix,
         interface_mtu=mtu,
         syslog_facility=reader.get("syslogfacility", _parse_facility, DEFAULT_SYSLOG_FACILITY),
-        control_socket=_control_socket(reader, "server"),
+        control_socket=_control_socket(reader, "server", DEFAULT_INTERFACE_NAME),
+        **_observability(reader),
         user=reader.get("user", _parse_user, DEFAULT_USER),
         allow_private_addresses=allow_private,
         rate_limit=reader.get("ratelimit", _parse_rate_limit, DEFAULT_RATE_LIMIT),

@@ -57,4 +57,4 @@ class ServerCoreStatus(TypedDict):
 
     counters: dict[str, int]
     drops: dict[str, int]
-    rate_limited_sources: int
+    rate_limit_sources_tracked: int  # sources with a bucket in the limiter, limited or not

@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING, Any, Final
 
-from teredo.adapters.control import ControlServer, start_control_server
 from teredo.adapters.daemon import wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
 from teredo.core.address import CLIENT_LINK_LOCAL, DISCOVERY_GROUP, TEREDO_PORT
@@ -64,6 +63,7 @@ from teredo.core.secure_qualification import ClientKey
 from teredo.programs.datapath import DataPath, open_kernel_path
 from teredo.programs.keys import client_key
 from teredo.programs.loading import Loaded, load, reload_config, start_logging
+from teredo.programs.observers import Observers, start_observers
 from teredo.programs.probe import local_address_toward, resolve_ipv4
 from teredo.programs.status import merge_counters
 
@@ -122,6 +122,20 @@ def resolve_servers(config: ClientConfig) -> tuple[ServerPair, ...]:
 
 def _resolve(host: IPv4Address | str, what: str) -> IPv4Address:
     return host if isinstance(host, IPv4Address) else resolve_ipv4(host, what)
+
+
+def server_list(servers: tuple[ServerPair, ...], in_use: ServerPair) -> list[dict[str, Any]]:
+    """The status document's ``servers``: each server pair as an object, the one in use marked
+    (RFC 4380 §5.2: the client talks to both addresses of one pair, on UDP 3544)."""
+    return [
+        {
+            "address": str(pair.primary),
+            "secondary": str(pair.secondary) if pair.secondary is not None else None,
+            "port": TEREDO_PORT,
+            "in_use": pair == in_use,
+        }
+        for pair in servers
+    ]
 
 
 def client_settings(
@@ -260,7 +274,7 @@ class ClientDaemon:
     interface: str = ""
     interface_index: int = 0
     hook: HookRunner | None = None
-    control: ControlServer | None = None
+    control: Observers | None = None  # the control socket and metrics endpoint
     discovery: Any = None  # the local discovery UdpSocket
     started: float = field(default_factory=time.monotonic)
     configured: IPv6Address | None = None
@@ -307,9 +321,21 @@ class ClientDaemon:
                 "address %s configured on %s (MTU %d) %.1f ms after the router solicitation "
                 "that qualified (server RTT %.1f ms)",
                 event.address, self.interface, event.mtu, elapsed, event.rtt * 1000,
+                extra={  # the event's fields, for LogFormat json
+                    "event": "qualified", "address": str(event.address),
+                    "interface": self.interface, "mtu": event.mtu,
+                    "rs_to_address_ms": self.rs_to_address_ms,
+                    "server_rtt_ms": round(event.rtt * 1000, 3),
+                },
             )  # fmt: skip
         else:
-            log.info("address %s replaces %s on %s", event.address, event.old, self.interface)
+            log.info(
+                "address %s replaces %s on %s", event.address, event.old, self.interface,
+                extra={
+                    "event": "address_changed", "address": str(event.address),
+                    "old_address": str(event.old), "interface": self.interface,
+                },
+            )  # fmt: skip
         if self.hook is not None:
             await self.hook.run(self._hook_env("up", old_address, old_mtu))
 
@@ -323,6 +349,10 @@ class ClientDaemon:
             log.log(
                 logging.INFO if final else logging.WARNING,
                 "address %s withdrawn from %s: %s", old_address, self.interface, reason,
+                extra={
+                    "event": "withdrawn", "address": str(old_address),
+                    "interface": self.interface, "reason": reason,
+                },
             )  # fmt: skip
         if self.hook is not None and (old_address is not None or final):
             await self.hook.run(
@@ -366,7 +396,7 @@ class ClientDaemon:
             "bind": f"{self.loop.udp.local[0]}:{self.loop.udp.local[1]}" if self.loop else "-",
             "data_path": self.loop.description() if self.loop else "-",
             "config": self.loaded.path or "<command line>",
-            "servers": [str(s) for s in self.servers],
+            "servers": server_list(self.servers, self.core.qualifier.server),
             "rs_to_address_ms": self.rs_to_address_ms,
         }
         document.update((key, value) for key, value in core.items() if key not in document)
@@ -462,10 +492,7 @@ async def _serve(loaded: Loaded[ClientConfig]) -> int:
         if config.hook_script is not None:
             daemon.hook = HookRunner(config.hook_script)
             await daemon.hook.start()
-        if config.control_socket is not None:
-            daemon.control = await start_control_server(
-                config.control_socket, daemon.status, started=daemon.started
-            )
+        daemon.control = await start_observers(config, daemon.status, started=daemon.started)
         _warn_if_native_ipv6(tun.name)
         if config.offload:
             daemon.kernel = open_kernel_path(

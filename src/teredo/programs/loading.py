@@ -17,7 +17,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-from teredo.core.config import MAX_CONFIG_BYTES, Config, parse_config, tokenize_config
+from teredo.core.config import (
+    MAX_CONFIG_BYTES,
+    ClientConfig,
+    Config,
+    RelayConfig,
+    ServerConfig,
+    parse_config,
+    tokenize_config,
+)
 from teredo.core.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -84,12 +92,26 @@ def load(
     return Loaded(config, path, syslog, argument)
 
 
-def start_logging(loaded: Loaded[ConfigT]) -> None:
-    """A daemon's first words: logging where the file asks (syslog with SyslogFacility, else
-    stderr), then the file's warnings."""
+# Restart-only in every role: they are bound or set up once (`teredo.programs.observers`).
+OBSERVERS_RESTART_ONLY: Final = {
+    "control_socket": "ControlSocket",
+    "control_socket_group": "ControlSocketGroup",
+    "metrics_address": "MetricsAddress",
+}
+
+
+def _setup_logging(loaded: Loaded[ConfigT]) -> None:
     from teredo.adapters.daemon import setup_logging
 
-    setup_logging(0, syslog_facility=loaded.syslog)
+    config = loaded.config
+    role = {ClientConfig: "client", RelayConfig: "relay", ServerConfig: "server"}[type(config)]
+    setup_logging(0, syslog_facility=loaded.syslog, log_format=config.log_format, role=role)
+
+
+def start_logging(loaded: Loaded[ConfigT]) -> None:
+    """A daemon's first words: logging where the file asks (syslog with SyslogFacility, else
+    stderr; JSON lines with LogFormat json), then the file's warnings."""
+    _setup_logging(loaded)
     for warning in loaded.config.warnings:
         log.warning("%s", warning)
 
@@ -100,17 +122,19 @@ def reload_config(
     restart_only: Mapping[str, str],
 ) -> Loaded[ConfigT]:
     """SIGHUP: the configuration read again (its warnings logged), with the settings in
-    `restart_only` kept from `current` (`keep_restart_only`), and logging moved to syslog or
-    stderr if the file's SyslogFacility changed. The daemon applies the rest."""
-    from teredo.adapters.daemon import setup_logging
-
+    `restart_only` and `OBSERVERS_RESTART_ONLY` kept from `current` (`keep_restart_only`), and
+    logging moved to syslog or stderr, text or JSON, if SyslogFacility or LogFormat changed.
+    The daemon applies the rest."""
     loaded = load_again(current.path, current.argument)
     for warning in loaded.config.warnings:
         log.warning("%s", warning)
-    kept = keep_restart_only(current.config, loaded.config, restart_only)
-    if loaded.syslog != current.syslog:
-        setup_logging(0, syslog_facility=loaded.syslog)
-    return dataclasses.replace(loaded, config=kept)
+    kept = keep_restart_only(
+        current.config, loaded.config, {**OBSERVERS_RESTART_ONLY, **restart_only}
+    )
+    reloaded = dataclasses.replace(loaded, config=kept)
+    if (loaded.syslog, kept.log_format) != (current.syslog, current.config.log_format):
+        _setup_logging(reloaded)
+    return reloaded
 
 
 def keep_restart_only(old: ConfigT, new: ConfigT, restart_only: Mapping[str, str]) -> ConfigT:

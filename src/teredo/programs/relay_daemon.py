@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING, Any, Final
 
-from teredo.adapters.control import ControlServer, start_control_server
 from teredo.adapters.daemon import wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
 from teredo.core.config import DEFAULT_CONFIG_PATH, RelayConfig, parse_relay_config
@@ -42,6 +41,7 @@ from teredo.core.errors import UserError
 from teredo.core.relay import TeredoRelay, relay_settings
 from teredo.programs.datapath import DataPath, open_kernel_path
 from teredo.programs.loading import Loaded, load, reload_config, start_logging
+from teredo.programs.observers import Observers, start_observers
 from teredo.programs.status import merge_counters
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class RelayDaemon:
     loop: DataPath | None = None
     kernel: KernelDataPath | None = None
     iface: Any = None  # netlink.InterfaceConfigurator (imported lazily with pyroute2)
-    control: ControlServer | None = None
+    control: Observers | None = None  # the control socket and metrics endpoint
     interface: str = ""
     forwarding: bool | None = None
     started: float = field(default_factory=time.monotonic)
@@ -229,10 +229,7 @@ async def _serve(loaded: Loaded[RelayConfig]) -> int:
                     "`sysctl -w net.ipv6.conf.all.forwarding=1`"
                 )
         daemon.refresh_addresses()
-        if config.control_socket is not None:
-            daemon.control = await start_control_server(
-                config.control_socket, daemon.status, started=daemon.started
-            )
+        daemon.control = await start_observers(config, daemon.status, started=daemon.started)
         if config.offload:
             daemon.kernel = open_kernel_path(
                 "host-specific relay" if core.host_specific else "relay",

@@ -39,7 +39,6 @@ from ipaddress import IPv4Address
 from typing import Any, Final
 
 from teredo.adapters import accel
-from teredo.adapters.control import ControlServer, start_control_server
 from teredo.adapters.daemon import wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
 from teredo.adapters.udp import UdpSocket, open_udp_socket
@@ -56,6 +55,7 @@ from teredo.core.server import (
 )
 from teredo.programs.keys import client_keys
 from teredo.programs.loading import Loaded, load, reload_config, start_logging
+from teredo.programs.observers import Observers, start_observers
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class ServerDaemon:
     clock: Callable[[], float]
     sockets: dict[IPv4Address, UdpSocket] = field(default_factory=dict)
     native: NativeSocket | None = None
-    control: ControlServer | None = None
+    control: Observers | None = None  # the control socket and metrics endpoint
     started: float = field(default_factory=time.monotonic)
     batch: ServerBatch = field(default_factory=ServerBatch)
 
@@ -238,7 +238,9 @@ class ServerDaemon:
             "config": self.loaded.path or "(none)",
             "counters": counters,
             "drops": dict(sorted(core.drops.items())),
-            "rate_limited_sources": core.rate_limit_entries,
+            # The limiter's table: every source heard from recently has a bucket there, limited
+            # or not (what was refused is drops["rate_limited"]).
+            "rate_limit_sources_tracked": core.rate_limit_entries,
         }
 
     def reload(self) -> None:
@@ -330,10 +332,7 @@ async def _serve(loaded: Loaded[ServerConfig]) -> int:
                 port_setting=None,
             )
         daemon.native = NativeSocket()
-        if config.control_socket is not None:
-            daemon.control = await start_control_server(
-                config.control_socket, daemon.status, started=daemon.started
-            )
+        daemon.control = await start_observers(config, daemon.status, started=daemon.started)
         drop_privileges(config.user)
         for local, udp in daemon.sockets.items():
             loop.add_reader(udp.fileno(), daemon.on_readable, local)

@@ -15,7 +15,13 @@ from ipaddress import IPv6Network
 from typing import Any, Final
 
 from teredo.adapters.control import find_control_socket, query_control_socket
-from teredo.core.address import LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, parse_teredo_address
+from teredo.core.address import (
+    LEGACY_TEREDO_PREFIX,
+    TEREDO_PORT,
+    TEREDO_PREFIX,
+    TeredoAddress,
+    parse_teredo_address,
+)
 from teredo.core.config import CONTROL_SOCKET_DIR
 from teredo.core.errors import ParseError, UserError
 
@@ -66,17 +72,37 @@ def render_status(document: Mapping[str, Any]) -> str:
     if isinstance(document.get("uptime"), int | float):
         line += f", up {format_duration(float(document['uptime']))}"
     lines = [line]
-    keys = [key for key in document if key not in _HEADER_KEYS]
+    shown = _shown_elsewhere(document)
+    keys = [key for key in document if key not in _HEADER_KEYS and key not in shown]
     width = min(max([_LABEL_WIDTH - 2, *map(len, keys)]) + 2, _MAX_LABEL_WIDTH)
     for key in keys:
         value = document[key]
         if key == "address" and isinstance(value, str):
             lines += _render_address(value, document.get("prefix"), width)
         elif key == "peers":
-            lines.append(_row("peers", _peers_summary(value), 0, width))
+            lines.append(_row("peers", _peers_summary(value, document), 0, width))
+        elif key == "servers" and isinstance(value, list) and value:
+            lines.append(_row("servers", _servers_summary(value), 0, width))
         else:
             lines += _render_value(key, value, 0, width)
     return "\n".join(lines) + "\n"
+
+
+def _shown_elsewhere(document: Mapping[str, Any]) -> set[str]:
+    """Keys the human view leaves out because another line already says it (the JSON view
+    keeps every key): the server in use is marked in `servers`, the mapping is in the decoded
+    address, the trusted peers and the bound are on the peers line."""
+    shown = set()
+    if isinstance(document.get("servers"), list) and document["servers"]:
+        shown |= {"server", "secondary_server"}
+    if isinstance(document.get("peers"), int):
+        shown |= {"trusted_peers", "max_peers"}
+    address, mapped = document.get("address"), document.get("mapped")
+    if isinstance(address, str) and isinstance(mapped, str):
+        decoded = _decode(address, document.get("prefix"))
+        if decoded is not None and f"{decoded.mapped_address}:{decoded.mapped_port}" == mapped:
+            shown.add("mapped")
+    return shown
 
 
 def format_duration(seconds: float) -> str:
@@ -132,14 +158,20 @@ def _render_value(label: str, value: object, depth: int, width: int = _LABEL_WID
     return [_row(label, _scalar(value), depth, width)]
 
 
-def _render_address(text: str, prefix: object, width: int) -> list[str]:
-    lines = [_row("address", text, 0, width)]
+def _decode(text: str, prefix: object) -> TeredoAddress | None:
     prefixes: tuple[IPv6Network, ...] = (TEREDO_PREFIX, LEGACY_TEREDO_PREFIX)
     try:
         if isinstance(prefix, str):
             prefixes = (IPv6Network(prefix if "/" in prefix else prefix + "/32"),)
-        teredo = parse_teredo_address(text, prefixes)
+        return parse_teredo_address(text, prefixes)
     except (ParseError, ValueError):
+        return None
+
+
+def _render_address(text: str, prefix: object, width: int) -> list[str]:
+    lines = [_row("address", text, 0, width)]
+    teredo = _decode(text, prefix)
+    if teredo is None:
         return lines
     cone = ", cone" if teredo.cone else ""
     mapped = f"{teredo.mapped_address}:{teredo.mapped_port}"
@@ -147,9 +179,33 @@ def _render_address(text: str, prefix: object, width: int) -> list[str]:
     return lines
 
 
-def _peers_summary(peers: object) -> str:
+def _servers_summary(servers: list[Any]) -> str:
+    """`servers` as objects (address, secondary, port, in_use) or, from older daemons, text."""
+    shown = []
+    for server in servers:
+        if not isinstance(server, Mapping):
+            shown.append(_scalar(server))
+            continue
+        notes = []
+        if server.get("secondary"):
+            notes.append(f"secondary {server['secondary']}")
+        if server.get("port") not in (None, TEREDO_PORT):
+            notes.append(f"port {server['port']}")
+        if server.get("in_use"):
+            notes.append("in use")
+        details = f" ({', '.join(notes)})" if notes else ""
+        shown.append(f"{server.get('address', '?')}{details}")
+    return ", ".join(shown)
+
+
+def _peers_summary(peers: object, document: Mapping[str, Any]) -> str:
     if isinstance(peers, int) and not isinstance(peers, bool):
-        return str(peers)
+        text = str(peers)
+        if isinstance(document.get("trusted_peers"), int):
+            text += f" ({document['trusted_peers']} trusted)"
+        if isinstance(document.get("max_peers"), int):
+            text += f", at most {document['max_peers']}"
+        return text
     if isinstance(peers, list | tuple):
         trusted = sum(1 for p in peers if isinstance(p, Mapping) and p.get("trusted"))
         has_trust = any(isinstance(p, Mapping) and "trusted" in p for p in peers)
