@@ -151,7 +151,7 @@ def test_reload_with_a_broken_file_raises_and_keeps_running(tmp_path: Path) -> N
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    """`run_server` installs its log handler on the "teredo" logger: undo that afterwards."""
+    """`teredo server` installs its log handler on the "teredo" logger: undo that afterwards."""
     root = logging.getLogger("teredo")
     saved = (list(root.handlers), root.level, root.propagate)
     yield
@@ -319,14 +319,14 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_config_is_one_sentence_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, fragment: str
 ) -> None:
-    assert main(["server", "-c", write(tmp_path, text)]) == 2
+    assert main(["server", "-f", "-c", write(tmp_path, text)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("teredo: ") and fragment in err
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["server", "-c", str(tmp_path / "missing.conf")]) == 2
+    assert main(["server", "-f", "-c", str(tmp_path / "missing.conf")]) == 2
     assert "cannot read" in capsys.readouterr().err
 
 
@@ -339,7 +339,7 @@ def test_port_in_use_is_one_sentence_and_exit_1(
     busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         busy.bind((secondary, 3544))
-        assert main(["server", "-c", path]) == 1
+        assert main(["server", "-f", "-c", path]) == 1
     finally:
         busy.close()
     err = capsys.readouterr().err.strip().splitlines()

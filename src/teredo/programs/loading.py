@@ -3,9 +3,11 @@
 Every daemon reads its file the same way (Miredo's files, unchanged, parsed by
 `teredo.core.config`): the file from ``-c FILE`` or the role's default path; when there is no
 default file and the command line names the server (client) or the address (server), the
-defaults plus that argument; otherwise one sentence saying what to give. Logging goes to syslog
-only when the file sets ``SyslogFacility`` (else stderr). On SIGHUP the daemon loads again and
-keeps the settings that need a restart (`keep_restart_only`, which says so in the log).
+defaults plus that argument; otherwise one sentence saying what to give. ``-u USER`` overrides
+``User`` (`with_command_line`). Logging goes to syslog when the daemon detached (facility
+``SyslogFacility``, default daemon, as Miredo), and in the foreground (``-f``) to stderr unless
+the file sets ``SyslogFacility``. On SIGHUP the daemon loads again and keeps the settings that
+need a restart (`keep_restart_only`, which says so in the log).
 """
 
 from __future__ import annotations
@@ -33,8 +35,30 @@ class Loaded(Generic[ConfigT]):
 
     config: ConfigT
     path: str | None  # None: no file, the defaults plus the command-line argument
-    syslog: str | None  # the facility when the file sets SyslogFacility, else None (stderr)
+    syslog: str | None  # the facility when the file sets SyslogFacility, else None
     argument: str | None  # the command line's SERVER or ADDRESS, kept for reloads
+    user: str | None = None  # -u USER, which overrides the file's User
+    detached: bool = False  # no -f: logs go to syslog even without SyslogFacility
+
+    @property
+    def log_facility(self) -> str | None:
+        """Where the daemon logs: a syslog facility, or None for stderr."""
+        return self.config.syslog_facility if self.detached else self.syslog
+
+    @property
+    def stderr_hint(self) -> str:
+        """How to log to stderr instead, for the message when syslog is missing."""
+        if self.detached:
+            return "run in the foreground with -f to log to stderr"
+        return "remove SyslogFacility and run with -f to log to stderr"
+
+
+def with_command_line(
+    loaded: Loaded[ConfigT], *, user: str | None, detached: bool
+) -> Loaded[ConfigT]:
+    """`loaded` with the command line's ``-u USER`` and whether it detached (no ``-f``)."""
+    config = loaded.config if user is None else dataclasses.replace(loaded.config, user=user)
+    return dataclasses.replace(loaded, config=config, user=user, detached=detached)
 
 
 def read_config_text(path: str) -> str:
@@ -84,14 +108,15 @@ def load(
     return Loaded(config, path, syslog, argument)
 
 
-def start_logging(loaded: Loaded[ConfigT]) -> None:
-    """A daemon's first words: logging where the file asks (syslog with SyslogFacility, else
-    stderr), then the file's warnings."""
+def start_logging(loaded: Loaded[ConfigT], *, warnings: bool = True) -> None:
+    """A daemon's first words: logging where `loaded.log_facility` says, then the file's
+    warnings (not when only checking, before detaching, that syslog is there)."""
     from teredo.adapters.daemon import setup_logging
 
-    setup_logging(0, syslog_facility=loaded.syslog)
-    for warning in loaded.config.warnings:
-        log.warning("%s", warning)
+    setup_logging(0, syslog_facility=loaded.log_facility, stderr_hint=loaded.stderr_hint)
+    if warnings:
+        for warning in loaded.config.warnings:
+            log.warning("%s", warning)
 
 
 def reload_config(
@@ -104,12 +129,14 @@ def reload_config(
     stderr if the file's SyslogFacility changed. The daemon applies the rest."""
     from teredo.adapters.daemon import setup_logging
 
-    loaded = load_again(current.path, current.argument)
+    loaded = with_command_line(
+        load_again(current.path, current.argument), user=current.user, detached=current.detached
+    )
     for warning in loaded.config.warnings:
         log.warning("%s", warning)
     kept = keep_restart_only(current.config, loaded.config, restart_only)
-    if loaded.syslog != current.syslog:
-        setup_logging(0, syslog_facility=loaded.syslog)
+    if loaded.log_facility != current.log_facility:
+        setup_logging(0, syslog_facility=loaded.log_facility, stderr_hint=loaded.stderr_hint)
     return dataclasses.replace(loaded, config=kept)
 
 
