@@ -45,7 +45,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 def _cmd_checkconf(args: argparse.Namespace) -> int:
     from teredo.programs.commands import checkconf
 
-    return checkconf(args.file, resolve=args.resolve)
+    return checkconf(args.file, resolve=args.resolve, role=args.role)
 
 
 def _run_service(args: argparse.Namespace, kind: Literal["client", "relay", "server"]) -> int:
@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="resolve",
         action="store_false",
         help="do not resolve the client's server names",
+    )
+    p.add_argument(
+        "--role",
+        choices=("client", "relay", "server"),
+        help="check FILE as `teredo ROLE -c FILE` reads it (default: the role the file says)",
     )
     p.set_defaults(handler=_cmd_checkconf)
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import select
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
@@ -33,6 +37,7 @@ from teredo.programs.server_daemon import (
     new_core,
     settings_from_config,
 )
+from testsupport import NotifyListener
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -348,3 +353,42 @@ def test_port_in_use_is_one_sentence_and_exit_1(
         "(another teredo or miredo?); stop that program"
     )
     assert not any("Traceback" in line for line in err)
+
+
+def test_server_notifies_systemd(tmp_path: Path, loopback_pair: tuple[str, str]) -> None:
+    """A real `teredo server -f` on a real NOTIFY_SOCKET: READY=1 with its STATUS once both
+    sockets are bound, RELOADING=1 (with MONOTONIC_USEC) then READY=1 on SIGHUP, WATCHDOG=1
+    with WATCHDOG_USEC set, nothing but a log line on SIGUSR1, STOPPING=1 on SIGTERM."""
+    primary, secondary = loopback_pair
+    path = write(
+        tmp_path,
+        f"ServerBindAddress {primary}\nAllowPrivateAddresses yes\n"
+        f"ControlSocket {tmp_path / 'server.sock'}\n",
+    )
+    listener = NotifyListener(tmp_path / "notify")
+    env = dict(os.environ, NOTIFY_SOCKET=listener.path, WATCHDOG_USEC="1000000")
+    env.pop("WATCHDOG_PID", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "teredo", "server", "-f", "-c", path],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        ready = listener.wait_for("READY", "1")
+        assert ready["STATUS"].startswith(f"serving on {primary} and {secondary}")
+        listener.wait_for("WATCHDOG", "1")
+        process.send_signal(signal.SIGUSR1)
+        process.send_signal(signal.SIGHUP)
+        reloading = listener.wait_for("RELOADING", "1")
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        listener.wait_for("READY", "1")
+        assert process.poll() is None  # SIGUSR1 did not kill it
+        process.send_signal(signal.SIGTERM)
+        listener.wait_for("STOPPING", "1")
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        listener.close()
+    assert process.returncode == 0, err
+    assert "SIGUSR1 received: ignored" in err

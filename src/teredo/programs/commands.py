@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from teredo.core.errors import ParseError, UsageError
 
 if TYPE_CHECKING:
-    from teredo.core.config import ClientConfig
+    from teredo.core.config import ClientConfig, Role
 
 
 def _parse_ipv4(text: str, what: str) -> IPv4Address:
@@ -107,8 +107,9 @@ def encode(
     return 0
 
 
-def checkconf(path: str | None, resolve: bool = True) -> int:
-    """`teredo checkconf [--no-resolve] [FILE]`: validate a client, relay or server file.
+def checkconf(path: str | None, resolve: bool = True, role: Role | None = None) -> int:
+    """`teredo checkconf [--no-resolve] [--role ROLE] [FILE]`: validate a client, relay or
+    server file, for the role it configures or as `teredo ROLE` reads it.
 
     Like miredo-checkconf: silent and exit 0 when the file is valid; a line that would be
     ignored (unknown, repeated or misplaced directive) fails the check, and so does a server
@@ -124,7 +125,7 @@ def checkconf(path: str | None, resolve: bool = True) -> int:
     from teredo.programs.loading import load_config
 
     file = DEFAULT_CONFIG_PATH if path is None else path
-    config = load_config(file)
+    config = load_config(file, role)
     for warning in config.warnings:
         print(f"teredo: warning: {warning}", file=sys.stderr)
     ignored = sum(1 for warning in config.warnings if warning.ignored)

@@ -19,7 +19,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-from teredo.core.config import MAX_CONFIG_BYTES, Config, parse_config, tokenize_config
+from teredo.core.config import (
+    MAX_CONFIG_BYTES,
+    Config,
+    Role,
+    detect_role,
+    parse_config,
+    tokenize_config,
+)
 from teredo.core.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -77,9 +84,21 @@ def read_config_text(path: str) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-def load_config(path: str) -> Config:
-    """Read and parse the file at `path` for the role it configures (`teredo checkconf`)."""
-    return parse_config(read_config_text(path), None, path)
+def load_config(path: str, role: Role | None = None) -> Config:
+    """Read and parse the file at `path` (`teredo checkconf`) for the role it configures, or
+    as `teredo ROLE` would read it (`role_for`)."""
+    text = read_config_text(path)
+    return parse_config(text, None if role is None else role_for(role, text, path), path)
+
+
+def role_for(kind: Role, text: str, source: str) -> Role:
+    """The role `teredo client` or `teredo relay` runs on `text`: the file's RelayType when it
+    has one (as miredo does), else `kind`. A server file keeps `kind`: parsing it then says why
+    it does not fit."""
+    if kind == "server" or not any(line.key == "relaytype" for line in tokenize_config(text)):
+        return kind
+    role = detect_role(text, source)
+    return kind if role == "server" else role
 
 
 def load(

@@ -35,9 +35,15 @@ from typing import Final, Literal, TypeVar
 
 from teredo.adapters.daemon import StartReport
 from teredo.adapters.notify import Notifier
-from teredo.core.config import DEFAULT_CONFIG_PATH, Config, detect_role, tokenize_config
+from teredo.core.config import DEFAULT_CONFIG_PATH, Config
 from teredo.core.errors import TransientError, UserError
-from teredo.programs.loading import Loaded, read_config_text, start_logging, with_command_line
+from teredo.programs.loading import (
+    Loaded,
+    read_config_text,
+    role_for,
+    start_logging,
+    with_command_line,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,17 +155,11 @@ async def retry(
 
 def tunnel_role(kind: Kind, config_path: str | None) -> Kind:
     """The role `teredo client` or `teredo relay` runs: the file's RelayType when it has one
-    (as miredo), else the subcommand's. A server file keeps `kind` (its error says why)."""
-    if kind == "server":
-        return kind
+    (as miredo), else the subcommand's (`teredo.programs.loading.role_for`)."""
     path = config_path or DEFAULT_CONFIG_PATH
-    if config_path is None and not os.path.exists(path):
+    if kind == "server" or (config_path is None and not os.path.exists(path)):
         return kind
-    text = read_config_text(path)
-    if not any(line.key == "relaytype" for line in tokenize_config(text)):
-        return kind
-    role = detect_role(text, path)
-    return kind if role == "server" else role
+    return role_for(kind, read_config_text(path), path)
 
 
 def _load(kind: Kind, config_path: str | None, argument: str | None) -> Loaded[Config]:
