@@ -143,3 +143,35 @@ def test_relay_is_ready_once_its_interface_is_up(lab: Lab) -> None:
         stop(process)
         listener.close()
     assert "the file's RelayType makes this a relay: running one" in log.read_text()
+
+
+def test_client_waits_for_its_bind_address_at_boot(lab: Lab) -> None:
+    """At boot the client may start before its BindAddress is configured: it retries with
+    backoff (a warning each time, the reason in STATUS) and qualifies once it is there."""
+    directory = lab.directory / "boot"
+    directory.mkdir()
+    config = directory / "client.conf"
+    config.write_text(
+        f"ServerAddress {SERVER_IPV4}\nInterfaceName teredo3\nBindAddress 10.1.0.77\n"
+        f"BindPort 4003\nControlSocket {directory / 'client.sock'}\n"
+    )
+    log = directory / "client.log"
+    listener = NotifyListener(directory / "notify")
+    process = start(lab, "cli1", ["client", "-f", "-c", str(config)], listener, log)
+    try:
+        waiting = listener.wait_for("STATUS")
+        while "10.1.0.77" not in waiting["STATUS"]:
+            waiting = listener.wait_for("STATUS")
+        assert "not an address of this host" in waiting["STATUS"]
+        assert process.poll() is None, log.read_text()
+        lab.exec("cli1", ["ip", "addr", "add", "10.1.0.77/24", "dev", "eth0"], check=True)
+        ready = listener.wait_for("READY", "1")
+        assert ready["STATUS"].startswith("qualified,")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    finally:
+        stop(process)
+        listener.close()
+        lab.exec("cli1", ["ip", "addr", "del", "10.1.0.77/24", "dev", "eth0"])
+    warnings = [line for line in log.read_text().splitlines() if "WARNING" in line]
+    assert warnings and "(attempt 1); retrying in 1 s" in warnings[0]
