@@ -234,3 +234,35 @@ def test_checkconf_no_resolve(
     monkeypatch.setattr(socket, "getaddrinfo", _failing_getaddrinfo(socket.EAI_NONAME))
     assert main(["checkconf", "--no-resolve", path]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_user_option_overrides_the_file_and_survives_a_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`-u USER` as miredo's: it wins over the file's User, and a reload does not report it as
+    a changed setting."""
+    from teredo.programs.client_daemon import load_client_config
+    from teredo.programs.loading import reload_config, with_command_line
+
+    path = write(tmp_path, "ServerAddress 198.51.100.2\nUser nobody\n")
+    loaded = with_command_line(load_client_config(path, None), user="daemon", detached=False)
+    assert loaded.config.user == "daemon"
+    with caplog.at_level(logging.WARNING, logger="teredo"):
+        again = reload_config(loaded, load_client_config, {"user": "User"})
+    assert again.config.user == "daemon"
+    assert not [r for r in caplog.records if "User changed" in r.getMessage()]
+
+
+def test_logging_follows_foreground(tmp_path: Path) -> None:
+    """Detached: syslog, facility daemon unless the file says; -f: stderr unless it says."""
+    from teredo.programs.client_daemon import load_client_config
+    from teredo.programs.loading import with_command_line
+
+    plain = load_client_config(write(tmp_path, "ServerAddress 198.51.100.2\n"), None)
+    assert with_command_line(plain, user=None, detached=True).log_facility == "daemon"
+    assert with_command_line(plain, user=None, detached=False).log_facility is None
+    local = load_client_config(
+        write(tmp_path, "ServerAddress 198.51.100.2\nSyslogFacility local3\n", "b.conf"), None
+    )
+    assert with_command_line(local, user=None, detached=True).log_facility == "local3"
+    assert with_command_line(local, user=None, detached=False).log_facility == "local3"

@@ -171,8 +171,6 @@ def _load(kind: Kind, config_path: str | None, argument: str | None) -> Loaded[C
     elif kind == "relay":
         from teredo.programs.relay_daemon import load_relay_config
 
-        if argument is not None:
-            log.info("the server %s on the command line is ignored by a relay", argument)
         loaded = load_relay_config(config_path)  # type: ignore[assignment]
     else:
         from teredo.programs.server_daemon import load_server_config
@@ -221,6 +219,10 @@ def run_service(
         start_logging(loaded)  # again in a detached daemon: its syslog tag has its own pid
         if role != kind:
             log.info("the file's RelayType makes this a %s: running one (as miredo does)", role)
+        if role == "relay" and argument is not None:
+            log.info(
+                "the server %s on the command line is ignored by a relay (as miredo)", argument
+            )
         with _pid_file(options.pidfile):
             status = asyncio.run(_serve(role, loaded, service))
         service.report.failed("the daemon stopped during start-up", status or 1)
@@ -229,6 +231,10 @@ def run_service(
         if not options.foreground:  # the CLI's sentence goes to /dev/null: syslog gets it
             log.error("%s", error)
         service.failed(error)
+        raise
+    except Exception:  # a bug: detached, its traceback would go to /dev/null
+        if not options.foreground:
+            log.exception("the daemon stopped on an unexpected error")
         raise
     finally:
         service.close()
