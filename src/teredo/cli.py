@@ -141,12 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_checkconf)
 
     for role, miredo, argument, argument_help, default_file in DAEMONS:
-        p = sub.add_parser(role, help=f"run a Teredo {role} ({miredo}'s command line)")
+        summary = f"run a Teredo {role} ({miredo}'s command line)"
+        p = sub.add_parser(
+            role,
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}: detach and log to syslog, or "
+            "stay in the foreground with -f.",
+        )
         p.add_argument(
             "-c", "--config", metavar="FILE", help=f"configuration file (default {default_file})"
         )
         p.add_argument(
-            "-f", "--foreground", action="store_true", help="do not detach; log to stderr"
+            "-f",
+            "--foreground",
+            action="store_true",
+            help="do not detach; log to stderr (unless the file sets SyslogFacility)",
         )
         p.add_argument(
             "-p", "--pidfile", metavar="FILE", help="write the process id to FILE, locked"
