@@ -78,7 +78,7 @@ def test_units_notify_and_harden(staged: Path, name: str) -> None:
     assert {"CAP_SETUID", "CAP_SETGID"} <= capabilities  # the daemon drops root itself
     assert "CAP_SYS_ADMIN" not in capabilities
     if "server" in name:
-        assert capabilities == {"CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID"}
+        assert capabilities == {"CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN"}
     else:
         assert {"CAP_NET_ADMIN", "CAP_BPF"} <= capabilities
         assert service["DeviceAllow"] == "/dev/net/tun rw"
