@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +54,45 @@ def require_kernel_data_path() -> None:
     if IN_CI:
         pytest.fail(f"in CI this test must run, but it {reason}")
     pytest.skip(reason)
+
+
+def require_tool(tool: str, package: str) -> str:
+    """The path of `tool`; skip (outside CI) or fail (in CI) when it is not installed."""
+    path = shutil.which(tool)
+    if path is not None:
+        return path
+    reason = f"needs {tool} (Debian package {package}: bash scripts/setup installs it)"
+    if IN_CI:
+        pytest.fail(f"in CI this test must run, but it {reason}")
+    pytest.skip(reason)
+
+
+class NotifyListener:
+    """A service manager's end of systemd's notify protocol: a real AF_UNIX datagram socket
+    at `path` (give it to a daemon as NOTIFY_SOCKET), keeping every message it receives."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.messages: list[dict[str, str]] = []
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(self.path)
+        os.chmod(self.path, 0o777)  # as systemd's: any user may write
+
+    def wait_for(
+        self, name: str, value: str | None = None, timeout: float = 30.0
+    ) -> dict[str, str]:
+        """The next message (after those already returned) with `name` (= `value`); fails
+        the test after `timeout` seconds without it."""
+        self._socket.settimeout(timeout)
+        while True:
+            try:
+                data = self._socket.recv(4096)
+            except TimeoutError:
+                pytest.fail(f"no {name}={value or '...'} notification; got {self.messages}")
+            message = dict(line.split("=", 1) for line in data.decode().split("\n") if line)
+            self.messages.append(message)
+            if name in message and (value is None or message[name] == value):
+                return message
+
+    def close(self) -> None:
+        self._socket.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 from teredo.core.errors import UsageError, UserError
 
@@ -44,25 +45,26 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 def _cmd_checkconf(args: argparse.Namespace) -> int:
     from teredo.programs.commands import checkconf
 
-    return checkconf(args.file)
+    return checkconf(args.file, resolve=args.resolve, role=args.role)
+
+
+def _run_service(args: argparse.Namespace, kind: Literal["client", "relay", "server"]) -> int:
+    from teredo.programs.service import ServiceOptions, run_service
+
+    options = ServiceOptions(foreground=args.foreground, pidfile=args.pidfile, user=args.user)
+    return run_service(kind, args.config, args.argument, options)
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
-    from teredo.programs.client_daemon import run_client
-
-    return run_client(args.config, server=args.server)
+    return _run_service(args, "client")
 
 
 def _cmd_relay(args: argparse.Namespace) -> int:
-    from teredo.programs.relay_daemon import run_relay
-
-    return run_relay(args.config)
+    return _run_service(args, "relay")
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
-    from teredo.programs.server_daemon import run_server
-
-    return run_server(args.config, address=args.address)
+    return _run_service(args, "server")
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -81,6 +83,23 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     from teredo.lab.commands import run_lab_command
 
     return run_lab_command(args)
+
+
+_DAEMON_HANDLERS: dict[str, Handler] = {
+    "client": _cmd_client,
+    "relay": _cmd_relay,
+    "server": _cmd_server,
+}
+# The daemons' command line, Miredo's: (subcommand, Miredo's program, positional, its help,
+# default file).
+DAEMONS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("client", "miredo", "SERVER", "Teredo server (overrides ServerAddress)",
+     "/etc/miredo/miredo.conf"),
+    ("relay", "miredo", "SERVER", "accepted as miredo does, and ignored by a relay",
+     "/etc/miredo/miredo.conf"),
+    ("server", "miredo-server", "ADDRESS", "primary server IPv4 (overrides ServerBindAddress)",
+     "/etc/miredo/miredo-server.conf"),
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,22 +127,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("checkconf", help="validate a miredo.conf / miredo-server.conf style file")
     p.add_argument("file", nargs="?", default=None, help="default /etc/miredo/miredo.conf")
+    p.add_argument(
+        "--no-resolve",
+        dest="resolve",
+        action="store_false",
+        help="do not resolve the client's server names",
+    )
+    p.add_argument(
+        "--role",
+        choices=("client", "relay", "server"),
+        help="check FILE as `teredo ROLE -c FILE` reads it (default: the role the file says)",
+    )
     p.set_defaults(handler=_cmd_checkconf)
 
-    config_help = "configuration file (Miredo syntax)"
-    p = sub.add_parser("client", help="run a Teredo client in the foreground")
-    p.add_argument("-c", "--config", metavar="FILE", help=config_help)
-    p.add_argument("server", nargs="?", help="Teredo server (overrides ServerAddress)")
-    p.set_defaults(handler=_cmd_client)
-
-    p = sub.add_parser("relay", help="run a Teredo relay in the foreground")
-    p.add_argument("-c", "--config", metavar="FILE", help=config_help)
-    p.set_defaults(handler=_cmd_relay)
-
-    p = sub.add_parser("server", help="run a Teredo server in the foreground")
-    p.add_argument("-c", "--config", metavar="FILE", help=config_help)
-    p.add_argument("address", nargs="?", help="primary server IPv4 (overrides ServerBindAddress)")
-    p.set_defaults(handler=_cmd_server)
+    for role, miredo, argument, argument_help, default_file in DAEMONS:
+        summary = f"run a Teredo {role} ({miredo}'s command line)"
+        p = sub.add_parser(
+            role,
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}: detach and log to syslog, or "
+            "stay in the foreground with -f.",
+        )
+        p.add_argument(
+            "-c", "--config", metavar="FILE", help=f"configuration file (default {default_file})"
+        )
+        p.add_argument(
+            "-f",
+            "--foreground",
+            action="store_true",
+            help="do not detach; log to stderr (unless the file sets SyslogFacility)",
+        )
+        p.add_argument(
+            "-p", "--pidfile", metavar="FILE", help="write the process id to FILE, locked"
+        )
+        p.add_argument(
+            "-u", "--user", metavar="USER", help="drop privileges to USER (overrides User)"
+        )
+        p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
+        p.add_argument("argument", nargs="?", metavar=argument, help=argument_help)
+        p.set_defaults(handler=_DAEMON_HANDLERS[role])
 
     p = sub.add_parser("probe", help="qualify against a server without root and report the NAT")
     p.add_argument("server", help="Teredo server hostname or IPv4")

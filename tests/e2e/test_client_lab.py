@@ -204,7 +204,7 @@ def test_hook_script_and_sigterm_cleanup(prc_lab: Lab, tmp_path: Path) -> None:
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             ["ip", "netns", "exec", prc_lab.namespace("cli1"), sys.executable, "-m", "teredo",
-             "client", "-c", str(config)],
+             "client", "-f", "-c", str(config)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:

@@ -109,7 +109,7 @@ def test_a_second_client_watched_without_root_leaves_no_socket(lab: Lab) -> None
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             ["ip", "netns", "exec", lab.namespace("cli1"), sys.executable, "-m", "teredo",
-             "client", "-c", str(config)],
+             "client", "-f", "-c", str(config)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:

@@ -248,7 +248,7 @@ def hsr_lab() -> Iterator[HsrLab]:
         log = open(lab.directory / "hsr.log", "ab")  # noqa: SIM115 - closed below
         process = subprocess.Popen(
             ["ip", "netns", "exec", lab.namespace("v6"), sys.executable, "-m", "teredo", "relay",
-             "-c", str(config)],
+             "-f", "-c", str(config)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:

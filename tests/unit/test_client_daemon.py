@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from teredo.core.config import parse_client_config
-from teredo.core.errors import UsageError, UserError
+from teredo.core.errors import NameResolutionError, UsageError, UserError
 from teredo.core.qualification import ServerPair
 from teredo.programs.client_daemon import (
     ClientDaemon,
@@ -39,7 +39,7 @@ def test_servers_with_secondary_default_and_fallbacks() -> None:
 
 def test_unresolvable_server_is_one_sentence() -> None:
     config = parse_client_config("ServerAddress no-such-host.invalid\n")
-    with pytest.raises(UsageError, match="cannot resolve"):
+    with pytest.raises(NameResolutionError, match="cannot resolve"):
         resolve_servers(config)
 
 

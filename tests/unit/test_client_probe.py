@@ -14,7 +14,7 @@ import pytest
 
 from teredo.cli import main
 from teredo.core.address import TEREDO_PORT, parse_teredo_address
-from teredo.core.errors import UsageError, UserError
+from teredo.core.errors import NameResolutionError, UsageError, UserError
 from teredo.core.server import ServerSettings, TeredoServer
 from teredo.programs.probe import probe, resolve_ipv4
 
@@ -107,5 +107,5 @@ def test_bad_arguments_are_usage_errors() -> None:
         probe("127.84.0.9", timeout=0)
     with pytest.raises(UsageError):
         probe("127.84.0.9", port=70000)
-    with pytest.raises(UsageError, match="cannot resolve"):
+    with pytest.raises(NameResolutionError, match="cannot resolve"):  # a runtime failure: 1
         resolve_ipv4("no-such-host.invalid")

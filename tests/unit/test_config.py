@@ -494,12 +494,18 @@ def test_detect_role() -> None:
         (GUIDE_SERVER, "relay", f"{SRC}:3: ServerBindAddress makes this a server configuration"),
         (GUIDE_RELAY, "client", f"{SRC}:1: RelayType relay makes this a relay configuration"),
         ("RelayType autoclient\n", "relay", f"{SRC}:1: RelayType autoclient makes this a client"),
-        ("BindPort 1\n", "relay", f"{SRC}: there is no RelayType, so this is a client"),
         (GUIDE_RELAY, "server", f"{SRC}: there is no ServerBindAddress"),
     ],
 )
 def test_role_mismatch(text: str, role: str, expected: str) -> None:
     assert error_of(text, role).startswith(expected)
+
+
+def test_relay_without_relay_type_is_a_cone_relay() -> None:
+    """`teredo relay` on a file without RelayType: a relay (miredo's default would be a
+    client; the subcommand picks the default, the file's RelayType wins when present)."""
+    config = parse_relay_config("BindPort 3545\n")
+    assert config.relay_type is RelayType.CONE
 
 
 # --- errors: one sentence with file and line ----------------------------------------------------
@@ -798,7 +804,9 @@ def write(tmp_path: Path, text: str, name: str = "test.conf") -> str:
 def test_checkconf_valid_is_silent(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str
 ) -> None:
-    assert checkconf(capsys, write(tmp_path, text)) == (0, "", "")
+    # --no-resolve: teredo.example.org must not depend on this host's DNS (test_service.py
+    # checks the resolving)
+    assert checkconf(capsys, "--no-resolve", write(tmp_path, text)) == (0, "", "")
 
 
 def test_checkconf_accepts_a_server_rate_limit(
@@ -813,8 +821,11 @@ def test_checkconf_accepts_the_observability_directives(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str
 ) -> None:
     extra = "MetricsAddress [::1]:9344\nControlSocketGroup monitoring\nLogFormat json\n"
-    assert checkconf(capsys, write(tmp_path, text + extra)) == (0, "", "")
-    code, _, err = checkconf(capsys, write(tmp_path, text + "MetricsAddress 9344\n"))
+    # --no-resolve: the client file names teredo.example.org (see the test above)
+    assert checkconf(capsys, "--no-resolve", write(tmp_path, text + extra)) == (0, "", "")
+    code, _, err = checkconf(
+        capsys, "--no-resolve", write(tmp_path, text + "MetricsAddress 9344\n")
+    )
     assert code == 2 and "MetricsAddress must be an address and a port" in err
 
 
@@ -870,7 +881,7 @@ def test_checkconf_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Pa
 def test_checkconf_default_file(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = write(tmp_path, "ServerAddress teredo.example.net\n", "miredo.conf")
+    path = write(tmp_path, "ServerAddress 198.51.100.2\n", "miredo.conf")
     monkeypatch.setattr(teredo.core.config, "DEFAULT_CONFIG_PATH", path)
     assert checkconf(capsys) == (0, "", "")
 

@@ -9,7 +9,10 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -124,8 +127,159 @@ def test_pid_file_is_locked_and_taken_over_when_stale(tmp_path: os.PathLike[str]
 
 
 def test_pid_file_in_a_missing_directory() -> None:
-    with pytest.raises(UserError, match=r"cannot open pid file /nonexistent/x\.pid"):
+    with pytest.raises(UserError, match=r"cannot create pid file /nonexistent/x\.pid: .*; create"):
         PidFile("/nonexistent/x.pid").acquire()
+
+
+def test_pid_file_is_never_seen_half_written(tmp_path: Path) -> None:
+    """The file appears at its path with the pid in it (linked from a complete temporary), and
+    no temporary file is left next to it."""
+    path = tmp_path / "teredo.pid"
+    with PidFile(str(path)):
+        assert path.read_text() == f"{os.getpid()}\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["teredo.pid"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pid_file_one_winner_among_concurrent_starters(tmp_path: Path) -> None:
+    """Several processes start at once on one pid file (a stale one is there): exactly one
+    holds it, the others refuse naming it."""
+    path = tmp_path / "teredo.pid"
+    path.write_text("99999999\n")
+    code = (
+        "import sys\n"
+        "from teredo.adapters.daemon import PidFile\n"
+        "from teredo.core.errors import UserError\n"
+        "sys.stdin.readline()\n"
+        "held = None\n"
+        "try:\n"
+        f"    held = PidFile({str(path)!r}).acquire()\n"
+        "except UserError as error:\n"
+        "    print('refused', error, flush=True)\n"
+        "else:\n"
+        "    print('holds', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "if held is not None:\n"
+        "    held.release()\n"
+    )
+    starters = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
+    try:
+        for starter in starters:  # all of them waiting: go
+            assert starter.stdin is not None
+            starter.stdin.write("go\n")
+            starter.stdin.flush()
+        answers = []
+        for starter in starters:
+            assert starter.stdout is not None
+            answers.append(starter.stdout.readline())
+    finally:
+        for starter in starters:
+            assert starter.stdin is not None
+            starter.stdin.close()
+            starter.wait()
+    assert sum(answer == "holds\n" for answer in answers) == 1, answers
+    refusals = [answer for answer in answers if answer.startswith("refused")]
+    assert len(refusals) == 5
+    assert all("another instance is already running" in answer for answer in refusals), answers
+    assert not path.exists()  # the holder removed it on exit
+
+
+def test_pid_file_emptied_when_it_cannot_be_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a privilege drop the daemon may not write the pid file's directory: it empties the
+    file instead, which says "no pid" to whoever reads it."""
+    path = tmp_path / "teredo.pid"
+    pid_file = PidFile(str(path)).acquire()
+
+    def refuse(name: str) -> None:
+        raise PermissionError(13, "Permission denied", name)
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    pid_file.release()
+    monkeypatch.undo()
+    assert path.read_text() == ""
+    with PidFile(str(path)):  # unlocked: taken over
+        assert path.read_text() == f"{os.getpid()}\n"
+
+
+def test_syslog_missing_points_at_the_foreground_option(restore_logging: None) -> None:
+    with pytest.raises(UserError) as caught:
+        setup_logging(0, syslog_facility="daemon", syslog_socket="/nonexistent/log")
+    assert str(caught.value) == (
+        "cannot log to syslog: /nonexistent/log does not exist; start a syslog daemon or run in "
+        "the foreground with -f to log to stderr"
+    )
+
+
+def test_sigusr1_and_sigusr2_are_logged_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    """Miredo does nothing on SIGUSR1 and SIGUSR2 (miredo(8)); their default would kill us."""
+
+    async def main() -> signal.Signals:
+        waiter = asyncio.create_task(wait_for_shutdown())
+        await asyncio.sleep(0)
+        for number in (signal.SIGUSR1, signal.SIGUSR2):
+            os.kill(os.getpid(), number)
+        while sum("received: ignored" in r.getMessage() for r in caplog.records) < 2:
+            await asyncio.sleep(0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return await waiter
+
+    with caplog.at_level(logging.INFO, logger="teredo"):
+        assert asyncio.run(main()) == signal.SIGTERM
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("SIGUSR1 received: ignored") for m in messages)
+    assert any(m.startswith("SIGUSR2 received: ignored") for m in messages)
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # as before the handlers
+
+
+_DETACHING = """
+import os, sys
+from teredo.adapters.daemon import detach
+report = detach()
+with open(sys.argv[1], "w") as out:
+    print(os.getpid(), os.getsid(0), os.getcwd(), os.readlink("/proc/self/fd/0"),
+          os.readlink("/proc/self/fd/2"), file=out)
+if sys.argv[2] == "started":
+    report.started()
+elif sys.argv[2] == "note":
+    report.started("waiting for the network")
+elif sys.argv[2] == "failed":
+    report.failed("cannot bind UDP 192.0.2.1:3544: it is not an address of this host", 1)
+"""
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "stderr"),
+    [
+        ("started", 0, ""),
+        ("note", 0, "teredo: waiting for the network\n"),
+        (
+            "failed",
+            1,
+            "teredo: cannot bind UDP 192.0.2.1:3544: it is not an address of this host\n",
+        ),
+        ("silent", 1, "teredo: the daemon stopped during start-up; see the system log"),
+    ],
+)
+def test_detach(tmp_path: Path, outcome: str, status: int, stderr: str) -> None:
+    """Double fork, new session, / as working directory, stdio on /dev/null; the command exits
+    with what the daemon reported (or 1 with a pointer to the log if it said nothing)."""
+    out = tmp_path / "daemon.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", _DETACHING, str(out), outcome],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == status, done.stderr
+    assert done.stderr.startswith(stderr) and done.stderr.count("\n") == (1 if stderr else 0)
+    pid, sid, cwd, stdin, stderr_target = out.read_text().split()
+    assert int(sid) not in (os.getsid(0), int(pid))  # a session of its own, not its leader
+    assert cwd == "/" and stdin == stderr_target == "/dev/null"
 
 
 def test_signals_reload_then_shutdown() -> None:

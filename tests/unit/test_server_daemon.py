@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import select
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
@@ -33,6 +37,7 @@ from teredo.programs.server_daemon import (
     new_core,
     settings_from_config,
 )
+from testsupport import NotifyListener
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -204,7 +209,7 @@ def test_reload_with_a_broken_file_raises_and_keeps_running(tmp_path: Path) -> N
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    """`run_server` installs its log handler on the "teredo" logger: undo that afterwards."""
+    """`teredo server` installs its log handler on the "teredo" logger: undo that afterwards."""
     root = logging.getLogger("teredo")
     saved = (list(root.handlers), root.level, root.propagate)
     yield
@@ -372,14 +377,14 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_config_is_one_sentence_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, fragment: str
 ) -> None:
-    assert main(["server", "-c", write(tmp_path, text)]) == 2
+    assert main(["server", "-f", "-c", write(tmp_path, text)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("teredo: ") and fragment in err
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["server", "-c", str(tmp_path / "missing.conf")]) == 2
+    assert main(["server", "-f", "-c", str(tmp_path / "missing.conf")]) == 2
     assert "cannot read" in capsys.readouterr().err
 
 
@@ -392,7 +397,7 @@ def test_port_in_use_is_one_sentence_and_exit_1(
     busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         busy.bind((secondary, 3544))
-        assert main(["server", "-c", path]) == 1
+        assert main(["server", "-f", "-c", path]) == 1
     finally:
         busy.close()
     err = capsys.readouterr().err.strip().splitlines()
@@ -401,3 +406,42 @@ def test_port_in_use_is_one_sentence_and_exit_1(
         "(another teredo or miredo?); stop that program"
     )
     assert not any("Traceback" in line for line in err)
+
+
+def test_server_notifies_systemd(tmp_path: Path, loopback_pair: tuple[str, str]) -> None:
+    """A real `teredo server -f` on a real NOTIFY_SOCKET: READY=1 with its STATUS once both
+    sockets are bound, RELOADING=1 (with MONOTONIC_USEC) then READY=1 on SIGHUP, WATCHDOG=1
+    with WATCHDOG_USEC set, nothing but a log line on SIGUSR1, STOPPING=1 on SIGTERM."""
+    primary, secondary = loopback_pair
+    path = write(
+        tmp_path,
+        f"ServerBindAddress {primary}\nAllowPrivateAddresses yes\n"
+        f"ControlSocket {tmp_path / 'server.sock'}\n",
+    )
+    listener = NotifyListener(tmp_path / "notify")
+    env = dict(os.environ, NOTIFY_SOCKET=listener.path, WATCHDOG_USEC="1000000")
+    env.pop("WATCHDOG_PID", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "teredo", "server", "-f", "-c", path],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        ready = listener.wait_for("READY", "1")
+        assert ready["STATUS"].startswith(f"serving on {primary} and {secondary}")
+        listener.wait_for("WATCHDOG", "1")
+        process.send_signal(signal.SIGUSR1)
+        process.send_signal(signal.SIGHUP)
+        reloading = listener.wait_for("RELOADING", "1")
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        listener.wait_for("READY", "1")
+        assert process.poll() is None  # SIGUSR1 did not kill it
+        process.send_signal(signal.SIGTERM)
+        listener.wait_for("STOPPING", "1")
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        listener.close()
+    assert process.returncode == 0, err
+    assert "SIGUSR1 received: ignored" in err

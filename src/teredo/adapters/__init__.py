@@ -11,7 +11,8 @@ Nothing here knows Teredo's rules (those are in `teredo.core`); the programs in
 | `accel` | which implementation of the data path's hot functions runs: C or the Python twins |
 | `netlink` | interface configuration through pyroute2: link, MTU, addresses, routes, sysctls |
 | `control` | the control socket (`teredo status`): the daemon's server and the command's client |
-| `daemon` | logging, pid file and signals of a daemon on the asyncio loop |
+| `daemon` | logging, the locked pid file, detaching, signals of a daemon on the asyncio loop |
+| `notify` | systemd's notification protocol (READY, STATUS, RELOADING, STOPPING, WATCHDOG) |
 | `privileges` | dropping root to an unprivileged user, optionally keeping CAP_NET_ADMIN |
 | `timer` | one asyncio timer re-armed to a core's `get_timer()` deadline |
 | `bpf` | the kernel data path: loading `teredo/bpf/datapath.bpf.c` (libbpf), attaching, its maps |

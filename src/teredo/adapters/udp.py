@@ -50,7 +50,7 @@ from ipaddress import IPv4Address
 from typing import Final
 
 from teredo.core.address import DISCOVERY_GROUP, Endpoint
-from teredo.core.errors import UserError
+from teredo.core.errors import TransientError, UserError
 from teredo.core.server import MAX_BATCH, RECORD
 
 log = logging.getLogger(__name__)
@@ -486,8 +486,8 @@ def _bind_error(
 ) -> UserError:
     where = f"UDP {host}:{port}"
     code = error.errno
-    if code == errno.EADDRNOTAVAIL:
-        return UserError(
+    if code == errno.EADDRNOTAVAIL:  # may be configured later (at boot): a daemon retries
+        return TransientError(
             f"cannot bind {where}: {host} is not an address of this host; set {address_setting} "
             "to one of this host's IPv4 addresses (or 0.0.0.0)"
         )

@@ -794,17 +794,11 @@ def _require_role(reader: _Reader, wanted: Role, found: Role) -> None:
             f"ServerBindAddress makes this a server configuration, not a {wanted} one; "
             f"use it with `teredo server`",
         )
-    if wanted == "relay":  # found a client
-        if reader.has("relaytype"):
-            reader.fail(
-                "relaytype",
-                f"RelayType {reader.lines['relaytype'].value} makes this a client configuration; "
-                f"a relay needs RelayType relay, cone, restricted or host-specific",
-            )
+    if wanted == "relay":  # found a client: its RelayType says so (without one, a relay)
         reader.fail(
-            None,
-            "there is no RelayType, so this is a client configuration; add 'RelayType relay' "
-            "to configure a relay",
+            "relaytype",
+            f"RelayType {reader.lines['relaytype'].value} makes this a client configuration; "
+            f"a relay needs RelayType relay, cone, restricted or host-specific",
         )
     if wanted == "client":  # found a relay
         reader.fail(
@@ -1144,6 +1138,8 @@ def parse_config(
     found, relay_type = _file_role(reader)
     if role is None:
         role = found
+    elif role == "relay" and found == "client" and not reader.has("relaytype"):
+        found, relay_type = "relay", RelayType.CONE  # `teredo relay`: a relay unless told
     _require_role(reader, role, found)
     reader.check_role(role)
     if role == "client":
@@ -1163,7 +1159,8 @@ def parse_client_config(
 
 
 def parse_relay_config(text: str, source: str = "<config>") -> RelayConfig:
-    """Parse a relay configuration (RelayType relay, cone, restricted or host-specific)."""
+    """Parse a relay configuration (RelayType relay, cone, restricted or host-specific; a file
+    without RelayType is a cone relay here, as `teredo relay` reads it)."""
     config = parse_config(text, "relay", source)
     assert isinstance(config, RelayConfig)
     return config

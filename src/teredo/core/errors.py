@@ -5,6 +5,8 @@
 - `LocalProtocolError`: the caller misused the core (a bug in our own code).
 - `UserError`: something a person must fix (bad config, missing permission). Its message is one
   sentence that names the file, line or the fix; the CLI prints it and exits with `exit_code`.
+  `UsageError` (exit 2) is a mistake on the command line or in a file; `TransientError` (exit 1)
+  a failure that may go away by itself, which a starting daemon retries with backoff.
 """
 
 from __future__ import annotations
@@ -31,3 +33,17 @@ class UsageError(UserError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, exit_code=2)
+
+
+class TransientError(UserError):
+    """A runtime failure that may go away by itself: a name that does not resolve yet, an
+    address not yet on the host. A daemon starting up retries it; elsewhere it is exit 1."""
+
+
+class NameResolutionError(TransientError):
+    """A host name did not resolve. `temporary`: the resolver said to try again (no answer
+    from the name servers) rather than that the name does not exist."""
+
+    def __init__(self, message: str, *, temporary: bool) -> None:
+        super().__init__(message)
+        self.temporary = temporary

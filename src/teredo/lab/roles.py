@@ -105,7 +105,7 @@ def role_launch(role: str, impl: Impl, state_dir: Path, extra: Sequence[str] = (
     control_socket: Path | None = None
     if impl is Impl.OURS:
         control_socket = state_dir / f"{node}.sock"
-        argv: tuple[str, ...] = (sys.executable, "-m", "teredo", kind, "-c", str(config_path))
+        argv: tuple[str, ...] = (sys.executable, "-m", "teredo", kind, "-f", "-c", str(config_path))
     else:
         program = MIREDO_PROGRAMS[kind]
         if shutil.which(program) is None:

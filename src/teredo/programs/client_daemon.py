@@ -1,4 +1,5 @@
-"""`teredo client [-c FILE] [SERVER]`: the Teredo client daemon around `teredo.core.client`.
+"""`teredo client [-f] [-p PIDFILE] [-u USER] [-c FILE] [SERVER]`: the Teredo client daemon around
+`teredo.core.client` (the command line and the service frame are `teredo.programs.service`).
 
 What it does, in order:
 
@@ -6,7 +7,9 @@ What it does, in order:
    ``BindAddress``, ``BindPort``, ``SyslogFacility``) plus our ``HookScript``, ``ControlSocket``,
    ``User``, ``MaxPeers``, ``MaxQueueBytes``, ``RefreshInterval``, ``LocalDiscovery``,
    ``FallbackServers``, ``AllowPrivateAddresses``; SERVER on the command line overrides
-   ``ServerAddress``. Hostnames are resolved here (IPv4).
+   ``ServerAddress``. Hostnames are resolved here (IPv4); a name that does not resolve yet is
+   retried with backoff (`teredo.programs.service.retry`), as is a ``BindAddress`` not yet on
+   the host.
 2. binds the UDP service port, creates the TUN interface ``InterfaceName`` (down, no address),
    opens the local discovery socket (0.0.0.0:3544 in 224.0.0.253) when ``LocalDiscovery yes``,
    starts the hook script helper when ``HookScript`` is set, listens on the control socket, then
@@ -16,7 +19,8 @@ What it does, in order:
    `teredo.adapters.netlink`: link up with the RA's MTU, ``fe80::ffff:ffff:ffff/64``,
    ``ADDRESS/32`` -- which brings the ``2001::/32`` route -- and
    ``default dev IFACE metric 1029``), logs how long it took from the router
-   solicitation that qualified to the address being usable, and runs the hook script with
+   solicitation that qualified to the address being usable, tells systemd it is ready
+   (``READY=1``, with a ``STATUS=`` line: state, address, NAT) and runs the hook script with
    ``STATE=up``. `AddressChanged` reconfigures (``OLD_ADDRESS`` set); `Offline` withdraws
    everything (``STATE=down``); exit withdraws it too and runs the hook with ``STATE=destroy``.
 4. runs the shared TUN <-> UDP loop until SIGTERM/SIGINT. SIGHUP re-reads the file and applies
@@ -41,6 +45,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING, Any, Final
@@ -62,9 +67,10 @@ from teredo.core.qualification import (
 from teredo.core.secure_qualification import ClientKey
 from teredo.programs.datapath import DataPath, open_kernel_path
 from teredo.programs.keys import client_key
-from teredo.programs.loading import Loaded, load, reload_config, start_logging
+from teredo.programs.loading import Loaded, load, reload_config
 from teredo.programs.observers import Observers, start_observers
 from teredo.programs.probe import local_address_toward, resolve_ipv4
+from teredo.programs.service import Service, retry
 from teredo.programs.status import merge_counters
 
 if TYPE_CHECKING:
@@ -107,21 +113,26 @@ def load_client_config(config_path: str | None, server: str | None) -> Loaded[Cl
     )
 
 
-def resolve_servers(config: ClientConfig) -> tuple[ServerPair, ...]:
+Resolver = Callable[[str, str], IPv4Address]  # (name, what) -> address; NameResolutionError
+
+
+def resolve_servers(
+    config: ClientConfig, resolve: Resolver = resolve_ipv4
+) -> tuple[ServerPair, ...]:
     """ServerAddress (+ ServerAddress2, default +1) then FallbackServers, resolved to IPv4."""
-    primary = _resolve(config.server_address, "Teredo server (ServerAddress)")
+
+    def ipv4(host: IPv4Address | str, what: str) -> IPv4Address:
+        return host if isinstance(host, IPv4Address) else resolve(host, what)
+
+    primary = ipv4(config.server_address, "Teredo server (ServerAddress)")
     if config.server_address2 is None:
         first = ServerPair.of(primary)
     else:
-        first = ServerPair(primary, _resolve(config.server_address2, "ServerAddress2"))
+        first = ServerPair(primary, ipv4(config.server_address2, "ServerAddress2"))
     servers = [first]
     for host in config.fallback_servers:
-        servers.append(ServerPair.of(_resolve(host, "fallback server (FallbackServers)")))
+        servers.append(ServerPair.of(ipv4(host, "fallback server (FallbackServers)")))
     return tuple(servers)
-
-
-def _resolve(host: IPv4Address | str, what: str) -> IPv4Address:
-    return host if isinstance(host, IPv4Address) else resolve_ipv4(host, what)
 
 
 def server_list(servers: tuple[ServerPair, ...], in_use: ServerPair) -> list[dict[str, Any]]:
@@ -268,6 +279,7 @@ class ClientDaemon:
     loaded: Loaded[ClientConfig]
     core: TeredoClient
     servers: tuple[ServerPair, ...]
+    service: Service = field(default_factory=Service)
     loop: DataPath | None = None
     kernel: KernelDataPath | None = None
     iface: Any = None  # netlink.InterfaceConfigurator (pyroute2 imported lazily)
@@ -336,6 +348,7 @@ class ClientDaemon:
                     "old_address": str(event.old), "interface": self.interface,
                 },
             )  # fmt: skip
+        self.service.ready(self.status_line())
         if self.hook is not None:
             await self.hook.run(self._hook_env("up", old_address, old_mtu))
 
@@ -345,6 +358,8 @@ class ClientDaemon:
             self.kernel.set_local_addresses([])
         await self.iface.undo()
         self.configured = self.configured_mtu = None
+        if not final:
+            self.service.status(self.status_line(reason))
         if old_address is not None:
             log.log(
                 logging.INFO if final else logging.WARNING,
@@ -381,6 +396,18 @@ class ClientDaemon:
         return env
 
     # -- status and reload -----------------------------------------------------------------
+
+    def status_line(self, reason: str | None = None) -> str:
+        """systemd's STATUS=: state, address, server, NAT."""
+        core = self.core.status()
+        words = [str(core["state"])]
+        if self.configured is not None:
+            words.append(f"address {self.configured} on {self.interface}")
+        elif reason:
+            words.append(f"({reason})")
+        words.append(f"server {core['server']}")
+        words.append(f"NAT {core['nat']}")
+        return ", ".join(words)
 
     def status(self) -> dict[str, Any]:
         core = self.core.status()
@@ -441,26 +468,21 @@ class ClientDaemon:
         )  # fmt: skip
 
 
-def run_client(config_path: str | None, server: str | None = None) -> int:
-    """`teredo client [-c FILE] [SERVER]`: run until SIGTERM/SIGINT; the exit status."""
-    loaded = load_client_config(config_path, server)
-    start_logging(loaded)
-    return asyncio.run(_serve(loaded))
-
-
-async def _serve(loaded: Loaded[ClientConfig]) -> int:
+async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
+    """The client until SIGTERM/SIGINT (`teredo.programs.service.run_service` calls it)."""
     from teredo.adapters.netlink import InterfaceConfigurator, interface_index
     from teredo.adapters.tun import TunDevice, open_tun
     from teredo.adapters.udp import UdpSocket, join_multicast, open_udp_socket
 
     config = loaded.config
-    servers = resolve_servers(config)
+    service.status("resolving the Teredo servers")
+    servers = await retry(lambda: resolve_servers(config), service)
     key = client_key(config)  # before dropping privileges: the file may be root's
     udp: UdpSocket | None = None
     tun: TunDevice | None = None
     daemon: ClientDaemon | None = None
     try:
-        udp = open_udp_socket(config.bind_address, config.bind_port)
+        udp = await retry(lambda: open_udp_socket(config.bind_address, config.bind_port), service)
         bound_ip = IPv4Address(udp.local[0])
         if bound_ip == IPv4Address("0.0.0.0"):
             bound_ip = local_address_toward(servers[0].primary) or bound_ip
@@ -477,7 +499,7 @@ async def _serve(loaded: Loaded[ClientConfig]) -> int:
             local=local,
             local_networks=networks,
         )
-        daemon = ClientDaemon(loaded=loaded, core=core, servers=servers)
+        daemon = ClientDaemon(loaded=loaded, core=core, servers=servers, service=service)
         tun = open_tun(config.interface_name, offload=config.offload)
         daemon.interface = tun.name
         daemon.interface_index = await interface_index(tun.name)
@@ -508,7 +530,9 @@ async def _serve(loaded: Loaded[ClientConfig]) -> int:
         daemon.loop.start()
         if daemon.discovery is not None:
             _watch_discovery(daemon)
-        await wait_for_shutdown(on_reload=daemon.reload)
+        service.started(f"qualifying with {servers[0]}")
+        await wait_for_shutdown(on_reload=service.reloading(daemon.reload))
+        service.stopping()
     finally:
         if daemon is not None:
             await _shutdown(daemon)
@@ -585,4 +609,4 @@ async def _shutdown(daemon: ClientDaemon) -> None:
     )
 
 
-__all__ = ["HOOK_VARIABLES", "ClientDaemon", "HookRunner", "load_client_config", "run_client"]
+__all__ = ["HOOK_VARIABLES", "ClientDaemon", "HookRunner", "load_client_config", "serve"]

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from typing import TYPE_CHECKING
 
 from teredo.core.errors import ParseError, UsageError
+
+if TYPE_CHECKING:
+    from teredo.core.config import ClientConfig, Role
 
 
 def _parse_ipv4(text: str, what: str) -> IPv4Address:
@@ -103,21 +107,25 @@ def encode(
     return 0
 
 
-def checkconf(path: str | None) -> int:
-    """`teredo checkconf [FILE]`: validate a client, relay or server configuration file.
+def checkconf(path: str | None, resolve: bool = True, role: Role | None = None) -> int:
+    """`teredo checkconf [--no-resolve] [--role ROLE] [FILE]`: validate a client, relay or
+    server file, for the role it configures or as `teredo ROLE` reads it.
 
     Like miredo-checkconf: silent and exit 0 when the file is valid; a line that would be
-    ignored (unknown, repeated or misplaced directive) fails the check. Unlike it, server files
-    (those with ServerBindAddress) are checked as server files, and hostnames are not resolved.
+    ignored (unknown, repeated or misplaced directive) fails the check, and so does a server
+    name of a client file that does not exist (the name servers said so). Unlike it, a name
+    that cannot be resolved *now* (no answer: the network may not be up yet, at boot) is a
+    warning, since the client retries it; `resolve=False` (``--no-resolve``) skips resolving;
+    server files (those with ServerBindAddress) are checked as server files.
     Warnings go to stderr, one line each; a failure is one `UsageError` sentence (exit 2).
     """
     import sys
 
-    from teredo.core.config import DEFAULT_CONFIG_PATH
+    from teredo.core.config import DEFAULT_CONFIG_PATH, ClientConfig
     from teredo.programs.loading import load_config
 
     file = DEFAULT_CONFIG_PATH if path is None else path
-    config = load_config(file)
+    config = load_config(file, role)
     for warning in config.warnings:
         print(f"teredo: warning: {warning}", file=sys.stderr)
     ignored = sum(1 for warning in config.warnings if warning.ignored)
@@ -127,4 +135,31 @@ def checkconf(path: str | None) -> int:
             f"{file}: {ignored} {lines} ignored (see the warnings above); fix or remove "
             f"{'it' if ignored == 1 else 'them'}"
         )
+    if resolve and isinstance(config, ClientConfig):
+        _resolve_names(file, config)
     return 0
+
+
+def _resolve_names(file: str, config: ClientConfig) -> None:
+    """Resolve the client's server names as miredo-checkconf does (IP literals need nothing)."""
+    import sys
+
+    names = [
+        (config.server_address, "Teredo server (ServerAddress)"),
+        (config.server_address2, "ServerAddress2"),
+        *((host, "fallback server (FallbackServers)") for host in config.fallback_servers),
+    ]
+    for host, what in names:
+        if not isinstance(host, str):
+            continue
+        from teredo.core.errors import NameResolutionError
+        from teredo.programs.probe import resolve_ipv4
+
+        try:
+            resolve_ipv4(host, what)
+        except NameResolutionError as error:
+            if not error.temporary:
+                raise UsageError(
+                    f"{file}: {error}; fix the name (or check later with --no-resolve)"
+                ) from None
+            print(f"teredo: warning: {file}: {error}; the client retries it", file=sys.stderr)

@@ -3,9 +3,11 @@
 Every daemon reads its file the same way (Miredo's files, unchanged, parsed by
 `teredo.core.config`): the file from ``-c FILE`` or the role's default path; when there is no
 default file and the command line names the server (client) or the address (server), the
-defaults plus that argument; otherwise one sentence saying what to give. Logging goes to syslog
-only when the file sets ``SyslogFacility`` (else stderr). On SIGHUP the daemon loads again and
-keeps the settings that need a restart (`keep_restart_only`, which says so in the log).
+defaults plus that argument; otherwise one sentence saying what to give. ``-u USER`` overrides
+``User`` (`with_command_line`). Logging goes to syslog when the daemon detached (facility
+``SyslogFacility``, default daemon, as Miredo), and in the foreground (``-f``) to stderr unless
+the file sets ``SyslogFacility``. On SIGHUP the daemon loads again and keeps the settings that
+need a restart (`keep_restart_only`, which says so in the log).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from teredo.core.config import (
     ClientConfig,
     Config,
     RelayConfig,
+    Role,
     ServerConfig,
+    detect_role,
     parse_config,
     tokenize_config,
 )
@@ -41,8 +45,30 @@ class Loaded(Generic[ConfigT]):
 
     config: ConfigT
     path: str | None  # None: no file, the defaults plus the command-line argument
-    syslog: str | None  # the facility when the file sets SyslogFacility, else None (stderr)
+    syslog: str | None  # the facility when the file sets SyslogFacility, else None
     argument: str | None  # the command line's SERVER or ADDRESS, kept for reloads
+    user: str | None = None  # -u USER, which overrides the file's User
+    detached: bool = False  # no -f: logs go to syslog even without SyslogFacility
+
+    @property
+    def log_facility(self) -> str | None:
+        """Where the daemon logs: a syslog facility, or None for stderr."""
+        return self.config.syslog_facility if self.detached else self.syslog
+
+    @property
+    def stderr_hint(self) -> str:
+        """How to log to stderr instead, for the message when syslog is missing."""
+        if self.detached:
+            return "run in the foreground with -f to log to stderr"
+        return "remove SyslogFacility and run with -f to log to stderr"
+
+
+def with_command_line(
+    loaded: Loaded[ConfigT], *, user: str | None, detached: bool
+) -> Loaded[ConfigT]:
+    """`loaded` with the command line's ``-u USER`` and whether it detached (no ``-f``)."""
+    config = loaded.config if user is None else dataclasses.replace(loaded.config, user=user)
+    return dataclasses.replace(loaded, config=config, user=user, detached=detached)
 
 
 def read_config_text(path: str) -> str:
@@ -61,9 +87,21 @@ def read_config_text(path: str) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-def load_config(path: str) -> Config:
-    """Read and parse the file at `path` for the role it configures (`teredo checkconf`)."""
-    return parse_config(read_config_text(path), None, path)
+def load_config(path: str, role: Role | None = None) -> Config:
+    """Read and parse the file at `path` (`teredo checkconf`) for the role it configures, or
+    as `teredo ROLE` would read it (`role_for`)."""
+    text = read_config_text(path)
+    return parse_config(text, None if role is None else role_for(role, text, path), path)
+
+
+def role_for(kind: Role, text: str, source: str) -> Role:
+    """The role `teredo client` or `teredo relay` runs on `text`: the file's RelayType when it
+    has one (as miredo does), else `kind`. A server file keeps `kind`: parsing it then says why
+    it does not fit."""
+    if kind == "server" or not any(line.key == "relaytype" for line in tokenize_config(text)):
+        return kind
+    role = detect_role(text, source)
+    return kind if role == "server" else role
 
 
 def load(
@@ -105,15 +143,23 @@ def _setup_logging(loaded: Loaded[ConfigT]) -> None:
 
     config = loaded.config
     role = {ClientConfig: "client", RelayConfig: "relay", ServerConfig: "server"}[type(config)]
-    setup_logging(0, syslog_facility=loaded.syslog, log_format=config.log_format, role=role)
+    setup_logging(
+        0,
+        syslog_facility=loaded.log_facility,
+        stderr_hint=loaded.stderr_hint,
+        log_format=config.log_format,
+        role=role,
+    )
 
 
-def start_logging(loaded: Loaded[ConfigT]) -> None:
-    """A daemon's first words: logging where the file asks (syslog with SyslogFacility, else
-    stderr; JSON lines with LogFormat json), then the file's warnings."""
+def start_logging(loaded: Loaded[ConfigT], *, warnings: bool = True) -> None:
+    """A daemon's first words: logging where `loaded.log_facility` says (text, or JSON lines with
+    LogFormat json), then the file's warnings (not when only checking, before detaching, that
+    syslog is there)."""
     _setup_logging(loaded)
-    for warning in loaded.config.warnings:
-        log.warning("%s", warning)
+    if warnings:
+        for warning in loaded.config.warnings:
+            log.warning("%s", warning)
 
 
 def reload_config(
@@ -125,14 +171,16 @@ def reload_config(
     `restart_only` and `OBSERVERS_RESTART_ONLY` kept from `current` (`keep_restart_only`), and
     logging moved to syslog or stderr, text or JSON, if SyslogFacility or LogFormat changed.
     The daemon applies the rest."""
-    loaded = load_again(current.path, current.argument)
+    loaded = with_command_line(
+        load_again(current.path, current.argument), user=current.user, detached=current.detached
+    )
     for warning in loaded.config.warnings:
         log.warning("%s", warning)
     kept = keep_restart_only(
         current.config, loaded.config, {**OBSERVERS_RESTART_ONLY, **restart_only}
     )
     reloaded = dataclasses.replace(loaded, config=kept)
-    if (loaded.syslog, kept.log_format) != (current.syslog, current.config.log_format):
+    if (loaded.log_facility, kept.log_format) != (current.log_facility, current.config.log_format):
         _setup_logging(reloaded)
     return reloaded
 

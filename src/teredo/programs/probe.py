@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from teredo.adapters.udp import open_udp_socket
 from teredo.core.address import TEREDO_PORT, Endpoint, endpoint, parse_teredo_address
-from teredo.core.errors import UsageError, UserError
+from teredo.core.errors import NameResolutionError, UsageError, UserError
 from teredo.core.qualification import (
     QUALIFICATION_ATTEMPTS,
     QUALIFICATION_TIMEOUT,
@@ -52,7 +52,8 @@ NAT_EXPLANATIONS: Final = {
 
 
 def resolve_ipv4(name: str, what: str = "Teredo server") -> IPv4Address:
-    """An IPv4 literal, or the first IPv4 address of a hostname; UsageError otherwise."""
+    """An IPv4 literal, or the first IPv4 address of a hostname; `NameResolutionError`
+    otherwise, `temporary` when the resolver could not get an answer (EAI_AGAIN)."""
     text = name.strip()
     try:
         return IPv4Address(text)
@@ -62,7 +63,10 @@ def resolve_ipv4(name: str, what: str = "Teredo server") -> IPv4Address:
         infos = socket.getaddrinfo(text, TEREDO_PORT, socket.AF_INET, socket.SOCK_DGRAM)
     except (socket.gaierror, UnicodeError) as error:
         reason = error.strerror if isinstance(error, socket.gaierror) else str(error)
-        raise UsageError(f"cannot resolve the {what} {name!r}: {reason}") from None
+        temporary = isinstance(error, socket.gaierror) and error.errno == socket.EAI_AGAIN
+        raise NameResolutionError(
+            f"cannot resolve the {what} {name!r}: {reason}", temporary=temporary
+        ) from None
     return IPv4Address(infos[0][4][0])
 
 

@@ -1,4 +1,5 @@
-"""`teredo relay`: the relay and host-specific relay daemon around `teredo.core.relay`.
+"""`teredo relay`: the relay and host-specific relay daemon around `teredo.core.relay` (the command
+line and the service frame are `teredo.programs.service`).
 
 What it does, in order:
 
@@ -13,7 +14,7 @@ What it does, in order:
    the host: nothing here advertises it;
 3. listens on the control socket (``teredo status``), then drops privileges to ``User``, keeping
    CAP_NET_ADMIN so that SIGHUP can change the MTU and SIGTERM can remove the route and address
-   it added even on an interface that outlives the process;
+   it added even on an interface that outlives the process, and tells systemd it is ready;
 4. runs the shared TUN <-> UDP loop (`teredo.programs.datapath`) until SIGTERM/SIGINT, then
    removes what it configured. SIGHUP re-reads the file and applies ``MaxPeers``,
    ``MaxQueueBytes``, ``AllowPrivateAddresses``, ``InterfaceMTU`` and ``SyslogFacility``; other
@@ -40,8 +41,9 @@ from teredo.core.config import DEFAULT_CONFIG_PATH, RelayConfig, parse_relay_con
 from teredo.core.errors import UserError
 from teredo.core.relay import TeredoRelay, relay_settings
 from teredo.programs.datapath import DataPath, open_kernel_path
-from teredo.programs.loading import Loaded, load, reload_config, start_logging
+from teredo.programs.loading import Loaded, load, reload_config
 from teredo.programs.observers import Observers, start_observers
+from teredo.programs.service import Service, retry
 from teredo.programs.status import merge_counters
 
 if TYPE_CHECKING:
@@ -65,7 +67,7 @@ def load_relay_config(config_path: str | None) -> Loaded[RelayConfig]:
         parse=lambda text, source, _: parse_relay_config(text, source),
         missing=(
             f"there is no {DEFAULT_CONFIG_PATH}; give a configuration file with -c FILE "
-            "containing `RelayType relay` (or host-specific)"
+            "(`RelayType relay`, or host-specific)"
         ),
     )
 
@@ -188,14 +190,8 @@ async def _set_mtu(set_mtu: Any, interface: str, config: RelayConfig) -> None:
         log.error("%s", error)
 
 
-def run_relay(config_path: str | None) -> int:
-    """`teredo relay [-c FILE]`: relay until SIGTERM/SIGINT; the exit status."""
-    loaded = load_relay_config(config_path)
-    start_logging(loaded)
-    return asyncio.run(_serve(loaded))
-
-
-async def _serve(loaded: Loaded[RelayConfig]) -> int:
+async def serve(loaded: Loaded[RelayConfig], service: Service) -> int:
+    """The relay until SIGTERM/SIGINT (`teredo.programs.service.run_service` calls it)."""
     from teredo.adapters.netlink import InterfaceConfigurator, ipv6_forwarding_enabled
     from teredo.adapters.tun import TunDevice, open_tun
     from teredo.adapters.udp import UdpSocket, open_udp_socket
@@ -210,7 +206,7 @@ async def _serve(loaded: Loaded[RelayConfig]) -> int:
     tun: TunDevice | None = None
     refresher: asyncio.Task[None] | None = None
     try:
-        udp = open_udp_socket(config.bind_address, config.bind_port)
+        udp = await retry(lambda: open_udp_socket(config.bind_address, config.bind_port), service)
         tun = open_tun(config.interface_name, offload=config.offload)
         daemon.interface = tun.name
         iface = InterfaceConfigurator(tun.name)
@@ -243,16 +239,17 @@ async def _serve(loaded: Loaded[RelayConfig]) -> int:
         daemon.loop = DataPath(core, udp, tun, kernel=daemon.kernel)
         daemon.loop.start()
         refresher = asyncio.get_running_loop().create_task(_refresh(daemon))
+        what = "host-specific relay" if core.host_specific else "relay"
         log.info(
             "Teredo %s on UDP %s:%d, interface %s (MTU %d), prefix %s",
-            "host-specific relay" if core.host_specific else "relay",
-            udp.local[0],
-            udp.local[1],
-            tun.name,
-            config.interface_mtu,
-            config.prefix,
+            what, udp.local[0], udp.local[1], tun.name, config.interface_mtu, config.prefix,
+        )  # fmt: skip
+        service.ready(
+            f"relaying: {what} on UDP {udp.local[0]}:{udp.local[1]}, interface {tun.name}, "
+            f"prefix {config.prefix}"
         )
-        await wait_for_shutdown(on_reload=daemon.reload)
+        await wait_for_shutdown(on_reload=service.reloading(daemon.reload))
+        service.stopping()
     finally:
         if refresher is not None:
             refresher.cancel()

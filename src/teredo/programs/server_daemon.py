@@ -1,4 +1,5 @@
-"""`teredo server`: the Teredo server daemon around the sans-I/O core `teredo.core.server`.
+"""`teredo server`: the Teredo server daemon around the sans-I/O core `teredo.core.server` (the
+command line and the service frame are `teredo.programs.service`).
 
 What it does, in order:
 
@@ -6,8 +7,10 @@ What it does, in order:
    address by default, ``Prefix``, ``InterfaceMTU``, ``SyslogFacility``; our ``ControlSocket``,
    ``User``, ``AllowPrivateAddresses``, ``RateLimit``); the ADDRESS argument overrides
    ``ServerBindAddress``;
-2. logs to stderr, or to syslog when the file sets ``SyslogFacility`` (as Miredo does);
-3. binds UDP 3544 on both addresses (RFC 4380 §5.3: clients use both) and opens a raw IPv6 socket
+2. logs to syslog when detached (as Miredo does), else to stderr unless the file sets
+   ``SyslogFacility``;
+3. binds UDP 3544 on both addresses (RFC 4380 §5.3: clients use both; retried with backoff while
+   an address is not yet on the host) and opens a raw IPv6 socket
    (``AF_INET6, SOCK_RAW, IPPROTO_RAW``: the IPv6 header is ours) to emit the clients' echo tests
    natively (RFC 4380 §5.2.9, §5.3.1);
 4. listens on the control socket (``teredo status``), then drops privileges to ``User``: nothing
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import socket
@@ -54,8 +58,9 @@ from teredo.core.server import (
     TeredoServer,
 )
 from teredo.programs.keys import client_keys
-from teredo.programs.loading import Loaded, load, reload_config, start_logging
+from teredo.programs.loading import Loaded, load, reload_config
 from teredo.programs.observers import Observers, start_observers
+from teredo.programs.service import Service, retry
 
 log = logging.getLogger(__name__)
 
@@ -308,14 +313,8 @@ def _rate_limit(settings: ServerSettings) -> str:
     return f"{settings.rate_per_second:g}/s per IPv4 address (burst {settings.rate_burst:g})"
 
 
-def run_server(config_path: str | None, address: str | None = None) -> int:
-    """`teredo server [-c FILE] [ADDRESS]`: serve until SIGTERM/SIGINT; the exit status."""
-    loaded = load_server_config(config_path, address)
-    start_logging(loaded)
-    return asyncio.run(_serve(loaded))
-
-
-async def _serve(loaded: Loaded[ServerConfig]) -> int:
+async def serve(loaded: Loaded[ServerConfig], service: Service) -> int:
+    """The server until SIGTERM/SIGINT (`teredo.programs.service.run_service` calls it)."""
     loop = asyncio.get_running_loop()
     config = loaded.config
     daemon = ServerDaemon(loaded=loaded, core=new_core(config), clock=loop.time)
@@ -324,12 +323,16 @@ async def _serve(loaded: Loaded[ServerConfig]) -> int:
             (config.server_bind_address, "ServerBindAddress"),
             (config.server_bind_address2, "ServerBindAddress2"),
         ):
-            daemon.sockets[local] = open_udp_socket(
-                local,
-                TEREDO_PORT,
-                buffer_bytes=SERVER_BUFFER_BYTES,
-                address_setting=setting,
-                port_setting=None,
+            daemon.sockets[local] = await retry(
+                functools.partial(
+                    open_udp_socket,
+                    local,
+                    TEREDO_PORT,
+                    buffer_bytes=SERVER_BUFFER_BYTES,
+                    address_setting=setting,
+                    port_setting=None,
+                ),
+                service,
             )
         daemon.native = NativeSocket()
         daemon.control = await start_observers(config, daemon.status, started=daemon.started)
@@ -348,7 +351,12 @@ async def _serve(loaded: Loaded[ServerConfig]) -> int:
             _rate_limit(daemon.core.settings),
             "on" if accel.ACCELERATED else "off",
         )
-        await wait_for_shutdown(on_reload=daemon.reload)
+        service.ready(
+            f"serving on {config.server_bind_address} and {config.server_bind_address2}, "
+            f"prefix {daemon.core.client_prefix}"
+        )
+        await wait_for_shutdown(on_reload=service.reloading(daemon.reload))
+        service.stopping()
     finally:
         for udp in daemon.sockets.values():
             loop.remove_reader(udp.fileno())
