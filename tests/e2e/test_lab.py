@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import pytest
 
+from teredo.cli import EXIT_BROKEN_PIPE
 from teredo.core.address import parse_teredo_address
 from teredo.lab.lab import Lab
 from teredo.lab.state import STATE_ROOT
@@ -145,6 +146,23 @@ def test_status_text(cli_lab: str) -> None:
     assert result.returncode == 0, result.stderr
     for word in ("client1", "client2", "port-restricted", "fullcone", "miredo", "2001:0:"):
         assert word in result.stdout
+
+
+def test_status_into_a_closed_pipe_ends_quietly(cli_lab: str) -> None:
+    """`teredo lab status | head -1` once ended with a BrokenPipeError traceback."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "teredo", "lab", "status", "--name", cli_lab],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(writer)
+    assert (result.returncode, result.stderr) == (EXIT_BROKEN_PIPE, "")
 
 
 def test_exec_runs_in_the_node_and_passes_the_exit_status(cli_lab: str) -> None:
