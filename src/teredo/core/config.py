@@ -567,11 +567,13 @@ class _Reader:
         self.source = source
         self.warnings: list[ConfigWarning] = []
         self.lines: dict[str, ConfigLine] = {}
+        self.unknown: list[ConfigLine] = []  # lines whose name is no directive
         for line in tokenize_config(text):
             key = line.key
             directive = _DIRECTIVES.get(key) if key is not None else None
             if directive is None:
-                self.warn(line.line, _unknown_message(line.name))
+                self.warn(line.line, f"{_unknown_message(line.name)}, so the line is ignored")
+                self.unknown.append(line)
             elif line.value is None:
                 self.warn(line.line, f"{directive.name} has no value, so the line is ignored")
             elif directive.name.lower() in self.lines:
@@ -597,6 +599,18 @@ class _Reader:
         line = self.lines.get(key) if key is not None else None
         where = f"{self.source}:{line.line}" if line is not None else self.source
         raise UsageError(f"{where}: {message}")
+
+    def fail_missing(self, name: str, message: str) -> NoReturn:
+        """`message` says that the directive `name` is missing. A misspelt name is the likelier
+        cause than a forgotten line: then the error points at that line, as its warning does."""
+        for line in self.unknown:
+            suggestion = _suggestion(line.name) if "=" not in line.name else None
+            if suggestion is not None:
+                link = "so" if suggestion == name else "and"
+                raise UsageError(
+                    f"{self.source}:{line.line}: {_unknown_message(line.name)}, {link} {message}"
+                )
+        self.fail(None, message)
 
     def has(self, key: str) -> bool:
         return key in self.lines
@@ -631,15 +645,23 @@ class _Reader:
 
 
 def _unknown_message(name: str) -> str:
+    """ "unknown directive X (did you mean Y?)": the one wording for a misspelt name, in the
+    warning about its line and in the error about the directive it leaves missing."""
     shown = name if name.isascii() and name.isprintable() and len(name) <= 40 else _show(name)
     hint = ""
     if "=" in name:
         hint = " (write 'Name value', without '=')"
     else:
-        close = difflib.get_close_matches(name.lower(), list(_DIRECTIVES), n=1, cutoff=0.8)
-        if close:
-            hint = f" (did you mean {_DIRECTIVES[close[0]].name}?)"
-    return f"unknown directive {shown}{hint}, so the line is ignored"
+        close = _suggestion(name)
+        if close is not None:
+            hint = f" (did you mean {close}?)"
+    return f"unknown directive {shown}{hint}"
+
+
+def _suggestion(name: str) -> str | None:
+    """The directive `name` is probably a misspelling of, by its canonical name."""
+    close = difflib.get_close_matches(name.lower(), list(_DIRECTIVES), n=1, cutoff=0.8)
+    return _DIRECTIVES[close[0]].name if close else None
 
 
 def _file_role(reader: _Reader) -> tuple[Role, RelayType]:
@@ -666,8 +688,8 @@ def _require_role(reader: _Reader, wanted: Role, found: Role) -> None:
                 f"RelayType {reader.lines['relaytype'].value} makes this a client configuration; "
                 f"a relay needs RelayType relay, cone, restricted or host-specific",
             )
-        reader.fail(
-            None,
+        reader.fail_missing(
+            "RelayType",
             "there is no RelayType, so this is a client configuration; add 'RelayType relay' "
             "to configure a relay",
         )
@@ -784,8 +806,8 @@ def _build_client(reader: _Reader, server: str | None) -> ClientConfig:
         primary = reader.get("serveraddress", _parse_host, None)
         primary_key = "serveraddress"
         if primary is None:
-            reader.fail(
-                None,
+            reader.fail_missing(
+                "ServerAddress",
                 "there is no ServerAddress; add 'ServerAddress' with the Teredo server's "
                 "hostname or IPv4 address, or give the server on the command line",
             )
@@ -877,8 +899,8 @@ def _build_server(reader: _Reader, address: str | None) -> ServerConfig:
     else:
         found = reader.get("serverbindaddress", _parse_ipv4, None)
         if found is None:
-            reader.fail(
-                None,
+            reader.fail_missing(
+                "ServerBindAddress",
                 "there is no ServerBindAddress; add 'ServerBindAddress' with the first of the "
                 "server's two consecutive public IPv4 addresses",
             )
