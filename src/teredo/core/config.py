@@ -15,51 +15,9 @@ A file with ``ServerBindAddress`` configures a server (``miredo-server.conf``); 
 
 Directives
 ----------
-Roles: C client, R relay (all relay types, host-specific included), S server.
-
-=====================  =====  =========================  ===================================
-directive              roles  default                    value
-=====================  =====  =========================  ===================================
-*Miredo's (1.2.6)*
-RelayType              C R    client                     client|autoclient (a client),
-                                                         relay|cone (a cone relay),
-                                                         restricted, host-specific|hostrelay
-ServerAddress          C      required (or SERVER arg)   IPv4 address or hostname
-ServerAddress2         C      ServerAddress + 1          IPv4 address or hostname
-Prefix                 R S    2001:0::                   IPv6 /32 prefix (3ffe:831f:: too)
-InterfaceMTU           R S    1280                       1280..65507
-InterfaceName          C R    teredo                     1-15 characters, no ``/ : %``
-BindAddress            C R    0.0.0.0 (any)              IPv4 address
-BindPort               C R    0 (the kernel picks)       0..65535
-SyslogFacility         C R S  daemon                     auth authpriv cron daemon ftp kern
-                                                         lpr mail news syslog user uucp
-                                                         local0 ... local7
-ServerBindAddress      S      required (or ADDRESS arg)  IPv4 address, global unicast
-ServerBindAddress2     S      ServerBindAddress + 1      IPv4 address, global unicast
-*ours*
-ControlSocket          C R S  /run/teredo/<role>.sock    absolute path, or ``none``
-User                   C R S  nobody                     user to drop privileges to
-HookScript             C      none                       absolute path of a script run with
-                                                         Miredo's client-hook environment
-MaxPeers               C R    1024 (Miredo's bound),     1..16777216
-                              1048576 for a non-host-
-                              specific relay
-MaxQueueBytes          C R    1280 (Miredo), or          1280..1048576, at least the MTU
-                              InterfaceMTU if larger
-RefreshInterval        C      30 (RFC 6081 §5.1.1)       seconds, 1..3600
-LocalDiscovery         C      no                         yes|no: RFC 4380 §5.2.8 local client
-                                                         discovery (224.0.0.253)
-Offload                C R    yes                        yes|no: kernel offloads on the data
-                                                         path (TUN segmentation, UDP GSO and
-                                                         GRO); no: one system call per packet
-FallbackServers        C      none                       comma-separated servers (IPv4 or
-                                                         hostname) tried in turn when
-                                                         ServerAddress stops answering
-AllowPrivateAddresses  C R S  no                         yes|no (true/false, on/off, 1/0)
-RateLimit              S      100                        0..1000000 answers (RAs and forwards)
-                                                         per second per IPv4 address, after a
-                                                         burst of twice as many; 0: no limit
-=====================  =====  =========================  ===================================
+`DIRECTIVES` below is the one table of directives: roles, default, and a help text that is
+also the source of teredo.conf(5) and of the README's directive tables
+(``python -m teredo.docs.manpages`` regenerates them; a unit test fails when they are stale).
 
 ``<role>`` in the control socket path is ``client``, ``relay`` or ``server``: one default socket per
 kind of daemon, so ``teredo status`` finds it; run two daemons of one kind with explicit paths.
@@ -112,10 +70,12 @@ from teredo.core.server import RATE_LIMIT_PER_SECOND
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_SERVER_CONFIG_PATH",
+    "DIRECTIVES",
     "ClientConfig",
     "Config",
     "ConfigLine",
     "ConfigWarning",
+    "Directive",
     "RelayConfig",
     "RelayType",
     "Role",
@@ -520,40 +480,133 @@ _ALL: Final = frozenset({"client", "relay", "server"})
 
 
 @dataclass(frozen=True, slots=True)
-class _Directive:
+class Directive:
+    """One configuration directive. `default` and `help` are for people (teredo.conf(5), the
+    README): short text in which `code` is marked with backquotes."""
+
     name: str  # canonical spelling, used in messages
     roles: frozenset[str]
     parse: Callable[[str], object]
-    miredo: bool = False
+    default: str
+    help: str
+    miredo: bool = False  # one of Miredo 1.2.6's directives (else ours)
 
 
-_DIRECTIVES: Final = {
-    d.name.lower(): d
-    for d in (
-        _Directive("RelayType", _CLIENT_RELAY, _parse_relay_type, miredo=True),
-        _Directive("ServerAddress", _CLIENT, _parse_host, miredo=True),
-        _Directive("ServerAddress2", _CLIENT, _parse_host, miredo=True),
-        _Directive("Prefix", _RELAY_SERVER, _parse_prefix, miredo=True),
-        _Directive("InterfaceMTU", _RELAY_SERVER, _parse_mtu, miredo=True),
-        _Directive("InterfaceName", _CLIENT_RELAY, _parse_interface_name, miredo=True),
-        _Directive("BindAddress", _CLIENT_RELAY, _parse_ipv4, miredo=True),
-        _Directive("BindPort", _CLIENT_RELAY, _parse_port, miredo=True),
-        _Directive("SyslogFacility", _ALL, _parse_facility, miredo=True),
-        _Directive("ServerBindAddress", _SERVER, _parse_ipv4, miredo=True),
-        _Directive("ServerBindAddress2", _SERVER, _parse_ipv4, miredo=True),
-        _Directive("ControlSocket", _ALL, _parse_socket_path),
-        _Directive("User", _ALL, _parse_user),
-        _Directive("HookScript", _CLIENT, _parse_path),
-        _Directive("MaxPeers", _CLIENT_RELAY, _parse_max_peers),
-        _Directive("MaxQueueBytes", _CLIENT_RELAY, _parse_queue_bytes),
-        _Directive("RefreshInterval", _CLIENT, _parse_refresh),
-        _Directive("LocalDiscovery", _CLIENT, _parse_bool),
-        _Directive("FallbackServers", _CLIENT, _parse_host_list),
-        _Directive("AllowPrivateAddresses", _ALL, _parse_bool),
-        _Directive("Offload", _CLIENT_RELAY, _parse_bool),
-        _Directive("RateLimit", _SERVER, _parse_rate_limit),
-    )
-}
+DIRECTIVES: Final[tuple[Directive, ...]] = (
+    # Miredo's (1.2.6)
+    Directive(
+        "RelayType", _CLIENT_RELAY, _parse_relay_type, "`client`",
+        "what the file configures: `client` or `autoclient` (a client), `relay` or `cone` (a "
+        "relay), `restricted` (a relay behind a restricted NAT, discouraged), `host-specific` "
+        "or `hostrelay` (ours: a relay for this host only)",
+        miredo=True,
+    ),
+    Directive(
+        "ServerAddress", _CLIENT, _parse_host, "required",
+        "the Teredo server, an IPv4 address or a hostname; `teredo client SERVER` overrides it",
+        miredo=True,
+    ),
+    Directive(
+        "ServerAddress2", _CLIENT, _parse_host, "ServerAddress + 1",
+        "the server's second address, an IPv4 address or a hostname",
+        miredo=True,
+    ),
+    Directive(
+        "Prefix", _RELAY_SERVER, _parse_prefix, "`2001:0::`",
+        "the Teredo /32 prefix; the pre-RFC `3ffe:831f::` is accepted",
+        miredo=True,
+    ),
+    Directive(
+        "InterfaceMTU", _RELAY_SERVER, _parse_mtu, "`1280`",
+        f"{MIN_MTU} to {MAX_MTU}: the relay's tunnel MTU, the MTU a server advertises",
+        miredo=True,
+    ),
+    Directive(
+        "InterfaceName", _CLIENT_RELAY, _parse_interface_name, f"`{DEFAULT_INTERFACE_NAME}`",
+        f"the tunnel interface, up to {MAX_INTERFACE_NAME} characters without `/`, `:` or `%`",
+        miredo=True,
+    ),
+    Directive(
+        "BindAddress", _CLIENT_RELAY, _parse_ipv4, "any",
+        "the local IPv4 address of the Teredo UDP socket",
+        miredo=True,
+    ),
+    Directive(
+        "BindPort", _CLIENT_RELAY, _parse_port, "kernel-chosen",
+        "the local UDP port, 0 to 65535 (0: the kernel picks one)",
+        miredo=True,
+    ),
+    Directive(
+        "SyslogFacility", _ALL, _parse_facility, f"`{DEFAULT_SYSLOG_FACILITY}`",
+        "`daemon`, `user`, `kern`, `local0` to `local7` or another syslog facility; set, it "
+        "sends the log to syslog (else to stderr)",
+        miredo=True,
+    ),
+    Directive(
+        "ServerBindAddress", _SERVER, _parse_ipv4, "required",
+        "the first of the server's two consecutive public IPv4 addresses; `teredo server "
+        "ADDRESS` overrides it",
+        miredo=True,
+    ),
+    Directive(
+        "ServerBindAddress2", _SERVER, _parse_ipv4, "ServerBindAddress + 1",
+        "the second address; clients expect the next one",
+        miredo=True,
+    ),
+    # ours
+    Directive(
+        "ControlSocket", _ALL, _parse_socket_path, f"`{CONTROL_SOCKET_DIR}/<role>.sock`",
+        "the control socket `teredo status` reads, an absolute path; `none` disables it",
+    ),
+    Directive(
+        "User", _ALL, _parse_user, f"`{DEFAULT_USER}`",
+        "the account to drop privileges to after setup",
+    ),
+    Directive(
+        "HookScript", _CLIENT, _parse_path, "none",
+        "the absolute path of a script run with Miredo's client-hook environment",
+    ),
+    Directive(
+        "MaxPeers", _CLIENT_RELAY, _parse_max_peers,
+        f"{DEFAULT_CLIENT_MAX_PEERS} ({DEFAULT_RELAY_MAX_PEERS} for a relay not host-specific)",
+        f"the peer table's bound, 1 to {MAX_PEERS_LIMIT}",
+    ),
+    Directive(
+        "MaxQueueBytes", _CLIENT_RELAY, _parse_queue_bytes,
+        f"{DEFAULT_MAX_QUEUE_BYTES} (the MTU if larger)",
+        f"bytes queued per peer while it is being set up, {MIN_MTU} to {MAX_QUEUE_LIMIT} and "
+        "at least the MTU",
+    ),
+    Directive(
+        "RefreshInterval", _CLIENT, _parse_refresh, f"{DEFAULT_REFRESH_INTERVAL}",
+        f"seconds between the client's refreshes, 1 to {MAX_REFRESH_INTERVAL} "
+        "(RFC 6081 §5.1.1)",
+    ),
+    Directive(
+        "LocalDiscovery", _CLIENT, _parse_bool, "`no`",
+        "RFC 4380 §5.2.8 discovery of Teredo clients on the same LAN",
+    ),
+    Directive(
+        "FallbackServers", _CLIENT, _parse_host_list, "none",
+        "comma-separated servers tried in turn when `ServerAddress` stops answering",
+    ),
+    Directive(
+        "AllowPrivateAddresses", _ALL, _parse_bool, "`no`",
+        "for labs and test beds: accept private IPv4 addresses",
+    ),
+    Directive(
+        "Offload", _CLIENT_RELAY, _parse_bool, "`yes`",
+        "kernel offloads on the data path (TUN segmentation with a virtio-net header, UDP GSO "
+        "and GRO); `no` reads and sends one packet per system call, for kernels or tools that "
+        "mishandle them",
+    ),
+    Directive(
+        "RateLimit", _SERVER, _parse_rate_limit, f"{DEFAULT_RATE_LIMIT}",
+        "answers and forwards per second to or from one IPv4 address, after a burst of twice "
+        "as many; `0` turns the limit off",
+    ),
+)  # fmt: skip
+_DIRECTIVES: Final = {d.name.lower(): d for d in DIRECTIVES}
 
 _ROLE_NAMES: Final = {"client": "clients", "relay": "relays", "server": "servers"}
 
