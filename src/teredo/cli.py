@@ -16,14 +16,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Final
 
-from teredo.core.errors import UsageError, UserError
+from teredo.core.errors import EXIT_BROKEN_PIPE, UsageError, UserError
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-EXIT_BROKEN_PIPE: Final = 128 + 13  # what a shell reports for a program killed by SIGPIPE
 
 
 class _Parser(argparse.ArgumentParser):

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from teredo.cli import EXIT_BROKEN_PIPE, main
+from teredo.cli import main
+from teredo.core.errors import EXIT_BROKEN_PIPE
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Final
 
 from teredo import __version__
-from teredo.cli import EXIT_BROKEN_PIPE, build_parser
+from teredo.cli import build_parser
 from teredo.core.config import (
     CONTROL_SOCKET_DIR,
     DEFAULT_CONFIG_PATH,
@@ -35,6 +35,7 @@ from teredo.core.config import (
     DIRECTIVES,
     Directive,
 )
+from teredo.core.errors import EXIT_BROKEN_PIPE
 
 ROOT: Final = Path(__file__).resolve().parents[3]  # the repository (src/teredo/docs/...)
 PAGES: Final = {"teredo.8": "teredo(8)", "teredo.conf.5": "teredo.conf(5)"}
