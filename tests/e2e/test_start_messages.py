@@ -15,9 +15,10 @@ pytestmark = pytest.mark.root
 
 
 def in_new_namespace(script: str, *teredo: str) -> subprocess.CompletedProcess[str]:
-    """Run `script` (shell: set up the namespace), then `teredo ARGS` in a fresh namespace."""
+    """Run `script` (shell: set up the namespace), then `teredo ARGS` if any, in a fresh
+    network namespace."""
     require_root("unshare", "ip")
-    command = " ".join([sys.executable, "-m", "teredo", *teredo])
+    command = " ".join([sys.executable, "-m", "teredo", *teredo]) if teredo else "true"
     return subprocess.run(
         ["unshare", "-n", "sh", "-ec", f"ip link set lo up; {script}; exec {command}"],
         capture_output=True,
@@ -45,6 +46,17 @@ def test_server_without_its_second_address_says_to_add_it(tmp_path: Path) -> Non
         "host; a Teredo server needs it besides 198.51.100.2: add it to the interface that has "
         "198.51.100.2 (ip addr add 198.51.100.3/24 dev wan)"
     )
+    # The advice works: after that very command the server starts on both addresses.
+    advice = result.stderr.rsplit("(", 1)[1].rstrip(")\n")
+    log = tmp_path / "server.log"
+    started = in_new_namespace(
+        f"{ONE_ADDRESS}; {advice}; "
+        f"{sys.executable} -m teredo server -c {config} 2>{log} & server=$!; "
+        f"for _ in $(seq 300); do grep -q 'Teredo server on' {log} && break; sleep 0.1; done; "
+        "kill -TERM $server; wait $server || true"  # what it logged is the point, not its end
+    )
+    assert started.returncode == 0, started.stderr
+    assert "Teredo server on 198.51.100.2:3544 and 198.51.100.3:3544" in log.read_text()
 
 
 def test_server_without_either_address(tmp_path: Path) -> None:
