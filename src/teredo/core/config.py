@@ -584,7 +584,7 @@ DIRECTIVES: Final[tuple[Directive, ...]] = (
     ),
     Directive(
         "LocalDiscovery", _CLIENT, _parse_bool, "`no`",
-        "RFC 4380 §5.2.8 discovery of Teredo clients on the same LAN",
+        "RFC 4380 §5.2.8 discovery of Teredo clients on the same LAN (multicast to 224.0.0.253)",
     ),
     Directive(
         "FallbackServers", _CLIENT, _parse_host_list, "none",
