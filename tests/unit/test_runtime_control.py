@@ -236,7 +236,7 @@ def test_run_status_on_something_that_is_not_a_socket_never_says_remove_it(path:
         run_status(path, False)
     assert str(caught.value) == (
         f"{path} is {kind}, not a control socket; pass the daemon's ControlSocket path with "
-        "--socket (by default /run/teredo/ROLE.sock)"
+        "--socket (by default a .sock file in /run/teredo)"
     )
     assert "remove" not in str(caught.value) and "stale" not in str(caught.value)
 
@@ -275,8 +275,8 @@ def test_run_status_without_permission(directory: str) -> None:
         return answer
 
     assert with_server(path, in_thread(as_nobody)) == (
-        f"cannot connect to {path}: permission denied; run teredo status as root (or as a user "
-        "the socket's permissions admit)"
+        f"cannot connect to {path}: permission denied; run teredo status as root, or as a "
+        "member of the socket's group"
     )
 
 

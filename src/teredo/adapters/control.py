@@ -303,7 +303,7 @@ def _check_socket_path(path: str) -> None:
         kind = "a directory" if stat.S_ISDIR(mode) else "a file"
         raise UserError(
             f"{path} is {kind}, not a control socket; pass the daemon's ControlSocket path "
-            f"with --socket (by default {CONTROL_SOCKET_DIR}/ROLE{SOCKET_SUFFIX})"
+            f"with --socket (by default a {SOCKET_SUFFIX} file in {CONTROL_SOCKET_DIR})"
         )
 
 
@@ -316,8 +316,8 @@ def _no_such_socket(path: str) -> UserError:
 
 def _permission_denied(path: str) -> UserError:
     return UserError(
-        f"cannot connect to {path}: permission denied; run teredo status as root (or as a user "
-        "the socket's permissions admit)"
+        f"cannot connect to {path}: permission denied; run teredo status as root, or as a "
+        "member of the socket's group"
     )
 
 

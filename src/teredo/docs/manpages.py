@@ -260,8 +260,11 @@ def render_teredo_8(parser: argparse.ArgumentParser | None = None) -> str:
         _bold(DEFAULT_SERVER_CONFIG_PATH),
         roff("the server configuration (Miredo's)"),
         ".TP",
-        _bold(f"{CONTROL_SOCKET_DIR}/ROLE.sock"),
-        roff("a daemon's control socket, read by `teredo status`"),
+        _bold(f"{CONTROL_SOCKET_DIR}/"),
+        roff(
+            "the daemons' control sockets (`ControlSocket`), read by `teredo status`; see "
+            "teredo.conf(5)"
+        ),
         ".SH SEE ALSO",
         r"\fBteredo.conf\fR(5), \fBmiredo\fR(8), \fBmiredo\-server\fR(8), \fBip\fR(8)",
         ".PP",
