@@ -1,27 +1,34 @@
 """Command-line entry point: argument parsing only, dispatching to the programs and the lab.
 
-Every error a person sees is one sentence on stderr with a non-zero exit (2 for usage and
-configuration errors), never a traceback. Heavy modules are imported inside the command that
-needs them so that `teredo decode` starts fast.
+Every error a person sees is one sentence on stderr, prefixed once with "teredo: ", with a
+non-zero exit (2 for usage and configuration errors), never a traceback. When the reader of the
+output goes away (`teredo lab status | head -1`) the command stops quietly with status 141, as a
+program killed by SIGPIPE does. Heavy modules are imported inside the command that needs them so
+that `teredo decode` starts fast.
+
+`build_parser` is also the source of the teredo(8) man page (`teredo.docs.manpages`): every
+argument's help text there is the one `--help` prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from teredo.core.errors import UsageError, UserError
+from teredo.core.errors import EXIT_BROKEN_PIPE, UsageError, UserError
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing its two-line usage error."""
+    """argparse that raises instead of printing its two-line usage error; `main` prints it
+    once, prefixed with "teredo: ", and the message names the help of the (sub)command."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message} (see --help)")
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
@@ -189,7 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # here, not at exit, where a closed pipe would be a traceback
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    try:
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            words = [getattr(args, name, None) for name in ("command", "lab_command")]
+            command = " ".join(["teredo", *filter(None, words)])
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see {command} --help)")
         if args.version:
             from teredo import __version__
 
@@ -197,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         handler: Handler | None = getattr(args, "handler", None)
         if handler is None:
-            build_parser().print_help(sys.stderr)
+            parser.print_help(sys.stderr)
             return 2
         return handler(args)
     except UserError as error:
@@ -205,3 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _reader_gone() -> int:
+    """stdout's reader has gone (`teredo lab status | head -1`): nothing more can be shown, and
+    that is no error worth a message. Later writes (the interpreter's last flush) go nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE

@@ -25,6 +25,7 @@ from typing import Any, Final
 import pytest
 
 from teredo.core.address import parse_teredo_address
+from teredo.core.errors import EXIT_BROKEN_PIPE
 from teredo.lab.lab import Lab
 from teredo.lab.state import STATE_ROOT
 from teredo.lab.topology import NATIVE_IPV6, NODES, SERVER_IPV4
@@ -145,6 +146,43 @@ def test_status_text(cli_lab: str) -> None:
     assert result.returncode == 0, result.stderr
     for word in ("client1", "client2", "port-restricted", "fullcone", "miredo", "2001:0:"):
         assert word in result.stdout
+
+
+def into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """`teredo lab ARGS | head -0`: stdout is a pipe whose reader is already gone."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "teredo", "lab", *args],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(writer)
+
+
+def test_status_into_a_closed_pipe_ends_quietly(cli_lab: str) -> None:
+    """`teredo lab status | head -1` once ended with a BrokenPipeError traceback."""
+    result = into_closed_pipe("status", "--name", cli_lab)
+    assert (result.returncode, result.stderr) == (EXIT_BROKEN_PIPE, "")
+
+
+def test_up_into_a_closed_pipe_finishes_its_work(links_before: set[str]) -> None:
+    """A lab command whose reader goes away does its work all the same (stopping halfway
+    would leave namespaces behind), then exits as SIGPIPE would have."""
+    name = f"p{os.getpid() % 100000}"
+    try:
+        result = into_closed_pipe("up", "--name", name, *MIREDO_EVERYWHERE)
+        assert (result.returncode, result.stderr) == (EXIT_BROKEN_PIPE, "")
+        assert lab_namespaces(name) == sorted(f"{name}-{node}" for node in NODES)
+        result = into_closed_pipe("down", "--name", name)
+        assert (result.returncode, result.stderr) == (EXIT_BROKEN_PIPE, "")
+        assert_nothing_left(name, links_before)
+    finally:
+        Lab(name).down()
 
 
 def test_exec_runs_in_the_node_and_passes_the_exit_status(cli_lab: str) -> None:

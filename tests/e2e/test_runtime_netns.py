@@ -9,6 +9,7 @@ Configuration is verified with pyroute2 directly, not with the module under test
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import select
 import socket
@@ -170,6 +171,35 @@ def test_client_configuration_mirrors_miredo_and_is_undone(tun: TunDevice) -> No
     tun.close()
     assert link("teredo") == {}, "the TUN interface goes away with its descriptor"
     run(configurator.undo)  # undo after the interface vanished: still quiet
+
+
+def test_a_second_client_takes_over_the_default_route_when_the_first_goes(
+    tun: TunDevice, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kernel refuses a second default route of metric 1029: a second client (another
+    InterfaceName) once got none and said nothing. It gets the next metric and a warning."""
+    first = InterfaceConfigurator(tun.name)
+    run(lambda: first.configure_client(CLIENT_ADDRESS, 1280))
+    other = open_tun("teredo2")
+    try:
+        second = InterfaceConfigurator(other.name)
+        with caplog.at_level(logging.WARNING, logger="teredo.adapters.netlink"):
+            run(lambda: second.configure_client(OTHER_ADDRESS, 1280))
+        assert (IPv6Network("::/0"), 1030) in routes("teredo2")
+        assert second.routes == ((IPv6Network("::/0"), 1030),)
+        assert [record.getMessage() for record in caplog.records] == [
+            "a default route with metric 1029 goes through teredo already (another Teredo "
+            "client?), so teredo2's default route has metric 1030: IPv6 goes through teredo2 "
+            "only when that route is gone; to use teredo2 now, route destinations through it "
+            "or stop the other client"
+        ]
+        # The first client stops: the second one's route is the default now, and stays its own.
+        run(first.undo)
+        assert (IPv6Network("::/0"), 1030) in routes("teredo2")
+        run(second.undo)
+        assert not any(network.prefixlen == 0 for network, _ in routes("teredo2"))
+    finally:
+        other.close()
 
 
 def test_relay_configuration_and_forwarding_sysctl(tun: TunDevice) -> None:

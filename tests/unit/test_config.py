@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from pathlib import Path
 
@@ -443,6 +444,46 @@ def test_unknown_directive_is_a_warning_with_a_suggestion() -> None:
         f"{SRC}:4: unknown directive A=b (write 'Name value', without '='), so the line is ignored",
     ]
     assert all(w.ignored for w in config.warnings)
+
+
+@pytest.mark.parametrize(
+    ("text", "parse", "message"),
+    [
+        (  # once "there is no ServerAddress", without the hint its warning has
+            "ServerAdress 198.51.100.2\n",
+            parse_client_config,
+            "1: unknown directive ServerAdress (did you mean ServerAddress?), so there is no "
+            "ServerAddress; add 'ServerAddress' with the Teredo server's hostname or IPv4 "
+            "address, or give the server on the command line",
+        ),
+        (
+            "# a server\nServerBindAdress 198.51.100.2\n",
+            parse_server_config,
+            "2: unknown directive ServerBindAdress (did you mean ServerBindAddress?), so there "
+            "is no ServerBindAddress; add 'ServerBindAddress' with the first of the server's "
+            "two consecutive public IPv4 addresses",
+        ),
+        (  # checkconf reads this as a client file: the typo is still the line to fix
+            "ServerBindAdress 198.51.100.2\n",
+            lambda text, source: parse_config(text, None, source),
+            "1: unknown directive ServerBindAdress (did you mean ServerBindAddress?), and there "
+            "is no ServerAddress; add 'ServerAddress' with the Teredo server's hostname or IPv4 "
+            "address, or give the server on the command line",
+        ),
+    ],
+)
+def test_a_misspelt_required_directive_gets_the_suggestion_too(
+    text: str, parse: Callable[[str, str], object], message: str
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse(text, SRC)
+    assert str(caught.value) == f"{SRC}:{message}"
+
+
+def test_a_missing_directive_without_a_likely_typo_is_reported_as_before() -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_client_config("Foo bar\nA=b\n", SRC)
+    assert str(caught.value).startswith(f"{SRC}: there is no ServerAddress; add")
 
 
 def test_directive_without_value_is_ignored() -> None:

@@ -30,6 +30,7 @@ from teredo.programs.status import format_duration, render_status, run_status
 # The often quoted example address (not from an RFC): server 65.54.227.120, mapped
 # 192.0.2.45:40000, cone.
 EXAMPLE_ADDRESS = "2001:0:4136:e378:8000:63bf:3fff:fdd2"
+NOBODY = 65534
 
 
 class State(enum.Enum):
@@ -246,15 +247,75 @@ def test_run_status_without_daemon(directory: str) -> None:
     )
 
 
-def test_run_status_with_a_missing_or_dead_socket(directory: str) -> None:
+def test_run_status_tells_a_missing_file_from_a_stale_socket(directory: str) -> None:
     missing = os.path.join(directory, "missing.sock")
-    with pytest.raises(UserError, match=r"no control socket at .*missing\.sock"):
+    with pytest.raises(UserError) as caught:
         run_status(missing, False)
+    assert str(caught.value) == (
+        f"no control socket at {missing}: no such file; start the daemon, or pass the path "
+        "its ControlSocket directive names"
+    )
     dead = os.path.join(directory, "dead.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.bind(dead)
-    with pytest.raises(UserError, match=r"no daemon is listening on .*dead\.sock"):
+    with pytest.raises(UserError) as caught:
         run_status(dead, False)
+    assert str(caught.value) == (
+        f"nobody is listening on {dead}: it is a stale socket left by a daemon that stopped; "
+        "start the daemon again (it replaces the socket), or remove the file"
+    )
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "/etc"])
+def test_run_status_on_something_that_is_not_a_socket_never_says_remove_it(path: str) -> None:
+    # `teredo status --socket /etc/passwd` once called it "a stale socket" and said to remove it.
+    kind = "a directory" if path == "/etc" else "a file"
+    with pytest.raises(UserError) as caught:
+        run_status(path, False)
+    assert str(caught.value) == (
+        f"{path} is {kind}, not a control socket; pass the daemon's ControlSocket path with "
+        "--socket (by default a .sock file in /run/teredo)"
+    )
+    assert "remove" not in str(caught.value) and "stale" not in str(caught.value)
+
+
+def test_run_status_below_a_file(directory: str) -> None:
+    with pytest.raises(UserError, match=r"a part of the path is not a directory"):
+        run_status("/etc/passwd/client.sock", False)
+
+
+def test_run_status_without_permission(directory: str) -> None:
+    """As a user the socket's mode (0660, root's) does not admit: permission denied, not stale."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the command as another user")
+    path = os.path.join(directory, "client.sock")
+    os.chmod(directory, 0o755)
+
+    def as_nobody() -> str:
+        """The error a query gets in a child process that dropped root for nobody."""
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            message = "no error"
+            try:
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                query_control_socket(path)
+            except UserError as error:
+                message = str(error)
+            finally:
+                os.write(writer, message.encode())
+                os._exit(0)
+        os.close(writer)
+        with os.fdopen(reader, "rb") as stream:
+            answer = stream.read().decode()
+        os.waitpid(pid, 0)
+        return answer
+
+    assert with_server(path, in_thread(as_nobody)) == (
+        f"cannot connect to {path}: permission denied; run teredo status as root, or as a "
+        "member of the socket's group"
+    )
 
 
 def test_render_status() -> None:

@@ -312,6 +312,7 @@ def query_control_socket(
 
     Raises `UserError` when nobody answers or the daemon reports an error.
     """
+    _check_socket_path(path)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
@@ -319,20 +320,15 @@ def query_control_socket(
             sock.sendall(json.dumps({"command": command}).encode() + b"\n")
             with sock.makefile("rb") as stream:
                 line = stream.readline(MAX_LINE_BYTES * 64)
-        except FileNotFoundError:
-            raise UserError(
-                f"no control socket at {path}; is the daemon running with ControlSocket {path}?"
-            ) from None
+        except FileNotFoundError:  # removed between the check and the connect
+            raise _no_such_socket(path) from None
         except ConnectionRefusedError:
             raise UserError(
-                f"no daemon is listening on {path} (a stale socket left by a stopped daemon); "
-                "start the daemon or remove the file"
+                f"nobody is listening on {path}: it is a stale socket left by a daemon that "
+                "stopped; start the daemon again (it replaces the socket), or remove the file"
             ) from None
         except PermissionError:
-            raise UserError(
-                f"cannot connect to {path}: permission denied; run as root or as a member of "
-                "the socket's group"
-            ) from None
+            raise _permission_denied(path) from None
         except TimeoutError:
             raise UserError(f"the daemon at {path} did not answer within {timeout:g} s") from None
         except OSError as error:
@@ -346,6 +342,44 @@ def query_control_socket(
     if isinstance(answer, dict) and "error" in answer and len(answer) == 1:
         raise UserError(f"the daemon at {path} answered: {answer['error']}")
     return answer
+
+
+def _check_socket_path(path: str) -> None:
+    """Tell apart, before connecting, what a connect() error would blur: no such file, a file
+    that is not a socket (`--socket /etc/passwd`), a path we may not look at."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise _no_such_socket(path) from None
+    except NotADirectoryError:
+        raise UserError(
+            f"{path} is not a control socket: a part of the path is not a directory; pass the "
+            "daemon's ControlSocket path with --socket"
+        ) from None
+    except PermissionError:
+        raise _permission_denied(path) from None
+    except OSError as error:
+        raise UserError(f"cannot look at {path}: {error.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a file"
+        raise UserError(
+            f"{path} is {kind}, not a control socket; pass the daemon's ControlSocket path "
+            f"with --socket (by default a {SOCKET_SUFFIX} file in {CONTROL_SOCKET_DIR})"
+        )
+
+
+def _no_such_socket(path: str) -> UserError:
+    return UserError(
+        f"no control socket at {path}: no such file; start the daemon, or pass the path its "
+        "ControlSocket directive names"
+    )
+
+
+def _permission_denied(path: str) -> UserError:
+    return UserError(
+        f"cannot connect to {path}: permission denied; run teredo status as root, or as a "
+        "member of the socket's group"
+    )
 
 
 def find_control_socket(directory: str = CONTROL_SOCKET_DIR) -> str:

@@ -16,7 +16,10 @@ host looks the same whichever implementation runs:
 - client (Miredo's client-hook): flush the interface, link up with the MTU, add
   `fe80::ffff:ffff:ffff/64` and `ADDRESS/32` (the /32 brings the kernel's `2001::/32` prefix
   route with it) and `default dev IFACE metric 1029`, so Teredo is the last-resort route
-  (Linux's own default routes use metric 1024);
+  (Linux's own default routes use metric 1024). Where Miredo's hook fails silently (the
+  kernel refuses a second default route of the same metric: a second client on this host),
+  the client takes the next free metric, so it takes over when the first client's route
+  goes, and logs a warning that says so;
 - relay (observed from Miredo's relay): link up with the MTU, `fe80::ffff:ffff:ffff/64` and a
   route for the Teredo prefix (`2001::/32 dev IFACE`, kernel default metric 1024).
 
@@ -47,6 +50,7 @@ Interface = str | int
 """An interface by name ("teredo") or index."""
 
 CLIENT_ROUTE_METRIC: Final = 1029  # Miredo client-hook: after Linux's default 1024, last resort
+CLIENT_ROUTE_METRICS: Final = 16  # a second client's default route takes 1030, ... up to 1044
 DEFAULT_ROUTE: Final = IPv6Network("::/0")
 CLIENT_LINK_LOCAL_INTERFACE: Final = IPv6Interface(f"{CLIENT_LINK_LOCAL}/64")
 TEREDO_ADDRESS_PREFIXLEN: Final = 32  # the client's address is on-link for the whole prefix
@@ -139,6 +143,23 @@ async def remove_route(
         if index is None:
             return False
         return await _route(ipr, "del", index, _name(interface), destination, metric)
+
+
+async def default_route_device(metric: int) -> str | None:
+    """The interface of the main table's IPv6 default route with this metric, or None."""
+    async with _session() as ipr:
+        async for message in await ipr.route("dump", family=socket.AF_INET6):
+            if (
+                message["dst_len"] == 0
+                and message.get("RTA_TABLE") == RT_TABLE_MAIN
+                and message.get("RTA_PRIORITY") == metric
+                and message.get("RTA_OIF")
+            ):
+                try:
+                    return socket.if_indextoname(message.get("RTA_OIF"))
+                except OSError:
+                    return str(message.get("RTA_OIF"))
+    return None
 
 
 async def wait_until_local(address: IPv6Address, timeout: float = ADDRESS_READY_TIMEOUT) -> bool:
@@ -267,11 +288,47 @@ class InterfaceConfigurator:
         await self.set_up(mtu)
         await self.add_address(CLIENT_LINK_LOCAL_INTERFACE)
         await self.add_address(IPv6Interface(f"{address}/{TEREDO_ADDRESS_PREFIXLEN}"))
-        await self.add_route(DEFAULT_ROUTE, CLIENT_ROUTE_METRIC)
+        await self.add_default_route()
         if not await wait_until_local(address):
             log.warning(
                 "the kernel has not activated %s yet; the first packets may be lost", address
             )
+
+    async def add_default_route(self) -> None:
+        """The client's last-resort default route: metric 1029, as Miredo's client-hook adds.
+
+        The kernel refuses a second IPv6 default route of one metric through another interface
+        (EEXIST), which left a second client on this host (another InterfaceName) silently
+        without any. It takes the next free metric instead, so IPv6 keeps going through the
+        first client while its route exists, then through this one; a warning says so.
+        """
+        taken: list[tuple[str, int]] = []  # (interface, metric) of the routes in the way
+        for metric in range(CLIENT_ROUTE_METRIC, CLIENT_ROUTE_METRIC + CLIENT_ROUTE_METRICS):
+            if await add_route(self.interface, DEFAULT_ROUTE, metric=metric):
+                self._routes.append((DEFAULT_ROUTE, metric))
+                break
+            holder = await default_route_device(metric)
+            if holder in (None, _name(self.interface)):  # ours already (or gone meanwhile)
+                return
+            taken.append((holder, metric))
+        else:
+            log.warning(
+                "%s gets no default route: default routes with metrics %d to %d exist already "
+                "(%s); route destinations through %s yourself, or stop another Teredo client",
+                self.interface, CLIENT_ROUTE_METRIC, metric,
+                ", ".join(f"{device} (metric {taken_metric})" for device, taken_metric in taken),
+                self.interface,
+            )  # fmt: skip
+            return
+        if taken:
+            log.warning(
+                "a default route with metric %d goes through %s already (another Teredo "
+                "client?), so %s's default route has metric %d: IPv6 goes through %s only "
+                "when that route is gone; to use %s now, route destinations through it or stop "
+                "the other client",
+                CLIENT_ROUTE_METRIC, taken[0][0], self.interface, metric,
+                self.interface, self.interface,
+            )  # fmt: skip
 
     async def configure_relay(
         self, prefix: IPv6Network = TEREDO_PREFIX, mtu: int = DEFAULT_MTU

@@ -61,6 +61,8 @@ IP_PMTUDISC_DONT: Final = 0  # RFC 4380 §5.1.2: never set DF; fragment locally 
 IP_PKTINFO: Final = 8  # ancillary struct in_pktinfo {ifindex, spec_dst, addr}
 SO_SNDBUFFORCE: Final = 32  # like SO_SNDBUF but ignores wmem_max (CAP_NET_ADMIN)
 SO_RCVBUFFORCE: Final = 33
+SIOCGIFADDR: Final = 0x8915  # netdevice(7): an interface's primary IPv4 address
+SIOCGIFNETMASK: Final = 0x891B  # netdevice(7): and its netmask
 # Linux <linux/udp.h>
 SOL_UDP: Final = 17
 UDP_SEGMENT: Final = 103  # send: cut the buffer into datagrams of this many bytes
@@ -405,6 +407,7 @@ def open_udp_socket(
     buffer_bytes: int = DEFAULT_BUFFER_BYTES,
     address_setting: str = "BindAddress",
     port_setting: str | None = "BindPort",
+    not_local_fix: str | None = None,
 ) -> UdpSocket:
     """Open a non-blocking IPv4 UDP socket bound to (address, port) with Teredo's options.
 
@@ -413,7 +416,8 @@ def open_udp_socket(
     port; leave it off otherwise so that a second daemon on the same port is an error, not a
     silent split of the traffic. `address_setting` and `port_setting` name the configuration
     directives in the error a person sees when the bind fails (`port_setting=None`: the port is
-    not configurable).
+    not configurable); `not_local_fix` replaces the advice given when `address` is not one of
+    this host's (by default: set `address_setting` to one of them, or 0.0.0.0).
 
     Raises `UserError` naming the address and the fix when the bind fails.
     """
@@ -431,7 +435,9 @@ def open_udp_socket(
         try:
             sock.bind((host, port))
         except OSError as error:
-            raise _bind_error(error, host, port, address_setting, port_setting) from None
+            raise _bind_error(
+                error, host, port, address_setting, port_setting, not_local_fix
+            ) from None
     except BaseException:
         sock.close()
         raise
@@ -481,16 +487,40 @@ def _set_buffer(sock: socket.socket, option: int, force_option: int, size: int) 
         sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
+def interface_holding(address: IPv4Address) -> tuple[str, int] | None:
+    """The interface whose primary IPv4 address is `address`, with its prefix length
+    (SIOCGIFADDR, SIOCGIFNETMASK); None when no interface has it as its primary address.
+    For advice in messages (an `ip addr add` command that fits), not for decisions."""
+    import fcntl
+
+    for _, name in socket.if_nameindex():
+        request = name.encode().ljust(40, b"\0")
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                if fcntl.ioctl(probe, SIOCGIFADDR, request)[20:24] != address.packed:
+                    continue
+                mask = fcntl.ioctl(probe, SIOCGIFNETMASK, request)[20:24]
+        except OSError:  # no IPv4 address on that interface, or it went away
+            continue
+        return name, bin(int.from_bytes(mask, "big")).count("1")
+    return None
+
+
 def _bind_error(
-    error: OSError, host: str, port: int, address_setting: str, port_setting: str | None
+    error: OSError,
+    host: str,
+    port: int,
+    address_setting: str,
+    port_setting: str | None,
+    not_local_fix: str | None = None,
 ) -> UserError:
     where = f"UDP {host}:{port}"
     code = error.errno
     if code == errno.EADDRNOTAVAIL:  # may be configured later (at boot): a daemon retries
-        return TransientError(
-            f"cannot bind {where}: {host} is not an address of this host; set {address_setting} "
-            "to one of this host's IPv4 addresses (or 0.0.0.0)"
+        fix = not_local_fix or (
+            f"set {address_setting} to one of this host's IPv4 addresses (or 0.0.0.0)"
         )
+        return TransientError(f"cannot bind {where}: {host} is not an address of this host; {fix}")
     if code == errno.EADDRINUSE:
         fix = f"stop that program or set {port_setting}" if port_setting else "stop that program"
         return UserError(

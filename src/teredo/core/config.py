@@ -15,81 +15,9 @@ A file with ``ServerBindAddress`` configures a server (``miredo-server.conf``); 
 
 Directives
 ----------
-Roles: C client, R relay (all relay types, host-specific included), S server.
-
-=====================  =====  =========================  ===================================
-directive              roles  default                    value
-=====================  =====  =========================  ===================================
-*Miredo's (1.2.6)*
-RelayType              C R    client                     client|autoclient (a client),
-                                                         relay|cone (a cone relay),
-                                                         restricted, host-specific|hostrelay
-ServerAddress          C      required (or SERVER arg)   IPv4 address or hostname
-ServerAddress2         C      ServerAddress + 1          IPv4 address or hostname
-Prefix                 R S    2001:0::                   IPv6 /32 prefix (3ffe:831f:: too)
-InterfaceMTU           R S    1280                       1280..65507
-InterfaceName          C R    teredo                     1-15 characters, no ``/ : %``
-BindAddress            C R    0.0.0.0 (any)              IPv4 address
-BindPort               C R    0 (the kernel picks)       0..65535
-SyslogFacility         C R S  daemon                     auth authpriv cron daemon ftp kern
-                                                         lpr mail news syslog user uucp
-                                                         local0 ... local7
-ServerBindAddress      S      required (or ADDRESS arg)  IPv4 address, global unicast
-ServerBindAddress2     S      ServerBindAddress + 1      IPv4 address, global unicast
-*ours*
-ControlSocket          C R S  /run/teredo/client-        absolute path, or ``none``; the
-                              <InterfaceName>.sock,      daemon hands the socket's directory
-                              relay-<InterfaceName>      to User when it created it or it is
-                              .sock, server.sock         /run/teredo, so that it removes its
-                                                         socket at exit
-ControlSocketGroup     C R S  none (root's group)        group whose members may use the
-                                                         control socket (mode 0660), e.g.
-                                                         monitoring: ``teredo status`` without
-                                                         root
-MetricsAddress         C R S  none (off)                 IPv4:port or [IPv6]:port, e.g.
-                                                         127.0.0.1:9344: serve Prometheus
-                                                         metrics over HTTP at /metrics; ``none``
-                                                         turns it off; a change needs a restart
-LogFormat              C R S  text                       text|json: json writes one JSON object
-                                                         per line (time, level, role, message,
-                                                         the event's fields)
-User                   C R S  nobody                     user to drop privileges to
-HookScript             C      none                       absolute path of a script run with
-                                                         Miredo's client-hook environment
-MaxPeers               C R    1024 (Miredo's bound),     1..16777216
-                              1048576 for a non-host-
-                              specific relay
-MaxQueueBytes          C R    1280 (Miredo), or          1280..1048576, at least the MTU
-                              InterfaceMTU if larger
-RefreshInterval        C      30 (RFC 6081 §5.1.1)       seconds, 1..3600
-LocalDiscovery         C      no                         yes|no: RFC 4380 §5.2.8 local client
-                                                         discovery (224.0.0.253)
-Offload                C R    yes                        yes|no: kernel offloads on the data
-                                                         path (TUN segmentation, UDP GSO and
-                                                         GRO); no: one system call per packet
-FallbackServers        C      none                       comma-separated servers (IPv4 or
-                                                         hostname) tried in turn when
-                                                         ServerAddress stops answering
-AllowPrivateAddresses  C R S  no                         yes|no (true/false, on/off, 1/0)
-RateLimit              S      100                        0..1000000 answers (RAs and forwards)
-                                                         per second per IPv4 address, after a
-                                                         burst of twice as many; 0: no limit
-*ours: secure qualification (RFC 4380 §5.2.2, teredo.core.secure_qualification)*
-ClientIdentifier       C      none (nonce-only RS)       1-255 printable ASCII characters: the
-                                                         identifier in the server's key file;
-                                                         needs SharedSecret or SharedSecretFile
-SharedSecret           C      none                       the client's secret: hex digits, or
-                                                         base64 after ``base64:``
-SharedSecretFile       C      none                       absolute path of a file holding the
-                                                         secret as SharedSecret writes it
-                                                         (keeps it out of a readable config)
-ClientKeyFile          S      none                       absolute path of the key file: one
-                                                         ``identifier secret`` line per client;
-                                                         SIGHUP reloads it
-RequireAuthentication  S      no                         yes|no: yes answers only RSs signed
-                                                         with a key of ClientKeyFile; no also
-                                                         answers nonce-only RSs (Miredo, Windows)
-=====================  =====  =========================  ===================================
+`DIRECTIVES` below is the one table of directives: roles, default, and a help text that is
+also the source of teredo.conf(5) and of the README's directive tables
+(``python -m teredo.docs.manpages`` regenerates them; a unit test fails when they are stale).
 
 The default control socket is per instance: ``client-<InterfaceName>.sock`` and
 ``relay-<InterfaceName>.sock`` (two clients on two interfaces do not collide), ``server.sock``;
@@ -144,10 +72,12 @@ from teredo.core.server import RATE_LIMIT_PER_SECOND
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_SERVER_CONFIG_PATH",
+    "DIRECTIVES",
     "ClientConfig",
     "Config",
     "ConfigLine",
     "ConfigWarning",
+    "Directive",
     "LogFormat",
     "MetricsAddress",
     "RelayConfig",
@@ -646,49 +576,177 @@ _ALL: Final = frozenset({"client", "relay", "server"})
 
 
 @dataclass(frozen=True, slots=True)
-class _Directive:
+class Directive:
+    """One configuration directive. `default` and `help` are for people (teredo.conf(5), the
+    README): short text in which `code` is marked with backquotes."""
+
     name: str  # canonical spelling, used in messages
     roles: frozenset[str]
     parse: Callable[[str], object]
-    miredo: bool = False
+    default: str
+    help: str
+    miredo: bool = False  # one of Miredo 1.2.6's directives (else ours)
 
 
-_DIRECTIVES: Final = {
-    d.name.lower(): d
-    for d in (
-        _Directive("RelayType", _CLIENT_RELAY, _parse_relay_type, miredo=True),
-        _Directive("ServerAddress", _CLIENT, _parse_host, miredo=True),
-        _Directive("ServerAddress2", _CLIENT, _parse_host, miredo=True),
-        _Directive("Prefix", _RELAY_SERVER, _parse_prefix, miredo=True),
-        _Directive("InterfaceMTU", _RELAY_SERVER, _parse_mtu, miredo=True),
-        _Directive("InterfaceName", _CLIENT_RELAY, _parse_interface_name, miredo=True),
-        _Directive("BindAddress", _CLIENT_RELAY, _parse_ipv4, miredo=True),
-        _Directive("BindPort", _CLIENT_RELAY, _parse_port, miredo=True),
-        _Directive("SyslogFacility", _ALL, _parse_facility, miredo=True),
-        _Directive("ServerBindAddress", _SERVER, _parse_ipv4, miredo=True),
-        _Directive("ServerBindAddress2", _SERVER, _parse_ipv4, miredo=True),
-        _Directive("ControlSocket", _ALL, _parse_socket_path),
-        _Directive("ControlSocketGroup", _ALL, _parse_group),
-        _Directive("MetricsAddress", _ALL, _parse_metrics_address),
-        _Directive("LogFormat", _ALL, _parse_log_format),
-        _Directive("User", _ALL, _parse_user),
-        _Directive("HookScript", _CLIENT, _parse_path),
-        _Directive("MaxPeers", _CLIENT_RELAY, _parse_max_peers),
-        _Directive("MaxQueueBytes", _CLIENT_RELAY, _parse_queue_bytes),
-        _Directive("RefreshInterval", _CLIENT, _parse_refresh),
-        _Directive("LocalDiscovery", _CLIENT, _parse_bool),
-        _Directive("FallbackServers", _CLIENT, _parse_host_list),
-        _Directive("AllowPrivateAddresses", _ALL, _parse_bool),
-        _Directive("Offload", _CLIENT_RELAY, _parse_bool),
-        _Directive("RateLimit", _SERVER, _parse_rate_limit),
-        # Secure qualification (RFC 4380 §5.2.2)
-        _Directive("ClientIdentifier", _CLIENT, _parse_identifier),
-        _Directive("SharedSecret", _CLIENT, _parse_secret),
-        _Directive("SharedSecretFile", _CLIENT, _parse_path),
-        _Directive("ClientKeyFile", _SERVER, _parse_path),
-        _Directive("RequireAuthentication", _SERVER, _parse_bool),
-    )
-}
+DIRECTIVES: Final[tuple[Directive, ...]] = (
+    # Miredo's (1.2.6)
+    Directive(
+        "RelayType", _CLIENT_RELAY, _parse_relay_type, "`client`",
+        "what the file configures: `client` or `autoclient` (a client), `relay` or `cone` (a "
+        "relay), `restricted` (a relay behind a restricted NAT, discouraged), `host-specific` "
+        "or `hostrelay` (ours: a relay for this host only)",
+        miredo=True,
+    ),
+    Directive(
+        "ServerAddress", _CLIENT, _parse_host, "required",
+        "the Teredo server, an IPv4 address or a hostname; `teredo client SERVER` overrides it",
+        miredo=True,
+    ),
+    Directive(
+        "ServerAddress2", _CLIENT, _parse_host, "ServerAddress + 1",
+        "the server's second address, an IPv4 address or a hostname",
+        miredo=True,
+    ),
+    Directive(
+        "Prefix", _RELAY_SERVER, _parse_prefix, "`2001:0::`",
+        "the Teredo /32 prefix; the pre-RFC `3ffe:831f::` is accepted",
+        miredo=True,
+    ),
+    Directive(
+        "InterfaceMTU", _RELAY_SERVER, _parse_mtu, "`1280`",
+        f"{MIN_MTU} to {MAX_MTU}: the relay's tunnel MTU, the MTU a server advertises",
+        miredo=True,
+    ),
+    Directive(
+        "InterfaceName", _CLIENT_RELAY, _parse_interface_name, f"`{DEFAULT_INTERFACE_NAME}`",
+        f"the tunnel interface, up to {MAX_INTERFACE_NAME} characters without `/`, `:` or `%`",
+        miredo=True,
+    ),
+    Directive(
+        "BindAddress", _CLIENT_RELAY, _parse_ipv4, "any",
+        "the local IPv4 address of the Teredo UDP socket",
+        miredo=True,
+    ),
+    Directive(
+        "BindPort", _CLIENT_RELAY, _parse_port, "kernel-chosen",
+        "the local UDP port, 0 to 65535 (0: the kernel picks one)",
+        miredo=True,
+    ),
+    Directive(
+        "SyslogFacility", _ALL, _parse_facility, f"`{DEFAULT_SYSLOG_FACILITY}`",
+        "`daemon`, `user`, `kern`, `local0` to `local7` or another syslog facility; a "
+        "detached daemon logs to syslog always; with `-f`, to stderr unless this is set",
+        miredo=True,
+    ),
+    Directive(
+        "ServerBindAddress", _SERVER, _parse_ipv4, "required",
+        "the first of the server's two consecutive public IPv4 addresses; `teredo server "
+        "ADDRESS` overrides it",
+        miredo=True,
+    ),
+    Directive(
+        "ServerBindAddress2", _SERVER, _parse_ipv4, "ServerBindAddress + 1",
+        "the second address; clients expect the next one",
+        miredo=True,
+    ),
+    # ours
+    Directive(
+        "ControlSocket", _ALL, _parse_socket_path,
+        f"`{CONTROL_SOCKET_DIR}/client-<InterfaceName>.sock`, `relay-<InterfaceName>.sock` or "
+        "`server.sock`",
+        "the control socket `teredo status` reads, an absolute path; `none` disables it; the "
+        "daemon hands its directory to `User` when it created it, so that it removes its "
+        "socket at exit",
+    ),
+    Directive(
+        "ControlSocketGroup", _ALL, _parse_group, "none (root's group)",
+        "the socket's group (mode 0660): its members run `teredo status` without root",
+    ),
+    Directive(
+        "MetricsAddress", _ALL, _parse_metrics_address, "none (off)",
+        "`127.0.0.1:9344` or `[::1]:9344`: Prometheus metrics over HTTP at `/metrics`; `none` "
+        "turns them off; a change needs a restart",
+    ),
+    Directive(
+        "LogFormat", _ALL, _parse_log_format, "`text`",
+        "`text` or `json`: one JSON object per line (time, level, role, message, the event's "
+        "fields)",
+    ),
+    Directive(
+        "User", _ALL, _parse_user, f"`{DEFAULT_USER}`",
+        "the account to drop privileges to after setup",
+    ),
+    Directive(
+        "HookScript", _CLIENT, _parse_path, "none",
+        "the absolute path of a script run with Miredo's client-hook environment",
+    ),
+    Directive(
+        "MaxPeers", _CLIENT_RELAY, _parse_max_peers,
+        f"{DEFAULT_CLIENT_MAX_PEERS} ({DEFAULT_RELAY_MAX_PEERS} for a relay not host-specific)",
+        f"the peer table's bound, 1 to {MAX_PEERS_LIMIT}",
+    ),
+    Directive(
+        "MaxQueueBytes", _CLIENT_RELAY, _parse_queue_bytes,
+        f"{DEFAULT_MAX_QUEUE_BYTES} (the MTU if larger)",
+        f"bytes queued per peer while it is being set up, {MIN_MTU} to {MAX_QUEUE_LIMIT} and "
+        "at least the MTU",
+    ),
+    Directive(
+        "RefreshInterval", _CLIENT, _parse_refresh, f"{DEFAULT_REFRESH_INTERVAL}",
+        f"seconds between the client's refreshes, 1 to {MAX_REFRESH_INTERVAL} "
+        "(RFC 6081 §5.1.1)",
+    ),
+    Directive(
+        "LocalDiscovery", _CLIENT, _parse_bool, "`no`",
+        "RFC 4380 §5.2.8 discovery of Teredo clients on the same LAN (multicast to 224.0.0.253)",
+    ),
+    Directive(
+        "FallbackServers", _CLIENT, _parse_host_list, "none",
+        "comma-separated servers tried in turn when `ServerAddress` stops answering",
+    ),
+    Directive(
+        "AllowPrivateAddresses", _ALL, _parse_bool, "`no`",
+        "for labs and test beds: accept private IPv4 addresses",
+    ),
+    Directive(
+        "Offload", _CLIENT_RELAY, _parse_bool, "`yes`",
+        "kernel offloads on the data path (TUN segmentation with a virtio-net header, UDP GSO "
+        "and GRO); `no` reads and sends one packet per system call, for kernels or tools that "
+        "mishandle them",
+    ),
+    Directive(
+        "RateLimit", _SERVER, _parse_rate_limit, f"{DEFAULT_RATE_LIMIT}",
+        "answers and forwards per second to or from one IPv4 address, after a burst of twice "
+        "as many; `0` turns the limit off",
+    ),
+    # ours: secure qualification (RFC 4380 §5.2.2, teredo.core.secure_qualification)
+    Directive(
+        "ClientIdentifier", _CLIENT, _parse_identifier, "none (nonce-only RS)",
+        "secure qualification (RFC 4380 §5.2.2): the name the server's key file knows this "
+        "client by, 1 to 255 printable ASCII characters; needs `SharedSecret` or "
+        "`SharedSecretFile`",
+    ),
+    Directive(
+        "SharedSecret", _CLIENT, _parse_secret, "none",
+        "the client's secret: hex digits, or base64 after `base64:`",
+    ),
+    Directive(
+        "SharedSecretFile", _CLIENT, _parse_path, "none",
+        "a file holding the secret, written as for `SharedSecret` (keeps it out of a readable "
+        "configuration); an absolute path",
+    ),
+    Directive(
+        "ClientKeyFile", _SERVER, _parse_path, "none",
+        "the clients' keys: one `identifier secret` line per client; SIGHUP reloads it; an "
+        "absolute path",
+    ),
+    Directive(
+        "RequireAuthentication", _SERVER, _parse_bool, "`no`",
+        "`yes`: answer only Router Solicitations signed with a key of `ClientKeyFile`; `no` "
+        "also answers unsigned ones (Miredo, Windows)",
+    ),
+)  # fmt: skip
+_DIRECTIVES: Final = {d.name.lower(): d for d in DIRECTIVES}
 
 _ROLE_NAMES: Final = {"client": "clients", "relay": "relays", "server": "servers"}
 
@@ -702,11 +760,13 @@ class _Reader:
         self.source = source
         self.warnings: list[ConfigWarning] = []
         self.lines: dict[str, ConfigLine] = {}
+        self.unknown: list[ConfigLine] = []  # lines whose name is no directive
         for line in tokenize_config(text):
             key = line.key
             directive = _DIRECTIVES.get(key) if key is not None else None
             if directive is None:
-                self.warn(line.line, _unknown_message(line.name))
+                self.warn(line.line, f"{_unknown_message(line.name)}, so the line is ignored")
+                self.unknown.append(line)
             elif line.value is None:
                 self.warn(line.line, f"{directive.name} has no value, so the line is ignored")
             elif directive.name.lower() in self.lines:
@@ -732,6 +792,18 @@ class _Reader:
         line = self.lines.get(key) if key is not None else None
         where = f"{self.source}:{line.line}" if line is not None else self.source
         raise UsageError(f"{where}: {message}")
+
+    def fail_missing(self, name: str, message: str) -> NoReturn:
+        """`message` says that the directive `name` is missing. A misspelt name is the likelier
+        cause than a forgotten line: then the error points at that line, as its warning does."""
+        for line in self.unknown:
+            suggestion = _suggestion(line.name) if "=" not in line.name else None
+            if suggestion is not None:
+                link = "so" if suggestion == name else "and"
+                raise UsageError(
+                    f"{self.source}:{line.line}: {_unknown_message(line.name)}, {link} {message}"
+                )
+        self.fail(None, message)
 
     def has(self, key: str) -> bool:
         return key in self.lines
@@ -766,15 +838,23 @@ class _Reader:
 
 
 def _unknown_message(name: str) -> str:
+    """ "unknown directive X (did you mean Y?)": the one wording for a misspelt name, in the
+    warning about its line and in the error about the directive it leaves missing."""
     shown = name if name.isascii() and name.isprintable() and len(name) <= 40 else _show(name)
     hint = ""
     if "=" in name:
         hint = " (write 'Name value', without '=')"
     else:
-        close = difflib.get_close_matches(name.lower(), list(_DIRECTIVES), n=1, cutoff=0.8)
-        if close:
-            hint = f" (did you mean {_DIRECTIVES[close[0]].name}?)"
-    return f"unknown directive {shown}{hint}, so the line is ignored"
+        close = _suggestion(name)
+        if close is not None:
+            hint = f" (did you mean {close}?)"
+    return f"unknown directive {shown}{hint}"
+
+
+def _suggestion(name: str) -> str | None:
+    """The directive `name` is probably a misspelling of, by its canonical name."""
+    close = difflib.get_close_matches(name.lower(), list(_DIRECTIVES), n=1, cutoff=0.8)
+    return _DIRECTIVES[close[0]].name if close else None
 
 
 def _file_role(reader: _Reader) -> tuple[Role, RelayType]:
@@ -928,8 +1008,8 @@ def _build_client(reader: _Reader, server: str | None) -> ClientConfig:
         primary = reader.get("serveraddress", _parse_host, None)
         primary_key = "serveraddress"
         if primary is None:
-            reader.fail(
-                None,
+            reader.fail_missing(
+                "ServerAddress",
                 "there is no ServerAddress; add 'ServerAddress' with the Teredo server's "
                 "hostname or IPv4 address, or give the server on the command line",
             )
@@ -1052,8 +1132,8 @@ def _build_server(reader: _Reader, address: str | None) -> ServerConfig:
     else:
         found = reader.get("serverbindaddress", _parse_ipv4, None)
         if found is None:
-            reader.fail(
-                None,
+            reader.fail_missing(
+                "ServerBindAddress",
                 "there is no ServerBindAddress; add 'ServerBindAddress' with the first of the "
                 "server's two consecutive public IPv4 addresses",
             )

@@ -11,6 +11,12 @@
 
 from __future__ import annotations
 
+from typing import Final
+
+# The exit status of a command whose output's reader went away (`teredo lab status | head -1`):
+# what a shell reports for a program killed by SIGPIPE, 128 + 13.
+EXIT_BROKEN_PIPE: Final = 141
+
 
 class ParseError(ValueError):
     """Malformed input from outside: a packet, an address, a field."""

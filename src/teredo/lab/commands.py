@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ipaddress import IPv6Address
 from typing import Final, TextIO
 
-from teredo.core.errors import UserError
+from teredo.core.errors import EXIT_BROKEN_PIPE, UserError
 from teredo.lab.lab import (
     Lab,
     PingResult,
@@ -37,11 +37,28 @@ def run_lab_command(args: argparse.Namespace) -> int:
         "exec": _exec,
         "demo": _demo,
     }
-    return handlers[args.lab_command](args)
+    status = handlers[args.lab_command](args)
+    return (status or EXIT_BROKEN_PIPE) if _output.lost else status
 
 
-def _say(message: str, stream: TextIO = sys.stdout) -> None:
-    print(message, file=stream, flush=True)
+class _Output:
+    lost = False  # a write found the reader gone
+
+
+_output = _Output()
+
+
+def _say(message: str, stream: TextIO = sys.stdout, end: str = "\n") -> None:
+    """Print now. When the reader has gone (`teredo lab demo | head -3`) the lab's work goes on,
+    since stopping halfway would leave namespaces and processes behind; the rest of the output
+    goes nowhere, and the command exits 141 (SIGPIPE's status) unless it failed."""
+    try:
+        print(message, file=stream, end=end, flush=True)
+    except BrokenPipeError:
+        _output.lost = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def _new_lab(args: argparse.Namespace) -> Lab:
@@ -195,11 +212,10 @@ def _run_demo(args: argparse.Namespace) -> int:
             arrow = f"  {label:>7} -> {names[str(destination)]:<8}"
             # Progress while ping waits: on a terminal the line is rewritten with the verdict.
             if interactive:
-                print(f"{arrow} pinging ...", end="", flush=True)
+                _say(f"{arrow} pinging ...", end="")
             result = lab.ping(node, destination)
             results.append(result)
-            print(f"\r{arrow} {_verdict(result)}" if interactive else f"{arrow} {_verdict(result)}")
-            sys.stdout.flush()
+            _say(f"\r{arrow} {_verdict(result)}" if interactive else f"{arrow} {_verdict(result)}")
     finally:
         done = lab.down()
         _say(f"torn down: {', '.join(done) if done else 'nothing was left'}")

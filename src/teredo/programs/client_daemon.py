@@ -599,6 +599,8 @@ async def _shutdown(daemon: ClientDaemon) -> None:
         await daemon.control.close()
     if daemon.hook is not None:
         await daemon.hook.close()
+    if daemon.loop is None:  # the start failed: its error is the one thing to say
+        return
     status = daemon.core.status()
     counters = status["counters"]
     log.info(

@@ -265,13 +265,15 @@ async def serve(loaded: Loaded[RelayConfig], service: Service) -> int:
             tun.close()
         if udp is not None:
             udp.close()
-        status = core.status()
-        log.info(
-            "relayed %d packets to Teredo peers and %d to the native side; %d drops",
-            core.fast_tx + core.counters.get("sent", 0) + core.counters.get("sent_from_queue", 0),
-            core.fast_rx + core.counters.get("received", 0),
-            sum(status["drops"].values()),
-        )
+        if daemon.loop is not None:  # a summary after a real run, none after a failed start
+            log.info(
+                "relayed %d packets to Teredo peers and %d to the native side; %d drops",
+                core.fast_tx
+                + core.counters.get("sent", 0)
+                + core.counters.get("sent_from_queue", 0),
+                core.fast_rx + core.counters.get("received", 0),
+                sum(core.status()["drops"].values()),
+            )
     return 0
 
 

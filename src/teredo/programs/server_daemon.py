@@ -45,7 +45,7 @@ from typing import Any, Final
 from teredo.adapters import accel
 from teredo.adapters.daemon import wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
-from teredo.adapters.udp import UdpSocket, open_udp_socket
+from teredo.adapters.udp import UdpSocket, interface_holding, open_udp_socket
 from teredo.core.address import TEREDO_PORT
 from teredo.core.config import DEFAULT_SERVER_CONFIG_PATH, ServerConfig, parse_server_config
 from teredo.core.errors import UserError
@@ -313,6 +313,25 @@ def _rate_limit(settings: ServerSettings) -> str:
     return f"{settings.rate_per_second:g}/s per IPv4 address (burst {settings.rate_burst:g})"
 
 
+def _add_address_advice(config: ServerConfig, address: IPv4Address) -> str:
+    """What to do when `address` is not on this host. Not "0.0.0.0": a server answers from the
+    address a client asked, so it binds the two addresses themselves. For the second address,
+    the interface and prefix length of the first make the `ip addr add` command exact."""
+    first, second = config.server_bind_address, config.server_bind_address2
+    if address == first:
+        return (
+            f"a Teredo server needs two consecutive public IPv4 addresses on this host: add "
+            f"them to its interface (ip addr add {first}/32 dev IFACE; ip addr add {second}/32 "
+            f"dev IFACE), or set ServerBindAddress to the first of two it has"
+        )
+    where = interface_holding(first)
+    device, length = where if where is not None else ("IFACE", 32)
+    return (
+        f"a Teredo server needs it besides {first}: add it to the interface that has {first} "
+        f"(ip addr add {address}/{length} dev {device})"
+    )
+
+
 async def serve(loaded: Loaded[ServerConfig], service: Service) -> int:
     """The server until SIGTERM/SIGINT (`teredo.programs.service.run_service` calls it)."""
     loop = asyncio.get_running_loop()
@@ -331,6 +350,7 @@ async def serve(loaded: Loaded[ServerConfig], service: Service) -> int:
                     buffer_bytes=SERVER_BUFFER_BYTES,
                     address_setting=setting,
                     port_setting=None,
+                    not_local_fix=_add_address_advice(config, local),
                 ),
                 service,
             )

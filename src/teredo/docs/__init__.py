@@ -1,0 +1,1 @@
+"""Documentation generated from the code: the man pages and the README's directive tables."""
