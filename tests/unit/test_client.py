@@ -330,6 +330,22 @@ def test_client_to_client(kind_a: str, kind_b: str) -> None:
     assert world.run_until(lambda: bool(echo_requests(node_a.delivered)), 10.0)
 
 
+def test_a_symmetric_peer_is_answered_at_its_learned_mapping_at_once() -> None:
+    """RFC 6081 §6.1: B learns A's mapping from A's direct bubble (packet 5), then answers at
+    it (packet 7). The RFC's B waits for A's next indirect bubble, 2 s later, and B's 2 s reply
+    spacing could then refuse it (a lab test lost a round so, once in six); ours answers at
+    once, so A's packets flow before A's bubbles would be repeated."""
+    world = World()
+    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC))
+    b, node_b = world.add_client(("10.2.0.2", 5000), Nat("203.0.113.18", RESTRICTED))
+    world.run(1.0)
+    assert a.address is not None and b.address is not None
+    a.send_ipv6(ping(a, b.address), world.now)
+    assert world.run_until(lambda: bool(echo_requests(node_b.delivered)), 1.5)
+    assert b.counters["mismatched_mapping_accepted"] == 1
+    assert b.drops.get("bubble_reply_rate_limited", 0) == 0
+
+
 def test_symmetric_to_port_restricted_fails_as_rfc_6081_says() -> None:
     world = World()
     a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC))

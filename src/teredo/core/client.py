@@ -420,6 +420,25 @@ class TeredoClient(PeeringEngine):
                 self._send_discovery(now)
         super()._send_to_teredo(packet, dst, peer, now)
 
+    def _on_mapping_learned(self, address: bytes, peer: Peer, now: float) -> None:
+        """Our direct bubble to the learned mapping at once (RFC 6081 §6.1, packet 7).
+
+        The RFC's exchange sends it only when the symmetric peer's next indirect bubble comes,
+        2 s later (RFC 4380 §5.2.6), and our reply to that bubble falls under the same 2 s
+        spacing: a little jitter and the peer, whose NAT lets in only this path, waits another
+        round. Sent now, the peer trusts us as soon as it proved its mapping; it is one bubble
+        per mapping learned, within the setup budget."""
+        mapped = peer.mapped
+        if self._address_bytes is None or mapped is None:
+            return
+        if not self.budget.allow(1, now, server=None, repeated=True):
+            self.drop("setup_budget_exhausted")
+            return
+        self._last_reply[address] = now
+        self.send_direct_bubble(
+            self._address_bytes, address, mapped, now, nonce=peer.nonce_received
+        )
+
     def _on_removed(self, address: bytes, peer: Peer) -> None:
         self._drop_held(address)  # expired or evicted: its held packets can never be released
 

@@ -404,6 +404,7 @@ class PeeringEngine(ABC):
                 return
             self.count("mismatched_mapping_accepted")
             peer = self.trust_peer(src, source, now)
+            self._on_mapping_learned(src, peer, now)
         else:
             self._on_unverified(packet, source, now)
             return
@@ -749,6 +750,13 @@ class PeeringEngine(ABC):
 
     def _on_removed(self, address: bytes, peer: Peer) -> None:  # noqa: B027 (optional hook)
         """The table dropped an entry by itself (expired or evicted). Default: nothing to do."""
+
+    def _on_mapping_learned(  # noqa: B027 (optional hook)
+        self, address: bytes, peer: Peer, now: float
+    ) -> None:
+        """A bubble answering ours proved a mapping other than the one in `address` (a peer
+        behind a symmetric NAT, RFC 6081 §5.2.4.4); `peer.mapped` is it now. Default: nothing
+        to do."""
 
     # -----------------------------------------------------------------------------------------
     # Helpers
