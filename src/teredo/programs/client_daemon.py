@@ -38,7 +38,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -138,20 +137,13 @@ def client_settings(config: ClientConfig, servers: tuple[ServerPair, ...]) -> Cl
 
 async def local_ipv4_networks() -> tuple[IPv4Network, ...]:
     """The IPv4 subnets of this host's interfaces (local discovery accepts only those)."""
-    from pyroute2 import AsyncIPRoute
+    from teredo.adapters.netlink import ipv4_networks
 
-    networks = []
-    ipr = AsyncIPRoute()
     try:
-        async for message in await ipr.addr("dump", family=socket.AF_INET):
-            address = message.get("IFA_ADDRESS")
-            if address is not None:
-                networks.append(IPv4Network(f"{address}/{message['prefixlen']}", strict=False))
-    except OSError as error:
+        return await ipv4_networks()
+    except UserError as error:
         log.warning("cannot list this host's IPv4 networks: %s", error)
-    finally:
-        ipr.close()
-    return tuple(networks)
+        return ()
 
 
 # --- the hook script helper -------------------------------------------------------------------
@@ -251,7 +243,7 @@ class ClientDaemon:
     servers: tuple[ServerPair, ...]
     loop: DataPath | None = None
     kernel: KernelDataPath | None = None
-    iface: Any = None  # netlink.InterfaceConfigurator (pyroute2 imported lazily)
+    iface: Any = None  # netlink.InterfaceConfigurator (imported lazily)
     interface: str = ""
     interface_index: int = 0
     hook: HookRunner | None = None

@@ -100,7 +100,7 @@ class RelayDaemon:
     core: TeredoRelay
     loop: DataPath | None = None
     kernel: KernelDataPath | None = None
-    iface: Any = None  # netlink.InterfaceConfigurator (imported lazily with pyroute2)
+    iface: Any = None  # netlink.InterfaceConfigurator (imported lazily)
     control: ControlServer | None = None
     interface: str = ""
     forwarding: bool | None = None
