@@ -48,19 +48,28 @@ def _cmd_checkconf(args: argparse.Namespace) -> int:
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
-    from teredo.programs.client_daemon import run_client
+    from teredo.adapters.openssl import without_openssl
+
+    with without_openssl():  # 5-8 MiB less memory
+        from teredo.programs.client_daemon import run_client
 
     return run_client(args.config, server=args.server)
 
 
 def _cmd_relay(args: argparse.Namespace) -> int:
-    from teredo.programs.relay_daemon import run_relay
+    from teredo.adapters.openssl import without_openssl
+
+    with without_openssl():  # 5-8 MiB less memory
+        from teredo.programs.relay_daemon import run_relay
 
     return run_relay(args.config)
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
-    from teredo.programs.server_daemon import run_server
+    from teredo.adapters.openssl import without_openssl
+
+    with without_openssl():  # 5-8 MiB less memory
+        from teredo.programs.server_daemon import run_server
 
     return run_server(args.config, address=args.address)
 

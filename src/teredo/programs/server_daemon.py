@@ -39,6 +39,7 @@ from ipaddress import IPv4Address
 from typing import Any, Final
 
 from teredo.adapters import accel
+from teredo.adapters.buffers import lazy_buffer
 from teredo.adapters.control import ControlServer, start_control_server
 from teredo.adapters.daemon import wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
@@ -154,7 +155,7 @@ class ServerDaemon:
     native: NativeSocket | None = None
     control: ControlServer | None = None
     started: float = field(default_factory=time.monotonic)
-    batch: ServerBatch = field(default_factory=ServerBatch)
+    batch: ServerBatch = field(default_factory=lambda: ServerBatch(allocate=lazy_buffer))
 
     @property
     def config(self) -> ServerConfig:
