@@ -96,7 +96,6 @@ This module is part of the sans-I/O core: it parses text; `teredo.programs.loadi
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -636,6 +635,8 @@ def _unknown_message(name: str) -> str:
     if "=" in name:
         hint = " (write 'Name value', without '=')"
     else:
+        import difflib  # only for a mistake: a daemon need not carry it
+
         close = difflib.get_close_matches(name.lower(), list(_DIRECTIVES), n=1, cutoff=0.8)
         if close:
             hint = f" (did you mean {_DIRECTIVES[close[0]].name}?)"
