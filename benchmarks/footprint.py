@@ -1,7 +1,7 @@
 """Same-run benchmark of the footprint: start-up time, memory and CPU, ours against Miredo's.
 
     bash scripts/bench --footprint [--rounds N] [--launches N] [--repeats N] [--quick]
-                                   [--json FILE]
+                                   [--ours-config LINE] [--json FILE]
 
 Teredo runs on small boxes (routers, small VMs), so what a daemon costs when it does nothing
 matters as much as its throughput. Per round two labs are built one after the other, one where
@@ -30,7 +30,9 @@ Prints medians, ours/Miredo ratios and the targets (launch -> address at most tw
 every daemon's RSS at most 20 MiB, one-shot commands under 40 ms), and writes every value to
 benchmarks/results/footprint-<timestamp>.json. Our bytecode is compiled first (as an installed
 package's is), so that no run pays for compiling. Needs root, Miredo, nftables and ping.
-Timing figures on a shared machine vary from run to run: compare within one run.
+`--ours-config 'Offload no'` runs our daemons without the kernel data path (whose loading is
+part of the client's launch). Timing figures on a shared machine vary from run to run: compare
+within one run.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ from teredo.lab.topology import NatKind
 IMPLS: Final = ("ours", "miredo")
 DAEMONS: Final = {"server": "srv", "relay": "relay", "client": "cli1"}  # what -> lab node
 LAB_ROLE: Final = {"server": "server", "relay": "relay", "client": "client1"}
+LAB_ROLES: Final = ("server", "relay", "client1", "client2")
 CLIENT_NODE: Final = "cli1"
 REQUIRED_TOOLS: Final = ("ip", "nft", "ping", "miredo", "miredo-server", "miredo-checkconf")
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
@@ -100,6 +103,7 @@ class Settings:
     repeats: int
     quick: bool
     json_path: Path
+    ours_config: tuple[str, ...] = ()
 
     @property
     def settle(self) -> float:
@@ -256,6 +260,7 @@ def run_arm(round_: int, impl: str, settings: Settings, arms: list[Arm]) -> None
         client1=impl,
         client2=impl,
         progress=lambda message: progress(f"  {message}"),
+        ours_config={role: list(settings.ours_config) for role in LAB_ROLES},
     )
     run_arm_lab(lab, arm, FootprintBench(lab, arm, settings).run, progress)
 
@@ -390,6 +395,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument(
         "--repeats", type=int, help="runs of each one-shot command (default 21, --quick 3)"
     )
+    parser.add_argument(
+        "--ours-config",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="a configuration line for each of our daemons, e.g. 'Offload no' (repeatable)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a minute")
     parser.add_argument(
         "--json",
@@ -414,6 +426,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         repeats=repeats,
         quick=args.quick,
         json_path=args.json or RESULTS_DIR / f"footprint-{stamp}.json",
+        ours_config=tuple(args.ours_config),
     )
 
 
@@ -428,6 +441,7 @@ def run(settings: Settings) -> int:
             "launches": settings.launches,
             "repeats": settings.repeats,
             "quick": settings.quick,
+            "ours_config": list(settings.ours_config),
             "bytecode_compiled": compile_bytecode(),
         },
     }
@@ -457,6 +471,7 @@ def run(settings: Settings) -> int:
     print(
         f"settings: {settings.rounds} rounds of labs (ours and Miredo alternating), "
         f"{settings.launches} launches each, {settings.repeats} runs of each one-shot command"
+        + (f"; our daemons with {', '.join(settings.ours_config)}" if settings.ours_config else "")
     )
     print(f"raw values: {settings.json_path}")
     failures = [f"{a.impl} round {a.round}: {e}" for a in arms for e in a.errors]

@@ -1,4 +1,5 @@
-"""Interface configuration over netlink: link, MTU, IPv6 addresses, routes, sysctls.
+"""Interface configuration over netlink: link, MTU, IPv6 addresses, routes; sysctls and the
+host's IPv6 addresses from /proc.
 
 The messages are `teredo.adapters.rtnetlink`'s (the standard library only: pyroute2 cost a
 daemon 150 ms of start-up and 15 MiB). The operations are coroutines, awaited from the
@@ -58,6 +59,8 @@ IFF_MULTICAST: Final = 0x1000
 # work runs, even on a NOARP link where no DAD happens: a race right after configuration.
 IFA_F_NODAD: Final = 0x02
 
+IF_INET6: Final = "/proc/net/if_inet6"  # the host's IPv6 addresses, one per line
+_SCOPE_GLOBAL: Final = 0x00
 _GONE: Final = frozenset({errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ENODEV})
 
 
@@ -199,6 +202,28 @@ def read_sysctl(name: str) -> str:
         raise UserError(f"sysctl {name} does not exist on this system (no {path})") from None
     except OSError as error:
         raise UserError(f"cannot read sysctl {name}: {error.strerror}") from None
+
+
+def host_addresses(exclude_interface: str | None = None, path: str = IF_INET6) -> list[IPv6Address]:
+    """The host's global-scope IPv6 addresses (not those of `exclude_interface`)."""
+    addresses = []
+    try:
+        with open(path, encoding="ascii") as file:
+            lines = file.read().splitlines()
+    except OSError:  # IPv6 disabled
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[5] == exclude_interface:
+            continue
+        try:
+            address = IPv6Address(bytes.fromhex(fields[0]))
+            scope = int(fields[3], 16)
+        except ValueError:
+            continue
+        if scope == _SCOPE_GLOBAL and not address.is_multicast:
+            addresses.append(address)
+    return addresses
 
 
 def ipv6_forwarding_enabled() -> bool:

@@ -477,8 +477,8 @@ def _warn_if_native_ipv6(interface: str) -> None:
     """RFC 4380 §5.5: Teredo is the last resort, not for a host with other IPv6. Say so when
     this host already has a global IPv6 address elsewhere (the metric-1029 default route keeps
     native routes preferred meanwhile)."""
+    from teredo.adapters.netlink import host_addresses
     from teredo.core.address import TEREDO_PREFIX
-    from teredo.programs.relay_daemon import host_addresses
 
     try:
         native = [a for a in host_addresses(exclude_interface=interface) if a not in TEREDO_PREFIX]
