@@ -24,7 +24,7 @@ NOT_IN_DAEMONS = (
     "difflib",
 )
 # The one-shot commands: no event loop, no daemon machinery, no server core.
-NOT_IN_COMMANDS = (*NOT_IN_DAEMONS, "asyncio", "ctypes", "teredo.core.server")
+NOT_IN_COMMANDS = (*NOT_IN_DAEMONS, "asyncio", "ctypes", "json", "logging", "teredo.core.server")
 
 
 def imported_after(code: str) -> set[str]:
