@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import datetime
+import os
 import shutil
 import subprocess
 import sys
@@ -245,6 +247,10 @@ class FootprintBench:
                 starttime = processes.starttime_of(int(entry["pid"]))
                 info = ProcessInfo(int(entry["pid"]), starttime or -1, namespace)
                 processes.stop([info], self.lab.namespaces)
+                # stop() returns once the group has no live member, maybe before the exited
+                # client is reaped; its CPU reaches RUSAGE_CHILDREN only when it is.
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(info.pid, 0)
 
 
 def run_arm(round_: int, impl: str, settings: Settings, arms: list[Arm]) -> None:
