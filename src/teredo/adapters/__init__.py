@@ -17,7 +17,7 @@ Nothing here knows Teredo's rules (those are in `teredo.core`); the programs in
 | `timer` | one asyncio timer re-armed to a core's `get_timer()` deadline |
 | `bpf` | the kernel data path: loading `teredo/bpf/datapath.bpf.c` (libbpf), attaching, its maps |
 | `buffers` | receive buffers whose pages exist only where data landed (anonymous mappings) |
-| `openssl` | importing the daemons without OpenSSL (`ssl`, `_hashlib`), which they do not use |
+| `openssl` | the event loop and digests imported without OpenSSL (`ssl`, `_hashlib`) |
 
 None imports pyroute2 (the lab and the tests do): a daemon starts and stays small without it
 (`bash scripts/bench --footprint`).

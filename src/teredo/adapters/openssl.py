@@ -1,35 +1,35 @@
-"""Importing the daemons without OpenSSL: they use none of it, and it costs 5-8 MiB of memory.
+"""Importing the daemons' event loop and digests without OpenSSL, which they do not use.
 
-Two standard modules map OpenSSL's libraries when they can: `ssl` (libssl and libcrypto, which
-asyncio imports for TLS transports, never used here) and `_hashlib` (libcrypto, which `hashlib`
-and `hmac` import for their OpenSSL constructors; without it they use Python's own
-implementations, which give the same digests). Together they were a fifth to a quarter of a
-daemon's resident memory (`bash scripts/bench --footprint`).
+Two standard modules map OpenSSL's libraries when they can: `ssl` (libssl and libcrypto, 5 MiB,
+which asyncio imports for TLS transports, never used here) and `_hashlib` (libcrypto, 3.4 MiB,
+which `hashlib` and `hmac` import for their OpenSSL constructors; without it they use Python's
+own implementations, which give the same digests). Together they were a fifth to a quarter of
+a daemon's resident memory (`bash scripts/bench --footprint`).
 
-`without_openssl()` hides both while the daemon's modules are imported (an import of a hidden
-module raises ImportError, as on a Python built without OpenSSL, and the importing module takes
-its fallback), and un-hides them when the block ends, so that a module imported later that
-needs `ssl` still gets it. Modules imported before the block keep what they have.
+`import_without_openssl()` imports asyncio, hashlib and hmac while both are hidden (an import of
+a hidden module raises ImportError, as on a Python built without OpenSSL, and these modules take
+their fallback), then un-hides them: any module imported later that needs `ssl` (a library's
+TLS support, say) still gets it. `teredo.cli` calls it before importing a daemon's modules;
+modules imported before keep what they have.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Final
 
 OPENSSL_MODULES: Final = ("ssl", "_hashlib")
 
 
-@contextmanager
-def without_openssl() -> Iterator[None]:
-    """Within the block, `import ssl` and `import _hashlib` fail unless already imported."""
+def import_without_openssl() -> None:
+    """Import asyncio, hashlib and hmac, without `ssl` and `_hashlib` unless already imported."""
     hidden = [name for name in OPENSSL_MODULES if name not in sys.modules]
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not found"
     try:
-        yield
+        import asyncio  # noqa: F401
+        import hashlib  # noqa: F401
+        import hmac  # noqa: F401
     finally:
         for name in hidden:
             if name in sys.modules and sys.modules[name] is None:
