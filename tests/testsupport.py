@@ -48,9 +48,10 @@ def require_kernel_data_path() -> None:
     installs clang and libbpf-dev, so there a missing object is a broken build."""
     from teredo.adapters.bpf import OBJECT_PATH
 
-    if OBJECT_PATH.exists():
+    if os.path.exists(OBJECT_PATH):
         return
-    reason = f"needs the kernel data path built ({OBJECT_PATH.name}: clang and libbpf-dev)"
+    name = os.path.basename(OBJECT_PATH)
+    reason = f"needs the kernel data path built ({name}: clang and libbpf-dev)"
     if IN_CI:
         pytest.fail(f"in CI this test must run, but it {reason}")
     pytest.skip(reason)

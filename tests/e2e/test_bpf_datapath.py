@@ -87,7 +87,7 @@ WAIT = 3.0  # seconds to wait for a packet to arrive; not a timing assertion
 
 def require_datapath() -> None:
     require_root("ip", "tc")
-    if not OBJECT_PATH.exists():
+    if not os.path.exists(OBJECT_PATH):
         reason = "needs the kernel data path built (clang and libbpf-dev: bash scripts/setup)"
         if IN_CI:
             pytest.fail(f"in CI this test must run, but it {reason}")

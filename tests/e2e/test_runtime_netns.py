@@ -9,6 +9,7 @@ Configuration is verified with pyroute2 directly, not with the module under test
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import select
@@ -16,7 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from ipaddress import IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
 import pytest
@@ -316,3 +317,77 @@ def test_discovery_multicast_with_pktinfo(namespace: str) -> None:
         sender.close()
     # Bound to the group, the receiver never sees the unicast datagram.
     assert got == [(b"discovery bubble", sender.local, "224.0.0.253")]
+
+
+def test_rtnetlink_against_the_kernel(tun: TunDevice) -> None:
+    """The stdlib rtnetlink socket: the kernel's errnos, and dumps that agree with pyroute2's."""
+    from pyroute2 import IPRoute
+
+    from teredo.adapters.rtnetlink import IFF_UP, Rtnetlink, RtnetlinkError
+
+    prefix = IPv6Address("2001:db8:7::")
+    with Rtnetlink() as nl:
+        nl.set_link(tun.index, flags=IFF_UP, change=IFF_UP, mtu=1400)
+        assert link("teredo")["mtu"] == 1400
+        assert link("teredo")["flags"] & IFF_UP
+        nl.add_address(tun.index, CLIENT_ADDRESS, 32, 0x02)
+        with pytest.raises(RtnetlinkError) as caught:
+            nl.add_address(tun.index, CLIENT_ADDRESS, 32, 0x02)
+        assert caught.value.errno == errno.EEXIST
+        nl.add_route(prefix, 48, tun.index, 7)
+        with pytest.raises(RtnetlinkError) as caught:
+            nl.add_route(prefix, 48, tun.index, 7)
+        assert caught.value.errno == errno.EEXIST
+        assert (IPv6Network("2001:db8:7::/48"), 7) in routes("teredo")
+
+        mine = {
+            (route.destination, route.prefixlen, route.metric)
+            for route in nl.routes()
+            if route.output_index == tun.index and route.table == RT_TABLE_MAIN
+        }
+        with IPRoute() as ipr:
+            theirs = {
+                (
+                    IPv6Address(m.get("RTA_DST") or "::") if m["dst_len"] else None,
+                    m["dst_len"],
+                    m.get("RTA_PRIORITY"),
+                )
+                for m in ipr.route("dump", family=socket.AF_INET6)
+                if m.get("RTA_OIF") == tun.index and m.get("RTA_TABLE") == RT_TABLE_MAIN
+            }
+        assert mine == theirs
+        assert (prefix, 48, 7) in mine
+        assert {
+            IPv6Interface(f"{entry.address}/{entry.prefixlen}")
+            for entry in nl.addresses(socket.AF_INET6)
+            if entry.index == tun.index
+        } == addresses("teredo")
+
+        assert run(lambda: netlink.wait_until_local(CLIENT_ADDRESS, timeout=WAIT)) is True
+        local = nl.get_route(CLIENT_ADDRESS)
+        assert local is not None
+        assert local.type == 2  # RTN_LOCAL, what wait_until_local waited for
+
+        nl.remove_route(prefix, 48, tun.index, None)  # any metric
+        with pytest.raises(RtnetlinkError) as caught:
+            nl.remove_route(prefix, 48, tun.index, None)
+        assert caught.value.errno == errno.ESRCH
+        nl.remove_address(tun.index, CLIENT_ADDRESS, 32)
+        with pytest.raises(RtnetlinkError) as caught:
+            nl.remove_address(tun.index, CLIENT_ADDRESS, 32)
+        assert caught.value.errno == errno.EADDRNOTAVAIL
+        with pytest.raises(RtnetlinkError) as caught:
+            nl.set_link(99999, flags=IFF_UP, change=IFF_UP)
+        assert caught.value.errno == errno.ENODEV
+
+
+def test_ipv4_networks(namespace: str) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname="lo")[0]
+        ipr.link("set", index=index, state="up")
+        ipr.addr("add", index=index, address="192.0.2.9", prefixlen=24)
+    networks = run(netlink.ipv4_networks)
+    assert IPv4Network("192.0.2.0/24") in networks
+    assert IPv4Network("127.0.0.0/8") in networks

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from pathlib import Path
@@ -1101,3 +1102,23 @@ def test_control_socket_group_and_log_format() -> None:
         parse_server_config("ServerBindAddress 198.51.100.2\nLogFormat xml\n", SRC)
     with pytest.raises(UsageError, match="ControlSocketGroup must be a group name"):
         parse_server_config("ServerBindAddress 198.51.100.2\nControlSocketGroup a:b\n", SRC)
+
+
+def test_rate_limit_default_is_the_servers() -> None:
+    """config writes the server's default again, so that checkconf need not import the server."""
+    from teredo.core.server import RATE_LIMIT_PER_SECOND
+
+    assert teredo.core.config.DEFAULT_RATE_LIMIT == RATE_LIMIT_PER_SECOND
+
+
+def test_reading_a_file_does_not_import_the_cores() -> None:
+    """`teredo checkconf` stays a one-shot command: the configuration module alone, no core."""
+    code = (
+        "import sys, teredo.core.config; "
+        "print(*sorted(m for m in sys.modules if m.startswith('teredo.core.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    imported = set(result.stdout.split())
+    assert imported == {f"teredo.core.{name}" for name in ("address", "config", "errors", "peers")}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from teredo.adapters.netlink import host_addresses
 from teredo.adapters.tun import TunDevice
 from teredo.adapters.udp import open_udp_socket
 from teredo.core.address import encode_teredo_address
@@ -20,7 +21,7 @@ from teredo.core.relay import TeredoRelay
 from teredo.core.wire import encode_bubble, encode_echo
 from teredo.programs.datapath import DataPath
 from teredo.programs.loading import Loaded
-from teredo.programs.relay_daemon import RelayDaemon, host_addresses, load_relay_config
+from teredo.programs.relay_daemon import RelayDaemon, load_relay_config
 
 NATIVE = IPv6Address("2001:db8:2::2")
 

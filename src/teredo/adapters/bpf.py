@@ -54,12 +54,12 @@ import ctypes
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import socket
 import sys
 from collections.abc import Iterable, Iterator
 from ipaddress import IPv6Network
-from pathlib import Path
 from typing import Any, Final, Literal
 
 from teredo.bpf.datapath import (
@@ -83,7 +83,11 @@ __all__ = [
     "ipv4_interfaces",
 ]
 
-OBJECT_PATH: Final = Path(__file__).resolve().parent.parent / "bpf" / "datapath.bpf.o"
+# A string, not a pathlib.Path: pathlib (and the urllib.parse it imports) would cost a daemon
+# 0.3 MiB for this one path.
+OBJECT_PATH: Final = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "bpf", "datapath.bpf.o"
+)
 LIBBPF: Final = "libbpf.so.1"
 DEFAULT_MAX_PEERS: Final = 65536
 MAX_LOCAL_ADDRESSES: Final = 256
@@ -356,7 +360,7 @@ class KernelDataPath:
         local_addresses: Iterable[bytes] = (),
         max_peers: int = DEFAULT_MAX_PEERS,
         attach_mode: AttachMode = "auto",
-        object_path: Path = OBJECT_PATH,
+        object_path: str | os.PathLike[str] = OBJECT_PATH,
     ) -> KernelDataPath:
         """Load the data path and attach it: decapsulation at the ingress of each of
         `ipv4_ifindexes` (Ethernet interfaces), encapsulation at the egress of `tun_ifindex`.
@@ -402,7 +406,7 @@ class KernelDataPath:
         settings: DataPathSettings,
         *,
         max_peers: int = DEFAULT_MAX_PEERS,
-        object_path: Path = OBJECT_PATH,
+        object_path: str | os.PathLike[str] = OBJECT_PATH,
     ) -> KernelDataPath:
         """Load the programs and maps with `settings`, attached nowhere."""
         if not 1 <= max_peers <= 1 << 26:
@@ -413,24 +417,27 @@ class KernelDataPath:
                 f"Linux {os.uname().release} is too old for the kernel data path; it needs "
                 f"{MINIMUM_KERNEL[0]}.{MINIMUM_KERNEL[1]} or later"
             )
-        if not object_path.exists():
+        object_name = os.path.basename(object_path)
+        if not os.path.exists(object_path):
             raise KernelDataPathUnavailable(
-                f"the kernel data path was not built ({object_path.name} is missing); install "
+                f"the kernel data path was not built ({object_name} is missing); install "
                 "clang and libbpf-dev, then reinstall teredo"
             )
         library = _library()
-        log_buffer = ctypes.create_string_buffer(_LOG_BYTES)
+        # The verifier writes its log only when it refuses the program: in an anonymous mapping
+        # the 1 MiB costs no memory unless it does (a zero-filled buffer would, for good).
+        log_buffer = (ctypes.c_char * _LOG_BYTES).from_buffer(mmap.mmap(-1, _LOG_BYTES))
         options = _OpenOptions(
             sz=ctypes.sizeof(_OpenOptions),
             kernel_log_buf=ctypes.cast(log_buffer, ctypes.c_void_p),
             kernel_log_size=_LOG_BYTES,
             kernel_log_level=0,
         )
-        obj = library.bpf_object__open_file(str(object_path).encode(), ctypes.byref(options))
+        obj = library.bpf_object__open_file(os.fsencode(object_path), ctypes.byref(options))
         if not obj:
             code = ctypes.get_errno()
             raise KernelDataPathUnavailable(
-                f"cannot read {object_path.name}: {os.strerror(code)}; reinstall teredo"
+                f"cannot read {object_name}: {os.strerror(code)}; reinstall teredo"
             )
         try:
             peers = library.bpf_object__find_map_by_name(obj, b"peers")

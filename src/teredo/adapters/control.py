@@ -49,13 +49,15 @@ import socket
 import stat
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from teredo import __version__
 from teredo.core.config import CONTROL_SOCKET_DIR
 from teredo.core.errors import UserError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +386,8 @@ def _permission_denied(path: str) -> UserError:
 
 def find_control_socket(directory: str = CONTROL_SOCKET_DIR) -> str:
     """The one live control socket in `directory`; `UserError` when there are none or several."""
+    from pathlib import Path  # `teredo status` only: the daemons need not carry it
+
     candidates = sorted(
         str(entry) for entry in Path(directory).glob("*" + SOCKET_SUFFIX) if _is_socket(entry)
     )

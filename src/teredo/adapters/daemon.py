@@ -30,7 +30,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -122,9 +121,11 @@ def setup_logging(
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(_STDERR_FORMAT))
     else:
-        facility = logging.handlers.SysLogHandler.facility_names.get(syslog_facility.lower())
+        from logging.handlers import SysLogHandler  # syslog only: it brings pickle and queue
+
+        facility = SysLogHandler.facility_names.get(syslog_facility.lower())
         if facility is None:
-            names = ", ".join(sorted(logging.handlers.SysLogHandler.facility_names))
+            names = ", ".join(sorted(SysLogHandler.facility_names))
             raise UsageError(f"unknown SyslogFacility {syslog_facility!r}; use one of {names}")
         # SysLogHandler ignores a missing /dev/log and then loses every message: check first.
         if not os.path.exists(syslog_socket):
@@ -132,7 +133,7 @@ def setup_logging(
                 f"cannot log to syslog: {syslog_socket} does not exist; start a syslog daemon "
                 f"or {stderr_hint}"
             )
-        handler = logging.handlers.SysLogHandler(syslog_socket, facility=facility)
+        handler = SysLogHandler(syslog_socket, facility=facility)
         handler.ident = f"{ident}[{os.getpid()}]: "
         handler.setFormatter(logging.Formatter(_SYSLOG_FORMAT))
     if log_format == "json":

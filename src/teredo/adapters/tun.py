@@ -36,6 +36,7 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
+from teredo.adapters.buffers import lazy_buffer
 from teredo.core.errors import UsageError, UserError
 from teredo.core.offload import PLAIN_HEADER, VNET_HEADER_BYTES
 
@@ -100,9 +101,9 @@ class TunDevice:
         self.multi_queue = multi_queue
         self.vnet_hdr = vnet_hdr
         self.offloads = offloads
-        buffer = bytearray(READ_BUFFER_BYTES)
-        self._buffers: list[bytearray] = [buffer]
-        self._view = memoryview(buffer)
+        buffer = lazy_buffer(READ_BUFFER_BYTES)  # pages only where packets land
+        self._buffers: list[memoryview] = [buffer]
+        self._view = buffer
         self.read_errors = 0
         self.write_eagain = 0
         self.write_errors = 0

@@ -49,6 +49,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Final
 
+from teredo.adapters.buffers import lazy_buffer
 from teredo.core.address import DISCOVERY_GROUP, Endpoint
 from teredo.core.errors import TransientError, UserError
 from teredo.core.server import MAX_BATCH, RECORD
@@ -119,8 +120,8 @@ class UdpSocket:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.local: Endpoint = sock.getsockname()
-        self._buffer = bytearray(RECEIVE_BUFFER_BYTES)
-        self._view = memoryview(self._buffer)
+        self._buffer = lazy_buffer(RECEIVE_BUFFER_BYTES)  # pages only where datagrams land
+        self._view = self._buffer
         self.send_eagain = 0
         self.send_enobufs = 0
         self.send_errors = 0

@@ -55,7 +55,6 @@ This module is part of the sans-I/O core: it parses text; `teredo.programs.loadi
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,8 +65,6 @@ from typing import Final, Literal, NoReturn, TypeAlias, TypedDict, TypeVar
 from teredo.core.address import DEFAULT_MTU, LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, is_global_ipv4
 from teredo.core.errors import UsageError
 from teredo.core.peers import DEFAULT_MAX_QUEUE_BYTES
-from teredo.core.secure_qualification import KeyFormatError, parse_identifier, parse_secret
-from teredo.core.server import RATE_LIMIT_PER_SECOND
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -125,8 +122,9 @@ DEFAULT_REFRESH_INTERVAL: Final = 30  # RFC 6081 §5.1.1 (and RFC 4380 §2.15): 
 MAX_REFRESH_INTERVAL: Final = 3600
 MAX_CONFIG_BYTES: Final = 1 << 20  # a configuration file is a few hundred bytes
 # RateLimit: what one IPv4 address may make a server send per second (RFC 4380 §7.4.1:
-# reflection); teredo.core.server explains the bound.
-DEFAULT_RATE_LIMIT: Final = int(RATE_LIMIT_PER_SECOND)
+# reflection); teredo.core.server explains the bound. Its RATE_LIMIT_PER_SECOND is the same
+# number (a test checks it), written again so that reading a file does not import the server.
+DEFAULT_RATE_LIMIT: Final = 100
 MAX_RATE_LIMIT: Final = 1_000_000
 LOG_FORMATS: Final = ("text", "json")
 
@@ -501,6 +499,9 @@ def _parse_user(value: str) -> str:
 
 
 def _parse_identifier(value: str) -> bytes:
+    # Imported here: the codec brings the wire format, which checkconf need not load.
+    from teredo.core.secure_qualification import KeyFormatError, parse_identifier
+
     try:
         return parse_identifier(value)
     except KeyFormatError as problem:
@@ -508,6 +509,9 @@ def _parse_identifier(value: str) -> bytes:
 
 
 def _parse_secret(value: str) -> bytes:
+    # Imported here: the codec brings the wire format, which checkconf need not load.
+    from teredo.core.secure_qualification import KeyFormatError, parse_secret
+
     try:
         return parse_secret(value)
     except KeyFormatError as problem:
@@ -853,6 +857,8 @@ def _unknown_message(name: str) -> str:
 
 def _suggestion(name: str) -> str | None:
     """The directive `name` is probably a misspelling of, by its canonical name."""
+    import difflib  # only for a mistake: a daemon need not carry it
+
     close = difflib.get_close_matches(name.lower(), list(_DIRECTIVES), n=1, cutoff=0.8)
     return _DIRECTIVES[close[0]].name if close else None
 

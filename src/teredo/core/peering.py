@@ -32,9 +32,10 @@ Two directions, each with a lean fast path and a full path:
   local stack when the role serves their destination (`_serves`). Anything unproven goes to the
   role (`_on_unverified`).
 
-Bubble cookies: the source of a relay's bubbles is ``fe80::<cookie>``, where the cookie is the
-first 64 bits of HMAC-SHA256(secret, peer's Teredo address) with the U/G bits (0x0200/0x0100 of
-the interface identifier's first 16 bits) cleared. A client answers a bubble relayed by its
+Bubble cookies: the source of a relay's bubbles is ``fe80::<cookie>``, where the cookie is a
+64-bit BLAKE2b of the peer's Teredo address keyed by the secret (a MAC, RFC 7693; one call into
+the standard library's own BLAKE2, no OpenSSL), with the U/G bits (0x0200/0x0100 of the
+interface identifier's first 16 bits) cleared. A client answers a bubble relayed by its
 server with a direct bubble addressed to that link-local source (RFC 4380 §5.2.3, RFC 5991
 §3.2), so a direct bubble whose destination is our cookie for its source proves it came from a
 host that received our bubble: no per-peer state is needed to check it and a spoofer cannot
@@ -164,12 +165,12 @@ def retry_time(deadline: float, now: float) -> float:
 
 
 def bubble_cookie(secret: bytes, peer: bytes) -> bytes:
-    """The link-local bubble source for `peer`: fe80::/64 + 64 bits of HMAC(secret, peer).
+    """The link-local bubble source for `peer`: fe80::/64 + 64 bits of BLAKE2b keyed by `secret`.
 
     The U and G bits (0x0200 and 0x0100 of the interface identifier's first 16 bits, RFC 4291
     appendix A) are cleared so the identifier reads as a local, individual one.
     """
-    digest = hmac.new(secret, peer, hashlib.sha256).digest()
+    digest = hashlib.blake2b(peer, digest_size=8, key=secret).digest()
     return _LINK_LOCAL_PREFIX + bytes((digest[0] & 0xFC,)) + digest[1:8]
 
 

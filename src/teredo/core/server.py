@@ -524,11 +524,17 @@ class ServerBatch:
 
     __slots__ = ("data", "out", "out_records", "records", "size", "view")
 
-    def __init__(self, size: int = BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        size: int = BATCH_SIZE,
+        allocate: Callable[[int], bytearray | memoryview] = bytearray,
+    ) -> None:
+        """`allocate(n)` makes the n-byte receive buffer (the daemon's allocates its pages only
+        when datagrams land there: `teredo.adapters.buffers.lazy_buffer`)."""
         if not 1 <= size <= MAX_BATCH:
             raise ValueError(f"a batch holds 1 to {MAX_BATCH} datagrams")
         self.size = size
-        self.data = bytearray(size * SLOT_BYTES)
+        self.data: bytearray | memoryview = allocate(size * SLOT_BYTES)
         self.view = memoryview(self.data)
         self.records = bytearray(size * RECORD.size)
         self.out = bytearray(size * ANSWER_SLOT_BYTES)

@@ -42,7 +42,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -168,20 +167,13 @@ def client_settings(
 
 async def local_ipv4_networks() -> tuple[IPv4Network, ...]:
     """The IPv4 subnets of this host's interfaces (local discovery accepts only those)."""
-    from pyroute2 import AsyncIPRoute
+    from teredo.adapters.netlink import ipv4_networks
 
-    networks = []
-    ipr = AsyncIPRoute()
     try:
-        async for message in await ipr.addr("dump", family=socket.AF_INET):
-            address = message.get("IFA_ADDRESS")
-            if address is not None:
-                networks.append(IPv4Network(f"{address}/{message['prefixlen']}", strict=False))
-    except OSError as error:
+        return await ipv4_networks()
+    except UserError as error:
         log.warning("cannot list this host's IPv4 networks: %s", error)
-    finally:
-        ipr.close()
-    return tuple(networks)
+        return ()
 
 
 # --- the hook script helper -------------------------------------------------------------------
@@ -282,7 +274,7 @@ class ClientDaemon:
     service: Service = field(default_factory=Service)
     loop: DataPath | None = None
     kernel: KernelDataPath | None = None
-    iface: Any = None  # netlink.InterfaceConfigurator (pyroute2 imported lazily)
+    iface: Any = None  # netlink.InterfaceConfigurator (imported lazily)
     interface: str = ""
     interface_index: int = 0
     hook: HookRunner | None = None
@@ -547,8 +539,8 @@ def _warn_if_native_ipv6(interface: str) -> None:
     """RFC 4380 §5.5: Teredo is the last resort, not for a host with other IPv6. Say so when
     this host already has a global IPv6 address elsewhere (the metric-1029 default route keeps
     native routes preferred meanwhile)."""
+    from teredo.adapters.netlink import host_addresses
     from teredo.core.address import TEREDO_PREFIX
-    from teredo.programs.relay_daemon import host_addresses
 
     try:
         native = [a for a in host_addresses(exclude_interface=interface) if a not in TEREDO_PREFIX]

@@ -6,7 +6,6 @@ one sentence on stderr and exit status 2.
 
 from __future__ import annotations
 
-import json
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING
 
@@ -57,6 +56,8 @@ def decode(text: str, as_json: bool = False) -> int:
         "mapped_port": teredo.mapped_port,
     }
     if as_json:
+        import json
+
         print(json.dumps(fields))
         return 0
     print(f"address         {address}")

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Final
 
 from teredo.adapters import accel
 from teredo.adapters.accel import coalesce_segments, read_runs, segment
+from teredo.adapters.buffers import lazy_buffer
 from teredo.adapters.timer import Timer
 from teredo.adapters.tun import DRAIN_LIMIT, TunDevice
 from teredo.adapters.tun_runs import READ_BYTES
@@ -105,11 +106,10 @@ class DataPath:
         self.offload_drops = 0
         self.super_packets_in = 0  # TUN reads that held many packets (segmentation offload)
         self.super_packets_out = 0  # TUN writes that held many packets (coalesced)
-        self._batch = memoryview(bytearray(BATCH_BYTES)) if tun.vnet_hdr else memoryview(b"")
-        self._segments = memoryview(bytearray(SEGMENT_BYTES)) if tun.vnet_hdr else memoryview(b"")
-        self._coalesced = (
-            memoryview(bytearray(COALESCED_BYTES)) if tun.vnet_hdr else memoryview(b"")
-        )
+        # Sized for the largest super-packets; pages are allocated as traffic reaches them.
+        self._batch = lazy_buffer(BATCH_BYTES) if tun.vnet_hdr else memoryview(b"")
+        self._segments = lazy_buffer(SEGMENT_BYTES) if tun.vnet_hdr else memoryview(b"")
+        self._coalesced = lazy_buffer(COALESCED_BYTES) if tun.vnet_hdr else memoryview(b"")
 
     # -- lifecycle -----------------------------------------------------------------------------
 

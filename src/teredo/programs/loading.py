@@ -13,11 +13,10 @@ need a restart (`keep_restart_only`, which says so in the log).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from teredo.core.config import (
     MAX_CONFIG_BYTES,
@@ -32,7 +31,16 @@ from teredo.core.config import (
 )
 from teredo.core.errors import UsageError
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import logging
+
+
+def _log() -> logging.Logger:
+    """This module's logger, imported on first use: `teredo checkconf` needs no logging."""
+    import logging
+
+    return logging.getLogger(__name__)
+
 
 NO_FILE: Final = "<command line>"  # the source named in messages when no file was read
 
@@ -159,7 +167,7 @@ def start_logging(loaded: Loaded[ConfigT], *, warnings: bool = True) -> None:
     _setup_logging(loaded)
     if warnings:
         for warning in loaded.config.warnings:
-            log.warning("%s", warning)
+            _log().warning("%s", warning)
 
 
 def reload_config(
@@ -175,7 +183,7 @@ def reload_config(
         load_again(current.path, current.argument), user=current.user, detached=current.detached
     )
     for warning in loaded.config.warnings:
-        log.warning("%s", warning)
+        _log().warning("%s", warning)
     kept = keep_restart_only(
         current.config, loaded.config, {**OBSERVERS_RESTART_ONLY, **restart_only}
     )
@@ -195,6 +203,6 @@ def keep_restart_only(old: ConfigT, new: ConfigT, restart_only: Mapping[str, str
     for attribute, directive in restart_only.items():
         before, after = getattr(old, attribute), getattr(new, attribute)
         if before != after:
-            log.warning("%s changed to %s: takes effect at the next restart", directive, after)
+            _log().warning("%s changed to %s: takes effect at the next restart", directive, after)
         kept[attribute] = before
     return dataclasses.replace(new, **kept)

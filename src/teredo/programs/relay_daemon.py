@@ -32,10 +32,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING, Any, Final
 
 from teredo.adapters.daemon import wait_for_shutdown
+from teredo.adapters.netlink import host_addresses
 from teredo.adapters.privileges import drop_privileges
 from teredo.core.config import DEFAULT_CONFIG_PATH, RelayConfig, parse_relay_config
 from teredo.core.errors import UserError
@@ -52,10 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ADDRESS_REFRESH: Final = 10.0  # seconds between reads of the host's addresses
-IF_INET6: Final = "/proc/net/if_inet6"
 RELAY_LINK_LOCAL: Final = IPv6Interface("fe80::ffff:ffff:ffff/64")  # as Miredo's relay
 SECRET_BYTES: Final = 32
-_SCOPE_GLOBAL: Final = 0x00
 
 
 def load_relay_config(config_path: str | None) -> Loaded[RelayConfig]:
@@ -72,28 +71,6 @@ def load_relay_config(config_path: str | None) -> Loaded[RelayConfig]:
     )
 
 
-def host_addresses(exclude_interface: str | None = None, path: str = IF_INET6) -> list[IPv6Address]:
-    """The host's global-scope IPv6 addresses (not those of `exclude_interface`)."""
-    addresses = []
-    try:
-        with open(path, encoding="ascii") as file:
-            lines = file.read().splitlines()
-    except OSError:  # IPv6 disabled
-        return []
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 6 or fields[5] == exclude_interface:
-            continue
-        try:
-            address = IPv6Address(bytes.fromhex(fields[0]))
-            scope = int(fields[3], 16)
-        except ValueError:
-            continue
-        if scope == _SCOPE_GLOBAL and not address.is_multicast:
-            addresses.append(address)
-    return addresses
-
-
 @dataclass(slots=True)
 class RelayDaemon:
     """The running relay: the core, the loop and the interface."""
@@ -102,7 +79,7 @@ class RelayDaemon:
     core: TeredoRelay
     loop: DataPath | None = None
     kernel: KernelDataPath | None = None
-    iface: Any = None  # netlink.InterfaceConfigurator (imported lazily with pyroute2)
+    iface: Any = None  # netlink.InterfaceConfigurator (imported lazily)
     control: Observers | None = None  # the control socket and metrics endpoint
     interface: str = ""
     forwarding: bool | None = None

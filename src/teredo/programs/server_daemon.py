@@ -43,6 +43,7 @@ from ipaddress import IPv4Address
 from typing import Any, Final
 
 from teredo.adapters import accel
+from teredo.adapters.buffers import lazy_buffer
 from teredo.adapters.daemon import wait_for_shutdown
 from teredo.adapters.privileges import drop_privileges
 from teredo.adapters.udp import UdpSocket, interface_holding, open_udp_socket
@@ -164,7 +165,7 @@ class ServerDaemon:
     native: NativeSocket | None = None
     control: Observers | None = None  # the control socket and metrics endpoint
     started: float = field(default_factory=time.monotonic)
-    batch: ServerBatch = field(default_factory=ServerBatch)
+    batch: ServerBatch = field(default_factory=lambda: ServerBatch(allocate=lazy_buffer))
 
     @property
     def config(self) -> ServerConfig:

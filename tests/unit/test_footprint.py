@@ -1,0 +1,74 @@
+"""What a daemon and a one-shot command import: the footprint's guard (no timing, no memory).
+
+Each module listed here once cost a daemon memory or a command start-up time for nothing
+(`bash scripts/bench --footprint` measures both); a change that imports one again at start
+fails here, in a fresh interpreter, with the module's name.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+# The daemons' path: pyroute2 (~15 MiB, ~150 ms), OpenSSL through ssl and hashlib (~8 MiB),
+# shutil through argparse's formatter (bz2, lzma: 0.3 MiB), and what only some paths need.
+NOT_IN_DAEMONS = (
+    "pyroute2",
+    "ssl",
+    "_hashlib",
+    "shutil",
+    "pathlib",
+    "logging.handlers",
+    "difflib",
+)
+# The one-shot commands: no event loop, no daemon machinery, no server core.
+NOT_IN_COMMANDS = (*NOT_IN_DAEMONS, "asyncio", "ctypes", "json", "logging", "teredo.core.server")
+
+
+def imported_after(code: str) -> set[str]:
+    script = f"import sys\n{code}\nprint(*sorted(sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    return set(result.stdout.split())
+
+
+@pytest.mark.parametrize("role", ["client", "relay", "server"])
+def test_a_daemon_starts_without_heavy_modules(role: str) -> None:
+    code = (
+        "import teredo.cli, teredo.adapters.openssl as o\n"
+        f"teredo.cli.build_parser().parse_args(['{role}'])\n"
+        "o.import_without_openssl()\n"
+        f"import teredo.programs.{role}_daemon, teredo.adapters.bpf, teredo.adapters.netlink"
+    )
+    modules = imported_after(code)
+    assert f"teredo.programs.{role}_daemon" in modules
+    assert sorted(modules.intersection(NOT_IN_DAEMONS)) == []
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["decode", "2001::1"], ["checkconf", "/dev/null"]])
+def test_a_one_shot_command_imports_little(argv: list[str]) -> None:
+    code = (
+        "import contextlib, io, teredo.cli\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):\n"
+        f"    teredo.cli.main({argv!r})"
+    )
+    assert sorted(imported_after(code).intersection(NOT_IN_COMMANDS)) == []
+
+
+def test_openssl_is_back_for_later_imports() -> None:
+    """asyncio and hashlib run without OpenSSL; a module imported afterwards still gets ssl."""
+    code = (
+        "import teredo.adapters.openssl as o\n"
+        "o.import_without_openssl()\n"
+        "import asyncio, hashlib, hmac\n"
+        "assert hashlib.sha256(b'x').hexdigest().startswith('2d711642')\n"
+        "assert hmac.new(b'k', b'x', 'sha256').hexdigest().startswith('c38edc88')\n"
+        "assert 'ssl' not in sys.modules and '_hashlib' not in sys.modules\n"
+        "import ssl"
+    )
+    modules = imported_after(code)
+    assert "ssl" in modules and "asyncio" in modules
