@@ -59,6 +59,9 @@ AllowPrivateAddresses  C R S  no                         yes|no (true/false, on/
 RateLimit              S      100                        0..1000000 answers (RAs and forwards)
                                                          per second per IPv4 address, after a
                                                          burst of twice as many; 0: no limit
+DrainTime              R      2                          0..600 seconds a stopping relay keeps
+                                                         relaying after withdrawing its prefix
+                                                         route (teredo.programs.relay_health)
 =====================  =====  =========================  ===================================
 
 ``<role>`` in the control socket path is ``client``, ``relay`` or ``server``: one default socket per
@@ -164,6 +167,8 @@ MAX_CONFIG_BYTES: Final = 1 << 20  # a configuration file is a few hundred bytes
 # reflection); teredo.core.server explains the bound.
 DEFAULT_RATE_LIMIT: Final = int(RATE_LIMIT_PER_SECOND)
 MAX_RATE_LIMIT: Final = 1_000_000
+MAX_DRAIN_TIME: Final = 600
+DEFAULT_DRAIN_TIME: Final = 2  # seconds: BGP and BFD move traffic well within it
 
 _BLANKS: Final = " \t\r\f\v"  # C isspace() without the newline, as Miredo splits lines
 _BLANK_RUN: Final = re.compile(r"[ \t\r\f\v]+")
@@ -292,6 +297,7 @@ class RelayConfig:
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     allow_private_addresses: bool = False
     offload: bool = True  # TUN offloads and UDP GSO/GRO (teredo.programs.datapath)
+    drain_time: int = DEFAULT_DRAIN_TIME  # seconds relaying after withdrawing, on SIGTERM
     source: str = "<config>"
     warnings: tuple[ConfigWarning, ...] = ()
 
@@ -389,6 +395,10 @@ def _parse_queue_bytes(value: str) -> int:
 
 def _parse_refresh(value: str) -> int:
     return _parse_int(value, 1, MAX_REFRESH_INTERVAL)
+
+
+def _parse_drain_time(value: str) -> int:
+    return _parse_int(value, 0, MAX_DRAIN_TIME)
 
 
 def _parse_rate_limit(value: str) -> int:
@@ -516,6 +526,7 @@ _CLIENT: Final = frozenset({"client"})
 _RELAY_SERVER: Final = frozenset({"relay", "server"})  # Prefix, InterfaceMTU
 _CLIENT_RELAY: Final = frozenset({"client", "relay"})
 _SERVER: Final = frozenset({"server"})
+_RELAY: Final = frozenset({"relay"})
 _ALL: Final = frozenset({"client", "relay", "server"})
 
 
@@ -552,6 +563,7 @@ _DIRECTIVES: Final = {
         _Directive("AllowPrivateAddresses", _ALL, _parse_bool),
         _Directive("Offload", _CLIENT_RELAY, _parse_bool),
         _Directive("RateLimit", _SERVER, _parse_rate_limit),
+        _Directive("DrainTime", _RELAY, _parse_drain_time),
     )
 }
 
@@ -852,6 +864,7 @@ def _build_relay(reader: _Reader, relay_type: RelayType) -> RelayConfig:
         max_queue_bytes=_queue_bytes(reader, mtu),
         allow_private_addresses=reader.get("allowprivateaddresses", _parse_bool, False),
         offload=reader.get("offload", _parse_bool, True),
+        drain_time=reader.get("draintime", _parse_drain_time, DEFAULT_DRAIN_TIME),
         source=reader.source,
         warnings=reader.sorted_warnings(),
     )

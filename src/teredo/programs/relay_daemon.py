@@ -15,9 +15,11 @@ What it does, in order:
    CAP_NET_ADMIN so that SIGHUP can change the MTU and SIGTERM can remove the route and address
    it added even on an interface that outlives the process;
 4. runs the shared TUN <-> UDP loop (`teredo.programs.datapath`) until SIGTERM/SIGINT, then
-   removes what it configured. SIGHUP re-reads the file and applies ``MaxPeers``,
-   ``MaxQueueBytes``, ``AllowPrivateAddresses``, ``InterfaceMTU`` and ``SyslogFacility``; other
-   changes are logged as needing a restart.
+   removes what it configured. A general relay's prefix route carries its health
+   (`teredo.programs.relay_health`): announced while healthy, withdrawn otherwise, and on
+   SIGTERM withdrawn `DrainTime` seconds before the relay stops relaying. SIGHUP re-reads
+   the file and applies ``MaxPeers``, ``MaxQueueBytes``, ``AllowPrivateAddresses``,
+   ``InterfaceMTU`` and ``SyslogFacility``; other changes are logged as needing a restart.
 
 The host's own IPv6 addresses (what a host-specific relay serves, and the source of the ICMPv6
 errors a relay returns to native senders) are read from ``/proc/net/if_inet6`` at start and every
@@ -31,7 +33,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING, Any, Final
 
 from teredo.adapters.control import ControlServer, start_control_server
@@ -42,6 +44,7 @@ from teredo.core.errors import UserError
 from teredo.core.relay import TeredoRelay, relay_settings
 from teredo.programs.datapath import DataPath, open_kernel_path
 from teredo.programs.loading import Loaded, load, reload_config, start_logging
+from teredo.programs.relay_health import WITHDRAWN_METRIC, RelayHealthWatcher
 from teredo.programs.status import merge_counters
 
 if TYPE_CHECKING:
@@ -102,6 +105,7 @@ class RelayDaemon:
     kernel: KernelDataPath | None = None
     iface: Any = None  # netlink.InterfaceConfigurator (imported lazily with pyroute2)
     control: ControlServer | None = None
+    health: RelayHealthWatcher | None = None  # general relays only
     interface: str = ""
     forwarding: bool | None = None
     started: float = field(default_factory=time.monotonic)
@@ -141,6 +145,8 @@ class RelayDaemon:
         }
         if not self.core.host_specific:
             document["ipv6_forwarding"] = self.forwarding
+        if self.health is not None:
+            document["health"] = self.health.status()
         core = self.core.status()
         document.update((key, value) for key, value in core.items() if key not in document)
         io = self.loop.counters() if self.loop is not None else {}
@@ -196,7 +202,12 @@ def run_relay(config_path: str | None) -> int:
 
 
 async def _serve(loaded: Loaded[RelayConfig]) -> int:
-    from teredo.adapters.netlink import InterfaceConfigurator, ipv6_forwarding_enabled
+    from teredo.adapters.netlink import (
+        InterfaceConfigurator,
+        add_route,
+        ipv6_forwarding_enabled,
+        remove_route,
+    )
     from teredo.adapters.tun import TunDevice, open_tun
     from teredo.adapters.udp import UdpSocket, open_udp_socket
 
@@ -218,8 +229,11 @@ async def _serve(loaded: Loaded[RelayConfig]) -> int:
         await iface.set_up(config.interface_mtu)
         await iface.add_address(RELAY_LINK_LOCAL)
         # The Teredo prefix goes into the tunnel. A general relay advertises it through the
-        # host's routing (RFC 4380 §5.4); a host-specific relay keeps it to itself.
-        await iface.add_route(IPv6Network(config.prefix))
+        # host's routing (RFC 4380 §5.4), withdrawn until its health is known; a host-specific
+        # relay keeps it to itself.
+        await iface.add_route(
+            IPv6Network(config.prefix), None if core.host_specific else WITHDRAWN_METRIC
+        )
         if not core.host_specific:
             daemon.forwarding = ipv6_forwarding_enabled()
             if not daemon.forwarding:
@@ -246,6 +260,17 @@ async def _serve(loaded: Loaded[RelayConfig]) -> int:
         daemon.loop = DataPath(core, udp, tun, kernel=daemon.kernel)
         daemon.loop.start()
         refresher = asyncio.get_running_loop().create_task(_refresh(daemon))
+        if not core.host_specific:
+            bound = udp
+            daemon.health = RelayHealthWatcher(
+                interface=tun.name,
+                prefix=IPv6Network(config.prefix),
+                udp=lambda: (bound.fileno(), IPv4Address(bound.local[0])),
+                add_route=add_route,
+                remove_route=remove_route,
+                drain_time=config.drain_time,
+            )
+            daemon.health.start(asyncio.get_running_loop())
         log.info(
             "Teredo %s on UDP %s:%d, interface %s (MTU %d), prefix %s",
             "host-specific relay" if core.host_specific else "relay",
@@ -256,9 +281,13 @@ async def _serve(loaded: Loaded[RelayConfig]) -> int:
             config.prefix,
         )
         await wait_for_shutdown(on_reload=daemon.reload)
+        if daemon.health is not None:
+            await daemon.health.stop()
     finally:
         if refresher is not None:
             refresher.cancel()
+        if daemon.health is not None:
+            daemon.health.cancel()
         if daemon.loop is not None:
             daemon.loop.stop()
         if daemon.kernel is not None:
