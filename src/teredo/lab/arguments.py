@@ -51,6 +51,15 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
             "where this project implements the role, Miredo elsewhere)",
         )
     parser.add_argument(
+        "--relays",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1 (default): one relay, the router's route to 2001::/32 static; 2: two relay "
+        "sites relay1 and relay2, each announcing 2001::/32 to the router by BGP with BFD "
+        "(BIRD 2), relay1 preferred; --relay then picks who runs both",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=20.0,
