@@ -381,14 +381,15 @@ class Lab:
         self._wait_ready(roles, started)
 
     def _wait_routed(self, started: float) -> None:
-        """Wait until the router's route to the Teredo prefix comes from BGP."""
+        """Wait until the router's route to the Teredo prefix comes from BGP, from the
+        preferred site (every site announces by then: the others' sessions come up alike)."""
         deadline = started + self.ready_timeout
-        while (preferred := self.preferred_relay()) is None:
+        while (preferred := self.preferred_relay()) != RELAY_SITES[0]:
             if time.monotonic() > deadline:
                 raise UserError(
-                    f"no relay site announced {TEREDO_PREFIX} to the router by BGP within "
-                    f"{self.ready_timeout:g} s; read the *-bird.log and relay logs in "
-                    f"{self.directory}"
+                    f"{RELAY_SITES[0]} did not announce {TEREDO_PREFIX} to the router by BGP "
+                    f"within {self.ready_timeout:g} s (the router prefers {preferred or 'none'}); "
+                    f"read the *-bird.log and relay logs in {self.directory}"
                 )
             raise_if_interrupted()
             time.sleep(POLL_INTERVAL)

@@ -44,7 +44,12 @@ from teredo.core.errors import UserError
 from teredo.core.relay import TeredoRelay, relay_settings
 from teredo.programs.datapath import DataPath, open_kernel_path
 from teredo.programs.loading import Loaded, load, reload_config, start_logging
-from teredo.programs.relay_health import WITHDRAWN_METRIC, RelayHealthWatcher
+from teredo.programs.relay_health import (
+    WITHDRAWN_METRIC,
+    RelayHealthWatcher,
+    native_ipv6_usable,
+    udp_socket_usable,
+)
 from teredo.programs.status import merge_counters
 
 if TYPE_CHECKING:
@@ -265,7 +270,8 @@ async def _serve(loaded: Loaded[RelayConfig]) -> int:
             daemon.health = RelayHealthWatcher(
                 interface=tun.name,
                 prefix=IPv6Network(config.prefix),
-                udp=lambda: (bound.fileno(), IPv4Address(bound.local[0])),
+                udp_usable=lambda: udp_socket_usable(bound.fileno(), IPv4Address(bound.local[0])),
+                native_usable=lambda: native_ipv6_usable(daemon.interface),
                 add_route=add_route,
                 remove_route=remove_route,
                 drain_time=config.drain_time,

@@ -97,12 +97,14 @@ def udp_socket_usable(fileno: int, bound: IPv4Address) -> bool:
 class RelayHealthWatcher:
     """Observes the relay's health and keeps its route's metric in step (see the module doc).
 
-    `udp` returns (fileno, bound IPv4 address) of the relay's socket; `add_route` and
-    `remove_route` are `teredo.adapters.netlink`'s functions of the same names."""
+    `udp_usable` and `native_usable` observe the two sides (`udp_socket_usable`,
+    `native_ipv6_usable`); `add_route` and `remove_route` are `teredo.adapters.netlink`'s
+    functions of the same names."""
 
     interface: str
     prefix: IPv6Network
-    udp: Callable[[], tuple[int, IPv4Address]]
+    udp_usable: Callable[[], bool]
+    native_usable: Callable[[], bool]
     add_route: Callable[..., Any]
     remove_route: Callable[..., Any]
     drain_time: float
@@ -113,10 +115,9 @@ class RelayHealthWatcher:
     _task: asyncio.Task[None] | None = None
 
     def facts(self) -> HealthFacts:
-        fileno, bound = self.udp()
         return HealthFacts(
-            udp_socket=udp_socket_usable(fileno, bound),
-            native_ipv6=native_ipv6_usable(self.interface),
+            udp_socket=self.udp_usable(),
+            native_ipv6=self.native_usable(),
             draining=self.draining,
             stopping=self.stopping,
         )
