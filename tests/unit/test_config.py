@@ -922,3 +922,13 @@ def test_agrees_with_miredo_checkconf(tmp_path: Path, text: str, valid: bool) ->
         assert miredo is not valid
     else:
         assert miredo is valid
+
+
+def test_drain_time_is_a_relays_directive() -> None:
+    assert parse_relay_config("RelayType relay\n", SRC).drain_time == 2
+    assert parse_relay_config("RelayType relay\nDrainTime 0\n", SRC).drain_time == 0
+    assert parse_relay_config("RelayType relay\nDrainTime 30\n", SRC).drain_time == 30
+    with pytest.raises(UsageError, match="DrainTime"):
+        parse_relay_config("RelayType relay\nDrainTime 601\n", SRC)
+    client = parse_client_config("ServerAddress 192.0.2.1\nDrainTime 5\n", SRC)
+    assert any("DrainTime" in w.message and w.ignored for w in client.warnings)

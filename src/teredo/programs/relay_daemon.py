@@ -19,7 +19,8 @@ What it does, in order:
    (`teredo.programs.relay_health`): announced while healthy, withdrawn otherwise, and on
    SIGTERM withdrawn `DrainTime` seconds before the relay stops relaying. SIGHUP re-reads
    the file and applies ``MaxPeers``, ``MaxQueueBytes``, ``AllowPrivateAddresses``,
-   ``InterfaceMTU`` and ``SyslogFacility``; other changes are logged as needing a restart.
+   ``InterfaceMTU``, ``DrainTime`` and ``SyslogFacility``; other changes are logged as needing
+   a restart.
 
 The host's own IPv6 addresses (what a host-specific relay serves, and the source of the ICMPv6
 errors a relay returns to native senders) are read from ``/proc/net/if_inet6`` at start and every
@@ -178,6 +179,8 @@ class RelayDaemon:
         )
         kept = self.loaded.config
         self.core.reconfigure(relay_settings(kept))
+        if self.health is not None:
+            self.health.drain_time = kept.drain_time
         if kept.interface_mtu != old.interface_mtu and self.iface is not None:
             from teredo.adapters.netlink import set_mtu
 
