@@ -72,7 +72,7 @@ class Arm:
 
 
 def run_arm(round_: int, impl: str, settings: Settings) -> Arm:
-    arm = Arm(round_, impl, random_lab_name("fo"))
+    arm = Arm(round_, impl, random_lab_name("fail"))
     progress(f"round {round_}, relays {impl}: lab {arm.lab}")
     lab = Lab(
         arm.lab,
