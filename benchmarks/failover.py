@@ -17,7 +17,8 @@ relay1 is repaired and the router moves back:
 - ipv4-gone: relay1's IPv4 address removed, its daemon, link and BGP session kept (a relay
   that judges its health withdraws; one that does not keeps attracting traffic it drops).
 
-Per event: the longest time without a reply and the pings lost while the router moves away
+First the pings alone (the baseline: the longest gap the machine's own jitter makes), then per
+event: the longest time without a reply and the pings lost while the router moves away
 (median over rounds; "never" when the pings had not resumed when the arm stopped waiting, 3 s
 after the router should have moved) and the same for the return. Rounds alternate the order of
 the implementations. Numbers only, no thresholds: the machine is shared.
@@ -46,10 +47,12 @@ from benchlib import (
 from tunnel import RESULTS_DIR, machine, progress, random_lab_name
 
 from teredo.core.errors import UsageError, UserError
-from teredo.lab.failover import EVENT_TEXT, Event, run_event
+from teredo.lab.failover import EVENT_TEXT, Event, run_event, steady
 from teredo.lab.lab import Lab
 
 IMPLS: Final = ("ours", "miredo")
+BASELINE: Final = "baseline"
+BASELINE_TEXT: Final = "nothing broken (baseline)"
 REQUIRED_TOOLS: Final = ("ip", "nft", "bird", "birdc", "miredo", "ping")
 
 
@@ -66,6 +69,7 @@ class Arm:
     round: int
     impl: str
     lab: str
+    baseline: dict[str, Any] = field(default_factory=dict)
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -85,6 +89,15 @@ def run_arm(round_: int, impl: str, settings: Settings) -> Arm:
         client = lab.teredo_address("cli1")
         if client is None:
             raise UserError("client1 has no Teredo address")
+        baseline = steady(lab, client)
+        arm.baseline = {
+            "gap_s": round(baseline.longest_gap, 4),
+            "unanswered": baseline.unanswered,
+        }
+        progress(
+            f"  baseline: longest gap {baseline.longest_gap * 1000:.0f} ms, "
+            f"{baseline.unanswered} unanswered"
+        )
         for event in settings.events:
             result = run_event(lab, event, client)
             away, back = result.away, result.back
@@ -110,7 +123,17 @@ def run_arm(round_: int, impl: str, settings: Settings) -> Arm:
 
 
 def summarize(arms: list[Arm], settings: Settings) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = [{"event": BASELINE}]
+    for impl in settings.impls:
+        measured = [a.baseline for a in arms if a.impl == impl and a.baseline]
+        rows[0][impl] = {
+            "tries": len(measured),
+            "resumed": len(measured),
+            "away_gap_s": median(b["gap_s"] for b in measured),
+            "away_unanswered": median(b["unanswered"] for b in measured),
+            "back_gap_s": None,
+            "back_lost": None,
+        }
     for event in settings.events:
         row: dict[str, Any] = {"event": event.value}
         for impl in settings.impls:
@@ -150,7 +173,7 @@ def table(rows: list[dict[str, Any]], impls: tuple[str, ...]) -> str:
         header += [f"{impl}: longest gap", "unanswered", "back: gap", "lost"]
     lines = []
     for row in rows:
-        cells = [EVENT_TEXT[Event(row["event"])]]
+        cells = [BASELINE_TEXT if row["event"] == BASELINE else EVENT_TEXT[Event(row["event"])]]
         for impl in impls:
             figures = row.get(impl)
             cells += [

@@ -129,6 +129,11 @@ def _measured(lab: Lab, client: IPv6Address, action: Callable[[], None]) -> Outa
     return outage
 
 
+def steady(lab: Lab, client: IPv6Address) -> Outage:
+    """The same pings with nothing broken: the longest gap the machine's own jitter makes."""
+    return _measured(lab, client, lambda: None)
+
+
 def run_event(lab: Lab, event: Event, client: IPv6Address) -> Failover:
     """Break relay1 by `event` while pinging `client`, then repair it; what the pings saw."""
     if wait_preferred(lab, lambda p: p == PREFERRED, RETURN_TIMEOUT) != PREFERRED:
