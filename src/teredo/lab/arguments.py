@@ -111,8 +111,9 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         "exec",
         help="run a command in a lab node",
         description="Run a command inside a lab node's namespace (a shell when none is given). "
-        "Nodes: inet, srv, relay, v6, nat1, cli1, nat2, cli2, and gen in a lab brought up with "
-        "--generator (also router, server, native, client1, client2, generator).",
+        "Nodes: inet, srv, relay, v6, nat1, cli1, nat2, cli2, gen in a lab brought up with "
+        "--generator, relay1 and relay2 instead of relay with --relays 2 (also router, server, "
+        "native, client1, client2, generator).",
     )
     _add_name(p, DEFAULT_NAME)
     p.add_argument("node", help="the node, e.g. cli1 or v6")
