@@ -113,6 +113,7 @@ class RelayHealthWatcher:
     announced: bool = False  # the route carries ANNOUNCED_METRIC
     health: Health = field(default_factory=lambda: Health(()))
     _task: asyncio.Task[None] | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one swap at a time
 
     def facts(self) -> HealthFacts:
         return HealthFacts(
@@ -124,6 +125,10 @@ class RelayHealthWatcher:
 
     async def check(self) -> Health:
         """Judge the facts now and announce or withdraw the route accordingly."""
+        async with self._lock:
+            return await self._check()
+
+    async def _check(self) -> Health:
         health = judge(self.facts())
         if health != self.health:
             log.info("health: %s", health.explain())
@@ -179,7 +184,8 @@ class RelayHealthWatcher:
     async def stop(self) -> None:
         """SIGTERM: withdraw, keep relaying for `drain_time` seconds so that routing moves
         elsewhere first, then return (the caller removes the interface)."""
-        self.cancel()
+        async with self._lock:  # never cancel a check halfway through a swap
+            self.cancel()
         self.stopping = True
         was_announced = self.announced
         await self.check()
