@@ -1122,3 +1122,13 @@ def test_reading_a_file_does_not_import_the_cores() -> None:
     )
     imported = set(result.stdout.split())
     assert imported == {f"teredo.core.{name}" for name in ("address", "config", "errors", "peers")}
+
+
+def test_drain_time_is_a_relays_directive() -> None:
+    assert parse_relay_config("RelayType relay\n", SRC).drain_time == 2
+    assert parse_relay_config("RelayType relay\nDrainTime 0\n", SRC).drain_time == 0
+    assert parse_relay_config("RelayType relay\nDrainTime 30\n", SRC).drain_time == 30
+    with pytest.raises(UsageError, match="DrainTime"):
+        parse_relay_config("RelayType relay\nDrainTime 601\n", SRC)
+    client = parse_client_config("ServerAddress 192.0.2.1\nDrainTime 5\n", SRC)
+    assert any("DrainTime" in w.message and w.ignored for w in client.warnings)

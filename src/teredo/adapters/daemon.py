@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Final, Literal
 
@@ -369,6 +369,7 @@ def install_signal_handlers(
     on_shutdown: Callable[[signal.Signals], None],
     on_reload: Callable[[], None] | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
+    on_signal: Mapping[signal.Signals, Callable[[], None]] | None = None,
 ) -> Callable[[], None]:
     """Route SIGTERM/SIGINT to `on_shutdown(signal)` and SIGHUP to `on_reload()` on the loop.
 
@@ -377,6 +378,7 @@ def install_signal_handlers(
     the daemon keeps running. Without `on_reload`, SIGHUP is logged and ignored. SIGUSR1 and
     SIGUSR2 are logged and ignored (miredo(8)). Returns a function that restores the default
     handlers (SIGUSR1 and SIGUSR2 go back to what they were: ignored in a daemon).
+    `on_signal` gives one of those a meaning in this daemon (the relay's SIGUSR2: draining).
     """
     loop = loop or asyncio.get_running_loop()
 
@@ -400,7 +402,11 @@ def install_signal_handlers(
         loop.add_signal_handler(number, on_shutdown, number)
     loop.add_signal_handler(RELOAD_SIGNAL, reload)
     for number in IGNORED_SIGNALS:
-        loop.add_signal_handler(number, ignore, number)
+        meaning = (on_signal or {}).get(number)
+        if meaning is not None:
+            loop.add_signal_handler(number, meaning)
+        else:
+            loop.add_signal_handler(number, ignore, number)
 
     def remove() -> None:
         for number in (*SHUTDOWN_SIGNALS, RELOAD_SIGNAL, *IGNORED_SIGNALS):
@@ -418,8 +424,12 @@ def ignore_signals() -> None:
         signal.signal(number, signal.SIG_IGN)
 
 
-async def wait_for_shutdown(on_reload: Callable[[], None] | None = None) -> signal.Signals:
-    """Wait until SIGTERM or SIGINT arrives (handling SIGHUP meanwhile); return the signal.
+async def wait_for_shutdown(
+    on_reload: Callable[[], None] | None = None,
+    on_signal: Mapping[signal.Signals, Callable[[], None]] | None = None,
+) -> signal.Signals:
+    """Wait until SIGTERM or SIGINT arrives (handling SIGHUP, and `on_signal`'s SIGUSR1 or
+    SIGUSR2, meanwhile); return the signal.
 
     The signal handlers are removed on return, so a second Ctrl-C during the clean-up that
     follows interrupts it (KeyboardInterrupt) instead of being swallowed.
@@ -431,7 +441,7 @@ async def wait_for_shutdown(on_reload: Callable[[], None] | None = None) -> sign
         if not received.done():
             received.set_result(number)
 
-    remove = install_signal_handlers(shutdown, on_reload, loop)
+    remove = install_signal_handlers(shutdown, on_reload, loop, on_signal)
     try:
         number = await received
     finally:

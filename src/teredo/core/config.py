@@ -127,6 +127,8 @@ MAX_CONFIG_BYTES: Final = 1 << 20  # a configuration file is a few hundred bytes
 DEFAULT_RATE_LIMIT: Final = 100
 MAX_RATE_LIMIT: Final = 1_000_000
 LOG_FORMATS: Final = ("text", "json")
+MAX_DRAIN_TIME: Final = 600
+DEFAULT_DRAIN_TIME: Final = 2  # seconds: BGP and BFD move traffic well within it
 
 _BLANKS: Final = " \t\r\f\v"  # C isspace() without the newline, as Miredo splits lines
 _BLANK_RUN: Final = re.compile(r"[ \t\r\f\v]+")
@@ -281,6 +283,7 @@ class RelayConfig:
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     allow_private_addresses: bool = False
     offload: bool = True  # TUN offloads and UDP GSO/GRO (teredo.programs.datapath)
+    drain_time: int = DEFAULT_DRAIN_TIME  # seconds relaying after withdrawing, on SIGTERM
     source: str = "<config>"
     warnings: tuple[ConfigWarning, ...] = ()
 
@@ -387,6 +390,10 @@ def _parse_queue_bytes(value: str) -> int:
 
 def _parse_refresh(value: str) -> int:
     return _parse_int(value, 1, MAX_REFRESH_INTERVAL)
+
+
+def _parse_drain_time(value: str) -> int:
+    return _parse_int(value, 0, MAX_DRAIN_TIME)
 
 
 def _parse_rate_limit(value: str) -> int:
@@ -576,6 +583,7 @@ _CLIENT: Final = frozenset({"client"})
 _RELAY_SERVER: Final = frozenset({"relay", "server"})  # Prefix, InterfaceMTU
 _CLIENT_RELAY: Final = frozenset({"client", "relay"})
 _SERVER: Final = frozenset({"server"})
+_RELAY: Final = frozenset({"relay"})
 _ALL: Final = frozenset({"client", "relay", "server"})
 
 
@@ -748,6 +756,12 @@ DIRECTIVES: Final[tuple[Directive, ...]] = (
         "RequireAuthentication", _SERVER, _parse_bool, "`no`",
         "`yes`: answer only Router Solicitations signed with a key of `ClientKeyFile`; `no` "
         "also answers unsigned ones (Miredo, Windows)",
+    ),
+    # ours: anycast relays (teredo.programs.relay_health)
+    Directive(
+        "DrainTime", _RELAY, _parse_drain_time, f"{DEFAULT_DRAIN_TIME}",
+        f"seconds, 0 to {MAX_DRAIN_TIME}, a stopping relay keeps relaying after it withdrew "
+        "its prefix route, so that BGP moves the traffic first",
     ),
 )  # fmt: skip
 _DIRECTIVES: Final = {d.name.lower(): d for d in DIRECTIVES}
@@ -1113,6 +1127,7 @@ def _build_relay(reader: _Reader, relay_type: RelayType) -> RelayConfig:
         max_queue_bytes=_queue_bytes(reader, mtu),
         allow_private_addresses=reader.get("allowprivateaddresses", _parse_bool, False),
         offload=reader.get("offload", _parse_bool, True),
+        drain_time=reader.get("draintime", _parse_drain_time, DEFAULT_DRAIN_TIME),
         source=reader.source,
         warnings=reader.sorted_warnings(),
     )

@@ -21,8 +21,14 @@ generated configuration files and the role logs live in /run/teredo-lab/<name>/.
 With `--generator` (`Lab(generator=True)`) a ninth node "gen" joins for the benchmarks: it
 owns the fake-client range 100.64.0.0/10, sends their traffic and counts what comes back.
 
+With `--relays 2` (`Lab(relays=2)`) two relay sites, relay1 and relay2, replace the relay:
+each runs a relay and BIRD 2, which announces 2001::/32 to BIRD on the router by eBGP with
+BFD while the relay is healthy; the router's route comes from BGP and prefers relay1.
+
 Modules: `topology` (the plan, as data), `nat` (rulesets), `generator` (the generator node's
 counting rulesets), `roles` (configs, command lines, which roles this project implements),
 `netns` (pyroute2 and setns), `processes` (start and stop by pid), `state` (the JSON state
-file), `lab` (the `Lab` API), `commands` (the CLI).
+file), `lab` (the `Lab` API), `commands` (the CLI), `bgp` (the relay sites' BIRD
+configurations and birdc queries), `pingstream` (pings read back as replies and outages),
+`failover` (breaking the preferred relay site and measuring the pings meanwhile).
 """

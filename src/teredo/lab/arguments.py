@@ -51,6 +51,15 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
             "where this project implements the role, Miredo elsewhere)",
         )
     parser.add_argument(
+        "--relays",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1 (default): one relay, the router's route to 2001::/32 static; 2: two relay "
+        "sites relay1 and relay2, each announcing 2001::/32 to the router by BGP with BFD "
+        "(BIRD 2), relay1 preferred; --relay then picks who runs both",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=20.0,
@@ -102,8 +111,9 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         "exec",
         help="run a command in a lab node",
         description="Run a command inside a lab node's namespace (a shell when none is given). "
-        "Nodes: inet, srv, relay, v6, nat1, cli1, nat2, cli2, and gen in a lab brought up with "
-        "--generator (also router, server, native, client1, client2, generator).",
+        "Nodes: inet, srv, relay, v6, nat1, cli1, nat2, cli2, gen in a lab brought up with "
+        "--generator, relay1 and relay2 instead of relay with --relays 2 (also router, server, "
+        "native, client1, client2, generator).",
     )
     _add_name(p, DEFAULT_NAME)
     p.add_argument("node", help="the node, e.g. cli1 or v6")

@@ -20,7 +20,7 @@ from teredo.lab.lab import (
     raise_if_interrupted,
     terminate_as_interrupt,
 )
-from teredo.lab.roles import OURS_IMPLEMENTED, ROLES, Impl
+from teredo.lab.roles import EVERY_ROLE, OURS_IMPLEMENTED, Impl
 from teredo.lab.state import list_labs, load
 from teredo.lab.topology import NATIVE_IPV6
 
@@ -73,6 +73,7 @@ def _new_lab(args: argparse.Namespace) -> Lab:
         ready_timeout=args.timeout,
         progress=lambda message: _say(f"  {message}"),
         generator=getattr(args, "generator", False),
+        relays=getattr(args, "relays", 1),
     )
 
 
@@ -134,6 +135,17 @@ def _status(args: argparse.Namespace) -> int:
         alive = "running" if role["alive"] else "NOT RUNNING"
         rows.append([role["role"], role["node"], role["impl"], str(role["pid"]), alive, teredo])
     _table(["role", "node", "impl", "pid", "process", "Teredo address"], rows)
+    if "bgp" in status:
+        _say("")
+        rows = [
+            [s["node"], s["peer"], s["state"], s["info"] or "-"] for s in status["bgp"]["sessions"]
+        ]
+        _table(["BGP at", "session with", "state", "info"], rows)
+        preferred = status["bgp"]["preferred_relay"]
+        _say(
+            "the router prefers "
+            + (f"{preferred} for 2001::/32" if preferred else "no relay: no BGP route to 2001::/32")
+        )
     return 0
 
 
@@ -160,7 +172,7 @@ def _exec(args: argparse.Namespace) -> int:
 def _impls_line(lab: Lab) -> str:
     parts = []
     for role, impl in lab.impls.items():
-        kind = ROLES[role][1]
+        kind = EVERY_ROLE[role][1]
         if impl is Impl.MIREDO and not OURS_IMPLEMENTED[kind]:
             parts.append(f"{role} Miredo (ours not implemented yet)")
         elif impl is Impl.MIREDO:

@@ -7,6 +7,8 @@
 `Lab.attach(name)` picks up a lab another process brought up (from its state file).
 `Lab(..., generator=True)` adds the benchmarks' generator node "gen" (topology.py,
 generator.py); `interface_counters` and `counters` read what the kernel counted in a node.
+`Lab(..., relays=2)` has two relay sites, relay1 and relay2, announcing the Teredo prefix to the
+router by BGP (bgp.py); `bgp_sessions` and `preferred_relay` say how the router sees them.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ from typing import Any, Final
 
 from teredo.core.address import TeredoAddress, parse_teredo_address
 from teredo.core.errors import ParseError, UsageError, UserError
-from teredo.lab import netns, processes
+from teredo.lab import bgp, netns, processes
 from teredo.lab.generator import generator_ruleset, read_counters, sink_ruleset
 from teredo.lab.nat import nat_ruleset
 from teredo.lab.processes import ProcessInfo
-from teredo.lab.roles import ROLES, Impl, RoleLaunch, resolve_impl, role_launch
+from teredo.lab.roles import Impl, RoleLaunch, resolve_impl, role_launch, roles_for
 from teredo.lab.state import (
     DEFAULT_NAME,
     LabState,
@@ -50,6 +52,7 @@ from teredo.lab.topology import (
     DEFAULT_NAT2,
     EVERY_NODE,
     GENERATOR_NODE,
+    RELAY_SITES,
     SERVER_IPV4,
     SERVER_IPV4_2,
     TEREDO_INTERFACE,
@@ -57,6 +60,7 @@ from teredo.lab.topology import (
     NatKind,
     Topology,
     build_topology,
+    relay_nodes,
     resolve_node,
 )
 
@@ -94,8 +98,8 @@ class Lab:
     running in them.
 
     `ours_config` adds configuration lines for this project's daemons, by role (e.g.
-    `{"relay": ["MaxPeers 1100000"]}`); Miredo's roles never get them (it knows none of our
-    directives)."""
+    `{"relay": ["MaxPeers 1100000"]}`; with two relay sites "relay" applies to both); Miredo's
+    roles never get them (it knows none of our directives)."""
 
     def __init__(
         self,
@@ -111,30 +115,31 @@ class Lab:
         progress: Progress | None = None,
         generator: bool = False,
         ours_config: dict[str, list[str]] | None = None,
+        relays: int = 1,
     ) -> None:
         self.name = check_name(name)
         self.generator = generator
+        if relays not in (1, len(RELAY_SITES)):
+            raise UsageError(f"a lab has 1 or {len(RELAY_SITES)} relays, not {relays}")
+        self.relays = relays
+        self.roles = roles_for(relays)
         self.ours_config = {role: list(lines) for role, lines in (ours_config or {}).items()}
-        unknown = sorted(set(self.ours_config) - set(ROLES))
+        unknown = sorted(set(self.ours_config) - set(self.roles) - {"relay"})
         if unknown:
             raise UsageError(
-                f"ours_config names no role {unknown[0]!r}; roles are {', '.join(ROLES)}"
+                f"ours_config names no role {unknown[0]!r}; roles are {', '.join(self.roles)}"
             )
         try:
             self.topology: Topology = build_topology(
-                NatKind(nat1), NatKind(nat2), generator=generator
+                NatKind(nat1), NatKind(nat2), generator=generator, relays=relays
             )
         except ValueError as error:
             raise UsageError(f"{error}; NAT kinds are {', '.join(NatKind)}") from None
-        self.impls = {
-            role: resolve_impl(role, choice)
-            for role, choice in (
-                ("server", server),
-                ("relay", relay),
-                ("client1", client1),
-                ("client2", client2),
-            )
-        }
+        choices = {"server": server, "client1": client1, "client2": client2}
+        choices.update((node, relay) for node in relay_nodes(relays))
+        self.impls = {role: resolve_impl(role, choices[role]) for role in self.roles}
+        if relays > 1:
+            bgp.require_bird()
         self.ready_timeout = ready_timeout
         self.progress: Progress = progress or _quiet
         self.state: LabState | None = None
@@ -186,8 +191,11 @@ class Lab:
             progress=progress,
             generator=GENERATOR_NODE in state.namespaces,
             ours_config=state.ours_config,
+            relays=len(RELAY_SITES) if RELAY_SITES[0] in state.namespaces else 1,
         )
-        lab.impls = {role: Impl(record.impl) for role, record in state.roles.items()}
+        lab.impls = {
+            role: Impl(record.impl) for role, record in state.roles.items() if role in lab.roles
+        }
         lab.state = state
         return lab
 
@@ -230,7 +238,11 @@ class Lab:
                     f"built {len(self.nodes)} namespaces {self.name}-*, NAT1 {nat1}, NAT2 {nat2} "
                     f"({time.monotonic() - started:.1f} s)"
                 )
-                self._start_roles(("server", "relay"))
+                if self.relays > 1:
+                    self._start_bgp()
+                self._start_roles(("server", *relay_nodes(self.relays)))
+                if self.relays > 1:
+                    self._wait_routed(time.monotonic())
                 self._start_roles(("client1", "client2"))
                 state.phase = "up"
                 save(state)
@@ -329,8 +341,101 @@ class Lab:
         self._wait_ready(roles, started)
 
     def _role_launch(self, role: str, impl: Impl) -> RoleLaunch:
-        extra = self.ours_config.get(role, []) if impl is Impl.OURS else []
+        extra: list[str] = []
+        if impl is Impl.OURS:
+            if self.roles[role][1] == "relay" and role != "relay":
+                extra += self.ours_config.get("relay", [])
+            extra += self.ours_config.get(role, [])
         return role_launch(role, impl, self.directory, extra)
+
+    def _start_bgp(self) -> None:
+        """BIRD on the router and at every relay site (bgp.py), ready to answer birdc."""
+        assert self.state is not None
+        started = time.monotonic()
+        roles = []
+        for node in bgp.bgp_nodes(self.relays):
+            role = bgp.bgp_role(node)
+            config = self.directory / f"{node}-bird.conf"
+            control = self.directory / f"{node}-bird.ctl"
+            pid_file = self.directory / f"{node}-bird.pid"
+            log_path = self.directory / f"{node}-bird.log"
+            config.write_text(bgp.bird_config(node, self.relays))
+            control.unlink(missing_ok=True)
+            argv = bgp.bird_argv(config, control, pid_file)
+            info = processes.launch(self.namespace(node), argv, log_path)
+            self.state.roles[role] = RoleRecord(
+                role=role,
+                node=node,
+                kind="bgp",
+                impl="bird",
+                argv=list(argv),
+                config=str(config),
+                log=str(log_path),
+                pid=info.pid,
+                starttime=info.starttime,
+                pidfile=str(pid_file),
+                control_socket=str(control),
+            )
+            save(self.state)
+            roles.append(role)
+        self._wait_ready(roles, started)
+
+    def _wait_routed(self, started: float) -> None:
+        """Wait until the router's route to the Teredo prefix comes from BGP, from the
+        preferred site (every site announces by then: the others' sessions come up alike)."""
+        deadline = started + self.ready_timeout
+        while (preferred := self.preferred_relay()) != RELAY_SITES[0]:
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"{RELAY_SITES[0]} did not announce {TEREDO_PREFIX} to the router by BGP "
+                    f"within {self.ready_timeout:g} s (the router prefers {preferred or 'none'}); "
+                    f"read the *-bird.log and relay logs in {self.directory}"
+                )
+            raise_if_interrupted()
+            time.sleep(POLL_INTERVAL)
+        self.progress(
+            f"router: {TEREDO_PREFIX} by BGP via {preferred} ({time.monotonic() - started:.1f} s)"
+        )
+
+    def site_down(self, node: str) -> None:
+        """Take a node's link to the router down from inside it: the site goes dark."""
+        netns.set_link_down(self.namespace(node), "eth0")
+
+    def site_up(self, node: str) -> None:
+        """Bring a node's link back with its addresses and routes."""
+        spec = self.topology.node(resolve_node(node))
+        interface = next(i for i in spec.interfaces if i.name == "eth0")
+        routes = [(r.destination, r.gateway) for r in spec.routes if r.table is None]
+        netns.restore_interface(self.namespace(node), "eth0", interface.addresses, routes)
+
+    def bgp_sessions(self) -> list[bgp.BgpSession]:
+        """Every BGP session as seen by each BIRD of the lab (none with one relay)."""
+        state = self._require_state()
+        sessions = []
+        for node in bgp.bgp_nodes(self.relays):
+            record = state.roles.get(bgp.bgp_role(node))
+            if record is None or record.control_socket is None:
+                continue
+            output = bgp.birdc(self.namespace(node), record.control_socket, "show", "protocols")
+            if output is not None:
+                sessions += bgp.parse_protocols(node, output)
+        return sessions
+
+    def preferred_relay(self) -> str | None:
+        """The relay site whose route the router's BIRD prefers for the Teredo prefix."""
+        state = self._require_state()
+        record = state.roles.get(bgp.bgp_role(bgp.ROUTER_NODE))
+        if record is None or record.control_socket is None:
+            return None
+        output = bgp.birdc(
+            self.namespace(bgp.ROUTER_NODE),
+            record.control_socket,
+            "show",
+            "route",
+            "for",
+            str(TEREDO_PREFIX),
+        )
+        return bgp.parse_best_route(output) if output is not None else None
 
     def _launch(self, launch: RoleLaunch) -> None:
         assert self.state is not None
@@ -397,6 +502,12 @@ class Lab:
             ):
                 return f"listening on {SERVER_IPV4}:{TEREDO_PORT} and {SERVER_IPV4_2}:{TEREDO_PORT}"
             return None
+        if record.kind == "bgp":
+            if record.control_socket is None:
+                return None
+            if bgp.birdc(namespace, record.control_socket, "show", "status") is None:
+                return None
+            return "BIRD answers"
         if record.kind == "relay":
             interface = netns.interface_state(namespace, TEREDO_INTERFACE)
             if interface is not None and interface[0]:
@@ -517,6 +628,14 @@ class Lab:
         self._wait_ready([role], started)
         return launched_at
 
+    def signal_role(self, role: str, signum: int) -> list[int]:
+        """Send a signal to a role's processes (kill -9 of a relay, say); the pids signalled."""
+        record = self._require_state().roles[role]
+        if record.pid is None or record.starttime is None:
+            return []
+        info = ProcessInfo(record.pid, record.starttime, self.namespace(record.node))
+        return processes.signal_group(info, self.namespaces, signum)
+
     def restart_roles(self, roles: Sequence[str]) -> None:
         """Restart several roles at once (stopped together, then started together)."""
         state = self._require_state()
@@ -570,7 +689,7 @@ class Lab:
                 entry["nat"] = self.topology.site(node.name).kind.value
             nodes.append(entry)
         roles = []
-        for role in ROLES:
+        for role in [*self.roles, *(bgp.bgp_role(n) for n in bgp.bgp_nodes(self.relays))]:
             record = state.roles.get(role)
             if record is None:
                 continue
@@ -589,7 +708,7 @@ class Lab:
                 address = self.teredo_address(record.node) if alive else None
                 entry["teredo"] = teredo_json(address) if address else None
             roles.append(entry)
-        return {
+        document = {
             "name": self.name,
             "phase": state.phase,
             "state_dir": str(self.directory),
@@ -597,11 +716,27 @@ class Lab:
             "nodes": nodes,
             "roles": roles,
         }
+        if self.relays > 1:
+            document["bgp"] = {
+                "sessions": [
+                    {
+                        "node": s.node,
+                        "peer": s.peer,
+                        "state": s.state,
+                        "info": s.info,
+                        "established": s.established,
+                    }
+                    for s in self.bgp_sessions()
+                ],
+                "preferred_relay": self.preferred_relay(),
+            }
+        return document
 
 
 _READY_WHAT: Final = {
     "server": f"listened on UDP {TEREDO_PORT} on both server addresses",
     "relay": f"brought its {TEREDO_INTERFACE} interface up",
+    "bgp": "answered birdc",
     "client": f"got a Teredo address on its {TEREDO_INTERFACE} interface",
 }
 

@@ -197,6 +197,41 @@ def configure_interface(
         ipr.link("set", index=index, state="up")
 
 
+def set_link_down(namespace: str, ifname: str) -> None:
+    """Take an interface down (IPv6 forgets its addresses and routes: `restore_interface`)."""
+    with iproute(namespace) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="down")
+
+
+def restore_interface(
+    namespace: str,
+    ifname: str,
+    addresses: Iterable[Address],
+    routes: Iterable[tuple[Network, IPv4Address | IPv6Address]],
+) -> None:
+    """Bring an interface up again with the addresses and routes it lost, keeping those it
+    kept."""
+    from pyroute2 import NetlinkError
+
+    with iproute(namespace) as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        ipr.link("set", index=index, state="up")
+        for address in addresses:
+            family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+            with contextlib.suppress(NetlinkError):  # still there
+                ipr.addr(
+                    "add",
+                    index=index,
+                    address=str(address.ip),
+                    prefixlen=address.network.prefixlen,
+                    family=family,
+                )
+        for destination, gateway in routes:
+            family = socket.AF_INET if destination.version == 4 else socket.AF_INET6
+            with contextlib.suppress(NetlinkError):  # still there
+                ipr.route("add", dst=str(destination), gateway=str(gateway), family=family)
+
+
 def add_route(
     namespace: str,
     destination: Network,

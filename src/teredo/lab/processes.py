@@ -126,6 +126,13 @@ def stop(
     return killed
 
 
+def signal_group(info: ProcessInfo, namespaces: Iterable[str], signum: int) -> list[int]:
+    """Send `signum` to the live members of the process group `info` leads; their pids."""
+    if not is_alive(info) and not group_members(info.pid, namespaces):
+        return []
+    return _signal_groups([info.pid], list(namespaces), signum)
+
+
 def _signal_groups(groups: Iterable[int], namespaces: list[str], signum: int) -> list[int]:
     signalled = []
     for pgid in groups:

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Final
 
 from teredo.core.errors import UserError
-from teredo.lab.topology import RELAY_IPV4, RELAY_PORT, SERVER_IPV4, SERVER_IPV4_2, TEREDO_INTERFACE
+from teredo.lab.topology import (
+    RELAY_ADDRESSES,
+    RELAY_PORT,
+    RELAY_SITES,
+    SERVER_IPV4,
+    SERVER_IPV4_2,
+    TEREDO_INTERFACE,
+)
 
 OURS_IMPLEMENTED: dict[str, bool] = {"server": True, "client": True, "relay": True}
 
@@ -38,6 +45,21 @@ ROLES: Final = {
     "client1": ("cli1", "client"),
     "client2": ("cli2", "client"),
 }
+
+# A lab with two relay sites (`Lab(relays=2)`) runs a relay role per site instead of "relay".
+SITE_ROLES: Final = {
+    "server": ROLES["server"],
+    **{site: (site, "relay") for site in RELAY_SITES},
+    "client1": ROLES["client1"],
+    "client2": ROLES["client2"],
+}
+EVERY_ROLE: Final = {**ROLES, **SITE_ROLES}
+
+
+def roles_for(relays: int) -> dict[str, tuple[str, str]]:
+    """role -> (node, kind) of a lab with `relays` relays, in the order they start."""
+    return ROLES if relays == 1 else SITE_ROLES
+
 
 MIREDO_PROGRAMS: Final = {"server": "miredo-server", "relay": "miredo", "client": "miredo"}
 
@@ -61,7 +83,7 @@ class RoleLaunch:
 def resolve_impl(role: str, choice: str) -> Impl:
     """`auto` means ours where this project implements the role, Miredo elsewhere."""
     if choice == AUTO:
-        kind = ROLES[role][1]
+        kind = EVERY_ROLE[role][1]
         return Impl.OURS if OURS_IMPLEMENTED[kind] else Impl.MIREDO
     return Impl(choice)
 
@@ -81,7 +103,7 @@ def config_text(
         lines += [
             "RelayType relay",
             f"InterfaceName {TEREDO_INTERFACE}",
-            f"BindAddress {RELAY_IPV4}",
+            f"BindAddress {RELAY_ADDRESSES[node][0]}",
             f"BindPort {RELAY_PORT}",
         ]
     else:
@@ -98,7 +120,7 @@ def config_text(
 
 def role_launch(role: str, impl: Impl, state_dir: Path, extra: Sequence[str] = ()) -> RoleLaunch:
     """How to start `role`; `extra` configuration lines are for this project's daemons only."""
-    node, kind = ROLES[role]
+    node, kind = EVERY_ROLE[role]
     config_path = state_dir / f"{node}.conf"
     log_path = state_dir / f"{node}.log"
     pid_path: Path | None = None

@@ -31,6 +31,13 @@ shared space: global unicast for RFC 4380 §5.2.4 and for Miredo), and receives,
 drops whatever is sent to them. The router cuts super-packets into wire-size packets on its
 links to gen and to the native host, where benchmarks count what arrives. Without the option
 the lab is exactly the eight nodes above.
+
+With `relays=2` (`teredo lab up --relays 2`) the relay's node becomes two relay sites, each
+announcing the Teredo prefix to the router by eBGP (BIRD, `teredo.lab.bgp`); the router's route
+to 2001::/32 comes from BGP instead of being static::
+
+    inet (AS 64500) --- relay1 198.51.100.18, 2001:db8:3::2 (AS 64501, preferred)
+                    \\-- relay2 198.51.100.82, 2001:db8:5::2 (AS 64502, prepends its AS path)
 """
 
 from __future__ import annotations
@@ -71,7 +78,9 @@ NODES: Final = ("inet", "srv", "relay", "v6", "nat1", "cli1", "nat2", "cli2")
 
 # Nodes a lab has only when asked for (`Lab(generator=True)`, `teredo lab up --generator`).
 GENERATOR_NODE: Final = "gen"
-OPTIONAL_NODES: Final = (GENERATOR_NODE,)
+# The relay sites of a lab with two relays (`Lab(relays=2)`): they replace the node "relay".
+RELAY_SITES: Final = ("relay1", "relay2")
+OPTIONAL_NODES: Final = (GENERATOR_NODE, *RELAY_SITES)
 EVERY_NODE: Final = NODES + OPTIONAL_NODES
 
 # Friendlier names accepted wherever a node is named (`teredo lab exec client1 ...`).
@@ -95,6 +104,18 @@ NATIVE_IPV6: Final = IPv6Address("2001:db8:2::2")
 NATIVE_IPV4: Final = IPv4Address("198.51.100.34")
 TEREDO_PREFIX: Final = IPv6Network("2001::/32")
 TEREDO_INTERFACE: Final = "teredo"
+# Each relay's node: its IPv4 and IPv6 addresses and the router's on the link between them.
+RELAY_ADDRESSES: Final = {
+    "relay": (RELAY_IPV4, RELAY_IPV6, IPv4Address("198.51.100.17"), IPv6Address("2001:db8:3::1")),
+    "relay1": (RELAY_IPV4, RELAY_IPV6, IPv4Address("198.51.100.17"), IPv6Address("2001:db8:3::1")),
+    "relay2": (
+        IPv4Address("198.51.100.82"),
+        IPv6Address("2001:db8:5::2"),
+        IPv4Address("198.51.100.81"),
+        IPv6Address("2001:db8:5::1"),
+    ),
+}
+RELAY_PREFIXLEN: Final = (28, 64)
 GENERATOR_IPV4: Final = IPv4Address("198.51.100.50")
 GENERATOR_IPV6: Final = IPv6Address("2001:db8:4::2")
 # The generator's fake Teredo clients live here (RFC 6598 shared address space).
@@ -230,27 +251,46 @@ def router_side(site: Site) -> IPv4Interface:
     return IPv4Interface((IPv4Address(int(site.wan.ip) - 1), site.wan.network.prefixlen))
 
 
+def relay_nodes(relays: int) -> tuple[str, ...]:
+    """The relay nodes of a lab with `relays` relays (1: "relay"; 2: "relay1", "relay2")."""
+    return ("relay",) if relays == 1 else RELAY_SITES[:relays]
+
+
 def build_topology(
-    nat1: NatKind = DEFAULT_NAT1, nat2: NatKind = DEFAULT_NAT2, *, generator: bool = False
+    nat1: NatKind = DEFAULT_NAT1,
+    nat2: NatKind = DEFAULT_NAT2,
+    *,
+    generator: bool = False,
+    relays: int = 1,
 ) -> Topology:
-    """The whole lab for the given NAT kinds, with the generator node when asked for."""
+    """The whole lab for the given NAT kinds, with the generator node when asked for, and one
+    relay (its route static) or two relay sites (their routes from BGP)."""
+    if relays not in (1, len(RELAY_SITES)):
+        raise ValueError(f"a lab has 1 or {len(RELAY_SITES)} relays, not {relays}")
     sites = (_site(1, nat1), _site(2, nat2))
     default4 = IPv4Network("0.0.0.0/0")
     default6 = IPv6Network("::/0")
-    inet_ifaces = [
-        Interface("srv", (_v4("198.51.100.1/28"), _v6("2001:db8:1::1/64"))),
-        Interface("relay", (_v4("198.51.100.17/28"), _v6("2001:db8:3::1/64"))),
+    v4_len, v6_len = RELAY_PREFIXLEN
+    inet_ifaces = [Interface("srv", (_v4("198.51.100.1/28"), _v6("2001:db8:1::1/64")))]
+    inet_ifaces += [
         Interface(
-            "v6", (_v4("198.51.100.33/28"), _v6("2001:db8:2::1/64")), wire_segments=generator
-        ),
+            relay,
+            (
+                _v4(f"{RELAY_ADDRESSES[relay][2]}/{v4_len}"),
+                _v6(f"{RELAY_ADDRESSES[relay][3]}/{v6_len}"),
+            ),
+        )
+        for relay in relay_nodes(relays)
     ]
-    inet_routes = [Route(TEREDO_PREFIX, RELAY_IPV6)]
+    inet_ifaces.append(
+        Interface("v6", (_v4("198.51.100.33/28"), _v6("2001:db8:2::1/64")), wire_segments=generator)
+    )
+    # One relay: a static route. Relay sites: BGP installs it (teredo.lab.bgp).
+    inet_routes = [Route(TEREDO_PREFIX, RELAY_IPV6)] if relays == 1 else []
     nodes: list[Node] = []
-    links = [
-        Link("inet", "srv", "srv", "eth0"),
-        Link("inet", "relay", "relay", "eth0"),
-        Link("inet", "v6", "v6", "eth0"),
-    ]
+    links = [Link("inet", "srv", "srv", "eth0")]
+    links += [Link("inet", relay, relay, "eth0") for relay in relay_nodes(relays)]
+    links.append(Link("inet", "v6", "v6", "eth0"))
     site_nodes: list[Node] = []
     for site in sites:
         inet_ifaces.append(Interface(site.nat_node, (router_side(site),)))
@@ -339,20 +379,20 @@ def build_topology(
             COMMON_SYSCTLS,
         )
     )
-    nodes.append(
-        Node(
-            "relay",
-            "relay",
-            (Interface("eth0", (_v4(f"{RELAY_IPV4}/28"), _v6(f"{RELAY_IPV6}/64"))),),
-            (
-                Route(default4, IPv4Address("198.51.100.17")),
-                Route(default6, _v6("2001:db8:3::1").ip),
-            ),
-            # A relay forwards between its Teredo interface and native IPv6: without IPv6
-            # forwarding every relayed packet is dropped silently, both ways (docs/lab-notes.md).
-            (*COMMON_SYSCTLS, IPV6_FORWARDING),
+    for relay in relay_nodes(relays):
+        ipv4, ipv6, router4, router6 = RELAY_ADDRESSES[relay]
+        nodes.append(
+            Node(
+                relay,
+                "relay",
+                (Interface("eth0", (_v4(f"{ipv4}/{v4_len}"), _v6(f"{ipv6}/{v6_len}"))),),
+                (Route(default4, router4), Route(default6, router6)),
+                # A relay forwards between its Teredo interface and native IPv6: without IPv6
+                # forwarding every relayed packet is dropped silently, both ways
+                # (docs/lab-notes.md).
+                (*COMMON_SYSCTLS, IPV6_FORWARDING),
+            )
         )
-    )
     nodes.append(
         Node(
             "v6",

@@ -16,9 +16,12 @@ What it does, in order:
    CAP_NET_ADMIN so that SIGHUP can change the MTU and SIGTERM can remove the route and address
    it added even on an interface that outlives the process, and tells systemd it is ready;
 4. runs the shared TUN <-> UDP loop (`teredo.programs.datapath`) until SIGTERM/SIGINT, then
-   removes what it configured. SIGHUP re-reads the file and applies ``MaxPeers``,
-   ``MaxQueueBytes``, ``AllowPrivateAddresses``, ``InterfaceMTU`` and ``SyslogFacility``; other
-   changes are logged as needing a restart.
+   removes what it configured. A general relay's prefix route carries its health
+   (`teredo.programs.relay_health`): announced while healthy, withdrawn otherwise, and on
+   SIGTERM withdrawn `DrainTime` seconds before the relay stops relaying. SIGHUP re-reads
+   the file and applies ``MaxPeers``, ``MaxQueueBytes``, ``AllowPrivateAddresses``,
+   ``InterfaceMTU``, ``DrainTime`` and ``SyslogFacility``; other changes are logged as needing
+   a restart.
 
 The host's own IPv6 addresses (what a host-specific relay serves, and the source of the ICMPv6
 errors a relay returns to native senders) are read from ``/proc/net/if_inet6`` at start and every
@@ -30,9 +33,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv6Interface, IPv6Network
+from ipaddress import IPv4Address, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING, Any, Final
 
 from teredo.adapters.daemon import wait_for_shutdown
@@ -44,6 +48,12 @@ from teredo.core.relay import TeredoRelay, relay_settings
 from teredo.programs.datapath import DataPath, open_kernel_path
 from teredo.programs.loading import Loaded, load, reload_config
 from teredo.programs.observers import Observers, start_observers
+from teredo.programs.relay_health import (
+    WITHDRAWN_METRIC,
+    RelayHealthWatcher,
+    native_ipv6_usable,
+    udp_socket_usable,
+)
 from teredo.programs.service import Service, retry
 from teredo.programs.status import merge_counters
 
@@ -81,6 +91,7 @@ class RelayDaemon:
     kernel: KernelDataPath | None = None
     iface: Any = None  # netlink.InterfaceConfigurator (imported lazily)
     control: Observers | None = None  # the control socket and metrics endpoint
+    health: RelayHealthWatcher | None = None  # general relays only
     interface: str = ""
     forwarding: bool | None = None
     started: float = field(default_factory=time.monotonic)
@@ -120,6 +131,8 @@ class RelayDaemon:
         }
         if not self.core.host_specific:
             document["ipv6_forwarding"] = self.forwarding
+        if self.health is not None:
+            document["health"] = self.health.status()
         core = self.core.status()
         document.update((key, value) for key, value in core.items() if key not in document)
         io = self.loop.counters() if self.loop is not None else {}
@@ -146,6 +159,8 @@ class RelayDaemon:
         )
         kept = self.loaded.config
         self.core.reconfigure(relay_settings(kept))
+        if self.health is not None:
+            self.health.drain_time = kept.drain_time
         if kept.interface_mtu != old.interface_mtu and self.iface is not None:
             from teredo.adapters.netlink import set_mtu
 
@@ -169,7 +184,12 @@ async def _set_mtu(set_mtu: Any, interface: str, config: RelayConfig) -> None:
 
 async def serve(loaded: Loaded[RelayConfig], service: Service) -> int:
     """The relay until SIGTERM/SIGINT (`teredo.programs.service.run_service` calls it)."""
-    from teredo.adapters.netlink import InterfaceConfigurator, ipv6_forwarding_enabled
+    from teredo.adapters.netlink import (
+        InterfaceConfigurator,
+        add_route,
+        ipv6_forwarding_enabled,
+        remove_route,
+    )
     from teredo.adapters.tun import TunDevice, open_tun
     from teredo.adapters.udp import UdpSocket, open_udp_socket
 
@@ -191,8 +211,11 @@ async def serve(loaded: Loaded[RelayConfig], service: Service) -> int:
         await iface.set_up(config.interface_mtu)
         await iface.add_address(RELAY_LINK_LOCAL)
         # The Teredo prefix goes into the tunnel. A general relay advertises it through the
-        # host's routing (RFC 4380 §5.4); a host-specific relay keeps it to itself.
-        await iface.add_route(IPv6Network(config.prefix))
+        # host's routing (RFC 4380 §5.4), withdrawn until its health is known; a host-specific
+        # relay keeps it to itself.
+        await iface.add_route(
+            IPv6Network(config.prefix), None if core.host_specific else WITHDRAWN_METRIC
+        )
         if not core.host_specific:
             daemon.forwarding = ipv6_forwarding_enabled()
             if not daemon.forwarding:
@@ -216,6 +239,18 @@ async def serve(loaded: Loaded[RelayConfig], service: Service) -> int:
         daemon.loop = DataPath(core, udp, tun, kernel=daemon.kernel)
         daemon.loop.start()
         refresher = asyncio.get_running_loop().create_task(_refresh(daemon))
+        if not core.host_specific:
+            bound = udp
+            daemon.health = RelayHealthWatcher(
+                interface=tun.name,
+                prefix=IPv6Network(config.prefix),
+                udp_usable=lambda: udp_socket_usable(bound.fileno(), IPv4Address(bound.local[0])),
+                native_usable=lambda: native_ipv6_usable(daemon.interface),
+                add_route=add_route,
+                remove_route=remove_route,
+                drain_time=config.drain_time,
+            )
+            daemon.health.start(asyncio.get_running_loop())
         what = "host-specific relay" if core.host_specific else "relay"
         log.info(
             "Teredo %s on UDP %s:%d, interface %s (MTU %d), prefix %s",
@@ -225,11 +260,16 @@ async def serve(loaded: Loaded[RelayConfig], service: Service) -> int:
             f"relaying: {what} on UDP {udp.local[0]}:{udp.local[1]}, interface {tun.name}, "
             f"prefix {config.prefix}"
         )
-        await wait_for_shutdown(on_reload=service.reloading(daemon.reload))
+        drain = {signal.SIGUSR2: daemon.health.toggle_drain} if daemon.health else None
+        await wait_for_shutdown(on_reload=service.reloading(daemon.reload), on_signal=drain)
         service.stopping()
+        if daemon.health is not None:
+            await daemon.health.stop()
     finally:
         if refresher is not None:
             refresher.cancel()
+        if daemon.health is not None:
+            daemon.health.cancel()
         if daemon.loop is not None:
             daemon.loop.stop()
         if daemon.kernel is not None:
