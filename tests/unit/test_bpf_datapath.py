@@ -222,3 +222,18 @@ def test_layouts_match_the_program() -> None:
     entry = PeerEntry((PEER_IP, PEER_PORT), 123)
     assert PeerEntry.unpack(entry.pack()) == entry
     assert isinstance(relay_settings(), DataPathSettings)
+
+
+def test_missing_capabilities_are_named() -> None:
+    """Without CAP_PERFMON the verifier refuses the programs with a log, and the relay once said
+    it needed a newer Linux; the capabilities missing are what it says now."""
+    from teredo.adapters.bpf import missing_capabilities
+
+    root = "Name:\tteredo\nCapEff:\t000001ffffffffff\n"
+    assert missing_capabilities(root) == []
+    unit = f"CapEff:\t{(1 << 12) | (1 << 39) | (1 << 6) | (1 << 7):016x}\n"  # no CAP_PERFMON
+    assert missing_capabilities(unit) == ["CAP_PERFMON"]
+    assert missing_capabilities("CapEff:\t0000000000000000\n") == [
+        "CAP_NET_ADMIN", "CAP_BPF", "CAP_PERFMON"
+    ]  # fmt: skip
+    assert missing_capabilities(f"CapEff:\t{(1 << 12) | (1 << 21):016x}\n") == []  # SYS_ADMIN

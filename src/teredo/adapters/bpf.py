@@ -254,6 +254,37 @@ def _failure(result: int) -> int:
     return -result if result < 0 else ctypes.get_errno() or errno.EIO
 
 
+# capabilities(7) numbers: what loading and attaching the programs takes. CAP_PERFMON lets the
+# verifier accept the programs' pointer arithmetic; CAP_SYS_ADMIN stands for both BPF ones.
+_CAP_NET_ADMIN: Final = 12
+_CAP_SYS_ADMIN: Final = 21
+_CAP_PERFMON: Final = 38
+_CAP_BPF: Final = 39
+
+
+def missing_capabilities(proc_status: str) -> list[str]:
+    """The capabilities the kernel data path needs that `proc_status` (the text of
+    /proc/self/status) says this process lacks, by name."""
+    effective = 0
+    for line in proc_status.splitlines():
+        if line.startswith("CapEff:"):
+            effective = int(line.split()[1], 16)
+    has = {bit for bit in range(64) if effective >> bit & 1}
+    missing = [] if _CAP_NET_ADMIN in has else ["CAP_NET_ADMIN"]
+    if _CAP_SYS_ADMIN not in has:
+        missing += [name for bit, name in ((_CAP_BPF, "CAP_BPF"), (_CAP_PERFMON, "CAP_PERFMON"))
+                    if bit not in has]  # fmt: skip
+    return missing
+
+
+def _missing_capabilities() -> list[str]:
+    try:
+        with open("/proc/self/status") as status:
+            return missing_capabilities(status.read())
+    except OSError:
+        return []
+
+
 def _kernel_version() -> tuple[int, int]:
     release = os.uname().release
     try:
@@ -448,10 +479,14 @@ class KernelDataPath:
                 verifier = log_buffer.value.decode(errors="replace").strip()
                 if verifier:
                     log.debug("verifier log:\n%s", verifier)
-                if code in (errno.EPERM, errno.EACCES) and not verifier:
+                missing = _missing_capabilities()
+                if code in (errno.EPERM, errno.EACCES) and (missing or not verifier):
+                    # Without CAP_PERFMON the verifier refuses with a log, which once read as
+                    # "needs a newer Linux": name what is missing instead.
                     raise KernelDataPathUnavailable(
-                        "loading the kernel data path needs root (CAP_BPF and CAP_NET_ADMIN); "
-                        "run the daemon as root"
+                        "loading the kernel data path needs CAP_BPF, CAP_PERFMON and "
+                        f"CAP_NET_ADMIN (missing: {', '.join(missing) or 'unknown'}); run the "
+                        "daemon as root, or add them to the unit's CapabilityBoundingSet"
                     )
                 raise KernelDataPathUnavailable(
                     f"the kernel refused the data path program ({os.strerror(code)}); it "
