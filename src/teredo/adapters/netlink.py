@@ -37,6 +37,7 @@ import os
 import socket
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Final
 
@@ -64,7 +65,7 @@ IFF_MULTICAST: Final = 0x1000
 IFA_F_NODAD: Final = 0x02
 
 IF_INET6: Final = "/proc/net/if_inet6"  # the host's IPv6 addresses, one per line
-_SCOPE_GLOBAL: Final = 0x00
+SCOPE_GLOBAL: Final = 0x00
 _GONE: Final = frozenset({errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ENODEV})
 
 
@@ -226,26 +227,46 @@ def read_sysctl(name: str) -> str:
         raise UserError(f"cannot read sysctl {name}: {error.strerror}") from None
 
 
-def host_addresses(exclude_interface: str | None = None, path: str = IF_INET6) -> list[IPv6Address]:
-    """The host's global-scope IPv6 addresses (not those of `exclude_interface`)."""
-    addresses = []
+@dataclass(frozen=True, slots=True)
+class HostAddress:
+    """One line of /proc/net/if_inet6: an IPv6 address of this host and where it is."""
+
+    address: IPv6Address
+    scope: int  # 0x00 global, 0x20 link, ...
+    flags: int  # IFA_F_* (tentative, DAD failed, ...)
+    interface: str
+
+
+def read_host_addresses(path: str = IF_INET6) -> list[HostAddress] | None:
+    """Every IPv6 address of this host, from /proc (no netlink socket needed); None when the
+    file cannot be read (IPv6 disabled). Lines that do not parse are skipped."""
     try:
-        with open(path, encoding="ascii") as file:
+        with open(path, encoding="ascii") as file:  # not pathlib: a daemon's footprint
             lines = file.read().splitlines()
-    except OSError:  # IPv6 disabled
-        return []
+    except OSError:
+        return None
+    found = []
     for line in lines:
         fields = line.split()
-        if len(fields) < 6 or fields[5] == exclude_interface:
+        if len(fields) < 6:
             continue
         try:
             address = IPv6Address(bytes.fromhex(fields[0]))
-            scope = int(fields[3], 16)
+            found.append(HostAddress(address, int(fields[3], 16), int(fields[4], 16), fields[5]))
         except ValueError:
             continue
-        if scope == _SCOPE_GLOBAL and not address.is_multicast:
-            addresses.append(address)
-    return addresses
+    return found
+
+
+def host_addresses(exclude_interface: str | None = None, path: str = IF_INET6) -> list[IPv6Address]:
+    """The host's global-scope IPv6 addresses (not those of `exclude_interface`)."""
+    return [
+        entry.address
+        for entry in read_host_addresses(path) or []
+        if entry.interface != exclude_interface
+        and entry.scope == SCOPE_GLOBAL
+        and not entry.address.is_multicast
+    ]
 
 
 def ipv6_forwarding_enabled() -> bool:

@@ -28,9 +28,10 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv6Network
 from typing import Any, Final
 
+from teredo.adapters.netlink import IF_INET6, SCOPE_GLOBAL, read_host_addresses
 from teredo.core.errors import UserError
 from teredo.core.health import Health, HealthFacts, judge
 
@@ -39,9 +40,7 @@ log = logging.getLogger(__name__)
 ANNOUNCED_METRIC: Final = 1024  # the kernel's default IPv6 route metric
 WITHDRAWN_METRIC: Final = 65535
 HEALTH_INTERVAL: Final = 0.5  # seconds between checks
-IF_INET6: Final = "/proc/net/if_inet6"
 SYS_CLASS_NET: Final = "/sys/class/net"
-_SCOPE_GLOBAL: Final = 0x00
 _UNUSABLE_FLAGS: Final = 0x08 | 0x40  # IFA_F_DADFAILED, IFA_F_TENTATIVE
 _LINK_USABLE: Final = ("up", "unknown")  # operstate of a link that carries packets
 
@@ -51,24 +50,16 @@ def native_ipv6_usable(
 ) -> bool:
     """True when the host has a usable global IPv6 address on a link that is up (not the
     relay's own interface)."""
-    try:
-        with open(if_inet6, encoding="ascii") as file:  # not pathlib: a daemon's footprint
-            lines = file.read().splitlines()
-    except OSError:  # IPv6 disabled
-        return False
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 6 or fields[5] == exclude_interface:
+    for entry in read_host_addresses(if_inet6) or []:  # none: IPv6 disabled
+        if (
+            entry.interface == exclude_interface
+            or entry.scope != SCOPE_GLOBAL
+            or entry.address.is_multicast
+            or entry.flags & _UNUSABLE_FLAGS
+        ):
             continue
         try:
-            address = IPv6Address(bytes.fromhex(fields[0]))
-            scope, flags = int(fields[3], 16), int(fields[4], 16)
-        except ValueError:
-            continue
-        if scope != _SCOPE_GLOBAL or address.is_multicast or flags & _UNUSABLE_FLAGS:
-            continue
-        try:
-            with open(f"{sys_class_net}/{fields[5]}/operstate") as file:
+            with open(f"{sys_class_net}/{entry.interface}/operstate") as file:
                 state = file.read().strip()
         except OSError:
             state = "unknown"  # no sysfs for this namespace: trust the address
