@@ -216,7 +216,8 @@ class FakeNetwork:
                 return
             target = inside
         receiver = self._nodes.get(target)
-        if receiver is None:
+        if receiver is None or (target_nat is None and id(receiver) in self._nat_of):
+            # A private endpoint is reachable only from its own LAN (above), not across NATs.
             hop.why = "no such host"
             return
         hop.delivered = True

@@ -55,6 +55,7 @@ from teredo.core.address import CLIENT_LINK_LOCAL, DISCOVERY_GROUP, TEREDO_PORT
 from teredo.core.client import CLIENT_IDLE_TIMEOUT, ClientSettings, TeredoClient, summarize_peer
 from teredo.core.config import DEFAULT_CONFIG_PATH, ClientConfig, parse_client_config
 from teredo.core.errors import UserError
+from teredo.core.extensions import Extensions
 from teredo.core.peering import PeeringSettings
 from teredo.core.qualification import (
     AddressChanged,
@@ -162,6 +163,13 @@ def client_settings(
         refresh_interval=float(config.refresh_interval),
         local_discovery=config.local_discovery,
         key=key,
+        extensions=Extensions(
+            upnp=config.upnp,
+            hairpinning=config.hairpinning,
+            server_load_reduction=config.server_load_reduction,
+            port_preserving=config.port_preserving_nat,
+            sequential=config.sequential_nat,
+        ),
     )
 
 
@@ -402,8 +410,8 @@ class ClientDaemon:
         return ", ".join(words)
 
     def status(self) -> dict[str, Any]:
-        core = self.core.status()
         now = time.monotonic()
+        core = self.core.status(now)
         peers = sorted(
             self.core.peers.items(), key=lambda item: -max(item[1].last_rx, item[1].last_tx)
         )
@@ -420,7 +428,8 @@ class ClientDaemon:
         }
         document.update((key, value) for key, value in core.items() if key not in document)
         document["peer_list"] = [
-            summarize_peer(address, peer, now) for address, peer in peers[:MAX_PEERS_IN_STATUS]
+            summarize_peer(address, peer, now, self.core.peer_extensions(address))
+            for address, peer in peers[:MAX_PEERS_IN_STATUS]
         ]
         io = self.loop.counters() if self.loop is not None else {}
         document["counters"] = merge_counters(core["counters"], io)
