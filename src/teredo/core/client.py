@@ -41,6 +41,22 @@ destinations by the direct IPv6 connectivity test (`_on_native_destination`, §5
 (§5.2.4 case 2); the relay whose echo reply carries the nonce becomes the peer's mapping.
 Local peers (case 3) also get a unicast bubble to their local endpoint and a discovery bubble.
 
+RFC 6081 extensions (switches in `client_settings.extensions`, `teredo.core.extensions`):
+
+- Hairpinning (§5.6): our indirect bubbles to a peer not yet reached carry an Alternate Address
+  trailer (our local endpoint, and the UPnP mapping unless it is the one in our address); a
+  peer's trailer is answered with direct bubbles to each endpoint, with its nonce, and packets
+  from those endpoints are accepted as from the mapping in its address (both named through its
+  server). So two clients behind one NAT meet on their LAN whether or not the NAT hairpins.
+- Server load reduction (§5.7): a packet for a trusted peer no longer valid (silent 30 s) sends
+  a direct bubble with a TeredoDiscoverySolicitation to its mapping, every 2 s, 3 at most; the
+  advertisement that answers releases the queue; then, only, the usual direct and indirect
+  bubbles (through its server). A solicitation from a peer is answered with an advertisement.
+- UPnP (§5.3): the daemon maps our port on the NAT's gateway and hands the mapping over
+  (`set_upnp_mapping`); it is zeroed when it is the qualified mapping (single NAT, §5.3.3).
+- Status (`status`): the client state as netsh names it, the NAT's special behaviours, the local
+  mapping, and how many peers each extension served (`_peer_extensions`, bounded by the table).
+
 Local client discovery (RFC 4380 §5.2.8, optional, `local_discovery`): discovery bubbles
 (our address -> ff02::1, hop limit 1) to 224.0.0.253:3544 every 200-300 s and right after
 qualifying; received ones (`receive_discovery`, from the client daemon's multicast socket) are
@@ -318,8 +334,6 @@ class TeredoClient(PeeringEngine):
             "extensions": {
                 "symmetric_nat": True,
                 "upnp": extensions.upnp,
-                "port_preserving": extensions.port_preserving,
-                "sequential": extensions.sequential,
                 "hairpinning": extensions.hairpinning,
                 "server_load_reduction": extensions.server_load_reduction,
             },

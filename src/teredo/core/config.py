@@ -258,8 +258,6 @@ class ClientConfig:
     upnp: bool = True  # §3.2/§5.3 (and the UPnP mapping of §5.6)
     hairpinning: bool = True  # §3.5/§5.6, Alternate Address trailer
     server_load_reduction: bool = True  # §3.6/§5.7, Neighbor Discovery Option trailer
-    port_preserving_nat: bool = True  # §3.3/§5.4
-    sequential_nat: bool = True  # §3.4/§5.5, Random Port trailer
     fallback_servers: tuple[IPv4Address | str, ...] = ()
     # Secure qualification (RFC 4380 §5.2.2): the identifier and the secret, given inline or
     # in a file the client daemon reads (`shared_secret_file`); None: nonce-only RSs.
@@ -734,14 +732,6 @@ DIRECTIVES: Final[tuple[Directive, ...]] = (
         "RFC 6081 §5.7: check an idle peer with direct bubbles before going through its server",
     ),
     Directive(
-        "PortPreservingNAT", _CLIENT, _parse_bool, "`yes`",
-        "RFC 6081 §5.4: the port-preserving symmetric NAT extension",
-    ),
-    Directive(
-        "SequentialNAT", _CLIENT, _parse_bool, "`yes`",
-        "RFC 6081 §5.5: the sequential port-symmetric NAT extension (Random Port trailer)",
-    ),
-    Directive(
         "FallbackServers", _CLIENT, _parse_host_list, "none",
         "comma-separated servers tried in turn when `ServerAddress` stops answering",
     ),
@@ -1097,8 +1087,6 @@ def _build_client(reader: _Reader, server: str | None) -> ClientConfig:
         upnp=reader.get("upnp", _parse_bool, True),
         hairpinning=reader.get("hairpinning", _parse_bool, True),
         server_load_reduction=reader.get("serverloadreduction", _parse_bool, True),
-        port_preserving_nat=reader.get("portpreservingnat", _parse_bool, True),
-        sequential_nat=reader.get("sequentialnat", _parse_bool, True),
         fallback_servers=reader.get("fallbackservers", _parse_host_list, ()),
         client_identifier=identifier,
         shared_secret=secret,

@@ -2,7 +2,7 @@
 
 RFC 6081 §3 makes every extension optional (each SHOULD be implemented); Windows can turn each
 off, and so can the configuration (`teredo.core.config`: ``UPnP``, ``Hairpinning``,
-``ServerLoadReduction``, ``PortPreservingNAT``, ``SequentialNAT``). `Extensions` is that choice;
+``ServerLoadReduction``). `Extensions` is that choice;
 `PeerExtension` names what an extension did for one peer, for the status document's aggregate
 counts (`teredo status`: how many peers each extension serves; never one metric per peer).
 
@@ -39,8 +39,8 @@ class Extensions:
     upnp: bool = True  # §3.2/§5.3, and the UPnP mapping the hairpinning extension offers
     hairpinning: bool = True  # §3.5/§5.6
     server_load_reduction: bool = True  # §3.6/§5.7
-    port_preserving: bool = True  # §3.3/§5.4
-    sequential: bool = True  # §3.4/§5.5
+    # Not yet: the port-preserving (§5.4) and sequential port-symmetric (§5.5) NAT extensions,
+    # which need a second UDP port per peer being set up (the "random port").
 
 
 class PeerExtension(IntFlag):

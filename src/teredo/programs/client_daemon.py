@@ -169,8 +169,6 @@ def client_settings(
             upnp=config.upnp,
             hairpinning=config.hairpinning,
             server_load_reduction=config.server_load_reduction,
-            port_preserving=config.port_preserving_nat,
-            sequential=config.sequential_nat,
         ),
     )
 
