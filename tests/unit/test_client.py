@@ -816,3 +816,138 @@ def test_status_shows_state_nat_behaviours_and_mapping() -> None:
     status = client.status(world.now)
     assert status["nat_behaviours"] == ["upnp", "port-preserving"]
     assert client.upnp_mapped is None  # the mapping the server saw: a single NAT (§5.3.3)
+
+
+# -- RFC 6081 §5.3: UPnP-enabled symmetric NAT ------------------------------------------------
+
+
+def upnp_client(
+    world: World, private: tuple[str, int], nat: Nat, extensions: Extensions = ALL_EXTENSIONS
+) -> tuple[TeredoClient, ClientNode]:
+    """A client whose NAT maps its port by UPnP, as the daemon does before it qualifies."""
+    client, node = world.add_client(private, nat, extensions=extensions)
+    if extensions.upnp:
+        client.set_upnp_mapping(nat.add_port_mapping(private, private[1]))
+    return client, node
+
+
+@pytest.mark.parametrize("kind_b", [SYMMETRIC, PORT_RESTRICTED])
+def test_upnp_symmetric_nats_reach_each_other(kind_b: str) -> None:
+    """Figure 1 of RFC 6081: UPnP symmetric <-> UPnP symmetric and UPnP port-restricted, "SNS +
+    UPnP". Each NAT keeps the port toward the first server address (so the address names the
+    UPnP mapping: a single NAT) and maps every other destination anew."""
+    world = World()
+    a, node_a = upnp_client(
+        world, ("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, port_preserving=True)
+    )
+    b, node_b = upnp_client(
+        world, ("10.2.0.2", 5000), Nat("203.0.113.18", kind_b, port_preserving=True)
+    )
+    world.run(1.0)
+    assert a.address is not None and b.address is not None
+    assert a.qualifier.nat.value == "symmetric" and a.upnp_mapped is None
+    # As ping does, once a second: A trusts B (B's answer to A's indirect bubble) one server
+    # hop before B trusts A (A's answer to B's), so A's first packet may arrive too early.
+    for seq in range(1, 4):
+        a.send_ipv6(ping(a, b.address, seq=seq), world.now)
+        if world.run_until(lambda: bool(echo_requests(node_b.delivered)), 1.0):
+            break
+    assert echo_requests(node_b.delivered)
+    answer_pings(world, b, node_b)
+    assert world.run_until(lambda: bool(echo_replies(node_a.delivered)), 10.0)
+    node_a.delivered.clear()
+    b.send_ipv6(ping(b, a.address, seq=5), world.now)
+    assert world.run_until(lambda: bool(echo_requests(node_a.delivered)), 10.0)
+    if kind_b == SYMMETRIC:  # the §5.3.4.3 rule: each sends to the other's UPnP port
+        assert a.status()["peers_upnp"] == 1 and b.status()["peers_upnp"] == 1
+
+
+def test_without_the_upnp_rule_symmetric_nats_do_not_meet() -> None:
+    """The same pair with the extension off: both learn each other's mappings, but neither NAT
+    lets in what the other sends there (RFC 6081 §3.2's failure case)."""
+    world = World()
+    off = Extensions(upnp=False, hairpinning=False)
+    a, _ = upnp_client(
+        world, ("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, port_preserving=True), off
+    )
+    b, node_b = upnp_client(
+        world, ("10.2.0.2", 5000), Nat("203.0.113.18", SYMMETRIC, port_preserving=True), off
+    )
+    world.run(1.0)
+    assert b.address is not None
+    a.send_ipv6(ping(a, b.address), world.now)
+    world.run(12.0)
+    assert echo_requests(node_b.delivered) == []
+
+
+def test_a_second_nat_offers_the_upnp_mapping_as_an_alternate_address() -> None:
+    """RFC 6081 §5.6.3: a UPnP mapping that is not the qualified one (another NAT between the
+    gateway and the Internet) goes into the Alternate Address trailer with the local endpoint."""
+    world = World()
+    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", PORT_RESTRICTED))
+    b, _ = world.add_client(("10.2.0.2", 5000), Nat("203.0.113.18", PORT_RESTRICTED))
+    world.run(1.0)
+    assert b.address is not None
+    a.set_upnp_mapping(("192.168.7.1", 5000))  # the inner NAT's outside
+    world.net.log.clear()
+    a.send_ipv6(ping(a, b.address), world.now)
+    world.net.run(world.now)
+    indirect = [h.payload for h in world.net.log if h.destination == SERVER]
+    trailers = parse_teredo_packet(indirect[0]).trailers
+    assert alternate_addresses(trailers[1]) == (("10.1.0.2", 5000), ("192.168.7.1", 5000))
+
+
+@pytest.mark.parametrize("random_ports", [False, True])
+def test_symmetric_nat_support_still_reaches_a_cone_peer(random_ports: bool) -> None:
+    """Figure 1: random or sequential port-symmetric <-> address-restricted is "SNS"."""
+    world = World()
+    a, _ = world.add_client(
+        ("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, random_ports=random_ports)
+    )
+    b, node_b = world.add_client(("10.2.0.2", 5000), Nat("203.0.113.18", RESTRICTED))
+    world.run(1.0)
+    assert b.address is not None
+    a.send_ipv6(ping(a, b.address), world.now)
+    assert world.run_until(lambda: bool(echo_requests(node_b.delivered)), 10.0)
+    assert b.status()["peers_symmetric_nat"] == 1
+
+
+class KernelMap:
+    """The kernel data path's peer map (`teredo.core.peers.PeerMirror`), as a dict."""
+
+    def __init__(self) -> None:
+        self.peers: dict[bytes, tuple[str, int]] = {}
+
+    def set_peer(self, address: bytes, mapping: tuple[str, int], last_rx: float) -> bool:
+        self.peers[address] = mapping
+        return True
+
+    def remove_peer(self, address: bytes) -> bool:
+        return self.peers.pop(address, None) is not None
+
+    def last_rx(self, address: bytes) -> float | None:
+        return None
+
+
+def test_a_peer_sent_to_at_its_embedded_mapping_stays_out_of_the_kernel_map() -> None:
+    """The kernel's peer map has one mapping per peer, for both directions: a peer under the
+    §5.3.4.3 rule is sent to elsewhere than it is received from, so the daemon keeps it."""
+    world = World()
+    a, _ = upnp_client(
+        world, ("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, port_preserving=True)
+    )
+    b, node_b = upnp_client(
+        world, ("10.2.0.2", 5000), Nat("203.0.113.18", SYMMETRIC, port_preserving=True)
+    )
+    kernel = KernelMap()
+    a.peers.mirror = kernel
+    world.run(1.0)
+    assert b.address is not None
+    for seq in range(1, 4):
+        a.send_ipv6(ping(a, b.address, seq=seq), world.now)
+        if world.run_until(lambda: bool(echo_requests(node_b.delivered)), 1.0):
+            break
+    assert a.peer_extensions(b.address.packed) == ["upnp"]
+    assert b.address.packed not in kernel.peers
+    packet = ping(a, b.address, seq=9)
+    assert a.forward_to_teredo(packet, world.now) == parse_teredo_address(b.address).mapped

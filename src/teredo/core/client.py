@@ -54,6 +54,10 @@ RFC 6081 extensions (switches in `client_settings.extensions`, `teredo.core.exte
   bubbles (through its server). A solicitation from a peer is answered with an advertisement.
 - UPnP (§5.3): the daemon maps our port on the NAT's gateway and hands the mapping over
   (`set_upnp_mapping`); it is zeroed when it is the qualified mapping (single NAT, §5.3.3).
+  Then, behind a symmetric NAT, a peer proven at another mapping than its address names (a
+  symmetric peer) is sent to at the mapping in its address (`_choose_target`, used by the
+  queue's flush, the fast path and `send_ipv6`), received from at the learned one, and kept out
+  of the kernel's peer map (`PeerTable.unmirrored`).
 - Status (`status`): the client state as netsh names it, the NAT's special behaviours, the local
   mapping, and how many peers each extension served (`_peer_extensions`, bounded by the table).
 
@@ -87,6 +91,7 @@ from teredo.core.address import (
     is_global_ipv4,
     parse_teredo_address,
     show_endpoint,
+    teredo_mapping,
     teredo_server_ipv4,
 )
 from teredo.core.errors import LocalProtocolError, ParseError
@@ -217,6 +222,10 @@ class TeredoClient(PeeringEngine):
         self._alternates: dict[bytes, tuple[Endpoint, ...]] = {}  # §5.6: announced by peers
         self._soliciting: dict[bytes, int] = {}  # §5.7: solicitations sent so far
         self._peer_extensions: dict[bytes, PeerExtension] = {}
+        # §5.3.4.2-3: symmetric peers sent to at the mapping in their address, received from
+        # at their learned one; never in the kernel's peer map, which has one mapping a peer.
+        self._embedded_targets: dict[bytes, Endpoint] = {}
+        self.peers.unmirrored = self._embedded_targets
         self._note_server()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -349,6 +358,12 @@ class TeredoClient(PeeringEngine):
         if self._address_bytes is None:
             self.drop("not_qualified")
             return
+        if self._embedded_targets and len(packet) >= IPV6_HEADER_LENGTH:
+            target = self.forward_to_teredo(packet, now)  # RFC 6081 §5.3.4.3
+            if target is not None:
+                self.count("sent")
+                self.emit(bytes(packet), target)
+                return
         super().send_ipv6(packet, now)  # refuses other sources than ours (`required_source`)
 
     def receive_datagram(
@@ -562,7 +577,7 @@ class TeredoClient(PeeringEngine):
     def _solicit(self, address: bytes, peer: Peer, now: float) -> None:
         """A direct bubble with a TeredoDiscoverySolicitation to the peer's mapping (RFC 6081
         §5.7.4.1), within the setup budget."""
-        mapped = peer.mapped
+        mapped = self._embedded_targets.get(address, peer.mapped)  # (RFC 6081 §5.3.4.2)
         if mapped is None or self._address_bytes is None:
             return
         if not self.budget.allow(1, now, server=None, repeated=True):
@@ -644,6 +659,44 @@ class TeredoClient(PeeringEngine):
             return None
         return mapping
 
+    def _upnp_rule_applies(self) -> bool:
+        """RFC 6081 §5.3.4.2: Symmetric NAT, UPnP-enabled NAT, and the UPnP mapping zeroed
+        (a single NAT: the mapping in our address is the UPnP one, open to every peer)."""
+        return (
+            self.client_settings.extensions.upnp
+            and self.upnp_mapping is not None
+            and self.upnp_mapped is None
+            and self.qualifier.nat is NatBehaviour.SYMMETRIC
+        )
+
+    def forward_to_teredo(
+        self, packet: bytes | bytearray | memoryview, now: float
+    ) -> Endpoint | None:
+        destination = super().forward_to_teredo(packet, now)
+        if destination is not None and self._embedded_targets:
+            return self._embedded_targets.get(bytes(packet[24:40]), destination)
+        return destination
+
+    def _flush(self, address: bytes, peer: Peer, mapping: Endpoint) -> None:
+        self._choose_target(address, mapping)
+        super()._flush(address, peer, self._embedded_targets.get(address, mapping))
+
+    def _choose_target(self, address: bytes, mapping: Endpoint) -> None:
+        embedded = teredo_mapping(address)
+        if (
+            mapping != embedded
+            and self._upnp_rule_applies()
+            and is_global_ipv4(IPv4Address(mapping[0]))
+            and mapping not in self._alternates.get(address, ())
+        ):
+            # RFC 6081 §5.3.4.2-3: a symmetric peer, and we sit behind one UPnP-enabled
+            # symmetric NAT: its learned mapping takes only what comes from the endpoint it
+            # sent to, so bubbles and data go to the mapping in its address, betting that its
+            # NAT maps that port by UPnP too, as ours does. It is still received from at the
+            # learned one (the peer's symmetric NAT).
+            self._embedded_targets[address] = embedded
+            self.peers.withdraw(address)
+
     def set_upnp_mapping(self, mapping: Endpoint | None) -> None:
         """The daemon mapped (or unmapped) our port on the NAT's IGD (RFC 6081 §5.3.3)."""
         self.upnp_mapping = mapping
@@ -665,10 +718,14 @@ class TeredoClient(PeeringEngine):
         mapped = peer.mapped
         if self._address_bytes is None or mapped is None:
             return
+        self._choose_target(address, mapped)
         if mapped in self._alternates.get(address, ()) or not is_global_ipv4(
             IPv4Address(mapped[0])
         ):
             self._note_extension(address, PeerExtension.HAIRPINNING)
+        elif address in self._embedded_targets:
+            mapped = self._embedded_targets[address]  # (`_flush` chose it)
+            self._note_extension(address, PeerExtension.UPNP)
         else:
             self._note_extension(address, PeerExtension.SYMMETRIC_NAT)
         if not self.budget.allow(1, now, server=None, repeated=True):
@@ -684,6 +741,7 @@ class TeredoClient(PeeringEngine):
 
     def _on_removed(self, address: bytes, peer: Peer) -> None:
         self._drop_held(address)  # expired or evicted: its held packets can never be released
+        self._embedded_targets.pop(address, None)
         self._alternates.pop(address, None)
         self._soliciting.pop(address, None)
         self._peer_extensions.pop(address, None)
