@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -289,7 +290,7 @@ class ClientDaemon:
     control: Observers | None = None  # the control socket and metrics endpoint
     discovery: Any = None  # the local discovery UdpSocket
     upnp: UpnpPortMapping | None = None  # our port on the NAT's gateway (RFC 6081 §5.3)
-    upnp_task: asyncio.Task[None] | None = None
+    upnp_thread: threading.Thread | None = None
     started: float = field(default_factory=time.monotonic)
     configured: IPv6Address | None = None
     configured_mtu: int | None = None
@@ -524,6 +525,10 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
             daemon.kernel = open_kernel_path(
                 "client", tun=tun, udp=udp, prefix=core.settings.prefix, max_peers=config.max_peers
             )
+        if config.upnp:
+            from teredo.adapters.upnp import UpnpPortMapping
+
+            daemon.upnp = UpnpPortMapping.load()  # imports: before the privilege drop
         drop_privileges(config.user, keep=("CAP_NET_ADMIN",))
         daemon.loop = DataPath(core, udp, tun, after_flush=daemon.on_events, kernel=daemon.kernel)
         log.info(
@@ -532,8 +537,8 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
         )  # fmt: skip
         core.start(time.monotonic())
         daemon.loop.start()
-        if config.upnp:
-            daemon.upnp_task = asyncio.create_task(_map_upnp(daemon, local))
+        if daemon.upnp is not None:
+            daemon.upnp_thread = _map_upnp(daemon, local)
         if daemon.discovery is not None:
             _watch_discovery(daemon)
         service.started(f"qualifying with {servers[0]}")
@@ -587,35 +592,42 @@ def _watch_discovery(daemon: ClientDaemon) -> None:
     asyncio.get_running_loop().add_reader(sock.fileno(), readable)
 
 
-async def _map_upnp(daemon: ClientDaemon, local: tuple[str, int]) -> None:
-    """Map our port on the NAT's UPnP gateway (RFC 6081 §5.3.3) and tell the core.
+def _map_upnp(daemon: ClientDaemon, local: tuple[str, int]) -> threading.Thread:
+    """Map our port on the NAT's UPnP gateway (RFC 6081 §5.3.3) in a thread, and tell the core.
 
     RFC 6081 maps it before qualifying; this runs alongside qualification instead, so that the
     client's start never waits for SSDP discovery (up to a second, and every client without a
     gateway would pay it). The core compares the mapping with the qualified one whenever both
-    are known (§5.3.3's single-NAT rule), so the order changes nothing it decides."""
-    from teredo.adapters.upnp import UpnpPortMapping
+    are known (§5.3.3's single-NAT rule), so the order changes nothing it decides. A plain
+    thread: the executor of asyncio.to_thread imports modules on first use, which may no
+    longer be readable once privileges are dropped."""
+    upnp = daemon.upnp
+    assert upnp is not None
+    loop = asyncio.get_running_loop()
 
-    daemon.upnp = UpnpPortMapping()
-    mapping = await asyncio.to_thread(daemon.upnp.add, local)
-    if mapping is not None:
-        daemon.core.set_upnp_mapping(mapping)
+    def work() -> None:
+        mapping = upnp.add(local)
+        if mapping is not None:
+            loop.call_soon_threadsafe(daemon.core.set_upnp_mapping, mapping)
+
+    thread = threading.Thread(target=work, name="teredo-upnp", daemon=True)
+    thread.start()
+    return thread
 
 
-async def _unmap_upnp(daemon: ClientDaemon) -> None:
+def _unmap_upnp(daemon: ClientDaemon) -> None:
     """Delete the mapping at shutdown (RFC 6081 §5.3.5), after a mapping still being made."""
-    task = daemon.upnp_task
-    if task is not None and not task.done():
-        await asyncio.wait({task}, timeout=UPNP_SHUTDOWN_WAIT)
+    if daemon.upnp_thread is not None:
+        daemon.upnp_thread.join(UPNP_SHUTDOWN_WAIT)
     if daemon.upnp is not None:
-        await asyncio.to_thread(daemon.upnp.remove)
+        daemon.upnp.remove()
 
 
 async def _shutdown(daemon: ClientDaemon) -> None:
     if daemon.loop is not None:
         daemon.loop.stop()
-    if daemon.upnp_task is not None:
-        await _unmap_upnp(daemon)
+    if daemon.upnp_thread is not None:
+        _unmap_upnp(daemon)
     if daemon.discovery is not None:
         asyncio.get_running_loop().remove_reader(daemon.discovery.fileno())
         daemon.discovery.close()
