@@ -6,15 +6,18 @@ What it does, in order:
 1. reads ``miredo.conf`` unchanged (``ServerAddress``, ``ServerAddress2``, ``InterfaceName``,
    ``BindAddress``, ``BindPort``, ``SyslogFacility``) plus our ``HookScript``, ``ControlSocket``,
    ``User``, ``MaxPeers``, ``MaxQueueBytes``, ``RefreshInterval``, ``LocalDiscovery``,
-   ``FallbackServers``, ``AllowPrivateAddresses``; SERVER on the command line overrides
+   ``FallbackServers``, ``AllowPrivateAddresses`` and the RFC 6081 switches (``UPnP``,
+   ``Hairpinning``, ``ServerLoadReduction``); SERVER on the command line overrides
    ``ServerAddress``. Hostnames are resolved here (IPv4); a name that does not resolve yet is
    retried with backoff (`teredo.programs.service.retry`), as is a ``BindAddress`` not yet on
    the host.
 2. binds the UDP service port, creates the TUN interface ``InterfaceName`` (down, no address),
    opens the local discovery socket (0.0.0.0:3544 in 224.0.0.253) when ``LocalDiscovery yes``,
-   starts the hook script helper when ``HookScript`` is set, listens on the control socket, then
-   drops privileges to ``User`` keeping CAP_NET_ADMIN (address changes need it).
-3. qualifies. On `Qualified` it configures the interface through netlink as Miredo's
+   starts the hook script helper when ``HookScript`` is set, listens on the control socket,
+   imports the UPnP library when ``UPnP yes``, then drops privileges to ``User`` keeping
+   CAP_NET_ADMIN (address changes need it).
+3. qualifies, and meanwhile maps its port on the NAT's UPnP gateway in a thread
+   (`teredo.adapters.upnp`, RFC 6081 §5.3.3; unmapped at exit). On `Qualified` it configures the interface through netlink as Miredo's
    ``/etc/miredo/client-hook`` does (``InterfaceConfigurator.configure_client`` in
    `teredo.adapters.netlink`: link up with the RA's MTU, ``fe80::ffff:ffff:ffff/64``,
    ``ADDRESS/32`` -- which brings the ``2001::/32`` route -- and
