@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from teredo.core.address import TeredoAddress, parse_teredo_address
 from teredo.core.errors import ParseError, UsageError, UserError
-from teredo.lab import bgp, netns, processes
+from teredo.lab import bgp, netns, processes, upnp
 from teredo.lab.generator import generator_ruleset, read_counters, sink_ruleset
 from teredo.lab.nat import nat_ruleset
 from teredo.lab.processes import ProcessInfo
@@ -140,6 +140,8 @@ class Lab:
         self.impls = {role: resolve_impl(role, choices[role]) for role in self.roles}
         if relays > 1:
             bgp.require_bird()
+        if any(site.kind.upnp for site in self.topology.sites):
+            upnp.require_miniupnpd()
         self.ready_timeout = ready_timeout
         self.progress: Progress = progress or _quiet
         self.state: LabState | None = None
@@ -240,6 +242,7 @@ class Lab:
                 )
                 if self.relays > 1:
                     self._start_bgp()
+                self._start_upnp()
                 self._start_roles(("server", *relay_nodes(self.relays)))
                 if self.relays > 1:
                     self._wait_routed(time.monotonic())
@@ -380,6 +383,41 @@ class Lab:
             roles.append(role)
         self._wait_ready(roles, started)
 
+    def _start_upnp(self) -> None:
+        """miniupnpd on every NAT box with a UPnP IGD (upnp.py), ready on the SSDP port."""
+        assert self.state is not None
+        started = time.monotonic()
+        roles = []
+        for site in self.topology.sites:
+            if not site.kind.upnp:
+                continue
+            role = upnp_role(site.nat_node)
+            config = self.directory / f"{site.nat_node}-miniupnpd.conf"
+            leases = self.directory / f"{site.nat_node}-miniupnpd.leases"
+            pid_file = self.directory / f"{site.nat_node}-miniupnpd.pid"
+            log_path = self.directory / f"{site.nat_node}-miniupnpd.log"
+            config.write_text(
+                upnp.miniupnpd_config(self.name, site.nat_node, site.lan_network, str(leases))
+            )
+            argv = upnp.miniupnpd_argv(str(config), str(pid_file))
+            info = processes.launch(self.namespace(site.nat_node), argv, log_path)
+            self.state.roles[role] = RoleRecord(
+                role=role,
+                node=site.nat_node,
+                kind="upnp",
+                impl=upnp.PROGRAM,
+                argv=list(argv),
+                config=str(config),
+                log=str(log_path),
+                pid=info.pid,
+                starttime=info.starttime,
+                pidfile=str(pid_file),
+            )
+            save(self.state)
+            roles.append(role)
+        if roles:
+            self._wait_ready(roles, started)
+
     def _wait_routed(self, started: float) -> None:
         """Wait until the router's route to the Teredo prefix comes from BGP, from the
         preferred site (every site announces by then: the others' sessions come up alike)."""
@@ -501,6 +539,11 @@ class Lab:
                 (a, TEREDO_PORT) in bound or (IPv4Address(0), TEREDO_PORT) in bound for a in wanted
             ):
                 return f"listening on {SERVER_IPV4}:{TEREDO_PORT} and {SERVER_IPV4_2}:{TEREDO_PORT}"
+            return None
+        if record.kind == "upnp":
+            assert record.pid is not None
+            if (IPv4Address(0), upnp.SSDP_PORT) in _udp_bound(record.pid):
+                return f"UPnP IGD answering SSDP on port {upnp.SSDP_PORT}"
             return None
         if record.kind == "bgp":
             if record.control_socket is None:
@@ -689,7 +732,9 @@ class Lab:
                 entry["nat"] = self.topology.site(node.name).kind.value
             nodes.append(entry)
         roles = []
-        for role in [*self.roles, *(bgp.bgp_role(n) for n in bgp.bgp_nodes(self.relays))]:
+        upnp_roles = [upnp_role(s.nat_node) for s in self.topology.sites if s.kind.upnp]
+        bgp_roles = [bgp.bgp_role(n) for n in bgp.bgp_nodes(self.relays)]
+        for role in [*self.roles, *bgp_roles, *upnp_roles]:
             record = state.roles.get(role)
             if record is None:
                 continue
@@ -737,8 +782,14 @@ _READY_WHAT: Final = {
     "server": f"listened on UDP {TEREDO_PORT} on both server addresses",
     "relay": f"brought its {TEREDO_INTERFACE} interface up",
     "bgp": "answered birdc",
+    "upnp": f"listened for SSDP on UDP {upnp.SSDP_PORT}",
     "client": f"got a Teredo address on its {TEREDO_INTERFACE} interface",
 }
+
+
+def upnp_role(nat_node: str) -> str:
+    """The name of the UPnP IGD role on a NAT box (e.g. "upnp1" on nat1)."""
+    return "upnp" + nat_node.removeprefix("nat")
 
 
 def _udp_bound(pid: int) -> set[tuple[IPv4Address, int]]:

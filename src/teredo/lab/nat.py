@@ -10,8 +10,19 @@ do. The kinds differ in what they let in:
   (any remote port): the pair (remote address, mapped port) is recorded in the set `peers`
   after source NAT, and matching inbound packets are DNATed to the client;
 - fullcone: also new UDP to any mapped port from anyone (the set `mapped`);
-- symmetric: `masquerade fully-random`, a new random port for every new 5-tuple, and only
-  replies let in;
+- symmetric (and upnp-symmetric): `masquerade fully-random`, a new random port for every new
+  5-tuple, and only replies let in;
+- symmetric-preserving: a new mapping per destination that keeps the client's port when no
+  mapping uses that port yet (the set `used` holds the public ports in use), a random port
+  otherwise: a local port's first destination sees it unchanged, the next ones do not (the
+  port-preserving symmetric NAT of RFC 6081 §3.3); only replies let in;
+- symmetric-sequential: a new mapping per destination, ports handed out one after another
+  from SEQUENTIAL_BASE (`numgen inc`, evaluated once per new flow; RFC 6081 §3.4); only replies
+  let in;
+- address-symmetric: the port depends on the destination address and the client's port, not
+  on the destination port (a hash of both); only replies let in;
+- upnp-port-restricted and upnp-symmetric: as port-restricted and symmetric, plus the chains
+  of the box's UPnP IGD (teredo.lab.upnp), which forward the ports clients map;
 - none: no ruleset; the box is a plain router and the client has a public address.
 
 Set entries expire after MAPPING_TIMEOUT idle seconds, like conntrack's assured UDP flows.
@@ -24,9 +35,15 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Final
 
 from teredo.lab.topology import NatKind
+from teredo.lab.upnp import upnp_ruleset
 
 TABLE: Final = "teredo_lab"
 MAPPING_TIMEOUT: Final = 180  # seconds; longer than conntrack's 120 s for assured UDP flows
+# Where the sequential and address-symmetric kinds take their public ports (outside Linux's
+# ephemeral range, 32768-60999, so a client's own port is never mistaken for a mapped one).
+SEQUENTIAL_BASE: Final = 20000
+PORT_SPAN: Final = 1024
+RANDOM_KINDS: Final = (NatKind.SYMMETRIC, NatKind.UPNP_SYMMETRIC)
 
 
 def nat_ruleset(
@@ -35,10 +52,28 @@ def nat_ruleset(
     """The `nft -f` input for a NAT box of this kind, or None when the box does no NAT."""
     if kind is NatKind.NONE:
         return None
-    masquerade = "masquerade fully-random" if kind is NatKind.SYMMETRIC else "masquerade"
+    masquerade = "masquerade fully-random" if kind in RANDOM_KINDS else "masquerade"
     sets: list[str] = []
     inbound: list[str] = []
     track: list[str] = []
+    source_nat: list[str] = []
+    inside_udp = f'oifname "wan" ip saddr {lan} meta l4proto udp'
+    if kind is NatKind.SYMMETRIC_PRESERVING:
+        sets.append(_set("used", "inet_service"))
+        # Before NAT the source port is the client's: taken already means a random one.
+        source_nat.append(f"{inside_udp} udp sport @used masquerade fully-random")
+        track.append(
+            f'oifname "wan" ip saddr {wan_address} meta l4proto udp update @used {{ udp sport }}'
+        )
+    elif kind is NatKind.SYMMETRIC_SEQUENTIAL:
+        source_nat.append(
+            f"{inside_udp} snat to {wan_address} : numgen inc mod {PORT_SPAN} {_port_map()}"
+        )
+    elif kind is NatKind.ADDRESS_SYMMETRIC:
+        source_nat.append(
+            f"{inside_udp} snat to {wan_address} : "
+            f"jhash ip daddr . udp sport mod {PORT_SPAN} {_port_map()}"
+        )
     if kind is NatKind.RESTRICTED:
         sets.append(_set("peers", "ipv4_addr . inet_service"))
         track.append(
@@ -64,7 +99,7 @@ def nat_ruleset(
     lines += _chain(
         "postrouting",
         "type nat hook postrouting priority srcnat",
-        [f'oifname "wan" ip saddr {lan} {masquerade}'],
+        [*source_nat, f'oifname "wan" ip saddr {lan} {masquerade}'],
     )
     if track:
         # After source NAT (priority srcnat + 10) the packet carries the mapped port.
@@ -84,7 +119,15 @@ def nat_ruleset(
         ['iifname "wan" ct state established,related accept', 'iifname "wan" drop'],
     )
     lines.append("}")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text + upnp_ruleset() if kind.upnp else text
+
+
+def _port_map() -> str:
+    """numgen and jhash give numbers in host byte order, which snat would take as a port in
+    network byte order (20000 becomes 8270 on x86): a map turns them into ports."""
+    entries = ", ".join(f"{n} : {SEQUENTIAL_BASE + n}" for n in range(PORT_SPAN))
+    return f"map {{ {entries} }}"
 
 
 def _set(name: str, key_type: str) -> str:

@@ -64,10 +64,28 @@ class NatKind(StrEnum):
     RESTRICTED = "restricted"
     # Endpoint-independent mapping, address-and-port-dependent filtering.
     PORT_RESTRICTED = "port-restricted"
-    # Address-and-port-dependent mapping (a new random port per destination).
+    # Address-and-port-dependent mapping (a new random port per destination): RFC 6081
+    # Figure 1's "port-symmetric" NAT.
     SYMMETRIC = "symmetric"
+    # Address-and-port-dependent mapping that keeps the client's port when no mapping uses it
+    # yet (RFC 6081 §3.3): the first destination of a local port sees that port, later ones a
+    # random port.
+    SYMMETRIC_PRESERVING = "symmetric-preserving"
+    # Address-and-port-dependent mapping, ports handed out in sequence (RFC 6081 §3.4).
+    SYMMETRIC_SEQUENTIAL = "symmetric-sequential"
+    # Address-dependent mapping: one port per destination address, whatever the remote port.
+    ADDRESS_SYMMETRIC = "address-symmetric"
+    # Port-restricted and symmetric NATs with a UPnP Internet Gateway Device on the box
+    # (miniupnpd, teredo.lab.upnp): RFC 6081 §3.2.
+    UPNP_PORT_RESTRICTED = "upnp-port-restricted"
+    UPNP_SYMMETRIC = "upnp-symmetric"
     # No NAT at all: the client has a public IPv4 address behind a plain router.
     NONE = "none"
+
+    @property
+    def upnp(self) -> bool:
+        """Whether the box runs a UPnP IGD (miniupnpd) next to its NAT."""
+        return self in (NatKind.UPNP_PORT_RESTRICTED, NatKind.UPNP_SYMMETRIC)
 
 
 DEFAULT_NAT1: Final = NatKind.PORT_RESTRICTED
@@ -116,6 +134,9 @@ RELAY_ADDRESSES: Final = {
     ),
 }
 RELAY_PREFIXLEN: Final = (28, 64)
+# The NAT boxes' public side (a /28 per site), and that of boxes with a UPnP IGD.
+NAT_PUBLIC: Final = "203.0.113"
+UPNP_PUBLIC: Final = "203.0.114"
 GENERATOR_IPV4: Final = IPv4Address("198.51.100.50")
 GENERATOR_IPV6: Final = IPv6Address("2001:db8:4::2")
 # The generator's fake Teredo clients live here (RFC 6598 shared address space).
@@ -229,8 +250,11 @@ def _v6(text: str) -> IPv6Interface:
 
 def _site(index: int, kind: NatKind) -> Site:
     # Site n: the NAT's public /28 is 203.0.113.16(n-1)/28; behind it 10.n.0.0/24, or with no
-    # NAT a public /28 at 203.0.113.(64 + 16(n-1)) routed to the NAT box by the router.
+    # NAT a public /28 at 203.0.113.(64 + 16(n-1)) routed to the NAT box by the router. A box
+    # with a UPnP IGD sits in 203.0.114.16(n-1)/28 instead: miniupnpd refuses to forward ports
+    # on an address of the documentation ranges (docs/lab-notes.md).
     base = 16 * (index - 1)
+    public = UPNP_PUBLIC if kind.upnp else NAT_PUBLIC
     if kind is NatKind.NONE:
         inside = 64 + base
         lan, client = _v4(f"203.0.113.{inside + 1}/28"), _v4(f"203.0.113.{inside + 2}/28")
@@ -240,7 +264,7 @@ def _site(index: int, kind: NatKind) -> Site:
         nat_node=f"nat{index}",
         client_node=f"cli{index}",
         kind=kind,
-        wan=_v4(f"203.0.113.{base + 2}/28"),
+        wan=_v4(f"{public}.{base + 2}/28"),
         lan=lan,
         client=client,
     )
