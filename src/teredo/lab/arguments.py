@@ -57,6 +57,19 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
         metavar="KIND",
         help="NAT in front of client2 (default fullcone)",
     )
+    parser.add_argument(
+        "--same-nat",
+        action="store_true",
+        help="put both clients behind NAT box 1 (of kind --nat1; --nat2 is not used), each on "
+        "its own inside interface and /24",
+    )
+    parser.add_argument(
+        "--hairpinning",
+        choices=("yes", "no"),
+        default="yes",
+        help="with --same-nat: whether NAT box 1 forwards a client's packets sent to the "
+        "other client's public mapping (yes, the default) or drops them (no)",
+    )
     for role in ("server", "relay", "client1", "client2"):
         parser.add_argument(
             f"--{role}",

@@ -116,12 +116,15 @@ class Lab:
         generator: bool = False,
         ours_config: dict[str, list[str]] | None = None,
         relays: int = 1,
+        same_nat: bool = False,
+        hairpinning: bool = True,
     ) -> None:
         self.name = check_name(name)
         self.generator = generator
         if relays not in (1, len(RELAY_SITES)):
             raise UsageError(f"a lab has 1 or {len(RELAY_SITES)} relays, not {relays}")
         self.relays = relays
+        self.hairpinning = hairpinning
         self.roles = roles_for(relays)
         self.ours_config = {role: list(lines) for role, lines in (ours_config or {}).items()}
         unknown = sorted(set(self.ours_config) - set(self.roles) - {"relay"})
@@ -131,7 +134,11 @@ class Lab:
             )
         try:
             self.topology: Topology = build_topology(
-                NatKind(nat1), NatKind(nat2), generator=generator, relays=relays
+                NatKind(nat1),
+                NatKind(nat2),
+                generator=generator,
+                relays=relays,
+                same_nat=same_nat,
             )
         except ValueError as error:
             raise UsageError(f"{error}; NAT kinds are {', '.join(NatKind)}") from None
@@ -194,6 +201,8 @@ class Lab:
             generator=GENERATOR_NODE in state.namespaces,
             ours_config=state.ours_config,
             relays=len(RELAY_SITES) if RELAY_SITES[0] in state.namespaces else 1,
+            same_nat=state.same_nat,
+            hairpinning=state.hairpinning,
         )
         lab.impls = {
             role: Impl(record.impl) for role, record in state.roles.items() if role in lab.roles
@@ -207,6 +216,16 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+    @property
+    def nat_description(self) -> str:
+        """E.g. "NAT1 symmetric, NAT2 fullcone", or "both clients behind NAT1 symmetric
+        (hairpinning no)" with `same_nat`."""
+        first, second = (site.kind.value for site in self.topology.sites)
+        if self.topology.same_nat:
+            hairpinning = "yes" if self.hairpinning else "no"
+            return f"both clients behind NAT1 {first} (hairpinning {hairpinning})"
+        return f"NAT1 {first}, NAT2 {second}"
 
     # -- bring up ---------------------------------------------------------------------------
 
@@ -229,6 +248,8 @@ class Lab:
             nat2,
             namespaces={node: f"{self.name}-{node}" for node in self.nodes},
             ours_config=self.ours_config,
+            same_nat=self.topology.same_nat,
+            hairpinning=self.hairpinning,
         )
         claim(state)
         self.state = state
@@ -237,7 +258,7 @@ class Lab:
                 started = time.monotonic()
                 self._build()
                 self.progress(
-                    f"built {len(self.nodes)} namespaces {self.name}-*, NAT1 {nat1}, NAT2 {nat2} "
+                    f"built {len(self.nodes)} namespaces {self.name}-*, {self.nat_description} "
                     f"({time.monotonic() - started:.1f} s)"
                 )
                 if self.relays > 1:
@@ -307,7 +328,17 @@ class Lab:
                 "CAP_NET_ADMIN and a kernel with network namespaces, veth and IPv6"
             ) from error
         for site in topology.sites:
-            ruleset = nat_ruleset(site.kind, site.lan_network, site.wan.ip, site.client.ip)
+            box = topology.box_sites(site.nat_node)
+            if site is not box[0]:
+                continue  # one ruleset per box
+            ruleset = nat_ruleset(
+                site.kind,
+                site.lan_network,
+                site.wan.ip,
+                site.client.ip,
+                second_lan=box[1].lan_network if len(box) > 1 else None,
+                hairpinning=self.hairpinning,
+            )
             if ruleset is not None:
                 netns.load_nftables(self.namespace(site.nat_node), ruleset)
         if self.generator:
@@ -389,7 +420,8 @@ class Lab:
         started = time.monotonic()
         roles = []
         for site in self.topology.sites:
-            if not site.kind.upnp:
+            box = self.topology.box_sites(site.nat_node)
+            if not site.kind.upnp or site is not box[0]:
                 continue
             role = upnp_role(site.nat_node)
             config = self.directory / f"{site.nat_node}-miniupnpd.conf"
@@ -397,7 +429,12 @@ class Lab:
             pid_file = self.directory / f"{site.nat_node}-miniupnpd.pid"
             log_path = self.directory / f"{site.nat_node}-miniupnpd.log"
             config.write_text(
-                upnp.miniupnpd_config(self.name, site.nat_node, site.lan_network, str(leases))
+                upnp.miniupnpd_config(
+                    self.name,
+                    site.nat_node,
+                    [(s.lan_ifname, s.lan_network) for s in box],
+                    str(leases),
+                )
             )
             argv = upnp.miniupnpd_argv(str(config), str(pid_file))
             info = processes.launch(self.namespace(site.nat_node), argv, log_path)
@@ -732,7 +769,7 @@ class Lab:
                 entry["nat"] = self.topology.site(node.name).kind.value
             nodes.append(entry)
         roles = []
-        upnp_roles = [upnp_role(s.nat_node) for s in self.topology.sites if s.kind.upnp]
+        upnp_roles = sorted({upnp_role(s.nat_node) for s in self.topology.sites if s.kind.upnp})
         bgp_roles = [bgp.bgp_role(n) for n in bgp.bgp_nodes(self.relays)]
         for role in [*self.roles, *bgp_roles, *upnp_roles]:
             record = state.roles.get(role)
@@ -758,6 +795,8 @@ class Lab:
             "phase": state.phase,
             "state_dir": str(self.directory),
             "nat": {site.nat_node: site.kind.value for site in self.topology.sites},
+            "same_nat": self.topology.same_nat,
+            "hairpinning": self.hairpinning if self.topology.same_nat else None,
             "nodes": nodes,
             "roles": roles,
         }

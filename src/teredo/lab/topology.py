@@ -205,6 +205,7 @@ class Site:
     wan: IPv4Interface  # the NAT's public address
     lan: IPv4Interface  # the NAT's inside address (the client's gateway)
     client: IPv4Interface  # the client's address
+    lan_ifname: str = "lan"  # the NAT box's interface toward the client
 
     @property
     def lan_network(self) -> IPv4Network:
@@ -234,10 +235,19 @@ class Topology:
         raise KeyError(name)
 
     def site(self, nat_node: str) -> Site:
+        """The (first) site of a NAT box."""
         for site in self.sites:
             if site.nat_node == nat_node:
                 return site
         raise KeyError(nat_node)
+
+    def box_sites(self, nat_node: str) -> tuple[Site, ...]:
+        """Every site behind one NAT box: two with `same_nat`, else one."""
+        return tuple(site for site in self.sites if site.nat_node == nat_node)
+
+    @property
+    def same_nat(self) -> bool:
+        return self.sites[0].nat_node == self.sites[1].nat_node
 
 
 def _v4(text: str) -> IPv4Interface:
@@ -270,6 +280,17 @@ def _site(index: int, kind: NatKind) -> Site:
     )
 
 
+def _same_nat_site(first: Site) -> Site:
+    """Client 2 behind NAT box 1 (`same_nat`): its own /24 on a second inside interface of
+    the box, so that traffic between the two clients crosses the box, as it does through a
+    home router's switch; with NAT kind "none" the next public /28, routed to the box too."""
+    if first.kind is NatKind.NONE:
+        lan, client = _v4("203.0.113.81/28"), _v4("203.0.113.82/28")
+    else:
+        lan, client = _v4("10.1.1.1/24"), _v4("10.1.1.2/24")
+    return Site(first.nat_node, "cli2", first.kind, first.wan, lan, client, "lan2")
+
+
 def router_side(site: Site) -> IPv4Interface:
     """The router's address on the link to a site's NAT box."""
     return IPv4Interface((IPv4Address(int(site.wan.ip) - 1), site.wan.network.prefixlen))
@@ -286,12 +307,15 @@ def build_topology(
     *,
     generator: bool = False,
     relays: int = 1,
+    same_nat: bool = False,
 ) -> Topology:
     """The whole lab for the given NAT kinds, with the generator node when asked for, and one
-    relay (its route static) or two relay sites (their routes from BGP)."""
+    relay (its route static) or two relay sites (their routes from BGP). With `same_nat` both
+    clients sit behind NAT box 1 (of kind `nat1`) and there is no nat2."""
     if relays not in (1, len(RELAY_SITES)):
         raise ValueError(f"a lab has 1 or {len(RELAY_SITES)} relays, not {relays}")
-    sites = (_site(1, nat1), _site(2, nat2))
+    first = _site(1, nat1)
+    sites = (first, _same_nat_site(first) if same_nat else _site(2, nat2))
     default4 = IPv4Network("0.0.0.0/0")
     default6 = IPv6Network("::/0")
     v4_len, v6_len = RELAY_PREFIXLEN
@@ -317,20 +341,25 @@ def build_topology(
     links.append(Link("inet", "v6", "v6", "eth0"))
     site_nodes: list[Node] = []
     for site in sites:
-        inet_ifaces.append(Interface(site.nat_node, (router_side(site),)))
         if site.kind is NatKind.NONE:
             inet_routes.append(Route(site.lan_network, site.wan.ip))
-        links.append(Link("inet", site.nat_node, site.nat_node, "wan"))
-        links.append(Link(site.nat_node, "lan", site.client_node, "eth0"))
-        site_nodes.append(
-            Node(
-                site.nat_node,
-                "nat",
-                (Interface("wan", (site.wan,)), Interface("lan", (site.lan,))),
-                (Route(default4, router_side(site).ip),),
-                (*COMMON_SYSCTLS, IPV4_FORWARDING),
+        links.append(Link(site.nat_node, site.lan_ifname, site.client_node, "eth0"))
+        box = [s for s in sites if s.nat_node == site.nat_node]
+        if site is box[0]:  # one box, however many clients behind it
+            inet_ifaces.append(Interface(site.nat_node, (router_side(site),)))
+            links.append(Link("inet", site.nat_node, site.nat_node, "wan"))
+            site_nodes.append(
+                Node(
+                    site.nat_node,
+                    "nat",
+                    (
+                        Interface("wan", (site.wan,)),
+                        *(Interface(s.lan_ifname, (s.lan,)) for s in box),
+                    ),
+                    (Route(default4, router_side(site).ip),),
+                    (*COMMON_SYSCTLS, IPV4_FORWARDING),
+                )
             )
-        )
         site_nodes.append(
             Node(
                 site.client_node,
