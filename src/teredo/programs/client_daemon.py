@@ -55,6 +55,7 @@ from teredo.core.address import CLIENT_LINK_LOCAL, DISCOVERY_GROUP, TEREDO_PORT
 from teredo.core.client import CLIENT_IDLE_TIMEOUT, ClientSettings, TeredoClient, summarize_peer
 from teredo.core.config import DEFAULT_CONFIG_PATH, ClientConfig, parse_client_config
 from teredo.core.errors import UserError
+from teredo.core.extensions import Extensions
 from teredo.core.peering import PeeringSettings
 from teredo.core.qualification import (
     AddressChanged,
@@ -74,11 +75,13 @@ from teredo.programs.status import merge_counters
 
 if TYPE_CHECKING:
     from teredo.adapters.bpf import KernelDataPath
+    from teredo.adapters.upnp import UpnpPortMapping
 
 log = logging.getLogger(__name__)
 
 SECRET_BYTES: Final = 32
 MAX_PEERS_IN_STATUS: Final = 32
+UPNP_SHUTDOWN_WAIT: Final = 5.0  # seconds a mapping still being made may delay shutdown
 HOOK_TIMEOUT: Final = 30.0  # seconds a hook script may run
 HOOK_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOOK_VARIABLES: Final = {
@@ -162,6 +165,11 @@ def client_settings(
         refresh_interval=float(config.refresh_interval),
         local_discovery=config.local_discovery,
         key=key,
+        extensions=Extensions(
+            upnp=config.upnp,
+            hairpinning=config.hairpinning,
+            server_load_reduction=config.server_load_reduction,
+        ),
     )
 
 
@@ -280,6 +288,8 @@ class ClientDaemon:
     hook: HookRunner | None = None
     control: Observers | None = None  # the control socket and metrics endpoint
     discovery: Any = None  # the local discovery UdpSocket
+    upnp: UpnpPortMapping | None = None  # our port on the NAT's gateway (RFC 6081 §5.3)
+    upnp_task: asyncio.Task[None] | None = None
     started: float = field(default_factory=time.monotonic)
     configured: IPv6Address | None = None
     configured_mtu: int | None = None
@@ -402,8 +412,8 @@ class ClientDaemon:
         return ", ".join(words)
 
     def status(self) -> dict[str, Any]:
-        core = self.core.status()
         now = time.monotonic()
+        core = self.core.status(now)
         peers = sorted(
             self.core.peers.items(), key=lambda item: -max(item[1].last_rx, item[1].last_tx)
         )
@@ -420,7 +430,8 @@ class ClientDaemon:
         }
         document.update((key, value) for key, value in core.items() if key not in document)
         document["peer_list"] = [
-            summarize_peer(address, peer, now) for address, peer in peers[:MAX_PEERS_IN_STATUS]
+            summarize_peer(address, peer, now, self.core.peer_extensions(address))
+            for address, peer in peers[:MAX_PEERS_IN_STATUS]
         ]
         io = self.loop.counters() if self.loop is not None else {}
         document["counters"] = merge_counters(core["counters"], io)
@@ -441,6 +452,7 @@ class ClientDaemon:
                 "user": "User",
                 "hook_script": "HookScript",
                 "local_discovery": "LocalDiscovery",
+                "upnp": "UPnP",
             },
         )
         kept = self.loaded.config
@@ -520,6 +532,8 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
         )  # fmt: skip
         core.start(time.monotonic())
         daemon.loop.start()
+        if config.upnp:
+            daemon.upnp_task = asyncio.create_task(_map_upnp(daemon, local))
         if daemon.discovery is not None:
             _watch_discovery(daemon)
         service.started(f"qualifying with {servers[0]}")
@@ -573,9 +587,35 @@ def _watch_discovery(daemon: ClientDaemon) -> None:
     asyncio.get_running_loop().add_reader(sock.fileno(), readable)
 
 
+async def _map_upnp(daemon: ClientDaemon, local: tuple[str, int]) -> None:
+    """Map our port on the NAT's UPnP gateway (RFC 6081 §5.3.3) and tell the core.
+
+    RFC 6081 maps it before qualifying; this runs alongside qualification instead, so that the
+    client's start never waits for SSDP discovery (up to a second, and every client without a
+    gateway would pay it). The core compares the mapping with the qualified one whenever both
+    are known (§5.3.3's single-NAT rule), so the order changes nothing it decides."""
+    from teredo.adapters.upnp import UpnpPortMapping
+
+    daemon.upnp = UpnpPortMapping()
+    mapping = await asyncio.to_thread(daemon.upnp.add, local)
+    if mapping is not None:
+        daemon.core.set_upnp_mapping(mapping)
+
+
+async def _unmap_upnp(daemon: ClientDaemon) -> None:
+    """Delete the mapping at shutdown (RFC 6081 §5.3.5), after a mapping still being made."""
+    task = daemon.upnp_task
+    if task is not None and not task.done():
+        await asyncio.wait({task}, timeout=UPNP_SHUTDOWN_WAIT)
+    if daemon.upnp is not None:
+        await asyncio.to_thread(daemon.upnp.remove)
+
+
 async def _shutdown(daemon: ClientDaemon) -> None:
     if daemon.loop is not None:
         daemon.loop.stop()
+    if daemon.upnp_task is not None:
+        await _unmap_upnp(daemon)
     if daemon.discovery is not None:
         asyncio.get_running_loop().remove_reader(daemon.discovery.fileno())
         daemon.discovery.close()
