@@ -2,19 +2,17 @@
 
 Server load reduction (RFC 6081 §3.6, §5.7): after the peers have been silent for longer than
 the 30 s a peer stays valid, a packet revalidates the peer with a direct bubble carrying a
-TeredoDiscoverySolicitation, answered by an advertisement, without its server. The status
-says so (netsh-style state, the extension's peer count). The hairpinning extension (§5.6)
-and the UPnP extension (§5.3) need the lab's `--same-nat` and `upnp-*` NAT kinds; their fake
-network tests are in tests/unit/test_client.py.
+TeredoDiscoverySolicitation, answered by an advertisement, without its server. Hairpinning
+(§3.5, §5.6): two clients behind one NAT (`same_nat`), which hairpins or not. UPnP (§3.2,
+§5.3): the `upnp-*` NAT kinds run miniupnpd; the client maps its port, peers behind UPnP
+symmetric NATs reach each other, and the mapping goes when the client stops. The status says
+so throughout (netsh-style state, NAT behaviours, each extension's peer count).
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -65,68 +63,77 @@ def test_status_shows_the_local_mapping_and_the_nat(lab: Lab) -> None:
     assert status["upnp_mapped"] is None  # no gateway in this lab: the client went on without
 
 
-# A UPnP gateway in NAT box 1: miniupnpd (its nftables backend) with chains of its own that
-# accept by default, so that the box's own ruleset still decides everything else.
-MINIUPNPD_RULES = """table inet miniupnpd {
-  chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
-  chain miniupnpd { }
-  chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_up; }
-  chain prerouting_up { }
-  chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_up; }
-  chain postrouting_up { }
-}
-"""
-MINIUPNPD_CONFIG = """ext_ifname=wan
-listening_ip=lan
-enable_upnp=yes
-enable_natpmp=no
-secure_mode=yes
-uuid=3b1c1f6e-4d2f-4e0a-9b0e-0c3ad1f00d01
-upnp_table_name=miniupnpd
-upnp_nat_table_name=miniupnpd
-upnp_forward_chain=miniupnpd
-upnp_nat_chain=prerouting_up
-upnp_nat_postrouting_chain=postrouting_up
-allow 1024-65535 10.1.0.0/24 1024-65535
-deny 0-65535 0.0.0.0/0 0-65535
-"""
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.5)
+    return condition()
 
 
-def test_the_client_asks_a_real_gateway_and_goes_on_when_refused(lab: Lab) -> None:
-    """RFC 6081 §5.3.3 with the real library against a real IGD. miniupnpd 2.3.1 refuses to
-    map on an outside address in 203.0.113.0/24 (documentation space, which the lab's Internet
-    uses), so AddPortMapping fails: the client must say so in one line and go on qualified
-    (the mapping itself waits for the lab's `upnp-*` NAT kinds)."""
-    if shutil.which("miniupnpd") is None:
-        pytest.skip("miniupnpd is not installed (Debian: miniupnpd-nftables)")
-    namespace = lab.namespace("nat1")
-    rules = lab.directory / "miniupnpd.nft"
-    rules.write_text(MINIUPNPD_RULES)
-    config = lab.directory / "miniupnpd.conf"
-    config.write_text(MINIUPNPD_CONFIG)
-    subprocess.run(["ip", "netns", "exec", namespace, "nft", "-f", str(rules)], check=True)
-    with open(lab.directory / "miniupnpd.log", "w") as output:
-        gateway = subprocess.Popen(
-            ["ip", "netns", "exec", namespace, "miniupnpd", "-f", str(config), "-d"],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        lab.restart_role("client1")
-        log = Path(lab._require_state().roles["client1"].log)
+def ping_both_ways(lab: Lab) -> None:
+    for source, target in (("cli1", "cli2"), ("cli2", "cli1")):
+        result = lab.ping(source, teredo_of(lab, target), count=6)
+        assert result.ok, result.output
 
-        def asked() -> bool:
-            return "UPnP:" in log.read_text()
 
-        end = time.monotonic() + 20
-        while not asked() and time.monotonic() < end:
-            time.sleep(0.5)
-        text = log.read_text()
-        assert "UPnP:" in text, text
-        assert "Traceback" not in text, text
-        assert teredo_of(lab, "cli1") is not None
+# -- hairpinning (RFC 6081 §3.5, §5.6): two clients behind one NAT -------------------------------
+
+
+@pytest.mark.parametrize("hairpinning", [False, True])
+def test_two_clients_behind_one_nat_meet(hairpinning: bool) -> None:
+    """Without local discovery, whether or not the NAT hairpins: the Alternate Address trailer
+    names each client's local endpoint, and they meet there (or through the NAT)."""
+    with built_lab(
+        "th", nat1="port-restricted", same_nat=True, hairpinning=hairpinning,
+        server="ours", relay="ours", client1="ours", client2="ours",
+    ) as lab:  # fmt: skip
+        ping_both_ways(lab)
         status = daemon_status(lab, "cli1")
-        assert status["client_state"] in ("qualified", "dormant")
-    finally:
-        gateway.terminate()
-        gateway.wait(timeout=10)
+        assert status["counters"].get("alternate_addresses_sent", 0) >= 1
+        if not hairpinning:
+            assert status["peers_hairpinning"] == 1, status["peer_list"]
+            (peer,) = status["peer_list"]
+            assert peer["mapped"].startswith("10."), peer  # the LAN, not the NAT
+
+
+def test_without_the_extension_a_non_hairpinning_nat_keeps_them_apart() -> None:
+    off = ["Hairpinning no"]
+    with built_lab(
+        "tn", nat1="port-restricted", same_nat=True, hairpinning=False,
+        server="ours", relay="ours", client1="ours", client2="ours",
+        ours_config={"client1": off, "client2": off},
+    ) as lab:  # fmt: skip
+        result = lab.ping("cli1", teredo_of(lab, "cli2"), count=4)
+        assert not result.ok, result.output
+
+
+# -- UPnP (RFC 6081 §3.2, §5.3): miniupnpd on the NAT boxes ------------------------------------
+
+
+@pytest.mark.parametrize("nat2", ["upnp-symmetric", "upnp-port-restricted"])
+def test_upnp_symmetric_nats_reach_each_other(nat2: str) -> None:
+    """RFC 6081 Figure 1, "SNS + UPnP". The client maps its port on its NAT's gateway before it
+    qualifies. These boxes open the mapped port to everyone but send the client's own traffic
+    from other ports (miniupnpd's DNAT; the symmetric box's random ports), so the server sees
+    another mapping than the UPnP one: the client offers the UPnP mapping in the Alternate
+    Address trailer of its indirect bubbles (RFC 6081 §5.6.3), and the peer's direct bubble
+    there opens the way both ways. At exit the mapping is deleted (RFC 6081 §5.3.5)."""
+    with built_lab(
+        "tu", nat1="upnp-symmetric", nat2=nat2, server="ours", relay="ours",
+        client1="ours", client2="ours",
+    ) as lab:  # fmt: skip
+        status = daemon_status(lab, "cli1")
+        assert "upnp" in status["nat_behaviours"], status
+        assert status["nat"] == "symmetric"
+        assert status["upnp_mapped"] is not None
+        ping_both_ways(lab)
+        port = status["upnp_mapped"].rsplit(":", 1)[1]
+        assert f"UDP {port}->" in port_mappings(lab), port_mappings(lab)
+        lab.restart_role("client1")  # SIGTERM, then a new client on another port
+        assert wait_for(lambda: f"UDP {port}->" not in port_mappings(lab)), port_mappings(lab)
+
+
+def port_mappings(lab: Lab) -> str:
+    """What the gateway of NAT box 1 lists (upnpc -l, from client 1's namespace)."""
+    result = lab.exec("cli1", ["upnpc", "-l"], timeout=20)
+    return result.stdout

@@ -16,8 +16,9 @@ What it does, in order:
    starts the hook script helper when ``HookScript`` is set, listens on the control socket,
    imports the UPnP library when ``UPnP yes``, then drops privileges to ``User`` keeping
    CAP_NET_ADMIN (address changes need it).
-3. qualifies, and meanwhile maps its port on the NAT's UPnP gateway in a thread
-   (`teredo.adapters.upnp`, RFC 6081 §5.3.3; unmapped at exit). On `Qualified` it configures the interface through netlink as Miredo's
+3. maps its port on the NAT's UPnP gateway first when ``UPnP yes`` (`teredo.adapters.upnp`,
+   in a thread, RFC 6081 §5.3.3; unmapped at exit), then qualifies. On `Qualified` it
+   configures the interface through netlink as Miredo's
    ``/etc/miredo/client-hook`` does (``InterfaceConfigurator.configure_client`` in
    `teredo.adapters.netlink`: link up with the RA's MTU, ``fe80::ffff:ffff:ffff/64``,
    ``ADDRESS/32`` -- which brings the ``2001::/32`` route -- and
@@ -538,10 +539,13 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
             "Teredo client on UDP %s:%d (seen as %s), interface %s, servers %s",
             udp.local[0], udp.local[1], local, tun.name, ", ".join(str(s) for s in servers),
         )  # fmt: skip
+        if daemon.upnp is not None:
+            service.status("mapping the Teredo port on the NAT's UPnP gateway")
+            mapping = await _map_upnp(daemon, local)
+            if mapping is not None:
+                core.set_upnp_mapping(mapping)
         core.start(time.monotonic())
         daemon.loop.start()
-        if daemon.upnp is not None:
-            daemon.upnp_thread = _map_upnp(daemon, local)
         if daemon.discovery is not None:
             _watch_discovery(daemon)
         service.started(f"qualifying with {servers[0]}")
@@ -595,27 +599,31 @@ def _watch_discovery(daemon: ClientDaemon) -> None:
     asyncio.get_running_loop().add_reader(sock.fileno(), readable)
 
 
-def _map_upnp(daemon: ClientDaemon, local: tuple[str, int]) -> threading.Thread:
-    """Map our port on the NAT's UPnP gateway (RFC 6081 §5.3.3) in a thread, and tell the core.
+async def _map_upnp(daemon: ClientDaemon, local: tuple[str, int]) -> tuple[str, int] | None:
+    """Map our port on the NAT's UPnP gateway (RFC 6081 §5.3.3), before qualifying.
 
-    RFC 6081 maps it before qualifying; this runs alongside qualification instead, so that the
-    client's start never waits for SSDP discovery (up to a second, and every client without a
-    gateway would pay it). The core compares the mapping with the qualified one whenever both
-    are known (§5.3.3's single-NAT rule), so the order changes nothing it decides. A plain
-    thread: the executor of asyncio.to_thread imports modules on first use, which may no
-    longer be readable once privileges are dropped."""
+    The order matters: a NAT that gives the mapped port to the client's own traffic only when
+    the mapping exists (miniupnpd's SNAT rule, a symmetric NAT's port preservation) shows the
+    server the mapped port only if the mapping came first; then the address names the UPnP
+    mapping, open to every peer. The calls block (SSDP discovery listens up to
+    `teredo.adapters.upnp.DISCOVERY_DELAY_MS`), so they run in a thread while the event loop
+    goes on; a plain thread, because asyncio.to_thread's executor imports modules on first
+    use, which may no longer be readable once privileges are dropped."""
     upnp = daemon.upnp
     assert upnp is not None
     loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[str, int] | None] = loop.create_future()
+
+    def finish(mapping: tuple[str, int] | None) -> None:
+        if not done.done():
+            done.set_result(mapping)
 
     def work() -> None:
-        mapping = upnp.add(local)
-        if mapping is not None:
-            loop.call_soon_threadsafe(daemon.core.set_upnp_mapping, mapping)
+        loop.call_soon_threadsafe(finish, upnp.add(local))
 
-    thread = threading.Thread(target=work, name="teredo-upnp", daemon=True)
-    thread.start()
-    return thread
+    daemon.upnp_thread = threading.Thread(target=work, name="teredo-upnp", daemon=True)
+    daemon.upnp_thread.start()
+    return await done
 
 
 def _unmap_upnp(daemon: ClientDaemon) -> None:
