@@ -23,7 +23,10 @@ from teredo.core.address import Endpoint
 
 log = logging.getLogger(__name__)
 
-DISCOVERY_DELAY_MS: Final = 1000  # how long SSDP discovery listens for gateways
+# How long SSDP discovery listens for gateways, per search (miniupnpc searches for several
+# device types in turn: without a gateway, start-up waits about 4 times this). A gateway on the
+# LAN answers within milliseconds.
+DISCOVERY_DELAY_MS: Final = 250
 DESCRIPTION: Final = "TEREDO"  # RFC 6081 §5.3.3: NewPortMappingDescription
 
 
@@ -55,10 +58,15 @@ class UpnpPortMapping:
         client.discoverdelay = DISCOVERY_DELAY_MS
         host, port = local
         try:
-            if not client.discover():
-                log.info("UPnP: no Internet gateway answered; going on without UPnP")
-                return None
-            client.selectigd()
+            found = client.discover()
+            if found:
+                client.selectigd()
+        except Exception:  # miniupnpc raises a bare Exception, often with errno 0's "Success"
+            found = 0
+        if not found:
+            log.info("UPnP: no Internet gateway answered; going on without UPnP")
+            return None
+        try:
             # RFC 6081 §5.3.3: NewRemoteHost "", NewExternalPort and NewInternalPort the local
             # port, UDP, NewInternalClient the local address, enabled, "TEREDO", lease 0.
             if not client.addportmapping(port, "UDP", host, port, DESCRIPTION, ""):

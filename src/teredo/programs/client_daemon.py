@@ -43,6 +43,7 @@ HookScript: it redoes what netlink already did.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -87,6 +88,7 @@ log = logging.getLogger(__name__)
 SECRET_BYTES: Final = 32
 MAX_PEERS_IN_STATUS: Final = 32
 UPNP_SHUTDOWN_WAIT: Final = 5.0  # seconds a mapping still being made may delay shutdown
+UPNP_START_WAIT: Final = 1.5  # seconds start-up waits for the UPnP mapping, at most
 HOOK_TIMEOUT: Final = 30.0  # seconds a hook script may run
 HOOK_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOOK_VARIABLES: Final = {
@@ -541,9 +543,7 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
         )  # fmt: skip
         if daemon.upnp is not None:
             service.status("mapping the Teredo port on the NAT's UPnP gateway")
-            mapping = await _map_upnp(daemon, local)
-            if mapping is not None:
-                core.set_upnp_mapping(mapping)
+            await _map_upnp(daemon, local)
         core.start(time.monotonic())
         daemon.loop.start()
         if daemon.discovery is not None:
@@ -599,8 +599,9 @@ def _watch_discovery(daemon: ClientDaemon) -> None:
     asyncio.get_running_loop().add_reader(sock.fileno(), readable)
 
 
-async def _map_upnp(daemon: ClientDaemon, local: tuple[str, int]) -> tuple[str, int] | None:
-    """Map our port on the NAT's UPnP gateway (RFC 6081 §5.3.3), before qualifying.
+async def _map_upnp(daemon: ClientDaemon, local: tuple[str, int]) -> None:
+    """Map our port on the NAT's UPnP gateway (RFC 6081 §5.3.3), before qualifying, and give
+    the mapping to the core.
 
     The order matters: a NAT that gives the mapped port to the client's own traffic only when
     the mapping exists (miniupnpd's SNAT rule, a symmetric NAT's port preservation) shows the
@@ -608,22 +609,30 @@ async def _map_upnp(daemon: ClientDaemon, local: tuple[str, int]) -> tuple[str, 
     mapping, open to every peer. The calls block (SSDP discovery listens up to
     `teredo.adapters.upnp.DISCOVERY_DELAY_MS`), so they run in a thread while the event loop
     goes on; a plain thread, because asyncio.to_thread's executor imports modules on first
-    use, which may no longer be readable once privileges are dropped."""
+    use, which may no longer be readable once privileges are dropped. Start-up waits for it
+    `UPNP_START_WAIT` at most: a gateway answers within that, while a LAN without one would
+    hold the client back the whole discovery (about 4 s with miniupnpc); a later mapping still
+    reaches the core, which offers it as an alternate address then (RFC 6081 §5.6)."""
     upnp = daemon.upnp
     assert upnp is not None
     loop = asyncio.get_running_loop()
     done: asyncio.Future[tuple[str, int] | None] = loop.create_future()
 
     def finish(mapping: tuple[str, int] | None) -> None:
+        if mapping is not None:
+            daemon.core.set_upnp_mapping(mapping)
         if not done.done():
             done.set_result(mapping)
 
     def work() -> None:
-        loop.call_soon_threadsafe(finish, upnp.add(local))
+        mapping = upnp.add(local)
+        # RuntimeError: the daemon stopped meanwhile; `_unmap_upnp` removes the mapping.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(finish, mapping)
 
     daemon.upnp_thread = threading.Thread(target=work, name="teredo-upnp", daemon=True)
     daemon.upnp_thread.start()
-    return await done
+    await asyncio.wait({done}, timeout=UPNP_START_WAIT)
 
 
 def _unmap_upnp(daemon: ClientDaemon) -> None:
