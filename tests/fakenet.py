@@ -16,7 +16,10 @@ in `log` so tests can assert what went where.
 Time: `FakeNetwork.advance(now, until)` is the clock-driven loop: it settles the network, then
 fires the earliest timer of any node whose core has `get_timer()`/`handle_timer(now)`, and so on
 until `until`; tests never sleep.
-Also: `Nat(..., port_preserving=True)` keeps the inside port when free (Linux masquerade),
+Also: `Nat(..., port_preserving=True)` keeps the inside port when free (Linux masquerade);
+ports are otherwise allocated in sequence (RFC 6081 §3.4's sequential port-symmetric NAT), or at
+random with `random_ports=True` (the figure's plain symmetric NAT); `add_port_mapping` is a UPnP
+gateway's (RFC 6081 §3.2);
 `hairpin=False` refuses datagrams from the LAN to the NAT's own public address, `Nat.reset()`
 forgets all mappings (a NAT reboot: new ports); datagrams between two nodes behind the same NAT
 go directly (the LAN), and datagrams to 224.0.0.253 reach every other node of the LAN (local
@@ -36,6 +39,7 @@ NAT behaviours (RFC 4787 terms):
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
@@ -74,6 +78,7 @@ class Nat:
         *,
         port_preserving: bool = False,
         hairpin: bool = True,
+        random_ports: bool = False,
     ) -> None:
         if kind not in NAT_KINDS:
             raise ValueError(f"unknown NAT kind {kind!r}")
@@ -81,6 +86,13 @@ class Nat:
         self.kind = kind
         self.port_preserving = port_preserving
         self.hairpin = hairpin
+        self._random = random.Random(public_ip) if random_ports else None
+        # UPnP IGD mappings: public port -> private endpoint, open to every remote.
+        self._upnp: dict[int, Endpoint] = {}
+        # (private, remote) -> UPnP port: remotes that came in through one, answered from it
+        # (conntrack reverses the DNAT for the reply direction).
+        self._upnp_flows: dict[tuple[Endpoint, Endpoint], int] = {}
+        self._upnp_no_replies: set[int] = set()
         self._next_port = first_port
         self._used: set[int] = set()
         # mapping key -> public port; key is the private endpoint (EIM) or (private, remote).
@@ -91,6 +103,9 @@ class Nat:
 
     def outbound(self, private: Endpoint, remote: Endpoint) -> Endpoint:
         """Translate an outgoing datagram's source; opens the filter for `remote`."""
+        upnp_port = self._upnp_flows.get((private, remote))
+        if upnp_port is not None:
+            return (self.public_ip, upnp_port)
         key: Any = (private, remote) if self.kind == SYMMETRIC else private
         port = self._mappings.get(key)
         if port is None:
@@ -103,6 +118,11 @@ class Nat:
 
     def inbound(self, public_port: int, remote: Endpoint) -> Endpoint | None:
         """The private endpoint an incoming datagram reaches, or None when filtered."""
+        upnp = self._upnp.get(public_port)
+        if upnp is not None:
+            if public_port not in self._upnp_no_replies:
+                self._upnp_flows[(upnp, remote)] = public_port
+            return upnp  # a port mapped by UPnP takes anything (RFC 6081 §3.2)
         private = self._reverse.get(public_port)
         if private is None:
             return None
@@ -115,6 +135,10 @@ class Nat:
     def _allocate(self, inside_port: int) -> int:
         if self.port_preserving and inside_port not in self._used:
             port = inside_port
+        elif self._random is not None:
+            port = self._random.randrange(1024, 65536)
+            while port in self._used or port in self._upnp:
+                port = self._random.randrange(1024, 65536)
         else:
             while self._next_port in self._used:
                 self._next_port += 1
@@ -122,6 +146,22 @@ class Nat:
             self._next_port += 1
         self._used.add(port)
         return port
+
+    def add_port_mapping(
+        self, private: Endpoint, external_port: int, *, replies: bool = True
+    ) -> Endpoint:
+        """A UPnP IGD's AddPortMapping (RFC 6081 §5.3.3): datagrams to `external_port` reach
+        `private` from anywhere. As Linux's masquerade with a DNAT rule, it does not make the
+        inside's outgoing datagrams leave from that port (a port-preserving NAT happens to),
+        except its replies to a remote that came in through it (conntrack reverses the DNAT);
+        `replies=False` is RFC 6081 §3.2's model, where nothing leaves from it."""
+        self._upnp[external_port] = private
+        if not replies:
+            self._upnp_no_replies.add(external_port)
+        return (self.public_ip, external_port)
+
+    def delete_port_mapping(self, external_port: int) -> None:
+        self._upnp.pop(external_port, None)
 
     def reset(self) -> None:
         """Forget every mapping (a NAT reboot); their ports are never reused."""
@@ -216,7 +256,8 @@ class FakeNetwork:
                 return
             target = inside
         receiver = self._nodes.get(target)
-        if receiver is None:
+        if receiver is None or (target_nat is None and id(receiver) in self._nat_of):
+            # A private endpoint is reachable only from its own LAN (above), not across NATs.
             hop.why = "no such host"
             return
         hop.delivered = True

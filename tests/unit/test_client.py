@@ -23,6 +23,7 @@ from fakenet import (
     SYMMETRIC,
     ClientNode,
     FakeNetwork,
+    Hop,
     Nat,
     NativeHost,
     RelayNode,
@@ -30,6 +31,8 @@ from fakenet import (
 )
 from teredo.core.address import TEREDO_PORT, encode_teredo_address, parse_teredo_address
 from teredo.core.client import ClientSettings, TeredoClient
+from teredo.core.errors import ParseError
+from teredo.core.extensions import Extensions
 from teredo.core.peering import PeeringSettings
 from teredo.core.qualification import (
     AddressChanged,
@@ -42,6 +45,8 @@ from teredo.core.qualification import (
 from teredo.core.relay import TeredoRelay
 from teredo.core.server import ServerSettings, TeredoServer
 from teredo.core.trailers import (
+    TrailerType,
+    alternate_addresses,
     nonce_trailer,
     trailer_nonce,
 )
@@ -53,6 +58,7 @@ from teredo.core.wire import (
     encode_bubble,
     encode_echo,
     encode_teredo_packet,
+    is_bubble,
     is_echo,
     parse_echo,
     parse_teredo_packet,
@@ -63,6 +69,7 @@ SECONDARY = IPv4Address("198.51.100.3")
 SERVER = ("198.51.100.2", 3544)
 RELAY = ("198.51.100.18", 3545)
 NATIVE = "2001:db8:2::2"
+ALL_EXTENSIONS = Extensions()
 
 
 def counting_random() -> Callable[[int], bytes]:
@@ -70,9 +77,16 @@ def counting_random() -> Callable[[int], bytes]:
     return lambda n: next(counter).to_bytes(8, "big")[-n:].rjust(n, b"\x00")
 
 
-def make_client(now: float = 0.0, local_discovery: bool = False, **kwargs: object) -> TeredoClient:
+def make_client(
+    now: float = 0.0,
+    local_discovery: bool = False,
+    extensions: Extensions = ALL_EXTENSIONS,
+    **kwargs: object,
+) -> TeredoClient:
     settings = ClientSettings(
-        servers=(ServerPair(PRIMARY, SECONDARY),), local_discovery=local_discovery
+        servers=(ServerPair(PRIMARY, SECONDARY),),
+        local_discovery=local_discovery,
+        extensions=extensions,
     )
     return TeredoClient(
         settings,
@@ -103,11 +117,13 @@ class World:
         nat: Nat | None,
         local_discovery: bool = False,
         local_networks: tuple[IPv4Network, ...] = (),
+        extensions: Extensions = ALL_EXTENSIONS,
     ) -> tuple[TeredoClient, ClientNode]:
 
         client = make_client(
             self.now,
             local_discovery=local_discovery,
+            extensions=extensions,
             local=private,
             local_networks=local_networks,
         )
@@ -482,8 +498,9 @@ def test_local_discovery_connects_peers_behind_a_non_hairpinning_nat() -> None:
 def test_without_discovery_or_hairpinning_same_nat_peers_cannot_meet() -> None:
     world = World()
     nat = Nat("203.0.113.2", PORT_RESTRICTED, hairpin=False)
-    a, _ = world.add_client(("10.1.0.2", 5000), nat)
-    b, node_b = world.add_client(("10.1.0.3", 5001), nat)
+    off = Extensions(hairpinning=False)
+    a, _ = world.add_client(("10.1.0.2", 5000), nat, extensions=off)
+    b, node_b = world.add_client(("10.1.0.3", 5001), nat, extensions=off)
     world.run(1.0)
     assert b.address is not None
     a.send_ipv6(ping(a, b.address), world.now)
@@ -639,3 +656,343 @@ def test_echo_test_goes_via_our_server_with_a_64_bit_nonce() -> None:
     assert echo.source == client.address and echo.destination == IPv6Address(NATIVE)
     assert out[0][0][40 + 8 :] == echo.data  # the nonce is the whole payload (fits 88 bytes)
     assert SERVER[1] == TEREDO_PORT
+
+
+# -- RFC 6081 §5.6: the hairpinning extension ---------------------------------------------------
+
+
+@pytest.mark.parametrize("hairpin", [False, True])
+@pytest.mark.parametrize("kind", [PORT_RESTRICTED, SYMMETRIC])
+def test_hairpinning_extension_connects_peers_behind_one_nat(kind: str, hairpin: bool) -> None:
+    """Two clients behind one NAT, without local discovery: the Alternate Address trailer of
+    their indirect bubbles names their local endpoints, and they meet there whether or not the
+    NAT hairpins (RFC 6081 §3.5, §5.6)."""
+    world = World()
+    nat = Nat("203.0.113.2", kind, hairpin=hairpin)
+    a, node_a = world.add_client(("10.1.0.2", 5000), nat)
+    b, node_b = world.add_client(("10.1.0.3", 5001), nat)
+    world.run(1.0)
+    assert a.address is not None and b.address is not None
+    a.send_ipv6(ping(a, b.address), world.now)
+    assert world.run_until(lambda: bool(echo_requests(node_b.delivered)), 10.0)
+    answer_pings(world, b, node_b)
+    assert world.run_until(lambda: bool(echo_replies(node_a.delivered)), 10.0)
+    node_a.delivered.clear()
+    b.send_ipv6(ping(b, a.address, seq=7), world.now)
+    assert world.run_until(lambda: bool(echo_requests(node_a.delivered)), 10.0)
+    assert a.counters["alternate_addresses_sent"] >= 1
+    if not hairpin:
+        peer = a.peers.get(b.address.packed)
+        assert peer is not None and peer.mapped == ("10.1.0.3", 5001)
+        assert a.status()["peers_hairpinning"] == 1
+        assert a.peer_extensions(b.address.packed) == ["hairpinning"]
+
+
+def test_alternate_address_trailer_names_the_local_endpoint() -> None:
+    world = World()
+    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", PORT_RESTRICTED))
+    b, _ = world.add_client(("10.2.0.2", 5000), Nat("203.0.113.18", PORT_RESTRICTED))
+    world.run(1.0)
+    assert a.address is not None and b.address is not None
+    world.net.log.clear()
+    a.send_ipv6(ping(a, b.address), world.now)
+    world.net.run(world.now)
+    indirect = [h.payload for h in world.net.log if h.destination == SERVER]
+    assert indirect, "an indirect bubble through B's server"
+    trailers = parse_teredo_packet(indirect[0]).trailers
+    assert [t.type for t in trailers] == [TrailerType.NONCE, TrailerType.ALTERNATE_ADDRESS]
+    assert alternate_addresses(trailers[1]) == (("10.1.0.2", 5000),)
+
+
+def test_without_the_extension_no_alternate_address_is_sent() -> None:
+    world = World()
+    off = Extensions(hairpinning=False)
+    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", PORT_RESTRICTED), extensions=off)
+    b, _ = world.add_client(("10.2.0.2", 5000), Nat("203.0.113.18", PORT_RESTRICTED))
+    world.run(1.0)
+    assert b.address is not None
+    world.net.log.clear()
+    a.send_ipv6(ping(a, b.address), world.now)
+    world.net.run(world.now)
+    indirect = [h.payload for h in world.net.log if h.destination == SERVER]
+    assert [t.type for t in parse_teredo_packet(indirect[0]).trailers] == [TrailerType.NONCE]
+
+
+# -- RFC 6081 §5.7: server load reduction ----------------------------------------------------
+
+
+def established_pair(
+    world: World, extensions: Extensions = ALL_EXTENSIONS
+) -> tuple[TeredoClient, ClientNode, TeredoClient, ClientNode]:
+    a, node_a = world.add_client(
+        ("10.1.0.2", 5000), Nat("203.0.113.2", RESTRICTED), extensions=extensions
+    )
+    b, node_b = world.add_client(
+        ("10.2.0.2", 5000), Nat("203.0.113.18", RESTRICTED), extensions=extensions
+    )
+    world.run(1.0)
+    assert a.address is not None and b.address is not None
+    a.send_ipv6(ping(a, b.address), world.now)
+    assert world.run_until(lambda: bool(echo_requests(node_b.delivered)), 10.0)
+    return a, node_a, b, node_b
+
+
+def test_an_idle_peer_is_revalidated_without_its_server() -> None:
+    """After 30 s of silence, a packet for the peer sends a direct bubble with a
+    TeredoDiscoverySolicitation, the peer answers with an advertisement, the packet leaves:
+    nothing through the server (RFC 6081 §3.6, §5.7)."""
+    world = World()
+    a, _, b, node_b = established_pair(world)
+    assert b.address is not None
+    world.run(40.0)  # the peer is no longer valid (RFC 4380 §5.2.4: 30 s)
+    node_b.delivered.clear()
+    world.net.log.clear()
+    a.send_ipv6(ping(a, b.address, seq=9), world.now)
+    assert world.run_until(lambda: bool(echo_requests(node_b.delivered)), 5.0)
+    to_server = [h for h in world.net.log if h.destination == SERVER and is_bubble_hop(h)]
+    assert to_server == []
+    assert a.counters["solicitations_sent"] == 1
+    assert b.counters["advertisements_sent"] == 1
+    assert a.counters["advertisements_received"] == 1
+    assert a.status()["peers_server_load_reduction"] == 1
+
+
+def test_three_unanswered_solicitations_fall_back_to_an_indirect_bubble() -> None:
+    world = World()
+    a, _, b, _ = established_pair(world)
+    assert b.address is not None
+    world.run(40.0)
+    b_mapped = a.peers.get(b.address.packed)
+    assert b_mapped is not None and b_mapped.mapped is not None
+    lost = b_mapped.mapped
+    world.net.drop = lambda hop: hop.destination == lost  # the peer's mapping went away
+    world.net.log.clear()
+    a.send_ipv6(ping(a, b.address, seq=9), world.now)
+    world.run(7.0)
+    assert a.counters["solicitations_sent"] == 3
+    assert a.counters["solicitations_unanswered"] == 1
+    assert any(h.destination == SERVER and is_bubble_hop(h) for h in world.net.log)
+
+
+def test_without_server_load_reduction_the_server_is_asked_at_once() -> None:
+    world = World()
+    off = Extensions(server_load_reduction=False)
+    a, _, b, _ = established_pair(world, off)
+    assert b.address is not None
+    world.run(40.0)
+    world.net.log.clear()
+    a.send_ipv6(ping(a, b.address, seq=9), world.now)
+    world.net.run(world.now)
+    assert a.counters.get("solicitations_sent", 0) == 0
+    assert any(h.destination == SERVER and is_bubble_hop(h) for h in world.net.log)
+
+
+def is_bubble_hop(hop: Hop) -> bool:
+    try:
+        return is_bubble(parse_teredo_packet(hop.payload).ipv6)
+    except ParseError:
+        return False
+
+
+# -- status (netsh interface teredo show state) ---------------------------------------------
+
+
+def test_status_shows_state_nat_behaviours_and_mapping() -> None:
+    world = World()
+    client = make_client(world.now, local=("10.1.0.2", 5000))
+    assert client.status(world.now)["client_state"] == "offline"
+    node = ClientNode(client, ("10.1.0.2", 5000))
+    world.net.attach(node, Nat("203.0.113.2", SYMMETRIC, port_preserving=True))
+    client.start(world.now)
+    assert client.status(world.now)["client_state"] == "probe"
+    world.run(1.0)
+    status = client.status(world.now)
+    assert status["client_state"] == "dormant"  # qualified, no peer
+    assert status["nat"] == "symmetric"
+    assert status["nat_behaviours"] == ["port-preserving"]
+    assert status["local_mapping"] == "10.1.0.2:5000"
+    assert status["extensions"]["hairpinning"] is True
+    client.set_upnp_mapping(("203.0.113.2", 5000))
+    status = client.status(world.now)
+    assert status["nat_behaviours"] == ["upnp", "port-preserving"]
+    assert client.upnp_mapped is None  # the mapping the server saw: a single NAT (§5.3.3)
+
+
+# -- RFC 6081 §5.3: UPnP-enabled symmetric NAT ------------------------------------------------
+
+
+def upnp_client(
+    world: World,
+    private: tuple[str, int],
+    nat: Nat,
+    extensions: Extensions = ALL_EXTENSIONS,
+    *,
+    replies: bool = True,
+) -> tuple[TeredoClient, ClientNode]:
+    """A client whose NAT maps its port by UPnP, as the daemon does before it qualifies."""
+    client, node = world.add_client(private, nat, extensions=extensions)
+    if extensions.upnp:
+        client.set_upnp_mapping(nat.add_port_mapping(private, private[1], replies=replies))
+    return client, node
+
+
+@pytest.mark.parametrize("kind_b", [SYMMETRIC, PORT_RESTRICTED])
+def test_upnp_symmetric_nats_reach_each_other(kind_b: str) -> None:
+    """Figure 1 of RFC 6081: UPnP symmetric <-> UPnP symmetric and UPnP port-restricted, "SNS +
+    UPnP", in §3.2's model: each NAT keeps the port toward the first server address (so the
+    address names the UPnP mapping: a single NAT), maps every other destination anew, and
+    nothing of the client's leaves from the UPnP port otherwise."""
+    world = World()
+    a, node_a = upnp_client(
+        world,
+        ("10.1.0.2", 5000),
+        Nat("203.0.113.2", SYMMETRIC, port_preserving=True),
+        replies=False,
+    )
+    b, node_b = upnp_client(
+        world,
+        ("10.2.0.2", 5000),
+        Nat("203.0.113.18", kind_b, port_preserving=True),
+        replies=False,
+    )
+    world.run(1.0)
+    assert a.address is not None and b.address is not None
+    assert a.qualifier.nat.value == "symmetric" and a.upnp_mapped is None
+    # As ping does, once a second: A trusts B (B's answer to A's indirect bubble) one server
+    # hop before B trusts A (A's answer to B's), so A's first packet may arrive too early.
+    for seq in range(1, 4):
+        a.send_ipv6(ping(a, b.address, seq=seq), world.now)
+        if world.run_until(lambda: bool(echo_requests(node_b.delivered)), 1.0):
+            break
+    assert echo_requests(node_b.delivered)
+    answer_pings(world, b, node_b)
+    assert world.run_until(lambda: bool(echo_replies(node_a.delivered)), 10.0)
+    node_a.delivered.clear()
+    b.send_ipv6(ping(b, a.address, seq=5), world.now)
+    assert world.run_until(lambda: bool(echo_requests(node_a.delivered)), 10.0)
+    if kind_b == SYMMETRIC:  # the §5.3.4.3 rule: each sends to the other's UPnP port
+        assert a.status()["peers_upnp"] == 1 and b.status()["peers_upnp"] == 1
+
+
+def test_without_the_upnp_rule_symmetric_nats_do_not_meet() -> None:
+    """The same pair with the extension off: both learn each other's mappings, but neither NAT
+    lets in what the other sends there (RFC 6081 §3.2's failure case)."""
+    world = World()
+    off = Extensions(upnp=False, hairpinning=False)
+    a, _ = upnp_client(
+        world, ("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, port_preserving=True), off
+    )
+    b, node_b = upnp_client(
+        world, ("10.2.0.2", 5000), Nat("203.0.113.18", SYMMETRIC, port_preserving=True), off
+    )
+    world.run(1.0)
+    assert b.address is not None
+    a.send_ipv6(ping(a, b.address), world.now)
+    world.run(12.0)
+    assert echo_requests(node_b.delivered) == []
+
+
+def test_a_second_nat_offers_the_upnp_mapping_as_an_alternate_address() -> None:
+    """RFC 6081 §5.6.3: a UPnP mapping that is not the qualified one (another NAT between the
+    gateway and the Internet) goes into the Alternate Address trailer with the local endpoint."""
+    world = World()
+    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", PORT_RESTRICTED))
+    b, _ = world.add_client(("10.2.0.2", 5000), Nat("203.0.113.18", PORT_RESTRICTED))
+    world.run(1.0)
+    assert b.address is not None
+    a.set_upnp_mapping(("192.168.7.1", 5000))  # the inner NAT's outside
+    world.net.log.clear()
+    a.send_ipv6(ping(a, b.address), world.now)
+    world.net.run(world.now)
+    indirect = [h.payload for h in world.net.log if h.destination == SERVER]
+    trailers = parse_teredo_packet(indirect[0]).trailers
+    assert alternate_addresses(trailers[1]) == (("10.1.0.2", 5000), ("192.168.7.1", 5000))
+
+
+@pytest.mark.parametrize("random_ports", [False, True])
+def test_symmetric_nat_support_still_reaches_a_cone_peer(random_ports: bool) -> None:
+    """Figure 1: random or sequential port-symmetric <-> address-restricted is "SNS"."""
+    world = World()
+    a, _ = world.add_client(
+        ("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, random_ports=random_ports)
+    )
+    b, node_b = world.add_client(("10.2.0.2", 5000), Nat("203.0.113.18", RESTRICTED))
+    world.run(1.0)
+    assert b.address is not None
+    a.send_ipv6(ping(a, b.address), world.now)
+    assert world.run_until(lambda: bool(echo_requests(node_b.delivered)), 10.0)
+    assert b.status()["peers_symmetric_nat"] == 1
+
+
+class KernelMap:
+    """The kernel data path's peer map (`teredo.core.peers.PeerMirror`), as a dict."""
+
+    def __init__(self) -> None:
+        self.peers: dict[bytes, tuple[str, int]] = {}
+
+    def set_peer(self, address: bytes, mapping: tuple[str, int], last_rx: float) -> bool:
+        self.peers[address] = mapping
+        return True
+
+    def remove_peer(self, address: bytes) -> bool:
+        return self.peers.pop(address, None) is not None
+
+    def last_rx(self, address: bytes) -> float | None:
+        return None
+
+
+def test_a_peer_sent_to_at_its_embedded_mapping_stays_out_of_the_kernel_map() -> None:
+    """The kernel's peer map has one mapping per peer, for both directions: a peer under the
+    §5.3.4.3 rule is sent to elsewhere than it is received from, so the daemon keeps it."""
+    world = World()
+    a, _ = upnp_client(
+        world,
+        ("10.1.0.2", 5000),
+        Nat("203.0.113.2", SYMMETRIC, port_preserving=True),
+        replies=False,
+    )
+    b, node_b = upnp_client(
+        world,
+        ("10.2.0.2", 5000),
+        Nat("203.0.113.18", SYMMETRIC, port_preserving=True),
+        replies=False,
+    )
+    kernel = KernelMap()
+    a.peers.mirror = kernel
+    world.run(1.0)
+    assert b.address is not None
+    for seq in range(1, 4):
+        a.send_ipv6(ping(a, b.address, seq=seq), world.now)
+        if world.run_until(lambda: bool(echo_requests(node_b.delivered)), 1.0):
+            break
+    assert a.peer_extensions(b.address.packed) == ["upnp"]
+    assert b.address.packed not in kernel.peers
+    packet = ping(a, b.address, seq=9)
+    assert a.forward_to_teredo(packet, world.now) == parse_teredo_address(b.address).mapped
+
+
+@pytest.mark.parametrize("kind_b", [SYMMETRIC, PORT_RESTRICTED])
+def test_an_inbound_only_upnp_mapping_is_reached_through_the_alternate_address(
+    kind_b: str,
+) -> None:
+    """A gateway whose mapping only lets datagrams in (a DNAT), the client's own traffic leaving
+    from random ports: the server sees another mapping than the UPnP one, so the client offers
+    the UPnP mapping in its Alternate Address trailer (RFC 6081 §5.6.3); the peer's direct
+    bubble there comes back through the same NAT state, both ways."""
+    world = World()
+    a, node_a = upnp_client(
+        world, ("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, random_ports=True)
+    )
+    b, node_b = upnp_client(
+        world, ("10.2.0.2", 5000), Nat("203.0.113.18", kind_b, random_ports=True)
+    )
+    world.run(1.0)
+    assert a.address is not None and b.address is not None
+    assert a.upnp_mapped == ("203.0.113.2", 5000)  # not the qualified mapping
+    for seq in range(1, 4):
+        a.send_ipv6(ping(a, b.address, seq=seq), world.now)
+        if world.run_until(lambda: bool(echo_requests(node_b.delivered)), 1.0):
+            break
+    assert echo_requests(node_b.delivered)
+    answer_pings(world, b, node_b)
+    assert world.run_until(lambda: bool(echo_replies(node_a.delivered)), 10.0)

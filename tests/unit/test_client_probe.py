@@ -75,6 +75,8 @@ def test_probe_reports_mapping_nat_address_and_rtt(server: LoopbackServer) -> No
     assert document["nat"] == "none"  # loopback: the server sees our own endpoint
     assert document["cone"] is True  # the answer from the other address reached us
     assert document["port_preserving"] is True
+    assert document["port_delta"] == 0 and document["sequential"] is False
+    assert isinstance(document["upnp"], bool)  # whatever this host's LAN has
     decoded = parse_teredo_address(document["teredo_address"])
     assert decoded.server == PRIMARY
     assert decoded.mapped_port == document["local_port"]

@@ -11,8 +11,9 @@ import pytest
 
 from teredo.core.config import ClientConfig, RelayConfig, ServerConfig, parse_config
 from teredo.core.errors import UsageError
-from teredo.lab import arguments, roles
+from teredo.lab import arguments, roles, upnp
 from teredo.lab.lab import describe_teredo, parse_ping, teredo_json
+from teredo.lab.matrix import figure_cell
 from teredo.lab.nat import nat_ruleset
 from teredo.lab.state import DEFAULT_NAME, DEMO_NAME, LabState, RoleRecord, check_name
 from teredo.lab.topology import (
@@ -64,7 +65,10 @@ def test_server_has_two_consecutive_addresses_and_native_ipv6() -> None:
 def test_public_side_avoids_ranges_miredo_refuses() -> None:
     for a, b in PAIRS:
         for site in build_topology(a, b).sites:
-            assert site.wan.ip in IPv4Network("203.0.113.0/24")
+            # miniupnpd refuses documentation ranges: UPnP boxes get 203.0.114.0/24, which
+            # Miredo accepts as well.
+            public = "203.0.114.0/24" if site.kind.upnp else "203.0.113.0/24"
+            assert site.wan.ip in IPv4Network(public)
     assert SERVER_IPV4 in IPv4Network("198.51.100.0/24")
     assert RELAY_IPV4 in IPv4Network("198.51.100.0/24")
 
@@ -206,3 +210,37 @@ def test_teredo_address_decoding() -> None:
     assert decoded["mapped_port"] == 40000 and decoded["cone"] is True
     assert IPv4Address(decoded["server"]) == IPv4Address("65.54.227.120")
     assert describe_teredo(IPv6Address("2001:db8::1")) == "not a Teredo address"
+
+
+def test_rfc6081_nat_rulesets() -> None:
+    rules = {kind: _ruleset(kind) or "" for kind in NatKind if kind is not NatKind.NONE}
+    preserving = rules[NatKind.SYMMETRIC_PRESERVING]
+    assert "udp sport @used masquerade fully-random" in preserving
+    assert "update @used { udp sport }" in preserving
+    assert "numgen inc mod 1024 map { 0 : 20000, 1 : 20001," in rules[NatKind.SYMMETRIC_SEQUENTIAL]
+    assert "jhash ip daddr . udp sport mod 1024 map" in rules[NatKind.ADDRESS_SYMMETRIC]
+    assert "fully-random" in rules[NatKind.UPNP_SYMMETRIC]
+    for kind, text in rules.items():  # miniupnpd's chains on the UPnP boxes only
+        assert ("chain prerouting_miniupnpd" in text) is kind.upnp, kind
+        assert ("dnat to" in text) is (kind in (NatKind.FULLCONE, NatKind.RESTRICTED)), kind
+
+
+def test_miniupnpd_config_maps_only_lan_hosts() -> None:
+    text = upnp.miniupnpd_config("tl", "nat1", [("lan", IPv4Network("10.1.0.0/24"))], "/x/leases")
+    assert "ext_ifname=wan\nlistening_ip=lan" in text
+    assert "secure_mode=yes" in text and "enable_natpmp=no" in text
+    assert "allow 1024-65535 10.1.0.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535" in text
+    assert f"upnp_nat_chain={upnp.PREROUTING_CHAIN}" in text
+    assert text == upnp.miniupnpd_config(
+        "tl", "nat1", [("lan", IPv4Network("10.1.0.0/24"))], "/x/leases"
+    )
+
+
+def test_figure_1_is_read_as_initiator_then_responder() -> None:
+    assert figure_cell(NatKind.PORT_RESTRICTED, NatKind.SYMMETRIC_PRESERVING) == "SNS+PP"
+    assert figure_cell(NatKind.SYMMETRIC_SEQUENTIAL, NatKind.PORT_RESTRICTED) == "SNS+SS"
+    assert figure_cell(NatKind.UPNP_SYMMETRIC, NatKind.PORT_RESTRICTED) == "No"
+    assert figure_cell(NatKind.PORT_RESTRICTED, NatKind.UPNP_SYMMETRIC) == "No"
+    assert figure_cell(NatKind.UPNP_SYMMETRIC, NatKind.UPNP_PORT_RESTRICTED) == "SNS+UPnP"
+    assert figure_cell(NatKind.NONE, NatKind.ADDRESS_SYMMETRIC) == "SNS"  # none counts as cone
+    assert figure_cell(NatKind.RESTRICTED, NatKind.ADDRESS_SYMMETRIC) == "No"

@@ -41,6 +41,26 @@ destinations by the direct IPv6 connectivity test (`_on_native_destination`, §5
 (§5.2.4 case 2); the relay whose echo reply carries the nonce becomes the peer's mapping.
 Local peers (case 3) also get a unicast bubble to their local endpoint and a discovery bubble.
 
+RFC 6081 extensions (switches in `client_settings.extensions`, `teredo.core.extensions`):
+
+- Hairpinning (§5.6): our indirect bubbles to a peer not yet reached carry an Alternate Address
+  trailer (our local endpoint, and the UPnP mapping unless it is the one in our address); a
+  peer's trailer is answered with direct bubbles to each endpoint, with its nonce, and packets
+  from those endpoints are accepted as from the mapping in its address (both named through its
+  server). So two clients behind one NAT meet on their LAN whether or not the NAT hairpins.
+- Server load reduction (§5.7): a packet for a trusted peer no longer valid (silent 30 s) sends
+  a direct bubble with a TeredoDiscoverySolicitation to its mapping, every 2 s, 3 at most; the
+  advertisement that answers releases the queue; then, only, the usual direct and indirect
+  bubbles (through its server). A solicitation from a peer is answered with an advertisement.
+- UPnP (§5.3): the daemon maps our port on the NAT's gateway and hands the mapping over
+  (`set_upnp_mapping`); it is zeroed when it is the qualified mapping (single NAT, §5.3.3).
+  Then, behind a symmetric NAT, a peer proven at another mapping than its address names (a
+  symmetric peer) is sent to at the mapping in its address (`_choose_target`, used by the
+  queue's flush, the fast path and `send_ipv6`), received from at the learned one, and kept out
+  of the kernel's peer map (`PeerTable.unmirrored`).
+- Status (`status`): the client state as netsh names it, the NAT's special behaviours, the local
+  mapping, and how many peers each extension served (`_peer_extensions`, bounded by the table).
+
 Local client discovery (RFC 4380 §5.2.8, optional, `local_discovery`): discovery bubbles
 (our address -> ff02::1, hop limit 1) to 224.0.0.253:3544 every 200-300 s and right after
 qualifying; received ones (`receive_discovery`, from the client daemon's multicast socket) are
@@ -71,13 +91,24 @@ from teredo.core.address import (
     is_global_ipv4,
     parse_teredo_address,
     show_endpoint,
+    teredo_mapping,
     teredo_server_ipv4,
 )
 from teredo.core.errors import LocalProtocolError, ParseError
+from teredo.core.extensions import (
+    PEER_EXTENSION_NAMES,
+    SOLICITATION_SPACING,
+    SOLICITATIONS,
+    Extensions,
+    PeerExtension,
+    alternate_address_trailer,
+    discovery_trailer,
+)
 from teredo.core.peering import PeeringEngine, PeeringSettings, retry_time
 from teredo.core.peers import BUBBLE_SPACING, BUBBLE_WINDOW, PING_BUDGET, PING_SPACING, Peer
 from teredo.core.qualification import (
     AddressChanged,
+    NatBehaviour,
     NatBehaviourDetected,
     Offline,
     QualificationState,
@@ -87,8 +118,15 @@ from teredo.core.qualification import (
     ServerPair,
 )
 from teredo.core.secure_qualification import ClientKey
-from teredo.core.status import ClientEngineStatus
-from teredo.core.trailers import trailer_nonce
+from teredo.core.status import ClientEngineStatus, ClientExtensionStatus
+from teredo.core.trailers import (
+    DiscoveryType,
+    NeighborDiscoveryTrailer,
+    TrailerType,
+    alternate_addresses,
+    decode_trailer,
+    trailer_nonce,
+)
 from teredo.core.wire import (
     ALL_NODES,
     IPV6_HEADER_LENGTH,
@@ -124,6 +162,7 @@ class ClientSettings:
     refresh_interval: float = 30.0
     local_discovery: bool = False
     key: ClientKey | None = None  # secure qualification (RFC 4380 §5.2.2)
+    extensions: Extensions = field(default_factory=Extensions)  # RFC 6081 §3
 
 
 ClientEvent = QualifierEvent
@@ -177,6 +216,16 @@ class TeredoClient(PeeringEngine):
         self._held_bytes = 0
         self._discovery_at: float | None = None
         self._last_announce = now - DISCOVERY_ANNOUNCE_SPACING
+        # RFC 6081 extensions. Each dict is keyed by peer address and emptied with the entry
+        # (`_on_removed`), so the peer table bounds them.
+        self.upnp_mapping: Endpoint | None = None  # RFC 6081 §5.3.3, from the daemon's IGD
+        self._alternates: dict[bytes, tuple[Endpoint, ...]] = {}  # §5.6: announced by peers
+        self._soliciting: dict[bytes, int] = {}  # §5.7: solicitations sent so far
+        self._peer_extensions: dict[bytes, PeerExtension] = {}
+        # §5.3.4.2-3: symmetric peers sent to at the mapping in their address, received from
+        # at their learned one; never in the kernel's peer map, which has one mapping a peer.
+        self._embedded_targets: dict[bytes, Endpoint] = {}
+        self.peers.unmirrored = self._embedded_targets
         self._note_server()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -228,8 +277,9 @@ class TeredoClient(PeeringEngine):
             self._schedule_discovery(now)
         self._pump(now)
 
-    def status(self) -> ClientEngineStatus:
-        """The status document's client part (engine counters and drops included)."""
+    def status(self, now: float | None = None) -> ClientEngineStatus:
+        """The status document's client part (engine counters and drops included); `now` tells
+        a dormant client (no peer heard from for 30 s) from a busy one."""
         engine = self.engine_status()
         q = self.qualifier
         drops = engine["drops"]
@@ -249,6 +299,57 @@ class TeredoClient(PeeringEngine):
             "mtu": q.mtu,
             "rtt_ms": round(q.rtt * 1000, 3) if q.rtt is not None else None,
             "local_discovery": self.client_settings.local_discovery,
+            **self._extension_status(now),
+        }
+
+    def peer_extensions(self, address: bytes) -> list[str]:
+        """The RFC 6081 extensions that served the peer `address` (status peer list)."""
+        flags = self._peer_extensions.get(address, PeerExtension(0))
+        return [name for flag, name in PEER_EXTENSION_NAMES.items() if flags & flag]
+
+    def _extension_status(self, now: float | None) -> ClientExtensionStatus:
+        """RFC 6081 in the status document, as `netsh interface teredo show state` shows it:
+        the client's state, the NAT's special behaviours, the local mapping, and how many peers
+        each extension serves (counts only)."""
+        q = self.qualifier
+        state = q.state
+        if state is QualificationState.QUALIFYING:
+            client_state = "probe"
+        elif state is QualificationState.QUALIFIED:
+            # Qualified and in use, or qualified with no peer heard from for 30 s.
+            active = now is None or any(peer.is_valid(now) for _, peer in self.peers.items())
+            client_state = "qualified" if active else "dormant"
+        else:
+            client_state = "offline"
+        extensions = self.client_settings.extensions
+        symmetric = q.nat is NatBehaviour.SYMMETRIC
+        behaviours = []
+        if self.upnp_mapping is not None:
+            behaviours.append("upnp")
+        if symmetric and q.port_preserving:
+            behaviours.append("port-preserving")
+        elif symmetric and q.port_preserving is False:
+            behaviours.append("sequential")  # what RFC 6081 §5.5 assumes of the others
+        counts = dict.fromkeys(PEER_EXTENSION_NAMES.values(), 0)
+        for flags in self._peer_extensions.values():
+            for flag, name in PEER_EXTENSION_NAMES.items():
+                if flags & flag:
+                    counts[name] += 1
+        return {
+            "client_state": client_state,
+            "nat_behaviours": behaviours,
+            "local_mapping": show_endpoint(self.local) if self.local is not None else None,
+            "upnp_mapped": show_endpoint(self.upnp_mapping) if self.upnp_mapping else None,
+            "extensions": {
+                "symmetric_nat": True,
+                "upnp": extensions.upnp,
+                "hairpinning": extensions.hairpinning,
+                "server_load_reduction": extensions.server_load_reduction,
+            },
+            "peers_symmetric_nat": counts["symmetric_nat"],
+            "peers_upnp": counts["upnp"],
+            "peers_hairpinning": counts["hairpinning"],
+            "peers_server_load_reduction": counts["server_load_reduction"],
         }
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -257,6 +358,12 @@ class TeredoClient(PeeringEngine):
         if self._address_bytes is None:
             self.drop("not_qualified")
             return
+        if self._embedded_targets and len(packet) >= IPV6_HEADER_LENGTH:
+            target = self.forward_to_teredo(packet, now)  # RFC 6081 §5.3.4.3
+            if target is not None:
+                self.count("sent")
+                self.emit(bytes(packet), target)
+                return
         super().send_ipv6(packet, now)  # refuses other sources than ours (`required_source`)
 
     def receive_datagram(
@@ -356,6 +463,16 @@ class TeredoClient(PeeringEngine):
                 self.trust_peer(src, source, now)
                 self.accept(ipv6)
                 return
+            if peer is not None and source in self._alternates.get(src, ()):
+                # RFC 6081 §5.6: an endpoint the peer announced in the Alternate Address trailer
+                # of an indirect bubble its server relayed: as good a proof as the mapping in
+                # its address (rx case 3), and the one path between two clients behind one NAT
+                # that does not hairpin.
+                self.trust_peer(src, source, now)
+                self._note_extension(src, PeerExtension.HAIRPINNING)
+                self.count("alternate_address_accepted")
+                self.accept(ipv6)
+                return
             self.drop_unverified(packet)
             return
         if ipv6[24:40] != self._address_bytes:
@@ -418,7 +535,177 @@ class TeredoClient(PeeringEngine):
             self._reply_bubble(self._address_bytes, dst, [peer.local], now, None)
             if now - self._last_announce >= BUBBLE_SPACING:
                 self._send_discovery(now)
+        if (
+            peer is not None
+            and self.client_settings.extensions.server_load_reduction
+            and peer.trusted
+            and dst not in self._soliciting
+            and self._address_bytes is not None
+        ):
+            # RFC 6081 §5.7.4.1: a peer silent for 30 s is asked directly first, with a
+            # solicitation; its server hears of it only if 3 go unanswered (`_retry`).
+            if self.queue_packet(dst, peer, packet):
+                self._soliciting[dst] = 1
+                self._solicit(dst, peer, now)
+                self.schedule_retry(dst, peer, now + SOLICITATION_SPACING)
+            return
+        if dst in self._soliciting and peer is not None:
+            self.queue_packet(dst, peer, packet)  # a solicitation is under way
+            return
         super()._send_to_teredo(packet, dst, peer, now)
+
+    def _retry(self, address: bytes, peer: Peer, now: float) -> None:
+        sent = self._soliciting.get(address)
+        if sent is None:
+            super()._retry(address, peer, now)
+            return
+        if peer.is_valid(now) or not peer.queue:
+            del self._soliciting[address]
+            return
+        if sent < SOLICITATIONS:
+            # RFC 6081 §5.7.3: the solicitation again, 2 s later, 3 in all.
+            self._soliciting[address] = sent + 1
+            self._solicit(address, peer, now)
+            self.schedule_retry(address, peer, now + SOLICITATION_SPACING)
+            return
+        # Unanswered: re-establish from scratch, through the server (RFC 6081 §5.7.3).
+        del self._soliciting[address]
+        self.count("solicitations_unanswered")
+        if not self.send_bubbles(address, peer, now):
+            super()._retry(address, peer, now)
+
+    def _solicit(self, address: bytes, peer: Peer, now: float) -> None:
+        """A direct bubble with a TeredoDiscoverySolicitation to the peer's mapping (RFC 6081
+        §5.7.4.1), within the setup budget."""
+        mapped = self._embedded_targets.get(address, peer.mapped)  # (RFC 6081 §5.3.4.2)
+        if mapped is None or self._address_bytes is None:
+            return
+        if not self.budget.allow(1, now, server=None, repeated=True):
+            self.drop("setup_budget_exhausted")
+            return
+        bubble = encode_bubble(self._address_bytes, address) + discovery_trailer(
+            DiscoveryType.SOLICITATION
+        )
+        self.emit(bubble, mapped)
+        self.count("solicitations_sent")
+
+    def _on_bubble_trailers(
+        self, address: bytes, peer: Peer, packet: TeredoPacket, source: Endpoint, now: float
+    ) -> None:
+        """RFC 6081 §5.7.4.2: answer a solicitation with an advertisement; an advertisement
+        ends our solicitation (the direct bubble already revalidated the peer)."""
+        if not self.client_settings.extensions.server_load_reduction:
+            return
+        for trailer in packet.trailers:
+            if trailer.type != TrailerType.NEIGHBOR_DISCOVERY:
+                continue
+            try:
+                option = decode_trailer(trailer)
+            except ParseError:
+                self.drop("malformed_trailer")
+                return
+            assert isinstance(option, NeighborDiscoveryTrailer)
+            if option.discovery == DiscoveryType.ADVERTISEMENT:
+                if self._soliciting.pop(address, None) is not None:
+                    self.count("advertisements_received")
+                    self._note_extension(address, PeerExtension.SERVER_LOAD_REDUCTION)
+                return
+            if self._address_bytes is None:
+                return
+            if not self.budget.allow(1, now, server=None, repeated=True):
+                self.drop("setup_budget_exhausted")
+                return
+            bubble = encode_bubble(self._address_bytes, address) + discovery_trailer(
+                DiscoveryType.ADVERTISEMENT
+            )
+            self.emit(bubble, source)
+            self.count("advertisements_sent")
+            return
+
+    def _indirect_trailers(self, peer: Peer, now: float) -> bytes:
+        """RFC 6081 §5.6.4.1: while a peer is not reached, our indirect bubbles say where else
+        we can be reached: our local endpoint, and the NAT's UPnP mapping when it is not the one
+        in our address (a second NAT). The nonce trailer is already there (§5.6 needs it)."""
+        if not self.client_settings.extensions.hairpinning or peer.is_valid(now):
+            return b""
+        entries = [e for e in (self.local, self.upnp_mapped) if e is not None and _unicast(e)]
+        if not entries:
+            return b""
+        self.count("alternate_addresses_sent")
+        return alternate_address_trailer(entries)
+
+    def _may_learn(self, address: bytes, source: Endpoint) -> bool:
+        """A bubble carrying our nonce may teach a non-global mapping when it comes from an
+        endpoint the peer announced, or from our own LAN (RFC 6081 §5.6: two clients behind
+        one NAT, each at its local endpoint); any other mapping must be global (RFC 4380
+        §5.2.3)."""
+        if source in self._alternates.get(address, ()):
+            return True
+        if (
+            self.client_settings.extensions.hairpinning
+            and self.local is not None
+            and not is_global_ipv4(IPv4Address(source[0]))
+            and self._on_local_subnet(source[0])
+        ):
+            return True
+        return super()._may_learn(address, source)
+
+    @property
+    def upnp_mapped(self) -> Endpoint | None:
+        """The UPnP mapping, zeroed when it is the one the server saw: then the client is
+        behind a single NAT and its address already names it (RFC 6081 §5.3.3, §5.6.3)."""
+        mapping = self.upnp_mapping
+        if mapping is None or (self.address is not None and mapping == self.qualifier.mapped):
+            return None
+        return mapping
+
+    def _upnp_rule_applies(self) -> bool:
+        """RFC 6081 §5.3.4.2: Symmetric NAT, UPnP-enabled NAT, and the UPnP mapping zeroed
+        (a single NAT: the mapping in our address is the UPnP one, open to every peer)."""
+        return (
+            self.client_settings.extensions.upnp
+            and self.upnp_mapping is not None
+            and self.upnp_mapped is None
+            and self.qualifier.nat is NatBehaviour.SYMMETRIC
+        )
+
+    def forward_to_teredo(
+        self, packet: bytes | bytearray | memoryview, now: float
+    ) -> Endpoint | None:
+        destination = super().forward_to_teredo(packet, now)
+        if destination is not None and self._embedded_targets:
+            return self._embedded_targets.get(bytes(packet[24:40]), destination)
+        return destination
+
+    def _flush(self, address: bytes, peer: Peer, mapping: Endpoint) -> None:
+        self._choose_target(address, mapping)
+        super()._flush(address, peer, self._embedded_targets.get(address, mapping))
+
+    def _choose_target(self, address: bytes, mapping: Endpoint) -> None:
+        embedded = teredo_mapping(address)
+        if (
+            mapping != embedded
+            and self._upnp_rule_applies()
+            and is_global_ipv4(IPv4Address(mapping[0]))
+            and mapping not in self._alternates.get(address, ())
+        ):
+            # RFC 6081 §5.3.4.2-3: a symmetric peer, and we sit behind one UPnP-enabled
+            # symmetric NAT: its learned mapping takes only what comes from the endpoint it
+            # sent to, so bubbles and data go to the mapping in its address, betting that its
+            # NAT maps that port by UPnP too, as ours does. It is still received from at the
+            # learned one (the peer's symmetric NAT).
+            self._embedded_targets[address] = embedded
+            self.peers.withdraw(address)
+
+    def set_upnp_mapping(self, mapping: Endpoint | None) -> None:
+        """The daemon mapped (or unmapped) our port on the NAT's IGD (RFC 6081 §5.3.3)."""
+        self.upnp_mapping = mapping
+
+    def _note_extension(self, address: bytes, extension: PeerExtension) -> None:
+        if self.peers.get(address) is not None:
+            self._peer_extensions[address] = (
+                self._peer_extensions.get(address, PeerExtension(0)) | extension
+            )
 
     def _on_mapping_learned(self, address: bytes, peer: Peer, now: float) -> None:
         """Our direct bubble to the learned mapping at once (RFC 6081 §6.1, packet 7).
@@ -431,16 +718,33 @@ class TeredoClient(PeeringEngine):
         mapped = peer.mapped
         if self._address_bytes is None or mapped is None:
             return
+        self._choose_target(address, mapped)
+        if mapped in self._alternates.get(address, ()) or not is_global_ipv4(
+            IPv4Address(mapped[0])
+        ):
+            self._note_extension(address, PeerExtension.HAIRPINNING)
+        elif address in self._embedded_targets:
+            mapped = self._embedded_targets[address]  # (`_flush` chose it)
+            self._note_extension(address, PeerExtension.UPNP)
+        else:
+            self._note_extension(address, PeerExtension.SYMMETRIC_NAT)
         if not self.budget.allow(1, now, server=None, repeated=True):
             self.drop("setup_budget_exhausted")
             return
-        self._last_reply[address] = now
+        if peer.nonce_received is not None:
+            # Without the peer's nonce this bubble may not convince it (it proves nothing it
+            # asked for): its indirect bubble, when it comes, is answered at once then.
+            self._last_reply[address] = now
         self.send_direct_bubble(
             self._address_bytes, address, mapped, now, nonce=peer.nonce_received
         )
 
     def _on_removed(self, address: bytes, peer: Peer) -> None:
         self._drop_held(address)  # expired or evicted: its held packets can never be released
+        self._embedded_targets.pop(address, None)
+        self._alternates.pop(address, None)
+        self._soliciting.pop(address, None)
+        self._peer_extensions.pop(address, None)
 
     # -- the server's packets -------------------------------------------------------------------
 
@@ -475,6 +779,17 @@ class TeredoClient(PeeringEngine):
             targets = [to]
             if peer.mapped is not None and peer.mapped != to:
                 targets.append(peer.mapped)  # a mapping learned from a symmetric NAT peer
+            if bubble and self.client_settings.extensions.hairpinning:
+                alternates = self._alternate_addresses(packet)
+                if alternates is None:
+                    self.drop("malformed_alternate_address")  # RFC 6081 §5.6.4.2: SHOULD
+                    return
+                if alternates:
+                    # RFC 6081 §5.6.4.2: a direct bubble to each, with the peer's nonce. They
+                    # are usually private: the global-unicast rule is for mappings learned
+                    # from the wire, not for endpoints a peer names through its server.
+                    self._alternates[src] = alternates
+                    targets += [a for a in alternates if a not in targets]
             self._reply_bubble(dst, src, targets, now, nonce)
             if (
                 not peer.is_valid(now)
@@ -489,6 +804,17 @@ class TeredoClient(PeeringEngine):
         if not bubble:
             # Only bubbles and small ICMPv6 come this way; their sender retries directly.
             self.drop("relayed_packet")
+
+    def _alternate_addresses(self, packet: TeredoPacket) -> tuple[Endpoint, ...] | None:
+        """The endpoints of the packet's Alternate Address trailer (RFC 6081 §4.3), () when
+        there is none, None when it is malformed."""
+        for trailer in packet.trailers:
+            if trailer.type == TrailerType.ALTERNATE_ADDRESS:
+                try:
+                    return alternate_addresses(trailer)
+                except ParseError:
+                    return None
+        return ()
 
     def _reply_bubble(
         self,
@@ -676,8 +1002,19 @@ class TeredoClient(PeeringEngine):
         self._server_ipv4 = int(server.primary)
 
 
-def summarize_peer(address: bytes, peer: Peer, now: float) -> dict[str, Any]:
-    """One peer for the status document."""
+def _unicast(entry: Endpoint) -> bool:
+    """Whether `entry` may be announced in an Alternate Address trailer (RFC 6081 §4.3)."""
+    try:
+        first = int(IPv4Address(entry[0])) >> 24
+    except ValueError:
+        return False
+    return first not in (0, 127) and first < 224 and 0 < entry[1] <= 0xFFFF
+
+
+def summarize_peer(
+    address: bytes, peer: Peer, now: float, extensions: Sequence[str] = ()
+) -> dict[str, Any]:
+    """One peer for the status document, with the RFC 6081 extensions that served it."""
     return {
         "address": str(IPv6Address(address)),
         "trusted": peer.trusted,
@@ -686,6 +1023,7 @@ def summarize_peer(address: bytes, peer: Peer, now: float) -> dict[str, Any]:
         "local": f"{peer.local[0]}:{peer.local[1]}" if peer.local else None,
         "idle": round(now - max(peer.last_rx, peer.last_tx), 1),
         "queued_bytes": peer.queued_bytes,
+        "extensions": list(extensions),
     }
 
 

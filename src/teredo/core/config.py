@@ -253,6 +253,11 @@ class ClientConfig:
     allow_private_addresses: bool = False
     offload: bool = True  # TUN offloads and UDP GSO/GRO (teredo.programs.datapath)
     local_discovery: bool = False
+    # RFC 6081 extensions the client may use (each SHOULD be implemented, RFC 6081 §3): on by
+    # default, each can be turned off as Windows can.
+    upnp: bool = True  # §3.2/§5.3 (and the UPnP mapping of §5.6)
+    hairpinning: bool = True  # §3.5/§5.6, Alternate Address trailer
+    server_load_reduction: bool = True  # §3.6/§5.7, Neighbor Discovery Option trailer
     fallback_servers: tuple[IPv4Address | str, ...] = ()
     # Secure qualification (RFC 4380 §5.2.2): the identifier and the secret, given inline or
     # in a file the client daemon reads (`shared_secret_file`); None: nonce-only RSs.
@@ -713,6 +718,20 @@ DIRECTIVES: Final[tuple[Directive, ...]] = (
         "RFC 4380 §5.2.8 discovery of Teredo clients on the same LAN (multicast to 224.0.0.253)",
     ),
     Directive(
+        "UPnP", _CLIENT, _parse_bool, "`yes`",
+        "RFC 6081 §5.3: map the client's port on the NAT's UPnP gateway (removed at shutdown), "
+        "so that peers behind symmetric NATs reach it; needs the `miniupnpc` module",
+    ),
+    Directive(
+        "Hairpinning", _CLIENT, _parse_bool, "`yes`",
+        "RFC 6081 §5.6: offer our local (and UPnP) endpoints in indirect bubbles, so that two "
+        "clients behind one NAT meet even when the NAT does not hairpin",
+    ),
+    Directive(
+        "ServerLoadReduction", _CLIENT, _parse_bool, "`yes`",
+        "RFC 6081 §5.7: check an idle peer with direct bubbles before going through its server",
+    ),
+    Directive(
         "FallbackServers", _CLIENT, _parse_host_list, "none",
         "comma-separated servers tried in turn when `ServerAddress` stops answering",
     ),
@@ -1065,6 +1084,9 @@ def _build_client(reader: _Reader, server: str | None) -> ClientConfig:
         allow_private_addresses=allow_private,
         offload=reader.get("offload", _parse_bool, True),
         local_discovery=reader.get("localdiscovery", _parse_bool, False),
+        upnp=reader.get("upnp", _parse_bool, True),
+        hairpinning=reader.get("hairpinning", _parse_bool, True),
+        server_load_reduction=reader.get("serverloadreduction", _parse_bool, True),
         fallback_servers=reader.get("fallbackservers", _parse_host_list, ()),
         client_identifier=identifier,
         shared_secret=secret,

@@ -86,6 +86,18 @@ GAUGES: Final[Mapping[str, _Gauge]] = {
     ),
     "port_preserving": _Gauge("port_preserving", "1 when the NAT kept the local UDP port."),
     "local_discovery": _Gauge("local_discovery", "1 when local discovery is on (LocalDiscovery)."),
+    "peers_symmetric_nat": _Gauge(
+        "peers_symmetric_nat",
+        "Peers reached at a mapping proven by an RFC 6081 nonce (symmetric NAT support).",
+    ),
+    "peers_upnp": _Gauge("peers_upnp", "Peers reached by the RFC 6081 §5.3 UPnP rule."),
+    "peers_hairpinning": _Gauge(
+        "peers_hairpinning", "Peers reached at an alternate address (RFC 6081 §5.6)."
+    ),
+    "peers_server_load_reduction": _Gauge(
+        "peers_server_load_reduction",
+        "Idle peers revalidated by direct bubbles, without their server (RFC 6081 §5.7).",
+    ),
     "ipv6_forwarding": _Gauge("ipv6_forwarding", "1 when IPv6 forwarding is on (relays)."),
     "accelerated": _Gauge("accelerated", "1 when the C accelerators run."),
     "allow_private_addresses": _Gauge(

@@ -401,7 +401,7 @@ class PeeringEngine(ABC):
         elif bubble and self.is_teredo(src) and self._answers_our_bubble(packet, peer):
             # RFC 6081 §5.2.4.4, or our cookie: a reply to our bubble from a mismatched mapping
             # (symmetric NAT); the outer source is the mapping to use.
-            if not self._global_source(source):
+            if not self._may_learn(src, source):
                 return
             self.count("mismatched_mapping_accepted")
             peer = self.trust_peer(src, source, now)
@@ -409,6 +409,8 @@ class PeeringEngine(ABC):
         else:
             self._on_unverified(packet, source, now)
             return
+        if bubble and packet.trailers:
+            self._on_bubble_trailers(src, peer, packet, source, now)
         self.accept(ipv6)
 
     def send_ipv6(self, packet: bytes | bytearray | memoryview, now: float) -> None:
@@ -626,8 +628,9 @@ class PeeringEngine(ABC):
         peer.note_bubble(now)
         nonce = self._random_bytes(NONCE_TRAILER_LENGTH)
         peer.nonce_sent = nonce
+        bubble = encode_bubble(source, address) + nonce_trailer_bytes(nonce)
         self._datagrams.append(
-            (encode_bubble(source, address) + nonce_trailer_bytes(nonce), teredo_server(address))
+            (bubble + self._indirect_trailers(peer, now), teredo_server(address))
         )
         self.count("bubbles_sent")
 
@@ -761,6 +764,22 @@ class PeeringEngine(ABC):
 
     # -----------------------------------------------------------------------------------------
     # Helpers
+
+    def _indirect_trailers(self, peer: Peer, now: float) -> bytes:
+        """More RFC 6081 trailers for an indirect bubble to `peer`, after the nonce. Default:
+        none (the client adds its Alternate Address trailer, RFC 6081 §5.6)."""
+        return b""
+
+    def _may_learn(self, address: bytes, source: Endpoint) -> bool:
+        """Whether a bubble answering ours from `source` may make it `address`'s mapping.
+        Default: only a global unicast one (RFC 4380 §5.2.3, CVE-2006-6264)."""
+        return self._global_source(source)
+
+    def _on_bubble_trailers(  # noqa: B027 (optional hook)
+        self, address: bytes, peer: Peer, packet: TeredoPacket, source: Endpoint, now: float
+    ) -> None:
+        """An accepted direct bubble from `address` carried trailers (the client answers an
+        RFC 6081 §5.7 solicitation). Default: nothing to do."""
 
     def _answers_our_bubble(self, packet: TeredoPacket, peer: Peer | None) -> bool:
         ipv6 = packet.ipv6

@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any, Final, Generic, Protocol, TypeVar, cast, overload
 
 from teredo.core.address import Endpoint
@@ -438,6 +438,9 @@ class PeerTable:
         self._probation: deque[tuple[bytes, Peer, float]] = deque()
         self.on_remove = on_remove
         self.mirror: PeerMirror | None = None
+        # Peers the mirror must not hold: sent to at another mapping than they are received
+        # from (the client's RFC 6081 §5.3.4.3 rule); the mirror has one mapping per peer.
+        self.unmirrored: Container[bytes] = ()
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -707,7 +710,7 @@ class PeerTable:
     def publish(self, address: bytes, peer: Peer) -> None:
         """Put `peer` in the mirror if it is established: trusted, nothing queued."""
         mirror = self.mirror
-        if mirror is None:
+        if mirror is None or address in self.unmirrored:
             return
         mapped = peer.mapped
         if mapped is not None and not peer.queue:

@@ -36,7 +36,22 @@ class HostSpecificRelayStatus(RelayEngineStatus):
     host_addresses: list[str]
 
 
-class ClientEngineStatus(EngineStatus):
+class ClientExtensionStatus(TypedDict):
+    """RFC 6081 in a client's status, as `netsh interface teredo show state` shows it
+    (teredo.core.extensions)."""
+
+    client_state: str  # offline, probe, qualified (in use) or dormant (no peer for 30 s)
+    nat_behaviours: list[str]  # upnp, port-preserving, sequential
+    local_mapping: str | None  # the service socket's endpoint, as the host sees it
+    upnp_mapped: str | None  # the port mapped on the NAT's UPnP gateway (RFC 6081 §5.3)
+    extensions: dict[str, bool]  # which extensions are turned on
+    peers_symmetric_nat: int  # peers each extension serves (RFC 6081 §5.2-§5.7)
+    peers_upnp: int
+    peers_hairpinning: int
+    peers_server_load_reduction: int
+
+
+class ClientEngineStatus(EngineStatus, ClientExtensionStatus):
     """A client's core: the engine's figures and the qualification state (RFC 4380 §5.2)."""
 
     role: str

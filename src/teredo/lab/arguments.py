@@ -5,15 +5,30 @@ from __future__ import annotations
 import argparse
 
 # Literal copies of the lab's names, so that building the parser imports nothing heavy.
-NAT_KINDS = ("fullcone", "restricted", "port-restricted", "symmetric", "none")
+NAT_KINDS = (
+    "fullcone",
+    "restricted",
+    "port-restricted",
+    "symmetric",
+    "symmetric-preserving",
+    "symmetric-sequential",
+    "address-symmetric",
+    "upnp-port-restricted",
+    "upnp-symmetric",
+    "none",
+)
 IMPL_CHOICES = ("auto", "ours", "miredo")
 DEFAULT_NAME = "tl"
 DEMO_NAME = "tldemo"
 
 NAT_HELP = (
     "fullcone (anyone may send to the mapped port), restricted (only addresses the client sent "
-    "to), port-restricted (only address and port pairs it sent to), symmetric (a new port per "
-    "destination), none (no NAT: the client has a public address)"
+    "to), port-restricted (only address and port pairs it sent to), symmetric (a new random "
+    "port per destination), symmetric-preserving (a new mapping per destination, keeping the "
+    "client's port when it is free), symmetric-sequential (a new mapping per destination, ports "
+    "in sequence), address-symmetric (a new mapping per destination address), "
+    "upnp-port-restricted and upnp-symmetric (port-restricted or symmetric with a UPnP IGD, "
+    "miniupnpd, on the box), none (no NAT: the client has a public address)"
 )
 
 
@@ -41,6 +56,19 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
         default="fullcone",
         metavar="KIND",
         help="NAT in front of client2 (default fullcone)",
+    )
+    parser.add_argument(
+        "--same-nat",
+        action="store_true",
+        help="put both clients behind NAT box 1 (of kind --nat1; --nat2 is not used), each on "
+        "its own inside interface and /24",
+    )
+    parser.add_argument(
+        "--hairpinning",
+        choices=("yes", "no"),
+        default="yes",
+        help="with --same-nat: whether NAT box 1 forwards a client's packets sent to the "
+        "other client's public mapping (yes, the default) or drops them (no)",
     )
     for role in ("server", "relay", "client1", "client2"):
         parser.add_argument(

@@ -74,6 +74,8 @@ def _new_lab(args: argparse.Namespace) -> Lab:
         progress=lambda message: _say(f"  {message}"),
         generator=getattr(args, "generator", False),
         relays=getattr(args, "relays", 1),
+        same_nat=getattr(args, "same_nat", False),
+        hairpinning=getattr(args, "hairpinning", "yes") == "yes",
     )
 
 
@@ -179,8 +181,7 @@ def _impls_line(lab: Lab) -> str:
             parts.append(f"{role} Miredo")
         else:
             parts.append(f"{role} teredo (ours)")
-    nat1, nat2 = (site.kind.value for site in lab.topology.sites)
-    return f"{'; '.join(parts)}; NAT1 {nat1}, NAT2 {nat2}"
+    return f"{'; '.join(parts)}; {lab.nat_description}"
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from teredo.core.address import TeredoAddress, parse_teredo_address
 from teredo.core.errors import ParseError, UsageError, UserError
-from teredo.lab import bgp, netns, processes
+from teredo.lab import bgp, netns, processes, upnp
 from teredo.lab.generator import generator_ruleset, read_counters, sink_ruleset
 from teredo.lab.nat import nat_ruleset
 from teredo.lab.processes import ProcessInfo
@@ -116,12 +116,15 @@ class Lab:
         generator: bool = False,
         ours_config: dict[str, list[str]] | None = None,
         relays: int = 1,
+        same_nat: bool = False,
+        hairpinning: bool = True,
     ) -> None:
         self.name = check_name(name)
         self.generator = generator
         if relays not in (1, len(RELAY_SITES)):
             raise UsageError(f"a lab has 1 or {len(RELAY_SITES)} relays, not {relays}")
         self.relays = relays
+        self.hairpinning = hairpinning
         self.roles = roles_for(relays)
         self.ours_config = {role: list(lines) for role, lines in (ours_config or {}).items()}
         unknown = sorted(set(self.ours_config) - set(self.roles) - {"relay"})
@@ -131,7 +134,11 @@ class Lab:
             )
         try:
             self.topology: Topology = build_topology(
-                NatKind(nat1), NatKind(nat2), generator=generator, relays=relays
+                NatKind(nat1),
+                NatKind(nat2),
+                generator=generator,
+                relays=relays,
+                same_nat=same_nat,
             )
         except ValueError as error:
             raise UsageError(f"{error}; NAT kinds are {', '.join(NatKind)}") from None
@@ -140,6 +147,8 @@ class Lab:
         self.impls = {role: resolve_impl(role, choices[role]) for role in self.roles}
         if relays > 1:
             bgp.require_bird()
+        if any(site.kind.upnp for site in self.topology.sites):
+            upnp.require_miniupnpd()
         self.ready_timeout = ready_timeout
         self.progress: Progress = progress or _quiet
         self.state: LabState | None = None
@@ -192,6 +201,8 @@ class Lab:
             generator=GENERATOR_NODE in state.namespaces,
             ours_config=state.ours_config,
             relays=len(RELAY_SITES) if RELAY_SITES[0] in state.namespaces else 1,
+            same_nat=state.same_nat,
+            hairpinning=state.hairpinning,
         )
         lab.impls = {
             role: Impl(record.impl) for role, record in state.roles.items() if role in lab.roles
@@ -205,6 +216,16 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+    @property
+    def nat_description(self) -> str:
+        """E.g. "NAT1 symmetric, NAT2 fullcone", or "both clients behind NAT1 symmetric
+        (hairpinning no)" with `same_nat`."""
+        first, second = (site.kind.value for site in self.topology.sites)
+        if self.topology.same_nat:
+            hairpinning = "yes" if self.hairpinning else "no"
+            return f"both clients behind NAT1 {first} (hairpinning {hairpinning})"
+        return f"NAT1 {first}, NAT2 {second}"
 
     # -- bring up ---------------------------------------------------------------------------
 
@@ -227,6 +248,8 @@ class Lab:
             nat2,
             namespaces={node: f"{self.name}-{node}" for node in self.nodes},
             ours_config=self.ours_config,
+            same_nat=self.topology.same_nat,
+            hairpinning=self.hairpinning,
         )
         claim(state)
         self.state = state
@@ -235,11 +258,12 @@ class Lab:
                 started = time.monotonic()
                 self._build()
                 self.progress(
-                    f"built {len(self.nodes)} namespaces {self.name}-*, NAT1 {nat1}, NAT2 {nat2} "
+                    f"built {len(self.nodes)} namespaces {self.name}-*, {self.nat_description} "
                     f"({time.monotonic() - started:.1f} s)"
                 )
                 if self.relays > 1:
                     self._start_bgp()
+                self._start_upnp()
                 self._start_roles(("server", *relay_nodes(self.relays)))
                 if self.relays > 1:
                     self._wait_routed(time.monotonic())
@@ -304,7 +328,17 @@ class Lab:
                 "CAP_NET_ADMIN and a kernel with network namespaces, veth and IPv6"
             ) from error
         for site in topology.sites:
-            ruleset = nat_ruleset(site.kind, site.lan_network, site.wan.ip, site.client.ip)
+            box = topology.box_sites(site.nat_node)
+            if site is not box[0]:
+                continue  # one ruleset per box
+            ruleset = nat_ruleset(
+                site.kind,
+                site.lan_network,
+                site.wan.ip,
+                site.client.ip,
+                second_lan=box[1].lan_network if len(box) > 1 else None,
+                hairpinning=self.hairpinning,
+            )
             if ruleset is not None:
                 netns.load_nftables(self.namespace(site.nat_node), ruleset)
         if self.generator:
@@ -379,6 +413,47 @@ class Lab:
             save(self.state)
             roles.append(role)
         self._wait_ready(roles, started)
+
+    def _start_upnp(self) -> None:
+        """miniupnpd on every NAT box with a UPnP IGD (upnp.py), ready on the SSDP port."""
+        assert self.state is not None
+        started = time.monotonic()
+        roles = []
+        for site in self.topology.sites:
+            box = self.topology.box_sites(site.nat_node)
+            if not site.kind.upnp or site is not box[0]:
+                continue
+            role = upnp_role(site.nat_node)
+            config = self.directory / f"{site.nat_node}-miniupnpd.conf"
+            leases = self.directory / f"{site.nat_node}-miniupnpd.leases"
+            pid_file = self.directory / f"{site.nat_node}-miniupnpd.pid"
+            log_path = self.directory / f"{site.nat_node}-miniupnpd.log"
+            config.write_text(
+                upnp.miniupnpd_config(
+                    self.name,
+                    site.nat_node,
+                    [(s.lan_ifname, s.lan_network) for s in box],
+                    str(leases),
+                )
+            )
+            argv = upnp.miniupnpd_argv(str(config), str(pid_file))
+            info = processes.launch(self.namespace(site.nat_node), argv, log_path)
+            self.state.roles[role] = RoleRecord(
+                role=role,
+                node=site.nat_node,
+                kind="upnp",
+                impl=upnp.PROGRAM,
+                argv=list(argv),
+                config=str(config),
+                log=str(log_path),
+                pid=info.pid,
+                starttime=info.starttime,
+                pidfile=str(pid_file),
+            )
+            save(self.state)
+            roles.append(role)
+        if roles:
+            self._wait_ready(roles, started)
 
     def _wait_routed(self, started: float) -> None:
         """Wait until the router's route to the Teredo prefix comes from BGP, from the
@@ -501,6 +576,11 @@ class Lab:
                 (a, TEREDO_PORT) in bound or (IPv4Address(0), TEREDO_PORT) in bound for a in wanted
             ):
                 return f"listening on {SERVER_IPV4}:{TEREDO_PORT} and {SERVER_IPV4_2}:{TEREDO_PORT}"
+            return None
+        if record.kind == "upnp":
+            assert record.pid is not None
+            if (IPv4Address(0), upnp.SSDP_PORT) in _udp_bound(record.pid):
+                return f"UPnP IGD answering SSDP on port {upnp.SSDP_PORT}"
             return None
         if record.kind == "bgp":
             if record.control_socket is None:
@@ -689,7 +769,9 @@ class Lab:
                 entry["nat"] = self.topology.site(node.name).kind.value
             nodes.append(entry)
         roles = []
-        for role in [*self.roles, *(bgp.bgp_role(n) for n in bgp.bgp_nodes(self.relays))]:
+        upnp_roles = sorted({upnp_role(s.nat_node) for s in self.topology.sites if s.kind.upnp})
+        bgp_roles = [bgp.bgp_role(n) for n in bgp.bgp_nodes(self.relays)]
+        for role in [*self.roles, *bgp_roles, *upnp_roles]:
             record = state.roles.get(role)
             if record is None:
                 continue
@@ -713,6 +795,8 @@ class Lab:
             "phase": state.phase,
             "state_dir": str(self.directory),
             "nat": {site.nat_node: site.kind.value for site in self.topology.sites},
+            "same_nat": self.topology.same_nat,
+            "hairpinning": self.hairpinning if self.topology.same_nat else None,
             "nodes": nodes,
             "roles": roles,
         }
@@ -737,8 +821,14 @@ _READY_WHAT: Final = {
     "server": f"listened on UDP {TEREDO_PORT} on both server addresses",
     "relay": f"brought its {TEREDO_INTERFACE} interface up",
     "bgp": "answered birdc",
+    "upnp": f"listened for SSDP on UDP {upnp.SSDP_PORT}",
     "client": f"got a Teredo address on its {TEREDO_INTERFACE} interface",
 }
+
+
+def upnp_role(nat_node: str) -> str:
+    """The name of the UPnP IGD role on a NAT box (e.g. "upnp1" on nat1)."""
+    return "upnp" + nat_node.removeprefix("nat")
 
 
 def _udp_bound(pid: int) -> set[tuple[IPv4Address, int]]:

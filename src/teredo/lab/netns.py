@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -319,16 +320,25 @@ def load_nftables(namespace: str, ruleset: str) -> None:
 
 
 def interface_state(namespace: str, ifname: str) -> tuple[bool, list[Address]] | None:
-    """(is up, addresses) of an interface in `namespace`, or None when it does not exist."""
+    """(is up, addresses) of an interface in `namespace`, or None when it does not exist
+    (also when it went away while being read: a restarting client removes its TUN device)."""
+    from pyroute2 import NetlinkError
+
     with iproute(namespace) as ipr:
         indexes = ipr.link_lookup(ifname=ifname)
         if not indexes:
             return None
         index = indexes[0]
-        link = ipr.get_links(index)[0]
+        try:
+            link = ipr.get_links(index)[0]
+            messages = list(ipr.get_addr(index=index))
+        except NetlinkError as error:
+            if error.code == errno.ENODEV:
+                return None
+            raise
         up = bool(link["flags"] & IFF_UP)
         addresses: list[Address] = []
-        for message in ipr.get_addr(index=index):
+        for message in messages:
             addresses.append(
                 ip_interface(f"{message.get_attr('IFA_ADDRESS')}/{message['prefixlen']}")
             )

@@ -83,9 +83,11 @@ def launch(
 
 
 def _reap() -> None:
+    # Labs may run in several threads at once (benchmarks/matrix.py): another may have
+    # reaped the same child meanwhile.
     for pid, process in list(_children.items()):
         if process.poll() is not None:
-            del _children[pid]
+            _children.pop(pid, None)
 
 
 def group_members(pgid: int, namespaces: Iterable[str]) -> list[int]:

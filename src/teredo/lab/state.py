@@ -62,6 +62,8 @@ class LabState:
     owner_pid: int = field(default_factory=os.getpid)
     roles: dict[str, RoleRecord] = field(default_factory=dict)
     ours_config: dict[str, list[str]] = field(default_factory=dict)  # role -> extra lines
+    same_nat: bool = False  # both clients behind nat1
+    hairpinning: bool = True  # with same_nat: whether nat1 hairpins
 
     @property
     def directory(self) -> Path:

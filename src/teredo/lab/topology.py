@@ -64,10 +64,28 @@ class NatKind(StrEnum):
     RESTRICTED = "restricted"
     # Endpoint-independent mapping, address-and-port-dependent filtering.
     PORT_RESTRICTED = "port-restricted"
-    # Address-and-port-dependent mapping (a new random port per destination).
+    # Address-and-port-dependent mapping (a new random port per destination): RFC 6081
+    # Figure 1's "port-symmetric" NAT.
     SYMMETRIC = "symmetric"
+    # Address-and-port-dependent mapping that keeps the client's port when no mapping uses it
+    # yet (RFC 6081 §3.3): the first destination of a local port sees that port, later ones a
+    # random port.
+    SYMMETRIC_PRESERVING = "symmetric-preserving"
+    # Address-and-port-dependent mapping, ports handed out in sequence (RFC 6081 §3.4).
+    SYMMETRIC_SEQUENTIAL = "symmetric-sequential"
+    # Address-dependent mapping: one port per destination address, whatever the remote port.
+    ADDRESS_SYMMETRIC = "address-symmetric"
+    # Port-restricted and symmetric NATs with a UPnP Internet Gateway Device on the box
+    # (miniupnpd, teredo.lab.upnp): RFC 6081 §3.2.
+    UPNP_PORT_RESTRICTED = "upnp-port-restricted"
+    UPNP_SYMMETRIC = "upnp-symmetric"
     # No NAT at all: the client has a public IPv4 address behind a plain router.
     NONE = "none"
+
+    @property
+    def upnp(self) -> bool:
+        """Whether the box runs a UPnP IGD (miniupnpd) next to its NAT."""
+        return self in (NatKind.UPNP_PORT_RESTRICTED, NatKind.UPNP_SYMMETRIC)
 
 
 DEFAULT_NAT1: Final = NatKind.PORT_RESTRICTED
@@ -116,6 +134,9 @@ RELAY_ADDRESSES: Final = {
     ),
 }
 RELAY_PREFIXLEN: Final = (28, 64)
+# The NAT boxes' public side (a /28 per site), and that of boxes with a UPnP IGD.
+NAT_PUBLIC: Final = "203.0.113"
+UPNP_PUBLIC: Final = "203.0.114"
 GENERATOR_IPV4: Final = IPv4Address("198.51.100.50")
 GENERATOR_IPV6: Final = IPv6Address("2001:db8:4::2")
 # The generator's fake Teredo clients live here (RFC 6598 shared address space).
@@ -184,6 +205,7 @@ class Site:
     wan: IPv4Interface  # the NAT's public address
     lan: IPv4Interface  # the NAT's inside address (the client's gateway)
     client: IPv4Interface  # the client's address
+    lan_ifname: str = "lan"  # the NAT box's interface toward the client
 
     @property
     def lan_network(self) -> IPv4Network:
@@ -213,10 +235,19 @@ class Topology:
         raise KeyError(name)
 
     def site(self, nat_node: str) -> Site:
+        """The (first) site of a NAT box."""
         for site in self.sites:
             if site.nat_node == nat_node:
                 return site
         raise KeyError(nat_node)
+
+    def box_sites(self, nat_node: str) -> tuple[Site, ...]:
+        """Every site behind one NAT box: two with `same_nat`, else one."""
+        return tuple(site for site in self.sites if site.nat_node == nat_node)
+
+    @property
+    def same_nat(self) -> bool:
+        return self.sites[0].nat_node == self.sites[1].nat_node
 
 
 def _v4(text: str) -> IPv4Interface:
@@ -229,8 +260,11 @@ def _v6(text: str) -> IPv6Interface:
 
 def _site(index: int, kind: NatKind) -> Site:
     # Site n: the NAT's public /28 is 203.0.113.16(n-1)/28; behind it 10.n.0.0/24, or with no
-    # NAT a public /28 at 203.0.113.(64 + 16(n-1)) routed to the NAT box by the router.
+    # NAT a public /28 at 203.0.113.(64 + 16(n-1)) routed to the NAT box by the router. A box
+    # with a UPnP IGD sits in 203.0.114.16(n-1)/28 instead: miniupnpd refuses to forward ports
+    # on an address of the documentation ranges (docs/lab-notes.md).
     base = 16 * (index - 1)
+    public = UPNP_PUBLIC if kind.upnp else NAT_PUBLIC
     if kind is NatKind.NONE:
         inside = 64 + base
         lan, client = _v4(f"203.0.113.{inside + 1}/28"), _v4(f"203.0.113.{inside + 2}/28")
@@ -240,10 +274,21 @@ def _site(index: int, kind: NatKind) -> Site:
         nat_node=f"nat{index}",
         client_node=f"cli{index}",
         kind=kind,
-        wan=_v4(f"203.0.113.{base + 2}/28"),
+        wan=_v4(f"{public}.{base + 2}/28"),
         lan=lan,
         client=client,
     )
+
+
+def _same_nat_site(first: Site) -> Site:
+    """Client 2 behind NAT box 1 (`same_nat`): its own /24 on a second inside interface of
+    the box, so that traffic between the two clients crosses the box, as it does through a
+    home router's switch; with NAT kind "none" the next public /28, routed to the box too."""
+    if first.kind is NatKind.NONE:
+        lan, client = _v4("203.0.113.81/28"), _v4("203.0.113.82/28")
+    else:
+        lan, client = _v4("10.1.1.1/24"), _v4("10.1.1.2/24")
+    return Site(first.nat_node, "cli2", first.kind, first.wan, lan, client, "lan2")
 
 
 def router_side(site: Site) -> IPv4Interface:
@@ -262,12 +307,15 @@ def build_topology(
     *,
     generator: bool = False,
     relays: int = 1,
+    same_nat: bool = False,
 ) -> Topology:
     """The whole lab for the given NAT kinds, with the generator node when asked for, and one
-    relay (its route static) or two relay sites (their routes from BGP)."""
+    relay (its route static) or two relay sites (their routes from BGP). With `same_nat` both
+    clients sit behind NAT box 1 (of kind `nat1`) and there is no nat2."""
     if relays not in (1, len(RELAY_SITES)):
         raise ValueError(f"a lab has 1 or {len(RELAY_SITES)} relays, not {relays}")
-    sites = (_site(1, nat1), _site(2, nat2))
+    first = _site(1, nat1)
+    sites = (first, _same_nat_site(first) if same_nat else _site(2, nat2))
     default4 = IPv4Network("0.0.0.0/0")
     default6 = IPv6Network("::/0")
     v4_len, v6_len = RELAY_PREFIXLEN
@@ -293,20 +341,25 @@ def build_topology(
     links.append(Link("inet", "v6", "v6", "eth0"))
     site_nodes: list[Node] = []
     for site in sites:
-        inet_ifaces.append(Interface(site.nat_node, (router_side(site),)))
         if site.kind is NatKind.NONE:
             inet_routes.append(Route(site.lan_network, site.wan.ip))
-        links.append(Link("inet", site.nat_node, site.nat_node, "wan"))
-        links.append(Link(site.nat_node, "lan", site.client_node, "eth0"))
-        site_nodes.append(
-            Node(
-                site.nat_node,
-                "nat",
-                (Interface("wan", (site.wan,)), Interface("lan", (site.lan,))),
-                (Route(default4, router_side(site).ip),),
-                (*COMMON_SYSCTLS, IPV4_FORWARDING),
+        links.append(Link(site.nat_node, site.lan_ifname, site.client_node, "eth0"))
+        box = [s for s in sites if s.nat_node == site.nat_node]
+        if site is box[0]:  # one box, however many clients behind it
+            inet_ifaces.append(Interface(site.nat_node, (router_side(site),)))
+            links.append(Link("inet", site.nat_node, site.nat_node, "wan"))
+            site_nodes.append(
+                Node(
+                    site.nat_node,
+                    "nat",
+                    (
+                        Interface("wan", (site.wan,)),
+                        *(Interface(s.lan_ifname, (s.lan,)) for s in box),
+                    ),
+                    (Route(default4, router_side(site).ip),),
+                    (*COMMON_SYSCTLS, IPV4_FORWARDING),
+                )
             )
-        )
         site_nodes.append(
             Node(
                 site.client_node,

@@ -5,6 +5,12 @@ qualification logic (`teredo.core.qualification.Qualifier`, with the cone test t
 must not run), then prints what a client on this host would get: the mapped address and port,
 the NAT behaviour, the Teredo address, the MTU and the round-trip time. Nothing is configured.
 
+It also reports the NAT's behaviours that RFC 6081's extensions use, as far as two server
+addresses show them: port preserving (the mapped port is the local port, §3.3), sequential
+(behind a symmetric NAT, the secondary address's mapped port follows the primary's by a small
+positive delta, §3.4), and a UPnP Internet Gateway Device on the LAN (one SSDP search sent
+before qualifying, answers awaited at most UPNP_WAIT seconds, §3.2).
+
 When the server does not answer within `--timeout` seconds, the probe exits with status 1 and
 one sentence saying so; an unresolvable name or a bad port is a usage error (status 2).
 """
@@ -19,6 +25,7 @@ import time
 from ipaddress import IPv4Address
 from typing import Any, Final
 
+from teredo.adapters.ssdp import Gateway, GatewaySearch
 from teredo.adapters.udp import open_udp_socket
 from teredo.core.address import TEREDO_PORT, Endpoint, endpoint, parse_teredo_address
 from teredo.core.errors import NameResolutionError, UsageError, UserError
@@ -49,6 +56,13 @@ NAT_EXPLANATIONS: Final = {
     ),
     NatBehaviour.UNKNOWN: "unknown: the secondary server address did not answer in time",
 }
+
+
+# How long a UPnP IGD may take to answer the SSDP search (its MX is 1 s).
+UPNP_WAIT: Final = 1.0
+# Largest step between the mappings toward the two server addresses still called sequential:
+# a sequential NAT gives the next port (1), or a few more when other flows took some meanwhile.
+SEQUENTIAL_DELTA_MAX: Final = 16
 
 
 def resolve_ipv4(name: str, what: str = "Teredo server") -> IPv4Address:
@@ -90,6 +104,8 @@ def probe(server_name: str, timeout: float = 12.0, port: int = 0) -> dict[str, A
     server = ServerPair.of(primary)
     udp = open_udp_socket("0.0.0.0", port, address_setting="the local address",
                           port_setting="--port")  # fmt: skip
+    search = GatewaySearch()
+    search.start()
     try:
         local_ip = local_address_toward(primary) or IPv4Address("0.0.0.0")
         local = endpoint(local_ip, udp.local[1])
@@ -103,13 +119,26 @@ def probe(server_name: str, timeout: float = 12.0, port: int = 0) -> dict[str, A
         _run(qualifier, udp.sock, timeout)
     finally:
         udp.close()
+        gateway = search.finish(UPNP_WAIT)
     if qualifier.state is not QualificationState.QUALIFIED or qualifier.address is None:
         raise UserError(
             f"no answer from the Teredo server {primary} (UDP port {TEREDO_PORT}) within "
             f"{timeout:g} s; check the address and that outgoing UDP to port {TEREDO_PORT} is "
             "allowed"
         )
-    return _document(qualifier, server, local)
+    return _document(qualifier, server, local, gateway)
+
+
+def port_delta(qualifier: Qualifier) -> int | None:
+    """The secondary address's mapped port minus the primary's, when both are known."""
+    if qualifier.mapped is None or qualifier.secondary_mapping is None:
+        return None
+    return qualifier.secondary_mapping[1] - qualifier.mapped[1]
+
+
+def is_sequential(nat: NatBehaviour, delta: int | None) -> bool:
+    """A symmetric NAT whose second mapping came a small positive step after the first."""
+    return nat is NatBehaviour.SYMMETRIC and delta is not None and 0 < delta <= SEQUENTIAL_DELTA_MAX
 
 
 def _run(qualifier: Qualifier, sock: socket.socket, timeout: float) -> None:
@@ -154,10 +183,13 @@ def _run(qualifier: Qualifier, sock: socket.socket, timeout: float) -> None:
         selector.close()
 
 
-def _document(qualifier: Qualifier, server: ServerPair, local: Endpoint) -> dict[str, Any]:
+def _document(
+    qualifier: Qualifier, server: ServerPair, local: Endpoint, gateway: Gateway | None
+) -> dict[str, Any]:
     assert qualifier.address is not None and qualifier.mapped is not None
     decoded = parse_teredo_address(qualifier.address)
     secondary = qualifier.secondary_mapping
+    delta = port_delta(qualifier)
     return {
         "server": str(server.primary),
         "secondary_server": str(server.secondary) if server.secondary else None,
@@ -170,6 +202,12 @@ def _document(qualifier: Qualifier, server: ServerPair, local: Endpoint) -> dict
         "nat": qualifier.nat.value,
         "cone": qualifier.cone_answered,
         "port_preserving": qualifier.port_preserving,
+        "port_delta": delta,
+        "sequential": is_sequential(qualifier.nat, delta),
+        "upnp": gateway is not None,
+        "upnp_gateway": gateway.address if gateway else None,
+        "upnp_location": gateway.location if gateway else None,
+        "upnp_server": gateway.server if gateway else None,
         "teredo_address": str(qualifier.address),
         "prefix": str(qualifier.prefix),
         "flags": decoded.flags,
@@ -195,11 +233,28 @@ def render(document: dict[str, Any]) -> str:
     rows += [
         ("NAT", NAT_EXPLANATIONS[nat]),
         ("port preserved", "yes" if document["port_preserving"] else "no"),
+        ("sequential", _sequential_text(document)),
+        ("UPnP IGD", _upnp_text(document)),
         ("Teredo address", document["teredo_address"]),
         ("MTU", str(document["mtu"])),
         ("RTT", f"{document['rtt_ms']:.1f} ms"),
     ]
     return "\n".join(f"{label:<15} {value}" for label, value in rows)
+
+
+def _sequential_text(document: dict[str, Any]) -> str:
+    if document["sequential"]:
+        return f"yes (the second mapping's port is {document['port_delta']:+d})"
+    if document["nat"] == NatBehaviour.SYMMETRIC.value and document["port_delta"] is not None:
+        return f"no (the second mapping's port is {document['port_delta']:+d})"
+    return "no"
+
+
+def _upnp_text(document: dict[str, Any]) -> str:
+    if not document["upnp"]:
+        return f"none answered within {UPNP_WAIT:g} s"
+    server = f", {document['upnp_server']}" if document["upnp_server"] else ""
+    return f"{document['upnp_gateway']} ({document['upnp_location']}{server})"
 
 
 def run_probe(server: str, as_json: bool = False, timeout: float = 12.0, port: int = 0) -> int:

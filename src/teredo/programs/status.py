@@ -83,6 +83,13 @@ def render_status(document: Mapping[str, Any]) -> str:
             lines.append(_row("peers", _peers_summary(value, document), 0, width))
         elif key == "servers" and isinstance(value, list) and value:
             lines.append(_row("servers", _servers_summary(value), 0, width))
+        elif key == "state" and isinstance(document.get("client_state"), str):
+            lines.append(_row("state", _client_state(document), 0, width))
+        elif key == "nat" and isinstance(document.get("nat_behaviours"), list):
+            behaviours = [str(b) for b in document["nat_behaviours"]]
+            lines.append(_row("nat", ", ".join([_scalar(value), *behaviours]), 0, width))
+        elif key == "extensions" and isinstance(value, Mapping):
+            lines += _extensions_summary(value, document, width)
         else:
             lines += _render_value(key, value, 0, width)
     return "\n".join(lines) + "\n"
@@ -97,12 +104,49 @@ def _shown_elsewhere(document: Mapping[str, Any]) -> set[str]:
         shown |= {"server", "secondary_server"}
     if isinstance(document.get("peers"), int):
         shown |= {"trusted_peers", "max_peers"}
+    if isinstance(document.get("client_state"), str) and "state" in document:
+        shown.add("client_state")
+    if isinstance(document.get("nat_behaviours"), list) and "nat" in document:
+        shown.add("nat_behaviours")
+    if isinstance(document.get("extensions"), Mapping):
+        shown |= {key for key in document if key.startswith(_PEERS_WITH)}
     address, mapped = document.get("address"), document.get("mapped")
     if isinstance(address, str) and isinstance(mapped, str):
         decoded = _decode(address, document.get("prefix"))
         if decoded is not None and f"{decoded.mapped_address}:{decoded.mapped_port}" == mapped:
             shown.add("mapped")
     return shown
+
+
+_PEERS_WITH: Final = "peers_"  # peers_<extension>: how many peers an RFC 6081 extension serves
+_NOT_EXTENSION_COUNTS: Final = frozenset({"peers", "peer_list"})
+
+
+def _client_state(document: Mapping[str, Any]) -> str:
+    """The client's state as `netsh interface teredo show state` names it (offline, probe,
+    qualified, dormant), with the qualification state when it says more."""
+    shown, state = str(document["client_state"]), _scalar(document.get("state"))
+    return shown if shown == state else f"{shown} ({state})"
+
+
+def _extensions_summary(
+    extensions: Mapping[str, Any], document: Mapping[str, Any], width: int
+) -> list[str]:
+    """Which RFC 6081 extensions are on, and how many peers each serves, in two lines."""
+    on = [str(name) for name, enabled in extensions.items() if enabled]
+    off = [str(name) for name, enabled in extensions.items() if not enabled]
+    text = ", ".join(on) or "none"
+    if off:
+        text += f" (off: {', '.join(off)})"
+    counts = [
+        f"{key.removeprefix(_PEERS_WITH)} {_scalar(value)}"
+        for key, value in document.items()
+        if key.startswith(_PEERS_WITH) and key not in _NOT_EXTENSION_COUNTS
+    ]
+    lines = [_row("extensions", text, 0, width)]
+    if counts:
+        lines.append(_row("", "peers served: " + ", ".join(counts), 0, width))
+    return lines
 
 
 def format_duration(seconds: float) -> str:
