@@ -117,11 +117,14 @@ def test_upnp_symmetric_nats_reach_each_other(nat2: str) -> None:
     from other ports (miniupnpd's DNAT; the symmetric box's random ports), so the server sees
     another mapping than the UPnP one: the client offers the UPnP mapping in the Alternate
     Address trailer of its indirect bubbles (RFC 6081 §5.6.3), and the peer's direct bubble
-    there opens the way both ways. At exit the mapping is deleted (RFC 6081 §5.3.5)."""
+    there opens the way both ways. At exit the mapping is deleted (RFC 6081 §5.3.5). The
+    client qualifies without waiting for the gateway, so the mapping comes a moment later."""
     with built_lab(
         "tu", nat1="upnp-symmetric", nat2=nat2, server="ours", relay="ours",
         client1="ours", client2="ours",
     ) as lab:  # fmt: skip
+        assert wait_for(lambda: daemon_status(lab, "cli1")["upnp_mapped"] is not None)
+        assert wait_for(lambda: daemon_status(lab, "cli2")["upnp_mapped"] is not None)
         status = daemon_status(lab, "cli1")
         assert "upnp" in status["nat_behaviours"], status
         assert status["nat"] == "symmetric"

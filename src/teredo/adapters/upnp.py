@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # How long SSDP discovery listens for gateways, per search. miniupnpc's discovery as a whole
 # took ~1.1 s with a gateway on the LAN and ~4 s without one in the lab, at 250 or 1000 ms alike:
-# the daemon bounds what start-up waits for it (client_daemon.UPNP_START_WAIT).
+# the client qualifies without waiting for it (client_daemon._map_upnp).
 DISCOVERY_DELAY_MS: Final = 250
 DESCRIPTION: Final = "TEREDO"  # RFC 6081 §5.3.3: NewPortMappingDescription
 

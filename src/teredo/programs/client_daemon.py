@@ -16,8 +16,8 @@ What it does, in order:
    starts the hook script helper when ``HookScript`` is set, listens on the control socket,
    imports the UPnP library when ``UPnP yes``, then drops privileges to ``User`` keeping
    CAP_NET_ADMIN (address changes need it).
-3. maps its port on the NAT's UPnP gateway first when ``UPnP yes`` (`teredo.adapters.upnp`,
-   in a thread, RFC 6081 §5.3.3; unmapped at exit), then qualifies. On `Qualified` it
+3. starts mapping its port on the NAT's UPnP gateway when ``UPnP yes`` (`teredo.adapters.upnp`,
+   in a thread, RFC 6081 §5.3.3; unmapped at exit), and qualifies without waiting for it. On `Qualified` it
    configures the interface through netlink as Miredo's
    ``/etc/miredo/client-hook`` does (``InterfaceConfigurator.configure_client`` in
    `teredo.adapters.netlink`: link up with the RA's MTU, ``fe80::ffff:ffff:ffff/64``,
@@ -88,7 +88,6 @@ log = logging.getLogger(__name__)
 SECRET_BYTES: Final = 32
 MAX_PEERS_IN_STATUS: Final = 32
 UPNP_SHUTDOWN_WAIT: Final = 5.0  # seconds a mapping still being made may delay shutdown
-UPNP_START_WAIT: Final = 1.5  # seconds start-up waits for the UPnP mapping, at most
 HOOK_TIMEOUT: Final = 30.0  # seconds a hook script may run
 HOOK_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOOK_VARIABLES: Final = {
@@ -542,8 +541,7 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
             udp.local[0], udp.local[1], local, tun.name, ", ".join(str(s) for s in servers),
         )  # fmt: skip
         if daemon.upnp is not None:
-            service.status("mapping the Teredo port on the NAT's UPnP gateway")
-            await _map_upnp(daemon, local)
+            await _map_upnp(daemon, local)  # in a thread: qualification does not wait
         core.start(time.monotonic())
         daemon.loop.start()
         if daemon.discovery is not None:
@@ -600,29 +598,25 @@ def _watch_discovery(daemon: ClientDaemon) -> None:
 
 
 async def _map_upnp(daemon: ClientDaemon, local: tuple[str, int]) -> None:
-    """Map our port on the NAT's UPnP gateway (RFC 6081 §5.3.3), before qualifying, and give
-    the mapping to the core.
+    """Start mapping our port on the NAT's UPnP gateway (RFC 6081 §5.3.3) before qualifying,
+    and give the mapping to the core when the gateway has answered.
 
-    The order matters: a NAT that gives the mapped port to the client's own traffic only when
-    the mapping exists (miniupnpd's SNAT rule, a symmetric NAT's port preservation) shows the
-    server the mapped port only if the mapping came first; then the address names the UPnP
-    mapping, open to every peer. The calls block (SSDP discovery listens up to
-    `teredo.adapters.upnp.DISCOVERY_DELAY_MS`), so they run in a thread while the event loop
-    goes on; a plain thread, because asyncio.to_thread's executor imports modules on first
-    use, which may no longer be readable once privileges are dropped. Start-up waits for it
-    `UPNP_START_WAIT` at most: a gateway answers within that, while a LAN without one would
-    hold the client back the whole discovery (about 4 s with miniupnpc); a later mapping still
-    reaches the core, which offers it as an alternate address then (RFC 6081 §5.6)."""
+    The calls block (SSDP discovery listens up to `teredo.adapters.upnp.DISCOVERY_DELAY_MS`),
+    so they run in a thread while the event loop goes on; a plain thread, because
+    asyncio.to_thread's executor imports modules on first use, which may no longer be readable
+    once privileges are dropped. Qualification does not wait for it: a gateway answers in
+    about a second, a LAN without one would hold every start back for miniupnpc's whole
+    discovery (about 4 s), and a mapping that comes after qualifying is still used, offered as
+    an alternate address (RFC 6081 §5.6) and for §5.3.4's rule. The price, with a NAT that
+    gives the mapped port to the client's own traffic only once the mapping exists: the first
+    qualification sees another port, and the address follows the mapping at the next refresh."""
     upnp = daemon.upnp
     assert upnp is not None
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[tuple[str, int] | None] = loop.create_future()
 
     def finish(mapping: tuple[str, int] | None) -> None:
         if mapping is not None:
             daemon.core.set_upnp_mapping(mapping)
-        if not done.done():
-            done.set_result(mapping)
 
     def work() -> None:
         mapping = upnp.add(local)
@@ -632,7 +626,6 @@ async def _map_upnp(daemon: ClientDaemon, local: tuple[str, int]) -> None:
 
     daemon.upnp_thread = threading.Thread(target=work, name="teredo-upnp", daemon=True)
     daemon.upnp_thread.start()
-    await asyncio.wait({done}, timeout=UPNP_START_WAIT)
 
 
 def _unmap_upnp(daemon: ClientDaemon) -> None:
