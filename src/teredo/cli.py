@@ -171,7 +171,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
+def parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The parser `argv` needs: only its subcommand's, or none for top-level options alone
     (`teredo --version`); the whole one to list the commands (no command, an unknown one, or
     the top level's help)."""
@@ -297,7 +297,7 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         if argv is None:
             argv = sys.argv[1:]
-        parser = _parser_for(argv)
+        parser = parser_for(argv)
         args, unknown = parser.parse_known_args(argv)
         if unknown:
             words = [getattr(args, name, None) for name in ("command", "lab_command")]

@@ -33,7 +33,7 @@ def parsed(parser: argparse.ArgumentParser, argv: list[str]) -> dict[str, object
 
 @pytest.mark.parametrize("argv", COMMAND_LINES, ids=" ".join)
 def test_the_parser_built_for_a_command_line_parses_it_as_the_whole_one(argv: list[str]) -> None:
-    assert parsed(cli._parser_for(argv), argv) == parsed(cli.build_parser(), argv)
+    assert parsed(cli.parser_for(argv), argv) == parsed(cli.build_parser(), argv)
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,7 @@ def test_the_parser_built_for_a_command_line_parses_it_as_the_whole_one(argv: li
     ],
 )
 def test_only_the_commands_needed_are_built(argv: list[str], commands: set[str]) -> None:
-    parser = cli._parser_for(argv)
+    parser = cli.parser_for(argv)
     [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert set(sub.choices) == commands
 
