@@ -16,9 +16,12 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
 
 from teredo.core.errors import EXIT_BROKEN_PIPE, UsageError, UserError
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a one-shot command pays)
+if TYPE_CHECKING:
+    from typing import Any, Literal
 
 Handler = Callable[[argparse.Namespace], int]
 
