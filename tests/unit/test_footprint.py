@@ -22,7 +22,6 @@ NOT_IN_DAEMONS = (
     "pathlib",
     "logging.handlers",
     "difflib",
-    "json",  # the control socket, JSON logs and the hook helper import it when they run
 )
 # What one role does not need: the server's core (its Python twins of the C batch functions
 # included), the parsers of the other commands.
@@ -37,6 +36,7 @@ NOT_IN_COMMANDS = (
     *NOT_IN_DAEMONS,
     "asyncio",
     "ctypes",
+    "json",
     "logging",
     "teredo.core.server",
     "teredo.lab.arguments",  # only `teredo lab` builds its parser

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import enum
 import grp
+import json
 import logging
 import os
 import pwd
@@ -99,8 +100,6 @@ class ControlServer:
 
     def answer(self, request: bytes) -> object:
         """The reply to one request line (exposed for tests)."""
-        import json  # here, not at start: a daemon need not carry it
-
         try:
             message = json.loads(request)
         except ValueError:
@@ -294,8 +293,6 @@ def _answers(path: str) -> bool:
 
 def encode_document(document: object) -> bytes:
     """One JSON line; ipaddress objects become strings, Enums their value."""
-    import json  # here, not at start: a daemon need not carry it
-
     return json.dumps(document, default=_json_default, separators=(",", ":")).encode() + b"\n"
 
 
@@ -317,8 +314,6 @@ def query_control_socket(
 
     Raises `UserError` when nobody answers or the daemon reports an error.
     """
-    import json  # here, not at start: a daemon need not carry it
-
     _check_socket_path(path)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)

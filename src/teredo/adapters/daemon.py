@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -68,8 +69,6 @@ class JsonFormatter(logging.Formatter):
         self.role = role
 
     def format(self, record: logging.LogRecord) -> str:
-        import json  # here, not at start: a daemon need not carry it
-
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         event: dict[str, object] = {
             "time": f"{stamp}.{int(record.msecs):03d}Z",

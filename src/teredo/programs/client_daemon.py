@@ -42,6 +42,7 @@ HookScript: it redoes what netlink already did.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -211,8 +212,6 @@ class HookRunner:
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        import json  # here, not at start: a daemon need not carry it
-
         if not os.access(self.script, os.X_OK):
             raise UserError(
                 f"HookScript {self.script} is not an executable file; fix the path or chmod +x it"
@@ -225,8 +224,6 @@ class HookRunner:
 
     async def run(self, env: dict[str, str]) -> None:
         """Run the script with `env`; failures are logged, never raised."""
-        import json  # here, not at start: a daemon need not carry it
-
         process = self._process
         if process is None or process.stdin is None or process.stdout is None:
             return

@@ -11,6 +11,7 @@ one sentence saying so; an unresolvable name or a bad port is a usage error (sta
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import socket
@@ -203,8 +204,6 @@ def render(document: dict[str, Any]) -> str:
 
 def run_probe(server: str, as_json: bool = False, timeout: float = 12.0, port: int = 0) -> int:
     """The `teredo probe` command."""
-    import json  # here, not at start: a daemon need not carry it
-
     document = probe(server, timeout=timeout, port=port)
     print(json.dumps(document) if as_json else render(document))
     return 0

@@ -9,6 +9,7 @@ counters shown as "none", anything unknown rendered generically.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from ipaddress import IPv6Network
 from typing import Any, Final
@@ -37,8 +38,6 @@ def run_status(
 
     Without a path, query the only live socket in `search_dir` (/run/teredo).
     """
-    import json  # here, not at start: a daemon need not carry it
-
     path = socket_path or find_control_socket(search_dir)
     document = query_control_socket(path, "status")
     if as_json:
@@ -136,8 +135,6 @@ def _scalar(value: object) -> str:
 
 
 def _render_value(label: str, value: object, depth: int, width: int = _LABEL_WIDTH) -> list[str]:
-    import json  # here, not at start: a daemon need not carry it
-
     if isinstance(value, Mapping):
         if not value:
             return [_row(label, "none", depth, width)]
