@@ -53,6 +53,7 @@ import errno
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -78,6 +79,7 @@ log = logging.getLogger(__name__)
 
 BATCH_BYTES: Final = 4 * READ_BYTES  # a run of packets plus the next read
 SEGMENT_BYTES: Final = 4 * READ_BYTES  # a super-packet cut into segments, headers repeated
+LOADING_SWITCH_INTERVAL: Final = 0.0005  # seconds: see open_kernel_path_meanwhile
 
 
 class DataPath:
@@ -396,6 +398,10 @@ async def open_kernel_path_meanwhile(
             loop.call_soon_threadsafe(_resolve, done)
 
     thread = threading.Thread(target=work, name="teredo-bpf-load", daemon=True)
+    # The thread's Python parts (imports, ctypes structures) hold the GIL: the loop, woken by
+    # the server's answer, gets it back within 0.5 ms instead of Python's default 5.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(LOADING_SWITCH_INTERVAL)
     thread.start()
     try:
         await asyncio.shield(done)
@@ -404,6 +410,8 @@ async def open_kernel_path_meanwhile(
         if outcome and outcome[0] is not None and not isinstance(outcome[0], BaseException):
             outcome[0].close()
         raise
+    finally:
+        sys.setswitchinterval(interval)
     thread.join()
     result = outcome[0]
     if isinstance(result, BaseException):
