@@ -485,6 +485,7 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
     udp: UdpSocket | None = None
     tun: TunDevice | None = None
     daemon: ClientDaemon | None = None
+    shutdown: asyncio.Task[Any] | None = None  # the signal handlers (wait_for_shutdown)
     try:
         udp = await retry(lambda: open_udp_socket(config.bind_address, config.bind_port), service)
         bound_ip = IPv4Address(udp.local[0])
@@ -526,7 +527,15 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
             udp.local[0], udp.local[1], local, tun.name, ", ".join(str(s) for s in servers),
         )  # fmt: skip
         core.start(time.monotonic())
+        # Signals are handled before the server can answer: the address, and READY=1, may come
+        # while the kernel path loads, and a SIGTERM right after must find its handler.
+        signals = asyncio.ensure_future(
+            wait_for_shutdown(on_reload=service.reloading(daemon.reload))
+        )
+        shutdown = signals
         daemon.loop.start()  # the router solicitation leaves
+        if daemon.discovery is not None:
+            _watch_discovery(daemon)
         if config.offload:
             # Loaded while the server's answer is in flight and the address gets configured:
             # launch -> address does not wait for it, and privileges are dropped after it.
@@ -536,15 +545,16 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
             if kernel is not None:
                 daemon.attach_kernel(kernel)
         drop_privileges(config.user, keep=("CAP_NET_ADMIN",))
-        if daemon.discovery is not None:
-            _watch_discovery(daemon)
         # The address may already be up (and READY=1 sent) while the kernel path loaded.
         service.started(
             daemon.status_line() if daemon.configured else f"qualifying with {servers[0]}"
         )
-        await wait_for_shutdown(on_reload=service.reloading(daemon.reload))
+        await signals
         service.stopping()
     finally:
+        if shutdown is not None and not shutdown.done():  # the start failed: handlers go
+            shutdown.cancel()
+            await asyncio.wait([shutdown])
         if daemon is not None:
             await _shutdown(daemon)
         if tun is not None:
