@@ -16,9 +16,12 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
 
 from teredo.core.errors import EXIT_BROKEN_PIPE, UsageError, UserError
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a one-shot command pays)
+if TYPE_CHECKING:
+    from typing import Any, Literal
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -140,31 +143,59 @@ _DAEMON_HANDLERS: dict[str, Handler] = {
     "relay": _cmd_relay,
     "server": _cmd_server,
 }
-# The daemons' command line, Miredo's: (subcommand, Miredo's program, positional, its help,
+# The daemons' command line, Miredo's: subcommand -> (Miredo's program, positional, its help,
 # default file).
-DAEMONS: tuple[tuple[str, str, str, str, str], ...] = (
-    ("client", "miredo", "SERVER", "Teredo server (overrides ServerAddress)",
-     "/etc/miredo/miredo.conf"),
-    ("relay", "miredo", "SERVER", "accepted as miredo does, and ignored by a relay",
-     "/etc/miredo/miredo.conf"),
-    ("server", "miredo-server", "ADDRESS", "primary server IPv4 (overrides ServerBindAddress)",
-     "/etc/miredo/miredo-server.conf"),
+DAEMONS: dict[str, tuple[str, str, str, str]] = {
+    "client": ("miredo", "SERVER", "Teredo server (overrides ServerAddress)",
+               "/etc/miredo/miredo.conf"),
+    "relay": ("miredo", "SERVER", "accepted as miredo does, and ignored by a relay",
+              "/etc/miredo/miredo.conf"),
+    "server": ("miredo-server", "ADDRESS", "primary server IPv4 (overrides ServerBindAddress)",
+               "/etc/miredo/miredo-server.conf"),
+}  # fmt: skip
+
+
+COMMANDS: tuple[str, ...] = (
+    "decode", "encode", "checkconf", "client", "relay", "server", "probe", "status", "lab",
 )  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with `only` the top level and that one subcommand (`""`:
+    none): what `main` builds, since every subparser costs a one-shot command time."""
     parser = _Parser(
         prog="teredo",
         description="Teredo: IPv6 over UDP/IPv4 through NATs (RFC 4380, 5991, 6081).",
     )
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    for command in COMMANDS if only is None else (only,) if only else ():
+        _ADD_COMMAND[command](sub)
+    return parser
 
+
+def parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser `argv` needs: only its subcommand's, or none for top-level options alone
+    (`teredo --version`); the whole one to list the commands (no command, an unknown one, or
+    the top level's help)."""
+    if not argv:
+        return build_parser()
+    for word in argv:
+        if word.startswith("--h") or (word[:1] == "-" and word[1:2] != "-" and "h" in word):
+            return build_parser()  # help asked before any command: it lists them all
+        if not word.startswith("-"):
+            return build_parser(word if word in _ADD_COMMAND else None)
+    return build_parser("")
+
+
+def _add_decode(sub: Any) -> None:
     p = sub.add_parser("decode", help="decode a Teredo IPv6 address")
     p.add_argument("address", help="a Teredo IPv6 address, e.g. 2001:0:cb00:7178:0:efff:3fff:fdfe")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(handler=_cmd_decode)
 
+
+def _add_encode(sub: Any) -> None:
     p = sub.add_parser("encode", help="build a Teredo IPv6 address from its parts")
     p.add_argument("--server", required=True, metavar="IPV4", help="the Teredo server's IPv4")
     p.add_argument(
@@ -175,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", metavar="P", default=None, help="Teredo prefix (default 2001::)")
     p.set_defaults(handler=_cmd_encode)
 
+
+def _add_checkconf(sub: Any) -> None:
     p = sub.add_parser("checkconf", help="validate a miredo.conf / miredo-server.conf style file")
     p.add_argument("file", nargs="?", default=None, help="default /etc/miredo/miredo.conf")
     p.add_argument(
@@ -190,33 +223,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_checkconf)
 
-    for role, miredo, argument, argument_help, default_file in DAEMONS:
-        summary = f"run a Teredo {role} ({miredo}'s command line)"
-        p = sub.add_parser(
-            role,
-            help=summary,
-            description=f"{summary[0].upper()}{summary[1:]}: detach and log to syslog, or "
-            "stay in the foreground with -f.",
-        )
-        p.add_argument(
-            "-c", "--config", metavar="FILE", help=f"configuration file (default {default_file})"
-        )
-        p.add_argument(
-            "-f",
-            "--foreground",
-            action="store_true",
-            help="do not detach; log to stderr (unless the file sets SyslogFacility)",
-        )
-        p.add_argument(
-            "-p", "--pidfile", metavar="FILE", help="write the process id to FILE, locked"
-        )
-        p.add_argument(
-            "-u", "--user", metavar="USER", help="drop privileges to USER (overrides User)"
-        )
-        p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
-        p.add_argument("argument", nargs="?", metavar=argument, help=argument_help)
-        p.set_defaults(handler=_DAEMON_HANDLERS[role])
 
+def _add_daemon(sub: Any, role: str) -> None:
+    miredo, argument, argument_help, default_file = DAEMONS[role]
+    summary = f"run a Teredo {role} ({miredo}'s command line)"
+    p = sub.add_parser(
+        role,
+        help=summary,
+        description=f"{summary[0].upper()}{summary[1:]}: detach and log to syslog, or "
+        "stay in the foreground with -f.",
+    )
+    p.add_argument(
+        "-c", "--config", metavar="FILE", help=f"configuration file (default {default_file})"
+    )
+    p.add_argument(
+        "-f",
+        "--foreground",
+        action="store_true",
+        help="do not detach; log to stderr (unless the file sets SyslogFacility)",
+    )
+    p.add_argument("-p", "--pidfile", metavar="FILE", help="write the process id to FILE, locked")
+    p.add_argument("-u", "--user", metavar="USER", help="drop privileges to USER (overrides User)")
+    p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
+    p.add_argument("argument", nargs="?", metavar=argument, help=argument_help)
+    p.set_defaults(handler=_DAEMON_HANDLERS[role])
+
+
+def _add_probe(sub: Any) -> None:
     p = sub.add_parser("probe", help="qualify against a server without root and report the NAT")
     p.add_argument("server", help="Teredo server hostname or IPv4")
     p.add_argument("--json", action="store_true", help="print a JSON object")
@@ -224,17 +257,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="local UDP port (default: any)")
     p.set_defaults(handler=_cmd_probe)
 
+
+def _add_status(sub: Any) -> None:
     p = sub.add_parser("status", help="show a running teredo daemon's state and counters")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--socket", metavar="PATH", default=None, help="control socket path")
     p.set_defaults(handler=_cmd_status)
 
+
+def _add_lab(sub: Any) -> None:
     p = sub.add_parser("lab", help="a Teredo lab in network namespaces (root)")
     from teredo.lab.arguments import add_lab_arguments
 
     add_lab_arguments(p)
     p.set_defaults(handler=_cmd_lab)
-    return parser
+
+
+_ADD_COMMAND: dict[str, Callable[[Any], None]] = {
+    "decode": _add_decode,
+    "encode": _add_encode,
+    "checkconf": _add_checkconf,
+    "client": lambda sub: _add_daemon(sub, "client"),
+    "relay": lambda sub: _add_daemon(sub, "relay"),
+    "server": lambda sub: _add_daemon(sub, "server"),
+    "probe": _add_probe,
+    "status": _add_status,
+    "lab": _add_lab,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -249,7 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     try:
-        parser = build_parser()
+        if argv is None:
+            argv = sys.argv[1:]
+        parser = parser_for(argv)
         args, unknown = parser.parse_known_args(argv)
         if unknown:
             words = [getattr(args, name, None) for name in ("command", "lab_command")]

@@ -209,7 +209,8 @@ def test_hook_script_and_sigterm_cleanup(prc_lab: Lab, tmp_path: Path) -> None:
         )  # fmt: skip
     try:
         for _ in range(100):
-            if Path(f"{out}.up").exists():
+            up_file = Path(f"{out}.up")  # the shell creates it before `sort` writes it
+            if up_file.exists() and "\nSTATE=" in up_file.read_text():
                 break
             assert process.poll() is None, log_path.read_text()
             time.sleep(0.1)

@@ -19,7 +19,8 @@ mutated input):
 function calls its own `RateLimiter` directly and any other limiter through its `allow` method
 (correct, only slower).
 
-The choice is made once, here, at import: the C module when it was built (a C compiler and the
+The choice is made once, here, at import (the twins are imported only when they are the
+choice): the C module when it was built (a C compiler and the
 Python headers at install time) unless `TEREDO_PURE_PYTHON` is set to anything in the
 environment (to compare, or to rule the C code out when something looks wrong on the data
 path). `ACCELERATED` says which; the daemons log it and show it in `teredo status`.
@@ -29,18 +30,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from teredo.adapters.tun_runs import python_read_runs
-from teredo.adapters.udp import python_recv_batch, python_send_batch
-from teredo.core.offload import python_coalesce_segments, python_segment
-from teredo.core.server import (
-    AnswerFunction,
-    RateLimiter,
-    SourceRateLimiter,
-    python_answer_solicitations,
-)
-from teredo.core.wire import ones_complement_sum as python_ones_complement_sum
+if TYPE_CHECKING:
+    from teredo.core.server import AnswerFunction, RateLimiter
 
 PURE_PYTHON_VARIABLE: Final = "TEREDO_PURE_PYTHON"
 
@@ -78,6 +71,13 @@ try:
 
     ACCELERATED = True
 except ImportError:  # built without a C compiler, or refused: the same results, slower
+    # Imported only here: with the C module a client or relay never loads the server's core.
+    from teredo.adapters.tun_runs import python_read_runs
+    from teredo.adapters.udp import python_recv_batch, python_send_batch
+    from teredo.core.offload import python_coalesce_segments, python_segment
+    from teredo.core.server import SourceRateLimiter, python_answer_solicitations
+    from teredo.core.wire import ones_complement_sum as python_ones_complement_sum
+
     answer_solicitations = python_answer_solicitations
     coalesce_segments = python_coalesce_segments
     new_rate_limiter = SourceRateLimiter

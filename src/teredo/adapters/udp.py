@@ -52,7 +52,6 @@ from typing import Final
 from teredo.adapters.buffers import lazy_buffer
 from teredo.core.address import DISCOVERY_GROUP, Endpoint
 from teredo.core.errors import TransientError, UserError
-from teredo.core.server import MAX_BATCH, RECORD
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +329,8 @@ def python_recv_batch(
     a short `recvmmsg` the C version says EAGAIN without asking again: an error that came after
     some datagrams is then reported by the next read, where this one reports it at once.
     """
+    from teredo.core.server import MAX_BATCH, RECORD  # a server's; not in a client or relay
+
     if (
         slot <= 0
         or not 0 <= max_count <= MAX_BATCH
@@ -368,6 +369,8 @@ def python_send_batch(
     skipped, as `UdpSocket.send` does. Twin of `teredo._accel.send_batch`, which sends with
     `sendmmsg`; raises ValueError alike when the buffers cannot hold `count`.
     """
+    from teredo.core.server import MAX_BATCH, RECORD  # a server's; not in a client or relay
+
     if (
         slot <= 0
         or not 0 <= count <= MAX_BATCH

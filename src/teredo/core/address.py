@@ -16,11 +16,13 @@ The stdlib's `IPv6Address.teredo` is deliberately not used: it drops the flags a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
-from typing import Final, TypeAlias
 
 from teredo.core.errors import ParseError
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a one-shot command pays)
+if TYPE_CHECKING:
+    from typing import Final, TypeAlias
 
 TEREDO_PORT: Final = 3544  # RFC 4380 §2.7: servers listen on UDP 3544
 TEREDO_PREFIX: Final = IPv6Network("2001::/32")  # RFC 4380 §2.6, IANA
@@ -86,15 +88,56 @@ def ipv4_value(host: str) -> int:
     return value
 
 
-@dataclass(frozen=True, slots=True)
 class TeredoAddress:
-    """The fields of a Teredo IPv6 address (mapped values already de-obfuscated)."""
+    """The fields of a Teredo IPv6 address (mapped values already de-obfuscated): immutable,
+    compared and hashed by value. Written out rather than a dataclass, whose import (with
+    `inspect`) would double the start-up of `teredo decode`."""
+
+    __slots__ = ("flags", "mapped_address", "mapped_port", "prefix", "server")
+    __match_args__ = ("prefix", "server", "flags", "mapped_address", "mapped_port")
 
     prefix: IPv6Network
     server: IPv4Address
     flags: int
     mapped_address: IPv4Address
     mapped_port: int
+
+    def __init__(
+        self,
+        prefix: IPv6Network,
+        server: IPv4Address,
+        flags: int,
+        mapped_address: IPv4Address,
+        mapped_port: int,
+    ) -> None:
+        for name, value in zip(
+            self.__match_args__, (prefix, server, flags, mapped_address, mapped_port), strict=True
+        ):
+            object.__setattr__(self, name, value)
+
+    def _fields(self) -> tuple[IPv6Network, IPv4Address, int, IPv4Address, int]:
+        return (self.prefix, self.server, self.flags, self.mapped_address, self.mapped_port)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"TeredoAddress is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"TeredoAddress is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TeredoAddress):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={value!r}"
+            for name, value in zip(self.__match_args__, self._fields(), strict=True)
+        )
+        return f"TeredoAddress({fields})"
 
     @property
     def cone(self) -> bool:

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
-from typing import Final
+TYPE_CHECKING = False  # typing's flag without importing typing (every command imports this)
+if TYPE_CHECKING:
+    from typing import Final
 
 # The exit status of a command whose output's reader went away (`teredo lab status | head -1`):
 # what a shell reports for a program killed by SIGPIPE, 128 + 13.

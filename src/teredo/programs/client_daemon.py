@@ -14,11 +14,14 @@ What it does, in order:
 2. binds the UDP service port, creates the TUN interface ``InterfaceName`` (down, no address),
    opens the local discovery socket (0.0.0.0:3544 in 224.0.0.253) when ``LocalDiscovery yes``,
    starts the hook script helper when ``HookScript`` is set, listens on the control socket,
-   imports the UPnP library when ``UPnP yes``, then drops privileges to ``User`` keeping
-   CAP_NET_ADMIN (address changes need it).
+   imports the UPnP library when ``UPnP yes``.
 3. starts mapping its port on the NAT's UPnP gateway when ``UPnP yes`` (`teredo.adapters.upnp`,
-   in a thread, RFC 6081 §5.3.3; unmapped at exit), and qualifies without waiting for it. On `Qualified` it
-   configures the interface through netlink as Miredo's
+   in a thread, RFC 6081 §5.3.3; unmapped at exit), and qualifies without waiting for it: the
+   router solicitation leaves at once, and the kernel data path (``Offload``) is loaded and
+   attached in a thread meanwhile (`open_kernel_path_meanwhile`), so that the address does
+   not wait for it; packets take the user-space path until it is attached. Then it drops
+   privileges to ``User`` keeping CAP_NET_ADMIN (address changes need it).
+   On `Qualified` it configures the interface through netlink as Miredo's
    ``/etc/miredo/client-hook`` does (``InterfaceConfigurator.configure_client`` in
    `teredo.adapters.netlink`: link up with the RA's MTU, ``fe80::ffff:ffff:ffff/64``,
    ``ADDRESS/32`` -- which brings the ``2001::/32`` route -- and
@@ -71,7 +74,7 @@ from teredo.core.qualification import (
     ServerPair,
 )
 from teredo.core.secure_qualification import ClientKey
-from teredo.programs.datapath import DataPath, open_kernel_path
+from teredo.programs.datapath import DataPath, open_kernel_path_meanwhile
 from teredo.programs.keys import client_key
 from teredo.programs.loading import Loaded, load, reload_config
 from teredo.programs.observers import Observers, start_observers
@@ -360,6 +363,15 @@ class ClientDaemon:
         if self.hook is not None:
             await self.hook.run(self._hook_env("up", old_address, old_mtu))
 
+    def attach_kernel(self, kernel: KernelDataPath) -> None:
+        """The kernel's data path, loaded while the client qualified, takes over established
+        peers; told the address if it is already configured (else `_configure` tells it)."""
+        assert self.loop is not None
+        self.kernel = kernel
+        self.loop.attach_kernel(kernel)
+        if self.configured is not None:
+            kernel.set_local_addresses([self.configured.packed])
+
     async def _withdraw(self, reason: str, final: bool = False) -> None:
         old_address, old_mtu = self.configured, self.configured_mtu
         if self.kernel is not None:
@@ -491,6 +503,7 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
     udp: UdpSocket | None = None
     tun: TunDevice | None = None
     daemon: ClientDaemon | None = None
+    shutdown: asyncio.Task[Any] | None = None  # the signal handlers (wait_for_shutdown)
     try:
         udp = await retry(lambda: open_udp_socket(config.bind_address, config.bind_port), service)
         bound_ip = IPv4Address(udp.local[0])
@@ -526,16 +539,11 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
             await daemon.hook.start()
         daemon.control = await start_observers(config, daemon.status, started=daemon.started)
         _warn_if_native_ipv6(tun.name)
-        if config.offload:
-            daemon.kernel = open_kernel_path(
-                "client", tun=tun, udp=udp, prefix=core.settings.prefix, max_peers=config.max_peers
-            )
         if config.upnp:
             from teredo.adapters.upnp import UpnpPortMapping
 
             daemon.upnp = UpnpPortMapping.load()  # imports: before the privilege drop
-        drop_privileges(config.user, keep=("CAP_NET_ADMIN",))
-        daemon.loop = DataPath(core, udp, tun, after_flush=daemon.on_events, kernel=daemon.kernel)
+        daemon.loop = DataPath(core, udp, tun, after_flush=daemon.on_events)
         log.info(
             "Teredo client on UDP %s:%d (seen as %s), interface %s, servers %s",
             udp.local[0], udp.local[1], local, tun.name, ", ".join(str(s) for s in servers),
@@ -543,13 +551,34 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
         if daemon.upnp is not None:
             await _map_upnp(daemon, local)  # in a thread: qualification does not wait
         core.start(time.monotonic())
-        daemon.loop.start()
+        # Signals are handled before the server can answer: the address, and READY=1, may come
+        # while the kernel path loads, and a SIGTERM right after must find its handler.
+        signals = asyncio.ensure_future(
+            wait_for_shutdown(on_reload=service.reloading(daemon.reload))
+        )
+        shutdown = signals
+        daemon.loop.start()  # the router solicitation leaves
         if daemon.discovery is not None:
             _watch_discovery(daemon)
-        service.started(f"qualifying with {servers[0]}")
-        await wait_for_shutdown(on_reload=service.reloading(daemon.reload))
+        if config.offload:
+            # Loaded while the server's answer is in flight and the address gets configured:
+            # launch -> address does not wait for it, and privileges are dropped after it.
+            kernel = await open_kernel_path_meanwhile(
+                "client", tun=tun, udp=udp, prefix=core.settings.prefix, max_peers=config.max_peers
+            )
+            if kernel is not None:
+                daemon.attach_kernel(kernel)
+        drop_privileges(config.user, keep=("CAP_NET_ADMIN",))
+        # The address may already be up (and READY=1 sent) while the kernel path loaded.
+        service.started(
+            daemon.status_line() if daemon.configured else f"qualifying with {servers[0]}"
+        )
+        await signals
         service.stopping()
     finally:
+        if shutdown is not None and not shutdown.done():  # the start failed: handlers go
+            shutdown.cancel()
+            await asyncio.wait([shutdown])
         if daemon is not None:
             await _shutdown(daemon)
         if tun is not None:

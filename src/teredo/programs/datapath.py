@@ -53,6 +53,8 @@ import errno
 import logging
 import os
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from ipaddress import IPv6Network
@@ -61,6 +63,7 @@ from typing import TYPE_CHECKING, Final
 from teredo.adapters import accel
 from teredo.adapters.accel import coalesce_segments, read_runs, segment
 from teredo.adapters.buffers import lazy_buffer
+from teredo.adapters.heap import release_free_memory
 from teredo.adapters.timer import Timer
 from teredo.adapters.tun import DRAIN_LIMIT, TunDevice
 from teredo.adapters.tun_runs import READ_BYTES
@@ -76,6 +79,7 @@ log = logging.getLogger(__name__)
 
 BATCH_BYTES: Final = 4 * READ_BYTES  # a run of packets plus the next read
 SEGMENT_BYTES: Final = 4 * READ_BYTES  # a super-packet cut into segments, headers repeated
+LOADING_SWITCH_INTERVAL: Final = 0.0005  # seconds: see open_kernel_path_meanwhile
 
 
 class DataPath:
@@ -132,6 +136,14 @@ class DataPath:
             self.tun.fileno(), self._on_tun_offloaded if self.tun.vnet_hdr else self._on_tun
         )
         self.flush()
+
+    def attach_kernel(self, kernel: KernelDataPath) -> None:
+        """Hand established peers to the kernel's path from now on (the client loads it while
+        it qualifies: until then every packet takes this user-space path, complete on its
+        own). Peers trusted before it came are told to it by the table's sweep."""
+        self.kernel = kernel
+        self.engine.peers.mirror = kernel
+        log.info("data path: %s", self.description())
 
     def description(self) -> str:
         """Which data path runs, for the log and `teredo status`."""
@@ -353,3 +365,60 @@ def open_kernel_path(
     except (KernelDataPathUnavailable, OSError) as error:
         log.info("kernel data path off: %s", error)
         return None
+    finally:
+        release_free_memory()  # what libbpf used to load it, 0.7 MiB resident otherwise
+
+
+async def open_kernel_path_meanwhile(
+    role: str,
+    *,
+    tun: TunDevice,
+    udp: UdpSocket,
+    prefix: IPv6Network,
+    max_peers: int,
+) -> KernelDataPath | None:
+    """`open_kernel_path` in a thread while the event loop goes on (the client qualifies
+    meanwhile). Loading and attaching take some 40-60 ms, nearly all of it in the kernel
+    (the verifier, the qdisc and filter changes) and in libbpf, whose calls through ctypes
+    release the GIL: the loop barely waits for them. Returns once the thread has ended, so
+    that the caller can then drop privileges (capabilities are per thread); if cancelled, it
+    still waits for the thread and closes what it attached, which must not outlive us."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    outcome: list[KernelDataPath | BaseException | None] = []
+
+    def work() -> None:
+        try:
+            outcome.append(
+                open_kernel_path(role, tun=tun, udp=udp, prefix=prefix, max_peers=max_peers)
+            )
+        except BaseException as error:  # handed to the loop's thread below
+            outcome.append(error)
+        finally:
+            loop.call_soon_threadsafe(_resolve, done)
+
+    thread = threading.Thread(target=work, name="teredo-bpf-load", daemon=True)
+    # The thread's Python parts (imports, ctypes structures) hold the GIL: the loop, woken by
+    # the server's answer, gets it back within 0.5 ms instead of Python's default 5.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(LOADING_SWITCH_INTERVAL)
+    thread.start()
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        thread.join()
+        if outcome and outcome[0] is not None and not isinstance(outcome[0], BaseException):
+            outcome[0].close()
+        raise
+    finally:
+        sys.setswitchinterval(interval)
+    thread.join()
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
