@@ -89,6 +89,10 @@ class Nat:
         self._random = random.Random(public_ip) if random_ports else None
         # UPnP IGD mappings: public port -> private endpoint, open to every remote.
         self._upnp: dict[int, Endpoint] = {}
+        # (private, remote) -> UPnP port: remotes that came in through one, answered from it
+        # (conntrack reverses the DNAT for the reply direction).
+        self._upnp_flows: dict[tuple[Endpoint, Endpoint], int] = {}
+        self._upnp_no_replies: set[int] = set()
         self._next_port = first_port
         self._used: set[int] = set()
         # mapping key -> public port; key is the private endpoint (EIM) or (private, remote).
@@ -99,6 +103,9 @@ class Nat:
 
     def outbound(self, private: Endpoint, remote: Endpoint) -> Endpoint:
         """Translate an outgoing datagram's source; opens the filter for `remote`."""
+        upnp_port = self._upnp_flows.get((private, remote))
+        if upnp_port is not None:
+            return (self.public_ip, upnp_port)
         key: Any = (private, remote) if self.kind == SYMMETRIC else private
         port = self._mappings.get(key)
         if port is None:
@@ -113,6 +120,8 @@ class Nat:
         """The private endpoint an incoming datagram reaches, or None when filtered."""
         upnp = self._upnp.get(public_port)
         if upnp is not None:
+            if public_port not in self._upnp_no_replies:
+                self._upnp_flows[(upnp, remote)] = public_port
             return upnp  # a port mapped by UPnP takes anything (RFC 6081 §3.2)
         private = self._reverse.get(public_port)
         if private is None:
@@ -138,11 +147,17 @@ class Nat:
         self._used.add(port)
         return port
 
-    def add_port_mapping(self, private: Endpoint, external_port: int) -> Endpoint:
+    def add_port_mapping(
+        self, private: Endpoint, external_port: int, *, replies: bool = True
+    ) -> Endpoint:
         """A UPnP IGD's AddPortMapping (RFC 6081 §5.3.3): datagrams to `external_port` reach
         `private` from anywhere. As Linux's masquerade with a DNAT rule, it does not make the
-        inside's outgoing datagrams leave from that port (a port-preserving NAT happens to)."""
+        inside's outgoing datagrams leave from that port (a port-preserving NAT happens to),
+        except its replies to a remote that came in through it (conntrack reverses the DNAT);
+        `replies=False` is RFC 6081 §3.2's model, where nothing leaves from it."""
         self._upnp[external_port] = private
+        if not replies:
+            self._upnp_no_replies.add(external_port)
         return (self.public_ip, external_port)
 
     def delete_port_mapping(self, external_port: int) -> None:

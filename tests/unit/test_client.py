@@ -822,26 +822,38 @@ def test_status_shows_state_nat_behaviours_and_mapping() -> None:
 
 
 def upnp_client(
-    world: World, private: tuple[str, int], nat: Nat, extensions: Extensions = ALL_EXTENSIONS
+    world: World,
+    private: tuple[str, int],
+    nat: Nat,
+    extensions: Extensions = ALL_EXTENSIONS,
+    *,
+    replies: bool = True,
 ) -> tuple[TeredoClient, ClientNode]:
     """A client whose NAT maps its port by UPnP, as the daemon does before it qualifies."""
     client, node = world.add_client(private, nat, extensions=extensions)
     if extensions.upnp:
-        client.set_upnp_mapping(nat.add_port_mapping(private, private[1]))
+        client.set_upnp_mapping(nat.add_port_mapping(private, private[1], replies=replies))
     return client, node
 
 
 @pytest.mark.parametrize("kind_b", [SYMMETRIC, PORT_RESTRICTED])
 def test_upnp_symmetric_nats_reach_each_other(kind_b: str) -> None:
     """Figure 1 of RFC 6081: UPnP symmetric <-> UPnP symmetric and UPnP port-restricted, "SNS +
-    UPnP". Each NAT keeps the port toward the first server address (so the address names the
-    UPnP mapping: a single NAT) and maps every other destination anew."""
+    UPnP", in §3.2's model: each NAT keeps the port toward the first server address (so the
+    address names the UPnP mapping: a single NAT), maps every other destination anew, and
+    nothing of the client's leaves from the UPnP port otherwise."""
     world = World()
     a, node_a = upnp_client(
-        world, ("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, port_preserving=True)
+        world,
+        ("10.1.0.2", 5000),
+        Nat("203.0.113.2", SYMMETRIC, port_preserving=True),
+        replies=False,
     )
     b, node_b = upnp_client(
-        world, ("10.2.0.2", 5000), Nat("203.0.113.18", kind_b, port_preserving=True)
+        world,
+        ("10.2.0.2", 5000),
+        Nat("203.0.113.18", kind_b, port_preserving=True),
+        replies=False,
     )
     world.run(1.0)
     assert a.address is not None and b.address is not None
@@ -934,10 +946,16 @@ def test_a_peer_sent_to_at_its_embedded_mapping_stays_out_of_the_kernel_map() ->
     §5.3.4.3 rule is sent to elsewhere than it is received from, so the daemon keeps it."""
     world = World()
     a, _ = upnp_client(
-        world, ("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, port_preserving=True)
+        world,
+        ("10.1.0.2", 5000),
+        Nat("203.0.113.2", SYMMETRIC, port_preserving=True),
+        replies=False,
     )
     b, node_b = upnp_client(
-        world, ("10.2.0.2", 5000), Nat("203.0.113.18", SYMMETRIC, port_preserving=True)
+        world,
+        ("10.2.0.2", 5000),
+        Nat("203.0.113.18", SYMMETRIC, port_preserving=True),
+        replies=False,
     )
     kernel = KernelMap()
     a.peers.mirror = kernel
@@ -951,3 +969,30 @@ def test_a_peer_sent_to_at_its_embedded_mapping_stays_out_of_the_kernel_map() ->
     assert b.address.packed not in kernel.peers
     packet = ping(a, b.address, seq=9)
     assert a.forward_to_teredo(packet, world.now) == parse_teredo_address(b.address).mapped
+
+
+@pytest.mark.parametrize("kind_b", [SYMMETRIC, PORT_RESTRICTED])
+def test_an_inbound_only_upnp_mapping_is_reached_through_the_alternate_address(
+    kind_b: str,
+) -> None:
+    """A gateway whose mapping only lets datagrams in (a DNAT), the client's own traffic leaving
+    from random ports: the server sees another mapping than the UPnP one, so the client offers
+    the UPnP mapping in its Alternate Address trailer (RFC 6081 §5.6.3); the peer's direct
+    bubble there comes back through the same NAT state, both ways."""
+    world = World()
+    a, node_a = upnp_client(
+        world, ("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, random_ports=True)
+    )
+    b, node_b = upnp_client(
+        world, ("10.2.0.2", 5000), Nat("203.0.113.18", kind_b, random_ports=True)
+    )
+    world.run(1.0)
+    assert a.address is not None and b.address is not None
+    assert a.upnp_mapped == ("203.0.113.2", 5000)  # not the qualified mapping
+    for seq in range(1, 4):
+        a.send_ipv6(ping(a, b.address, seq=seq), world.now)
+        if world.run_until(lambda: bool(echo_requests(node_b.delivered)), 1.0):
+            break
+    assert echo_requests(node_b.delivered)
+    answer_pings(world, b, node_b)
+    assert world.run_until(lambda: bool(echo_replies(node_a.delivered)), 10.0)

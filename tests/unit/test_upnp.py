@@ -61,7 +61,8 @@ def gateway(monkeypatch: pytest.MonkeyPatch) -> type[Gateway]:
 
 
 def test_maps_the_local_port_as_rfc_6081_says_and_unmaps_it(gateway: type[Gateway]) -> None:
-    mapping = UpnpPortMapping()
+    mapping = UpnpPortMapping.load()
+    assert mapping is not None
     assert mapping.add(("192.168.1.10", 40123)) == ("203.0.113.2", 40123)
     # External port = internal port, UDP, our address, "TEREDO", no remote host.
     assert Gateway.last.calls == [("add", 40123, "UDP", "192.168.1.10", 40123, DESCRIPTION, "")]
@@ -73,12 +74,15 @@ def test_maps_the_local_port_as_rfc_6081_says_and_unmaps_it(gateway: type[Gatewa
 
 def test_no_gateway_no_mapping(gateway: type[Gateway]) -> None:
     gateway.devices = 0
-    assert UpnpPortMapping().add(("192.168.1.10", 40123)) is None
+    mapping = UpnpPortMapping.load()
+    assert mapping is not None and mapping.add(("192.168.1.10", 40123)) is None
 
 
 def test_a_refused_mapping_is_no_mapping(gateway: type[Gateway]) -> None:
     gateway.refuse = True
-    mapping = UpnpPortMapping()
+    mapping = UpnpPortMapping.load()
+    assert mapping is not None
+    assert mapping is not None
     assert mapping.add(("192.168.1.10", 40123)) is None
     mapping.remove()
     assert [c[0] for c in Gateway.last.calls] == ["add"]
@@ -87,10 +91,11 @@ def test_a_refused_mapping_is_no_mapping(gateway: type[Gateway]) -> None:
 def test_without_the_external_address_the_mapping_is_removed(gateway: type[Gateway]) -> None:
     """RFC 6081 §5.3.3: GetExternalIPAddress failed: uninitialize, go on without."""
     gateway.address = Exception("501 Action Failed")
-    assert UpnpPortMapping().add(("192.168.1.10", 40123)) is None
+    mapping = UpnpPortMapping.load()
+    assert mapping is not None and mapping.add(("192.168.1.10", 40123)) is None
     assert [c[0] for c in Gateway.last.calls] == ["add", "delete"]
 
 
 def test_without_the_library_the_client_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "miniupnpc", None)  # import raises ImportError
-    assert UpnpPortMapping().add(("192.168.1.10", 40123)) is None
+    assert UpnpPortMapping.load() is None

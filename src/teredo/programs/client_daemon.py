@@ -6,15 +6,19 @@ What it does, in order:
 1. reads ``miredo.conf`` unchanged (``ServerAddress``, ``ServerAddress2``, ``InterfaceName``,
    ``BindAddress``, ``BindPort``, ``SyslogFacility``) plus our ``HookScript``, ``ControlSocket``,
    ``User``, ``MaxPeers``, ``MaxQueueBytes``, ``RefreshInterval``, ``LocalDiscovery``,
-   ``FallbackServers``, ``AllowPrivateAddresses``; SERVER on the command line overrides
+   ``FallbackServers``, ``AllowPrivateAddresses`` and the RFC 6081 switches (``UPnP``,
+   ``Hairpinning``, ``ServerLoadReduction``); SERVER on the command line overrides
    ``ServerAddress``. Hostnames are resolved here (IPv4); a name that does not resolve yet is
    retried with backoff (`teredo.programs.service.retry`), as is a ``BindAddress`` not yet on
    the host.
 2. binds the UDP service port, creates the TUN interface ``InterfaceName`` (down, no address),
    opens the local discovery socket (0.0.0.0:3544 in 224.0.0.253) when ``LocalDiscovery yes``,
-   starts the hook script helper when ``HookScript`` is set, listens on the control socket, then
-   drops privileges to ``User`` keeping CAP_NET_ADMIN (address changes need it).
-3. qualifies. On `Qualified` it configures the interface through netlink as Miredo's
+   starts the hook script helper when ``HookScript`` is set, listens on the control socket,
+   imports the UPnP library when ``UPnP yes``, then drops privileges to ``User`` keeping
+   CAP_NET_ADMIN (address changes need it).
+3. maps its port on the NAT's UPnP gateway first when ``UPnP yes`` (`teredo.adapters.upnp`,
+   in a thread, RFC 6081 §5.3.3; unmapped at exit), then qualifies. On `Qualified` it
+   configures the interface through netlink as Miredo's
    ``/etc/miredo/client-hook`` does (``InterfaceConfigurator.configure_client`` in
    `teredo.adapters.netlink`: link up with the RA's MTU, ``fe80::ffff:ffff:ffff/64``,
    ``ADDRESS/32`` -- which brings the ``2001::/32`` route -- and
@@ -39,10 +43,12 @@ HookScript: it redoes what netlink already did.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +88,7 @@ log = logging.getLogger(__name__)
 SECRET_BYTES: Final = 32
 MAX_PEERS_IN_STATUS: Final = 32
 UPNP_SHUTDOWN_WAIT: Final = 5.0  # seconds a mapping still being made may delay shutdown
+UPNP_START_WAIT: Final = 1.5  # seconds start-up waits for the UPnP mapping, at most
 HOOK_TIMEOUT: Final = 30.0  # seconds a hook script may run
 HOOK_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOOK_VARIABLES: Final = {
@@ -289,7 +296,7 @@ class ClientDaemon:
     control: Observers | None = None  # the control socket and metrics endpoint
     discovery: Any = None  # the local discovery UdpSocket
     upnp: UpnpPortMapping | None = None  # our port on the NAT's gateway (RFC 6081 §5.3)
-    upnp_task: asyncio.Task[None] | None = None
+    upnp_thread: threading.Thread | None = None
     started: float = field(default_factory=time.monotonic)
     configured: IPv6Address | None = None
     configured_mtu: int | None = None
@@ -524,16 +531,21 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
             daemon.kernel = open_kernel_path(
                 "client", tun=tun, udp=udp, prefix=core.settings.prefix, max_peers=config.max_peers
             )
+        if config.upnp:
+            from teredo.adapters.upnp import UpnpPortMapping
+
+            daemon.upnp = UpnpPortMapping.load()  # imports: before the privilege drop
         drop_privileges(config.user, keep=("CAP_NET_ADMIN",))
         daemon.loop = DataPath(core, udp, tun, after_flush=daemon.on_events, kernel=daemon.kernel)
         log.info(
             "Teredo client on UDP %s:%d (seen as %s), interface %s, servers %s",
             udp.local[0], udp.local[1], local, tun.name, ", ".join(str(s) for s in servers),
         )  # fmt: skip
+        if daemon.upnp is not None:
+            service.status("mapping the Teredo port on the NAT's UPnP gateway")
+            await _map_upnp(daemon, local)
         core.start(time.monotonic())
         daemon.loop.start()
-        if config.upnp:
-            daemon.upnp_task = asyncio.create_task(_map_upnp(daemon, local))
         if daemon.discovery is not None:
             _watch_discovery(daemon)
         service.started(f"qualifying with {servers[0]}")
@@ -588,34 +600,54 @@ def _watch_discovery(daemon: ClientDaemon) -> None:
 
 
 async def _map_upnp(daemon: ClientDaemon, local: tuple[str, int]) -> None:
-    """Map our port on the NAT's UPnP gateway (RFC 6081 §5.3.3) and tell the core.
+    """Map our port on the NAT's UPnP gateway (RFC 6081 §5.3.3), before qualifying, and give
+    the mapping to the core.
 
-    RFC 6081 maps it before qualifying; this runs alongside qualification instead, so that the
-    client's start never waits for SSDP discovery (up to a second, and every client without a
-    gateway would pay it). The core compares the mapping with the qualified one whenever both
-    are known (§5.3.3's single-NAT rule), so the order changes nothing it decides."""
-    from teredo.adapters.upnp import UpnpPortMapping
+    The order matters: a NAT that gives the mapped port to the client's own traffic only when
+    the mapping exists (miniupnpd's SNAT rule, a symmetric NAT's port preservation) shows the
+    server the mapped port only if the mapping came first; then the address names the UPnP
+    mapping, open to every peer. The calls block (SSDP discovery listens up to
+    `teredo.adapters.upnp.DISCOVERY_DELAY_MS`), so they run in a thread while the event loop
+    goes on; a plain thread, because asyncio.to_thread's executor imports modules on first
+    use, which may no longer be readable once privileges are dropped. Start-up waits for it
+    `UPNP_START_WAIT` at most: a gateway answers within that, while a LAN without one would
+    hold the client back the whole discovery (about 4 s with miniupnpc); a later mapping still
+    reaches the core, which offers it as an alternate address then (RFC 6081 §5.6)."""
+    upnp = daemon.upnp
+    assert upnp is not None
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[str, int] | None] = loop.create_future()
 
-    daemon.upnp = UpnpPortMapping()
-    mapping = await asyncio.to_thread(daemon.upnp.add, local)
-    if mapping is not None:
-        daemon.core.set_upnp_mapping(mapping)
+    def finish(mapping: tuple[str, int] | None) -> None:
+        if mapping is not None:
+            daemon.core.set_upnp_mapping(mapping)
+        if not done.done():
+            done.set_result(mapping)
+
+    def work() -> None:
+        mapping = upnp.add(local)
+        # RuntimeError: the daemon stopped meanwhile; `_unmap_upnp` removes the mapping.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(finish, mapping)
+
+    daemon.upnp_thread = threading.Thread(target=work, name="teredo-upnp", daemon=True)
+    daemon.upnp_thread.start()
+    await asyncio.wait({done}, timeout=UPNP_START_WAIT)
 
 
-async def _unmap_upnp(daemon: ClientDaemon) -> None:
+def _unmap_upnp(daemon: ClientDaemon) -> None:
     """Delete the mapping at shutdown (RFC 6081 §5.3.5), after a mapping still being made."""
-    task = daemon.upnp_task
-    if task is not None and not task.done():
-        await asyncio.wait({task}, timeout=UPNP_SHUTDOWN_WAIT)
+    if daemon.upnp_thread is not None:
+        daemon.upnp_thread.join(UPNP_SHUTDOWN_WAIT)
     if daemon.upnp is not None:
-        await asyncio.to_thread(daemon.upnp.remove)
+        daemon.upnp.remove()
 
 
 async def _shutdown(daemon: ClientDaemon) -> None:
     if daemon.loop is not None:
         daemon.loop.stop()
-    if daemon.upnp_task is not None:
-        await _unmap_upnp(daemon)
+    if daemon.upnp_thread is not None:
+        _unmap_upnp(daemon)
     if daemon.discovery is not None:
         asyncio.get_running_loop().remove_reader(daemon.discovery.fileno())
         daemon.discovery.close()
