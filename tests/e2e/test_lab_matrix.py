@@ -1,50 +1,29 @@
-"""The lab's reachability matrix with Miredo in every role, across NAT kinds, and the NAT kinds.
+"""The lab's reachability matrix across every pair of NAT kinds, Miredo's clients and ours, and
+the NAT kinds themselves.
 
-Each lab runs Miredo's server, relay and two Miredo clients; client 1 sits behind NAT1, client 2
-behind NAT2. Every path is pinged from a *fresh* state: first cli1->native, native->cli2 and
+test_reachability_matrix builds one lab per unordered pair of NAT kinds (client 1 behind NAT1,
+client 2 behind NAT2), with Miredo or this project in every role, several labs at once, plus
+labs with both clients behind one NAT with and without hairpinning. In each lab every path is
+pinged from a fresh state (`teredo.lab.matrix.measure_lab`): cli1->native, native->cli2 and
 cli1->cli2; then both clients restart (new port, new NAT mapping, no peer state) and
-native->cli1, cli2->native and cli2->cli1 are pinged. So each Teredo<->Teredo direction is
-measured with the named side initiating. A path works when at least one of 4 echoes is answered.
+native->cli1, cli2->native and cli2->cli1. So each Teredo<->Teredo direction is measured with
+the named side initiating: cli1->cli2 is Figure 1's cell (NAT1, NAT2) of RFC 6081, cli2->cli1
+the cell (NAT2, NAT1). A path works when at least one of 4 echoes is answered. FAILS lists the
+cells that fail; the README ("Which NATs reach each other") has the table, Figure 1's verdict
+for every cell and the reasons, from `bash scripts/bench --matrix`, which runs the same labs.
 
-Measured (Miredo 1.2.6, this lab; rows marked * are run below, the others were measured once
-by hand with the same procedure):
-
-| NAT1            | NAT2            | Teredo<->native | cli1 -> cli2 | cli2 -> cli1 |
-| --------------- | --------------- | --------------- | ------------ | ------------ |
-| port-restricted | fullcone        | all work        | works        | works        | (test_lab)
-| restricted      | symmetric       | all work        | works        | FAILS        | *
-| symmetric       | fullcone        | all work        | FAILS        | works        | *
-| none            | port-restricted | all work        | works        | works        | *
-| port-restricted | symmetric       | all work        | FAILS        | FAILS        | *
-| none            | symmetric       | all work        | works        | FAILS        |
-| symmetric       | symmetric       | all work        | FAILS        | FAILS        |
-| restricted      | restricted      | all work        | works        | works        |
-| port-restricted | port-restricted | all work        | works        | works        |
-| restricted      | port-restricted | all work        | works        | works        |
-| fullcone/none   | fullcone/none   | all work        | works        | works        |
-
-Why:
-
-- Teredo <-> native works behind every NAT kind, symmetric included: the client opens its NAT
-  toward the relay itself (a bubble answering the relay's indirect bubble, RFC 4380 §5.2.6),
-  and Miredo's relay accepts a bubble whose source mapping differs from the Teredo address when
-  it carries the relay's own nonce (docs/lab-notes.md), which is what a symmetric NAT produces.
-- Teredo <-> Teredo without a symmetric NAT works both ways: the initiator's direct bubble
-  opens its own NAT toward the peer's mapping, the peer's direct bubble (sent on receiving the
-  indirect bubble through the server) comes back on that very mapping.
-- When the *symmetric* side initiates it always fails: its peer answers toward the symmetric
-  client's Teredo mapping, which that NAT opened for the server only, so nothing gets back.
-- When the *other* side initiates toward a symmetric peer, the symmetric peer's direct bubble
-  arrives from a new port: it gets through a full-cone NAT, an address-restricted NAT (the
-  initiator has sent to that address already) or no NAT, and Miredo then talks to the port it
-  came from; a port-restricted or symmetric NAT drops it, so those fail.
-
-This refines the rule of thumb in docs/lab-notes.md ("fails whenever one side is symmetric,
-except a full-cone peer initiating"): an address-restricted or NAT-less initiator succeeds too.
+Why, in short (README has more): Teredo <-> native works behind every kind, since the client
+opens its NAT toward the relay itself and the relay accepts the mapping a nonce proves. Between
+clients, Miredo fails whenever the symmetric side initiates; ours (RFC 6081 Symmetric NAT
+Support) works when the peer is behind a cone, an address-restricted NAT or none, and with a
+UPnP NAT on either side (the client maps its port there). The cells that need the
+port-preserving or sequential extensions fail: the client does not have them yet.
 
 The NAT kinds themselves are checked with plain UDP (test_nat_kind_behaves_as_named): which of a
 server's replies from the same address and port, the same address and another port, another
-address, get back to the client, and whether the mapping depends on the destination.
+address, get back to the client, and which mapping each of three destinations sees; then what
+`teredo probe` reports behind each kind, that a port mapped with upnpc on a UPnP box forwards,
+and that a box with two clients hairpins, or not, as told.
 """
 
 from __future__ import annotations
@@ -54,59 +33,116 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv6Address
 from typing import Any, Final
 
 import pytest
 
-from teredo.lab.lab import Lab, PingResult
-from teredo.lab.topology import NATIVE_IPV4, NATIVE_IPV6, SERVER_IPV4, SERVER_IPV4_2, Site
+from labsupport import random_lab_name
+from teredo.lab.lab import Lab
+from teredo.lab.matrix import Path, figure_cell, measure_pair
+from teredo.lab.topology import NATIVE_IPV4, SERVER_IPV4, SERVER_IPV4_2, NatKind, Site
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-Path = tuple[str, str]  # (source node, destination node); "v6" is the native host
+KINDS: Final = tuple(NatKind)
+# Labs at once for the whole matrix: 3 keep a 2-core machine busy without starving the pings.
+MATRIX_JOBS: Final = 3
 
-# Phase 1 runs on a fresh lab, phase 2 after both clients restarted: each Teredo<->Teredo
-# direction starts from no state at all.
-PHASE1: Final[tuple[Path, ...]] = (("cli1", "v6"), ("v6", "cli2"), ("cli1", "cli2"))
-PHASE2: Final[tuple[Path, ...]] = (("v6", "cli1"), ("cli2", "v6"), ("cli2", "cli1"))
 
-NATIVE_PATHS: Final = {
-    ("cli1", "v6"): True,
-    ("v6", "cli1"): True,
-    ("cli2", "v6"): True,
-    ("v6", "cli2"): True,
+# Kinds with a new mapping per destination, and kinds that let in replies only (with one mapping).
+SYMMETRIC: Final = {
+    "symmetric",
+    "symmetric-preserving",
+    "symmetric-sequential",
+    "address-symmetric",
+    "upnp-symmetric",
 }
+PORT_RESTRICTED: Final = {"port-restricted", "upnp-port-restricted"}
+UPNP: Final = {"upnp-port-restricted", "upnp-symmetric"}
+NAMES: Final = [kind.value for kind in KINDS]
 
-# (NAT1, NAT2) -> path -> works?, with the reason; the module docstring has the whole table.
-REACHABILITY: Final[dict[tuple[str, str], dict[Path, bool]]] = {
-    # The restricted initiator has sent to NAT2's address: the symmetric peer's bubble from a
-    # new port gets in. The symmetric initiator's peer answers a mapping open to the server only.
-    ("restricted", "symmetric"): {**NATIVE_PATHS, ("cli1", "cli2"): True, ("cli2", "cli1"): False},
-    # Full cone lets the symmetric peer's bubble in when it initiates; the reverse fails.
-    ("symmetric", "fullcone"): {**NATIVE_PATHS, ("cli1", "cli2"): False, ("cli2", "cli1"): True},
-    # No symmetric NAT: every path works.
-    ("none", "port-restricted"): {**NATIVE_PATHS, ("cli1", "cli2"): True, ("cli2", "cli1"): True},
-    # Port-restricted drops the symmetric peer's bubble from a new port: both directions fail.
-    ("port-restricted", "symmetric"): {
-        **NATIVE_PATHS,
-        ("cli1", "cli2"): False,
-        ("cli2", "cli1"): False,
+# Directed client-to-client cells (initiator's NAT, responder's NAT) that FAIL, per
+# implementation; every other cell, and every Teredo<->native path, works. Measured with
+# `bash scripts/bench --matrix` (README, "Which NATs reach each other", has the grid and why).
+FAILS: Final[dict[str, set[tuple[str, str]]]] = {
+    # Miredo: whenever the symmetric side initiates (its peer answers the mapping in its
+    # address, which its NAT opened for the server only), and from a port-restricted NAT toward
+    # a symmetric one (the symmetric peer's bubble comes from a new port, which is dropped).
+    "miredo": {
+        (a, b)
+        for a in NAMES
+        for b in NAMES
+        if a in SYMMETRIC or (a in PORT_RESTRICTED and b in SYMMETRIC)
+    },
+    # Ours (RFC 6081 Symmetric NAT Support): only between a symmetric NAT and a port-restricted
+    # or symmetric one, either way, and never when either NAT has a UPnP IGD (the client maps
+    # its port there, which then behaves as a cone's). The SNS+PP and SNS+SS cells among them
+    # wait for the port-preserving and sequential extensions.
+    "ours": {
+        (a, b)
+        for a in NAMES
+        for b in NAMES
+        if (
+            (a in SYMMETRIC and b in SYMMETRIC | PORT_RESTRICTED)
+            or (a in PORT_RESTRICTED and b in SYMMETRIC)
+        )
+        and not {a, b} & UPNP
     },
 }
-
-# What a client behind each NAT kind receives of a UDP server's answers (see probe below):
-# "same" from the address and port it sent to, "port" from that address and another port,
-# "addr" from another address, "other" from a second host it sent to afterwards.
-NAT_REPLIES: Final = {
-    "fullcone": {"same", "port", "addr", "other"},
-    "restricted": {"same", "port", "other"},
-    "port-restricted": {"same", "other"},
-    "symmetric": {"same", "other"},
-    "none": {"same", "port", "addr", "other"},
+# Both clients behind one NAT of these kinds, with and without hairpinning (the bench runs
+# every kind: Miredo's clients meet only through a hairpinning cone-like NAT, ours everywhere,
+# thanks to RFC 6081 §5.6 hairpinning).
+SAME_NAT_KINDS: Final = ("port-restricted", "symmetric")
+BOTH_WAYS: Final = {("cli1", "cli2"), ("cli2", "cli1")}
+SAME_NAT_FAILS: Final[dict[str, dict[tuple[str, bool], set[Path]]]] = {
+    "miredo": {
+        ("port-restricted", False): BOTH_WAYS,
+        ("symmetric", True): BOTH_WAYS,
+        ("symmetric", False): BOTH_WAYS,
+    },
+    "ours": {},
 }
 
+# Labs whose NAT boxes are checked with plain UDP and `teredo probe`: every kind once.
+KIND_LABS: Final = (
+    ("fullcone", "restricted"),
+    ("port-restricted", "symmetric"),
+    ("symmetric-preserving", "symmetric-sequential"),
+    ("address-symmetric", "none"),
+    ("upnp-port-restricted", "upnp-symmetric"),
+)
+assert {kind for pair in KIND_LABS for kind in pair} == {kind.value for kind in KINDS}
+
+# What a client behind each NAT kind receives of UDP answers (see PROBE below): "same" from
+# the address and port it sent to, "port" from that address and another port, "addr" from
+# another address, "other" and "other2" from two ports of a second host it sent to afterwards.
+ALL_REPLIES: Final = {"same", "port", "addr", "other", "other2"}
+ONLY_REPLIES: Final = {"same", "other", "other2"}
+NAT_REPLIES: Final = {
+    "fullcone": ALL_REPLIES,
+    "restricted": ALL_REPLIES - {"addr"},
+    "none": ALL_REPLIES,
+    **{
+        kind: ONLY_REPLIES
+        for kind in (
+            "port-restricted",
+            "symmetric",
+            "symmetric-preserving",
+            "symmetric-sequential",
+            "address-symmetric",
+            "upnp-port-restricted",
+            "upnp-symmetric",
+        )
+    },
+}
+# One mapping for every destination (endpoint-independent), the client's port kept.
+INDEPENDENT: Final = {"fullcone", "restricted", "port-restricted", "upnp-port-restricted", "none"}
+
 REFLECTOR_PORT: Final = 4000
+SERVER_TARGET: Final = f"{SERVER_IPV4}:{REFLECTOR_PORT}"
+OTHER_TARGET: Final = f"{NATIVE_IPV4}:{REFLECTOR_PORT}"
+OTHER2_TARGET: Final = f"{NATIVE_IPV4}:{REFLECTOR_PORT + 2}"
+UPNP_PORT: Final = 47000
 
 # Answers every datagram reaching its first socket from each of its sockets, with the label of
 # that socket and the source seen; says "ready" once bound and exits after 20 s in any case.
@@ -152,20 +188,8 @@ print(json.dumps({"replies": sorted(replies), "mapped": mapped, "port": s.getsoc
 """
 
 
-def ping_all(lab: Lab, paths: tuple[Path, ...]) -> dict[Path, PingResult]:
-    """Ping several paths at once (independent peers, so they do not disturb each other)."""
-    addresses: dict[str, IPv6Address] = {"v6": NATIVE_IPV6}
-    for node in ("cli1", "cli2"):
-        address = lab.teredo_address(node)
-        assert address is not None, f"{node} has no Teredo address; see {lab.directory}"
-        addresses[node] = address
-    with ThreadPoolExecutor(len(paths)) as pool:
-        futures = {path: pool.submit(lab.ping, path[0], addresses[path[1]]) for path in paths}
-    return {path: future.result() for path, future in futures.items()}
-
-
-@pytest.fixture(scope="module", params=list(REACHABILITY), ids=lambda pair: "-".join(pair))
-def matrix_lab(
+@pytest.fixture(scope="module", params=KIND_LABS, ids=lambda pair: "-".join(pair))
+def kinds_lab(
     request: pytest.FixtureRequest, module_lab_factory: Callable[..., Lab]
 ) -> Iterator[Lab]:
     nat1, nat2 = request.param
@@ -176,58 +200,250 @@ def matrix_lab(
     lab.down()
 
 
-def test_reachability_matrix(matrix_lab: Lab) -> None:
-    lab = matrix_lab
-    first, second = (site.kind.value for site in lab.topology.sites)
-    pair = (first, second)
-    expected = REACHABILITY[pair]
-    measured = ping_all(lab, PHASE1)
-    lab.restart_roles(["client1", "client2"])
-    measured.update(ping_all(lab, PHASE2))
-    table = {path: result.ok for path, result in measured.items()}
-    report = ", ".join(
-        f"{a}->{b} {'works' if ok else 'fails'}" for (a, b), ok in sorted(table.items())
-    )
-    assert table == expected, f"NAT1 {pair[0]}, NAT2 {pair[1]}: measured {report}"
+@pytest.mark.parametrize("impl", ["miredo", "ours"])
+def test_reachability_matrix(impl: str) -> None:
+    """Every unordered pair of NAT kinds in one lab (so each direction of each ordered pair),
+    and both clients behind one NAT of the SAME_NAT_KINDS with and without hairpinning,
+    MATRIX_JOBS labs at once; FAILS and SAME_NAT_FAILS have the client-to-client paths that
+    fail, every other path works (Teredo<->native always)."""
+    pairs = [(a, b) for i, a in enumerate(KINDS) for b in KINDS[i:]]
+    labs: list[tuple[NatKind, NatKind, bool | None]] = [(a, b, None) for a, b in pairs]
+    labs += [(NatKind(k), NatKind(k), h) for k in SAME_NAT_KINDS for h in (True, False)]
+
+    def measure(spec: tuple[NatKind, NatKind, bool | None]) -> dict[Path, bool]:
+        nat1, nat2, hairpinning = spec
+        return measure_pair(
+            random_lab_name("m"),
+            nat1,
+            nat2,
+            impl,
+            same_nat=hairpinning is not None,
+            hairpinning=bool(hairpinning),
+        )
+
+    with ThreadPoolExecutor(MATRIX_JOBS) as pool:
+        measured = dict(zip(labs, pool.map(measure, labs), strict=True))
+    wrong = []
+    for (nat1, nat2, hairpinning), paths in measured.items():
+        for (source, destination), ok in paths.items():
+            if "v6" in (source, destination):
+                expected, where = True, "-"
+            elif hairpinning is not None:
+                fails = SAME_NAT_FAILS[impl].get((nat1.value, hairpinning), set())
+                expected, where = (source, destination) not in fails, "same NAT"
+            else:
+                directed = (nat1, nat2) if source == "cli1" else (nat2, nat1)
+                expected = (directed[0].value, directed[1].value) not in FAILS[impl]
+                where = f"Figure 1: {figure_cell(*directed)}"
+            if ok != expected:
+                setting = f"NAT1 {nat1}, NAT2 {nat2}"
+                if hairpinning is not None:
+                    setting = f"both behind {nat1}, hairpinning {hairpinning}"
+                wrong.append(
+                    f"{source}->{destination} with {setting} {'works' if ok else 'fails'} ({where})"
+                )
+    assert not wrong, f"{impl}: " + "; ".join(wrong)
 
 
-def test_nat_kind_behaves_as_named(matrix_lab: Lab) -> None:
-    lab = matrix_lab
+def test_nat_kind_behaves_as_named(kinds_lab: Lab) -> None:
+    lab = kinds_lab
     reflectors = [
         start_reflector(
             lab,
             "srv",
             [
-                f"same:{SERVER_IPV4}:{REFLECTOR_PORT}",
+                f"same:{SERVER_TARGET}",
                 f"port:{SERVER_IPV4}:{REFLECTOR_PORT + 1}",
                 f"addr:{SERVER_IPV4_2}:{REFLECTOR_PORT}",
             ],
         ),
-        start_reflector(lab, "v6", [f"other:{NATIVE_IPV4}:{REFLECTOR_PORT}"]),
+        start_reflector(lab, "v6", [f"other:{OTHER_TARGET}"]),
+        start_reflector(lab, "v6", [f"other2:{OTHER2_TARGET}"]),
     ]
     try:
         with ThreadPoolExecutor(2) as pool:  # both sites at once: each waits for silence
             probes = list(pool.map(lambda site: probe_nat(lab, site), lab.topology.sites))
         for site, probe in zip(lab.topology.sites, probes, strict=True):
-            kind = site.kind.value
-            assert set(probe["replies"]) == NAT_REPLIES[kind], f"{kind} NAT: {probe}"
-            to_server = probe["mapped"][f"{SERVER_IPV4}:{REFLECTOR_PORT}"]
-            to_other = probe["mapped"][f"{NATIVE_IPV4}:{REFLECTOR_PORT}"]
-            public = site.client.ip if kind == "none" else site.wan.ip
-            assert to_server.split(":")[0] == str(public), f"{kind} NAT: {probe}"
-            if kind == "symmetric":
-                assert to_server != to_other, f"a symmetric NAT kept one mapping: {probe}"
-            else:  # endpoint-independent mapping, and Linux keeps a free source port
-                assert to_server == to_other == f"{public}:{probe['port']}", f"{kind} NAT: {probe}"
+            check_mappings(site, probe)
     finally:
         for reflector in reflectors:
             reflector.kill()
             reflector.wait()
 
 
+def check_mappings(site: Site, probe: dict[str, Any]) -> None:
+    kind = site.kind.value
+    assert set(probe["replies"]) == NAT_REPLIES[kind], f"{kind} NAT: {probe}"
+    public = str(site.client.ip if kind == "none" else site.wan.ip)
+    seen = [probe["mapped"][t] for t in (SERVER_TARGET, OTHER_TARGET, OTHER2_TARGET)]
+    assert {s.split(":")[0] for s in seen} == {public}, f"{kind} NAT: {probe}"
+    ports = [int(s.split(":")[1]) for s in seen]
+    local = probe["port"]
+    if kind in INDEPENDENT:
+        assert ports == [local] * 3, f"{kind} NAT: {probe}"
+    elif kind == "symmetric-preserving":  # the first destination keeps the port, no other
+        assert ports[0] == local and local not in ports[1:], f"{kind} NAT: {probe}"
+        assert ports[1] != ports[2], f"{kind} NAT: {probe}"
+    elif kind == "symmetric-sequential":  # one after the other (others' flows may interleave)
+        assert 0 < ports[1] - ports[0] <= 4 and 0 < ports[2] - ports[1] <= 4, probe
+    elif kind == "address-symmetric":  # one port per destination address, not the local one
+        assert ports[1] == ports[2] and local not in ports, f"{kind} NAT: {probe}"
+    else:  # symmetric, upnp-symmetric: a new random port per destination
+        assert len(set(ports)) == 3, f"{kind} NAT: {probe}"
+
+
+def test_probe_reports_nat_behaviours(kinds_lab: Lab) -> None:
+    """`teredo probe` behind each kind: NAT type, port preserving, sequential, UPnP IGD."""
+    for site in kinds_lab.topology.sites:
+        result = kinds_lab.exec(
+            site.client_node,
+            [sys.executable, "-m", "teredo", "probe", str(SERVER_IPV4), "--json", "--timeout", "6"],
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        document = json.loads(result.stdout)
+        kind = site.kind
+        expected_nat = {"fullcone": "cone", "none": "none"}.get(
+            kind.value, "restricted" if kind.value in INDEPENDENT else "symmetric"
+        )
+        found = {k: document[k] for k in ("nat", "port_preserving", "sequential", "upnp")}
+        assert found == {
+            "nat": expected_nat,
+            "port_preserving": kind.value in INDEPENDENT or kind is NatKind.SYMMETRIC_PRESERVING,
+            "sequential": kind is NatKind.SYMMETRIC_SEQUENTIAL,
+            "upnp": kind.upnp,
+        }, f"{kind} NAT: {document}"
+        if kind.upnp:
+            assert document["upnp_gateway"] == str(site.lan.ip), document
+
+
+def test_upnp_mapping_forwards(kinds_lab: Lab) -> None:
+    """A port mapped on the box's IGD with miniupnpc's upnpc really forwards from outside."""
+    sites = [site for site in kinds_lab.topology.sites if site.kind.upnp]
+    if not sites:
+        pytest.skip("no UPnP NAT in this lab")
+    for site in sites:
+        listener = subprocess.Popen(
+            [
+                "ip", "netns", "exec", kinds_lab.namespace(site.client_node), sys.executable,
+                "-c", LISTEN, str(UPNP_PORT),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            assert listener.stdout is not None
+            assert listener.stdout.readline().strip() == "ready"
+            added = kinds_lab.exec(
+                site.client_node,
+                ["upnpc", "-e", "teredo-lab", "-a", str(site.client.ip), str(UPNP_PORT),
+                 str(UPNP_PORT), "UDP"],
+                timeout=30,
+            )  # fmt: skip
+            assert "is redirected to internal" in added.stdout, added.stdout + added.stderr
+            send = (
+                f"import socket; socket.socket(2, 2).sendto(b'in', ('{site.wan.ip}', {UPNP_PORT}))"
+            )
+            kinds_lab.exec("v6", [sys.executable, "-c", send], timeout=10)
+            assert listener.stdout.readline().strip() == f"in from {NATIVE_IPV4}", site.kind
+        finally:
+            listener.kill()
+            listener.wait()
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["hairpinning", "no-hairpinning"])
+def same_nat_lab(
+    request: pytest.FixtureRequest, module_lab_factory: Callable[..., Lab]
+) -> Iterator[Lab]:
+    lab = module_lab_factory(
+        nat1="port-restricted",
+        same_nat=True,
+        hairpinning=request.param,
+        server="miredo",
+        relay="miredo",
+        client1="miredo",
+        client2="miredo",
+    )
+    yield lab
+    lab.down()
+
+
+def test_same_nat_hairpins_as_told(same_nat_lab: Lab) -> None:
+    """cli2 learns its mapping from a reflector; cli1 sends to that mapping: a hairpinning box
+    delivers it, from cli1's own mapping (its port kept); the other drops it."""
+    lab = same_nat_lab
+    first, second = lab.topology.sites
+    assert first.nat_node == second.nat_node == "nat1"
+    reflector = start_reflector(lab, "srv", [f"same:{SERVER_TARGET}"])
+    receiver = subprocess.Popen(
+        ["ip", "netns", "exec", lab.namespace("cli2"), sys.executable, "-c", HAIRPIN_RECEIVER,
+         SERVER_TARGET],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert receiver.stdout is not None
+        mapped = receiver.stdout.readline().split()
+        assert mapped[0] == "mapped" and mapped[1].split(":")[0] == str(first.wan.ip), mapped
+        sender = lab.exec(
+            "cli1", [sys.executable, "-c", HAIRPIN_SENDER, mapped[1]], timeout=20
+        ).stdout.split()
+        heard = receiver.stdout.readline().split()
+        if lab.hairpinning:
+            assert heard == ["heard", f"{first.wan.ip}:{sender[1]}"], (heard, sender)
+        else:
+            assert heard == ["silence"], heard
+    finally:
+        for process in (receiver, reflector):
+            process.kill()
+            process.wait()
+
+
+# cli2: learn the mapping from the reflector, then report the first datagram from elsewhere.
+HAIRPIN_RECEIVER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 0))
+s.settimeout(3)
+address, port = sys.argv[1].split(":")
+s.sendto(b"probe", (address, int(port)))
+data, _ = s.recvfrom(2048)
+print("mapped", data.decode().split()[1], flush=True)
+try:
+    data, source = s.recvfrom(2048)
+    print("heard", f"{source[0]}:{source[1]}", flush=True)
+except socket.timeout:
+    print("silence", flush=True)
+"""
+
+# cli1: send to cli2's public mapping a few times; print the local port used.
+HAIRPIN_SENDER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 0))
+address, port = sys.argv[1].split(":")
+for _ in range(3):
+    s.sendto(b"hairpin", (address, int(port)))
+    time.sleep(0.1)
+print("port", s.getsockname()[1], flush=True)
+"""
+
+
+# Says "ready" once bound to the port, then prints the first datagram and its source.
+LISTEN = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(10)
+print("ready", flush=True)
+data, source = s.recvfrom(2048)
+print(f"{data.decode()} from {source[0]}", flush=True)
+"""
+
+
 def probe_nat(lab: Lab, site: Site) -> dict[str, Any]:
     """Run PROBE on the site's client: which answers got through, and the mappings seen."""
-    targets = [f"{SERVER_IPV4}:{REFLECTOR_PORT}", f"{NATIVE_IPV4}:{REFLECTOR_PORT}"]
+    targets = [SERVER_TARGET, OTHER_TARGET, OTHER2_TARGET]
     result = lab.exec(site.client_node, [sys.executable, "-c", PROBE, *targets], timeout=30)
     assert result.returncode == 0, result.stderr
     probe: dict[str, Any] = json.loads(result.stdout)

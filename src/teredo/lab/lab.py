@@ -68,6 +68,7 @@ logger = logging.getLogger(__name__)
 
 READY_TIMEOUT: Final = 20.0  # seconds; a Miredo client tries 3 times 4 s apart (docs/lab-notes.md)
 POLL_INTERVAL: Final = 0.05
+TUNNEL_GONE_TIMEOUT: Final = 5.0  # seconds a stopped client's TUN device may take to go
 SETTLE_TIMEOUT: Final = 10.0  # seconds for every link to get carrier and a link-local address
 TEREDO_PORT: Final = 3544  # RFC 4380 §2.7
 
@@ -702,6 +703,7 @@ class Lab:
                 [ProcessInfo(record.pid, record.starttime, self.namespace(record.node))],
                 self.namespaces,
             )
+        self._wait_tunnels_gone([record])
         started = time.monotonic()
         launched_at = time.time()
         self._launch(self._role_launch(role, Impl(record.impl)))
@@ -725,10 +727,22 @@ class Lab:
             if record.pid is not None and record.starttime is not None:
                 infos.append(ProcessInfo(record.pid, record.starttime, self.namespace(record.node)))
         processes.stop(infos, self.namespaces)
+        self._wait_tunnels_gone([state.roles[role] for role in roles])
         started = time.monotonic()
         for role in roles:
             self._launch(self._role_launch(role, Impl(state.roles[role].impl)))
         self._wait_ready(roles, started)
+
+    def _wait_tunnels_gone(self, records: Sequence[RoleRecord]) -> None:
+        """Wait (a bounded while) until stopped clients' tunnel interfaces are gone: the kernel
+        may remove a TUN device a moment after its process exits, and a new client's readiness
+        must not be read from the old one's address."""
+        deadline = time.monotonic() + TUNNEL_GONE_TIMEOUT
+        pending = [self.namespace(r.node) for r in records if r.kind == "client"]
+        while pending and time.monotonic() < deadline:
+            pending = [ns for ns in pending if netns.interface_state(ns, TEREDO_INTERFACE)]
+            if pending:
+                time.sleep(POLL_INTERVAL)
 
     def interface_counters(self, node: str, interface: str = "eth0") -> dict[str, int]:
         """The kernel's counters of one interface of a node (rx_packets, tx_packets, ...)."""
