@@ -12,6 +12,9 @@ row and column.
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv6Address
@@ -96,10 +99,43 @@ def ping_all(lab: Lab, paths: tuple[Path, ...]) -> dict[Path, bool]:
     return {path: future.result().ok for path, future in futures.items()}
 
 
+UPNP_WAIT: Final = 10.0  # seconds: miniupnpc's discovery with a gateway took ~1.2 s
+
+
+def wait_for_upnp_mappings(lab: Lab, timeout: float = UPNP_WAIT) -> None:
+    """Our clients qualify without waiting for their UPnP gateway and use the mapping once it
+    exists (RFC 6081 §5.3.3, README): behind a UPnP NAT, measure only then, as a user would
+    meet the client a few seconds after its start."""
+    state = lab.state
+    if state is None:
+        return
+    nat_of = {"cli1": state.nat1, "cli2": state.nat1 if state.same_nat else state.nat2}
+    impl_of = {record.node: record.impl for record in state.roles.values()}
+    nodes = [
+        node
+        for node in ("cli1", "cli2")
+        if nat_of[node].startswith("upnp") and impl_of.get(node) == "ours"
+    ]
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        socket_path = str(lab.directory / f"{node}.sock")
+        while time.monotonic() < deadline:
+            result = lab.exec(
+                node,
+                [sys.executable, "-m", "teredo", "status", "--json", "--socket", socket_path],
+                timeout=20,
+            )
+            if result.returncode == 0 and json.loads(result.stdout).get("upnp_mapped"):
+                break
+            time.sleep(0.2)
+
+
 def measure_lab(lab: Lab) -> dict[Path, bool]:
     """Every path of a lab that is up: phase 1, both clients restarted, phase 2."""
+    wait_for_upnp_mappings(lab)
     measured = ping_all(lab, PHASE1)
     lab.restart_roles(["client1", "client2"])
+    wait_for_upnp_mappings(lab)
     measured.update(ping_all(lab, PHASE2))
     return measured
 
