@@ -350,9 +350,10 @@ def test_a_symmetric_peer_is_answered_at_its_learned_mapping_at_once() -> None:
     """RFC 6081 §6.1: B learns A's mapping from A's direct bubble (packet 5), then answers at
     it (packet 7). The RFC's B waits for A's next indirect bubble, 2 s later, and B's 2 s reply
     spacing could then refuse it (a lab test lost a round so, once in six); ours answers at
-    once, so A's packets flow before A's bubbles would be repeated."""
+    once, so A's packets flow before A's bubbles would be repeated. (A random port-symmetric
+    NAT: behind a sequential one, RFC 6081 §5.5 reaches B another way.)"""
     world = World()
-    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC))
+    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, random_ports=True))
     b, node_b = world.add_client(("10.2.0.2", 5000), Nat("203.0.113.18", RESTRICTED))
     world.run(1.0)
     assert a.address is not None and b.address is not None
@@ -363,8 +364,9 @@ def test_a_symmetric_peer_is_answered_at_its_learned_mapping_at_once() -> None:
 
 
 def test_symmetric_to_port_restricted_fails_as_rfc_6081_says() -> None:
+    """Figure 1: a random port-symmetric NAT toward a port-restricted one is "No"."""
     world = World()
-    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC))
+    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, random_ports=True))
     b, node_b = world.add_client(("10.2.0.2", 5000), Nat("203.0.113.18", PORT_RESTRICTED))
     world.run(1.0)
     assert b.address is not None
@@ -878,7 +880,9 @@ def test_without_the_upnp_rule_symmetric_nats_do_not_meet() -> None:
     """The same pair with the extension off: both learn each other's mappings, but neither NAT
     lets in what the other sends there (RFC 6081 §3.2's failure case)."""
     world = World()
-    off = Extensions(upnp=False, hairpinning=False)
+    off = Extensions(
+        upnp=False, hairpinning=False, port_preserving=False, sequential_ports=False
+    )
     a, _ = upnp_client(
         world, ("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, port_preserving=True), off
     )

@@ -178,6 +178,8 @@ def client_settings(
             upnp=config.upnp,
             hairpinning=config.hairpinning,
             server_load_reduction=config.server_load_reduction,
+            port_preserving=config.port_preserving,
+            sequential_ports=config.sequential_ports,
         ),
     )
 
