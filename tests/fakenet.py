@@ -438,7 +438,9 @@ class ClientNode:
         take = getattr(self.core, "packets_to_deliver", None)
         if take is not None:
             self.delivered += take()
-        out = [(payload, tuple(dest), None) for payload, dest in self.core.datagrams_to_send()]
+        out: list[tuple[bytes, Endpoint, str | None]] = [
+            (payload, (dest[0], dest[1]), None) for payload, dest in self.core.datagrams_to_send()
+        ]
         changes = getattr(self.core, "random_port_changes", None)
         if changes is not None and self.network is not None:
             for port, opened in changes():

@@ -880,9 +880,7 @@ def test_without_the_upnp_rule_symmetric_nats_do_not_meet() -> None:
     """The same pair with the extension off: both learn each other's mappings, but neither NAT
     lets in what the other sends there (RFC 6081 §3.2's failure case)."""
     world = World()
-    off = Extensions(
-        upnp=False, hairpinning=False, port_preserving=False, sequential_ports=False
-    )
+    off = Extensions(upnp=False, hairpinning=False, port_preserving=False, sequential_ports=False)
     a, _ = upnp_client(
         world, ("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, port_preserving=True), off
     )
