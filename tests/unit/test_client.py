@@ -1220,3 +1220,12 @@ def test_the_random_port_takes_only_its_peer() -> None:
     b.receive_on_random_port(b"junk", ("203.0.113.77", 7000), port + 1, world.now)
     assert b.drops["random_port_stranger"] == 2
     assert b.drops["random_port_closed"] == 1
+
+
+def test_random_ports_go_with_the_address() -> None:
+    world, a, node_a, b, node_b = random_port_pair("port-restricted", "port-preserving")
+    assert ping_pong(world, a, node_a, b, node_b)
+    assert b.status()["random_ports"] == 1
+    b.stop()
+    world.run(0.1)
+    assert b.status()["random_ports"] == 0 and node_b.ports == {}

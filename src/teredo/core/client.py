@@ -1503,6 +1503,12 @@ class TeredoClient(PeeringEngine):
             self._schedule_discovery(now)
 
     def _set_address(self, address: IPv6Address | None) -> None:
+        if address != self.address:
+            # Random ports were opened for the old address's peers (RFC 6081 §5.4): give them
+            # back; setups with the new address open new ones.
+            for peer_address, state in list(self._random.items()):
+                if state.port:
+                    self._close_random(peer_address, state)
         self.address = address
         self._address_bytes = address.packed if address is not None else None
         self.required_source = self._address_bytes or b""
