@@ -58,6 +58,14 @@ RFC 6081 extensions (switches in `client_settings.extensions`, `teredo.core.exte
   symmetric peer) is sent to at the mapping in its address (`_choose_target`, used by the
   queue's flush, the fast path and `send_ipv6`), received from at the learned one, and kept out
   of the kernel's peer map (`PeerTable.unmirrored`).
+- Port-preserving (§5.4) and sequential (§5.5) symmetric NATs: behind a symmetric NAT, a peer
+  not reached gets a random port of ours (`send_indirect_bubble`; behind a NAT that did not
+  keep our port, after the echo test that predicts its mapping), announced in a Random Port
+  trailer; the peer's announced port gets direct bubbles. A peer proven on the random port is
+  sent to from it (`_routes`, the fast path and the kernel's peer map left out); one proven on
+  the service port closes it. The daemon opens and closes the sockets
+  (`random_port_changes`, `random_port_datagrams`, `receive_on_random_port`); at most
+  MAX_RANDOM_PORTS at once, one not answered on within 30 s is closed.
 - Status (`status`): the client state as netsh names it, the NAT's special behaviours, the local
   mapping, and how many peers each extension served (`_peer_extensions`, bounded by the table).
 
