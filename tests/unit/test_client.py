@@ -1229,3 +1229,16 @@ def test_random_ports_go_with_the_address() -> None:
     b.stop()
     world.run(0.1)
     assert b.status()["random_ports"] == 0 and node_b.ports == {}
+
+
+@pytest.mark.parametrize("responder", ["port-preserving", "sequential"])
+def test_a_random_port_peer_is_reached_again_after_a_silence(responder: str) -> None:
+    """Silent for longer than the peer's validity (30 s): the next packet revalidates it
+    through the random port (RFC 6081 §5.7's solicitation leaves from it), whose mappings the
+    Peer Refresh Timer kept open."""
+    world, a, node_a, b, node_b = random_port_pair("port-restricted", responder)
+    assert ping_pong(world, a, node_a, b, node_b)
+    world.run(45.0)
+    node_a.delivered.clear()
+    assert ping_pong(world, b, node_b, a, node_a)
+    assert b.status()["random_ports"] == 1
