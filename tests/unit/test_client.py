@@ -1241,4 +1241,7 @@ def test_a_random_port_peer_is_reached_again_after_a_silence(responder: str) -> 
     world.run(45.0)
     node_a.delivered.clear()
     assert ping_pong(world, b, node_b, a, node_a)
+    world.run(45.0)
+    node_b.delivered.clear()
+    assert ping_pong(world, a, node_a, b, node_b)
     assert b.status()["random_ports"] == 1
