@@ -747,10 +747,10 @@ class TeredoClient(PeeringEngine):
         self, packet: bytes | bytearray | memoryview, now: float
     ) -> Endpoint | None:
         destination = super().forward_to_teredo(packet, now)
-        if destination is not None and self._embedded_targets:
+        if destination is not None and (self._embedded_targets or self._routes):
+            if destination in self._routes:
+                return None  # RFC 6081 §5.4: it leaves from the peer's random port (`send_ipv6`)
             return self._embedded_targets.get(bytes(packet[24:40]), destination)
-        if destination is not None and self._via_random and destination in self._routes:
-            return None  # RFC 6081 §5.4: it leaves from the peer's random port (`send_ipv6`)
         return destination
 
     def _flush(self, address: bytes, peer: Peer, mapping: Endpoint) -> None:
