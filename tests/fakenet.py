@@ -206,7 +206,21 @@ class FakeNetwork:
         if nat is not None:
             self._nat_of[id(node)] = nat
             self._nats[nat.public_ip] = nat
+        if isinstance(node, ClientNode):
+            node.network = self
         return node
+
+    def detach(self, node: Node) -> None:
+        """Take `node` off the network (a closed socket)."""
+        if self._nodes.get(node.address) is node:
+            del self._nodes[node.address]
+        same_ip = self._by_ip.get(node.address[0], [])
+        if node in same_ip:
+            same_ip.remove(node)
+        self._nat_of.pop(id(node), None)
+
+    def nat_of(self, node: Node) -> Nat | None:
+        return self._nat_of.get(id(node))
 
     def run(self, now: float, max_rounds: int = 100) -> int:
         """Deliver datagrams until none are left; return how many were moved."""
@@ -407,25 +421,65 @@ class ClientNode:
     """A Teredo client core (`teredo.core.client.TeredoClient`) at `address`, with timers.
 
     Datagrams that arrived on 224.0.0.253 go to `receive_discovery`; the IPv6 packets the core
-    hands to its host stack collect in `delivered`.
+    hands to its host stack collect in `delivered`. The random ports the core opens (RFC 6081
+    §5.4, §5.5) are `RandomPortNode`s on the same host, behind the same NAT; `opened` lists
+    every port it ever opened.
     """
 
     def __init__(self, core: Any, address: Endpoint) -> None:
         self.core = core
         self.address = address
         self.delivered: list[bytes] = []
+        self.network: FakeNetwork | None = None
+        self.ports: dict[int, RandomPortNode] = {}
+        self.opened: list[int] = []
 
     def collect(self, now: float) -> list[tuple[bytes, Endpoint, str | None]]:
         take = getattr(self.core, "packets_to_deliver", None)
         if take is not None:
             self.delivered += take()
-        return [(payload, tuple(dest), None) for payload, dest in self.core.datagrams_to_send()]
+        out: list[tuple[bytes, Endpoint, str | None]] = [
+            (payload, (dest[0], dest[1]), None) for payload, dest in self.core.datagrams_to_send()
+        ]
+        changes = getattr(self.core, "random_port_changes", None)
+        if changes is not None and self.network is not None:
+            for port, opened in changes():
+                if opened:
+                    node = RandomPortNode(self, (self.address[0], port))
+                    self.network.attach(node, self.network.nat_of(self))
+                    self.ports[port] = node
+                    self.opened.append(port)
+                else:
+                    closed = self.ports.pop(port, None)
+                    if closed is not None:
+                        self.network.detach(closed)
+            for payload, destination, port in self.core.random_port_datagrams():
+                sender = self.ports.get(port)
+                if sender is not None:
+                    sender.outbox.append((payload, destination))
+        return out
 
     def deliver(self, payload: bytes, source: Endpoint, destination: Endpoint, now: float) -> None:
         if destination[0] == DISCOVERY_GROUP:
             self.core.receive_discovery(payload, source, now)
         else:
             self.core.receive_datagram(payload, source, now)
+
+
+class RandomPortNode:
+    """A client's random port (RFC 6081 §5.4): a second socket of its host."""
+
+    def __init__(self, client: ClientNode, address: Endpoint) -> None:
+        self.client = client
+        self.address = address
+        self.outbox: list[tuple[bytes, Endpoint]] = []
+
+    def collect(self, now: float) -> list[tuple[bytes, Endpoint, str | None]]:
+        out, self.outbox = self.outbox, []
+        return [(payload, destination, None) for payload, destination in out]
+
+    def deliver(self, payload: bytes, source: Endpoint, destination: Endpoint, now: float) -> None:
+        self.client.core.receive_on_random_port(payload, source, self.address[1], now)
 
 
 class RelayNode(EngineNode):

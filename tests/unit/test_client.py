@@ -42,6 +42,7 @@ from teredo.core.qualification import (
     Qualified,
     ServerPair,
 )
+from teredo.core.random_port import MAX_RANDOM_PORTS, predicted_port
 from teredo.core.relay import TeredoRelay
 from teredo.core.server import ServerSettings, TeredoServer
 from teredo.core.trailers import (
@@ -350,9 +351,10 @@ def test_a_symmetric_peer_is_answered_at_its_learned_mapping_at_once() -> None:
     """RFC 6081 §6.1: B learns A's mapping from A's direct bubble (packet 5), then answers at
     it (packet 7). The RFC's B waits for A's next indirect bubble, 2 s later, and B's 2 s reply
     spacing could then refuse it (a lab test lost a round so, once in six); ours answers at
-    once, so A's packets flow before A's bubbles would be repeated."""
+    once, so A's packets flow before A's bubbles would be repeated. (A random port-symmetric
+    NAT: behind a sequential one, RFC 6081 §5.5 reaches B another way.)"""
     world = World()
-    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC))
+    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, random_ports=True))
     b, node_b = world.add_client(("10.2.0.2", 5000), Nat("203.0.113.18", RESTRICTED))
     world.run(1.0)
     assert a.address is not None and b.address is not None
@@ -363,8 +365,9 @@ def test_a_symmetric_peer_is_answered_at_its_learned_mapping_at_once() -> None:
 
 
 def test_symmetric_to_port_restricted_fails_as_rfc_6081_says() -> None:
+    """Figure 1: a random port-symmetric NAT toward a port-restricted one is "No"."""
     world = World()
-    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC))
+    a, _ = world.add_client(("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, random_ports=True))
     b, node_b = world.add_client(("10.2.0.2", 5000), Nat("203.0.113.18", PORT_RESTRICTED))
     world.run(1.0)
     assert b.address is not None
@@ -878,7 +881,7 @@ def test_without_the_upnp_rule_symmetric_nats_do_not_meet() -> None:
     """The same pair with the extension off: both learn each other's mappings, but neither NAT
     lets in what the other sends there (RFC 6081 §3.2's failure case)."""
     world = World()
-    off = Extensions(upnp=False, hairpinning=False)
+    off = Extensions(upnp=False, hairpinning=False, port_preserving=False, sequential_ports=False)
     a, _ = upnp_client(
         world, ("10.1.0.2", 5000), Nat("203.0.113.2", SYMMETRIC, port_preserving=True), off
     )
@@ -996,3 +999,249 @@ def test_an_inbound_only_upnp_mapping_is_reached_through_the_alternate_address(
     assert echo_requests(node_b.delivered)
     answer_pings(world, b, node_b)
     assert world.run_until(lambda: bool(echo_replies(node_a.delivered)), 10.0)
+
+
+# -- RFC 6081 §5.4/§5.5: the random port ---------------------------------------------------------
+
+# The fake network's NATs as RFC 6081 Figure 1 names them (the symmetric ones map per
+# destination; `Nat` allocates in sequence unless told to keep the port or draw at random).
+FIGURE_NATS: dict[str, Callable[[str], Nat]] = {
+    "port-restricted": lambda ip: Nat(ip, PORT_RESTRICTED, port_preserving=True),
+    "port-preserving": lambda ip: Nat(ip, SYMMETRIC, port_preserving=True),
+    "sequential": lambda ip: Nat(ip, SYMMETRIC),
+    "random": lambda ip: Nat(ip, SYMMETRIC, random_ports=True),
+}
+
+
+def random_port_pair(
+    initiator: str, responder: str, extensions: Extensions = ALL_EXTENSIONS
+) -> tuple[World, TeredoClient, ClientNode, TeredoClient, ClientNode]:
+    world = World()
+    a, node_a = world.add_client(("10.1.0.2", 5000), FIGURE_NATS[initiator]("203.0.113.2"))
+    b, node_b = world.add_client(
+        ("10.2.0.2", 5000), FIGURE_NATS[responder]("203.0.113.18"), extensions=extensions
+    )
+    world.run(1.0)
+    assert a.address is not None and b.address is not None
+    return world, a, node_a, b, node_b
+
+
+def ping_pong(world: World, a: TeredoClient, node_a: ClientNode, b: TeredoClient,
+              node_b: ClientNode) -> bool:  # fmt: skip
+    """A pings B (one echo request, as the first packet of a real ping) and B answers."""
+    assert b.address is not None
+    a.send_ipv6(ping(a, b.address), world.now)
+    if not world.run_until(lambda: bool(echo_requests(node_b.delivered)), 10.0):
+        return False
+    answer_pings(world, b, node_b)
+    return world.run_until(lambda: bool(echo_replies(node_a.delivered)), 10.0)
+
+
+@pytest.mark.parametrize(
+    ("initiator", "responder", "extension"),
+    [
+        ("port-restricted", "port-preserving", "port_preserving"),
+        ("port-preserving", "port-restricted", "port_preserving"),
+        ("port-preserving", "port-preserving", "port_preserving"),
+        ("port-restricted", "sequential", "sequential_ports"),
+        ("sequential", "port-restricted", "sequential_ports"),
+        ("port-preserving", "sequential", "sequential_ports"),
+    ],
+)
+def test_the_sns_pp_and_sns_ss_cells_of_figure_1_work(
+    initiator: str, responder: str, extension: str
+) -> None:
+    """RFC 6081 Figure 1's SNS+PP and SNS+SS cells: the symmetric side(s) reach the peer from
+    a random port, which the other side learns from a Random Port trailer."""
+    world, a, node_a, b, node_b = random_port_pair(initiator, responder)
+    assert ping_pong(world, a, node_a, b, node_b)
+    # Both ways, once set up.
+    node_a.delivered.clear()
+    assert ping_pong(world, b, node_b, a, node_a)
+    served = [c for c in (a, b) if c.status()[f"peers_{extension}"] == 1]  # type: ignore[literal-required]
+    assert served, (a.status(), b.status())
+    assert a.status()["random_ports"] + b.status()["random_ports"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("initiator", "responder"),
+    [
+        ("sequential", "port-preserving"),
+        ("random", "port-restricted"),
+        ("port-preserving", "random"),
+    ],
+)
+def test_the_no_cells_around_them_stay_no(initiator: str, responder: str) -> None:
+    world, a, node_a, b, node_b = random_port_pair(initiator, responder)
+    assert not ping_pong(world, a, node_a, b, node_b)
+
+
+@pytest.mark.parametrize(
+    ("responder", "off"),
+    [
+        ("port-preserving", Extensions(port_preserving=False)),
+        ("sequential", Extensions(sequential_ports=False)),
+    ],
+)
+def test_each_random_port_extension_can_be_turned_off(responder: str, off: Extensions) -> None:
+    world, a, node_a, b, node_b = random_port_pair("port-restricted", responder, off)
+    assert not ping_pong(world, a, node_a, b, node_b)
+    assert b.status()["random_ports"] == 0 and "random_ports_opened" not in b.counters
+
+
+def test_the_echo_test_announces_the_port_between_its_two_answers() -> None:
+    """RFC 6081 §5.5.4.1.1/§5.5.4.4: RS to the first server address, bubble to the peer, RS to
+    the second, all from the random port; the Random Port trailer of the indirect bubble that
+    follows names the midpoint of the two mappings the server saw, the bubble's own."""
+    world, a, node_a, b, _ = random_port_pair("sequential", "port-restricted")
+    start = len(world.net.log)
+    a.send_ipv6(ping(a, b.address or ""), world.now)
+    world.run(0.5)
+    (port,) = node_a.opened
+    # From A's NAT, other than the mappings toward the server (qualification).
+    hops = [
+        h
+        for h in world.net.log[start:]
+        if h.source[0] == "203.0.113.2" and h.source[1] not in (40000, 40001)
+    ]
+    first = next(i for i, h in enumerate(hops) if h.destination == SERVER)
+    rs1, bubble, rs2 = hops[first : first + 3]
+    assert rs1.destination == SERVER and rs2.destination == (str(SECONDARY), 3544)
+    assert bubble.destination == ("203.0.113.18", 5000)
+    assert bubble.source[1] == (rs1.source[1] + rs2.source[1]) // 2
+    indirect = [
+        h for h in world.net.log[start:]
+        if h.source[0] == "203.0.113.2" and h.destination == SERVER
+        and parse_teredo_packet(h.payload).trailers
+    ]  # fmt: skip
+    trailers = parse_teredo_packet(indirect[0].payload).trailers
+    assert (TrailerType.RANDOM_PORT, bubble.source[1].to_bytes(2, "big")) in [
+        (t.type, t.value) for t in trailers
+    ]
+    assert port != 5000
+
+
+def test_predicted_port_is_the_midpoint() -> None:
+    # RFC 6081 §5.5.4.4 prints "(EchoTestUpperPort + EchoTestUpperPort)/2": a typo for this.
+    assert predicted_port(40003, 40005) == 40004
+    assert predicted_port(40003, 40006) == 40004
+
+
+def test_without_the_servers_answers_the_echo_test_fails_over() -> None:
+    """RFC 6081 §5.5.2.2: no prediction after 1 s, a second echo test (from a new random
+    port: the first one's mappings would give the same ports); none after 2 s more, the
+    indirect bubble goes without a Random Port trailer, and the port is given back."""
+    world, a, node_a, b, _ = random_port_pair("sequential", "port-restricted")
+    primary_mapping = ("203.0.113.2", 40000)
+    world.net.drop = lambda hop: (
+        hop.source[1] == 3544 and hop.destination[0] == "203.0.113.2"
+        and hop.destination != primary_mapping
+    )  # fmt: skip
+    start = len(world.net.log)
+    a.send_ipv6(ping(a, b.address or ""), world.now)
+    world.run(4.0)
+    assert a.counters["port_echo_tests_sent"] == 2
+    assert a.counters["port_echo_tests_failed"] == 1
+    assert len(node_a.opened) == 2 and a.status()["random_ports"] == 0
+    indirect = [
+        parse_teredo_packet(h.payload)
+        for h in world.net.log[start:]
+        if h.source == primary_mapping and h.destination == SERVER
+        and parse_teredo_packet(h.payload).trailers
+    ]  # fmt: skip
+    assert indirect
+    assert all(t.type != TrailerType.RANDOM_PORT for packet in indirect for t in packet.trailers)
+
+
+def test_random_ports_are_bounded_and_given_back() -> None:
+    """Strangers' indirect bubbles make the client set them up: at most MAX_RANDOM_PORTS
+    random ports at once (the rest refused and counted), and those whose peer never answered
+    on them are closed by the Peer Refresh Timer (RFC 6081 §5.4.2.1)."""
+    world = World()
+    client, node = world.add_client(
+        ("10.1.0.2", 5000), FIGURE_NATS["port-preserving"]("203.0.113.2")
+    )
+    world.run(1.0)
+    assert client.address is not None
+    strangers = MAX_RANDOM_PORTS + 8
+    for i in range(strangers):
+        peer = encode_teredo_address(
+            IPv4Address(f"198.51.{i}.2"), IPv4Address(f"203.0.{i}.9"), 6000
+        )
+        indirect = encode_teredo_packet(
+            TeredoPacket(
+                ipv6=encode_bubble(peer, client.address),
+                origin=OriginIndication(IPv4Address(f"203.0.{i}.9"), 6000),
+                trailers=(nonce_trailer(i.to_bytes(4, "big")),),
+            )
+        )
+        client.receive_datagram(indirect, SERVER, world.now)
+    assert client.status()["random_ports"] == MAX_RANDOM_PORTS
+    assert client.counters["random_ports_refused"] == strangers - MAX_RANDOM_PORTS
+    world.run(61.0)
+    assert client.status()["random_ports"] == 0
+    assert client.counters["random_ports_expired"] == MAX_RANDOM_PORTS
+    assert sorted(node.ports) == []
+
+
+def test_random_port_peers_stay_off_the_fast_and_kernel_paths() -> None:
+    """A peer reached through the random port is sent to from it: never by the fast path
+    (which sends from the service port) nor from the kernel's peer map; and the Peer Refresh
+    Timer keeps its mappings open with bubbles from the random port (RFC 6081 §5.4.2.1)."""
+    world, a, node_a, b, node_b = random_port_pair("port-restricted", "port-preserving")
+    kernel = KernelMap()
+    b.peers.mirror = kernel
+    assert ping_pong(world, a, node_a, b, node_b)
+    assert a.address is not None and b.address is not None
+    reply = encode_echo(b.address, a.address, 7, 2, b"again")
+    assert b.forward_to_teredo(reply, world.now) is None
+    assert a.address.packed not in kernel.peers
+    (port,) = node_b.ports
+    mapping = ("203.0.113.18", port)  # kept by the port-preserving NAT
+    start = len(world.net.log)
+    world.run(100.0)
+    refreshes = [
+        h for h in world.net.log[start:]
+        if h.source == mapping and is_bubble(parse_teredo_packet(h.payload).ipv6)
+    ]  # fmt: skip
+    assert 2 <= len(refreshes) <= 4
+
+
+def test_the_random_port_takes_only_its_peer() -> None:
+    world, a, node_a, b, node_b = random_port_pair("port-restricted", "port-preserving")
+    assert ping_pong(world, a, node_a, b, node_b)
+    (port,) = node_b.ports
+    assert b.address is not None
+    stranger = encode_teredo_address(PRIMARY, IPv4Address("203.0.113.77"), 7000)
+    b.receive_on_random_port(
+        encode_bubble(stranger, b.address), ("203.0.113.77", 7000), port, world.now
+    )
+    b.receive_on_random_port(b"\x00junk", ("203.0.113.77", 7000), port, world.now)
+    b.receive_on_random_port(b"junk", ("203.0.113.77", 7000), port + 1, world.now)
+    assert b.drops["random_port_stranger"] == 2
+    assert b.drops["random_port_closed"] == 1
+
+
+def test_random_ports_go_with_the_address() -> None:
+    world, a, node_a, b, node_b = random_port_pair("port-restricted", "port-preserving")
+    assert ping_pong(world, a, node_a, b, node_b)
+    assert b.status()["random_ports"] == 1
+    b.stop()
+    world.run(0.1)
+    assert b.status()["random_ports"] == 0 and node_b.ports == {}
+
+
+@pytest.mark.parametrize("responder", ["port-preserving", "sequential"])
+def test_a_random_port_peer_is_reached_again_after_a_silence(responder: str) -> None:
+    """Silent for longer than the peer's validity (30 s): the next packet revalidates it
+    through the random port (RFC 6081 §5.7's solicitation leaves from it), whose mappings the
+    Peer Refresh Timer kept open."""
+    world, a, node_a, b, node_b = random_port_pair("port-restricted", responder)
+    assert ping_pong(world, a, node_a, b, node_b)
+    world.run(45.0)
+    node_a.delivered.clear()
+    assert ping_pong(world, b, node_b, a, node_a)
+    world.run(45.0)
+    node_b.delivered.clear()
+    assert ping_pong(world, a, node_a, b, node_b)
+    assert b.status()["random_ports"] == 1

@@ -58,6 +58,14 @@ RFC 6081 extensions (switches in `client_settings.extensions`, `teredo.core.exte
   symmetric peer) is sent to at the mapping in its address (`_choose_target`, used by the
   queue's flush, the fast path and `send_ipv6`), received from at the learned one, and kept out
   of the kernel's peer map (`PeerTable.unmirrored`).
+- Port-preserving (§5.4) and sequential (§5.5) symmetric NATs: behind a symmetric NAT, a peer
+  not reached gets a random port of ours (`send_indirect_bubble`; behind a NAT that did not
+  keep our port, after the echo test that predicts its mapping), announced in a Random Port
+  trailer; the peer's announced port gets direct bubbles. A peer proven on the random port is
+  sent to from it (`_routes`, the fast path and the kernel's peer map left out); one proven on
+  the service port closes it. The daemon opens and closes the sockets
+  (`random_port_changes`, `random_port_datagrams`, `receive_on_random_port`); at most
+  MAX_RANDOM_PORTS at once, one not answered on within 30 s is closed.
 - Status (`status`): the client state as netsh names it, the NAT's special behaviours, the local
   mapping, and how many peers each extension served (`_peer_extensions`, bounded by the table).
 
@@ -77,7 +85,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any, Final
@@ -117,14 +125,29 @@ from teredo.core.qualification import (
     QualifierEvent,
     ServerPair,
 )
+from teredo.core.random_port import (
+    DATA_RECENT,
+    ECHO_TEST_NONCE_LENGTH,
+    ECHO_TESTS,
+    MAX_RANDOM_PORTS,
+    MAX_REFRESH_BUBBLES,
+    PEER_REFRESH_INTERVAL,
+    RandomPortPeer,
+    choose_port,
+    echo_solicitation,
+    predicted_port,
+    random_port_trailer,
+)
 from teredo.core.secure_qualification import ClientKey
 from teredo.core.status import ClientEngineStatus, ClientExtensionStatus
 from teredo.core.trailers import (
     DiscoveryType,
     NeighborDiscoveryTrailer,
+    RandomPortTrailer,
     TrailerType,
     alternate_addresses,
     decode_trailer,
+    nonce_trailer_bytes,
     trailer_nonce,
 )
 from teredo.core.wire import (
@@ -225,7 +248,20 @@ class TeredoClient(PeeringEngine):
         # §5.3.4.2-3: symmetric peers sent to at the mapping in their address, received from
         # at their learned one; never in the kernel's peer map, which has one mapping a peer.
         self._embedded_targets: dict[bytes, Endpoint] = {}
-        self.peers.unmirrored = self._embedded_targets
+        # §5.4/§5.5: the random port state of peers (`teredo.core.random_port`), the ports open
+        # (port -> peer, at most MAX_RANDOM_PORTS), the peers reached through one and the
+        # mappings sent to from one (mapping -> port). Neither kind of peer is in the kernel's
+        # peer map: it sends from the service port only.
+        self._random: dict[bytes, RandomPortPeer] = {}
+        self._open_ports: dict[int, bytes] = {}
+        self._via_random: dict[bytes, Endpoint] = {}
+        self._routes: dict[Endpoint, int] = {}
+        self._port_changes: list[tuple[int, bool]] = []
+        self._random_datagrams: list[tuple[bytes, Endpoint, int]] = []
+        self._arrived_on = 0  # the random port the datagram being handled came to (0: ours)
+        self._bubbling = b""  # the peer whose indirect bubble is being built
+        self._peer_refresh_at = now + PEER_REFRESH_INTERVAL  # §5.4.3
+        self.peers.unmirrored = _Either(self._embedded_targets, self._via_random)
         self._note_server()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -263,7 +299,12 @@ class TeredoClient(PeeringEngine):
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        deadlines = [super().get_timer(), self.qualifier.get_timer(), self._discovery_at]
+        deadlines = [
+            super().get_timer(),
+            self.qualifier.get_timer(),
+            self._discovery_at,
+            self._random_timer(),
+        ]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -275,6 +316,7 @@ class TeredoClient(PeeringEngine):
         if self._discovery_at is not None and now >= self._discovery_at:
             self._send_discovery(now)
             self._schedule_discovery(now)
+        self._random_timers(now)
         self._pump(now)
 
     def status(self, now: float | None = None) -> ClientEngineStatus:
@@ -345,11 +387,16 @@ class TeredoClient(PeeringEngine):
                 "upnp": extensions.upnp,
                 "hairpinning": extensions.hairpinning,
                 "server_load_reduction": extensions.server_load_reduction,
+                "port_preserving": extensions.port_preserving,
+                "sequential_ports": extensions.sequential_ports,
             },
             "peers_symmetric_nat": counts["symmetric_nat"],
             "peers_upnp": counts["upnp"],
             "peers_hairpinning": counts["hairpinning"],
             "peers_server_load_reduction": counts["server_load_reduction"],
+            "peers_port_preserving": counts["port_preserving"],
+            "peers_sequential_ports": counts["sequential_ports"],
+            "random_ports": len(self._open_ports),
         }
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -364,11 +411,17 @@ class TeredoClient(PeeringEngine):
                 self.count("sent")
                 self.emit(bytes(packet), target)
                 return
+        if self._via_random and len(packet) >= IPV6_HEADER_LENGTH:
+            state = self._random.get(bytes(packet[24:40]))
+            if state is not None:
+                state.last_data = now  # RFC 6081 §5.4.4.1
         super().send_ipv6(packet, now)  # refuses other sources than ours (`required_source`)
 
     def receive_datagram(
         self, data: bytes | bytearray | memoryview, source: Endpoint, now: float
     ) -> None:
+        if self._via_random:
+            self._primary_reached(data, source, now)
         super().receive_datagram(data, source, now)
         self._pump(now)
 
@@ -471,6 +524,21 @@ class TeredoClient(PeeringEngine):
                 self.trust_peer(src, source, now)
                 self._note_extension(src, PeerExtension.HAIRPINNING)
                 self.count("alternate_address_accepted")
+                self.accept(ipv6)
+                return
+            state = self._random.get(src) if self._random else None
+            if (
+                peer is not None
+                and state is not None
+                and state.peer_port
+                and source == (teredo_mapping(src)[0], state.peer_port)
+            ):
+                # RFC 6081 §5.4: the peer's random port at the IPv4 address in its Teredo
+                # address, which its indirect bubble named through its server: as good a
+                # proof as the mapping in its address (rx case 3), as for an alternate address
+                # above. Its first packets may come before any bubble with our nonce.
+                self.trust_peer(src, source, now)
+                self.count("random_port_accepted")
                 self.accept(ipv6)
                 return
             self.drop_unverified(packet)
@@ -626,13 +694,19 @@ class TeredoClient(PeeringEngine):
         """RFC 6081 §5.6.4.1: while a peer is not reached, our indirect bubbles say where else
         we can be reached: our local endpoint, and the NAT's UPnP mapping when it is not the one
         in our address (a second NAT). The nonce trailer is already there (§5.6 needs it)."""
+        trailers = b""
+        if self._random:
+            state = self._random.get(self._bubbling, None)
+            if state is not None and state.predicted:
+                # RFC 6081 §5.4.4.2, §5.5.4.2: the mapped port we predict for our random port.
+                trailers = random_port_trailer(state.predicted)
         if not self.client_settings.extensions.hairpinning or peer.is_valid(now):
-            return b""
+            return trailers
         entries = [e for e in (self.local, self.upnp_mapped) if e is not None and _unicast(e)]
         if not entries:
-            return b""
+            return trailers
         self.count("alternate_addresses_sent")
-        return alternate_address_trailer(entries)
+        return alternate_address_trailer(entries) + trailers
 
     def _may_learn(self, address: bytes, source: Endpoint) -> bool:
         """A bubble carrying our nonce may teach a non-global mapping when it comes from an
@@ -673,7 +747,9 @@ class TeredoClient(PeeringEngine):
         self, packet: bytes | bytearray | memoryview, now: float
     ) -> Endpoint | None:
         destination = super().forward_to_teredo(packet, now)
-        if destination is not None and self._embedded_targets:
+        if destination is not None and (self._embedded_targets or self._routes):
+            if destination in self._routes:
+                return None  # RFC 6081 §5.4: it leaves from the peer's random port (`send_ipv6`)
             return self._embedded_targets.get(bytes(packet[24:40]), destination)
         return destination
 
@@ -740,11 +816,455 @@ class TeredoClient(PeeringEngine):
         )
 
     def _on_removed(self, address: bytes, peer: Peer) -> None:
+        state = self._random.pop(address, None)
+        if state is not None:
+            self._close_random(address, state)
         self._drop_held(address)  # expired or evicted: its held packets can never be released
         self._embedded_targets.pop(address, None)
         self._alternates.pop(address, None)
         self._soliciting.pop(address, None)
         self._peer_extensions.pop(address, None)
+
+    # -- RFC 6081 §5.4/§5.5: the random port ----------------------------------------------------
+
+    def random_port_changes(self) -> list[tuple[int, bool]]:
+        """The random ports to open (True) or close (False), in order, since the last call: the
+        daemon binds each on the service socket's address (`random_port_failed` if it cannot)."""
+        out = self._port_changes
+        self._port_changes = []
+        return out
+
+    def random_port_datagrams(self) -> list[tuple[bytes, Endpoint, int]]:
+        """UDP payloads to send from a random port: ``(payload, destination, local_port)``.
+        Call it after `datagrams_to_send`, which moves there what goes to a peer reached through
+        a random port."""
+        out = self._random_datagrams
+        self._random_datagrams = []
+        return out
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
+        out = super().datagrams_to_send()
+        routes = self._routes
+        if routes:
+            kept = []
+            moved = self._random_datagrams
+            for payload, destination in out:
+                port = routes.get(destination)
+                if port is None:
+                    kept.append((payload, destination))
+                else:
+                    moved.append((payload, destination, port))
+            out = kept
+        return out
+
+    def receive_on_random_port(
+        self, data: bytes | bytearray | memoryview, source: Endpoint, port: int, now: float
+    ) -> None:
+        """A datagram that came to our random port `port`: the echo test's RAs (RFC 6081
+        §5.5.4.4), or the peer's packets (§5.4.4.5). Never raises for bad input."""
+        address = self._open_ports.get(port)
+        if address is None:
+            self.drop("random_port_closed")
+            return
+        if source[1] == TEREDO_PORT and source[0] in self._server_ips:
+            self._echo_answer(bytes(data), source, address, now)
+        elif len(data) < IPV6_HEADER_LENGTH or data[0] >> 4 != 6 or data[8:24] != address:
+            # Only the peer it was opened for sends plain IPv6 here.
+            self.drop("random_port_stranger")
+        else:
+            self._arrived_on = port
+            try:
+                super().receive_datagram(data, source, now)
+            finally:
+                self._arrived_on = 0
+        self._pump(now)
+
+    def random_port_failed(self, port: int, now: float) -> None:
+        """The daemon could not bind `port` (in use): the peer's setup goes on without it."""
+        address = self._open_ports.get(port)
+        if address is not None:
+            self.count("random_port_bind_failures")
+            self._close_random(address, self._random[address])
+
+    def _random_mode(self) -> str | None:
+        """ "preserving" (RFC 6081 §5.4), "sequential" (§5.5, what §3.4 assumes of a symmetric NAT
+        that is not port-preserving), or None: no random ports (not behind a symmetric NAT, the
+        switch is off, or the UPnP extension serves: §5.3 maps our port for every peer)."""
+        q = self.qualifier
+        if (
+            q.nat is not NatBehaviour.SYMMETRIC
+            or self._address_bytes is None
+            or self.upnp_mapping is not None
+        ):
+            return None
+        extensions = self.client_settings.extensions
+        if q.port_preserving:
+            return "preserving" if extensions.port_preserving else None
+        if extensions.sequential_ports and q.server.secondary is not None:
+            return "sequential"
+        return None
+
+    def send_indirect_bubble(self, source: bytes, address: bytes, peer: Peer, now: float) -> None:
+        """RFC 6081 §5.4.4.2/§5.5.4.1: behind a symmetric NAT, an indirect bubble to a peer not
+        reached opens a random port first (sequential: and waits for the echo test that
+        predicts its mapping); it carries the Random Port trailer (`_indirect_trailers`), and
+        direct bubbles go to the peer's random port (`_bubble_to_peer_random_port`)."""
+        mode = self._random_mode() if not peer.is_valid(now) else None
+        state = self._random.get(address)
+        if mode is not None:
+            if state is None:
+                state = self._random[address] = RandomPortPeer()
+            if (
+                not state.port
+                and now >= state.retry_after
+                and self._open_random(address, state, now)
+                and mode == "preserving"
+            ):
+                state.predicted = state.port  # the NAT keeps a free port (§5.4.4.2)
+            if state.port and not state.predicted and mode == "sequential":
+                if state.failover_at is None:
+                    self._start_echo_test(address, state, now)
+                if state.failover_at is not None:
+                    state.waiting_indirect = True  # sent with the prediction (§5.5.4.4)
+                    return
+        self._bubbling = address
+        try:
+            super().send_indirect_bubble(source, address, peer, now)
+        finally:
+            self._bubbling = b""
+        if state is None:
+            return
+        state.rounds += 1
+        if state.peer_port:
+            self._bubble_to_peer_random_port(source, address, now, peer.nonce_received)
+        elif state.port and state.heard_plain and state.rounds > 1:
+            # The peer's indirect bubbles carry no Random Port trailer (a port-restricted NAT,
+            # say) and our first round went unanswered: its NAT lets in only the mapping it
+            # sent to, so our random port must open a mapping toward the one in its address,
+            # to which it sends once it knows our random port. Not in the first round: a peer
+            # behind a cone or address-restricted NAT has answered our service port by then,
+            # and would otherwise learn two mappings of ours.
+            to = teredo_mapping(address)
+            if self.budget.allow(1, now, server=None, repeated=True):
+                self._send_from(
+                    self._random_bubble(source, address, peer.nonce_received, state), to, state.port
+                )
+
+    def _bubble_to_peer_random_port(
+        self, source: bytes, address: bytes, now: float, nonce: bytes | None
+    ) -> None:
+        """RFC 6081 §5.4.4.3: a direct bubble to the peer's random port, at the IPv4 address
+        in its Teredo address, from our random port if we have one (else from our service
+        port: a peer behind a symmetric NAT is reached there by a client behind a
+        port-restricted one), with the Random Port trailer when we announce one."""
+        state = self._random.get(address)
+        if state is None or not state.peer_port:
+            return
+        if not self.budget.allow(1, now, server=None, repeated=True):
+            self.drop("setup_budget_exhausted")
+            return
+        to = (teredo_mapping(address)[0], state.peer_port)
+        self._send_from(self._random_bubble(source, address, nonce, state), to, state.port)
+
+    def _random_bubble(
+        self, source: bytes, address: bytes, nonce: bytes | None, state: RandomPortPeer
+    ) -> bytes:
+        bubble = encode_bubble(source, address)
+        if nonce is not None:
+            bubble += nonce_trailer_bytes(nonce)
+        if state.port and state.predicted:
+            bubble += random_port_trailer(state.predicted)
+        return bubble
+
+    def _send_from(self, payload: bytes, to: Endpoint, port: int) -> None:
+        """Send `payload` from our random port `port` (0: the service port)."""
+        if port:
+            self._random_datagrams.append((payload, to, port))
+        else:
+            self.emit(payload, to)
+        self.count("bubbles_sent")
+
+    def _note_peer_random_port(
+        self, address: bytes, peer: Peer, packet: TeredoPacket, now: float
+    ) -> None:
+        """RFC 6081 §5.4.4.4: the Random Port trailer of a peer's indirect bubble."""
+        announced = 0
+        for trailer in packet.trailers:
+            if trailer.type in (TrailerType.RANDOM_PORT, TrailerType.RANDOM_PORT_IANA):
+                try:
+                    option = decode_trailer(trailer)
+                except ParseError:
+                    self.drop("malformed_trailer")
+                    return
+                assert isinstance(option, RandomPortTrailer)
+                announced = option.port
+                break
+        state = self._random.get(address)
+        if not announced:
+            if state is not None:
+                state.heard_plain = True
+            elif self._random_mode() is not None:
+                state = self._random[address] = RandomPortPeer()
+                state.heard_plain = True
+            return
+        if state is None:
+            state = self._random[address] = RandomPortPeer()
+        if not state.peer_port:
+            state.peer_port = announced
+        elif (
+            announced != state.peer_port
+            and now - max(peer.last_rx, state.last_data, peer.last_tx) >= DATA_RECENT
+        ):
+            # The peer chose another random port and we have not talked for 30 s: use it, and
+            # a new port of ours too (§5.4.4.4: SHOULD).
+            state.peer_port = announced
+            if state.port and address not in self._via_random:
+                self._close_random(address, state)
+
+    def _open_random(self, address: bytes, state: RandomPortPeer, now: float) -> bool:
+        """Choose a random port for `address` and ask the daemon to open it, within
+        MAX_RANDOM_PORTS (a refusal is counted and the setup goes on without one)."""
+        if len(self._open_ports) >= MAX_RANDOM_PORTS:
+            self.count("random_ports_refused")
+            return False
+        avoid = set(self._open_ports)
+        if self.local is not None:
+            avoid.add(self.local[1])
+        port = choose_port(bytes(self._random_bytes(2)), avoid)
+        if port is None:
+            self.count("random_ports_refused")
+            return False
+        self._open_ports[port] = address
+        state.port = port
+        state.predicted = 0
+        state.opened_at = now
+        state.rounds = 0
+        state.direct_primary = state.direct_random = False
+        self._port_changes.append((port, True))
+        self.count("random_ports_opened")
+        return True
+
+    def _close_random(self, address: bytes, state: RandomPortPeer) -> None:
+        """Stop listening on the peer's random port (RFC 6081 §5.4.4.4-§5.4.4.5); what it
+        sent through it leaves from our service port again."""
+        port = state.port
+        if port:
+            if self._open_ports.get(port) == address:
+                del self._open_ports[port]
+            self._port_changes.append((port, False))
+        state.port = state.predicted = 0
+        state.direct_random = False
+        state.waiting_indirect = False
+        state.reset_echo_test()
+        mapping = self._via_random.pop(address, None)
+        if mapping is not None:
+            self._routes.pop(mapping, None)
+            peer = self.peers.get(address)
+            if peer is not None:
+                self.peers.publish(address, peer)
+
+    def trust_peer(self, address: bytes, mapping: Endpoint, now: float) -> Peer:
+        """RFC 6081 §5.4.4.5: a peer proven on our random port is sent to from it from now on
+        (and hears from it at once, with its nonce, so that it learns that mapping of ours);
+        one proven on our service port no longer needs the random port."""
+        state = self._random.get(address) if self._random else None
+        answer = 0
+        if state is not None and state.port:
+            arrived = self._arrived_on
+            if arrived == state.port:
+                state.direct_random = True
+                old = self._via_random.get(address)
+                if old != mapping:
+                    if old is not None:
+                        self._routes.pop(old, None)
+                    self._via_random[address] = mapping
+                    self._routes[mapping] = arrived
+                    self.peers.withdraw(address)
+                    answer = arrived
+            elif arrived == 0 and address not in self._via_random:
+                state.direct_primary = True
+                self._close_random(address, state)
+        peer = super().trust_peer(address, mapping, now)
+        if state is not None and state.peer_port and mapping[1] == state.peer_port:
+            # Reached at the port its Random Port trailer named (RFC 6081 §5.4.4.3), a
+            # mapping of a symmetric NAT (§5.2).
+            self._note_extension(
+                address, PeerExtension.PORT_PRESERVING | PeerExtension.SYMMETRIC_NAT
+            )
+        if answer and state is not None and self._address_bytes is not None:
+            self._note_extension(
+                address,
+                PeerExtension.SEQUENTIAL_PORTS
+                if state.predicted != state.port
+                else PeerExtension.PORT_PRESERVING,
+            )
+            if self.budget.allow(1, now, server=None, repeated=True):
+                bubble = self._random_bubble(
+                    self._address_bytes, address, peer.nonce_received, state
+                )
+                self._send_from(bubble, mapping, answer)
+        return peer
+
+    def _primary_reached(
+        self, data: bytes | bytearray | memoryview, source: Endpoint, now: float
+    ) -> None:
+        """RFC 6081 §5.4.4.5, third case: a direct bubble on our service port from a peer we
+        reach through a random port: the service port works, the random one goes, and the
+        peer hears from the service port (with its nonce) to learn that mapping."""
+        if (
+            len(data) < IPV6_HEADER_LENGTH
+            or data[0] >> 4 != 6
+            or data[6] != NextHeader.NO_NEXT_HEADER
+        ):
+            return
+        address = bytes(data[8:24])
+        if self._via_random.get(address) != source:
+            return
+        state = self._random[address]
+        state.direct_primary = True
+        self._close_random(address, state)
+        peer = self.peers.get(address)
+        if peer is not None and self._address_bytes is not None:
+            self.send_direct_bubble(
+                self._address_bytes, address, source, now, nonce=peer.nonce_received
+            )
+
+    def fail_setup(self, address: bytes, peer: Peer, now: float) -> None:
+        super().fail_setup(address, peer, now)
+        state = self._random.get(address)
+        if state is not None and state.port and address not in self._via_random:
+            self._close_random(address, state)  # a port for a peer that never answered
+
+    def _start_echo_test(self, address: bytes, state: RandomPortPeer, now: float) -> None:
+        """RFC 6081 §5.5.4.1.1: from the random port, an RS to the server's first address, a
+        direct bubble to the peer, an RS to its second address, one after the other (the NAT
+        maps them in that order); the failover timer is 1 s, then 2 s.
+
+        The bubble carries no nonce: it only makes the mapping whose port we predict, and a
+        peer behind a cone NAT, which accepts it, must not learn from it a mapping of ours we
+        may give up (our service port reaches it, §5.4.4.5)."""
+        secondary = self.qualifier.server.secondary
+        if secondary is None or self._address_bytes is None:
+            return
+        if not self.budget.allow(3, now, server=self._server_ipv4, repeated=True):
+            self.drop("setup_budget_exhausted")
+            return
+        key = self.client_settings.key
+        state.echo_nonce1 = bytes(self._random_bytes(ECHO_TEST_NONCE_LENGTH))
+        state.echo_nonce2 = bytes(self._random_bytes(ECHO_TEST_NONCE_LENGTH))
+        state.echo_lower = state.echo_upper = 0
+        state.echo_retries += 1
+        state.failover_at = now + state.echo_retries
+        to = teredo_mapping(address)
+        if state.peer_port:
+            to = (to[0], state.peer_port)
+        port = state.port
+        self._random_datagrams.append(
+            (echo_solicitation(state.echo_nonce1, key), self._server, port)
+        )
+        self._random_datagrams.append((encode_bubble(self._address_bytes, address), to, port))
+        self._random_datagrams.append(
+            (echo_solicitation(state.echo_nonce2, key), endpoint(secondary, TEREDO_PORT), port)
+        )
+        self.count("port_echo_tests_sent")
+
+    def _echo_answer(self, data: bytes, source: Endpoint, address: bytes, now: float) -> None:
+        """RFC 6081 §5.5.4.4: an RA answering an echo test's RS; with both, the prediction is
+        the midpoint, and the indirect bubble that waited for it leaves."""
+        try:
+            packet = parse_teredo_packet(data)
+        except ParseError:
+            self.drop("malformed")
+            return
+        auth, origin = packet.authentication, packet.origin
+        state = self._random[address]
+        if auth is None or origin is None or not Qualifier.is_router_advertisement(packet.ipv6):
+            self.drop("random_port_stranger")
+            return
+        server = self.qualifier.server
+        if auth.nonce == state.echo_nonce1 and source[0] == str(server.primary):
+            state.echo_lower = state.echo_lower or origin.endpoint[1]
+        elif auth.nonce == state.echo_nonce2 and source[0] == str(server.secondary):
+            state.echo_upper = state.echo_upper or origin.endpoint[1]
+        else:
+            self.drop("ra_bad_nonce")
+            return
+        if not (state.echo_lower and state.echo_upper) or state.predicted:
+            return
+        state.predicted = predicted_port(state.echo_lower, state.echo_upper)
+        state.failover_at = None
+        self.count("port_echo_tests_answered")
+        peer = self.peers.get(address)
+        if state.waiting_indirect and peer is not None and self._address_bytes is not None:
+            state.waiting_indirect = False
+            if not peer.is_valid(now):
+                self.send_indirect_bubble(self._address_bytes, address, peer, now)
+
+    def _random_timer(self) -> float | None:
+        """The Peer Refresh Timer's deadline (RFC 6081 §5.4.2), or an earlier echo test
+        failover (§5.5.2), while a random port is open."""
+        if not self._open_ports:
+            return None
+        deadline = self._peer_refresh_at
+        for address in self._open_ports.values():
+            failover = self._random[address].failover_at
+            if failover is not None and failover < deadline:
+                deadline = failover
+        return deadline
+
+    def _random_timers(self, now: float) -> None:
+        if not self._open_ports:
+            self._peer_refresh_at = max(self._peer_refresh_at, now + PEER_REFRESH_INTERVAL)
+            return
+        for address in list(self._open_ports.values()):
+            state = self._random.get(address)
+            if state is not None and state.failover_at is not None and now >= state.failover_at:
+                state.failover_at = None
+                self._echo_failover(address, state, now)
+        if now >= self._peer_refresh_at:
+            self._peer_refresh_at = now + PEER_REFRESH_INTERVAL
+            self._refresh_random_ports(now)
+
+    def _echo_failover(self, address: bytes, state: RandomPortPeer, now: float) -> None:
+        """RFC 6081 §5.5.2.2: no prediction in time: a second echo test, then the indirect
+        bubble without a Random Port trailer. The second test uses a new random port: from
+        the first one, the NAT's mappings toward both server addresses exist already and
+        would give the same ports again."""
+        peer = self.peers.get(address)
+        retries = state.echo_retries
+        self._close_random(address, state)
+        if peer is None or peer.is_valid(now) or self._address_bytes is None:
+            return
+        if retries < ECHO_TESTS and self._open_random(address, state, now):
+            state.echo_retries = retries
+            state.waiting_indirect = True
+            self._start_echo_test(address, state, now)
+            if state.failover_at is not None:
+                return
+        self.count("port_echo_tests_failed")
+        state.retry_after = now + PEER_REFRESH_INTERVAL  # §5.5.2.1: tried again after that
+        if state.port:
+            self._close_random(address, state)
+        if self.budget.allow(1, now, server=teredo_server_ipv4(address), repeated=True):
+            PeeringEngine.send_indirect_bubble(self, self._address_bytes, address, peer, now)
+
+    def _refresh_random_ports(self, now: float) -> None:
+        """RFC 6081 §5.4.2.1: a direct bubble from the random port to each peer reached through
+        it and sent no data for 30 s, 20 at most in a row; a port whose peer never answered
+        on it within that time is given back (our bound on strangers' setups)."""
+        for address in list(self._open_ports.values()):
+            state = self._random[address]
+            mapping = self._via_random.get(address)
+            if mapping is None:
+                if now - state.opened_at >= PEER_REFRESH_INTERVAL and state.failover_at is None:
+                    self.count("random_ports_expired")
+                    self._close_random(address, state)
+                continue
+            if now - state.last_data < DATA_RECENT:
+                state.refresh_count = 0
+            elif state.refresh_count < MAX_REFRESH_BUBBLES and self._address_bytes is not None:
+                state.refresh_count += 1
+                self._send_from(encode_bubble(self._address_bytes, address), mapping, state.port)
 
     # -- the server's packets -------------------------------------------------------------------
 
@@ -776,6 +1296,8 @@ class TeredoClient(PeeringEngine):
                 self.count("peers_created")
             # RFC 6081 §5.2.4.3: remember the peer's nonce (or forget an old one).
             peer.nonce_received = nonce
+            if bubble:
+                self._note_peer_random_port(src, peer, packet, now)  # RFC 6081 §5.4.4.4
             targets = [to]
             if peer.mapped is not None and peer.mapped != to:
                 targets.append(peer.mapped)  # a mapping learned from a symmetric NAT peer
@@ -790,7 +1312,8 @@ class TeredoClient(PeeringEngine):
                     # from the wire, not for endpoints a peer names through its server.
                     self._alternates[src] = alternates
                     targets += [a for a in alternates if a not in targets]
-            self._reply_bubble(dst, src, targets, now, nonce)
+            if self._reply_bubble(dst, src, targets, now, nonce):
+                self._bubble_to_peer_random_port(dst, src, now, nonce)  # RFC 6081 §5.4.4.3
             if (
                 not peer.is_valid(now)
                 and peer.may_send_bubble(now)
@@ -823,21 +1346,22 @@ class TeredoClient(PeeringEngine):
         targets: list[Endpoint],
         now: float,
         nonce: bytes | None,
-    ) -> None:
+    ) -> bool:
         """Direct bubbles answering a peer, at most once per 2 s per peer (RFC 4380 §5.2.6),
-        within the setup budget (a peer asking again has priority)."""
+        within the setup budget (a peer asking again has priority); True when they left."""
         last = self._last_reply.get(destination)
         if last is not None and now - last < BUBBLE_SPACING:
             self.drop("bubble_reply_rate_limited")
-            return
+            return False
         if len(self._last_reply) >= MAX_REPLY_ENTRIES:
             self._last_reply.clear()  # bounded; forgetting only relaxes the spacing
         self._last_reply[destination] = now
         if not self.budget.allow(len(targets), now, server=None, repeated=last is not None):
             self.drop("setup_budget_exhausted")
-            return
+            return False
         for to in targets:
             self.send_direct_bubble(source, destination, to, now, nonce=nonce)
+        return True
 
     # -- the direct IPv6 connectivity test ------------------------------------------------------
 
@@ -987,6 +1511,12 @@ class TeredoClient(PeeringEngine):
             self._schedule_discovery(now)
 
     def _set_address(self, address: IPv6Address | None) -> None:
+        if address != self.address:
+            # Random ports were opened for the old address's peers (RFC 6081 §5.4): give them
+            # back; setups with the new address open new ones.
+            for peer_address, state in list(self._random.items()):
+                if state.port:
+                    self._close_random(peer_address, state)
         self.address = address
         self._address_bytes = address.packed if address is not None else None
         self.required_source = self._address_bytes or b""
@@ -1009,6 +1539,19 @@ def _unicast(entry: Endpoint) -> bool:
     except ValueError:
         return False
     return first not in (0, 127) and first < 224 and 0 < entry[1] <= 0xFFFF
+
+
+class _Either:
+    """Membership in either of two containers (the peer table's `unmirrored`)."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Container[bytes], second: Container[bytes]) -> None:
+        self.first = first
+        self.second = second
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.first or item in self.second
 
 
 def summarize_peer(

@@ -258,6 +258,8 @@ class ClientConfig:
     upnp: bool = True  # §3.2/§5.3 (and the UPnP mapping of §5.6)
     hairpinning: bool = True  # §3.5/§5.6, Alternate Address trailer
     server_load_reduction: bool = True  # §3.6/§5.7, Neighbor Discovery Option trailer
+    port_preserving: bool = True  # §3.3/§5.4, Random Port trailer
+    sequential_ports: bool = True  # §3.4/§5.5, the echo test that predicts the mapped port
     fallback_servers: tuple[IPv4Address | str, ...] = ()
     # Secure qualification (RFC 4380 §5.2.2): the identifier and the secret, given inline or
     # in a file the client daemon reads (`shared_secret_file`); None: nonce-only RSs.
@@ -732,6 +734,16 @@ DIRECTIVES: Final[tuple[Directive, ...]] = (
         "RFC 6081 §5.7: check an idle peer with direct bubbles before going through its server",
     ),
     Directive(
+        "PortPreserving", _CLIENT, _parse_bool, "`yes`",
+        "RFC 6081 §5.4: behind a port-preserving symmetric NAT, reach a peer being set up from "
+        "a second, random UDP port, which the NAT keeps and the Random Port trailer announces",
+    ),
+    Directive(
+        "SequentialPorts", _CLIENT, _parse_bool, "`yes`",
+        "RFC 6081 §5.5: behind another symmetric NAT, predict the port the NAT gives a random "
+        "UDP port toward a peer (an echo test through both server addresses) and announce it",
+    ),
+    Directive(
         "FallbackServers", _CLIENT, _parse_host_list, "none",
         "comma-separated servers tried in turn when `ServerAddress` stops answering",
     ),
@@ -1087,6 +1099,8 @@ def _build_client(reader: _Reader, server: str | None) -> ClientConfig:
         upnp=reader.get("upnp", _parse_bool, True),
         hairpinning=reader.get("hairpinning", _parse_bool, True),
         server_load_reduction=reader.get("serverloadreduction", _parse_bool, True),
+        port_preserving=reader.get("portpreserving", _parse_bool, True),
+        sequential_ports=reader.get("sequentialports", _parse_bool, True),
         fallback_servers=reader.get("fallbackservers", _parse_host_list, ()),
         client_identifier=identifier,
         shared_secret=secret,

@@ -2,7 +2,7 @@
 
 RFC 6081 §3 makes every extension optional (each SHOULD be implemented); Windows can turn each
 off, and so can the configuration (`teredo.core.config`: ``UPnP``, ``Hairpinning``,
-``ServerLoadReduction``). `Extensions` is that choice;
+``ServerLoadReduction``, ``PortPreserving``, ``SequentialPorts``). `Extensions` is that choice;
 `PeerExtension` names what an extension did for one peer, for the status document's aggregate
 counts (`teredo status`: how many peers each extension serves; never one metric per peer).
 
@@ -39,8 +39,10 @@ class Extensions:
     upnp: bool = True  # §3.2/§5.3, and the UPnP mapping the hairpinning extension offers
     hairpinning: bool = True  # §3.5/§5.6
     server_load_reduction: bool = True  # §3.6/§5.7
-    # Not yet: the port-preserving (§5.4) and sequential port-symmetric (§5.5) NAT extensions,
-    # which need a second UDP port per peer being set up (the "random port").
+    # §3.3/§5.4 and §3.4/§5.5: a second UDP port per peer being set up, the "random port"
+    # (`teredo.core.random_port`), behind a port-preserving or another symmetric NAT.
+    port_preserving: bool = True
+    sequential_ports: bool = True
 
 
 class PeerExtension(IntFlag):
@@ -50,6 +52,8 @@ class PeerExtension(IntFlag):
     UPNP = 2  # §5.3: a symmetric peer reached at the mapping in its address
     HAIRPINNING = 4  # §5.6: the peer is reached at an alternate (local) address
     SERVER_LOAD_REDUCTION = 8  # §5.7: an idle peer revalidated without its server
+    PORT_PRESERVING = 16  # §5.4: the peer reached from a random port our NAT kept
+    SEQUENTIAL_PORTS = 32  # §5.5: the peer reached at the port our echo test predicted
 
 
 # The status document's names for each, `peers_<name>` (`teredo.core.status`).
@@ -58,6 +62,8 @@ PEER_EXTENSION_NAMES: Final = {
     PeerExtension.UPNP: "upnp",
     PeerExtension.HAIRPINNING: "hairpinning",
     PeerExtension.SERVER_LOAD_REDUCTION: "server_load_reduction",
+    PeerExtension.PORT_PRESERVING: "port_preserving",
+    PeerExtension.SEQUENTIAL_PORTS: "sequential_ports",
 }
 
 

@@ -98,6 +98,18 @@ GAUGES: Final[Mapping[str, _Gauge]] = {
         "peers_server_load_reduction",
         "Idle peers revalidated by direct bubbles, without their server (RFC 6081 §5.7).",
     ),
+    "peers_port_preserving": _Gauge(
+        "peers_port_preserving",
+        "Peers reached from a random port a port-preserving NAT kept (RFC 6081 §5.4).",
+    ),
+    "peers_sequential_ports": _Gauge(
+        "peers_sequential_ports",
+        "Peers reached at the port an echo test predicted (RFC 6081 §5.5).",
+    ),
+    "random_ports": _Gauge(
+        "random_ports_open",
+        "Random UDP ports open for peers being set up (RFC 6081 §5.4, §5.5).",
+    ),
     "ipv6_forwarding": _Gauge("ipv6_forwarding", "1 when IPv6 forwarding is on (relays)."),
     "accelerated": _Gauge("accelerated", "1 when the C accelerators run."),
     "allow_private_addresses": _Gauge(

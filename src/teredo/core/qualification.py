@@ -730,7 +730,8 @@ class Qualifier:
             log.warning(
                 "symmetric NAT: the secondary server address saw %s, the primary %s; keeping the "
                 "primary's address (RFC 6081 Symmetric NAT Support); Teredo peers behind "
-                "port-restricted or symmetric NATs will not be reachable",
+                "port-restricted or symmetric NATs are reachable only if this NAT keeps ports "
+                "or hands them out in sequence (RFC 6081 §5.4, §5.5), or maps ours by UPnP",
                 show_endpoint(self.secondary_mapping) if self.secondary_mapping else "nothing",
                 show_endpoint(mapped),
             )  # fmt: skip

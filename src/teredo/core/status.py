@@ -49,6 +49,9 @@ class ClientExtensionStatus(TypedDict):
     peers_upnp: int
     peers_hairpinning: int
     peers_server_load_reduction: int
+    peers_port_preserving: int
+    peers_sequential_ports: int
+    random_ports: int  # RFC 6081 §5.4/§5.5: random ports open now (bounded)
 
 
 class ClientEngineStatus(EngineStatus, ClientExtensionStatus):

@@ -7,10 +7,10 @@ What it does, in order:
    ``BindAddress``, ``BindPort``, ``SyslogFacility``) plus our ``HookScript``, ``ControlSocket``,
    ``User``, ``MaxPeers``, ``MaxQueueBytes``, ``RefreshInterval``, ``LocalDiscovery``,
    ``FallbackServers``, ``AllowPrivateAddresses`` and the RFC 6081 switches (``UPnP``,
-   ``Hairpinning``, ``ServerLoadReduction``); SERVER on the command line overrides
-   ``ServerAddress``. Hostnames are resolved here (IPv4); a name that does not resolve yet is
-   retried with backoff (`teredo.programs.service.retry`), as is a ``BindAddress`` not yet on
-   the host.
+   ``Hairpinning``, ``ServerLoadReduction``, ``PortPreserving``, ``SequentialPorts``); SERVER
+   on the command line overrides ``ServerAddress``. Hostnames are resolved here (IPv4); a name
+   that does not resolve yet is retried with backoff (`teredo.programs.service.retry`), as is a
+   ``BindAddress`` not yet on the host.
 2. binds the UDP service port, creates the TUN interface ``InterfaceName`` (down, no address),
    opens the local discovery socket (0.0.0.0:3544 in 224.0.0.253) when ``LocalDiscovery yes``,
    starts the hook script helper when ``HookScript`` is set, listens on the control socket,
@@ -30,9 +30,11 @@ What it does, in order:
    (``READY=1``, with a ``STATUS=`` line: state, address, NAT) and runs the hook script with
    ``STATE=up``. `AddressChanged` reconfigures (``OLD_ADDRESS`` set); `Offline` withdraws
    everything (``STATE=down``); exit withdraws it too and runs the hook with ``STATE=destroy``.
-4. runs the shared TUN <-> UDP loop until SIGTERM/SIGINT. SIGHUP re-reads the file and applies
-   the servers, ``RefreshInterval``, ``MaxPeers``, ``MaxQueueBytes``, ``AllowPrivateAddresses``
-   and ``SyslogFacility``; other changes are logged as needing a restart.
+4. runs the shared TUN <-> UDP loop until SIGTERM/SIGINT, with the random ports the core
+   opens behind a symmetric NAT (`teredo.programs.random_ports`, RFC 6081 §5.4/§5.5). SIGHUP
+   re-reads the file and applies the servers, ``RefreshInterval``, ``MaxPeers``,
+   ``MaxQueueBytes``, ``AllowPrivateAddresses``, ``SyslogFacility`` and the RFC 6081 switches;
+   other changes are logged as needing a restart.
 
 The hook script (Miredo's client-hook interface; names checked against Miredo 1.2.6): it gets
 ``STATE`` (up, down or destroy), ``OLD_STATE``, ``IFACE``, ``IFINDEX``, ``ADDRESS``,
@@ -79,6 +81,7 @@ from teredo.programs.keys import client_key
 from teredo.programs.loading import Loaded, load, reload_config
 from teredo.programs.observers import Observers, start_observers
 from teredo.programs.probe import local_address_toward, resolve_ipv4
+from teredo.programs.random_ports import RandomPortSockets
 from teredo.programs.service import Service, retry
 from teredo.programs.status import merge_counters
 
@@ -178,6 +181,8 @@ def client_settings(
             upnp=config.upnp,
             hairpinning=config.hairpinning,
             server_load_reduction=config.server_load_reduction,
+            port_preserving=config.port_preserving,
+            sequential_ports=config.sequential_ports,
         ),
     )
 
@@ -299,6 +304,7 @@ class ClientDaemon:
     discovery: Any = None  # the local discovery UdpSocket
     upnp: UpnpPortMapping | None = None  # our port on the NAT's gateway (RFC 6081 §5.3)
     upnp_thread: threading.Thread | None = None
+    random_ports: RandomPortSockets | None = None  # RFC 6081 §5.4/§5.5, as the core asks
     started: float = field(default_factory=time.monotonic)
     configured: IPv6Address | None = None
     configured_mtu: int | None = None
@@ -313,7 +319,10 @@ class ClientDaemon:
     # -- events -> interface ---------------------------------------------------------------
 
     def on_events(self) -> None:
-        """After every flush of the loop: apply the core's events (in order, one at a time)."""
+        """After every flush of the loop: open, close and send from the random ports, and apply
+        the core's events (in order, one at a time)."""
+        if self.random_ports is not None:
+            self.random_ports.apply()
         while (event := self.core.next_event()) is not None:
             if isinstance(event, NatBehaviourDetected):
                 continue  # logged by the qualifier, shown in the status
@@ -452,6 +461,8 @@ class ClientDaemon:
             for address, peer in peers[:MAX_PEERS_IN_STATUS]
         ]
         io = self.loop.counters() if self.loop is not None else {}
+        if self.random_ports is not None:
+            io.update(self.random_ports.counters())
         document["counters"] = merge_counters(core["counters"], io)
         document["drops"] = dict(sorted(core["drops"].items()))
         return document
@@ -544,6 +555,10 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
 
             daemon.upnp = UpnpPortMapping.load()  # imports: before the privilege drop
         daemon.loop = DataPath(core, udp, tun, after_flush=daemon.on_events)
+        running = asyncio.get_running_loop()
+        daemon.random_ports = RandomPortSockets(
+            core, udp.local[0], running.add_reader, running.remove_reader, daemon.loop.flush
+        )
         log.info(
             "Teredo client on UDP %s:%d (seen as %s), interface %s, servers %s",
             udp.local[0], udp.local[1], local, tun.name, ", ".join(str(s) for s in servers),
@@ -668,6 +683,8 @@ def _unmap_upnp(daemon: ClientDaemon) -> None:
 async def _shutdown(daemon: ClientDaemon) -> None:
     if daemon.loop is not None:
         daemon.loop.stop()
+    if daemon.random_ports is not None:
+        daemon.random_ports.close()
     if daemon.upnp_thread is not None:
         _unmap_upnp(daemon)
     if daemon.discovery is not None:
