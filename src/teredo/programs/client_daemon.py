@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Final
 from teredo.adapters.daemon import wait_for_shutdown
 from teredo.adapters.heap import release_free_memory, use_one_arena
 from teredo.adapters.privileges import drop_privileges
+from teredo.adapters.resolver import local_address_toward, resolve_ipv4
 from teredo.core.address import CLIENT_LINK_LOCAL, DISCOVERY_GROUP, TEREDO_PORT
 from teredo.core.client import CLIENT_IDLE_TIMEOUT, ClientSettings, TeredoClient, summarize_peer
 from teredo.core.config import DEFAULT_CONFIG_PATH, ClientConfig, parse_client_config
@@ -79,7 +80,6 @@ from teredo.programs.datapath import DataPath, open_kernel_path_meanwhile
 from teredo.programs.keys import client_key
 from teredo.programs.loading import Loaded, load, reload_config
 from teredo.programs.observers import Observers, start_observers
-from teredo.programs.probe import local_address_toward, resolve_ipv4
 from teredo.programs.service import Service, retry
 from teredo.programs.status import merge_counters
 
