@@ -249,23 +249,23 @@ def record(cls: type[R]) -> type[R]:
     def __reduce__(self: Any) -> tuple[Any, ...]:
         return (type(self), _values(self))
 
-    namespace.update(
-        __slots__=names,
-        __match_args__=names,
-        __record_fields__=names,
-        __init__=__init__,
-        __repr__=__repr__,
-        __eq__=__eq__,
-        __hash__=__hash__,
-        __setattr__=__setattr__,
-        __delattr__=__delattr__,
-        __reduce__=__reduce__,
-    )
+    namespace.update(__slots__=names, __match_args__=names, __record_fields__=names)
+    methods = {
+        "__init__": __init__,
+        "__repr__": __repr__,
+        "__eq__": __eq__,
+        "__hash__": __hash__,
+        "__setattr__": __setattr__,
+        "__delattr__": __delattr__,
+        "__reduce__": __reduce__,
+    }
+    for method, function in methods.items():
+        if method not in namespace:  # the class's own (a repr hiding a secret) stays
+            function.__qualname__ = f"{cls.__qualname__}.{method}"
+            namespace[method] = function
     metaclass: Any = type(cls)
     made: type[R] = metaclass(cls.__name__, cls.__bases__, namespace)
     made.__qualname__ = cls.__qualname__
-    for method in ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__"):
-        getattr(made, method).__qualname__ = f"{cls.__qualname__}.{method}"
     return made
 
 

@@ -44,9 +44,9 @@ from __future__ import annotations
 
 import binascii
 import re
-from dataclasses import dataclass
 from typing import Final
 
+from teredo.core.config import record  # a dataclass without dataclasses' start-up cost
 from teredo.core.errors import UsageError
 from teredo.core.wire import Authentication
 
@@ -58,7 +58,7 @@ _IDENTIFIER: Final = re.compile(r"[!-~]{1,255}")  # printable ASCII, no blank
 _HEX: Final = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ClientKey:
     """A client's identifier and shared secret (RFC 4380 §5.2.2)."""
 
