@@ -18,9 +18,10 @@ What it does, in order:
 3. starts mapping its port on the NAT's UPnP gateway when ``UPnP yes`` (`teredo.adapters.upnp`,
    in a thread, RFC 6081 §5.3.3; unmapped at exit), and qualifies without waiting for it: the
    router solicitation leaves at once, and the kernel data path (``Offload``) is loaded and
-   attached in a thread meanwhile (`open_kernel_path_meanwhile`), so that the address does
-   not wait for it; packets take the user-space path until it is attached. Then it drops
-   privileges to ``User`` keeping CAP_NET_ADMIN (address changes need it).
+   attached in a thread (`open_kernel_path_meanwhile`) once the address is configured (or
+   after ``KERNEL_PATH_WAIT`` without one), so that the address does not wait for it nor
+   share the interpreter with it; packets take the user-space path until it is attached.
+   Then it drops privileges to ``User`` keeping CAP_NET_ADMIN (address changes need it).
    On `Qualified` it configures the interface through netlink as Miredo's
    ``/etc/miredo/client-hook`` does (``InterfaceConfigurator.configure_client`` in
    `teredo.adapters.netlink`: link up with the RA's MTU, ``fe80::ffff:ffff:ffff/64``,
@@ -92,6 +93,7 @@ log = logging.getLogger(__name__)
 SECRET_BYTES: Final = 32
 MAX_PEERS_IN_STATUS: Final = 32
 UPNP_SHUTDOWN_WAIT: Final = 5.0  # seconds a mapping still being made may delay shutdown
+KERNEL_PATH_WAIT: Final = 1.0  # seconds the kernel path waits for the address at most
 HOOK_TIMEOUT: Final = 30.0  # seconds a hook script may run
 HOOK_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOOK_VARIABLES: Final = {
@@ -306,6 +308,7 @@ class ClientDaemon:
     rs_to_address_ms: float | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    addressed: asyncio.Event = field(default_factory=asyncio.Event)  # set once configured
 
     @property
     def config(self) -> ClientConfig:
@@ -360,6 +363,7 @@ class ClientDaemon:
                     "old_address": str(event.old), "interface": self.interface,
                 },
             )  # fmt: skip
+        self.addressed.set()
         self.service.ready(self.status_line())
         if self.hook is not None:
             await self.hook.run(self._hook_env("up", old_address, old_mtu))
@@ -563,8 +567,12 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
         if daemon.discovery is not None:
             _watch_discovery(daemon)
         if config.offload:
-            # Loaded while the server's answer is in flight and the address gets configured:
-            # launch -> address does not wait for it, and privileges are dropped after it.
+            # Loaded in a thread once the address is configured (or after KERNEL_PATH_WAIT
+            # without it): its Python part (imports, libbpf's calls set up) holds the GIL in
+            # stretches that delayed the address by ~5 ms when it ran during qualification.
+            # Packets take the user-space path meanwhile; privileges are dropped after it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(daemon.addressed.wait(), KERNEL_PATH_WAIT)
             kernel = await open_kernel_path_meanwhile(
                 "client", tun=tun, udp=udp, prefix=core.settings.prefix, max_peers=config.max_peers
             )
