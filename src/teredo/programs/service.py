@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator
@@ -76,11 +77,13 @@ class Service:
 
     def started(self, status: str) -> None:
         """Set up (sockets, interface, privileges dropped): a detached start has succeeded."""
+        _collect_garbage_again()
         self.report.started()
         self.notifier.status(status)
 
     def ready(self, status: str) -> None:
         """Really working: READY=1 (once) with its STATUS line."""
+        _collect_garbage_again()
         self.report.started()
         if self.is_ready:
             self.notifier.status(status)
@@ -93,6 +96,7 @@ class Service:
 
     def waiting(self, sentence: str) -> None:
         """A retry in progress while starting: say so, and let a detached start return."""
+        _collect_garbage_again()  # the retries may last
         self.report.started(f"{sentence}; retrying in the background")
         self.notifier.status(sentence)
 
@@ -134,6 +138,13 @@ class Service:
             self._watchdog.cancel()
             self._watchdog = None
         self.notifier.close()
+
+
+def _collect_garbage_again() -> None:
+    """Turn the cyclic garbage collector back on: `teredo.cli` turns it off while a daemon
+    imports and sets up, where it ran ~45 times for objects that live on."""
+    if not gc.isenabled():
+        gc.enable()
 
 
 async def retry(
