@@ -59,7 +59,7 @@ def _run_service(args: Arguments, kind: Literal["client", "relay", "server"]) ->
     import gc
 
     # No cyclic garbage collection while the daemon imports and sets up: ~45 collections of
-    # objects that live on, ~5 ms of a launch. `Service` turns it back on once started.
+    # objects that live on, ~5 ms of a launch. `Service` freezes them and turns it back on.
     gc.disable()
     _prepare_daemon()
     from teredo.programs.service import ServiceOptions, run_service

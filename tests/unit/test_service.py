@@ -277,5 +277,7 @@ def test_garbage_collection_is_back_once_the_daemon_has_started(event: str) -> N
     try:
         getattr(Service(), event)("qualifying")
         assert gc.isenabled()
+        assert gc.get_freeze_count() > 0  # what the start made is not scanned again
     finally:
+        gc.unfreeze()
         gc.enable()
