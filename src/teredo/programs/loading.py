@@ -12,10 +12,8 @@ need a restart (`keep_restart_only`, which says so in the log).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from teredo.core.config import (
@@ -23,6 +21,7 @@ from teredo.core.config import (
     Config,
     RelayConfig,
     ServerConfig,
+    record,
     replace,
     tokenize_config,
 )
@@ -47,7 +46,7 @@ NO_FILE: Final = "<command line>"  # the source named in messages when no file w
 ConfigT = TypeVar("ConfigT", bound=Config)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Loaded(Generic[ConfigT]):
     """A parsed configuration and how it was obtained."""
 
@@ -76,7 +75,7 @@ def with_command_line(
 ) -> Loaded[ConfigT]:
     """`loaded` with the command line's ``-u USER`` and whether it detached (no ``-f``)."""
     config = loaded.config if user is None else replace(loaded.config, user=user)
-    return dataclasses.replace(loaded, config=config, user=user, detached=detached)
+    return replace(loaded, config=config, user=user, detached=detached)
 
 
 def load(
@@ -154,7 +153,7 @@ def reload_config(
     kept = keep_restart_only(
         current.config, loaded.config, {**OBSERVERS_RESTART_ONLY, **restart_only}
     )
-    reloaded = dataclasses.replace(loaded, config=kept)
+    reloaded = replace(loaded, config=kept)
     if (loaded.log_facility, kept.log_format) != (current.log_facility, current.config.log_format):
         _setup_logging(reloaded)
     return reloaded

@@ -38,7 +38,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any, Final
 
@@ -278,7 +278,7 @@ class ServerDaemon:
         settings = settings_from_config(kept)
         self._reload_keys(kept)
         self.core.reconfigure(settings)
-        self.loaded = replace(loaded, config=kept)
+        self.loaded = replace_record(loaded, config=kept)
         log.info(
             "reloaded: advertising %s, MTU %d, private addresses %s, rate limit %s",
             self.core.client_prefix,
