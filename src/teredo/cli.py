@@ -6,75 +6,38 @@ output goes away (`teredo lab status | head -1`) the command stops quietly with 
 program killed by SIGPIPE does. Heavy modules are imported inside the command that needs them so
 that `teredo decode` starts fast.
 
-`build_parser` is also the source of the teredo(8) man page (`teredo.docs.manpages`): every
-argument's help text there is the one `--help` prints.
+The usual command lines (a daemon with Miredo's options, `decode`, `checkconf`, `--version`)
+are parsed here, by `quick_parse`, without argparse: its import and parsers cost a daemon ~0.5
+MiB for its whole life and a one-shot command ~8 ms. Everything else (help, mistakes, the
+other commands) goes to argparse's parsers in `teredo.command_line`, which also explain what
+is wrong; both give the same answers (tests/unit/test_cli_parser.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 
 from teredo.core.errors import EXIT_BROKEN_PIPE, UsageError, UserError
 
 TYPE_CHECKING = False  # typing's flag without importing typing (ms a one-shot command pays)
 if TYPE_CHECKING:
-    from typing import Any, Literal
+    from argparse import ArgumentParser, Namespace
+    from collections.abc import Callable, Sequence
+    from typing import Any, Final, Literal
 
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _terminal_columns() -> int:
-    """$COLUMNS, else the terminal's width, else 80: what `shutil.get_terminal_size` says."""
-    try:
-        columns = int(os.environ.get("COLUMNS", ""))
-    except ValueError:
-        columns = 0
-    if columns > 0:
-        return columns
-    try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
-    except (AttributeError, ValueError, OSError):
-        return 80
+    Arguments = Namespace | SimpleNamespace  # argparse's answer, or `quick_parse`'s
+    Handler = Callable[[Arguments], int]
 
 
-class _Formatter(argparse.HelpFormatter):
-    """argparse's formatter, its width found without `shutil`: argparse makes one per argument
-    added, and `shutil` brings bz2, lzma and zlib, 0.3 MiB in every daemon for nothing."""
-
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-    ) -> None:
-        if width is None:
-            width = _terminal_columns() - 2
-        super().__init__(prog, indent_increment, max_help_position, width)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing its two-line usage error; `main` prints it
-    once, prefixed with "teredo: ", and the message names the help of the (sub)command."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-def _cmd_decode(args: argparse.Namespace) -> int:
+def cmd_decode(args: Arguments) -> int:
     from teredo.programs.commands import decode
 
     return decode(args.address, as_json=args.json)
 
 
-def _cmd_encode(args: argparse.Namespace) -> int:
+def cmd_encode(args: Arguments) -> int:
     from teredo.programs.commands import encode
 
     return encode(
@@ -86,13 +49,18 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     )
 
 
-def _cmd_checkconf(args: argparse.Namespace) -> int:
+def cmd_checkconf(args: Arguments) -> int:
     from teredo.programs.commands import checkconf
 
     return checkconf(args.file, resolve=args.resolve, role=args.role)
 
 
-def _run_service(args: argparse.Namespace, kind: Literal["client", "relay", "server"]) -> int:
+def _run_service(args: Arguments, kind: Literal["client", "relay", "server"]) -> int:
+    import gc
+
+    # No cyclic garbage collection while the daemon imports and sets up: ~45 collections of
+    # objects that live on, ~5 ms of a launch. `Service` freezes them and turns it back on.
+    gc.disable()
     _prepare_daemon()
     from teredo.programs.service import ServiceOptions, run_service
 
@@ -108,41 +76,39 @@ def _prepare_daemon() -> None:
     import_without_openssl()
 
 
-def _cmd_client(args: argparse.Namespace) -> int:
+def cmd_client(args: Arguments) -> int:
     return _run_service(args, "client")
 
 
-def _cmd_relay(args: argparse.Namespace) -> int:
+def cmd_relay(args: Arguments) -> int:
     return _run_service(args, "relay")
 
 
-def _cmd_server(args: argparse.Namespace) -> int:
+def cmd_server(args: Arguments) -> int:
     return _run_service(args, "server")
 
 
-def _cmd_probe(args: argparse.Namespace) -> int:
+def cmd_probe(args: Arguments) -> int:
     from teredo.programs.probe import run_probe
 
     return run_probe(args.server, as_json=args.json, timeout=args.timeout, port=args.port)
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: Arguments) -> int:
     from teredo.programs.status import run_status
 
     return run_status(args.socket, as_json=args.json)
 
 
-def _cmd_lab(args: argparse.Namespace) -> int:
+def cmd_lab(args: Arguments) -> int:
+    import argparse
+
     from teredo.lab.commands import run_lab_command
 
+    assert isinstance(args, argparse.Namespace)  # `quick_parse` leaves the lab to argparse
     return run_lab_command(args)
 
 
-_DAEMON_HANDLERS: dict[str, Handler] = {
-    "client": _cmd_client,
-    "relay": _cmd_relay,
-    "server": _cmd_server,
-}
 # The daemons' command line, Miredo's: subcommand -> (Miredo's program, positional, its help,
 # default file).
 DAEMONS: dict[str, tuple[str, str, str, str]] = {
@@ -160,130 +126,90 @@ COMMANDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole command line, or with `only` the top level and that one subcommand (`""`:
-    none): what `main` builds, since every subparser costs a one-shot command time."""
-    parser = _Parser(
-        prog="teredo",
-        description="Teredo: IPv6 over UDP/IPv4 through NATs (RFC 4380, 5991, 6081).",
-    )
-    parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
-    for command in COMMANDS if only is None else (only,) if only else ():
-        _ADD_COMMAND[command](sub)
-    return parser
+def build_parser(only: str | None = None) -> ArgumentParser:
+    """The whole command line as argparse parsers (`teredo.command_line.build_parser`)."""
+    from teredo.command_line import build_parser
+
+    return build_parser(only)
 
 
-def parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
-    """The parser `argv` needs: only its subcommand's, or none for top-level options alone
-    (`teredo --version`); the whole one to list the commands (no command, an unknown one, or
-    the top level's help)."""
-    if not argv:
-        return build_parser()
-    for word in argv:
-        if word.startswith("--h") or (word[:1] == "-" and word[1:2] != "-" and "h" in word):
-            return build_parser()  # help asked before any command: it lists them all
-        if not word.startswith("-"):
-            return build_parser(word if word in _ADD_COMMAND else None)
-    return build_parser("")
+def parser_for(argv: Sequence[str]) -> ArgumentParser:
+    """The argparse parser `argv` needs (`teredo.command_line.parser_for`)."""
+    from teredo.command_line import parser_for
+
+    return parser_for(argv)
 
 
-def _add_decode(sub: Any) -> None:
-    p = sub.add_parser("decode", help="decode a Teredo IPv6 address")
-    p.add_argument("address", help="a Teredo IPv6 address, e.g. 2001:0:cb00:7178:0:efff:3fff:fdfe")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.set_defaults(handler=_cmd_decode)
-
-
-def _add_encode(sub: Any) -> None:
-    p = sub.add_parser("encode", help="build a Teredo IPv6 address from its parts")
-    p.add_argument("--server", required=True, metavar="IPV4", help="the Teredo server's IPv4")
-    p.add_argument(
-        "--mapped", required=True, metavar="IPV4:PORT", help="the client's mapped address and port"
-    )
-    p.add_argument("--cone", action="store_true", help="set the cone flag (0x8000)")
-    p.add_argument("--flags", metavar="N", help="the whole 16-bit flags field (decimal or 0x..)")
-    p.add_argument("--prefix", metavar="P", default=None, help="Teredo prefix (default 2001::)")
-    p.set_defaults(handler=_cmd_encode)
-
-
-def _add_checkconf(sub: Any) -> None:
-    p = sub.add_parser("checkconf", help="validate a miredo.conf / miredo-server.conf style file")
-    p.add_argument("file", nargs="?", default=None, help="default /etc/miredo/miredo.conf")
-    p.add_argument(
-        "--no-resolve",
-        dest="resolve",
-        action="store_false",
-        help="do not resolve the client's server names",
-    )
-    p.add_argument(
-        "--role",
-        choices=("client", "relay", "server"),
-        help="check FILE as `teredo ROLE -c FILE` reads it (default: the role the file says)",
-    )
-    p.set_defaults(handler=_cmd_checkconf)
-
-
-def _add_daemon(sub: Any, role: str) -> None:
-    miredo, argument, argument_help, default_file = DAEMONS[role]
-    summary = f"run a Teredo {role} ({miredo}'s command line)"
-    p = sub.add_parser(
-        role,
-        help=summary,
-        description=f"{summary[0].upper()}{summary[1:]}: detach and log to syslog, or "
-        "stay in the foreground with -f.",
-    )
-    p.add_argument(
-        "-c", "--config", metavar="FILE", help=f"configuration file (default {default_file})"
-    )
-    p.add_argument(
-        "-f",
-        "--foreground",
-        action="store_true",
-        help="do not detach; log to stderr (unless the file sets SyslogFacility)",
-    )
-    p.add_argument("-p", "--pidfile", metavar="FILE", help="write the process id to FILE, locked")
-    p.add_argument("-u", "--user", metavar="USER", help="drop privileges to USER (overrides User)")
-    p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
-    p.add_argument("argument", nargs="?", metavar=argument, help=argument_help)
-    p.set_defaults(handler=_DAEMON_HANDLERS[role])
-
-
-def _add_probe(sub: Any) -> None:
-    p = sub.add_parser("probe", help="qualify against a server without root and report the NAT")
-    p.add_argument("server", help="Teredo server hostname or IPv4")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.add_argument("--timeout", type=float, default=12.0, help="give up after this many seconds")
-    p.add_argument("--port", type=int, default=0, help="local UDP port (default: any)")
-    p.set_defaults(handler=_cmd_probe)
-
-
-def _add_status(sub: Any) -> None:
-    p = sub.add_parser("status", help="show a running teredo daemon's state and counters")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.add_argument("--socket", metavar="PATH", default=None, help="control socket path")
-    p.set_defaults(handler=_cmd_status)
-
-
-def _add_lab(sub: Any) -> None:
-    p = sub.add_parser("lab", help="a Teredo lab in network namespaces (root)")
-    from teredo.lab.arguments import add_lab_arguments
-
-    add_lab_arguments(p)
-    p.set_defaults(handler=_cmd_lab)
-
-
-_ADD_COMMAND: dict[str, Callable[[Any], None]] = {
-    "decode": _add_decode,
-    "encode": _add_encode,
-    "checkconf": _add_checkconf,
-    "client": lambda sub: _add_daemon(sub, "client"),
-    "relay": lambda sub: _add_daemon(sub, "relay"),
-    "server": lambda sub: _add_daemon(sub, "server"),
-    "probe": _add_probe,
-    "status": _add_status,
-    "lab": _add_lab,
+# What `quick_parse` reads, per command: its handler; its values before parsing (argparse's
+# defaults); its flags (option -> (name, value)); its options taking one value (option ->
+# (name, the values allowed, or None for any)); its positional's name and whether it is
+# required. The options are those `teredo.command_line` gives the command.
+_DAEMON_SHAPE: Final = (
+    {"config": None, "foreground": False, "pidfile": None, "user": None, "version": False},
+    {"-f": ("foreground", True), "--foreground": ("foreground", True),
+     "-V": ("version", True), "--version": ("version", True)},
+    {"-c": ("config", None), "--config": ("config", None), "-p": ("pidfile", None),
+     "--pidfile": ("pidfile", None), "-u": ("user", None), "--user": ("user", None)},
+    "argument",
+    False,
+)  # fmt: skip
+_QUICK: Final[dict[str, tuple[Handler, tuple[Any, ...]]]] = {
+    "decode": (cmd_decode, ({"json": False}, {"--json": ("json", True)}, {}, "address", True)),
+    "checkconf": (
+        cmd_checkconf,
+        (
+            {"resolve": True, "role": None},
+            {"--no-resolve": ("resolve", False)},
+            {"--role": ("role", ("client", "relay", "server"))},
+            "file",
+            False,
+        ),
+    ),
+    "client": (cmd_client, _DAEMON_SHAPE),
+    "relay": (cmd_relay, _DAEMON_SHAPE),
+    "server": (cmd_server, _DAEMON_SHAPE),
 }
+
+
+def quick_parse(argv: Sequence[str]) -> SimpleNamespace | None:
+    """`argv` parsed without argparse when it is one of the usual command lines: `--version`
+    (`-V`) alone, `decode ADDRESS [--json]`, `checkconf [FILE] [--no-resolve] [--role ROLE]`,
+    `client|relay|server` with Miredo's options (-c -f -p -u -V and their long names) and its
+    positional. Each option at most once, separate from its value, no value starting with
+    "-". None for anything else (help, a mistake, an abbreviation, `--opt=value`, the other
+    commands): argparse parses those, and explains what is wrong. The answer is argparse's."""
+    if list(argv) in (["--version"], ["-V"]):
+        return SimpleNamespace(version=True, command=None)
+    if not argv or argv[0] not in _QUICK:
+        return None
+    handler, (defaults, flags, options, positional, required) = _QUICK[argv[0]]
+    values: dict[str, Any] = {"version": False, **defaults, positional: None}
+    seen: set[str] = set()
+    words = iter(argv[1:])
+    for word in words:
+        if word in flags:
+            name, value = flags[word]
+        elif word in options:
+            name, allowed = options[word]
+            value = next(words, "")
+            if not _plain(value) or (allowed is not None and value not in allowed):
+                return None
+        elif _plain(word):
+            name, value = positional, word
+        else:
+            return None
+        if name in seen:
+            return None
+        seen.add(name)
+        values[name] = value
+    if required and positional not in seen:
+        return None
+    return SimpleNamespace(command=argv[0], handler=handler, **values)
+
+
+def _plain(word: str) -> bool:
+    """A word argparse takes as a value whatever the parser: not empty, not like an option."""
+    return bool(word) and not word.startswith("-")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -300,12 +226,17 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         if argv is None:
             argv = sys.argv[1:]
-        parser = parser_for(argv)
-        args, unknown = parser.parse_known_args(argv)
-        if unknown:
-            words = [getattr(args, name, None) for name in ("command", "lab_command")]
-            command = " ".join(["teredo", *filter(None, words)])
-            raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see {command} --help)")
+        args: Arguments | None = quick_parse(argv)
+        parser = None
+        if args is None:
+            parser = parser_for(argv)
+            args, unknown = parser.parse_known_args(argv)
+            if unknown:
+                words = [getattr(args, name, None) for name in ("command", "lab_command")]
+                command = " ".join(["teredo", *filter(None, words)])
+                raise UsageError(
+                    f"unrecognized arguments: {' '.join(unknown)} (see {command} --help)"
+                )
         if args.version:
             from teredo import __version__
 
@@ -313,7 +244,7 @@ def _run(argv: Sequence[str] | None) -> int:
             return 0
         handler: Handler | None = getattr(args, "handler", None)
         if handler is None:
-            parser.print_help(sys.stderr)
+            (parser or build_parser()).print_help(sys.stderr)
             return 2
         return handler(args)
     except UserError as error:

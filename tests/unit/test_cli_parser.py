@@ -1,4 +1,5 @@
-"""`teredo` builds only the parser its command line needs: the same answers as the whole one."""
+"""`teredo` parses the usual command lines without argparse and builds only the argparse parser
+the others need: the same answers as the whole parser."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 
 import pytest
 
-from teredo import cli
+from teredo import cli, command_line
 
 COMMAND_LINES = [
     ["--version"],
@@ -54,7 +55,7 @@ def test_only_the_commands_needed_are_built(argv: list[str], commands: set[str])
 
 
 def test_every_command_has_its_builder() -> None:
-    assert set(cli.COMMANDS) == set(cli._ADD_COMMAND)
+    assert set(cli.COMMANDS) == set(command_line._ADD_COMMAND)
     [sub] = [a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     assert list(sub.choices) == list(cli.COMMANDS)
 
@@ -66,3 +67,71 @@ def test_an_unknown_command_is_one_sentence_naming_the_commands(
     error = capsys.readouterr().err
     assert error.startswith("teredo: argument COMMAND: invalid choice: 'decod'")
     assert "'decode'" in error and "'lab'" in error
+
+
+# The usual command lines, which `quick_parse` reads without argparse.
+QUICK_LINES = [
+    ["--version"],
+    ["-V"],
+    ["decode", "2001::1"],
+    ["decode", "--json", "2001::1"],
+    ["decode", "2001::1", "--json"],
+    ["checkconf"],
+    ["checkconf", "/etc/miredo/miredo.conf"],
+    ["checkconf", "--no-resolve", "--role", "relay", "/etc/miredo/miredo.conf"],
+    ["checkconf", "x.conf", "--role", "server"],
+    ["client"],
+    ["client", "-f", "-c", "/etc/teredo.conf", "192.0.2.1"],
+    ["client", "--foreground", "--config", "a b.conf", "--pidfile", "p", "--user", "u", "s"],
+    ["relay", "-V"],
+    ["relay", "-f", "-c", "/run/relay.conf"],
+    ["server", "-p", "/run/teredo.pid", "-u", "nobody", "192.0.2.1"],
+    ["server", "192.0.2.1", "--version"],
+]
+# Left to argparse: help, mistakes, abbreviations, joined forms, repeats, the other commands.
+ARGPARSE_LINES = [
+    [],
+    ["-h"],
+    ["client", "-h"],
+    ["client", "--help"],
+    ["decode"],
+    ["decode", "a", "b"],
+    ["decode", "--js", "2001::1"],
+    ["decode", "--json", "--json", "2001::1"],
+    ["decode", "--", "-1"],
+    ["decode", ""],
+    ["checkconf", "--role", "nobody"],
+    ["checkconf", "--role"],
+    ["checkconf", "--role=relay"],
+    ["client", "-fc", "x.conf"],
+    ["client", "-c"],
+    ["client", "-c", "-f"],
+    ["client", "-cx.conf"],
+    ["client", "--config=x.conf"],
+    ["client", "--fore"],
+    ["client", "-f", "-f"],
+    ["client", "-c", "a", "-c", "b"],
+    ["client", "a", "b"],
+    ["client", "-x"],
+    ["-V", "client"],
+    ["--version", "decode", "2001::1"],
+    ["encode", "--server", "192.0.2.1", "--mapped", "198.51.100.1:4000"],
+    ["probe", "192.0.2.1"],
+    ["status"],
+    ["lab", "status"],
+    ["decod"],
+]
+
+
+@pytest.mark.parametrize("argv", QUICK_LINES, ids=" ".join)
+def test_the_usual_command_lines_are_parsed_without_argparse_as_argparse_does(
+    argv: list[str],
+) -> None:
+    quick = cli.quick_parse(argv)
+    assert quick is not None
+    assert vars(quick) == parsed(cli.build_parser(), argv)
+
+
+@pytest.mark.parametrize("argv", ARGPARSE_LINES, ids=lambda argv: " ".join(argv) or "(none)")
+def test_other_command_lines_are_left_to_argparse(argv: list[str]) -> None:
+    assert cli.quick_parse(argv) is None

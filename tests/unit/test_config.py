@@ -1132,3 +1132,72 @@ def test_drain_time_is_a_relays_directive() -> None:
         parse_relay_config("RelayType relay\nDrainTime 601\n", SRC)
     client = parse_client_config("ServerAddress 192.0.2.1\nDrainTime 5\n", SRC)
     assert any("DrainTime" in w.message and w.ignored for w in client.warnings)
+
+
+# --- the records: what dataclass(frozen=True, slots=True) gave ---------------------------------
+
+
+def test_records_compare_and_hash_by_value() -> None:
+    text = "ServerAddress 198.51.100.2\nSharedSecret 00112233\nClientIdentifier me\n"
+    first, second = parse_client_config(text, SRC), parse_client_config(text, SRC)
+    assert first == second and hash(first) == hash(second)
+    assert first != parse_client_config(text + "BindPort 3545\n", SRC)
+    assert ConfigLine(1, "a", "b") != ("a", "b")  # type: ignore[comparison-overlap]
+    assert len({first, second}) == 1
+
+
+def test_a_record_is_built_by_position_or_keyword_with_its_defaults() -> None:
+    line = ConfigLine(3, "Name", value="value")
+    assert (line.line, line.name, line.value, line.extra) == (3, "Name", "value", "")
+    assert line.__match_args__ == ("line", "name", "value", "extra")
+    with pytest.raises(TypeError, match="missing required argument: 'name'"):
+        ConfigLine(3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="positional"):
+        ConfigLine(3, "a", "b", "c", "d")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nme'"):
+        ConfigLine(3, "a", None, nme="x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="multiple values"):
+        ConfigLine(3, "a", None, line=4)  # type: ignore[misc]
+
+
+SECRET_FILE = "ServerAddress 198.51.100.2\nClientIdentifier me\nSharedSecret c0ffee\n"
+
+
+def test_the_shared_secret_is_kept_out_of_the_repr() -> None:
+    config = parse_client_config(SECRET_FILE, SRC)
+    assert config.shared_secret == bytes.fromhex("c0ffee")
+    assert "shared_secret=" not in repr(config) and r"\xc0\xff\xee" not in repr(config)
+    assert "shared_secret_file=None" in repr(config)
+    assert repr(ConfigLine(1, "a", None)) == "ConfigLine(line=1, name='a', value=None, extra='')"
+
+
+def test_replace_gives_a_changed_copy() -> None:
+    config = parse_client_config("ServerAddress 198.51.100.2\n", SRC)
+    changed = teredo.core.config.replace(config, bind_port=3545, user="teredo")
+    assert (changed.bind_port, changed.user, config.bind_port) == (3545, "teredo", 0)
+    assert teredo.core.config.replace(changed, bind_port=0, user=config.user) == config
+    with pytest.raises(TypeError):
+        teredo.core.config.replace(config, no_such_field=1)
+
+
+def test_records_survive_copy_and_pickle() -> None:
+    import copy
+    import pickle
+
+    config = parse_client_config(SECRET_FILE, SRC)
+    assert copy.copy(config) == config == pickle.loads(pickle.dumps(config))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del config.user
+
+
+def test_checkconf_imports_neither_dataclasses_nor_typing_for_the_configuration() -> None:
+    """The configuration's own modules take typing's names for mypy only."""
+    code = (
+        "import sys, teredo.core.config, teredo.programs.config_file; "
+        "print(*sorted(m for m in ('dataclasses', 'inspect', 'typing') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    # typing comes with teredo.core.peers (its descriptors and protocol are typing's classes)
+    assert set(result.stdout.split()) <= {"typing"}

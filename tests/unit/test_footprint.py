@@ -13,9 +13,11 @@ import sys
 import pytest
 
 # The daemons' path: pyroute2 (~15 MiB, ~150 ms), OpenSSL through ssl and hashlib (~8 MiB),
-# shutil through argparse's formatter (bz2, lzma: 0.3 MiB), and what only some paths need.
+# argparse and its parsers (~0.5 MiB; help and mistakes only), shutil (bz2, lzma: 0.3 MiB),
+# and what only some paths need.
 NOT_IN_DAEMONS = (
     "pyroute2",
+    "argparse",
     "ssl",
     "_hashlib",
     "shutil",
@@ -55,7 +57,7 @@ def imported_after(code: str) -> set[str]:
 def test_a_daemon_starts_without_heavy_modules(role: str) -> None:
     code = (
         "import teredo.cli, teredo.adapters.openssl as o\n"
-        f"teredo.cli.parser_for(['{role}']).parse_args(['{role}'])\n"
+        f"assert teredo.cli.quick_parse(['{role}', '-f', '-c', 'x.conf']) is not None\n"
         "o.import_without_openssl()\n"
         f"import teredo.programs.{role}_daemon, teredo.adapters.bpf, teredo.adapters.netlink"
     )
@@ -74,7 +76,7 @@ NOT_IN_LIGHTEST = ("typing", "dataclasses", "inspect")
     [
         (["--version"], NOT_IN_LIGHTEST),
         (["decode", "2001:0:4136:e378:8000:63bf:3fff:fdd2"], NOT_IN_LIGHTEST),
-        (["checkconf", "/dev/null"], ()),
+        (["checkconf", "/dev/null"], ("dataclasses", "inspect")),  # typing: core.peers's
     ],
 )
 def test_a_one_shot_command_imports_little(argv: list[str], more: tuple[str, ...]) -> None:

@@ -286,14 +286,12 @@ def test_a_busy_port_is_one_sentence() -> None:
 
 
 def test_start_observers_serves_one_document_both_ways(tmp_path: Path) -> None:
-    import dataclasses
-
     from teredo.adapters.control import query_control_socket
-    from teredo.core.config import parse_server_config
+    from teredo.core.config import parse_server_config, replace
     from teredo.programs.observers import start_observers
 
     path = str(tmp_path / "server.sock")
-    config = dataclasses.replace(
+    config = replace(
         parse_server_config("ServerBindAddress 198.51.100.2\n"),
         control_socket=path,
         metrics_address=MetricsAddress(IPv4Address("127.0.0.1"), 0),
@@ -320,9 +318,7 @@ def test_start_observers_serves_one_document_both_ways(tmp_path: Path) -> None:
 
 
 def test_start_observers_undoes_the_socket_when_metrics_fail(tmp_path: Path) -> None:
-    import dataclasses
-
-    from teredo.core.config import parse_client_config
+    from teredo.core.config import parse_client_config, replace
     from teredo.core.errors import UserError
     from teredo.programs.observers import start_observers
 
@@ -330,7 +326,7 @@ def test_start_observers_undoes_the_socket_when_metrics_fail(tmp_path: Path) -> 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        config = dataclasses.replace(
+        config = replace(
             parse_client_config("ServerAddress 198.51.100.2\n"),
             control_socket=path,
             metrics_address=MetricsAddress(IPv4Address("127.0.0.1"), taken.getsockname()[1]),

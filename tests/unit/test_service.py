@@ -266,3 +266,18 @@ def test_logging_follows_foreground(tmp_path: Path) -> None:
     )
     assert with_command_line(local, user=None, detached=True).log_facility == "local3"
     assert with_command_line(local, user=None, detached=False).log_facility == "local3"
+
+
+@pytest.mark.parametrize("event", ["started", "ready", "waiting"])
+def test_garbage_collection_is_back_once_the_daemon_has_started(event: str) -> None:
+    """`teredo.cli` turns the cyclic collector off while a daemon imports and sets up."""
+    import gc
+
+    gc.disable()
+    try:
+        getattr(Service(), event)("qualifying")
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0  # what the start made is not scanned again
+    finally:
+        gc.unfreeze()
+        gc.enable()

@@ -19,6 +19,8 @@ Nothing here knows Teredo's rules (those are in `teredo.core`); the programs in
 | `bpf` | the kernel data path: loading `teredo/bpf/datapath.bpf.c` (libbpf), attaching, its maps |
 | `buffers` | receive buffers whose pages exist only where data landed (anonymous mappings) |
 | `openssl` | the event loop and digests imported without OpenSSL (`ssl`, `_hashlib`) |
+| `heap` | the C heap: one malloc arena for every thread, free pages given back (glibc) |
+| `resolver` | a hostname's IPv4 address; the source address the kernel picks toward a host |
 
 None imports pyroute2 (the lab and the tests do): a daemon starts and stays small without it
 (`bash scripts/bench --footprint`).

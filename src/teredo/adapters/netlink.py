@@ -37,12 +37,12 @@ import os
 import socket
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Final
 
 from teredo.adapters.rtnetlink import IFF_UP, RT_TABLE_MAIN, Rtnetlink, RtnetlinkError
 from teredo.core.address import CLIENT_LINK_LOCAL, DEFAULT_MTU, TEREDO_PREFIX
+from teredo.core.config import record  # a dataclass without dataclasses' start-up cost
 from teredo.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def read_sysctl(name: str) -> str:
         raise UserError(f"cannot read sysctl {name}: {error.strerror}") from None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostAddress:
     """One line of /proc/net/if_inet6: an IPv6 address of this host and where it is."""
 

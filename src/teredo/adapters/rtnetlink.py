@@ -26,9 +26,10 @@ import os
 import socket
 import struct
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final
+
+from teredo.core.config import record  # a dataclass without dataclasses' start-up cost
 
 # netlink(7), <linux/netlink.h>
 NLMSG_NOOP: Final = 1
@@ -80,7 +81,7 @@ class RtnetlinkError(OSError):
     """The kernel refused a request (its errno), or answered something we cannot read."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Message:
     """One netlink message of an answer: its type and flags, the bytes after the header."""
 
@@ -89,7 +90,7 @@ class Message:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AddressEntry:
     """One address of a dump (`RTM_NEWADDR`): interface index, address (IFA_ADDRESS), length."""
 
@@ -98,7 +99,7 @@ class AddressEntry:
     prefixlen: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RouteEntry:
     """One route of a dump or a `get` (`RTM_NEWROUTE`), with the attributes the daemons use."""
 

@@ -113,12 +113,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Network
 from typing import Final, NamedTuple
 
 from teredo.core.address import TEREDO_PREFIX, Endpoint
+from teredo.core.config import record  # a dataclass without dataclasses' start-up cost
 from teredo.core.peers import PEER_VALIDITY
 from teredo.core.wire import internet_checksum
 
@@ -190,7 +190,7 @@ class Role(IntEnum):
     CLIENT = 2
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DataPathSettings:
     """The `settings` record: the daemon's socket, its role, its TUN interface.
 

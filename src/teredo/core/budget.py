@@ -31,8 +31,9 @@ and the node-wide rate still bounds it. Time is passed in; nothing here reads a 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Final
+
+from teredo.core.config import record  # a dataclass without dataclasses' start-up cost
 
 SETUP_RATE: Final = 1000.0  # setup packets per second for the whole node (our choice)
 SERVER_RATE: Final = 50.0  # per Teredo server: half of what our server allows one address
@@ -93,7 +94,7 @@ class KeyedBuckets:
         return bucket
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BudgetSettings:
     """The setup budget's rates (packets per second); 0 switches a limit off."""
 

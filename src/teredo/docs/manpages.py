@@ -1,7 +1,7 @@
 """teredo(8), teredo.conf(5) and the README's directive tables, each written from one source.
 
-- teredo(8) from the argparse parser of `teredo.cli.build_parser`: the commands, arguments and
-  help texts `teredo ... --help` prints, so the page cannot drift from them;
+- teredo(8) from the argparse parser of `teredo.command_line.build_parser`: the commands,
+  arguments and help texts `teredo ... --help` prints, so the page cannot drift from them;
 - teredo.conf(5) and the two directive tables of README.md from
   `teredo.core.config.DIRECTIVES`: the same names, roles, defaults and help texts that the
   parser uses for its messages.
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Final
 
 from teredo import __version__
-from teredo.cli import build_parser
+from teredo.command_line import build_parser
 from teredo.core.config import (
     CONTROL_SOCKET_DIR,
     DEFAULT_CONFIG_PATH,
@@ -96,7 +96,7 @@ def _header(name: str, section: int, title: str) -> list[str]:
 
 
 _SOURCES: Final = {
-    "teredo": "the parser in src/teredo/cli.py",
+    "teredo": "the parser in src/teredo/command_line.py",
     "teredo.conf": "DIRECTIVES in src/teredo/core/config.py",
 }
 
@@ -193,7 +193,7 @@ def _synopsis(path: tuple[str, ...], parser: argparse.ArgumentParser) -> list[st
 
 
 def render_teredo_8(parser: argparse.ArgumentParser | None = None) -> str:
-    """teredo(8), from `teredo.cli.build_parser()` (or `parser`)."""
+    """teredo(8), from `teredo.command_line.build_parser()` (or `parser`)."""
     parser = parser or build_parser()
     commands = list(_commands(parser, ()))
     lines = _header("teredo", 8, "System Manager's Manual")

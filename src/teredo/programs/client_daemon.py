@@ -18,9 +18,10 @@ What it does, in order:
 3. starts mapping its port on the NAT's UPnP gateway when ``UPnP yes`` (`teredo.adapters.upnp`,
    in a thread, RFC 6081 §5.3.3; unmapped at exit), and qualifies without waiting for it: the
    router solicitation leaves at once, and the kernel data path (``Offload``) is loaded and
-   attached in a thread meanwhile (`open_kernel_path_meanwhile`), so that the address does
-   not wait for it; packets take the user-space path until it is attached. Then it drops
-   privileges to ``User`` keeping CAP_NET_ADMIN (address changes need it).
+   attached in a thread (`open_kernel_path_meanwhile`) once the address is configured (or
+   after ``KERNEL_PATH_WAIT`` without one), so that the address does not wait for it nor
+   share the interpreter with it; packets take the user-space path until it is attached.
+   Then it drops privileges to ``User`` keeping CAP_NET_ADMIN (address changes need it).
    On `Qualified` it configures the interface through netlink as Miredo's
    ``/etc/miredo/client-hook`` does (``InterfaceConfigurator.configure_client`` in
    `teredo.adapters.netlink`: link up with the RA's MTU, ``fe80::ffff:ffff:ffff/64``,
@@ -61,7 +62,9 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING, Any, Final
 
 from teredo.adapters.daemon import wait_for_shutdown
+from teredo.adapters.heap import release_free_memory, use_one_arena
 from teredo.adapters.privileges import drop_privileges
+from teredo.adapters.resolver import local_address_toward, resolve_ipv4
 from teredo.core.address import CLIENT_LINK_LOCAL, DISCOVERY_GROUP, TEREDO_PORT
 from teredo.core.client import CLIENT_IDLE_TIMEOUT, ClientSettings, TeredoClient, summarize_peer
 from teredo.core.config import DEFAULT_CONFIG_PATH, ClientConfig, parse_client_config
@@ -80,7 +83,6 @@ from teredo.programs.datapath import DataPath, open_kernel_path_meanwhile
 from teredo.programs.keys import client_key
 from teredo.programs.loading import Loaded, load, reload_config
 from teredo.programs.observers import Observers, start_observers
-from teredo.programs.probe import local_address_toward, resolve_ipv4
 from teredo.programs.random_ports import RandomPortSockets
 from teredo.programs.service import Service, retry
 from teredo.programs.status import merge_counters
@@ -94,6 +96,7 @@ log = logging.getLogger(__name__)
 SECRET_BYTES: Final = 32
 MAX_PEERS_IN_STATUS: Final = 32
 UPNP_SHUTDOWN_WAIT: Final = 5.0  # seconds a mapping still being made may delay shutdown
+KERNEL_PATH_WAIT: Final = 1.0  # seconds the kernel path waits for the address at most
 HOOK_TIMEOUT: Final = 30.0  # seconds a hook script may run
 HOOK_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOOK_VARIABLES: Final = {
@@ -311,6 +314,7 @@ class ClientDaemon:
     rs_to_address_ms: float | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    addressed: asyncio.Event = field(default_factory=asyncio.Event)  # set once configured
 
     @property
     def config(self) -> ClientConfig:
@@ -368,6 +372,7 @@ class ClientDaemon:
                     "old_address": str(event.old), "interface": self.interface,
                 },
             )  # fmt: skip
+        self.addressed.set()
         self.service.ready(self.status_line())
         if self.hook is not None:
             await self.hook.run(self._hook_env("up", old_address, old_mtu))
@@ -508,6 +513,7 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
     from teredo.adapters.udp import UdpSocket, join_multicast, open_udp_socket
 
     config = loaded.config
+    use_one_arena()  # before the UPnP and kernel path threads: no arena left behind by each
     service.status("resolving the Teredo servers")
     servers = await retry(lambda: resolve_servers(config), service)
     key = client_key(config)  # before dropping privileges: the file may be root's
@@ -576,8 +582,12 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
         if daemon.discovery is not None:
             _watch_discovery(daemon)
         if config.offload:
-            # Loaded while the server's answer is in flight and the address gets configured:
-            # launch -> address does not wait for it, and privileges are dropped after it.
+            # Loaded in a thread once the address is configured (or after KERNEL_PATH_WAIT
+            # without it): its Python part (imports, libbpf's calls set up) holds the GIL in
+            # stretches that delayed the address by ~5 ms when it ran during qualification.
+            # Packets take the user-space path meanwhile; privileges are dropped after it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(daemon.addressed.wait(), KERNEL_PATH_WAIT)
             kernel = await open_kernel_path_meanwhile(
                 "client", tun=tun, udp=udp, prefix=core.settings.prefix, max_peers=config.max_peers
             )
@@ -659,6 +669,7 @@ async def _map_upnp(daemon: ClientDaemon, local: tuple[str, int]) -> None:
     loop = asyncio.get_running_loop()
 
     def finish(mapping: tuple[str, int] | None) -> None:
+        release_free_memory()  # what miniupnpc's discovery freed: ~0.2 MiB resident otherwise
         if mapping is not None:
             daemon.core.set_upnp_mapping(mapping)
 

@@ -123,7 +123,7 @@ def checkconf(path: str | None, resolve: bool = True, role: Role | None = None) 
     import sys
 
     from teredo.core.config import DEFAULT_CONFIG_PATH, ClientConfig
-    from teredo.programs.loading import load_config
+    from teredo.programs.config_file import load_config
 
     file = DEFAULT_CONFIG_PATH if path is None else path
     config = load_config(file, role)
@@ -153,8 +153,8 @@ def _resolve_names(file: str, config: ClientConfig) -> None:
     for host, what in names:
         if not isinstance(host, str):
             continue
+        from teredo.adapters.resolver import resolve_ipv4
         from teredo.core.errors import NameResolutionError
-        from teredo.programs.probe import resolve_ipv4
 
         try:
             resolve_ipv4(host, what)

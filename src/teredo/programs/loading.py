@@ -12,24 +12,23 @@ need a restart (`keep_restart_only`, which says so in the log).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from teredo.core.config import (
-    MAX_CONFIG_BYTES,
     ClientConfig,
     Config,
     RelayConfig,
-    Role,
     ServerConfig,
-    detect_role,
-    parse_config,
+    record,
+    replace,
     tokenize_config,
 )
 from teredo.core.errors import UsageError
+from teredo.programs.config_file import load_config as load_config  # re-exported
+from teredo.programs.config_file import read_config_text as read_config_text
+from teredo.programs.config_file import role_for as role_for
 
 if TYPE_CHECKING:
     import logging
@@ -47,7 +46,7 @@ NO_FILE: Final = "<command line>"  # the source named in messages when no file w
 ConfigT = TypeVar("ConfigT", bound=Config)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Loaded(Generic[ConfigT]):
     """A parsed configuration and how it was obtained."""
 
@@ -75,41 +74,8 @@ def with_command_line(
     loaded: Loaded[ConfigT], *, user: str | None, detached: bool
 ) -> Loaded[ConfigT]:
     """`loaded` with the command line's ``-u USER`` and whether it detached (no ``-f``)."""
-    config = loaded.config if user is None else dataclasses.replace(loaded.config, user=user)
-    return dataclasses.replace(loaded, config=config, user=user, detached=detached)
-
-
-def read_config_text(path: str) -> str:
-    """The text of a configuration file; every failure is one `UsageError` sentence."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise UsageError(f"cannot read {path}: {reason}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise UsageError(f"{path} is larger than 1 MiB, so it is not a Teredo configuration file")
-    if b"\0" in data:
-        raise UsageError(f"{path} contains NUL bytes, so it is not a Teredo configuration file")
-    # Miredo reads bytes: non-UTF-8 bytes (a Latin-1 comment) must not stop a file from loading.
-    return data.decode("utf-8", "surrogateescape")
-
-
-def load_config(path: str, role: Role | None = None) -> Config:
-    """Read and parse the file at `path` (`teredo checkconf`) for the role it configures, or
-    as `teredo ROLE` would read it (`role_for`)."""
-    text = read_config_text(path)
-    return parse_config(text, None if role is None else role_for(role, text, path), path)
-
-
-def role_for(kind: Role, text: str, source: str) -> Role:
-    """The role `teredo client` or `teredo relay` runs on `text`: the file's RelayType when it
-    has one (as miredo does), else `kind`. A server file keeps `kind`: parsing it then says why
-    it does not fit."""
-    if kind == "server" or not any(line.key == "relaytype" for line in tokenize_config(text)):
-        return kind
-    role = detect_role(text, source)
-    return kind if role == "server" else role
+    config = loaded.config if user is None else replace(loaded.config, user=user)
+    return replace(loaded, config=config, user=user, detached=detached)
 
 
 def load(
@@ -187,7 +153,7 @@ def reload_config(
     kept = keep_restart_only(
         current.config, loaded.config, {**OBSERVERS_RESTART_ONLY, **restart_only}
     )
-    reloaded = dataclasses.replace(loaded, config=kept)
+    reloaded = replace(loaded, config=kept)
     if (loaded.log_facility, kept.log_format) != (current.log_facility, current.config.log_format):
         _setup_logging(reloaded)
     return reloaded
@@ -205,4 +171,4 @@ def keep_restart_only(old: ConfigT, new: ConfigT, restart_only: Mapping[str, str
         if before != after:
             _log().warning("%s changed to %s: takes effect at the next restart", directive, after)
         kept[attribute] = before
-    return dataclasses.replace(new, **kept)
+    return replace(new, **kept)

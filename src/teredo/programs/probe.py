@@ -25,10 +25,12 @@ import time
 from ipaddress import IPv4Address
 from typing import Any, Final
 
+from teredo.adapters.resolver import local_address_toward
+from teredo.adapters.resolver import resolve_ipv4 as resolve_ipv4  # re-exported
 from teredo.adapters.ssdp import Gateway, GatewaySearch
 from teredo.adapters.udp import open_udp_socket
 from teredo.core.address import TEREDO_PORT, Endpoint, endpoint, parse_teredo_address
-from teredo.core.errors import NameResolutionError, UsageError, UserError
+from teredo.core.errors import UsageError, UserError
 from teredo.core.qualification import (
     QUALIFICATION_ATTEMPTS,
     QUALIFICATION_TIMEOUT,
@@ -63,35 +65,6 @@ UPNP_WAIT: Final = 1.0
 # Largest step between the mappings toward the two server addresses still called sequential:
 # a sequential NAT gives the next port (1), or a few more when other flows took some meanwhile.
 SEQUENTIAL_DELTA_MAX: Final = 16
-
-
-def resolve_ipv4(name: str, what: str = "Teredo server") -> IPv4Address:
-    """An IPv4 literal, or the first IPv4 address of a hostname; `NameResolutionError`
-    otherwise, `temporary` when the resolver could not get an answer (EAI_AGAIN)."""
-    text = name.strip()
-    try:
-        return IPv4Address(text)
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(text, TEREDO_PORT, socket.AF_INET, socket.SOCK_DGRAM)
-    except (socket.gaierror, UnicodeError) as error:
-        reason = error.strerror if isinstance(error, socket.gaierror) else str(error)
-        temporary = isinstance(error, socket.gaierror) and error.errno == socket.EAI_AGAIN
-        raise NameResolutionError(
-            f"cannot resolve the {what} {name!r}: {reason}", temporary=temporary
-        ) from None
-    return IPv4Address(infos[0][4][0])
-
-
-def local_address_toward(destination: IPv4Address) -> IPv4Address | None:
-    """The source address the kernel would use toward `destination` (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect((str(destination), TEREDO_PORT))
-            return IPv4Address(sock.getsockname()[0])
-        except OSError:
-            return None
 
 
 def probe(server_name: str, timeout: float = 12.0, port: int = 0) -> dict[str, Any]:

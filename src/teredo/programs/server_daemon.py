@@ -38,7 +38,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any, Final
 
@@ -49,6 +49,7 @@ from teredo.adapters.privileges import drop_privileges
 from teredo.adapters.udp import UdpSocket, interface_holding, open_udp_socket
 from teredo.core.address import TEREDO_PORT
 from teredo.core.config import DEFAULT_SERVER_CONFIG_PATH, ServerConfig, parse_server_config
+from teredo.core.config import replace as replace_record
 from teredo.core.errors import UserError
 from teredo.core.server import (
     ANSWER_SLOT_BYTES,
@@ -269,7 +270,7 @@ class ServerDaemon:
                 old.server_bind_address,
                 old.server_bind_address2,
             )
-        kept = replace(
+        kept = replace_record(
             new,
             server_bind_address=old.server_bind_address,
             server_bind_address2=old.server_bind_address2,
@@ -277,7 +278,7 @@ class ServerDaemon:
         settings = settings_from_config(kept)
         self._reload_keys(kept)
         self.core.reconfigure(settings)
-        self.loaded = replace(loaded, config=kept)
+        self.loaded = replace_record(loaded, config=kept)
         log.info(
             "reloaded: advertising %s, MTU %d, private addresses %s, rate limit %s",
             self.core.client_prefix,

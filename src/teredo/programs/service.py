@@ -27,15 +27,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
 from teredo.adapters.daemon import StartReport
 from teredo.adapters.notify import Notifier
-from teredo.core.config import DEFAULT_CONFIG_PATH, Config
+from teredo.core.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    record,  # a dataclass without dataclasses' start-up cost
+)
 from teredo.core.errors import TransientError, UserError
 from teredo.programs.loading import (
     Loaded,
@@ -53,7 +57,7 @@ T = TypeVar("T")
 RETRY_DELAYS: Final = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)  # seconds; then every 60 s
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServiceOptions:
     """Miredo's daemon options: ``-f``, ``-p PIDFILE``, ``-u USER``."""
 
@@ -73,11 +77,13 @@ class Service:
 
     def started(self, status: str) -> None:
         """Set up (sockets, interface, privileges dropped): a detached start has succeeded."""
+        _collect_garbage_again()
         self.report.started()
         self.notifier.status(status)
 
     def ready(self, status: str) -> None:
         """Really working: READY=1 (once) with its STATUS line."""
+        _collect_garbage_again()
         self.report.started()
         if self.is_ready:
             self.notifier.status(status)
@@ -90,6 +96,7 @@ class Service:
 
     def waiting(self, sentence: str) -> None:
         """A retry in progress while starting: say so, and let a detached start return."""
+        _collect_garbage_again()  # the retries may last
         self.report.started(f"{sentence}; retrying in the background")
         self.notifier.status(sentence)
 
@@ -131,6 +138,17 @@ class Service:
             self._watchdog.cancel()
             self._watchdog = None
         self.notifier.close()
+
+
+def _collect_garbage_again() -> None:
+    """Turn the cyclic garbage collector back on: `teredo.cli` turns it off while a daemon
+    imports and sets up, where it ran ~45 times for objects that live on. Those (modules,
+    classes, the configuration) are frozen first: the collector does not scan them again, and
+    its first run does not fall on the moment the daemon becomes ready (a full collection of
+    every object made at start, ~10 ms before the signal handlers are in place)."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 async def retry(
