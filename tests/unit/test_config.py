@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import teredo.core.config
+import teredo.core.record
 from teredo.cli import main
 from teredo.core.config import (
     ClientConfig,
@@ -1121,7 +1122,9 @@ def test_reading_a_file_does_not_import_the_cores() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     imported = set(result.stdout.split())
-    assert imported == {f"teredo.core.{name}" for name in ("address", "config", "errors", "peers")}
+    assert imported == {
+        f"teredo.core.{name}" for name in ("address", "config", "errors", "peers", "record")
+    }
 
 
 def test_drain_time_is_a_relays_directive() -> None:
@@ -1173,11 +1176,11 @@ def test_the_shared_secret_is_kept_out_of_the_repr() -> None:
 
 def test_replace_gives_a_changed_copy() -> None:
     config = parse_client_config("ServerAddress 198.51.100.2\n", SRC)
-    changed = teredo.core.config.replace(config, bind_port=3545, user="teredo")
+    changed = teredo.core.record.replace(config, bind_port=3545, user="teredo")
     assert (changed.bind_port, changed.user, config.bind_port) == (3545, "teredo", 0)
-    assert teredo.core.config.replace(changed, bind_port=0, user=config.user) == config
+    assert teredo.core.record.replace(changed, bind_port=0, user=config.user) == config
     with pytest.raises(TypeError):
-        teredo.core.config.replace(config, no_such_field=1)
+        teredo.core.record.replace(config, no_such_field=1)
 
 
 def test_records_survive_copy_and_pickle() -> None:

@@ -287,7 +287,8 @@ def test_a_busy_port_is_one_sentence() -> None:
 
 def test_start_observers_serves_one_document_both_ways(tmp_path: Path) -> None:
     from teredo.adapters.control import query_control_socket
-    from teredo.core.config import parse_server_config, replace
+    from teredo.core.config import parse_server_config
+    from teredo.core.record import replace
     from teredo.programs.observers import start_observers
 
     path = str(tmp_path / "server.sock")
@@ -318,8 +319,9 @@ def test_start_observers_serves_one_document_both_ways(tmp_path: Path) -> None:
 
 
 def test_start_observers_undoes_the_socket_when_metrics_fail(tmp_path: Path) -> None:
-    from teredo.core.config import parse_client_config, replace
+    from teredo.core.config import parse_client_config
     from teredo.core.errors import UserError
+    from teredo.core.record import replace
     from teredo.programs.observers import start_observers
 
     path = str(tmp_path / "client.sock")

@@ -42,8 +42,8 @@ from typing import Final
 
 from teredo.adapters.rtnetlink import IFF_UP, RT_TABLE_MAIN, Rtnetlink, RtnetlinkError
 from teredo.core.address import CLIENT_LINK_LOCAL, DEFAULT_MTU, TEREDO_PREFIX
-from teredo.core.config import record  # a dataclass without dataclasses' start-up cost
 from teredo.core.errors import UserError
+from teredo.core.record import record  # a dataclass without dataclasses' start-up cost
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
-from teredo.core.config import record  # a dataclass without dataclasses' start-up cost
+from teredo.core.record import record  # a dataclass without dataclasses' start-up cost
 
 # netlink(7), <linux/netlink.h>
 NLMSG_NOOP: Final = 1

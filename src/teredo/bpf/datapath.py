@@ -118,8 +118,8 @@ from ipaddress import IPv4Address, IPv6Network
 from typing import Final, NamedTuple
 
 from teredo.core.address import TEREDO_PREFIX, Endpoint
-from teredo.core.config import record  # a dataclass without dataclasses' start-up cost
 from teredo.core.peers import PEER_VALIDITY
+from teredo.core.record import record  # a dataclass without dataclasses' start-up cost
 from teredo.core.wire import internet_checksum
 
 __all__ = [

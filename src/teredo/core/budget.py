@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Final
 
-from teredo.core.config import record  # a dataclass without dataclasses' start-up cost
+from teredo.core.record import record  # a dataclass without dataclasses' start-up cost
 
 SETUP_RATE: Final = 1000.0  # setup packets per second for the whole node (our choice)
 SERVER_RATE: Final = 50.0  # per Teredo server: half of what our server allows one address

@@ -52,12 +52,11 @@ Errors raise `teredo.core.errors.UsageError` whose message is one sentence start
 ``/etc/miredo/miredo.conf:7: InterfaceMTU must be between 1280 and 65507, not 900``.
 This module is part of the sans-I/O core: it parses text; `teredo.programs.loading` reads files.
 
-Its classes are `record`s: frozen, slotted, compared by value, what
-``dataclass(frozen=True, slots=True)`` gives, without importing dataclasses (with inspect, ast,
-dis and tokenize) nor compiling each class's methods from generated source, as dataclasses
-does; `replace` is `dataclasses.replace` for them. Typing's names are for mypy only, which
-reads `record` as a dataclass (`dataclass_transform`). So `teredo checkconf` imports neither
-dataclasses nor typing: they were ~15 ms of its 40.
+Its classes are `teredo.core.record.record`s (frozen, slotted, compared by value, as
+``dataclass(frozen=True, slots=True)`` would make them, without dataclasses' import and
+per-class compilation); `replace` is `dataclasses.replace` for them. Typing's names are for
+mypy only. So `teredo checkconf` imports neither dataclasses nor typing: they were ~15 ms of
+its 40.
 """
 
 from __future__ import annotations
@@ -69,34 +68,28 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from teredo.core.address import DEFAULT_MTU, LEGACY_TEREDO_PREFIX, TEREDO_PREFIX, is_global_ipv4
 from teredo.core.errors import UsageError
 from teredo.core.peers import DEFAULT_MAX_QUEUE_BYTES
+from teredo.core.record import record
 
 TYPE_CHECKING = False  # typing's flag without importing typing (ms a one-shot command pays)
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import (
-        Any,
         Final,
         Literal,
         NoReturn,
         TypeAlias,
         TypedDict,
         TypeVar,
-        dataclass_transform,
     )
 
     Role: TypeAlias = Literal["client", "relay", "server"]
     LogFormat: TypeAlias = Literal["text", "json"]
     T = TypeVar("T")
-    R = TypeVar("R")
 
     class _Observability(TypedDict):
         control_socket_group: str | None
         metrics_address: MetricsAddress | None
         log_format: LogFormat
-else:
-
-    def dataclass_transform(**_: object) -> object:
-        return lambda function: function
 
 
 __all__ = [
@@ -120,7 +113,6 @@ __all__ = [
     "parse_config",
     "parse_relay_config",
     "parse_server_config",
-    "replace",
     "tokenize_config",
 ]
 
@@ -187,101 +179,6 @@ _NEVER_UNICAST: Final = (
 )
 _LINK_LOCAL_V6: Final = IPv6Network("fe80::/10")
 _MULTICAST_V6: Final = IPv6Network("ff00::/8")
-
-
-# --- records: what dataclass(frozen=True, slots=True) gives, without dataclasses ---------
-
-_MISSING = object()
-
-
-@dataclass_transform(frozen_default=True)
-def record(cls: type[R]) -> type[R]:
-    """`cls` as a frozen, slotted record of its annotated fields (no inheritance of fields)."""
-    names = tuple(cls.__dict__.get("__annotations__", {}))  # noqa: RUF063 (no inspect)
-    hidden = frozenset(cls.__dict__.get("__hidden__", ()))
-    defaults = {name: cls.__dict__[name] for name in names if name in cls.__dict__}
-    namespace = {
-        key: value
-        for key, value in cls.__dict__.items()
-        if key not in defaults and key not in ("__dict__", "__weakref__")
-    }
-    required = [name for name in names if name not in defaults]
-    if any(names.index(name) > names.index(first) for first in defaults for name in required):
-        raise TypeError(f"{cls.__name__}: a field without a default follows one with a default")
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if len(args) > len(names):
-            raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments")
-        values = dict(zip(names, args, strict=False))
-        for name, value in kwargs.items():
-            if name not in names:
-                raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {name!r}")
-            if name in values:
-                raise TypeError(f"{cls.__name__}() got multiple values for argument {name!r}")
-            values[name] = value
-        for name in names:
-            value = values.get(name, defaults.get(name, _MISSING))
-            if value is _MISSING:
-                raise TypeError(f"{cls.__name__}() missing required argument: {name!r}")
-            object.__setattr__(self, name, value)
-
-    def _values(self: Any) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in names)
-
-    def __repr__(self: Any) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in names if name not in hidden)
-        return f"{type(self).__qualname__}({shown})"
-
-    def __eq__(self: Any, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return bool(_values(self) == _values(other))
-
-    def __hash__(self: Any) -> int:
-        return hash(_values(self))
-
-    def __setattr__(self: Any, name: str, value: object) -> None:
-        _refuse(name)
-
-    def __delattr__(self: Any, name: str) -> None:
-        _refuse(name)
-
-    def __reduce__(self: Any) -> tuple[Any, ...]:
-        return (type(self), _values(self))
-
-    namespace.update(__slots__=names, __match_args__=names, __record_fields__=names)
-    methods = {
-        "__init__": __init__,
-        "__repr__": __repr__,
-        "__eq__": __eq__,
-        "__hash__": __hash__,
-        "__setattr__": __setattr__,
-        "__delattr__": __delattr__,
-        "__reduce__": __reduce__,
-    }
-    for method, function in methods.items():
-        if method not in namespace:  # the class's own (a repr hiding a secret) stays
-            function.__qualname__ = f"{cls.__qualname__}.{method}"
-            namespace[method] = function
-    metaclass: Any = type(cls)
-    made: type[R] = metaclass(cls.__name__, cls.__bases__, namespace)
-    made.__qualname__ = cls.__qualname__
-    return made
-
-
-def _refuse(name: str) -> None:
-    from dataclasses import FrozenInstanceError  # only on a bug: assigning to a record
-
-    raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-
-def replace(obj: R, **changes: Any) -> R:
-    """A copy of the record `obj` (a configuration, a line...) with `changes`, as
-    `dataclasses.replace` does."""
-    names: tuple[str, ...] = type(obj).__record_fields__  # type: ignore[attr-defined]
-    values = {name: getattr(obj, name) for name in names}
-    values.update(changes)
-    return type(obj)(**values)
 
 
 # --- the configuration ---------------------------------------------------------------------

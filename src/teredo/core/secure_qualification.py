@@ -46,8 +46,8 @@ import binascii
 import re
 from typing import Final
 
-from teredo.core.config import record  # a dataclass without dataclasses' start-up cost
 from teredo.core.errors import UsageError
+from teredo.core.record import record  # a dataclass without dataclasses' start-up cost
 from teredo.core.wire import Authentication
 
 AUTHENTICATION_VALUE_LENGTH: Final = 20  # HMAC-SHA1 (RFC 4380 §5.2.2), RFC 2104 §2

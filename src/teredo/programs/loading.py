@@ -21,11 +21,10 @@ from teredo.core.config import (
     Config,
     RelayConfig,
     ServerConfig,
-    record,
-    replace,
     tokenize_config,
 )
 from teredo.core.errors import UsageError
+from teredo.core.record import record, replace
 from teredo.programs.config_file import load_config as load_config  # re-exported
 from teredo.programs.config_file import read_config_text as read_config_text
 from teredo.programs.config_file import role_for as role_for

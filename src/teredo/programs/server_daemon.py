@@ -49,8 +49,8 @@ from teredo.adapters.privileges import drop_privileges
 from teredo.adapters.udp import UdpSocket, interface_holding, open_udp_socket
 from teredo.core.address import TEREDO_PORT
 from teredo.core.config import DEFAULT_SERVER_CONFIG_PATH, ServerConfig, parse_server_config
-from teredo.core.config import replace as replace_record
 from teredo.core.errors import UserError
+from teredo.core.record import replace as replace_record
 from teredo.core.server import (
     ANSWER_SLOT_BYTES,
     RATE_LIMIT_BURST,

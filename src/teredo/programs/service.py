@@ -35,12 +35,9 @@ from typing import Final, Literal, TypeVar
 
 from teredo.adapters.daemon import StartReport
 from teredo.adapters.notify import Notifier
-from teredo.core.config import (
-    DEFAULT_CONFIG_PATH,
-    Config,
-    record,  # a dataclass without dataclasses' start-up cost
-)
+from teredo.core.config import DEFAULT_CONFIG_PATH, Config
 from teredo.core.errors import TransientError, UserError
+from teredo.core.record import record  # a dataclass without dataclasses' start-up cost
 from teredo.programs.loading import (
     Loaded,
     read_config_text,
