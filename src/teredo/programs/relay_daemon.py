@@ -256,12 +256,17 @@ async def serve(loaded: Loaded[RelayConfig], service: Service) -> int:
             "Teredo %s on UDP %s:%d, interface %s (MTU %d), prefix %s",
             what, udp.local[0], udp.local[1], tun.name, config.interface_mtu, config.prefix,
         )  # fmt: skip
+        drain = {signal.SIGUSR2: daemon.health.toggle_drain} if daemon.health else None
+        # The signal handlers are in place before READY=1 and the log line (as the server's).
+        signals = asyncio.ensure_future(
+            wait_for_shutdown(on_reload=service.reloading(daemon.reload), on_signal=drain)
+        )
+        await asyncio.sleep(0)  # the task's first step installs them
         service.ready(
             f"relaying: {what} on UDP {udp.local[0]}:{udp.local[1]}, interface {tun.name}, "
             f"prefix {config.prefix}"
         )
-        drain = {signal.SIGUSR2: daemon.health.toggle_drain} if daemon.health else None
-        await wait_for_shutdown(on_reload=service.reloading(daemon.reload), on_signal=drain)
+        await signals
         service.stopping()
         if daemon.health is not None:
             await daemon.health.stop()

@@ -373,11 +373,18 @@ async def serve(loaded: Loaded[ServerConfig], service: Service) -> int:
             _rate_limit(daemon.core.settings),
             "on" if accel.ACCELERATED else "off",
         )
+        # The signal handlers are in place before READY=1 and the log line that tell the world
+        # to go on: a SIGTERM right after them must find them (the collector's first pass,
+        # `service.ready`, takes ~10 ms).
+        signals = asyncio.ensure_future(
+            wait_for_shutdown(on_reload=service.reloading(daemon.reload))
+        )
+        await asyncio.sleep(0)  # the task's first step installs them
         service.ready(
             f"serving on {config.server_bind_address} and {config.server_bind_address2}, "
             f"prefix {daemon.core.client_prefix}"
         )
-        await wait_for_shutdown(on_reload=service.reloading(daemon.reload))
+        await signals
         service.stopping()
     finally:
         for udp in daemon.sockets.values():
