@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import pytest
 
 from teredo.adapters.daemon import (
     PidFile,
+    catch_shutdown,
     install_signal_handlers,
     level_for_verbosity,
     setup_logging,
@@ -215,6 +217,29 @@ def test_syslog_missing_points_at_the_foreground_option(restore_logging: None) -
         "cannot log to syslog: /nonexistent/log does not exist; start a syslog daemon or run in "
         "the foreground with -f to log to stderr"
     )
+
+
+def test_signals_are_caught_from_the_call_on_before_anything_else_runs() -> None:
+    """A daemon catches SIGTERM before it says it is ready: the handler must be in place when
+    `catch_shutdown` returns, not when its task first runs (a SIGTERM right after READY=1
+    killed a server without its clean-up), and go when the task ends or is cancelled."""
+
+    async def main() -> tuple[signal.Signals, object]:
+        signals = catch_shutdown()
+        assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL  # no await yet
+        os.kill(os.getpid(), signal.SIGTERM)
+        number = await signals
+        await asyncio.sleep(0)  # the done callbacks
+        restored = signal.getsignal(signal.SIGTERM)
+        cancelled = catch_shutdown()
+        cancelled.cancel()  # a start that failed: the handlers go with the task
+        with contextlib.suppress(asyncio.CancelledError):
+            await cancelled
+        await asyncio.sleep(0)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        return number, restored
+
+    assert asyncio.run(main()) == (signal.SIGTERM, signal.SIG_DFL)
 
 
 def test_sigusr1_and_sigusr2_are_logged_and_ignored(caplog: pytest.LogCaptureFixture) -> None:

@@ -9,8 +9,9 @@ done::
             udp = await retry(lambda: open_udp_socket(...), service)  # UserError: one sentence
             ...                                         # TUN, interface, control socket
             drop_privileges(config.user, keep=(...))    # teredo.adapters.privileges
+            signals = catch_shutdown(on_reload=service.reloading(daemon.reload))
             service.ready("...")                        # systemd READY=1 and STATUS=
-            await wait_for_shutdown(on_reload=service.reloading(daemon.reload))
+            await signals
             service.stopping()                          # SIGTERM/SIGINT ended it
         finally:
             ...                                         # undo the interface, close sockets
@@ -424,15 +425,18 @@ def ignore_signals() -> None:
         signal.signal(number, signal.SIG_IGN)
 
 
-async def wait_for_shutdown(
+def catch_shutdown(
     on_reload: Callable[[], None] | None = None,
     on_signal: Mapping[signal.Signals, Callable[[], None]] | None = None,
-) -> signal.Signals:
-    """Wait until SIGTERM or SIGINT arrives (handling SIGHUP, and `on_signal`'s SIGUSR1 or
-    SIGUSR2, meanwhile); return the signal.
+) -> asyncio.Task[signal.Signals]:
+    """Handle the signals from now on -- SIGTERM and SIGINT end the returned task with the
+    signal; SIGHUP, and `on_signal`'s SIGUSR1 or SIGUSR2, are handled meanwhile.
 
-    The signal handlers are removed on return, so a second Ctrl-C during the clean-up that
-    follows interrupts it (KeyboardInterrupt) instead of being swallowed.
+    The handlers are in place when this returns, before anything else runs: a daemon calls it
+    before it says it is ready (READY=1, its log line), so that a SIGTERM sent right after
+    finds them. They are removed when the task ends (or is cancelled, as when the start
+    fails), so a second Ctrl-C during the clean-up that follows interrupts it
+    (KeyboardInterrupt) instead of being swallowed.
     """
     loop = asyncio.get_running_loop()
     received: asyncio.Future[signal.Signals] = loop.create_future()
@@ -442,9 +446,21 @@ async def wait_for_shutdown(
             received.set_result(number)
 
     remove = install_signal_handlers(shutdown, on_reload, loop, on_signal)
-    try:
+
+    async def wait() -> signal.Signals:
         number = await received
-    finally:
-        remove()
-    log.info("%s: shutting down", number.name)
-    return number
+        log.info("%s: shutting down", number.name)
+        return number
+
+    task = loop.create_task(wait())
+    task.add_done_callback(lambda _: remove())
+    return task
+
+
+async def wait_for_shutdown(
+    on_reload: Callable[[], None] | None = None,
+    on_signal: Mapping[signal.Signals, Callable[[], None]] | None = None,
+) -> signal.Signals:
+    """Wait until SIGTERM or SIGINT arrives (handling SIGHUP, and `on_signal`'s SIGUSR1 or
+    SIGUSR2, meanwhile); return the signal. `catch_shutdown`, awaited at once."""
+    return await catch_shutdown(on_reload, on_signal)

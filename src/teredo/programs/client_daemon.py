@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING, Any, Final
 
-from teredo.adapters.daemon import wait_for_shutdown
+from teredo.adapters.daemon import catch_shutdown
 from teredo.adapters.heap import release_free_memory, use_one_arena
 from teredo.adapters.privileges import drop_privileges
 from teredo.adapters.resolver import local_address_toward, resolve_ipv4
@@ -520,7 +520,7 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
     udp: UdpSocket | None = None
     tun: TunDevice | None = None
     daemon: ClientDaemon | None = None
-    shutdown: asyncio.Task[Any] | None = None  # the signal handlers (wait_for_shutdown)
+    shutdown: asyncio.Task[Any] | None = None  # the signal handlers (catch_shutdown)
     try:
         udp = await retry(lambda: open_udp_socket(config.bind_address, config.bind_port), service)
         bound_ip = IPv4Address(udp.local[0])
@@ -574,9 +574,7 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
         core.start(time.monotonic())
         # Signals are handled before the server can answer: the address, and READY=1, may come
         # while the kernel path loads, and a SIGTERM right after must find its handler.
-        signals = asyncio.ensure_future(
-            wait_for_shutdown(on_reload=service.reloading(daemon.reload))
-        )
+        signals = catch_shutdown(on_reload=service.reloading(daemon.reload))
         shutdown = signals
         daemon.loop.start()  # the router solicitation leaves
         if daemon.discovery is not None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING, Any, Final
 
-from teredo.adapters.daemon import wait_for_shutdown
+from teredo.adapters.daemon import catch_shutdown
 from teredo.adapters.netlink import host_addresses
 from teredo.adapters.privileges import drop_privileges
 from teredo.core.config import DEFAULT_CONFIG_PATH, RelayConfig, parse_relay_config
@@ -257,11 +257,8 @@ async def serve(loaded: Loaded[RelayConfig], service: Service) -> int:
             what, udp.local[0], udp.local[1], tun.name, config.interface_mtu, config.prefix,
         )  # fmt: skip
         drain = {signal.SIGUSR2: daemon.health.toggle_drain} if daemon.health else None
-        # The signal handlers are in place before READY=1 and the log line (as the server's).
-        signals = asyncio.ensure_future(
-            wait_for_shutdown(on_reload=service.reloading(daemon.reload), on_signal=drain)
-        )
-        await asyncio.sleep(0)  # the task's first step installs them
+        # Signals are handled before READY=1 and the line saying we relay (as the server's).
+        signals = catch_shutdown(on_reload=service.reloading(daemon.reload), on_signal=drain)
         service.ready(
             f"relaying: {what} on UDP {udp.local[0]}:{udp.local[1]}, interface {tun.name}, "
             f"prefix {config.prefix}"

@@ -44,7 +44,7 @@ from typing import Any, Final
 
 from teredo.adapters import accel
 from teredo.adapters.buffers import lazy_buffer
-from teredo.adapters.daemon import wait_for_shutdown
+from teredo.adapters.daemon import catch_shutdown
 from teredo.adapters.privileges import drop_privileges
 from teredo.adapters.udp import UdpSocket, interface_holding, open_udp_socket
 from teredo.core.address import TEREDO_PORT
@@ -373,13 +373,9 @@ async def serve(loaded: Loaded[ServerConfig], service: Service) -> int:
             _rate_limit(daemon.core.settings),
             "on" if accel.ACCELERATED else "off",
         )
-        # The signal handlers are in place before READY=1 and the log line that tell the world
-        # to go on: a SIGTERM right after them must find them (the collector's first pass,
-        # `service.ready`, takes ~10 ms).
-        signals = asyncio.ensure_future(
-            wait_for_shutdown(on_reload=service.reloading(daemon.reload))
-        )
-        await asyncio.sleep(0)  # the task's first step installs them
+        # Signals are handled before READY=1 and the line saying we serve: a SIGTERM right
+        # after them must find the handlers.
+        signals = catch_shutdown(on_reload=service.reloading(daemon.reload))
         service.ready(
             f"serving on {config.server_bind_address} and {config.server_bind_address2}, "
             f"prefix {daemon.core.client_prefix}"
