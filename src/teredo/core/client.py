@@ -132,6 +132,7 @@ from teredo.core.random_port import (
     MAX_RANDOM_PORTS,
     MAX_REFRESH_BUBBLES,
     PEER_REFRESH_INTERVAL,
+    PLAIN_PEER_WAIT,
     RandomPortPeer,
     choose_port,
     echo_solicitation,
@@ -937,18 +938,32 @@ class TeredoClient(PeeringEngine):
         state.rounds += 1
         if state.peer_port:
             self._bubble_to_peer_random_port(source, address, now, peer.nonce_received)
-        elif state.port and state.heard_plain and state.rounds > 1:
-            # The peer's indirect bubbles carry no Random Port trailer (a port-restricted NAT,
-            # say) and our first round went unanswered: its NAT lets in only the mapping it
-            # sent to, so our random port must open a mapping toward the one in its address,
-            # to which it sends once it knows our random port. Not in the first round: a peer
-            # behind a cone or address-restricted NAT has answered our service port by then,
-            # and would otherwise learn two mappings of ours.
-            to = teredo_mapping(address)
-            if self.budget.allow(1, now, server=None, repeated=True):
-                self._send_from(
-                    self._random_bubble(source, address, peer.nonce_received, state), to, state.port
-                )
+        elif state.port and state.heard_plain:
+            if state.rounds > 1:
+                self._bubble_to_plain_peer(source, address, peer, state, now)
+            else:
+                self._schedule_plain_bubble(state, now)
+
+    def _schedule_plain_bubble(self, state: RandomPortPeer, now: float) -> None:
+        """Our random port's first bubble to a peer that announces none, PLAIN_PEER_WAIT after
+        we announced ours (`_bubble_to_plain_peer`)."""
+        if state.port and state.plain_bubble_at is None and not state.peer_port:
+            state.plain_bubble_at = now + PLAIN_PEER_WAIT
+
+    def _bubble_to_plain_peer(
+        self, source: bytes, address: bytes, peer: Peer, state: RandomPortPeer, now: float
+    ) -> None:
+        """The peer's indirect bubbles carry no Random Port trailer (a port-restricted NAT,
+        say): its NAT lets in only the mapping it sent to, so our random port opens a mapping
+        toward the one in its address, to which it sends once it knows our random port. With
+        its nonce, the peer accepts this bubble's mapping and answers it at once (RFC 6081
+        §5.2.4.4). Not at once: a peer behind a cone or address-restricted NAT answers our
+        service port within a round trip, and would otherwise learn two mappings of ours."""
+        if not self.budget.allow(1, now, server=None, repeated=True):
+            self.drop("setup_budget_exhausted")
+            return
+        bubble = self._random_bubble(source, address, peer.nonce_received, state)
+        self._send_from(bubble, teredo_mapping(address), state.port)
 
     def _bubble_to_peer_random_port(
         self, source: bytes, address: bytes, now: float, nonce: bytes | None
@@ -1001,11 +1016,12 @@ class TeredoClient(PeeringEngine):
                 break
         state = self._random.get(address)
         if not announced:
+            if state is None and self._random_mode() is not None:
+                state = self._random[address] = RandomPortPeer()
             if state is not None:
                 state.heard_plain = True
-            elif self._random_mode() is not None:
-                state = self._random[address] = RandomPortPeer()
-                state.heard_plain = True
+                if not peer.is_valid(now):
+                    self._schedule_plain_bubble(state, now)
             return
         if state is None:
             state = self._random[address] = RandomPortPeer()
@@ -1053,6 +1069,7 @@ class TeredoClient(PeeringEngine):
                 del self._open_ports[port]
             self._port_changes.append((port, False))
         state.port = state.predicted = 0
+        state.plain_bubble_at = None
         state.direct_random = False
         state.waiting_indirect = False
         state.reset_echo_test()
@@ -1207,9 +1224,10 @@ class TeredoClient(PeeringEngine):
             return None
         deadline = self._peer_refresh_at
         for address in self._open_ports.values():
-            failover = self._random[address].failover_at
-            if failover is not None and failover < deadline:
-                deadline = failover
+            state = self._random[address]
+            for at in (state.failover_at, state.plain_bubble_at):
+                if at is not None and at < deadline:
+                    deadline = at
         return deadline
 
     def _random_timers(self, now: float) -> None:
@@ -1218,9 +1236,22 @@ class TeredoClient(PeeringEngine):
             return
         for address in list(self._open_ports.values()):
             state = self._random.get(address)
-            if state is not None and state.failover_at is not None and now >= state.failover_at:
+            if state is None:
+                continue
+            if state.failover_at is not None and now >= state.failover_at:
                 state.failover_at = None
                 self._echo_failover(address, state, now)
+            if state.plain_bubble_at is not None and now >= state.plain_bubble_at:
+                state.plain_bubble_at = None
+                peer = self.peers.get(address)
+                if (
+                    peer is not None
+                    and not peer.is_valid(now)
+                    and state.port
+                    and not state.peer_port
+                    and self._address_bytes is not None
+                ):
+                    self._bubble_to_plain_peer(self._address_bytes, address, peer, state, now)
         if now >= self._peer_refresh_at:
             self._peer_refresh_at = now + PEER_REFRESH_INTERVAL
             self._refresh_random_ports(now)

@@ -41,6 +41,13 @@ ECHO_TEST_NONCE_LENGTH: Final = 8  # RFC 4380 §5.1.1: the authentication nonce
 # is answered with ours), so each one must not cost an unbounded number of sockets; past it a
 # setup goes on without a random port (plain symmetric NAT support) and is counted.
 MAX_RANDOM_PORTS: Final = 32
+# A peer whose indirect bubbles carry no Random Port trailer (behind a port-restricted NAT, say)
+# is reached from our random port only after it sent there, which it does on learning the port
+# from our indirect bubble: a round trip through its server. A peer behind a cone NAT answers
+# our service port's direct bubble within one round trip, and is then valid. So our random
+# port's own bubble toward it waits this long, not for the next round of bubbles 2 s later
+# (RFC 4380 §5.2.6), which would hold the peer's first packets that long.
+PLAIN_PEER_WAIT: Final = 0.25
 LOWEST_RANDOM_PORT: Final = 1024  # never a privileged port
 
 
@@ -60,6 +67,7 @@ class RandomPortPeer:
         "last_data",
         "opened_at",
         "peer_port",
+        "plain_bubble_at",
         "port",
         "predicted",
         "refresh_count",
@@ -73,6 +81,7 @@ class RandomPortPeer:
         self.predicted = 0  # §5.4.1 "Random Port": the mapped port we predict and announce
         self.peer_port = 0  # §5.4.1 "Peer Random Port"
         self.heard_plain = False  # the peer's indirect bubble came without a Random Port trailer
+        self.plain_bubble_at: float | None = None  # our random port's bubble to such a peer
         self.direct_primary = False  # §5.4.1 "Direct Receive on Primary Port"
         self.direct_random = False  # §5.4.1 "Direct Receive on Random Port"
         self.refresh_count = 0  # §5.4.1 "Connection Refresh Count"
@@ -134,6 +143,7 @@ __all__ = [
     "MAX_RANDOM_PORTS",
     "MAX_REFRESH_BUBBLES",
     "PEER_REFRESH_INTERVAL",
+    "PLAIN_PEER_WAIT",
     "RandomPortPeer",
     "choose_port",
     "echo_solicitation",
