@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ from teredo.core.peers import (
     PING_BUDGET,
     Peer,
     PeerTable,
+    Probation,
 )
 
 
@@ -280,3 +282,23 @@ def test_peers_at_rest_freeze_and_thaw_with_every_value() -> None:
     assert peer.is_valid(5.0) and not peer.is_valid(31.0)
     table.sweep(now=40.0, budget=10)  # idle now: frozen or not, they expire
     assert len(table) == 0 and table.expired == 3
+
+
+def test_probation_is_a_ring_of_the_newest_entries() -> None:
+    probation = Probation(3)
+    for i in range(2):
+        probation.append(bytes([i]), float(i))
+    assert probation.popleft() == (b"\x00", 0.0)
+    for i in range(2, 6):  # 1, 2, 3, then 4 and 5 push out the oldest
+        probation.append(bytes([i]), float(i))
+    assert len(probation) == 3
+    assert [probation.popleft() for _ in range(3)] == [
+        (b"\x03", 3.0),
+        (b"\x04", 4.0),
+        (b"\x05", 5.0),
+    ]
+    with pytest.raises(IndexError):
+        probation.popleft()
+    probation.append(b"\x06", 6.0)  # places are reused, never more than the capacity
+    assert probation.popleft() == (b"\x06", 6.0)
+    assert len(probation._addresses) == 3

@@ -65,13 +65,15 @@ An established peer at 1 M peers thus costs its dict slot (42 bytes), its 16-byt
 `Peer` (56), its cold link (40) and its share of the hot ring (2): ~190 bytes instead of ~490;
 frozen, ~150 (`benchmarks/peer_table.py`). After churn, some more: CPython resizes a dict that
 saw deletions to three times its entries (84 bytes a slot at 1 M), and the CLOCK hand's round
-takes 8.
+takes 8. Probation (`Probation`) is a ring of at most `PROBATION_LIMIT` places of 16 bytes (the
+entry's key, shared with the dict, and its creation time in an array): 1 MiB at most, where a
+queue of (key, `Peer`, time) tuples cost 96 bytes an entry, 60 a peer at 100 000 peers.
 """
 
 from __future__ import annotations
 
 import struct
-from collections import deque
+from array import array
 from collections.abc import Callable, Container
 from typing import Any, Final, Generic, Protocol, TypeVar, cast, overload
 
@@ -396,6 +398,50 @@ class PeerMirror(Protocol):
     def last_rx(self, address: bytes) -> float | None: ...
 
 
+class Probation:
+    """The newest entries of the table, oldest first, with their creation times: a ring of
+    at most `capacity` places, an address (the table's own key object) and a float in an
+    array each, 16 bytes a place. Its places are taken as entries come, never given back, so
+    a table that never fills costs what it used."""
+
+    __slots__ = ("_addresses", "_capacity", "_count", "_created", "_head")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(1, capacity)
+        self._addresses: list[bytes] = []
+        self._created = array("d")
+        self._head = 0  # the oldest entry's place
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def append(self, address: bytes, created: float) -> None:
+        """Add the newest entry; when full, the oldest leaves to make room."""
+        capacity = self._capacity
+        if self._count == capacity:
+            place = self._head
+            self._head = (place + 1) % capacity
+        else:
+            place = (self._head + self._count) % capacity
+            self._count += 1
+        if place == len(self._addresses):  # (only while the ring has not grown to capacity)
+            self._addresses.append(address)
+            self._created.append(created)
+        else:
+            self._addresses[place] = address
+            self._created[place] = created
+
+    def popleft(self) -> tuple[bytes, float]:
+        """Take the oldest entry out: its address and creation time."""
+        if not self._count:
+            raise IndexError("probation is empty")
+        place = self._head
+        self._head = (place + 1) % self._capacity
+        self._count -= 1
+        return self._addresses[place], self._created[place]
+
+
 class PeerTable:
     """A bounded map from 16-byte IPv6 addresses to `Peer`, with bounded queues and a bounded
     number of hot peers (see the module docstring).
@@ -435,7 +481,7 @@ class PeerTable:
         self._round: list[bytes] = []  # the CLOCK hand's round: addresses in insertion order
         self._hand = 0
         # Probation: the newest entries, oldest first, with their creation time (see `create`).
-        self._probation: deque[tuple[bytes, Peer, float]] = deque()
+        self._probation = Probation(min(self.max_peers, PROBATION_LIMIT))
         self.on_remove = on_remove
         self.mirror: PeerMirror | None = None
         # Peers the mirror must not hold: sent to at another mapping than they are received
@@ -484,10 +530,8 @@ class PeerTable:
             self._evict_one(now)
         peer = Peer(now)
         peers[address] = peer
-        probation = self._probation
-        probation.append((address, peer, now))
-        if len(probation) > min(self.max_peers, PROBATION_LIMIT):
-            probation.popleft()  # the oldest leaves probation: the CLOCK hand judges it now
+        # When probation is full its oldest entry leaves it: the CLOCK hand judges it now.
+        self._probation.append(address, now)
         return peer
 
     def remove(self, address: bytes) -> Peer | None:
@@ -678,9 +722,12 @@ class PeerTable:
         peers = self._peers
         probation = self._probation
         for _ in range(min(len(probation), EVICTION_SCAN)):
-            address, peer, created = probation.popleft()
-            if peers.get(address) is not peer:
-                continue  # removed (or replaced) since
+            address, created = probation.popleft()
+            peer = self.get(address)
+            if peer is None:
+                continue  # removed since
+            # (Removed and created again since: that newer entry is unproven too, unless it was
+            # heard from since this one's creation.)
             if self.mirror is not None:
                 self.refresh(address, peer)  # its packets may all have taken the kernel's path
             if peer.last_rx <= created:
