@@ -59,7 +59,7 @@ def fill(table: PeerTable, items: Iterator[tuple[bytes, tuple[str, int], float]]
     create = table.create
     trust = table.trust
     for address, mapped, now in items:
-        trust(create(address, now), mapped, now)
+        trust(address, create(address, now), mapped, now)
 
 
 def main() -> int:

@@ -91,13 +91,15 @@ def test_a_flood_of_new_entries_churns_among_itself() -> None:
     removed: list[bytes] = []
     table = PeerTable(max_peers=100, on_remove=lambda address, _: removed.append(address))
     established = table.create(key(0), now=0.0)
-    table.trust(established, ("192.0.2.1", 1), now=0.0)
+    table.trust(key(0), established, ("192.0.2.1", 1), now=0.0)
     for n in range(1, 5000):
         now = n / 1000
         entry = table.create(key(n), now)
-        table.trust(entry, ("192.0.2.2", n), now)  # one packet each, like a flood
-        if n % 50 == 0:
-            established.rx = now  # the legitimate peer keeps talking
+        table.trust(key(n), entry, ("192.0.2.2", n), now)  # one packet each, like a flood
+        if n % 50 == 0:  # the legitimate peer keeps talking (rx case 1, as the engine does)
+            talking = table.get(key(0))
+            assert talking is not None and table.is_mapped_at(key(0), talking, ("192.0.2.1", 1))
+            talking.rx = now
     assert key(0) in table and len(table) == 100
     assert table.evicted == len(removed) == 4900
     assert key(0) not in removed and removed[:3] == [key(1), key(2), key(3)]
@@ -133,11 +135,11 @@ def test_sweep_expires_idle_entries_and_keeps_active_ones() -> None:
 def test_sweep_slices_go_round_the_table_once_per_round() -> None:
     table = PeerTable(max_peers=100, idle_timeout=30.0)
     for i in range(10):
-        table.trust(table.create(key(i), now=0.0), ("192.0.2.1", 1), now=0.0)
+        table.trust(key(i), table.create(key(i), now=0.0), ("192.0.2.1", 1), now=0.0)
     assert table.sweep(now=1.0, budget=4) == []
     table.remove(key(5))  # under the hand's next slice: skipped
     fresh = table.create(key(10), now=1.0)  # after the round's snapshot: next round
-    table.trust(fresh, ("192.0.2.1", 1), now=44.0)
+    table.trust(key(10), fresh, ("192.0.2.1", 1), now=44.0)
     removed = table.sweep(now=45.0, budget=5)
     assert [address for address, _ in removed] == [key(i) for i in (4, 6, 7, 8, 9)]
     removed = table.sweep(now=45.0, budget=5)
@@ -181,11 +183,11 @@ def test_setup_state_is_kept_for_queues_local_peers_and_untrusted_peers() -> Non
     table = PeerTable()
     queued = table.create(key(1), now=0.0)
     table.enqueue(queued, b"packet")
-    table.trust(queued, ("192.0.2.1", 1), now=0.0)
+    table.trust(key(1), queued, ("192.0.2.1", 1), now=0.0)
     local = table.create(key(2), now=0.0)
     local.local = ("10.0.0.2", 3544)
     local.local_seen = 0.0
-    table.trust(local, ("192.0.2.2", 1), now=0.0)
+    table.trust(key(2), local, ("192.0.2.2", 1), now=0.0)
     untrusted = table.create(key(3), now=0.0)
     untrusted.note_bubble(0.0)
     for peer in (queued, local, untrusted):
@@ -201,7 +203,7 @@ def test_a_peer_answered_after_our_bubble_sheds_its_setup_in_the_sweep() -> None
     peer = table.create(key(1), now=0.0)
     peer.note_bubble(0.0)
     peer.nonce_sent = b"1234"
-    table.trust(peer, ("192.0.2.1", 1), now=0.5)
+    table.trust(key(1), peer, ("192.0.2.1", 1), now=0.5)
     assert peer.setup is not None and peer.nonce_sent == b"1234"
     peer.last_rx = 40.0
     assert table.sweep(now=40.0) == []
@@ -210,40 +212,59 @@ def test_a_peer_answered_after_our_bubble_sheds_its_setup_in_the_sweep() -> None
 
 def test_hot_mappings_are_bounded_and_cold_ones_keep_every_value() -> None:
     table = PeerTable(max_peers=100, hot_mappings=2)
-    peers = []
     for i in range(5):
-        peer = table.create(key(i), now=float(i))
-        table.trust(peer, (f"192.0.2.{i}", 1000 + i), now=i + 0.25)
-        peers.append(peer)
-    assert sum(type(peer.link) is tuple for peer in peers) == 2
-    for i, peer in enumerate(peers):
-        assert peer.trusted and peer.mapped == (f"192.0.2.{i}", 1000 + i)
+        table.trust(
+            key(i), table.create(key(i), now=float(i)), (f"192.0.2.{i}", 1000 + i), i + 0.25
+        )
+    entries = [table._peers[key(i)] for i in range(5)]
+    # Two hot; the three that cooled had no setup state: frozen at once, as the sweep would.
+    assert [type(e) is Peer and type(e.link) is tuple for e in entries] == [False] * 3 + [True] * 2
+    assert all(isinstance(e, int) for e in entries[:3])
+    for i in range(5):
+        peer = table.get(key(i))
+        assert peer is not None and peer.trusted and peer.mapped == (f"192.0.2.{i}", 1000 + i)
         assert peer.last_rx == i + 0.25 and peer.is_valid(i + 30.0)
-    cold = peers[0]
-    assert is_cold(cold)
-    assert not table.is_mapped_at(cold, ("192.0.2.0", 999))
+    cold = table.get(key(0))
+    assert cold is not None and is_cold(cold)
+    assert not table.is_mapped_at(key(0), cold, ("192.0.2.0", 999))
     assert is_cold(cold)  # a mismatch does not warm it
-    assert table.is_mapped_at(cold, ("192.0.2.0", 1000))
+    assert table.is_mapped_at(key(0), cold, ("192.0.2.0", 1000))
     assert cold.link == ("192.0.2.0", 1000) and cold.rx == 0.25
-    assert sum(type(peer.link) is tuple for peer in peers) == 2
-    assert table.sockaddr(peers[1]) == ("192.0.2.1", 1001)
-    assert peers[1].link == ("192.0.2.1", 1001)
-    cold = peers[4]
-    assert is_cold(cold)
+    links = [getattr(table._peers[key(i)], "link", None) for i in range(5)]
+    assert [i for i, link in enumerate(links) if type(link) is tuple] == [0, 4]  # 3 cooled
+    peer = table.get(key(1))
+    assert peer is not None and table.sockaddr(key(1), peer) == ("192.0.2.1", 1001)
+    assert peer.link == ("192.0.2.1", 1001)
+    cold = table.get(key(4))
+    assert cold is not None and is_cold(cold)
     cold.last_rx = 99.0  # a cold peer's time is written in place
     assert cold.last_rx == 99.0 and cold.mapped == ("192.0.2.4", 1004)
+    assert table.get(key(4)) is cold
+
+
+def test_a_peer_with_setup_state_cools_but_does_not_freeze() -> None:
+    """Whoever keeps a peer across calls (the retry timers) keeps one with setup state: it
+    cools in place, the same object the table holds."""
+    table = PeerTable(max_peers=100, hot_mappings=1)
+    waiting = table.create(key(0), now=0.0)
+    table.enqueue(waiting, b"packet")
+    table.trust(key(0), waiting, ("192.0.2.1", 1), now=0.0)
+    table.trust(key(1), table.create(key(1), now=0.0), ("192.0.2.2", 2), now=0.0)
+    assert is_cold(waiting) and table.get(key(0)) is waiting
+    assert waiting.mapped == ("192.0.2.1", 1) and waiting.last_rx == 0.0
 
 
 def test_a_new_mapping_while_hot_is_the_one_kept_when_cooling() -> None:
     table = PeerTable(max_peers=100, hot_mappings=2)
     moving = table.create(key(0), now=0.0)
-    table.trust(moving, ("192.0.2.1", 1), now=0.0)
-    table.trust(moving, ("192.0.2.1", 1), now=0.5)  # the same mapping: one place in the ring
-    table.trust(moving, ("198.51.100.1", 2), now=1.0)  # NAT rebinding: a second place
+    table.trust(key(0), moving, ("192.0.2.1", 1), now=0.0)
+    table.trust(key(0), moving, ("192.0.2.1", 1), now=0.5)  # the same mapping: one place
+    table.trust(key(0), moving, ("198.51.100.1", 2), now=1.0)  # NAT rebinding: a second place
     for i in (1, 2):
-        table.trust(table.create(key(i), now=1.0), ("192.0.2.9", i), now=1.0)
-    assert is_cold(moving)
-    assert moving.mapped == ("198.51.100.1", 2) and moving.last_rx == 1.0
+        table.trust(key(i), table.create(key(i), now=1.0), ("192.0.2.9", i), now=1.0)
+    cooled = table.get(key(0))
+    assert cooled is not None and is_cold(cooled)
+    assert cooled.mapped == ("198.51.100.1", 2) and cooled.last_rx == 1.0
 
 
 def test_a_mapping_that_is_not_ipv4_stays_as_given() -> None:
@@ -263,7 +284,7 @@ def test_cold_links_round_trip(address: object, port: int, now: float) -> None:
     assert is_cold(peer)
     assert peer.mapped == (str(address), port) and peer.last_rx == now
     table = PeerTable()
-    assert table.sockaddr(peer) == (str(address), port) and peer.rx == now
+    assert table.sockaddr(key(0), peer) == (str(address), port) and peer.rx == now
 
 
 def test_peers_at_rest_freeze_and_thaw_with_every_value() -> None:
@@ -271,7 +292,7 @@ def test_peers_at_rest_freeze_and_thaw_with_every_value() -> None:
     it with the same mapping and reception time, and nothing is lost or counted twice."""
     table = PeerTable(max_peers=10, hot_mappings=1)
     for i in range(3):
-        table.trust(table.create(key(i), now=1.0), ("192.0.2.1", 100 + i), now=1.0 + i)
+        table.trust(key(i), table.create(key(i), now=1.0), ("192.0.2.1", 100 + i), now=1.0 + i)
     table.sweep(now=5.0, budget=10)
     frozen = [value for value in table._peers.values() if isinstance(value, int)]
     assert len(frozen) == 2  # the third is still hot

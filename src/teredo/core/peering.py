@@ -382,7 +382,7 @@ class PeeringEngine(ABC):
             return
         peers = self.peers
         peer = peers.get(src)
-        if peer is not None and peers.is_mapped_at(peer, source):
+        if peer is not None and peers.is_mapped_at(src, peer, source):
             peer.rx = now  # rx case 1 (the peer is hot now: `rx` is its last_rx)
             if peer.queue:  # a stale peer was being set up again: it answered
                 self._flush(src, peer, source)
@@ -437,7 +437,7 @@ class PeeringEngine(ABC):
             self.peers.refresh(dst, peer)  # the kernel's path may have heard from it meanwhile
         if peer is not None and peer.is_valid(now):
             self.count("sent")
-            mapped = self.peers.sockaddr(peer)  # the mapping, hot for the fast path
+            mapped = self.peers.sockaddr(dst, peer)  # the mapping, hot for the fast path
             assert mapped is not None
             self._datagrams.append((packet, mapped))
             return
@@ -567,7 +567,7 @@ class PeeringEngine(ABC):
             peer = peers.create(address, now)
             self.count("peers_created")
         was = peer.trusted
-        peers.trust(peer, mapping, now)
+        peers.trust(address, peer, mapping, now)
         if peer.queue:
             self._flush(address, peer, mapping)
         else:

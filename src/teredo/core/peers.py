@@ -56,14 +56,18 @@ layout is cut to the established peer:
   conversions), then the fast path again. Both forms hold the same values, so turning hot or cold
   changes no decision.
 
-* At rest -- trusted, cold, no setup state -- a peer is *frozen* by the sweep: the table holds
-  its cold link (the int) directly instead of a `Peer` around it. `PeerTable.get` thaws it back
-  into a `Peer` when anyone asks for it; the sweep freezes it again. Nothing but the table
-  holds a frozen peer, so no second `Peer` for the same address can exist.
+* At rest -- trusted, cold, no setup state -- a peer is *frozen*: the table holds its cold link
+  (the int) directly instead of a `Peer` around it. A peer without setup state freezes as it
+  turns cold (its place in the hot ring taken), any other when the sweep finds it at rest.
+  `PeerTable.get` thaws it back into a `Peer` when anyone asks for it. Nothing but the table
+  holds a frozen peer, so no second `Peer` for the same address can exist; so a caller holds a
+  `Peer` only while it handles one packet, and asks the table again for the next (one that
+  keeps a peer across calls, as the retry timers do, holds one with setup state, which does
+  not freeze as it cools, and checks that the table's entry is still the same object).
 
-An established peer at 1 M peers thus costs its dict slot (42 bytes), its 16-byte key (49), the
-`Peer` (56), its cold link (40) and its share of the hot ring (2): ~190 bytes instead of ~490;
-frozen, ~150 (`benchmarks/peer_table.py`). After churn, some more: CPython resizes a dict that
+An established peer at 1 M peers thus costs its dict slot (42 bytes), its 16-byte key (49), its
+cold link (40) and its share of the hot ring (2): ~150 bytes instead of ~490; thawed, a `Peer`
+more (56) (`benchmarks/peer_table.py`). After churn, some more: CPython resizes a dict that
 saw deletions to three times its entries (84 bytes a slot at 1 M), and the CLOCK hand's round
 takes 8. Probation (`Probation`) is a ring of at most `PROBATION_LIMIT` places of 16 bytes (the
 entry's key, shared with the dict, and its creation time in an array): 1 MiB at most, where a
@@ -476,7 +480,7 @@ class PeerTable:
         # An entry is a `Peer`, or, frozen, the cold link of an established peer at rest
         # (trusted, no setup state): one int instead of a `Peer` around it (see `_freeze_at`).
         self._peers: dict[bytes, Peer | int] = {}
-        self._hot: list[Peer] = []  # a ring: the peers that turned hot, the oldest at _hot_hand
+        self._hot: list[bytes] = []  # a ring: the peers that turned hot, the oldest at _hot_hand
         self._hot_hand = 0
         self._round: list[bytes] = []  # the CLOCK hand's round: addresses in insertion order
         self._hand = 0
@@ -544,8 +548,9 @@ class PeerTable:
     # -----------------------------------------------------------------------------------------
     # Mappings: hot and cold
 
-    def trust(self, peer: Peer, mapped: Endpoint, now: float) -> None:
-        """`Peer.trust`, keeping the mapping hot: the data path is about to use it."""
+    def trust(self, address: bytes, peer: Peer, mapped: Endpoint, now: float) -> None:
+        """`Peer.trust` for the entry of `address`, keeping the mapping hot: the data path is
+        about to use it."""
         was_hot = type(peer.link) is tuple
         peer.link = mapped
         peer.rx = now
@@ -553,21 +558,23 @@ class PeerTable:
             peer._trusted(mapped, now)  # the counts it resets
             peer.settle(now)
         if not was_hot:
-            self._turn_hot(peer)
+            self._turn_hot(address)
 
-    def sockaddr(self, peer: Peer) -> Endpoint | None:
-        """The peer's mapping to send to (None while untrusted), turning the peer hot."""
+    def sockaddr(self, address: bytes, peer: Peer) -> Endpoint | None:
+        """The mapping to send to of `peer`, the entry of `address` (None while untrusted),
+        turning the peer hot."""
         link = peer.link
         if type(link) is tuple or link is None:
             return link
         assert isinstance(link, int)
         sockaddr, peer.rx = _thaw(link)
         peer.link = sockaddr
-        self._turn_hot(peer)
+        self._turn_hot(address)
         return sockaddr
 
-    def is_mapped_at(self, peer: Peer, source: Endpoint) -> bool:
-        """Whether `peer` is trusted at exactly `source` (turning it hot if so)."""
+    def is_mapped_at(self, address: bytes, peer: Peer, source: Endpoint) -> bool:
+        """Whether `peer`, the entry of `address`, is trusted at exactly `source` (turning it
+        hot if so)."""
         link = peer.link
         if type(link) is tuple:
             return link == source
@@ -579,29 +586,39 @@ class PeerTable:
             return False
         peer.rx = rx
         peer.link = source
-        self._turn_hot(peer)
+        self._turn_hot(address)
         return True
 
-    def _turn_hot(self, peer: Peer) -> None:
-        """`peer` now holds a sockaddr tuple: give it a place in the ring, cooling the oldest."""
+    def _turn_hot(self, address: bytes) -> None:
+        """The entry of `address` now holds a sockaddr tuple: give it a place in the ring,
+        cooling the oldest. A cooled peer without setup state is at rest: it is frozen at once
+        (the table holds its cold link, not a `Peer` around it), as the sweep would."""
         ring = self._hot
         hand = self._hot_hand
         if hand >= len(ring):  # the ring is growing, or the hand went round
             if hand < min(self.hot_mappings, self.max_peers):
-                ring.append(peer)
+                ring.append(address)
                 self._hot_hand = hand + 1
                 return
             hand = 0
-        oldest = ring[hand]
-        ring[hand] = peer
+        oldest_address = ring[hand]
+        ring[hand] = address
         self._hot_hand = hand + 1
-        if oldest is not peer:
-            link = oldest.link
-            if type(link) is tuple:
-                cold = _freeze(link, oldest.rx)
-                if cold is not None:
-                    oldest.link = cold
-                    oldest.rx = NEVER
+        if oldest_address == address:
+            return
+        oldest = self._peers.get(oldest_address)
+        if type(oldest) is not Peer:
+            return  # removed since, or frozen already
+        link = oldest.link
+        if type(link) is tuple:
+            cold = _freeze(link, oldest.rx)
+            if cold is None:
+                return
+            if oldest.setup is None:
+                self._peers[oldest_address] = cold
+            else:
+                oldest.link = cold
+                oldest.rx = NEVER
 
     # -----------------------------------------------------------------------------------------
     # Queues
