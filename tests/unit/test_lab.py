@@ -218,7 +218,8 @@ def test_rfc6081_nat_rulesets() -> None:
     assert "udp sport @used masquerade fully-random" in preserving
     assert "update @used { udp sport }" in preserving
     assert "numgen inc mod 1024 map { 0 : 20000, 1 : 20001," in rules[NatKind.SYMMETRIC_SEQUENTIAL]
-    assert "jhash ip daddr . udp sport mod 1024 map" in rules[NatKind.ADDRESS_SYMMETRIC]
+    hashed = rules[NatKind.ADDRESS_SYMMETRIC]
+    assert "jhash ip daddr . udp sport mod 8192 map { 0 : 22528," in hashed
     assert "fully-random" in rules[NatKind.UPNP_SYMMETRIC]
     for kind, text in rules.items():  # miniupnpd's chains on the UPnP boxes only
         assert ("chain prerouting_miniupnpd" in text) is kind.upnp, kind
