@@ -478,7 +478,7 @@ class PeerTable:
         self.expired = 0
         self.queue_drops = 0
         # An entry is a `Peer`, or, frozen, the cold link of an established peer at rest
-        # (trusted, no setup state): one int instead of a `Peer` around it (see `_freeze_at`).
+        # (trusted, no setup state): one int instead of a `Peer` around it (module docstring).
         self._peers: dict[bytes, Peer | int] = {}
         self._hot: list[bytes] = []  # a ring: the peers that turned hot, the oldest at _hot_hand
         self._hot_hand = 0
