@@ -323,3 +323,27 @@ def test_probation_is_a_ring_of_the_newest_entries() -> None:
     probation.append(b"\x06", 6.0)  # places are reused, never more than the capacity
     assert probation.popleft() == (b"\x06", 6.0)
     assert len(probation._addresses) == 3
+
+
+def test_cooling_skips_an_entry_removed_or_frozen_since() -> None:
+    table = PeerTable(max_peers=10, hot_mappings=1)
+    table.trust(key(0), table.create(key(0), now=0.0), ("192.0.2.1", 1), now=0.0)
+    table.remove(key(0))  # its place in the ring stays, naming nobody now
+    table.trust(key(1), table.create(key(1), now=0.0), ("192.0.2.2", 2), now=0.0)
+    table.trust(key(2), table.create(key(2), now=0.0), ("192.0.2.3", 3), now=0.0)
+    assert key(0) not in table and isinstance(table._peers[key(1)], int)
+    peer = table.get(key(2))
+    assert peer is not None and not is_cold(peer)
+
+
+def test_cooling_leaves_the_peer_turning_hot_and_mappings_that_are_not_ipv4() -> None:
+    table = PeerTable(max_peers=10, hot_mappings=1)
+    peer = table.create(key(0), now=0.0)
+    table.trust(key(0), peer, ("192.0.2.1", 1), now=0.0)
+    peer.trust(("192.0.2.1", 2), now=1.0)  # `Peer.trust` keeps it cold, in the ring still
+    assert table.sockaddr(key(0), peer) == ("192.0.2.1", 2)  # its own place: nothing cools
+    assert table.get(key(0)) is peer and not is_cold(peer)
+    named = table.create(key(1), now=0.0)
+    table.trust(key(1), named, ("relay.example", 3544), now=0.0)
+    table.trust(key(2), table.create(key(2), now=0.0), ("192.0.2.3", 3), now=0.0)
+    assert table.get(key(1)) is named and named.link == ("relay.example", 3544)
