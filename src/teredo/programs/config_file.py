@@ -15,6 +15,7 @@ from teredo.core.config import (
     tokenize_config,
 )
 from teredo.core.errors import UsageError
+from teredo.programs.bounded_file import read_bounded
 
 TYPE_CHECKING = False  # typing's flag without importing typing (ms a one-shot command pays)
 if TYPE_CHECKING:
@@ -23,14 +24,12 @@ if TYPE_CHECKING:
 
 def read_config_text(path: str) -> str:
     """The text of a configuration file; every failure is one `UsageError` sentence."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise UsageError(f"cannot read {path}: {reason}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise UsageError(f"{path} is larger than 1 MiB, so it is not a Teredo configuration file")
+    data = read_bounded(
+        path,
+        MAX_CONFIG_BYTES,
+        name=path,
+        too_large=f"{path} is larger than 1 MiB, so it is not a Teredo configuration file",
+    )
     if b"\0" in data:
         raise UsageError(f"{path} contains NUL bytes, so it is not a Teredo configuration file")
     # Miredo reads bytes: non-UTF-8 bytes (a Latin-1 comment) must not stop a file from loading.

@@ -18,18 +18,17 @@ from teredo.core.secure_qualification import (
     parse_key_file,
     parse_secret,
 )
+from teredo.programs.bounded_file import read_bounded
 
 
 def read_key_text(path: str, what: str) -> str:
     """The text of a key file; every failure is one `UsageError` sentence."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise UsageError(f"cannot read the {what} {path}: {reason}") from None
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise UsageError(f"the {what} {path} is larger than 4 MiB; is it the right file?")
+    data = read_bounded(
+        path,
+        MAX_KEY_FILE_BYTES,
+        name=f"the {what} {path}",
+        too_large=f"the {what} {path} is larger than 4 MiB; is it the right file?",
+    )
     try:
         return data.decode("ascii")
     except UnicodeDecodeError:
