@@ -43,7 +43,9 @@ Per arm:
   the generator and whatever else runs included, so the machine's load just before the floods
   is printed with it). And the relay's memory once the N peers are primed: RSS of its
   processes plus the locked memory of any BPF map it holds or attached in its namespace, and
-  per peer: (that - the same on the empty relay) / N.
+  per peer: (that - the same on the empty relay) / N; with how many of the N our relay's table
+  holds then (its status; Miredo's does not say), since a priming that loses peers makes that
+  figure smaller than what a held peer costs.
 
 The relay gets a CPU of its own for the floods (after the RTT rows), as another host would
 have (`benchlib.give_own_cpu`): on a machine of two or more CPUs the generator, the router and
@@ -87,6 +89,7 @@ from benchlib import (
     compiled_flood,
     count_label,
     cpus_to_split,
+    daemon_status,
     exit_status,
     generator_lab,
     give_own_cpu,
@@ -195,6 +198,17 @@ class Bench:
     def relay_memory(self) -> tuple[int, int]:
         pids = self.relay_pids()
         return rss_bytes(pids), bpf_map_bytes(pids, self.lab.namespace("relay"))
+
+    def relay_peers(self) -> int | None:
+        """How many peers our relay's table holds (its status); None for Miredo's, which
+        does not say."""
+        if self.arm.impl != "ours":
+            return None
+        try:
+            return int(daemon_status(str(self.lab.directory / "relay.sock"))["peers"])
+        except (OSError, ValueError, KeyError) as error:
+            progress(f"  (no status from our relay: {error})")
+            return None
 
     def record(self, name: str, value: float | None) -> None:
         self.arm.metrics[name] = value
@@ -348,6 +362,10 @@ class Bench:
             "primed": primed,
         }
         self.record(metric(n, "primed_pct"), 100.0 * primed / n)
+        # Bytes per peer divide by N; when the priming lost peers, say how many are held.
+        held = self.relay_peers()
+        raw["held"] = held
+        self.record(metric(n, "held_pct"), None if held is None else 100.0 * held / n)
         self.record(metric(n, "rss_mb"), (rss + bpf) / 1e6)
         # Below a thousand peers the difference is a few pages of allocator noise, not peers.
         grown = rss + bpf - empty_rss - empty_bpf
@@ -456,6 +474,7 @@ ROWS: Final = (
     Row("relay memory MB, N peers primed", "rss_mb", True),
     Row("relay bytes per peer", "bytes_per_peer", True),
     Row("peers primed %", "primed_pct", True),
+    Row("peers in our relay's table %", "held_pct", True),
 )
 SINGLE_ROWS: Final = (
     Row("plain forwarding pkt/s, gen->native", "plain_to_native_pps", False),
