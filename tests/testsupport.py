@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,12 @@ class NotifyListener:
 
     def close(self) -> None:
         self._socket.close()
+
+
+def imported_after(code: str) -> set[str]:
+    """The modules a fresh interpreter has imported once it ran `code`."""
+    script = f"import sys\n{code}\nprint(*sorted(sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    return set(result.stdout.split())

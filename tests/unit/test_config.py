@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from pathlib import Path
@@ -37,7 +36,7 @@ from teredo.core.config import (
 )
 from teredo.core.errors import UsageError
 from teredo.programs.loading import load_config
-from testsupport import IN_CI
+from testsupport import IN_CI, imported_after
 
 SRC = "/etc/miredo/test.conf"
 
@@ -1114,14 +1113,9 @@ def test_rate_limit_default_is_the_servers() -> None:
 
 def test_reading_a_file_does_not_import_the_cores() -> None:
     """`teredo checkconf` stays a one-shot command: the configuration module alone, no core."""
-    code = (
-        "import sys, teredo.core.config; "
-        "print(*sorted(m for m in sys.modules if m.startswith('teredo.core.')))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    imported = set(result.stdout.split())
+    imported = {
+        m for m in imported_after("import teredo.core.config") if m.startswith("teredo.core.")
+    }
     assert imported == {
         f"teredo.core.{name}" for name in ("address", "config", "errors", "peers", "record")
     }
@@ -1195,12 +1189,6 @@ def test_records_survive_copy_and_pickle() -> None:
 
 def test_checkconf_imports_neither_dataclasses_nor_typing_for_the_configuration() -> None:
     """The configuration's own modules take typing's names for mypy only."""
-    code = (
-        "import sys, teredo.core.config, teredo.programs.config_file; "
-        "print(*sorted(m for m in ('dataclasses', 'inspect', 'typing') if m in sys.modules))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
+    modules = imported_after("import teredo.core.config, teredo.programs.config_file")
     # typing comes with teredo.core.peers (its descriptors and protocol are typing's classes)
-    assert set(result.stdout.split()) <= {"typing"}
+    assert modules & {"dataclasses", "inspect", "typing"} <= {"typing"}

@@ -7,10 +7,9 @@ fails here, in a fresh interpreter, with the module's name.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+
+from testsupport import imported_after
 
 # The daemons' path: pyroute2 (~15 MiB, ~150 ms), OpenSSL through ssl and hashlib (~8 MiB),
 # argparse and its parsers (~0.5 MiB; help and mistakes only), shutil (bz2, lzma: 0.3 MiB),
@@ -43,14 +42,6 @@ NOT_IN_COMMANDS = (
     "teredo.core.server",
     "teredo.lab.arguments",  # only `teredo lab` builds its parser
 )
-
-
-def imported_after(code: str) -> set[str]:
-    script = f"import sys\n{code}\nprint(*sorted(sys.modules))"
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    )
-    return set(result.stdout.split())
 
 
 @pytest.mark.parametrize("role", ["client", "relay", "server"])
