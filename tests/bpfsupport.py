@@ -27,6 +27,22 @@ OTHER_PEER = socket.inet_pton(socket.AF_INET6, "2001:0:4136:e378:8000:63bf:3fff:
 STALE_PEER = socket.inet_pton(socket.AF_INET6, "2001:0:4136:e378:8000:63bf:3fff:fdd4")
 UNKNOWN_PEER = socket.inet_pton(socket.AF_INET6, "2001:0:4136:e378:8000:63bf:3fff:fdd5")
 CLIENT = socket.inet_pton(socket.AF_INET6, "2001:0:4136:e378:8000:1234:3fff:fd00")
+
+
+def teredo_address(mapping: tuple[str, int], server: str = "65.54.227.120") -> bytes:
+    """The Teredo address (RFC 4380 §4, flags 0x8000) that embeds `mapping`."""
+    port = (mapping[1] ^ 0xFFFF).to_bytes(2, "big")
+    ipv4 = bytes(byte ^ 0xFF for byte in socket.inet_aton(mapping[0]))
+    return b"\x20\x01\x00\x00" + socket.inet_aton(server) + b"\x80\x00" + port + ipv4
+
+
+# Sources with no entry whose address embeds where they send from (RFC 4380 §5.2.3 rx case 3):
+# a relay's kernel path learns the first (global), and the second only with allow_private.
+NEW_PEER_MAPPING = (PEER_IP, PEER_PORT + 3)
+NEW_PEER = teredo_address(NEW_PEER_MAPPING)
+PRIVATE_MAPPING = ("10.1.2.3", PEER_PORT)
+PRIVATE_PEER = teredo_address(PRIVATE_MAPPING)
+LEARNABLE = (NEW_PEER, PRIVATE_PEER)
 MULTICAST = socket.inet_pton(socket.AF_INET6, "ff02::1")
 LINK_LOCAL = socket.inet_pton(socket.AF_INET6, "fe80::1")
 PREFIX = IPv6Network("2001::/32")
@@ -125,7 +141,7 @@ def peer_table(now_ns: int = NOW_NS) -> dict[bytes, PeerEntry]:
     }
 
 
-_SOURCES = (PEER, PEER, PEER, OTHER_PEER, STALE_PEER, UNKNOWN_PEER, CLIENT)
+_SOURCES = (PEER, PEER, PEER, OTHER_PEER, STALE_PEER, UNKNOWN_PEER, CLIENT, NEW_PEER, PRIVATE_PEER)
 _DESTINATIONS = (
     NATIVE,
     NATIVE,
@@ -142,6 +158,9 @@ _MAPPINGS = ((PEER_IP, PEER_PORT),) * 4 + (
     (PEER_IP, PEER_PORT + 1),
     (PEER_IP, PEER_PORT + 2),
     ("203.0.113.9", PEER_PORT),
+    NEW_PEER_MAPPING,
+    NEW_PEER_MAPPING,
+    PRIVATE_MAPPING,
 )
 
 
@@ -187,9 +206,12 @@ def decap_frames(draw: st.DrawFn) -> bytes:
     """Teredo datagrams as frames, valid or mutated: trailers, wrong ports and mappings,
     checksums off, fragments, bit flips, truncations. A third are plain valid ones."""
     if draw(st.integers(0, 2)) == 0:
-        valid = draw(inner_packets(sources=(PEER,), destinations=(NATIVE,)))
+        sender, mapping = draw(
+            st.sampled_from(((PEER, (PEER_IP, PEER_PORT)),) * 2 + ((NEW_PEER, NEW_PEER_MAPPING),))
+        )
+        valid = draw(inner_packets(sources=(sender,), destinations=(NATIVE,)))
         if valid[6] != 59:
-            return teredo_frame(valid, checksum=draw(st.booleans()))
+            return teredo_frame(valid, source=mapping, checksum=draw(st.booleans()))
     inner = draw(inner_packets())
     if draw(st.booleans()) and draw(st.booleans()):
         inner = nonce_trailer(inner)

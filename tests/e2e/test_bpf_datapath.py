@@ -35,8 +35,11 @@ from hypothesis import HealthCheck, given, settings
 
 from bpfsupport import (
     CLIENT,
+    LEARNABLE,
     MULTICAST,
     NATIVE,
+    NEW_PEER,
+    NEW_PEER_MAPPING,
     OTHER_PEER,
     PEER,
     PEER_IP,
@@ -68,6 +71,7 @@ from teredo.adapters.bpf import (
 )
 from teredo.adapters.tun import TunDevice, open_tun
 from teredo.bpf.datapath import (
+    PEER_TRUSTED,
     DataPathSettings,
     PeerEntry,
     Role,
@@ -172,7 +176,10 @@ class Bench:
     local: set[bytes]
 
     def load_peers(self) -> dict[bytes, PeerEntry]:
+        """The twins' table in the map, and nothing an earlier run learned."""
         table = peer_table(time.monotonic_ns())
+        for address in LEARNABLE:
+            self.path.remove_peer(address)
         for address, entry in table.items():
             assert self.path.set_peer(address, entry.mapping, entry.last_rx_ns / 1e9)
         return table
@@ -184,7 +191,11 @@ def bench(request: pytest.FixtureRequest, namespaces: Namespaces) -> Iterator[Be
     role: Role = request.param
     local = {CLIENT} if role == Role.CLIENT else {NATIVE} if role != Role.RELAY else set()
     config = relay_settings(
-        role=role, fib_ifindex=socket.if_nametoindex("r0"), tun_l2_bytes=14, source=RELAY_IP
+        role=role,
+        fib_ifindex=socket.if_nametoindex("r0"),
+        tun_l2_bytes=14,
+        source=RELAY_IP,
+        learn=role != Role.CLIENT,  # as the daemons open it
     )
     path = KernelDataPath.load(config, max_peers=1024)
     path.set_local_addresses(local)
@@ -215,14 +226,25 @@ def check_decap(bench: Bench, frame: bytes) -> None:
         assert not expected.taken
         return
     run, changed = counted(bench.path, lambda: bench.path.test_run("decap", frame))
-    assert changed == ({expected.reason} if expected.reason else set()), expected
+    counters = {expected.reason} if expected.reason else set()
+    if expected.taken and expected.mapping is not None:
+        counters.add("rx_learned")
+    assert changed == counters, expected
     if expected.taken:
         assert run.action == TC_ACT_REDIRECT  # type: ignore[attr-defined]
         out = run.packet  # type: ignore[attr-defined]
         assert out[12:14] == b"\x86\xdd" and out[14:] == expected.packet
         source = expected.packet[8:24]  # type: ignore[index]
         entry = bench.path.peer(source)
-        assert entry is not None and entry.last_rx_ns > peers[source].last_rx_ns
+        assert entry is not None
+        if expected.mapping is not None:  # learned: trusted at the outer source, heard now
+            assert entry.mapping == expected.mapping and entry.flags == PEER_TRUSTED
+            assert entry.last_rx_ns > peers[PEER].last_rx_ns
+        else:
+            assert entry.last_rx_ns > peers[source].last_rx_ns
+    elif expected.reason != "rx_peers_full":
+        for address in LEARNABLE:
+            assert bench.path.peer(address) is None  # nothing passed creates an entry
     else:
         assert (run.action, run.packet) == (TC_ACT_OK, frame)  # type: ignore[attr-defined]
 
@@ -291,10 +313,11 @@ def test_fuzz_both_programs_against_their_twins(namespaces: Namespaces) -> None:
     through its program and its twin."""
     forwarding(namespaces.relay, True)
     config = relay_settings(
-        fib_ifindex=socket.if_nametoindex("r0"), tun_l2_bytes=14, source=RELAY_IP
+        fib_ifindex=socket.if_nametoindex("r0"), tun_l2_bytes=14, source=RELAY_IP, learn=True
     )
     rng = random.Random(4380)
     inner = [udp6(PEER, NATIVE, b"x" * 100), tcp6(PEER, NATIVE, b"y" * 1000), bubble(PEER, NATIVE)]
+    learnable = [udp6(NEW_PEER, NATIVE, b"z" * 60), tcp6(NEW_PEER, NATIVE, b"w" * 500)]
     outbound = [udp6(NATIVE, PEER, b"x" * 100), tcp6(NATIVE, OTHER_PEER, b"y" * 1000),
                 icmp6_echo(NATIVE, PEER)]  # fmt: skip
     with KernelDataPath.load(config, max_peers=1024) as path:
@@ -304,6 +327,8 @@ def test_fuzz_both_programs_against_their_twins(namespaces: Namespaces) -> None:
             checksum = rng.random() < 0.5
             check_decap(bench, ethernet(udp4(_mutated(rng, seed), checksum=checksum)))
             check_decap(bench, _mutated(rng, ethernet(udp4(seed, checksum=checksum))))
+            new = rng.choice(learnable)
+            check_decap(bench, _mutated(rng, ethernet(udp4(new, NEW_PEER_MAPPING))))
             check_encap(bench, _mutated(rng, outbound[round_ % 3]))
 
 
@@ -644,6 +669,29 @@ print(json.dumps(report))
     assert report["stored"] is True and report["last_rx"] == 1234.5
     assert report["batch"] == [[bytes(range(16)).hex(), 1234.5]]
     assert report["removed"] is True and report["counters"] == 0
+
+
+def test_a_relay_learns_a_new_peer_unless_its_map_is_full(namespaces: Namespaces) -> None:
+    """A new source a relay can trust (RFC 4380 §5.2.3 rx case 3) is learned and taken; into
+    a map full of peers it is passed to the daemon (counted in rx_peers_full), unchanged, and
+    nothing is evicted for it."""
+    config = relay_settings(tun_l2_bytes=14, source=RELAY_IP, learn=True)
+    frame = ethernet(udp4(udp6(NEW_PEER, NATIVE, b"new"), NEW_PEER_MAPPING))
+    with KernelDataPath.load(config, max_peers=4) as path:
+        Bench(path, config, set()).load_peers()
+        run, changed = counted(path, lambda: path.test_run("decap", frame))
+        assert changed == {"decapsulated", "rx_learned"}
+        assert run.action == TC_ACT_REDIRECT  # type: ignore[attr-defined]
+        learned = path.learned_peer(NEW_PEER)
+        assert learned is not None and learned[0] == NEW_PEER_MAPPING
+        assert abs(learned[1] - time.monotonic()) < 60  # the clock of time.monotonic()
+    with KernelDataPath.load(config, max_peers=3) as path:
+        peers = Bench(path, config, set()).load_peers()
+        assert python_decap_verdict(frame, config, peers, max_peers=3).reason == "rx_peers_full"
+        run, changed = counted(path, lambda: path.test_run("decap", frame))
+        assert changed == {"rx_peers_full"}
+        assert (run.action, run.packet) == (TC_ACT_OK, frame)  # type: ignore[attr-defined]
+        assert path.peer(NEW_PEER) is None and all(path.peer(address) for address in peers)
 
 
 def test_last_rx_batch_walks_a_large_table(namespaces: Namespaces) -> None:

@@ -22,11 +22,15 @@ from hypothesis import strategies as st
 from bpfsupport import (
     CLIENT,
     NATIVE,
+    NEW_PEER,
+    NEW_PEER_MAPPING,
     NOW_NS,
     PEER,
     PEER_IP,
     PEER_PORT,
     PREFIX,
+    PRIVATE_MAPPING,
+    PRIVATE_PEER,
     RELAY_IP,
     RELAY_PORT,
     bubble,
@@ -123,21 +127,30 @@ ROLES = pytest.mark.parametrize("role", list(Role))
 @settings(max_examples=300)
 @given(frame=decap_frames())
 def test_decap_twin_takes_what_the_engine_accepts(role: Role, frame: bytes) -> None:
+    """The engine's fast path, or for a source it has no entry for, what a relay's kernel path
+    learns: its full path (rx case 3) delivers the packet unchanged."""
     peers = peer_table()
     engine, local = engine_for(role, peers)
-    verdict = python_decap_verdict(frame, relay_settings(role=role), peers, local)
+    learn = role != Role.CLIENT  # as the daemons open it, with the engine's allow_private
+    settings_ = relay_settings(role=role, learn=learn, allow_private=True)
+    verdict = python_decap_verdict(frame, settings_, peers, local)
     datagram = delivered(frame)
     if datagram is None:
         assert not verdict.taken
         return
     payload, source = datagram
     accepted = engine.accept_from_teredo(payload, source, NOW)
+    learned = False
+    if not accepted and learn and engine.peers.get(payload[8:24]) is None:
+        engine.receive_datagram(payload, source, NOW)
+        accepted = learned = engine.packets_to_deliver() == [payload]
     if len(payload) + 8 <= MAX_SUMMED_BYTES:
         assert verdict.taken == accepted, verdict
     else:
         assert not verdict.taken
     if verdict.taken:
         assert verdict.packet == payload
+        assert verdict.mapping == (source if learned else None)
 
 
 @ROLES
@@ -181,6 +194,31 @@ def test_decap_rules_by_example() -> None:
             assert python_decap_verdict(frame, relay, peers) == (False, reason, None, None)
 
 
+def test_a_relay_learns_what_its_engine_would_trust() -> None:
+    """A source with no entry whose Teredo address embeds where it sent from (RFC 4380 §5.2.3
+    rx case 3): a relay's program takes it and learns its mapping; not a client's, not a
+    non-global mapping without allow_private, not a mismatch, not into a full map."""
+    peers = peer_table()
+    relay = relay_settings(learn=True)
+    packet = udp6(NEW_PEER, NATIVE, b"hello")
+    frame = teredo_frame(packet, source=NEW_PEER_MAPPING)
+    assert python_decap_verdict(frame, relay, peers) == (
+        True, "decapsulated", packet, NEW_PEER_MAPPING
+    )  # fmt: skip
+    assert python_decap_verdict(frame, relay, peers, max_peers=3).reason == "rx_peers_full"
+    assert python_decap_verdict(frame, relay_settings(), peers).reason == "rx_unknown_peer"
+    client = relay_settings(role=Role.CLIENT)
+    assert python_decap_verdict(frame, client, peers, {NATIVE}).reason == "rx_unknown_peer"
+    moved = teredo_frame(packet, source=(PEER_IP, PEER_PORT + 9))
+    assert python_decap_verdict(moved, relay, peers).reason == "rx_unknown_peer"
+    private = teredo_frame(udp6(PRIVATE_PEER, NATIVE, b"x"), source=PRIVATE_MAPPING)
+    assert python_decap_verdict(private, relay, peers).reason == "rx_unknown_peer"
+    relaxed = relay_settings(learn=True, allow_private=True)
+    assert python_decap_verdict(private, relaxed, peers).mapping == PRIVATE_MAPPING
+    bubble_frame = teredo_frame(bubble(NEW_PEER, NATIVE), source=NEW_PEER_MAPPING)
+    assert python_decap_verdict(bubble_frame, relay, peers).reason == "rx_not_plain_ipv6"
+
+
 def test_encap_rules_by_example() -> None:
     peers = peer_table()
     client = relay_settings(role=Role.CLIENT)
@@ -207,11 +245,12 @@ def test_encapsulate_writes_valid_checksums(packet: bytes, identification: int) 
 def test_layouts_match_the_program() -> None:
     """The record sizes the C structs have, and the counters in the C enum's order."""
     source = Path(BPF_SOURCE).read_text()
-    assert PEER_VALUE.size == 16 and SETTINGS.size == 32
+    assert PEER_VALUE.size == 16 and SETTINGS.size == 40
     enum = source[source.index("enum counter {") : source.index("COUNTERS\n};")]
     names = [line.strip().rstrip(",").lower() for line in enum.splitlines()[1:] if line.strip()]
     assert tuple(names) == COUNTER_NAMES
-    record = relay_settings(validity=30.0, tun_ifindex=7, fib_ifindex=9).pack()
+    record = relay_settings(validity=30.0, tun_ifindex=7, fib_ifindex=9, learn=True).pack()
+    assert record[32:40] == b"\x01" + bytes(7)  # learn, allow_private, padding
     assert record[:6] == socket.inet_aton(RELAY_IP) + RELAY_PORT.to_bytes(2, "big")
     assert record[8:12] == b"\x20\x01\x00\x00"
     assert struct.unpack("=IIQ", record[12:16] + record[16:20] + record[24:32]) == (

@@ -399,12 +399,16 @@ class KernelDataPath:
         max_peers: int = DEFAULT_MAX_PEERS,
         attach_mode: AttachMode = "auto",
         object_path: str | os.PathLike[str] = OBJECT_PATH,
+        learn: bool = False,
+        allow_private: bool = False,
     ) -> KernelDataPath:
         """Load the data path and attach it: decapsulation at the ingress of each of
         `ipv4_ifindexes` (Ethernet interfaces), encapsulation at the egress of `tun_ifindex`.
 
         `local` is the daemon's bound UDP socket address; `local_addresses` what a client
-        (its Teredo address) or a host-specific relay (the host's addresses) serves.
+        (its Teredo address) or a host-specific relay (the host's addresses) serves. With
+        `learn` (relays), the map also learns the new sources the engine would trust, their
+        mapping global unless `allow_private` (`teredo.bpf.datapath`).
         Raises `KernelDataPathUnavailable` when it cannot be used.
         """
         interfaces = list(ipv4_ifindexes)
@@ -426,6 +430,8 @@ class KernelDataPath:
             fib_ifindex=interfaces[0],
             validity=PEER_VALIDITY,
             source=local[0] if local[0] != ANY else _interface_address(interfaces[0]),
+            learn=learn,
+            allow_private=allow_private,
         )
         path = cls.load(settings, max_peers=max_peers, object_path=object_path)
         try:
@@ -655,6 +661,14 @@ class KernelDataPath:
             return None
         return PeerEntry.unpack(value.raw)
 
+    def learned_peer(self, address: bytes) -> tuple[Endpoint, float] | None:
+        """A trusted peer's mapping and last reception time (`time.monotonic()` clock), or
+        None: for the daemon to adopt a peer the map learned by itself."""
+        entry = self.peer(address)
+        if entry is None or not entry.flags & PEER_TRUSTED:
+            return None
+        return entry.mapping, entry.last_rx_ns / 1e9
+
     def last_rx(self, address: bytes) -> float | None:
         """A peer's last reception time (`time.monotonic()` clock), or None if not in the map."""
         entry = self.peer(address)
@@ -685,11 +699,15 @@ class KernelDataPath:
             code = _failure(result) if result else 0
             if code and code != errno.ENOENT:
                 raise OSError(code, os.strerror(code))
-            raw_keys, raw_values = keys.raw, values.raw
-            for index in range(count.value):
-                value = raw_values[index * _PEER_VALUE_BYTES : (index + 1) * _PEER_VALUE_BYTES]
-                last_rx = int.from_bytes(value[8:16], "little" if _LITTLE else "big")
-                yield raw_keys[index * ADDRESS_BYTES : (index + 1) * ADDRESS_BYTES], last_rx / 1e9
+            found = count.value
+            raw_keys = keys.raw
+            # The values as native u64s: each entry's second one is its last reception.
+            times = memoryview(values).cast("B").cast("Q")[1 : 2 * found : 2]
+            yield from zip(
+                [raw_keys[at : at + ADDRESS_BYTES] for at in range(0, found * ADDRESS_BYTES, 16)],
+                [last_rx / 1e9 for last_rx in times],
+                strict=True,
+            )
             if code == errno.ENOENT:
                 return
             token_in.value = token_out.value
@@ -730,9 +748,6 @@ class KernelDataPath:
             code = _failure(result)
             raise OSError(code, f"BPF_PROG_TEST_RUN failed: {os.strerror(code)}")
         return TestRun(options.retval, data_out.raw[: options.data_size_out], options.duration)
-
-
-_LITTLE: Final = sys.byteorder == "little"
 
 
 def _fields(structure: ctypes.Structure) -> dict[str, Any]:

@@ -5,6 +5,8 @@
  * mapping, for a destination the daemon serves, loses its IPv4 and UDP headers and is
  * redirected to the ingress of the Teredo TUN interface: the IPv6 stack sees it exactly as if
  * the daemon had read the datagram and written the packet (RFC 4380 §5.2.3 rx case 1, §5.4.2).
+ * A relay's program also learns a new source whose Teredo address embeds the address and port
+ * it came from (rx case 3), as the daemon's engine would.
  *
  * teredo_encap runs at the egress of the TUN interface. An IPv6 packet the kernel routes into
  * it, for an established peer heard from less than 30 s ago (RFC 4380 §5.2.4), with complete
@@ -62,6 +64,7 @@
 #define ROLE_HOST_SPECIFIC_RELAY 1
 #define ROLE_CLIENT 2
 #define PEER_TRUSTED 1
+#define E2BIG 7
 
 enum counter {
     DECAPSULATED,
@@ -77,6 +80,8 @@ enum counter {
     RX_NOT_SERVED,
     RX_TOO_BIG,
     RX_FAILED,
+    RX_LEARNED,
+    RX_PEERS_FULL,
     TX_NOT_IPV6,
     TX_GSO,
     TX_UNKNOWN_PEER,
@@ -111,6 +116,8 @@ struct config {
     __u32 fib_ifindex;     /* the IPv4 interface for the routing lookup of teredo_encap */
     __be32 source_ipv4;    /* the outer source when bound to any and the lookup names none */
     __u64 validity_ns;     /* RFC 4380 §5.2.4: 30 s */
+    __u8 learn;            /* a relay: trust a self-consistent new source here (RFC 4380 §5.4.2) */
+    __u8 allow_private;    /* AllowPrivateAddresses: learn non-global mappings too */
 };
 
 struct {
@@ -217,6 +224,37 @@ static __always_inline __u64 sum_bytes(void *bytes, __u32 size)
     return (__u32)bpf_csum_diff(0, 0, (__be32 *)bytes, size, 0);
 }
 
+/* RFC 4380 §5.2.4's global unicast IPv4 (teredo/core/address.py is_global_ipv4), host order. */
+static __always_inline int global_ipv4(__u32 address)
+{
+    __u32 first = address >> 24;
+
+    if (first == 0 || first == 10 || first == 127 || (first >= 224 && first < 240))
+        return 0;
+    if ((address & 0xFFFF0000) == 0xA9FE0000 || (address & 0xFFF00000) == 0xAC100000 ||
+        (address & 0xFFFF0000) == 0xC0A80000 || (address & 0xFFFFFF00) == 0xC0586300 ||
+        address == 0xFFFFFFFF)
+        return 0; /* 169.254/16, 172.16/12, 192.168/16, 192.88.99/24, broadcast */
+    return 1;
+}
+
+/* Whether a relay may trust a source it has no entry for, as its engine does (RFC 4380
+ * §5.4.2, §5.2.3 rx case 3): a Teredo address whose embedded mapping is the outer source,
+ * global unless AllowPrivateAddresses. */
+static __always_inline int learnable(const struct config *cfg, const struct ipv6hdr *ip6,
+                                     __be32 outer_ipv4, __be16 outer_port)
+{
+    const __u8 *s = ip6->saddr.in6_u.u6_addr8;
+
+    if (!cfg->learn || s[0] != cfg->prefix[0] || s[1] != cfg->prefix[1] ||
+        s[2] != cfg->prefix[2] || s[3] != cfg->prefix[3])
+        return 0;
+    if ((ip6->saddr.in6_u.u6_addr32[3] ^ 0xFFFFFFFF) != outer_ipv4 ||
+        (__be16)(ip6->saddr.in6_u.u6_addr16[5] ^ 0xFFFF) != outer_port)
+        return 0;
+    return cfg->allow_private || global_ipv4(bpf_ntohl(outer_ipv4));
+}
+
 /* RFC 4380 §5.4.2 / relay.py _serves: what a peer's packet may be delivered to. */
 static __always_inline int serves(const struct config *cfg, const struct in6_addr *destination)
 {
@@ -291,10 +329,14 @@ int teredo_decap(struct __sk_buff *skb)
         return count(RX_NOT_PLAIN_IPV6, TC_ACT_OK); /* trailers, headers, bubbles (§5.2.3) */
 
     struct peer_value *peer = bpf_map_lookup_elem(&peers, &ip6->saddr);
-    if (!peer || !(peer->flags & PEER_TRUSTED))
+    if (peer) {
+        if (!(peer->flags & PEER_TRUSTED))
+            return count(RX_UNKNOWN_PEER, TC_ACT_OK);
+        if (peer->ipv4 != ip->saddr || peer->port != udp->source)
+            return count(RX_MAPPING_MISMATCH, TC_ACT_OK); /* RFC 4380 §5.2.3, §5.4.2 */
+    } else if (!learnable(cfg, ip6, ip->saddr, udp->source)) {
         return count(RX_UNKNOWN_PEER, TC_ACT_OK);
-    if (peer->ipv4 != ip->saddr || peer->port != udp->source)
-        return count(RX_MAPPING_MISMATCH, TC_ACT_OK); /* RFC 4380 §5.2.3, §5.4.2 */
+    }
     if (!serves(cfg, &ip6->daddr))
         return count(RX_NOT_SERVED, TC_ACT_OK);
     if (udp_length > MAX_SUMMED_BYTES)
@@ -310,13 +352,32 @@ int teredo_decap(struct __sk_buff *skb)
     if (fold(sum_bytes(header, IPV4_BYTES)) != 0xFFFF)
         return count(RX_BAD_CHECKSUM, TC_ACT_OK);
 
+    if (!peer) {
+        /* Learned here, only now that the packet will be taken: nothing dropped or passed
+         * creates an entry. The daemon adopts it when one of its packets reaches user space,
+         * and removes it once idle (teredo/core/peers.py PeerTable.sweep_learned). */
+        struct peer_value learned = {
+            .ipv4 = ip->saddr,
+            .port = udp->source,
+            .flags = PEER_TRUSTED,
+            .last_rx = bpf_ktime_get_ns(),
+        };
+        long result = bpf_map_update_elem(&peers, &ip6->saddr, &learned, BPF_NOEXIST);
+        if (result == -E2BIG)
+            return count(RX_PEERS_FULL, TC_ACT_OK); /* the daemon's table takes it */
+        if (result)
+            return count(RX_FAILED, TC_ACT_OK); /* e.g. another CPU learned it meanwhile */
+        count(RX_LEARNED, 0);
+    }
+
     if (bpf_skb_adjust_room(skb, -OUTER_BYTES, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV6))
         return count(RX_FAILED, TC_ACT_OK);
     __be16 ipv6_type = bpf_htons(ETH_P_IPV6);
     if (bpf_skb_store_bytes(skb, 12, &ipv6_type, sizeof(ipv6_type), 0))
         return count(RX_FAILED, TC_ACT_SHOT); /* the packet is already changed */
-    /* RFC 4380 §5.2.3: the peer's last reception date */
-    __sync_lock_test_and_set(&peer->last_rx, bpf_ktime_get_ns());
+    /* RFC 4380 §5.2.3: the peer's last reception date (a learned one has it already) */
+    if (peer)
+        __sync_lock_test_and_set(&peer->last_rx, bpf_ktime_get_ns());
     count(DECAPSULATED, 0);
     return bpf_redirect(cfg->tun_ifindex, BPF_F_INGRESS);
 }

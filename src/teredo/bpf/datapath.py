@@ -11,6 +11,16 @@ into the `peers` map (`teredo.adapters.bpf`); everything else is passed unchange
 daemon's socket or TUN queue, where the Python paths decide as before. So the kernel never
 decides anything the engine would decide differently: it only decides sooner.
 
+A relay's map also *learns*: a datagram from a source with no entry, whose Teredo address
+embeds the very address and port it came from (global unless AllowPrivateAddresses), is what
+the engine would trust and deliver anyway (RFC 4380 §5.2.3 rx case 3, §5.4.2), so the program
+enters it in the map itself and takes it. A public relay's peers are mostly of that kind, and
+then cost the daemon nothing per packet and nothing in memory but the map's entry; the daemon
+adopts such a peer when one of its packets reaches user space (`PeerTable.adopt`), and
+removes it once idle (`PeerTable.sweep_learned`). A full map learns nothing: new sources go
+to the engine, with its own bounds (`rx_peers_full`). Clients never learn (RFC 6081 peers may
+be reached at another mapping than they are heard from).
+
 **Decapsulation** (`teredo_decap`, ingress of the IPv4 interfaces). Taken when all hold, in this
 order (each failure after the first line is counted under the reason in brackets):
 
@@ -29,6 +39,9 @@ order (each failure after the first line is counted under the reason in brackets
    are the engine's (`accept_from_teredo` refuses the same);
 7. its IPv6 source is a trusted entry of `peers` [`rx_unknown_peer`] whose mapping is the
    outer source address and port [`rx_mapping_mismatch`] (RFC 4380 §5.2.3 rx case 1, §5.4.2);
+   or, with `learn` on, a source with no entry whose Teredo address (in the prefix) embeds
+   the outer source address and port, global unless `allow_private` [`rx_unknown_peer`]
+   (rx case 3);
 8. its destination is served [`rx_not_served`]: for a relay anything but a Teredo, multicast,
    link-local, loopback or unspecified address (`teredo.core.relay`); for a client its own address,
    for a host-specific relay the host's addresses (the `local_addresses` map);
@@ -39,7 +52,9 @@ order (each failure after the first line is counted under the reason in brackets
     socket sent over a veth carries only a partial one, which the stack trusts and this
     program could not complete.
 
-Then the peer's `last_rx` becomes now (`bpf_ktime_get_ns`, CLOCK_MONOTONIC: the clock of
+Then a source without an entry is learned: entered as trusted at the outer source, heard from
+now, if the map has room [`rx_peers_full`; counted in `rx_learned` when it had]. Then the
+peer's `last_rx` becomes now (`bpf_ktime_get_ns`, CLOCK_MONOTONIC: the clock of
 `time.monotonic()`), the outer headers go (`bpf_skb_adjust_room` with
 `BPF_F_ADJ_ROOM_DECAP_L3_IPV6`, so the packet is IPv6 from then on) and the packet is
 redirected to the ingress of the TUN interface: routing, firewalling and local delivery happen
@@ -105,7 +120,7 @@ Map layouts (shared with `datapath.bpf.c`, in native byte order unless said):
   port (network order), role, `tun_l2_bytes` (0; 14 only to test-run the encapsulation, whose
   test input starts with an Ethernet header), the Teredo /32, the TUN ifindex, an IPv4
   interface for the routing lookup, the outer source when bound to any (used when the lookup
-  is refused), the validity in nanoseconds.
+  is refused), the validity in nanoseconds, `learn` and `allow_private` (a byte each).
 - `counters`: per-CPU u64, indexed as `COUNTER_NAMES`.
 """
 
@@ -117,7 +132,7 @@ from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Network
 from typing import Final, NamedTuple
 
-from teredo.core.address import TEREDO_PREFIX, Endpoint
+from teredo.core.address import TEREDO_PREFIX, Endpoint, is_global_ipv4, teredo_mapping
 from teredo.core.peers import PEER_VALIDITY
 from teredo.core.record import record  # a dataclass without dataclasses' start-up cost
 from teredo.core.wire import internet_checksum
@@ -153,7 +168,7 @@ _OPTIONS_BEFORE_UPPER: Final = frozenset((0, 43, 60))  # hop-by-hop, routing, de
 
 PEER_TRUSTED: Final = 1
 PEER_VALUE: Final = struct.Struct("=4s2sHQ")
-SETTINGS: Final = struct.Struct("=4s2sBB4sII4sQ")
+SETTINGS: Final = struct.Struct("=4s2sBB4sII4sQBB6x")
 
 COUNTER_NAMES: Final = (
     "decapsulated",
@@ -169,6 +184,8 @@ COUNTER_NAMES: Final = (
     "rx_not_served",
     "rx_too_big",
     "rx_failed",
+    "rx_learned",
+    "rx_peers_full",
     "tx_not_ipv6",
     "tx_gso",
     "tx_unknown_peer",
@@ -208,6 +225,8 @@ class DataPathSettings:
     validity: float = PEER_VALIDITY
     tun_l2_bytes: int = 0
     source: str = "0.0.0.0"
+    learn: bool = False  # a relay's: trust self-consistent new sources in the kernel
+    allow_private: bool = False  # AllowPrivateAddresses: learn non-global mappings too
 
     @property
     def validity_ns(self) -> int:
@@ -224,6 +243,8 @@ class DataPathSettings:
             self.fib_ifindex,
             IPv4Address(self.source).packed,
             self.validity_ns,
+            self.learn,
+            self.allow_private,
         )
 
 
@@ -252,8 +273,9 @@ class Verdict(NamedTuple):
     """A program's decision: `taken` (decapsulated or encapsulated) or passed to user space.
 
     `reason` is the counter it adds to (None: passed uncounted, not for the daemon). For a
-    decapsulation `packet` is the inner IPv6 packet; for an encapsulation `mapping` is where
-    it goes.
+    decapsulation `packet` is the inner IPv6 packet, and `mapping` the entry the program
+    learned for its source (also counted in `rx_learned`), if it learned one; for an
+    encapsulation `mapping` is where it goes.
     """
 
     taken: bool
@@ -280,6 +302,16 @@ def _serves(
     return destination[:4] != settings.prefix.network_address.packed[:4]
 
 
+def _learnable(inner: bytes, source: Endpoint, settings: DataPathSettings) -> bool:
+    """`learnable` in datapath.bpf.c: the engine's rx case 3 for a source it has no entry for
+    (`PeeringEngine.receive_datagram`; RFC 4380 §5.2.3, §5.4.2)."""
+    if not settings.learn or inner[8:12] != settings.prefix.network_address.packed[:4]:
+        return False
+    if teredo_mapping(inner[8:24]) != source:
+        return False
+    return settings.allow_private or is_global_ipv4(IPv4Address(source[0]))
+
+
 def python_decap_verdict(
     frame: bytes,
     settings: DataPathSettings,
@@ -287,12 +319,14 @@ def python_decap_verdict(
     local_addresses: Collection[bytes] = (),
     *,
     interface_mac: bytes = bytes(6),
+    max_peers: int = 1 << 26,
 ) -> Verdict:
     """What `teredo_decap` decides for an Ethernet `frame` received by an interface whose MAC
     address is `interface_mac` (see the module docstring for the rules, in the same order).
 
     A decapsulated packet is returned without its Ethernet header (the program leaves it with
-    type IPv6, and the redirection to the TUN device removes it).
+    type IPv6, and the redirection to the TUN device removes it). `max_peers` is the map's
+    size: a full map learns nothing.
     """
     size = len(frame)
     if size < ETH_BYTES + IPV4_BYTES + UDP_BYTES:
@@ -321,17 +355,24 @@ def python_decap_verdict(
     if inner[0] >> 4 != 6 or IPV6_BYTES + int.from_bytes(inner[4:6], "big") != payload:
         return _passed("rx_not_plain_ipv6")
     peer = peers.get(inner[8:24])
-    if peer is None or not peer.flags & PEER_TRUSTED:
-        return _passed("rx_unknown_peer")
     source = (str(IPv4Address(frame[26:30])), int.from_bytes(frame[34:36], "big"))
-    if peer.mapping != source:
-        return _passed("rx_mapping_mismatch")
+    if peer is not None:
+        if not peer.flags & PEER_TRUSTED:
+            return _passed("rx_unknown_peer")
+        if peer.mapping != source:
+            return _passed("rx_mapping_mismatch")
+    elif not _learnable(inner, source, settings):
+        return _passed("rx_unknown_peer")
     if not _serves(inner[24:40], settings, local_addresses):
         return _passed("rx_not_served")
     if udp_length > MAX_SUMMED_BYTES:
         return _passed("rx_too_big")
     if internet_checksum(frame[ETH_BYTES : ETH_BYTES + IPV4_BYTES]) != 0:
         return _passed("rx_bad_checksum")
+    if peer is None:
+        if len(peers) >= max_peers:
+            return _passed("rx_peers_full")
+        return Verdict(True, "decapsulated", inner, source)
     return Verdict(True, "decapsulated", inner)
 
 
