@@ -200,12 +200,13 @@ class Bench:
         return rss_bytes(pids), bpf_map_bytes(pids, self.lab.namespace("relay"))
 
     def relay_peers(self) -> int | None:
-        """How many peers our relay's table holds (its status); None for Miredo's, which
-        does not say."""
+        """How many peers our relay holds (its status: its table's, and those only its kernel
+        map holds, as of the map's last sweep pass); None for Miredo's, which does not say."""
         if self.arm.impl != "ours":
             return None
         try:
-            return int(daemon_status(str(self.lab.directory / "relay.sock"))["peers"])
+            document = daemon_status(str(self.lab.directory / "relay.sock"))
+            return int(document["peers"]) + int(document.get("learned_peers", 0))
         except (OSError, ValueError, KeyError) as error:
             progress(f"  (no status from our relay: {error})")
             return None

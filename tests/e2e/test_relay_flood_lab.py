@@ -10,6 +10,11 @@ The generator `benchmarks/flood.c` runs in the lab's generator node (fake Teredo
   with a peer table of 4096: the table stays within its bound, the relay sends far less than
   one packet per packet received (the setup budget), and a client that restarts during the
   flood (a new address, a new peer for the relay) is reachable through it.
+
+And one against the relay's kernel data path, which learns new sources it can trust by itself
+(`teredo.bpf.datapath`): data from 40 000 new self-consistent Teredo sources fills its map up
+to MaxPeers and no further; the rest reach the daemon, whose table stays within its bound;
+client 1 keeps talking and a client that restarts during the flood gets through.
 """
 
 from __future__ import annotations
@@ -126,3 +131,37 @@ def test_a_new_destination_flood_is_bounded_and_a_new_client_gets_through(
     # Everything the relay sent (bubbles, ICMPv6 errors, the pings' replies and client 2's
     # traffic) against everything it received (the flood and the rest).
     assert sent <= 0.5 * received, (sent, received)
+
+
+def test_a_flood_of_new_sources_fills_the_kernel_map_to_its_bound_and_spares_the_users(
+    lab: Lab, flood_binary: Path
+) -> None:
+    assert lab.ping("cli1", NATIVE_IPV6, count=3, interval=0.2).ok
+    pinger = subprocess.Popen(
+        ["ip", "netns", "exec", lab.namespace("cli1"), "ping", "-6", "-n", "-i", "0.05",
+         "-w", "8", str(NATIVE_IPV6)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    flooding = subprocess.Popen(
+        ["ip", "netns", "exec", lab.namespace("gen"), str(flood_binary), "-m", "teredo",
+         "-n", str(STRANGERS), "-S", str(SERVER_IPV4), "-R", f"{RELAY_IPV4}:{RELAY_PORT}",
+         "-d", str(NATIVE_IPV6), "-p", str(SINK_PORT), "-c", str(STRANGERS), "-r", str(RATE),
+         "-t", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)
+        lab.restart_role("client2")  # a new address: a peer the relay has never seen
+        address = teredo_of(lab, "cli2")
+        reached = lab.ping("v6", address, count=20, interval=0.2, wait=2)
+    finally:
+        flooding.communicate(timeout=120)
+    output, _ = pinger.communicate(timeout=30)
+    document = relay_status(lab)
+    counters = document["counters"]
+    assert reached.ok, reached.output
+    assert " 0 received" not in output and "bytes from" in output, output
+    assert counters["kernel_rx_learned"] > 0, counters  # the kernel took the new sources
+    assert counters["kernel_rx_peers_full"] > 0, counters  # ... up to its bound, then passed
+    assert document["peers"] <= MAX_PEERS
+    assert lab.ping("cli1", NATIVE_IPV6, count=3, interval=0.2).ok

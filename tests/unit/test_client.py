@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 import pytest
@@ -942,6 +942,12 @@ class KernelMap:
 
     def last_rx(self, address: bytes) -> float | None:
         return None
+
+    def learned_peer(self, address: bytes) -> tuple[tuple[str, int], float] | None:
+        return None
+
+    def last_rx_batch(self) -> Iterator[tuple[bytes, float]]:
+        return iter(())
 
 
 def test_a_peer_sent_to_at_its_embedded_mapping_stays_out_of_the_kernel_map() -> None:

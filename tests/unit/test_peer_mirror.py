@@ -4,7 +4,7 @@ peers, and learns from it when the kernel last heard from them."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv6Address
 
 from teredo.core.address import Endpoint, encode_teredo_address
@@ -35,6 +35,14 @@ class FakeMirror:
         self.calls += 1
         entry = self.peers.get(address)
         return entry[1] if entry else None
+
+    def learned_peer(self, address: bytes) -> tuple[Endpoint, float] | None:
+        self.calls += 1
+        return self.peers.get(address)
+
+    def last_rx_batch(self) -> Iterator[tuple[bytes, float]]:
+        for address, (_, last_rx) in list(self.peers.items()):
+            yield address, last_rx
 
     def heard(self, address: bytes, now: float) -> None:
         mapping, _ = self.peers[address]
@@ -117,3 +125,72 @@ def test_eviction_asks_the_mirror_before_judging_a_peer_on_probation() -> None:
         engine.receive_datagram(from_peer(teredo(port)), ("203.0.113.2", port), 2.0)
     assert engine.peers.get(established) is not None and established in mirror.peers
     assert len(mirror.peers) == len(engine.peers) == 10
+
+
+# -- Peers the kernel learned (a relay's map trusts self-consistent sources itself) ----------
+
+
+def learning_relay() -> tuple[TeredoRelay, FakeMirror]:
+    engine, mirror = relay()
+    engine.peers.learning = True
+    return engine, mirror
+
+
+def test_a_peer_the_kernel_learned_is_adopted_when_a_packet_for_it_reaches_the_engine() -> None:
+    """The packet leaves at once to the learned mapping, as the kernel would have sent it: no
+    bubble, no queue; the peer is as fresh as the kernel last heard from it."""
+    engine, mirror = learning_relay()
+    peer = teredo(40000)
+    mirror.peers[peer] = (("203.0.113.2", 40000), 5.0)
+    packet = to_peer(peer)
+    engine.send_ipv6(packet, 10.0)
+    assert engine.datagrams_to_send() == [(packet, ("203.0.113.2", 40000))]
+    assert engine.status()["counters"]["peers_adopted"] == 1
+    entry = engine.peers.get(peer)
+    assert entry is not None and entry.last_rx == 5.0 and entry.is_valid(10.0)
+
+
+def test_a_stale_or_unlearned_peer_is_set_up_as_any_other() -> None:
+    for learning, heard in ((True, 0.0), (False, 5.0)):
+        engine, mirror = relay()
+        engine.peers.learning = learning
+        peer = teredo(40000)
+        mirror.peers[peer] = (("203.0.113.2", 40000), heard)
+        packet = to_peer(peer)
+        engine.send_ipv6(packet, 31.0)  # heard from 31 s ago, or not a learning map
+        sent = [datagram for datagram, _ in engine.datagrams_to_send()]
+        assert sent and packet not in sent  # bubbles: the packet waits for the answer
+        assert "peers_adopted" not in engine.status()["counters"]
+
+
+def test_the_learned_sweep_removes_idle_learned_peers_only() -> None:
+    """A pass over the map, in slices: an entry only the map holds goes once idle; one the
+    table holds is the table's own sweep's business, however old it looks in the map."""
+    engine, mirror = learning_relay()
+    table = engine.peers
+    idle, fresh, held = teredo(1), teredo(2), teredo(3)
+    mirror.peers[idle] = (("203.0.113.2", 1), 1.0)
+    mirror.peers[fresh] = (("203.0.113.2", 2), 40.0)
+    engine.receive_datagram(from_peer(held), ("203.0.113.2", 3), 1.0)  # the table's own
+    assert held in table and held in mirror.peers
+    now = 1.0 + table.idle_timeout + 10
+    mirror.peers[fresh] = (("203.0.113.2", 2), now - 1)
+    for _ in range(3):
+        table.sweep_learned(now, budget=1)
+    assert table.learned == 0  # the pass has not ended yet: no count until it has
+    table.sweep_learned(now, budget=1)
+    assert set(mirror.peers) == {fresh, held}
+    assert (table.learned, table.learned_expired) == (1, 1)
+    assert engine.status()["learned_peers"] == 1
+
+
+def test_the_engine_sweeps_the_learned_peers_on_its_timer() -> None:
+    engine, mirror = learning_relay()
+    for port in range(1, 101):
+        mirror.peers[teredo(port)] = (("203.0.113.2", port), 0.0)
+    now = 0.0
+    while now < 100.0 and mirror.peers:
+        now = max(now, engine.get_timer() or now)
+        engine.handle_timer(now)
+        now += 0.5
+    assert not mirror.peers and engine.status()["learned_expired"] == 100

@@ -43,7 +43,8 @@ guess it. The secret is injected (the daemon draws it at start).
 
 Timers: one deadline, `get_timer()`: the earliest bubble retry (a heap, entries invalidated
 lazily) or the next sweep. Every `SWEEP_INTERVAL` the peer table's idle entries are swept
-(`PeerTable.sweep`) a slice at a time, so the whole table is visited every ~15 s.
+(`PeerTable.sweep`) a slice at a time, so the whole table is visited every ~15 s; with a
+mirror that learns peers (a relay's kernel path), its entries too (`PeerTable.sweep_learned`).
 
 ``last_tx`` of a peer is the time of the last *setup* transmission (bubble); the data path does
 not touch it, so a bubble can follow at once when a busy trusted peer goes stale, and the fast
@@ -131,6 +132,9 @@ ICMP_ERROR_BURST: Final = 10.0
 SWEEP_INTERVAL: Final = 1.0  # seconds between slices of the idle sweep
 SWEEP_PERIOD: Final = SWEEP_ROUND  # the whole table is visited about this often
 SWEEP_MIN_BUDGET: Final = 256
+# Entries of the kernel's map per slice at least: its first pass, whose size is unknown, takes
+# about a minute at a million entries, at ~1 µs of Python each.
+LEARNED_SWEEP_MIN_BUDGET: Final = 16384
 RETRY_GRANULARITY: Final = 0.01  # seconds: the earliest a retry that cannot run yet comes back
 RETRY_SLACK: Final = 64  # retry-heap entries beyond 2 * max_peers before it is compacted
 DEFAULT_ERROR_SOURCE: Final = IPv6Address("fe80::ffff:ffff:ffff")  # Miredo's relay/client LL
@@ -279,6 +283,11 @@ class PeeringEngine(ABC):
             table = self.peers
             budget = max(SWEEP_MIN_BUDGET, int(len(table) * SWEEP_INTERVAL / SWEEP_PERIOD) + 1)
             table.sweep(now, budget)
+            if table.learning:
+                share = SWEEP_INTERVAL / SWEEP_PERIOD
+                table.sweep_learned(
+                    now, max(LEARNED_SWEEP_MIN_BUDGET, table.learned_sweep_budget(share))
+                )
 
     def engine_status(self) -> EngineStatus:
         """A JSON-able snapshot: peer counts, queued bytes, counters and drops by reason."""
@@ -294,6 +303,8 @@ class PeeringEngine(ABC):
             "queued_bytes": table.total_queued_bytes,
             "evicted_peers": table.evicted,
             "expired_peers": table.expired,
+            "learned_peers": table.learned,
+            "learned_expired": table.learned_expired,
             "counters": counters,
             "drops": dict(self.drops),
         }
@@ -433,6 +444,10 @@ class PeeringEngine(ABC):
             self.drop("foreign_source")
             return
         peer = self.peers.get(dst)
+        if peer is None and self.peers.learning:
+            peer = self.peers.adopt(dst, now)  # learned by the kernel's path, still valid?
+            if peer is not None:
+                self.count("peers_adopted")
         if peer is not None and not peer.is_valid(now) and not peer.queue:
             self.peers.refresh(dst, peer)  # the kernel's path may have heard from it meanwhile
         if peer is not None and peer.is_valid(now):

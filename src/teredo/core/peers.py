@@ -72,13 +72,31 @@ saw deletions to three times its entries (84 bytes a slot at 1 M), and the CLOCK
 takes 8. Probation (`Probation`) is a ring of at most `PROBATION_LIMIT` places of 16 bytes (the
 entry's key, shared with the dict, and its creation time in an array): 1 MiB at most, where a
 queue of (key, `Peer`, time) tuples cost 96 bytes an entry, 60 a peer at 100 000 peers.
+
+Peers only the mirror holds
+---------------------------
+A relay's kernel data path *learns* (`teredo.bpf.datapath`): it trusts a source the table has
+no entry for when its Teredo address embeds the address and port it came from, exactly as the
+engine would (RFC 4380 §5.2.3 rx case 3, §5.4.2), and forwards its packets without the daemon
+ever seeing one. Such a peer costs the daemon nothing: the map's entry (~90 bytes of kernel
+memory) is all there is. The table meets it in two places:
+
+* `adopt`: when a packet for it reaches the engine anyway (one the kernel passes: a
+  super-packet, a large one), the engine asks the mirror before setting the peer up; a learned
+  peer still valid (heard from within 30 s) enters the table trusted at the learned mapping,
+  heard from when the mirror last heard from it, so the packet leaves at once as it would have
+  from the kernel.
+* `sweep_learned`: the idle sweep's twin for the mirror, a pass over the map every
+  `SWEEP_ROUND` or so, in slices: an entry the table does not hold and the mirror has not
+  heard from for `idle_timeout` is removed. `learned` is how many the last pass found.
 """
 
 from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
+from itertools import islice
 from typing import Any, Final, Generic, Protocol, TypeVar, cast, overload
 
 from teredo.core.address import Endpoint
@@ -401,6 +419,14 @@ class PeerMirror(Protocol):
 
     def last_rx(self, address: bytes) -> float | None: ...
 
+    def learned_peer(self, address: bytes) -> tuple[Endpoint, float] | None:
+        """The trusted mapping and last reception time the mirror holds for `address`."""
+        ...
+
+    def last_rx_batch(self) -> Iterator[tuple[bytes, float]]:
+        """Every entry's address and last reception time, in some order."""
+        ...
+
 
 class Probation:
     """The newest entries of the table, oldest first, with their creation times: a ring of
@@ -491,6 +517,15 @@ class PeerTable:
         # Peers the mirror must not hold: sent to at another mapping than they are received
         # from (the client's RFC 6081 §5.3.4.3 rule); the mirror has one mapping per peer.
         self.unmirrored: Container[bytes] = ()
+        # Whether the mirror learns peers by itself (a relay's kernel path): see the docstring.
+        self.learning = False
+        self.learned = 0  # entries only the mirror held, at the end of the last pass
+        self.learned_expired = 0
+        self.adopted = 0
+        self._learned_walk: Iterator[tuple[bytes, float]] | None = None
+        self._walk_seen = 0  # entries the current pass has visited
+        self._walk_learned = 0  # ... of which only the mirror holds, and kept
+        self._last_walk = 0  # entries the last complete pass visited
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -793,6 +828,62 @@ class PeerTable:
         heard = mirror.last_rx(address)
         if heard is not None and heard > peer.last_rx:
             peer.last_rx = heard
+
+    # -----------------------------------------------------------------------------------------
+    # Peers the mirror learned (see "Peers only the mirror holds" in the module docstring)
+
+    def adopt(self, address: bytes, now: float) -> Peer | None:
+        """The entry of a peer only the mirror holds, if it is still valid: created here,
+        trusted at the mirror's mapping, heard from when the mirror last heard from it. None
+        when the mirror does not learn or has no such peer, or heard from it 30 s ago or more
+        (then the caller sets the peer up as any other, RFC 4380 §5.2.4)."""
+        mirror = self.mirror
+        if mirror is None or not self.learning:
+            return None
+        learned = mirror.learned_peer(address)
+        if learned is None:
+            return None
+        mapped, heard = learned
+        if now - heard >= PEER_VALIDITY:
+            return None
+        peer = self.create(address, now)
+        self.trust(address, peer, mapped, now)
+        peer.rx = heard  # hot: `rx` is the last reception
+        self.adopted += 1
+        return peer
+
+    def sweep_learned(self, now: float, budget: int) -> None:
+        """Visit up to `budget` entries of the mirror, continuing the current pass over it:
+        remove those the table does not hold and the mirror has not heard from for
+        `idle_timeout`. At the end of a pass, `learned` is how many such entries it kept."""
+        mirror = self.mirror
+        if mirror is None or not self.learning:
+            return
+        walk = self._learned_walk
+        if walk is None:
+            walk = self._learned_walk = mirror.last_rx_batch()
+            self._walk_seen = self._walk_learned = 0
+        peers = self._peers
+        idle = self.idle_timeout
+        visited = 0
+        for address, heard in islice(walk, budget):
+            visited += 1
+            if address in peers:
+                continue
+            if now - heard >= idle:
+                mirror.remove_peer(address)
+                self.learned_expired += 1
+            else:
+                self._walk_learned += 1
+        self._walk_seen += visited
+        if visited < budget:  # the pass is over
+            self.learned = self._walk_learned
+            self._last_walk = self._walk_seen
+            self._learned_walk = None
+
+    def learned_sweep_budget(self, share: float) -> int:
+        """Entries for one slice of `sweep_learned`: `share` of what the last pass visited."""
+        return int(self._last_walk * share) + 1
 
     def _drop_queue(self, peer: Peer) -> None:
         setup = peer.setup

@@ -101,6 +101,7 @@ class DataPath:
         self.kernel = kernel
         if kernel is not None:
             engine.peers.mirror = kernel
+            engine.peers.learning = kernel.settings.learn
         self.after_flush = after_flush
         self.clock = clock
         self._timer: Timer | None = None
@@ -143,11 +144,16 @@ class DataPath:
         own). Peers trusted before it came are told to it by the table's sweep."""
         self.kernel = kernel
         self.engine.peers.mirror = kernel
+        self.engine.peers.learning = kernel.settings.learn
         log.info("data path: %s", self.description())
 
     def description(self) -> str:
         """Which data path runs, for the log and `teredo status`."""
-        first = "the kernel (eBPF) for established peers, then " if self.kernel else ""
+        kernel = self.kernel
+        first = ""
+        if kernel is not None:
+            learned = " (and new ones it can trust)" if kernel.settings.learn else ""
+            first = f"the kernel (eBPF) for established peers{learned}, then "
         if not self.tun.vnet_hdr:
             return first + "one system call per packet (no offloads)"
         return first + (
@@ -341,10 +347,13 @@ def open_kernel_path(
     prefix: IPv6Network,
     max_peers: int,
     local_addresses: Iterable[bytes] = (),
+    allow_private: bool = False,
 ) -> KernelDataPath | None:
     """The kernel data path for a daemon (`teredo.adapters.bpf`), or None when it cannot be
     used here, with the reason in the log: the daemon then runs its user-space path alone,
-    which is complete on its own. Call it as root, before dropping privileges."""
+    which is complete on its own. Call it as root, before dropping privileges. A relay's
+    learns the peers it can trust itself (`teredo.bpf.datapath`), with the relay's
+    ``AllowPrivateAddresses``; a client's does not."""
     try:
         from teredo.adapters.bpf import KernelDataPath, KernelDataPathUnavailable, ipv4_interfaces
         from teredo.bpf.datapath import Role
@@ -352,15 +361,18 @@ def open_kernel_path(
         log.info("kernel data path off: %s", error)
         return None
     kinds = {"relay": Role.RELAY, "host-specific relay": Role.HOST_SPECIFIC_RELAY}
+    kind = kinds.get(role, Role.CLIENT)
     try:
         return KernelDataPath.open(
-            kinds.get(role, Role.CLIENT),
+            kind,
             tun_ifindex=socket.if_nametoindex(tun.name),
             ipv4_ifindexes=ipv4_interfaces(udp.local[0]),
             local=udp.local,
             prefix=prefix,
             local_addresses=local_addresses,
             max_peers=max_peers,
+            learn=kind != Role.CLIENT,
+            allow_private=allow_private,
         )
     except (KernelDataPathUnavailable, OSError) as error:
         log.info("kernel data path off: %s", error)

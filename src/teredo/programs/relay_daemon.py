@@ -234,6 +234,7 @@ async def serve(loaded: Loaded[RelayConfig], service: Service) -> int:
                 prefix=config.prefix,
                 max_peers=config.max_peers,
                 local_addresses=core.host_addresses,
+                allow_private=config.allow_private_addresses,
             )
         drop_privileges(config.user, keep=("CAP_NET_ADMIN",))
         daemon.loop = DataPath(core, udp, tun, kernel=daemon.kernel)
