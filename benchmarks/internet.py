@@ -200,13 +200,23 @@ class Bench:
         return rss_bytes(pids), bpf_map_bytes(pids, self.lab.namespace("relay"))
 
     def relay_peers(self) -> int | None:
-        """How many peers our relay holds (its status: its table's, and those only its kernel
-        map holds, as of the map's last sweep pass); None for Miredo's, which does not say."""
+        """How many peers our relay holds (its status); None for Miredo's, which does not say.
+
+        Its table's, and those only its kernel map holds. The status counts the latter at each
+        pass over the map (every ~15 s), too late for a reading right after the priming; the
+        relay was restarted just before it, so its counters are this priming's: the peers the
+        kernel learned, less those the daemon took into its table (adopted) or expired."""
         if self.arm.impl != "ours":
             return None
         try:
             document = daemon_status(str(self.lab.directory / "relay.sock"))
-            return int(document["peers"]) + int(document.get("learned_peers", 0))
+            counters = document["counters"]
+            learned = (
+                counters.get("kernel_rx_learned", 0)
+                - counters.get("peers_adopted", 0)
+                - document.get("learned_expired", 0)
+            )
+            return int(document["peers"]) + max(0, int(learned))
         except (OSError, ValueError, KeyError) as error:
             progress(f"  (no status from our relay: {error})")
             return None
@@ -475,7 +485,7 @@ ROWS: Final = (
     Row("relay memory MB, N peers primed", "rss_mb", True),
     Row("relay bytes per peer", "bytes_per_peer", True),
     Row("peers primed %", "primed_pct", True),
-    Row("peers in our relay's table %", "held_pct", True),
+    Row("peers our relay holds %", "held_pct", True),
 )
 SINGLE_ROWS: Final = (
     Row("plain forwarding pkt/s, gen->native", "plain_to_native_pps", False),

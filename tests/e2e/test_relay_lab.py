@@ -219,6 +219,28 @@ def test_our_client_through_our_relay(ours_lab: Lab, client: str) -> None:
     assert result.ok, result.output
 
 
+def test_an_established_peer_at_rest_lives_on_in_the_kernel_map_alone(ours_lab: Lab) -> None:
+    """A peer our relay set up itself (the native host spoke first: bubbles through the
+    server) is handed over to the kernel's map once at rest, ~30-45 s later: the daemon's
+    table drops it, the map keeps forwarding its packets, and nothing is lost meanwhile."""
+    require_kernel_data_path()
+    address = teredo_of(ours_lab, "cli1")
+    assert ours_lab.ping("v6", address, count=2, interval=0.2).ok
+    deadline = time.monotonic() + 75
+    handed = 0
+    while time.monotonic() < deadline and not handed:
+        result = ours_lab.ping("v6", address, count=2, interval=0.5)
+        assert result.ok, result.output
+        handed = status(ours_lab)["counters"].get("peers_handed_to_kernel", 0)
+    document = status(ours_lab)
+    assert handed >= 1, document["counters"]
+    before = document["counters"]["kernel_encapsulated"]
+    result = ours_lab.ping("v6", address, count=5, interval=0.2)
+    assert result.ok and result.received == 5, result.output
+    after = status(ours_lab)["counters"]["kernel_encapsulated"]
+    assert after - before >= 5  # the kernel carried them, the daemon holding no entry
+
+
 # ---------------------------------------------------------------------------------------------
 # Host-specific relay on the native host
 

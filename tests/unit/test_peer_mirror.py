@@ -21,9 +21,12 @@ class FakeMirror:
     def __init__(self) -> None:
         self.peers: dict[bytes, tuple[Endpoint, float]] = {}
         self.calls = 0
+        self.full = False  # a full map takes no new entry
 
     def set_peer(self, address: bytes, mapping: Endpoint, last_rx: float) -> bool:
         self.calls += 1
+        if self.full and address not in self.peers:
+            return False
         self.peers[address] = (mapping, last_rx)
         return True
 
@@ -194,3 +197,41 @@ def test_the_engine_sweeps_the_learned_peers_on_its_timer() -> None:
         engine.handle_timer(now)
         now += 0.5
     assert not mirror.peers and engine.status()["learned_expired"] == 100
+
+
+def test_an_established_peer_at_rest_is_handed_over_to_a_learning_map_and_back() -> None:
+    """A peer the relay set up itself, once at rest, is left to the map (which holds all of
+    it); a packet for it later is sent at once (adopted), and a table whose map does not
+    learn keeps its peers."""
+    for learning in (True, False):
+        engine, mirror = relay()
+        engine.peers.learning = learning
+        peer, mapping = teredo(40000), ("203.0.113.2", 40000)
+        engine.receive_datagram(from_peer(peer), mapping, 1.0)  # rx case 3: trusted
+        assert engine.packets_to_deliver() and mirror.peers[peer][0] == mapping
+        now = 1.0
+        while now < 40.0:
+            now += 1.0
+            mirror.heard(peer, now)  # the kernel forwards its packets meanwhile
+            engine.handle_timer(now)
+        counters = engine.status()["counters"]
+        if not learning:
+            assert peer in engine.peers and "peers_handed_to_kernel" not in counters
+            continue
+        assert peer not in engine.peers and mirror.peers[peer] == (mapping, now)
+        assert counters["peers_handed_to_kernel"] == 1
+        packet = to_peer(peer)
+        engine.send_ipv6(packet, now + 0.5)
+        assert engine.datagrams_to_send() == [(packet, mapping)]
+        assert peer in engine.peers
+
+
+def test_a_peer_the_map_does_not_hold_stays_in_the_table() -> None:
+    engine, mirror = learning_relay()
+    mirror.full = True
+    peer = teredo(40000)
+    engine.receive_datagram(from_peer(peer), ("203.0.113.2", 40000), 1.0)
+    assert peer not in mirror.peers
+    for now in range(2, 20):
+        engine.handle_timer(float(now))
+    assert peer in engine.peers

@@ -78,10 +78,11 @@ GAUGES: Final[Mapping[str, _Gauge]] = {
     "evicted_peers": _Gauge("evicted_peers", "Peers evicted to make room.", "counter"),
     "expired_peers": _Gauge("expired_peers", "Peers expired for silence.", "counter"),
     "learned_peers": _Gauge(
-        "learned_peers", "Peers only the kernel's map holds (it learned them), at its last sweep."
+        "learned_peers",
+        "Peers only the kernel's map holds (learned or handed over), at its last sweep.",
     ),
     "learned_expired": _Gauge(
-        "learned_expired", "Peers the kernel learned, expired for silence.", "counter"
+        "learned_expired", "Peers only the kernel's map held, expired for silence.", "counter"
     ),
     "mtu": _Gauge("mtu_bytes", "The MTU (advertised by the server, or received in its RA)."),
     "rtt_ms": _Gauge("server_rtt_seconds", "Round trip to the Teredo server.", scale=0.001),

@@ -296,6 +296,8 @@ class PeeringEngine(ABC):
         counters = dict(self.counters)
         counters["fast_rx"] = self.fast_rx
         counters["fast_tx"] = self.fast_tx
+        if table.learning:
+            counters["peers_handed_to_kernel"] = table.handed_over
         return {
             "peers": len(table),
             "trusted_peers": trusted,

@@ -89,6 +89,12 @@ memory) is all there is. The table meets it in two places:
 * `sweep_learned`: the idle sweep's twin for the mirror, a pass over the map every
   `SWEEP_ROUND` or so, in slices: an entry the table does not hold and the mirror has not
   heard from for `idle_timeout` is removed. `learned` is how many the last pass found.
+
+And the table hands its own established peers over to such a mirror once they are at rest
+(trusted, no setup state, found so by the sweep): the mirror's entry holds all
+there is of such a peer (its mapping, its last reception), so the table drops its own
+(`_hand_over`) and the peer costs the map's entry alone, however it was set up (the relay's
+bubbles, or the kernel's learning). A peer the mirror does not hold (a full map) stays.
 """
 
 from __future__ import annotations
@@ -522,6 +528,7 @@ class PeerTable:
         self.learned = 0  # entries only the mirror held, at the end of the last pass
         self.learned_expired = 0
         self.adopted = 0
+        self.handed_over = 0
         self._learned_walk: Iterator[tuple[bytes, float]] | None = None
         self._walk_seen = 0  # entries the current pass has visited
         self._walk_learned = 0  # ... of which only the mirror holds, and kept
@@ -715,6 +722,9 @@ class PeerTable:
             else:
                 if peer.setup is not None:
                     peer.settle(now)
+                at_rest = peer.setup is None and peer.link is not None
+                if at_rest and self.learning and self._hand_over(address, peer):
+                    continue
                 if peer.setup is None and type(peer.link) is int:
                     peers[address] = peer.link  # at rest: frozen
         return removed
@@ -880,6 +890,23 @@ class PeerTable:
             self.learned = self._walk_learned
             self._last_walk = self._walk_seen
             self._learned_walk = None
+
+    def _hand_over(self, address: bytes, peer: Peer) -> bool:
+        """Leave an established peer at rest to a mirror that learns (see the module
+        docstring): the mirror's entry, which it keeps heard from and expires as its own, is
+        then all there is of it; `adopt` brings it back. False when the mirror does not hold
+        it at this mapping (say it was full): the table keeps it."""
+        mirror = self.mirror
+        assert mirror is not None
+        held = mirror.learned_peer(address)
+        mapped = peer.mapped
+        if held is None or held[0] != mapped or mapped is None:
+            return False
+        if peer.last_rx > held[1]:  # heard from here since: the mirror must know
+            mirror.set_peer(address, mapped, peer.last_rx)
+        del self._peers[address]
+        self.handed_over += 1
+        return True
 
     def learned_sweep_budget(self, share: float) -> int:
         """Entries for one slice of `sweep_learned`: `share` of what the last pass visited."""

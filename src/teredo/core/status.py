@@ -20,7 +20,7 @@ class EngineStatus(TypedDict):
     queued_bytes: int
     evicted_peers: int
     expired_peers: int
-    learned_peers: int  # only in the kernel's map (it learned them): as of its last sweep pass
+    learned_peers: int  # only in the kernel's map (learned or handed over): at its last sweep pass
     learned_expired: int
     counters: dict[str, int]
     drops: dict[str, int]
