@@ -43,9 +43,9 @@ Per arm:
   the generator and whatever else runs included, so the machine's load just before the floods
   is printed with it). And the relay's memory once the N peers are primed: RSS of its
   processes plus the locked memory of any BPF map it holds or attached in its namespace, and
-  per peer: (that - the same on the empty relay) / N; with how many of the N our relay's table
-  holds then (its status; Miredo's does not say), since a priming that loses peers makes that
-  figure smaller than what a held peer costs.
+  per peer: (that - the same on the empty relay) / N; with how many of the N our relay holds
+  then (in its table or only in its kernel map: its status and counters; Miredo's does not
+  say), since a priming that loses peers makes that figure smaller than what a held peer costs.
 
 The relay gets a CPU of its own for the floods (after the RTT rows), as another host would
 have (`benchlib.give_own_cpu`): on a machine of two or more CPUs the generator, the router and
