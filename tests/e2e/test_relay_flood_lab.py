@@ -29,7 +29,7 @@ import pytest
 
 from labsupport import built_lab, compiled_flood, daemon_status, teredo_of
 from teredo.lab.generator import SINK_PORT
-from teredo.lab.lab import Lab
+from teredo.lab.lab import Lab, PingResult
 from teredo.lab.topology import NATIVE_IPV6, RELAY_IPV4, RELAY_PORT, SERVER_IPV4
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -70,6 +70,31 @@ def flood(lab: Lab, binary: Path, node: str, args: list[str]) -> str:
     return result.stdout
 
 
+def client1_pinging(lab: Lab) -> subprocess.Popen[str]:
+    """client 1 pinging the native host through the relay every 50 ms for 8 s."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", lab.namespace("cli1"), "ping", "-6", "-n", "-i", "0.05",
+         "-w", "8", str(NATIVE_IPV6)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def new_client_during(lab: Lab, binary: Path, node: str, args: list[str]) -> PingResult:
+    """Flood from `node` (bounded as `flood`) and meanwhile restart client 2 (a new address:
+    a peer the relay has never seen) and ping it from the native host; that ping's result."""
+    count = ["-c", str(STRANGERS), "-r", str(RATE), "-t", "60"]
+    flooding = subprocess.Popen(
+        ["ip", "netns", "exec", lab.namespace(node), str(binary), *args, *count],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)
+        lab.restart_role("client2")
+        return lab.ping("v6", teredo_of(lab, "cli2"), count=20, interval=0.2, wait=2)
+    finally:
+        flooding.communicate(timeout=120)
+
+
 def interface_packets(lab: Lab, node: str, direction: str) -> int:
     path = f"/sys/class/net/eth0/statistics/{direction}_packets"
     result = lab.exec(node, ["cat", path], check=True)
@@ -81,11 +106,7 @@ def test_a_bubble_flood_creates_nothing_and_spares_the_established_peer(
 ) -> None:
     assert lab.ping("cli1", NATIVE_IPV6, count=3, interval=0.2).ok
     before = relay_status(lab)
-    pinger = subprocess.Popen(
-        ["ip", "netns", "exec", lab.namespace("cli1"), "ping", "-6", "-n", "-i", "0.05",
-         "-w", "8", str(NATIVE_IPV6)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    pinger = client1_pinging(lab)
     flood(lab, flood_binary, "gen", [
         "-m", "bubble", "-n", str(STRANGERS), "-S", str(SERVER_IPV4),
         "-R", f"{RELAY_IPV4}:{RELAY_PORT}", "-d", str(NATIVE_IPV6),
@@ -109,19 +130,10 @@ def test_a_new_destination_flood_is_bounded_and_a_new_client_gets_through(
 ) -> None:
     sent_before = interface_packets(lab, "relay", "tx")
     received_before = interface_packets(lab, "relay", "rx")
-    flooding = subprocess.Popen(
-        ["ip", "netns", "exec", lab.namespace("v6"), str(flood_binary), "-m", "native",
-         "-n", str(STRANGERS), "-S", str(SERVER_IPV4), "-s", str(NATIVE_IPV6),
-         "-p", str(SINK_PORT), "-c", str(STRANGERS), "-r", str(RATE), "-t", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        time.sleep(1.0)
-        lab.restart_role("client2")  # a new address: a peer the relay has never seen
-        address = teredo_of(lab, "cli2")
-        reached = lab.ping("v6", address, count=20, interval=0.2, wait=2)
-    finally:
-        flooding.communicate(timeout=120)
+    reached = new_client_during(lab, flood_binary, "v6", [
+        "-m", "native", "-n", str(STRANGERS), "-S", str(SERVER_IPV4), "-s", str(NATIVE_IPV6),
+        "-p", str(SINK_PORT),
+    ])  # fmt: skip
     sent = interface_packets(lab, "relay", "tx") - sent_before
     received = interface_packets(lab, "relay", "rx") - received_before
     document = relay_status(lab)
@@ -137,25 +149,11 @@ def test_a_flood_of_new_sources_fills_the_kernel_map_to_its_bound_and_spares_the
     lab: Lab, flood_binary: Path
 ) -> None:
     assert lab.ping("cli1", NATIVE_IPV6, count=3, interval=0.2).ok
-    pinger = subprocess.Popen(
-        ["ip", "netns", "exec", lab.namespace("cli1"), "ping", "-6", "-n", "-i", "0.05",
-         "-w", "8", str(NATIVE_IPV6)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    flooding = subprocess.Popen(
-        ["ip", "netns", "exec", lab.namespace("gen"), str(flood_binary), "-m", "teredo",
-         "-n", str(STRANGERS), "-S", str(SERVER_IPV4), "-R", f"{RELAY_IPV4}:{RELAY_PORT}",
-         "-d", str(NATIVE_IPV6), "-p", str(SINK_PORT), "-c", str(STRANGERS), "-r", str(RATE),
-         "-t", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        time.sleep(1.0)
-        lab.restart_role("client2")  # a new address: a peer the relay has never seen
-        address = teredo_of(lab, "cli2")
-        reached = lab.ping("v6", address, count=20, interval=0.2, wait=2)
-    finally:
-        flooding.communicate(timeout=120)
+    pinger = client1_pinging(lab)
+    reached = new_client_during(lab, flood_binary, "gen", [
+        "-m", "teredo", "-n", str(STRANGERS), "-S", str(SERVER_IPV4),
+        "-R", f"{RELAY_IPV4}:{RELAY_PORT}", "-d", str(NATIVE_IPV6), "-p", str(SINK_PORT),
+    ])  # fmt: skip
     output, _ = pinger.communicate(timeout=30)
     document = relay_status(lab)
     counters = document["counters"]
