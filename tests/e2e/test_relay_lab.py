@@ -22,12 +22,15 @@ directly over IPv4/UDP with no relay at all.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -170,11 +173,27 @@ def test_spoofed_sources_are_dropped_and_leave_no_state(cone_lab: Lab) -> None:
     assert cone_lab.ping("cli1", NATIVE_IPV6, count=2).ok  # legitimate traffic still flows
 
 
+def kernel_settings(pid: int) -> bytes:
+    """The `settings` record of the kernel data path that process `pid` holds (bpftool)."""
+    for entry in Path(f"/proc/{pid}/fdinfo").iterdir():
+        found = re.search(r"^map_id:\s*(\d+)", entry.read_text(), re.MULTILINE)
+        if found is None:
+            continue
+        run = ["bpftool", "-j", "map", "show", "id", found.group(1)]
+        shown = json.loads(subprocess.run(run, capture_output=True, check=True).stdout)
+        if shown.get("name") != "settings":
+            continue
+        run = ["bpftool", "-j", "map", "dump", "id", found.group(1)]
+        dumped = json.loads(subprocess.run(run, capture_output=True, check=True).stdout)
+        return bytes(int(byte, 16) for byte in dumped[0]["value"])
+    raise AssertionError(f"process {pid} holds no settings map")
+
+
 def test_sighup_reload_keeps_relaying(cone_lab: Lab) -> None:
     pid = status(cone_lab)["pid"]
     config = cone_lab.directory / "relay.conf"
     text = config.read_text()
-    config.write_text(text + "MaxPeers 4096\nInterfaceMTU 1400\n")
+    config.write_text(text + "MaxPeers 4096\nInterfaceMTU 1400\nAllowPrivateAddresses yes\n")
     try:
         os.kill(pid, signal.SIGHUP)
         for _ in range(50):
@@ -182,6 +201,9 @@ def test_sighup_reload_keeps_relaying(cone_lab: Lab) -> None:
                 break
             time.sleep(0.1)
         assert status(cone_lab)["max_peers"] == 4096
+        if "the kernel (eBPF)" in status(cone_lab)["data_path"]:  # its map learns by the rule
+            settings = kernel_settings(pid)
+            assert settings[32:34] == b"\x01\x01", settings.hex()  # learn, allow_private
         for _ in range(50):  # the MTU is set through netlink with the kept CAP_NET_ADMIN
             link = cone_lab.exec("relay", ["ip", "link", "show", "teredo"], check=True).stdout
             if "mtu 1400" in link:

@@ -527,7 +527,6 @@ class PeerTable:
         self.learning = False
         self.learned = 0  # entries only the mirror held, at the end of the last pass
         self.learned_expired = 0
-        self.adopted = 0
         self.handed_over = 0
         self._learned_walk: Iterator[tuple[bytes, float]] | None = None
         self._walk_seen = 0  # entries the current pass has visited
@@ -859,7 +858,6 @@ class PeerTable:
         peer = self.create(address, now)
         self.trust(address, peer, mapped, now)
         peer.rx = heard  # hot: `rx` is the last reception
-        self.adopted += 1
         return peer
 
     def sweep_learned(self, now: float, budget: int) -> None:

@@ -44,6 +44,7 @@ from teredo.adapters.netlink import host_addresses
 from teredo.adapters.privileges import drop_privileges
 from teredo.core.config import DEFAULT_CONFIG_PATH, RelayConfig, parse_relay_config
 from teredo.core.errors import UserError
+from teredo.core.record import replace
 from teredo.core.relay import TeredoRelay, relay_settings
 from teredo.programs.datapath import DataPath, open_kernel_path
 from teredo.programs.loading import Loaded, load, reload_config
@@ -159,6 +160,11 @@ class RelayDaemon:
         )
         kept = self.loaded.config
         self.core.reconfigure(relay_settings(kept))
+        kernel = self.kernel
+        if kernel is not None and kernel.settings.allow_private != kept.allow_private_addresses:
+            # The map learns what the engine would trust: private mappings by the same rule.
+            allow = kept.allow_private_addresses
+            kernel.write_settings(replace(kernel.settings, allow_private=allow))
         if self.health is not None:
             self.health.drain_time = kept.drain_time
         if kept.interface_mtu != old.interface_mtu and self.iface is not None:
