@@ -676,8 +676,9 @@ class KernelDataPath:
 
     def last_rx_batch(self, batch: int = BATCH_ENTRIES) -> Iterator[tuple[bytes, float]]:
         """Every peer's address and last reception time, `batch` entries per system call
-        (BPF_MAP_LOOKUP_BATCH): for the idle sweep over a large table. Entries added or
-        removed meanwhile may or may not be seen."""
+        (BPF_MAP_LOOKUP_BATCH): for the idle sweeps over a large table. Entries added or
+        removed meanwhile may or may not be seen. A failing call ends the walk (logged): the
+        sweeps run from the daemon's timer, which must go on."""
         lib = self._lib
         keys = ctypes.create_string_buffer(batch * ADDRESS_BYTES)
         values = ctypes.create_string_buffer(batch * _PEER_VALUE_BYTES)
@@ -698,7 +699,8 @@ class KernelDataPath:
             )
             code = _failure(result) if result else 0
             if code and code != errno.ENOENT:
-                raise OSError(code, os.strerror(code))
+                log.warning("reading the kernel's peer map failed: %s", os.strerror(code))
+                return
             found = count.value
             raw_keys = keys.raw
             # The values as native u64s: each entry's second one is its last reception.
