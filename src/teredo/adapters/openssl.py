@@ -21,13 +21,16 @@ from typing import Final
 OPENSSL_MODULES: Final = ("ssl", "_hashlib")
 
 
-def import_without_openssl() -> None:
-    """Import asyncio, hashlib and hmac, without `ssl` and `_hashlib` unless already imported."""
+def import_without_openssl(event_loop: bool = True) -> None:
+    """Import asyncio (unless not `event_loop`: the client imports it after its launch, which
+    needs the digests), hashlib and hmac, without `ssl` and `_hashlib` unless already
+    imported."""
     hidden = [name for name in OPENSSL_MODULES if name not in sys.modules]
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not found"
     try:
-        import asyncio  # noqa: F401
+        if event_loop:
+            import asyncio  # noqa: F401
         import hashlib  # noqa: F401
         import hmac  # noqa: F401
     finally:

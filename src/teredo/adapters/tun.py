@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import socket
 import struct
@@ -38,9 +37,10 @@ from typing import Final
 
 from teredo.adapters.buffers import lazy_buffer
 from teredo.core.errors import UsageError, UserError
+from teredo.core.logger import get_logger
 from teredo.core.offload import PLAIN_HEADER, VNET_HEADER_BYTES
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 
 TUN_DEVICE: Final = "/dev/net/tun"
 

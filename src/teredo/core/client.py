@@ -83,7 +83,6 @@ backoff) and the discovery period; `get_timer()` is the earliest.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +111,7 @@ from teredo.core.extensions import (
     alternate_address_trailer,
     discovery_trailer,
 )
+from teredo.core.logger import get_logger
 from teredo.core.peering import PeeringEngine, PeeringSettings, retry_time
 from teredo.core.peers import BUBBLE_SPACING, BUBBLE_WINDOW, PING_BUDGET, PING_SPACING, Peer
 from teredo.core.qualification import (
@@ -164,7 +164,7 @@ from teredo.core.wire import (
     parse_teredo_packet,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 
 CLIENT_IDLE_TIMEOUT: Final = 600.0  # Miredo's value: a client's unused entries live 600 s
 ECHO_NONCE_LENGTH: Final = 8  # RFC 4380 §5.2.9: at least 64 bits

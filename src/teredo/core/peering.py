@@ -65,7 +65,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -85,6 +84,7 @@ from teredo.core.address import (
 )
 from teredo.core.budget import BudgetSettings, SetupBudget
 from teredo.core.errors import ParseError
+from teredo.core.logger import get_logger
 from teredo.core.peers import (
     BUBBLE_SPACING,
     DEFAULT_MAX_QUEUE_BYTES,
@@ -114,7 +114,7 @@ from teredo.core.wire import (
     parse_teredo_packet,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 
 __all__ = [
     "ICMP_ERROR_BURST",

@@ -50,7 +50,6 @@ Events: `Qualified`, `AddressChanged`, `NatBehaviourDetected`, `Offline`.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,6 +70,7 @@ from teredo.core.address import (
     show_endpoint,
 )
 from teredo.core.errors import LocalProtocolError, ParseError
+from teredo.core.logger import get_logger
 from teredo.core.secure_qualification import ClientKey, is_authenticated, sign, verify
 from teredo.core.wire import (
     Authentication,
@@ -84,7 +84,7 @@ from teredo.core.wire import (
     push_origin_indication,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 
 QUALIFICATION_TIMEOUT: Final = 4.0  # RFC 4380 §5.2.1: T, the RFC 2461 default
 QUALIFICATION_ATTEMPTS: Final = 3  # RFC 4380 §5.2.1: N
