@@ -4,24 +4,24 @@ Importing logging costs a start ~9 ms (re, traceback, linecache, tokenize, strin
 threading), and the client's launch configures its address before it needs logging
 (`teredo.programs.client_start`). The modules on that path take this handle instead of
 ``logging.getLogger(__name__)``: it imports logging and hands each call to the real logger
-the first time it logs. Between `hold()` and `release()` (the client's start, before logging is
-set up) the calls are kept instead, with their time, and `release()` gives them to their real
-loggers in order, as if they had been logged then. Outside that window nothing is held, so a
-test, a one-shot command or the relay logs through it as through `logging`.
+the first time it logs. Between `hold(clock, exception)` and `release()` (the client's start,
+before logging is set up) the calls are kept instead, with their time, and `release()` gives
+them to their real loggers in order, as if they had been logged then. The clock (`time.time`)
+and the exception being handled (`sys.exc_info`) come from the program: the core reads
+neither itself. Outside that window nothing is held, so a test, a one-shot command or the
+relay logs through it as through `logging`.
 """
 
 from __future__ import annotations
 
-import sys
-import time
-
 TYPE_CHECKING = False  # typing's flag without importing typing (ms a start pays)
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from logging import Logger
     from typing import Any, Final
 
     Held = tuple[str, int, object, tuple[Any, ...], Any, Mapping[str, object] | None, float]
+    Stamps = tuple[Callable[[], float], Callable[[], Any]]  # (time.time, sys.exc_info)
 
 DEBUG: Final = 10  # logging's levels, without importing logging
 INFO: Final = 20
@@ -30,6 +30,7 @@ ERROR: Final = 40
 MAX_HELD: Final = 512  # records kept while held at most; a start logs a few dozen
 
 _held: list[Held] | None = None
+_stamps: Stamps | None = None
 
 
 def get_logger(name: str) -> LazyLogger:
@@ -37,11 +38,12 @@ def get_logger(name: str) -> LazyLogger:
     return LazyLogger(name)
 
 
-def hold() -> None:
-    """Keep what the handles log from now on until `release()`."""
-    global _held
+def hold(clock: Callable[[], float], exception: Callable[[], Any]) -> None:
+    """Keep what the handles log from now on until `release()`, with the time `clock()` gives
+    (`time.time`) and, for `exception()`, the exception being handled (`sys.exc_info`)."""
+    global _held, _stamps
     if _held is None:
-        _held = []
+        _held, _stamps = [], (clock, exception)
 
 
 def release() -> None:
@@ -99,13 +101,12 @@ class LazyLogger:
         if _held is None:
             options.setdefault("stacklevel", 3)  # the caller's line, not this module's
             self._real().log(level, message, *args, **options)
-        elif len(_held) < MAX_HELD:
+        elif len(_held) < MAX_HELD and _stamps is not None:
+            clock, exception = _stamps
             exc_info = options.get("exc_info")
             if exc_info is True:
-                exc_info = sys.exc_info()
-            _held.append(
-                (self.name, level, message, args, exc_info, options.get("extra"), time.time())
-            )
+                exc_info = exception()
+            _held.append((self.name, level, message, args, exc_info, options.get("extra"), clock()))
 
     def _real(self) -> Logger:
         logger = self._logger
