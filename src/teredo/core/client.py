@@ -85,7 +85,6 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any, Final
 
@@ -139,6 +138,7 @@ from teredo.core.random_port import (
     predicted_port,
     random_port_trailer,
 )
+from teredo.core.record import record  # a frozen dataclass without dataclasses' start-up cost
 from teredo.core.secure_qualification import ClientKey
 from teredo.core.status import ClientEngineStatus, ClientExtensionStatus
 from teredo.core.trailers import (
@@ -175,18 +175,16 @@ MAX_REPLY_ENTRIES: Final = 4096  # peers whose last bubble answer time we rememb
 _RANDOM_FRACTION_BYTES: Final = 4
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ClientSettings:
     """What the client core needs from the configuration (see `client_settings`)."""
 
     servers: tuple[ServerPair, ...]
-    tunnel: PeeringSettings = field(
-        default_factory=lambda: PeeringSettings(idle_timeout=CLIENT_IDLE_TIMEOUT)
-    )
+    tunnel: PeeringSettings = PeeringSettings(idle_timeout=CLIENT_IDLE_TIMEOUT)  # frozen: shared
     refresh_interval: float = 30.0
     local_discovery: bool = False
     key: ClientKey | None = None  # secure qualification (RFC 4380 §5.2.2)
-    extensions: Extensions = field(default_factory=Extensions)  # RFC 6081 §3
+    extensions: Extensions = Extensions()  # RFC 6081 §3
 
 
 ClientEvent = QualifierEvent

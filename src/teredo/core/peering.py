@@ -67,7 +67,6 @@ import heapq
 import hmac
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from ipaddress import IPv6Address, IPv6Network
 from typing import Final
 
@@ -95,6 +94,7 @@ from teredo.core.peers import (
     Peer,
     PeerTable,
 )
+from teredo.core.record import record, replace  # frozen dataclasses without dataclasses' cost
 from teredo.core.status import EngineStatus
 from teredo.core.trailers import (
     NONCE_TRAILER_LENGTH,
@@ -137,7 +137,7 @@ DEFAULT_ERROR_SOURCE: Final = IPv6Address("fe80::ffff:ffff:ffff")  # Miredo's re
 _LINK_LOCAL_PREFIX: Final = bytes((0xFE, 0x80)) + bytes(6)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PeeringSettings:
     """What the engine needs from the configuration.
 
@@ -154,7 +154,7 @@ class PeeringSettings:
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     max_total_queue_bytes: int = DEFAULT_MAX_TOTAL_QUEUE_BYTES
     icmp_error_rate: float = ICMP_ERROR_RATE
-    budget: BudgetSettings = field(default_factory=BudgetSettings)
+    budget: BudgetSettings = BudgetSettings()  # frozen: one instance serves as every default
 
 
 def retry_time(deadline: float, now: float) -> float:

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Final
@@ -71,6 +70,7 @@ from teredo.core.address import (
 )
 from teredo.core.errors import LocalProtocolError, ParseError
 from teredo.core.logger import get_logger
+from teredo.core.record import record  # a frozen dataclass without dataclasses' start-up cost
 from teredo.core.secure_qualification import ClientKey, is_authenticated, sign, verify
 from teredo.core.wire import (
     Authentication,
@@ -141,7 +141,7 @@ class Purpose(Enum):
     CONE = "cone"  # probe only: RS with C=1, answered from the other server address
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServerPair:
     """A Teredo server: its primary address and the secondary one (RFC 4380 §5.2)."""
 
@@ -159,7 +159,7 @@ class ServerPair:
         return f"{self.primary}" + (f" (secondary {self.secondary})" if self.secondary else "")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Qualified:
     """The client has an address (again). `solicited_at` is when the answered RS went out."""
 
@@ -171,7 +171,7 @@ class Qualified:
     rtt: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AddressChanged:
     """A refresh RA carried a new mapping (or MTU): `old` is no longer valid."""
 
@@ -181,7 +181,7 @@ class AddressChanged:
     mtu: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NatBehaviourDetected:
     nat: NatBehaviour
     primary_mapping: Endpoint
@@ -189,7 +189,7 @@ class NatBehaviourDetected:
     port_preserving: bool | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Offline:
     """The server stopped answering (or never did): the address, if any, is withdrawn."""
 
@@ -202,7 +202,7 @@ class Offline:
 QualifierEvent = Qualified | AddressChanged | NatBehaviourDetected | Offline
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Solicitation:
     purpose: Purpose
     destination: Endpoint
