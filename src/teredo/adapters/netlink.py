@@ -38,13 +38,16 @@ import socket
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Network, IPv6Address, IPv6Interface, IPv6Network
-from typing import Final
 
 from teredo.adapters.rtnetlink import IFF_UP, RT_TABLE_MAIN, Rtnetlink, RtnetlinkError
 from teredo.core.address import CLIENT_LINK_LOCAL, DEFAULT_MTU, TEREDO_PREFIX
 from teredo.core.errors import UserError
 from teredo.core.logger import get_logger
 from teredo.core.record import record  # a dataclass without dataclasses' start-up cost
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
 
 log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 

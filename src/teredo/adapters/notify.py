@@ -20,9 +20,12 @@ import os
 import socket
 import time
 from collections.abc import MutableMapping
-from typing import Final
 
 from teredo.core.logger import get_logger
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
 
 log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 

@@ -46,12 +46,15 @@ import socket
 import struct
 from collections.abc import Callable
 from ipaddress import IPv4Address
-from typing import Final
 
 from teredo.adapters.buffers import lazy_buffer
 from teredo.core.address import DISCOVERY_GROUP, Endpoint
 from teredo.core.errors import TransientError, UserError
 from teredo.core.logger import get_logger
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
 
 log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 

@@ -86,7 +86,6 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable, Container, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
-from typing import Any, Final
 
 from teredo.core.address import (
     CLIENT_LINK_LOCAL,
@@ -140,7 +139,6 @@ from teredo.core.random_port import (
 )
 from teredo.core.record import record  # a frozen dataclass without dataclasses' start-up cost
 from teredo.core.secure_qualification import ClientKey
-from teredo.core.status import ClientEngineStatus, ClientExtensionStatus
 from teredo.core.trailers import (
     DiscoveryType,
     NeighborDiscoveryTrailer,
@@ -163,6 +161,15 @@ from teredo.core.wire import (
     is_bubble,
     parse_teredo_packet,
 )
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Any, Final
+
+    from teredo.core.status import (  # TypedDicts: types only (~1 ms to build)
+        ClientEngineStatus,
+        ClientExtensionStatus,
+    )
 
 log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 

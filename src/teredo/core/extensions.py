@@ -12,7 +12,6 @@ The trailers they send are built here from `teredo.core.trailers`' codecs.
 from __future__ import annotations
 
 from enum import IntFlag
-from typing import Final
 
 from teredo.core.address import Endpoint
 from teredo.core.record import record  # a frozen dataclass without dataclasses' start-up cost
@@ -24,6 +23,10 @@ from teredo.core.trailers import (
     encode_trailer,
     encode_trailers,
 )
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
 
 SOLICITATION_SPACING: Final = 2.0  # RFC 6081 §5.7.2: the solicitation retransmission timer
 SOLICITATIONS: Final = 3  # RFC 6081 §5.7.3: then an indirect bubble

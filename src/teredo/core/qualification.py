@@ -54,7 +54,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
-from typing import Final
 
 from teredo.core.address import (
     CLIENT_LINK_LOCAL,
@@ -83,6 +82,10 @@ from teredo.core.wire import (
     parse_teredo_packet,
     push_origin_indication,
 )
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
 
 log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 

@@ -38,11 +38,14 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import Final
 
 from teredo.core.address import Endpoint, endpoint, ipv4_value
 from teredo.core.errors import ParseError
 from teredo.core.record import record  # a frozen dataclass without dataclasses' start-up cost
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
 
 
 class TrailerType(IntEnum):  # RFC 6081 §4

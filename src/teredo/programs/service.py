@@ -31,7 +31,6 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Final, Literal, TypeVar
 
 from teredo.adapters.notify import Notifier
 from teredo.adapters.process import StartReport
@@ -47,16 +46,18 @@ from teredo.programs.loading import (
     with_command_line,
 )
 
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
 if TYPE_CHECKING:
     import asyncio
+    from typing import Final, Literal, TypeVar
 
     from teredo.programs.client_start import ClientStart
 
+    Kind = Literal["client", "relay", "server"]
+    T = TypeVar("T")
+
 # asyncio and logging are imported once the client's launch has its address (client_start).
 log = logger.get_logger(__name__)
-
-Kind = Literal["client", "relay", "server"]
-T = TypeVar("T")
 
 RETRY_DELAYS: Final = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)  # seconds; then every 60 s
 
