@@ -385,8 +385,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def compile_bytecode() -> bool:
-    """Compile our modules as pip does at install time (PYTHONDONTWRITEBYTECODE may be set)."""
-    return bool(compileall.compile_dir(Path(teredo.__file__).parent, quiet=1))
+    """Compile our modules as pip does at install time (PYTHONDONTWRITEBYTECODE may be set).
+    Forced: compileall takes a .pyc with the source's mtime in seconds for fresh, but the import
+    system also compares the size, so a file changed twice in one second (a `git checkout`)
+    would be compiled again by every launch (+30 ms measured)."""
+    return bool(compileall.compile_dir(Path(teredo.__file__).parent, quiet=1, force=True))
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:

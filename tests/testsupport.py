@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,12 +86,14 @@ class NotifyListener:
         self, name: str, value: str | None = None, timeout: float = 30.0
     ) -> dict[str, str]:
         """The next message (after those already returned) with `name` (= `value`); fails
-        the test after `timeout` seconds without it."""
-        self._socket.settimeout(timeout)
+        the test after `timeout` seconds without it (a deadline: the watchdog's WATCHDOG=1,
+        every half second, must not keep a wait for something else alive)."""
+        deadline = time.monotonic() + timeout
         while True:
+            self._socket.settimeout(max(0.0, deadline - time.monotonic()))
             try:
                 data = self._socket.recv(4096)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):  # BlockingIOError: the deadline passed
                 pytest.fail(f"no {name}={value or '...'} notification; got {self.messages}")
             message = dict(line.split("=", 1) for line in data.decode().split("\n") if line)
             self.messages.append(message)

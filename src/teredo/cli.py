@@ -69,11 +69,12 @@ def _run_service(args: Arguments, kind: Literal["client", "relay", "server"]) ->
 
 
 def _prepare_daemon() -> None:
-    """Import the event loop and digests without OpenSSL before a daemon's modules do (8 MiB
-    less memory; see teredo.adapters.openssl)."""
-    from teredo.adapters.openssl import import_without_openssl
+    """Hide OpenSSL from the daemon's imports (8 MiB less memory; see teredo.adapters.openssl)
+    until `teredo.programs.service.run_service` imports the event loop and the digests
+    without it (after the client's launch, which needs neither) and un-hides it."""
+    from teredo.adapters.openssl import hide_openssl
 
-    import_without_openssl()
+    hide_openssl()
 
 
 def cmd_client(args: Arguments) -> int:

@@ -4,9 +4,11 @@ host's IPv6 addresses from /proc.
 The messages are `teredo.adapters.rtnetlink`'s (the standard library only: pyroute2 cost a
 daemon 150 ms of start-up and 15 MiB). The operations are coroutines, awaited from the
 daemon's loop (outside a loop, wrap them in `asyncio.run`), although the kernel answers each
-request at once: only `wait_until_local` waits. They act on the network namespace of the
-calling process, take the interface by name or index, and raise `UserError` with one sentence
-on failure (no such interface, permission denied, ...).
+request at once: only `wait_until_local` waits. `InterfaceConfigurator.configure_client_now` is
+the client's configuration without a loop: the client's launch gives it its address before it
+imports asyncio (`teredo.programs.client_start`), and asyncio is imported here only to wait.
+They act on the network namespace of the calling process, take the interface by name or index,
+and raise `UserError` with one sentence on failure (no such interface, permission denied, ...).
 
 Adding something that is already there is not an error (the add returns False); neither is
 removing something that is already gone (the remove returns False).
@@ -30,22 +32,24 @@ Miredo's optional source-routing table (`table teredo`) is not reproduced.
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import logging
 import os
 import socket
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Network, IPv6Address, IPv6Interface, IPv6Network
-from typing import Final
 
 from teredo.adapters.rtnetlink import IFF_UP, RT_TABLE_MAIN, Rtnetlink, RtnetlinkError
 from teredo.core.address import CLIENT_LINK_LOCAL, DEFAULT_MTU, TEREDO_PREFIX
 from teredo.core.errors import UserError
+from teredo.core.logger import get_logger
 from teredo.core.record import record  # a dataclass without dataclasses' start-up cost
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
+
+log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 
 Interface = str | int
 """An interface by name ("teredo") or index."""
@@ -74,6 +78,11 @@ _GONE: Final = frozenset({errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL, errno.
 
 async def interface_index(interface: Interface) -> int:
     """The index of `interface`; `UserError` when there is no such interface."""
+    return _index(interface)
+
+
+def interface_index_now(interface: Interface) -> int:
+    """`interface_index` without an event loop."""
     return _index(interface)
 
 
@@ -150,6 +159,10 @@ async def remove_route(
 
 async def default_route_device(metric: int) -> str | None:
     """The interface of the main table's IPv6 default route with this metric, or None."""
+    return _default_route_device(metric)
+
+
+def _default_route_device(metric: int) -> str | None:
     with _session() as nl:
         routes = nl.routes()
     for route in routes:
@@ -174,19 +187,37 @@ async def wait_until_local(address: IPv6Address, timeout: float = ADDRESS_READY_
     (longer under load). Packets for the address arriving in between are dropped
     (Ip6InAddrErrors). Polls `ip route get ADDRESS` until it says `local`.
     """
+    import asyncio
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     with _session() as nl:
-        while True:
-            try:
-                route = nl.get_route(address)
-                if route is not None and route.type == RTN_LOCAL:
-                    return True
-            except RtnetlinkError:  # no route at all yet
-                pass
+        while not _is_local(nl, address):
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(ADDRESS_READY_POLL)
+    return True
+
+
+def wait_until_local_now(address: IPv6Address, timeout: float = ADDRESS_READY_TIMEOUT) -> bool:
+    """`wait_until_local` without an event loop: sleeps between the polls."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    with _session() as nl:
+        while not _is_local(nl, address):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(ADDRESS_READY_POLL)
+    return True
+
+
+def _is_local(nl: Rtnetlink, address: IPv6Address) -> bool:
+    try:
+        route = nl.get_route(address)
+    except RtnetlinkError:  # no route at all yet
+        return False
+    return route is not None and route.type == RTN_LOCAL
 
 
 async def flush_interface(interface: Interface) -> None:
@@ -201,6 +232,11 @@ async def flush_interface(interface: Interface) -> None:
 
 async def ipv4_networks() -> tuple[IPv4Network, ...]:
     """The IPv4 subnets of this host's interfaces."""
+    return ipv4_networks_now()
+
+
+def ipv4_networks_now() -> tuple[IPv4Network, ...]:
+    """`ipv4_networks` without an event loop."""
     with _session() as nl:
         return tuple(
             IPv4Network(f"{entry.address}/{entry.prefixlen}", strict=False)
@@ -314,22 +350,17 @@ class InterfaceConfigurator:
 
     async def set_up(self, mtu: int | None = None) -> None:
         """Bring the link up (multicast off) with `mtu`; `undo()` takes it down again."""
-        await set_link_up(self.interface, mtu=mtu)
-        self._link_up = True
+        self._set_up(mtu)
 
     async def add_address(self, address: IPv6Interface) -> None:
-        if await add_address(self.interface, address):
-            self._addresses.append(address)
+        self._add_address(address)
 
     async def add_route(self, destination: IPv6Network, metric: int | None = None) -> None:
-        if await add_route(self.interface, destination, metric=metric):
-            self._routes.append((destination, metric))
+        self._add_route(destination, metric)
 
     async def flush(self) -> None:
         """Remove every IPv6 address and route of the interface, ours or not."""
-        await flush_interface(self.interface)
-        self._addresses.clear()
-        self._routes.clear()
+        self._flush()
 
     async def configure_client(self, address: IPv6Address, mtu: int = DEFAULT_MTU) -> None:
         """Give a qualified client its Teredo address, as Miredo's client-hook does.
@@ -339,15 +370,52 @@ class InterfaceConfigurator:
         for the address, so that the first packets after qualification are not lost. Call it
         again when the address changes; call `undo()` when the client goes offline.
         """
-        await self.flush()
-        await self.set_up(mtu)
-        await self.add_address(CLIENT_LINK_LOCAL_INTERFACE)
-        await self.add_address(IPv6Interface(f"{address}/{TEREDO_ADDRESS_PREFIXLEN}"))
-        await self.add_default_route()
+        self._configure_client(address, mtu)
         if not await wait_until_local(address):
-            log.warning(
-                "the kernel has not activated %s yet; the first packets may be lost", address
-            )
+            _not_active_yet(address)
+
+    def configure_client_now(self, address: IPv6Address, mtu: int = DEFAULT_MTU) -> None:
+        """`configure_client` without an event loop (the client's launch, before asyncio)."""
+        self._configure_client(address, mtu)
+        if not wait_until_local_now(address):
+            _not_active_yet(address)
+
+    def _configure_client(self, address: IPv6Address, mtu: int) -> None:
+        self._flush()
+        self._set_up(mtu)
+        self._add_address(CLIENT_LINK_LOCAL_INTERFACE)
+        self._add_address(IPv6Interface(f"{address}/{TEREDO_ADDRESS_PREFIXLEN}"))
+        self._add_default_route()
+
+    # The kernel answers each request at once: the steps are synchronous, and the coroutines
+    # above are for the daemons' loops.
+
+    def _set_up(self, mtu: int | None) -> None:
+        index = _index(self.interface)
+        with _session() as nl:
+            _set_up(nl, index, _name(self.interface), mtu)
+        self._link_up = True
+
+    def _add_address(self, address: IPv6Interface) -> None:
+        index = _index(self.interface)
+        with _session() as nl:
+            if _address(nl, "add", index, _name(self.interface), address):
+                self._addresses.append(address)
+
+    def _add_route(self, destination: IPv6Network, metric: int | None) -> bool:
+        index = _index(self.interface)
+        with _session() as nl:
+            added = _route(nl, "add", index, _name(self.interface), destination, metric)
+        if added:
+            self._routes.append((destination, metric))
+        return added
+
+    def _flush(self) -> None:
+        index = _index(self.interface)
+        with _session() as nl:
+            _flush(nl, index, _name(self.interface))
+        self._addresses.clear()
+        self._routes.clear()
 
     async def add_default_route(self) -> None:
         """The client's last-resort default route: metric 1029, as Miredo's client-hook adds.
@@ -357,12 +425,14 @@ class InterfaceConfigurator:
         without any. It takes the next free metric instead, so IPv6 keeps going through the
         first client while its route exists, then through this one; a warning says so.
         """
+        self._add_default_route()
+
+    def _add_default_route(self) -> None:
         taken: list[tuple[str, int]] = []  # (interface, metric) of the routes in the way
         for metric in range(CLIENT_ROUTE_METRIC, CLIENT_ROUTE_METRIC + CLIENT_ROUTE_METRICS):
-            if await add_route(self.interface, DEFAULT_ROUTE, metric=metric):
-                self._routes.append((DEFAULT_ROUTE, metric))
+            if self._add_route(DEFAULT_ROUTE, metric):
                 break
-            holder = await default_route_device(metric)
+            holder = _default_route_device(metric)
             if holder in (None, _name(self.interface)):  # ours already (or gone meanwhile)
                 return
             taken.append((holder, metric))
@@ -411,6 +481,10 @@ class InterfaceConfigurator:
 
 
 # --- internals --------------------------------------------------------------------------------
+
+
+def _not_active_yet(address: IPv6Address) -> None:
+    log.warning("the kernel has not activated %s yet; the first packets may be lost", address)
 
 
 async def _quietly(operation: Awaitable[object]) -> None:

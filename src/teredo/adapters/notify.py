@@ -16,14 +16,18 @@ the daemon: the service manager's absence is no reason to stop serving.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
 from collections.abc import MutableMapping
-from typing import Final
 
-log = logging.getLogger(__name__)
+from teredo.core.logger import get_logger
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
+
+log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 
 NOTIFY_SOCKET: Final = "NOTIFY_SOCKET"
 WATCHDOG_USEC: Final = "WATCHDOG_USEC"

@@ -27,9 +27,12 @@ import socket
 import struct
 from collections.abc import Iterator, Mapping
 from ipaddress import IPv4Address, IPv6Address
-from typing import Final
 
 from teredo.core.record import record  # a dataclass without dataclasses' start-up cost
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
 
 # netlink(7), <linux/netlink.h>
 NLMSG_NOOP: Final = 1

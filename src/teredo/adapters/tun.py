@@ -29,18 +29,21 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Final
 
 from teredo.adapters.buffers import lazy_buffer
 from teredo.core.errors import UsageError, UserError
+from teredo.core.logger import get_logger
 from teredo.core.offload import PLAIN_HEADER, VNET_HEADER_BYTES
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
+
+log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 
 TUN_DEVICE: Final = "/dev/net/tun"
 

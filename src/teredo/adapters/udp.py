@@ -41,19 +41,22 @@ conversion on the receive path.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import socket
 import struct
 from collections.abc import Callable
 from ipaddress import IPv4Address
-from typing import Final
 
 from teredo.adapters.buffers import lazy_buffer
 from teredo.core.address import DISCOVERY_GROUP, Endpoint
 from teredo.core.errors import TransientError, UserError
+from teredo.core.logger import get_logger
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
+
+log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 
 # Linux <linux/in.h> values the socket module does not export.
 IP_MTU_DISCOVER: Final = 10

@@ -11,11 +11,10 @@ The trailers they send are built here from `teredo.core.trailers`' codecs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntFlag
-from typing import Final
 
 from teredo.core.address import Endpoint
+from teredo.core.record import record  # a frozen dataclass without dataclasses' start-up cost
 from teredo.core.trailers import (
     ALTERNATE_ADDRESS_MAX_ENTRIES,
     AlternateAddressTrailer,
@@ -25,11 +24,15 @@ from teredo.core.trailers import (
     encode_trailers,
 )
 
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
+
 SOLICITATION_SPACING: Final = 2.0  # RFC 6081 §5.7.2: the solicitation retransmission timer
 SOLICITATIONS: Final = 3  # RFC 6081 §5.7.3: then an indirect bubble
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Extensions:
     """The RFC 6081 extensions a client may use; all on by default (RFC 6081 §3: SHOULD).
 

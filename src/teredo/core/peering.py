@@ -63,15 +63,12 @@ look at every parsed datagram), `_on_removed`. Roles use the primitives `emit`, 
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import hmac
-import logging
+from _blake2 import blake2b  # hashlib's BLAKE2b; hashlib would load its five other hashes
+from _operator import _compare_digest as compare_digest  # hmac's, without OpenSSL (~2 ms)
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from ipaddress import IPv6Address, IPv6Network
-from typing import Final
 
 from teredo.core.address import (
     TEREDO_PREFIX,
@@ -86,6 +83,7 @@ from teredo.core.address import (
 )
 from teredo.core.budget import BudgetSettings, SetupBudget
 from teredo.core.errors import ParseError
+from teredo.core.logger import get_logger
 from teredo.core.peers import (
     BUBBLE_SPACING,
     DEFAULT_MAX_QUEUE_BYTES,
@@ -96,7 +94,7 @@ from teredo.core.peers import (
     Peer,
     PeerTable,
 )
-from teredo.core.status import EngineStatus
+from teredo.core.record import record, replace  # frozen dataclasses without dataclasses' cost
 from teredo.core.trailers import (
     NONCE_TRAILER_LENGTH,
     misplaced,
@@ -115,7 +113,13 @@ from teredo.core.wire import (
     parse_teredo_packet,
 )
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
+
+    from teredo.core.status import EngineStatus  # TypedDicts: types only (~1 ms to build)
+
+log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 
 __all__ = [
     "ICMP_ERROR_BURST",
@@ -141,7 +145,7 @@ DEFAULT_ERROR_SOURCE: Final = IPv6Address("fe80::ffff:ffff:ffff")  # Miredo's re
 _LINK_LOCAL_PREFIX: Final = bytes((0xFE, 0x80)) + bytes(6)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PeeringSettings:
     """What the engine needs from the configuration.
 
@@ -158,7 +162,7 @@ class PeeringSettings:
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     max_total_queue_bytes: int = DEFAULT_MAX_TOTAL_QUEUE_BYTES
     icmp_error_rate: float = ICMP_ERROR_RATE
-    budget: BudgetSettings = field(default_factory=BudgetSettings)
+    budget: BudgetSettings = BudgetSettings()  # frozen: one instance serves as every default
 
 
 def retry_time(deadline: float, now: float) -> float:
@@ -174,7 +178,7 @@ def bubble_cookie(secret: bytes, peer: bytes) -> bytes:
     The U and G bits (0x0200 and 0x0100 of the interface identifier's first 16 bits, RFC 4291
     appendix A) are cleared so the identifier reads as a local, individual one.
     """
-    digest = hashlib.blake2b(peer, digest_size=8, key=secret).digest()
+    digest = blake2b(peer, digest_size=8, key=secret).digest()
     return _LINK_LOCAL_PREFIX + bytes((digest[0] & 0xFC,)) + digest[1:8]
 
 
@@ -801,11 +805,11 @@ class PeeringEngine(ABC):
     def _answers_our_bubble(self, packet: TeredoPacket, peer: Peer | None) -> bool:
         ipv6 = packet.ipv6
         src, dst = ipv6[8:24], ipv6[24:40]
-        if dst[:8] == _LINK_LOCAL_PREFIX and hmac.compare_digest(dst, self.cookie(src)):
+        if dst[:8] == _LINK_LOCAL_PREFIX and compare_digest(dst, self.cookie(src)):
             return True
         if peer is not None and peer.nonce_sent is not None and packet.trailers:
             nonce = trailer_nonce(packet.trailers)
-            return nonce is not None and hmac.compare_digest(nonce, peer.nonce_sent)
+            return nonce is not None and compare_digest(nonce, peer.nonce_sent)
         return False
 
     def _usable_trailers(self, packet: TeredoPacket) -> TeredoPacket:

@@ -103,9 +103,13 @@ import struct
 from array import array
 from collections.abc import Callable, Container, Iterator
 from itertools import islice
-from typing import Any, Final, Generic, Protocol, TypeVar, cast, overload
 
 from teredo.core.address import Endpoint
+from teredo.core.typenames import Any, Generic, Protocol, TypeVar, cast, overload  # no typing
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a start pays)
+if TYPE_CHECKING:
+    from typing import Final
 
 Link = Endpoint | int | None
 

@@ -50,13 +50,10 @@ Events: `Qualified`, `AddressChanged`, `NatBehaviourDetected`, `Offline`.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
-from typing import Final
 
 from teredo.core.address import (
     CLIENT_LINK_LOCAL,
@@ -71,6 +68,8 @@ from teredo.core.address import (
     show_endpoint,
 )
 from teredo.core.errors import LocalProtocolError, ParseError
+from teredo.core.logger import get_logger
+from teredo.core.record import record  # a frozen dataclass without dataclasses' start-up cost
 from teredo.core.secure_qualification import ClientKey, is_authenticated, sign, verify
 from teredo.core.wire import (
     Authentication,
@@ -84,7 +83,11 @@ from teredo.core.wire import (
     push_origin_indication,
 )
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
+
+log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 
 QUALIFICATION_TIMEOUT: Final = 4.0  # RFC 4380 §5.2.1: T, the RFC 2461 default
 QUALIFICATION_ATTEMPTS: Final = 3  # RFC 4380 §5.2.1: N
@@ -141,7 +144,7 @@ class Purpose(Enum):
     CONE = "cone"  # probe only: RS with C=1, answered from the other server address
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServerPair:
     """A Teredo server: its primary address and the secondary one (RFC 4380 §5.2)."""
 
@@ -159,7 +162,7 @@ class ServerPair:
         return f"{self.primary}" + (f" (secondary {self.secondary})" if self.secondary else "")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Qualified:
     """The client has an address (again). `solicited_at` is when the answered RS went out."""
 
@@ -171,7 +174,7 @@ class Qualified:
     rtt: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AddressChanged:
     """A refresh RA carried a new mapping (or MTU): `old` is no longer valid."""
 
@@ -181,7 +184,7 @@ class AddressChanged:
     mtu: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NatBehaviourDetected:
     nat: NatBehaviour
     primary_mapping: Endpoint
@@ -189,7 +192,7 @@ class NatBehaviourDetected:
     port_preserving: bool | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Offline:
     """The server stopped answering (or never did): the address, if any, is withdrawn."""
 
@@ -202,7 +205,7 @@ class Offline:
 QualifierEvent = Qualified | AddressChanged | NatBehaviourDetected | Offline
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Solicitation:
     purpose: Purpose
     destination: Endpoint

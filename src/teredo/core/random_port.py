@@ -20,8 +20,6 @@ draws the port from its injected randomness and does no I/O.
 
 from __future__ import annotations
 
-from typing import Final
-
 from teredo.core.address import CLIENT_LINK_LOCAL
 from teredo.core.secure_qualification import ClientKey, sign
 from teredo.core.trailers import RandomPortTrailer, encode_trailer, encode_trailers
@@ -31,6 +29,10 @@ from teredo.core.wire import (
     encode_router_solicitation,
     encode_teredo_packet,
 )
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
 
 PEER_REFRESH_INTERVAL: Final = 30.0  # RFC 6081 §5.4.2.1: the Peer Refresh Timer
 MAX_REFRESH_BUBBLES: Final = 20  # §5.4.2.1: Connection Refresh Count at most

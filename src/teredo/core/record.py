@@ -5,15 +5,22 @@ class it builds compiles its methods from generated source (~0.36 ms and ~11 KiB
 configuration (`teredo.core.config`) and the small records on the daemons' start path (netlink
 answers, the data path's settings, the service options...) are records instead: fields by
 position or keyword, value equality and hash, a repr (leaving out the names in a class's
-``__hidden__``, e.g. a secret), ``FrozenInstanceError`` on assignment, pickling, and `replace`
-as `dataclasses.replace`. mypy reads `record` as a dataclass (`dataclass_transform`); typing's
+``__hidden__``, e.g. a secret), equality and hash leaving out those in ``__uncompared__``
+(dataclasses' ``compare=False``), ``FrozenInstanceError`` on assignment, pickling, and `replace`
+as `dataclasses.replace`. The protocol core's parsed structures are records too (`wire`,
+`trailers`, `qualification`...); the generic ``__init__`` costs ~3 times dataclasses' generated
+one, so those built per datagram (`wire.TeredoPacket`...) write their own, which a record keeps.
+mypy reads `record` as a dataclass (`dataclass_transform`); typing's
 names are for mypy only. Fields are not inherited: a record's fields are its own annotations.
 """
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 TYPE_CHECKING = False  # typing's flag without importing typing (ms a one-shot command pays)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, TypeVar, dataclass_transform
 
     R = TypeVar("R")
@@ -33,6 +40,8 @@ def record(cls: type[R]) -> type[R]:
     """`cls` as a frozen, slotted record of its annotated fields (no inheritance of fields)."""
     names = tuple(cls.__dict__.get("__annotations__", {}))  # noqa: RUF063 (no inspect)
     hidden = frozenset(cls.__dict__.get("__hidden__", ()))
+    uncompared = frozenset(cls.__dict__.get("__uncompared__", ()))  # dataclasses' compare=False
+    compared = tuple(name for name in names if name not in uncompared)
     defaults = {name: cls.__dict__[name] for name in names if name in cls.__dict__}
     namespace = {
         key: value
@@ -54,13 +63,19 @@ def record(cls: type[R]) -> type[R]:
                 raise TypeError(f"{cls.__name__}() got multiple values for argument {name!r}")
             values[name] = value
         for name in names:
-            value = values.get(name, defaults.get(name, _MISSING))
+            value = values.get(name, _MISSING)
             if value is _MISSING:
-                raise TypeError(f"{cls.__name__}() missing required argument: {name!r}")
+                value = defaults.get(name, _MISSING)
+                if value is _MISSING:
+                    raise TypeError(f"{cls.__name__}() missing required argument: {name!r}")
             object.__setattr__(self, name, value)
 
-    def _values(self: Any) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in names)
+    def getter(fields: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+        if len(fields) > 1:
+            return attrgetter(*fields)  # a tuple of the fields, in C
+        return lambda self: tuple(getattr(self, name) for name in fields)
+
+    _values, _compared = getter(names), getter(compared)
 
     def __repr__(self: Any) -> str:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in names if name not in hidden)
@@ -69,10 +84,10 @@ def record(cls: type[R]) -> type[R]:
     def __eq__(self: Any, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return bool(_values(self) == _values(other))
+        return bool(_compared(self) == _compared(other))
 
     def __hash__(self: Any) -> int:
-        return hash(_values(self))
+        return hash(_compared(self))
 
     def __setattr__(self: Any, name: str, value: object) -> None:
         _refuse(name)

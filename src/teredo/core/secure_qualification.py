@@ -44,11 +44,14 @@ from __future__ import annotations
 
 import binascii
 import re
-from typing import Final
 
 from teredo.core.errors import UsageError
 from teredo.core.record import record  # a dataclass without dataclasses' start-up cost
 from teredo.core.wire import Authentication
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
 
 AUTHENTICATION_VALUE_LENGTH: Final = 20  # HMAC-SHA1 (RFC 4380 §5.2.2), RFC 2104 §2
 MAX_FIELD_LENGTH: Final = 255  # ID-len and AU-len are one byte each (RFC 4380 §5.1.1)

@@ -37,12 +37,15 @@ code tries to send that the RFC forbids.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
 
 from teredo.core.address import Endpoint, endpoint, ipv4_value
 from teredo.core.errors import ParseError
+from teredo.core.record import record  # a frozen dataclass without dataclasses' start-up cost
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
 
 
 class TrailerType(IntEnum):  # RFC 6081 §4
@@ -84,15 +87,19 @@ _DISCARD_BITS: Final = 0b01  # RFC 6081 §4.1: unknown type with these top bits:
 _NONCE_HEADER: Final = bytes((TrailerType.NONCE, NONCE_TRAILER_LENGTH))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Trailer:
     """An RFC 6081 §4.1 trailer, TLV. `value` excludes type and length."""
 
     type: int
     value: bytes
 
+    def __init__(self, type: int, value: bytes) -> None:
+        object.__setattr__(self, "type", type)  # per datagram: written out (core.record)
+        object.__setattr__(self, "value", value)
 
-@dataclass(frozen=True, slots=True)
+
+@record
 class ParsedTrailers:
     """What `parse_trailers` found: the known trailers in order, and whether processing
     stopped at a malformed one (RFC 6081 §5.1.2) or skipped unknown ones."""
@@ -143,28 +150,28 @@ def encode_trailers(trailers: tuple[Trailer, ...] | list[Trailer]) -> bytes:
 # The four trailers' meanings
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NonceTrailer:
     """RFC 6081 §4.2: a 4-byte nonce, in indirect and direct bubbles."""
 
     nonce: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AlternateAddressTrailer:
     """RFC 6081 §4.3: 1-4 other (address, port) pairs the sender can be reached at."""
 
     entries: tuple[Endpoint, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NeighborDiscoveryTrailer:
     """RFC 6081 §4.4: whether a direct bubble solicits an answer or is one."""
 
     discovery: DiscoveryType
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RandomPortTrailer:
     """RFC 6081 §4.5: the external port the sender predicts its NAT gave it toward us."""
 

@@ -18,14 +18,17 @@ inside; `is_x(packet) -> bool` answers without raising.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address
-from typing import Final
 
 from teredo.core.address import IPV4_MASK, PORT_MASK, Endpoint, endpoint
 from teredo.core.errors import ParseError
+from teredo.core.record import record  # a frozen dataclass without dataclasses' start-up cost
 from teredo.core.trailers import NO_TRAILERS, Trailer, encode_trailers, parse_trailers
+
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    from typing import Final
 
 IPV6_HEADER_LENGTH: Final = 40  # RFC 8200 §3
 ICMPV6_ERROR_LIMIT: Final = 1280  # RFC 4443 §2.4 (c): an error message fits the minimum MTU
@@ -71,7 +74,10 @@ _BUBBLE_HEADER: Final = bytes((0x60, 0, 0, 0, 0, 0, NextHeader.NO_NEXT_HEADER, 0
 # Teredo headers
 
 
-@dataclass(frozen=True, slots=True)
+_set = object.__setattr__  # a hot record's own __init__ (see teredo.core.record)
+
+
+@record
 class Authentication:
     """Authentication encapsulation (RFC 4380 §5.1.1); nonce-only when id and value are empty."""
 
@@ -80,20 +86,32 @@ class Authentication:
     client_id: bytes = b""
     auth_value: bytes = b""
 
+    def __init__(
+        self, nonce: bytes, confirmation: int = 0, client_id: bytes = b"", auth_value: bytes = b""
+    ) -> None:  # per datagram: written out, as fast as dataclasses' (teredo.core.record)
+        _set(self, "nonce", nonce)
+        _set(self, "confirmation", confirmation)
+        _set(self, "client_id", client_id)
+        _set(self, "auth_value", auth_value)
 
-@dataclass(frozen=True, slots=True)
+
+@record
 class OriginIndication:
     """Origin indication (RFC 4380 §5.1.1): the real outer source of a relayed packet."""
 
     address: IPv4Address
     port: int
 
+    def __init__(self, address: IPv4Address, port: int) -> None:  # per datagram (as above)
+        _set(self, "address", address)
+        _set(self, "port", port)
+
     @property
     def endpoint(self) -> Endpoint:
         return endpoint(self.address, self.port)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TeredoPacket:
     """A parsed Teredo UDP payload.
 
@@ -107,6 +125,20 @@ class TeredoPacket:
     origin: OriginIndication | None = None
     trailers: tuple[Trailer, ...] = ()
     malformed_trailers: bool = False
+
+    def __init__(
+        self,
+        ipv6: bytes,
+        authentication: Authentication | None = None,
+        origin: OriginIndication | None = None,
+        trailers: tuple[Trailer, ...] = (),
+        malformed_trailers: bool = False,
+    ) -> None:  # per datagram (as above)
+        _set(self, "ipv6", ipv6)
+        _set(self, "authentication", authentication)
+        _set(self, "origin", origin)
+        _set(self, "trailers", trailers)
+        _set(self, "malformed_trailers", malformed_trailers)
 
 
 def push_authentication(auth: Authentication) -> bytes:
@@ -212,7 +244,7 @@ def encode_teredo_packet(packet: TeredoPacket) -> bytes:
 # IPv6 and ICMPv6
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class IPv6Header:
     source: IPv6Address
     destination: IPv6Address
@@ -221,6 +253,24 @@ class IPv6Header:
     hop_limit: int
     traffic_class: int = 0
     flow_label: int = 0
+
+    def __init__(
+        self,
+        source: IPv6Address,
+        destination: IPv6Address,
+        next_header: int,
+        payload_length: int,
+        hop_limit: int,
+        traffic_class: int = 0,
+        flow_label: int = 0,
+    ) -> None:  # per packet (as above)
+        _set(self, "source", source)
+        _set(self, "destination", destination)
+        _set(self, "next_header", next_header)
+        _set(self, "payload_length", payload_length)
+        _set(self, "hop_limit", hop_limit)
+        _set(self, "traffic_class", traffic_class)
+        _set(self, "flow_label", flow_label)
 
 
 def parse_ipv6_header(packet: bytes) -> IPv6Header:
@@ -350,7 +400,7 @@ def is_router_solicitation(packet: bytes) -> bool:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PrefixInformation:
     """Prefix Information option (RFC 4861 §4.6.2)."""
 
@@ -361,7 +411,7 @@ class PrefixInformation:
     preferred_lifetime: int = INFINITE_LIFETIME
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RouterAdvertisement:
     """The parts of an RA Teredo uses (RFC 4380 §5.3.2, RFC 4861 §4.2)."""
 
@@ -374,7 +424,8 @@ class RouterAdvertisement:
     router_lifetime: int = 0
     reachable_time: int = 0
     retrans_timer: int = RA_RETRANS_TIMER_MS
-    options: tuple[tuple[int, bytes], ...] = field(default=(), compare=False)
+    options: tuple[tuple[int, bytes], ...] = ()  # the others, as received: not compared
+    __uncompared__ = ("options",)
 
 
 def encode_router_advertisement(ra: RouterAdvertisement) -> bytes:
@@ -452,7 +503,7 @@ def parse_router_advertisement(packet: bytes) -> RouterAdvertisement:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Echo:
     """An ICMPv6 echo request or reply (RFC 4443 §4)."""
 

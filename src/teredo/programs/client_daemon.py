@@ -56,21 +56,17 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Network, IPv6Address
 from typing import TYPE_CHECKING, Any, Final
 
 from teredo.adapters.daemon import catch_shutdown
 from teredo.adapters.heap import release_free_memory, use_one_arena
 from teredo.adapters.privileges import drop_privileges
-from teredo.adapters.resolver import local_address_toward, resolve_ipv4
 from teredo.core.address import CLIENT_LINK_LOCAL, DISCOVERY_GROUP, TEREDO_PORT
-from teredo.core.client import CLIENT_IDLE_TIMEOUT, ClientSettings, TeredoClient, summarize_peer
-from teredo.core.config import DEFAULT_CONFIG_PATH, ClientConfig, parse_client_config
+from teredo.core.client import ClientEvent, TeredoClient, summarize_peer
+from teredo.core.config import ClientConfig
 from teredo.core.errors import UserError
-from teredo.core.extensions import Extensions
-from teredo.core.peering import PeeringSettings
 from teredo.core.qualification import (
     AddressChanged,
     NatBehaviourDetected,
@@ -78,10 +74,18 @@ from teredo.core.qualification import (
     Qualified,
     ServerPair,
 )
-from teredo.core.secure_qualification import ClientKey
+from teredo.programs import client_start
+from teredo.programs.client_start import (  # re-exported: the daemon's configuration
+    SECRET_BYTES,
+    ClientStart,
+    client_settings,
+    load_client_config,
+    open_client,
+    resolve_servers,
+)
 from teredo.programs.datapath import DataPath, open_kernel_path_meanwhile
 from teredo.programs.keys import client_key
-from teredo.programs.loading import Loaded, load, reload_config
+from teredo.programs.loading import Loaded, reload_config
 from teredo.programs.observers import Observers, start_observers
 from teredo.programs.random_ports import RandomPortSockets
 from teredo.programs.service import Service, retry
@@ -93,7 +97,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SECRET_BYTES: Final = 32
 MAX_PEERS_IN_STATUS: Final = 32
 UPNP_SHUTDOWN_WAIT: Final = 5.0  # seconds a mapping still being made may delay shutdown
 KERNEL_PATH_WAIT: Final = 1.0  # seconds the kernel path waits for the address at most
@@ -116,42 +119,6 @@ HOOK_VARIABLES: Final = {
 # --- configuration ----------------------------------------------------------------------------
 
 
-def load_client_config(config_path: str | None, server: str | None) -> Loaded[ClientConfig]:
-    """Read the configuration the way `teredo client [-c FILE] [SERVER]` does."""
-    return load(
-        config_path,
-        server,
-        default_path=DEFAULT_CONFIG_PATH,
-        parse=lambda text, source, server: parse_client_config(text, source, server=server),
-        missing=(
-            f"there is no {DEFAULT_CONFIG_PATH}; give a configuration file with -c FILE "
-            "or the Teredo server on the command line (teredo client SERVER)"
-        ),
-    )
-
-
-Resolver = Callable[[str, str], IPv4Address]  # (name, what) -> address; NameResolutionError
-
-
-def resolve_servers(
-    config: ClientConfig, resolve: Resolver = resolve_ipv4
-) -> tuple[ServerPair, ...]:
-    """ServerAddress (+ ServerAddress2, default +1) then FallbackServers, resolved to IPv4."""
-
-    def ipv4(host: IPv4Address | str, what: str) -> IPv4Address:
-        return host if isinstance(host, IPv4Address) else resolve(host, what)
-
-    primary = ipv4(config.server_address, "Teredo server (ServerAddress)")
-    if config.server_address2 is None:
-        first = ServerPair.of(primary)
-    else:
-        first = ServerPair(primary, ipv4(config.server_address2, "ServerAddress2"))
-    servers = [first]
-    for host in config.fallback_servers:
-        servers.append(ServerPair.of(ipv4(host, "fallback server (FallbackServers)")))
-    return tuple(servers)
-
-
 def server_list(servers: tuple[ServerPair, ...], in_use: ServerPair) -> list[dict[str, Any]]:
     """The status document's ``servers``: each server pair as an object, the one in use marked
     (RFC 4380 §5.2: the client talks to both addresses of one pair, on UDP 3544)."""
@@ -166,39 +133,9 @@ def server_list(servers: tuple[ServerPair, ...], in_use: ServerPair) -> list[dic
     ]
 
 
-def client_settings(
-    config: ClientConfig, servers: tuple[ServerPair, ...], key: ClientKey | None = None
-) -> ClientSettings:
-    return ClientSettings(
-        servers=servers,
-        tunnel=PeeringSettings(
-            allow_private=config.allow_private_addresses,
-            max_peers=config.max_peers,
-            idle_timeout=CLIENT_IDLE_TIMEOUT,
-            max_queue_bytes=config.max_queue_bytes,
-        ),
-        refresh_interval=float(config.refresh_interval),
-        local_discovery=config.local_discovery,
-        key=key,
-        extensions=Extensions(
-            upnp=config.upnp,
-            hairpinning=config.hairpinning,
-            server_load_reduction=config.server_load_reduction,
-            port_preserving=config.port_preserving,
-            sequential_ports=config.sequential_ports,
-        ),
-    )
-
-
 async def local_ipv4_networks() -> tuple[IPv4Network, ...]:
     """The IPv4 subnets of this host's interfaces (local discovery accepts only those)."""
-    from teredo.adapters.netlink import ipv4_networks
-
-    try:
-        return await ipv4_networks()
-    except UserError as error:
-        log.warning("cannot list this host's IPv4 networks: %s", error)
-        return ()
+    return client_start.local_ipv4_networks()
 
 
 # --- the hook script helper -------------------------------------------------------------------
@@ -337,21 +274,41 @@ class ClientDaemon:
     async def _apply(self, event: Qualified | AddressChanged | Offline) -> None:
         async with self.lock:
             try:
-                if isinstance(event, Qualified | AddressChanged):
-                    await self._configure(event)
-                else:
-                    await self._withdraw(event.reason)
+                await self._apply_now(event)
             except UserError as error:
                 log.error("%s", error)
 
+    async def _apply_now(self, event: ClientEvent) -> None:
+        if isinstance(event, Qualified | AddressChanged):
+            await self._configure(event)
+        elif isinstance(event, Offline):
+            await self._withdraw(event.reason)
+
     async def _configure(self, event: Qualified | AddressChanged) -> None:
-        old_address, old_mtu = self.configured, self.configured_mtu
         await self.iface.configure_client(event.address, event.mtu)
+        await self._configured(event, time.monotonic())
+
+    async def adopt(self, start: ClientStart) -> None:
+        """Take over what the launch did (`teredo.programs.client_start`): the address it
+        configured is announced as if configured here (log, READY=1, hook); an event it left
+        is applied in order, before those the core gives the loop."""
+        async with self.lock:
+            try:
+                if start.qualified is not None and start.addressed_at is not None:
+                    await self._configured(start.qualified, start.addressed_at)
+                elif start.pending is not None:
+                    await self._apply_now(start.pending)
+            except UserError as error:
+                log.error("%s", error)
+
+    async def _configured(self, event: Qualified | AddressChanged, addressed_at: float) -> None:
+        """The interface has the address of `event` (since `addressed_at`): say so."""
+        old_address, old_mtu = self.configured, self.configured_mtu
         self.configured, self.configured_mtu = event.address, event.mtu
         if self.kernel is not None:
             self.kernel.set_local_addresses([event.address.packed])
         if isinstance(event, Qualified):
-            elapsed = (time.monotonic() - event.solicited_at) * 1000
+            elapsed = (addressed_at - event.solicited_at) * 1000
             self.rs_to_address_ms = round(elapsed, 2)
             log.info(
                 "address %s configured on %s (MTU %d) %.1f ms after the router solicitation "
@@ -506,51 +463,31 @@ class ClientDaemon:
         )  # fmt: skip
 
 
-async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
-    """The client until SIGTERM/SIGINT (`teredo.programs.service.run_service` calls it)."""
-    from teredo.adapters.netlink import InterfaceConfigurator, interface_index
-    from teredo.adapters.tun import TunDevice, open_tun
-    from teredo.adapters.udp import UdpSocket, join_multicast, open_udp_socket
-
+async def serve(
+    loaded: Loaded[ClientConfig], service: Service, start: ClientStart | None = None
+) -> int:
+    """The client until SIGTERM/SIGINT (`teredo.programs.service.run_service` calls it), taking
+    over what the launch opened and configured (`start`, `teredo.programs.client_start`), or
+    opening it all itself when there was none."""
     config = loaded.config
     use_one_arena()  # before the UPnP and kernel path threads: no arena left behind by each
-    service.status("resolving the Teredo servers")
-    servers = await retry(lambda: resolve_servers(config), service)
-    key = client_key(config)  # before dropping privileges: the file may be root's
-    udp: UdpSocket | None = None
-    tun: TunDevice | None = None
     daemon: ClientDaemon | None = None
     shutdown: asyncio.Task[Any] | None = None  # the signal handlers (catch_shutdown)
     try:
-        udp = await retry(lambda: open_udp_socket(config.bind_address, config.bind_port), service)
-        bound_ip = IPv4Address(udp.local[0])
-        if bound_ip == IPv4Address("0.0.0.0"):
-            bound_ip = local_address_toward(servers[0].primary) or bound_ip
-        from teredo.core.address import endpoint
-
-        local = endpoint(bound_ip, udp.local[1])
-        networks = await local_ipv4_networks() if config.local_discovery else ()
-        now = time.monotonic()
-        core = TeredoClient(
-            client_settings(config, servers, key),
-            random_bytes=os.urandom,
-            secret=os.urandom(SECRET_BYTES),
-            now=now,
-            local=local,
-            local_networks=networks,
+        if start is None:
+            service.status("resolving the Teredo servers")
+            servers = await retry(lambda: resolve_servers(config), service)
+            key = client_key(config)  # before dropping privileges: the file may be root's
+            start = await retry(lambda: open_client(config, servers, key), service)
+        core, udp, tun = start.core, start.udp, start.tun
+        servers = start.servers
+        daemon = ClientDaemon(
+            loaded=loaded, core=core, servers=servers, service=service, started=start.opened
         )
-        daemon = ClientDaemon(loaded=loaded, core=core, servers=servers, service=service)
-        tun = open_tun(config.interface_name, offload=config.offload)
         daemon.interface = tun.name
-        daemon.interface_index = await interface_index(tun.name)
-        daemon.iface = InterfaceConfigurator(tun.name)
-        if config.local_discovery:
-            daemon.discovery = open_udp_socket(
-                "0.0.0.0", TEREDO_PORT, pktinfo=True, reuse_address=True,
-                address_setting="the local discovery address", port_setting=None,
-            )  # fmt: skip
-            join_multicast(daemon.discovery)
-            join_multicast(udp)  # TTL 1, no loop for the bubbles we send to the group
+        daemon.interface_index = start.interface_index
+        daemon.iface = start.iface
+        daemon.discovery = start.discovery
         if config.hook_script is not None:
             daemon.hook = HookRunner(config.hook_script)
             await daemon.hook.start()
@@ -565,18 +502,19 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
         daemon.random_ports = RandomPortSockets(
             core, udp.local[0], running.add_reader, running.remove_reader, daemon.loop.flush
         )
-        log.info(
-            "Teredo client on UDP %s:%d (seen as %s), interface %s, servers %s",
-            udp.local[0], udp.local[1], local, tun.name, ", ".join(str(s) for s in servers),
-        )  # fmt: skip
         if daemon.upnp is not None:
-            await _map_upnp(daemon, local)  # in a thread: qualification does not wait
-        core.start(time.monotonic())
+            await _map_upnp(daemon, start.local)  # in a thread: qualification does not wait
+        if not start.started:
+            core.start(time.monotonic())
         # Signals are handled before the server can answer: the address, and READY=1, may come
         # while the kernel path loads, and a SIGTERM right after must find its handler.
         signals = catch_shutdown(on_reload=service.reloading(daemon.reload))
         shutdown = signals
-        daemon.loop.start()  # the router solicitation leaves
+        # The launch's address (or first event) before anything the loop gives: in order.
+        adopted = running.create_task(daemon.adopt(start))
+        daemon.tasks.add(adopted)
+        adopted.add_done_callback(daemon.tasks.discard)
+        daemon.loop.start()  # the router solicitation leaves (if the launch did not send it)
         if daemon.discovery is not None:
             _watch_discovery(daemon)
         if config.offload:
@@ -604,10 +542,11 @@ async def serve(loaded: Loaded[ClientConfig], service: Service) -> int:
             await asyncio.wait([shutdown])
         if daemon is not None:
             await _shutdown(daemon)
-        if tun is not None:
-            tun.close()
-        if udp is not None:
-            udp.close()
+        elif start is not None and start.discovery is not None:
+            start.discovery.close()
+        if start is not None:
+            start.tun.close()
+            start.udp.close()
     return 0
 
 
@@ -723,4 +662,13 @@ async def _shutdown(daemon: ClientDaemon) -> None:
     )
 
 
-__all__ = ["HOOK_VARIABLES", "ClientDaemon", "HookRunner", "load_client_config", "serve"]
+__all__ = [
+    "HOOK_VARIABLES",
+    "SECRET_BYTES",
+    "ClientDaemon",
+    "HookRunner",
+    "client_settings",
+    "load_client_config",
+    "resolve_servers",
+    "serve",
+]

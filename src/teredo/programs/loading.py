@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from teredo.core.config import (
     ClientConfig,
@@ -25,12 +24,15 @@ from teredo.core.config import (
 )
 from teredo.core.errors import UsageError
 from teredo.core.record import record, replace
+from teredo.core.typenames import Generic, TypeVar  # typing's, without importing typing
 from teredo.programs.config_file import load_config as load_config  # re-exported
 from teredo.programs.config_file import read_config_text as read_config_text
 from teredo.programs.config_file import role_for as role_for
 
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
 if TYPE_CHECKING:
     import logging
+    from typing import Final
 
 
 def _log() -> logging.Logger:

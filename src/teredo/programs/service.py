@@ -25,16 +25,16 @@ a warning per attempt; only usage and configuration errors exit 2, runtime failu
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
-import logging
 import os
+import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Final, Literal, TypeVar
 
-from teredo.adapters.daemon import StartReport
 from teredo.adapters.notify import Notifier
+from teredo.adapters.process import StartReport
+from teredo.core import logger
 from teredo.core.config import DEFAULT_CONFIG_PATH, Config
 from teredo.core.errors import TransientError, UserError
 from teredo.core.record import record  # a dataclass without dataclasses' start-up cost
@@ -46,10 +46,18 @@ from teredo.programs.loading import (
     with_command_line,
 )
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
+if TYPE_CHECKING:
+    import asyncio
+    from typing import Final, Literal, TypeVar
 
-Kind = Literal["client", "relay", "server"]
-T = TypeVar("T")
+    from teredo.programs.client_start import ClientStart
+
+    Kind = Literal["client", "relay", "server"]
+    T = TypeVar("T")
+
+# asyncio and logging are imported once the client's launch has its address (client_start).
+log = logger.get_logger(__name__)
 
 RETRY_DELAYS: Final = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)  # seconds; then every 60 s
 
@@ -122,6 +130,7 @@ class Service:
         interval = self.notifier.watchdog_interval
         if interval is None or self._watchdog is not None:
             return
+        import asyncio
 
         async def feed() -> None:
             while True:
@@ -152,10 +161,14 @@ async def retry(
     attempt: Callable[[], T],
     service: Service,
     *,
-    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    sleep: Callable[[float], Awaitable[object]] | None = None,
 ) -> T:
-    """`attempt()`, again after 1, 2, 4 ... 60 s while it raises `TransientError`, with a
-    warning each time; any other error ends the start."""
+    """`attempt()`, again after 1, 2, 4 ... 60 s (`sleep`: asyncio's) while it raises
+    `TransientError`, with a warning each time; any other error ends the start."""
+    if sleep is None:
+        import asyncio
+
+        sleep = asyncio.sleep
     failures = 0
     while True:
         try:
@@ -179,11 +192,15 @@ def tunnel_role(kind: Kind, config_path: str | None) -> Kind:
 
 def _load(kind: Kind, config_path: str | None, argument: str | None) -> Loaded[Config]:
     loaded: Loaded[Config]
-    if kind == "client":
-        from teredo.programs.client_daemon import load_client_config
+    if kind == "client":  # not from client_daemon: the launch comes before the event loop
+        from teredo.programs.client_start import load_client_config
 
         loaded = load_client_config(config_path, argument)  # type: ignore[assignment]
-    elif kind == "relay":
+        return loaded
+    from teredo.adapters.openssl import import_without_openssl
+
+    import_without_openssl()  # the event loop, without `ssl`: the daemon modules import it
+    if kind == "relay":
         from teredo.programs.relay_daemon import load_relay_config
 
         loaded = load_relay_config(config_path)  # type: ignore[assignment]
@@ -219,27 +236,36 @@ def run_service(
 ) -> int:
     """`teredo client|relay|server [-f] [-p PIDFILE] [-u USER] [-c FILE] [ARGUMENT]`: run
     until SIGTERM/SIGINT; the exit status (a `UserError` propagates to the CLI)."""
-    from teredo.adapters.daemon import detach, ignore_signals
+    from teredo.adapters.process import detach, ignore_signals
 
     options = options or ServiceOptions()
     role = tunnel_role(kind, config_path)
     loaded = with_command_line(
         _load(role, config_path, argument), user=options.user, detached=not options.foreground
     )
-    start_logging(loaded, warnings=False)  # can it log there? say so before detaching
+    if loaded.log_facility is not None:
+        start_logging(loaded, warnings=False)  # can it log there? say so before detaching
     ignore_signals()
     report = StartReport() if options.foreground else detach()
     service = Service(Notifier.from_environment(), report)
     try:
-        start_logging(loaded)  # again in a detached daemon: its syslog tag has its own pid
-        if role != kind:
-            log.info("the file's RelayType makes this a %s: running one (as miredo does)", role)
-        if role == "relay" and argument is not None:
-            log.info(
-                "the server %s on the command line is ignored by a relay (as miredo)", argument
-            )
         with _pid_file(options.pidfile):
-            status = asyncio.run(_serve(role, loaded, service))
+            with _logging_after(loaded):
+                for warning in loaded.config.warnings:
+                    log.warning("%s", warning)
+                if role != kind:
+                    log.info(
+                        "the file's RelayType makes this a %s: running one (as miredo does)", role
+                    )
+                if role == "relay" and argument is not None:
+                    log.info(
+                        "the server %s on the command line is ignored by a relay (as miredo)",
+                        argument,
+                    )
+                start = _launch(role, loaded)
+            import asyncio
+
+            status = asyncio.run(_serve(role, loaded, service, start))
         service.report.failed("the daemon stopped during start-up", status or 1)
         return status
     except UserError as error:
@@ -255,9 +281,42 @@ def run_service(
         service.close()
 
 
-async def _serve(role: Kind, loaded: Loaded[Config], service: Service) -> int:
+@contextlib.contextmanager
+def _logging_after(loaded: Loaded[Config]) -> Iterator[None]:
+    """Hold what is logged meanwhile (`teredo.core.logger`), then import the event loop
+    without `ssl` (logging's set-up module imports it: `teredo.adapters.openssl`), set logging
+    up (again in a detached daemon: its syslog tag has its own pid) and log it, failure or not."""
+    from teredo.adapters.openssl import import_without_openssl
+
+    logger.hold(time.time, sys.exc_info)
+    try:
+        yield
+    finally:
+        try:
+            import_without_openssl()
+            start_logging(loaded, warnings=False)
+        finally:
+            logger.release()
+
+
+def _launch(role: Kind, loaded: Loaded[Config]) -> ClientStart | None:
+    """The client's launch before the event loop (`teredo.programs.client_start`)."""
+    if role != "client":
+        return None
+    from teredo.programs.client_start import launch_client
+
+    return launch_client(loaded)  # type: ignore[arg-type]
+
+
+async def _serve(
+    role: Kind, loaded: Loaded[Config], service: Service, start: ClientStart | None = None
+) -> int:
     service.start_watchdog()
     try:
+        if start is not None:
+            from teredo.programs.client_daemon import serve as serve_client
+
+            return await serve_client(loaded, service, start)  # type: ignore[arg-type]
         return await _serve_function(role)(loaded, service)
     finally:
         service.close()
