@@ -140,7 +140,8 @@ def test_role_configs_parse_without_warnings(
     assert isinstance(config, expected)
     if impl is roles.Impl.OURS:
         assert config.control_socket == str(tmp_path / f"{launch.node}.sock")
-        assert launch.argv[1:5] == ("-m", "teredo", launch.kind, "-f")
+        program = roles.teredo_program()  # the installed script, else python -m teredo
+        assert launch.argv[: len(program) + 2] == (*program, launch.kind, "-f")
         assert launch.pid_path is None
     else:
         assert "ControlSocket" not in launch.config_text  # Miredo would call it superfluous
