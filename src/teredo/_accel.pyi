@@ -1,4 +1,4 @@
-import socket
+import _socket
 from collections.abc import Callable
 
 def ones_complement_sum(data: bytes | bytearray | memoryview, /) -> int: ...
@@ -41,7 +41,7 @@ def answer_solicitations(
     /,
 ) -> tuple[int, int, int, int, int, int, int]: ...
 def recv_batch(
-    sock: socket.socket,
+    sock: _socket.socket,
     data: bytearray | memoryview,
     slot: int,
     records: bytearray | memoryview,
@@ -49,7 +49,7 @@ def recv_batch(
     /,
 ) -> tuple[int, int]: ...
 def send_batch(
-    sock: socket.socket,
+    sock: _socket.socket,
     out: bytearray | memoryview,
     slot: int,
     records: bytearray | memoryview,

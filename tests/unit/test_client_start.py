@@ -169,17 +169,19 @@ def test_no_answer_gives_up_after_the_window_with_the_core_as_it_is() -> None:
 
 def test_the_launch_imports_neither_the_event_loop_nor_logging() -> None:
     """What the client imports before its address (a fresh interpreter, as `teredo client`):
-    not the event loop, logging, the digests, typing, dataclasses nor the status TypedDicts
-    (each is milliseconds of the launch; README, Footprint)."""
+    not the event loop, logging, the digests, typing, dataclasses, the status TypedDicts, `re`
+    nor socket.py (its enums and selectors) (each is milliseconds of the launch; README,
+    Footprint)."""
     import subprocess
 
     code = (
         "import sys\n"
         "from teredo.cli import _prepare_daemon\n"
         "_prepare_daemon()\n"
-        "import teredo.programs.service, teredo.programs.client_start\n"
+        "import teredo.programs.service, teredo.programs.client_start, teredo.programs.keys\n"
         "print(' '.join(m for m in ('asyncio', 'logging', '_hashlib', 'ssl', 'hashlib',\n"
-        "                           'typing', 'dataclasses', 'teredo.core.status')\n"
+        "                           'typing', 'dataclasses', 'teredo.core.status', 're',\n"
+        "                           'socket', 'selectors')\n"
         "            if sys.modules.get(m)))"
     )
     result = subprocess.run(

@@ -1193,3 +1193,28 @@ def test_checkconf_imports_neither_dataclasses_nor_typing_for_the_configuration(
     modules = imported_after("import teredo.core.config, teredo.programs.config_file")
     # teredo.core.peers's descriptor and protocol take their bases from teredo.core.typenames
     assert not modules & {"dataclasses", "inspect", "typing"}
+
+
+# The character classes the lexer and the value parsers check without `re` (its import was
+# milliseconds of every launch), held against the regular expressions they replace.
+_CLASS_ALPHABET = st.text(alphabet=" \t\r\f\v\n\x1f\xa0\u2003#$-._0189afxAFXgz~!é٣", max_size=300)
+
+
+@settings(max_examples=3000)
+@given(_CLASS_ALPHABET)
+def test_the_character_classes_match_the_regular_expressions_they_replace(text: str) -> None:
+    import re
+
+    from teredo.core import config
+    from teredo.core.secure_qualification import is_hex, is_identifier
+
+    assert config.split_words(text) == re.split(r"[ \t\r\f\v]+", text.strip(" \t\r\f\v"))
+    assert config.made_of(text, config._DIGITS) == bool(re.fullmatch(r"[0-9]+", text))
+    numeric = re.fullmatch(r"[0-9.]+|0[xX][0-9a-fA-F.xX]*", text)
+    assert config.is_numeric_host(text) == bool(numeric)
+    label = re.fullmatch(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", text)
+    assert config.is_host_label(text) == bool(label)
+    user = re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,30}\$?", text)
+    assert config.is_user_name(text) == bool(user)
+    assert is_hex(text) == bool(re.fullmatch(r"(?:[0-9A-Fa-f]{2})+", text))
+    assert is_identifier(text) == bool(re.fullmatch(r"[!-~]{1,255}", text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _socket  # what teredo.adapters.resolver calls (getaddrinfo is patched there)
 import asyncio
 import logging
 import os
@@ -207,7 +208,7 @@ def test_checkconf_name_that_does_not_exist_fails(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write(tmp_path, "ServerAddress teredo.example.invalid\n")
-    monkeypatch.setattr(socket, "getaddrinfo", _failing_getaddrinfo(socket.EAI_NONAME))
+    monkeypatch.setattr(_socket, "getaddrinfo", _failing_getaddrinfo(socket.EAI_NONAME))
     assert main(["checkconf", path]) == 2
     err = capsys.readouterr().err
     assert err == (
@@ -221,7 +222,7 @@ def test_checkconf_temporary_failure_is_a_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write(tmp_path, "ServerAddress teredo.example.net\n")
-    monkeypatch.setattr(socket, "getaddrinfo", _failing_getaddrinfo(socket.EAI_AGAIN))
+    monkeypatch.setattr(_socket, "getaddrinfo", _failing_getaddrinfo(socket.EAI_AGAIN))
     assert main(["checkconf", path]) == 0
     err = capsys.readouterr().err
     assert err.startswith("teredo: warning: ") and err.endswith("; the client retries it\n")
@@ -231,7 +232,7 @@ def test_checkconf_no_resolve(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write(tmp_path, "ServerAddress teredo.example.invalid\n")
-    monkeypatch.setattr(socket, "getaddrinfo", _failing_getaddrinfo(socket.EAI_NONAME))
+    monkeypatch.setattr(_socket, "getaddrinfo", _failing_getaddrinfo(socket.EAI_NONAME))
     assert main(["checkconf", "--no-resolve", path]) == 0
     assert capsys.readouterr().err == ""
 

@@ -26,7 +26,7 @@ Two offloads cut system calls on the data path, each with a fallback where the k
 A Teredo server moves whole batches (`teredo.core.server.ServerBatch`): `python_recv_batch`
 reads up to a batch of datagrams into fixed-size slots of one buffer, each with a record
 (`teredo.core.server.RECORD`: source address and port, length), and `python_send_batch` sends
-the answers of a batch that go out from one socket. The C module does each in one system call
+the answers of a batch that go out from one _socket. The C module does each in one system call
 (`recvmmsg`, `sendmmsg`); these are its portable twins (`teredo.adapters.accel` chooses).
 
 Sending never raises for a full queue or a transient network error: `send` returns False and
@@ -40,9 +40,9 @@ conversion on the receive path.
 
 from __future__ import annotations
 
+import _socket  # socket.py without its enums and selectors, which cost a launch ~1.5 ms
 import errno
 import os
-import socket
 import struct
 from collections.abc import Callable
 from ipaddress import IPv4Address
@@ -80,8 +80,8 @@ DRAIN_LIMIT: Final = 64  # datagrams per readiness callback, so one socket canno
 
 # struct in_pktinfo: int ipi_ifindex; struct in_addr ipi_spec_dst; struct in_addr ipi_addr.
 _PKTINFO: Final = struct.Struct("=i4s4s")
-_ANCILLARY_BYTES: Final = socket.CMSG_SPACE(_PKTINFO.size)
-_GRO_ANCILLARY_BYTES: Final = socket.CMSG_SPACE(4)  # int: the size of each datagram
+_ANCILLARY_BYTES: Final = _socket.CMSG_SPACE(_PKTINFO.size)
+_GRO_ANCILLARY_BYTES: Final = _socket.CMSG_SPACE(4)  # int: the size of each datagram
 _SEGMENT_SIZE: Final = struct.Struct("=H")  # the UDP_SEGMENT option: u16
 _GRO_SIZE: Final = struct.Struct("=i")  # the UDP_GRO cmsg: int
 
@@ -119,7 +119,7 @@ class UdpSocket:
         "sock",
     )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.local: Endpoint = sock.getsockname()
         self._buffer = lazy_buffer(RECEIVE_BUFFER_BYTES)  # pages only where datagrams land
@@ -295,8 +295,8 @@ class UdpSocket:
             count += 1
             destination = local_ip
             for level, kind, data in ancillary:
-                if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
-                    destination = socket.inet_ntoa(data[8:12])  # ipi_addr: header destination
+                if level == _socket.IPPROTO_IP and kind == IP_PKTINFO:
+                    destination = _socket.inet_ntoa(data[8:12])  # ipi_addr: header destination
             handler(view[:size], source, destination)
         return count
 
@@ -316,7 +316,7 @@ class UdpSocket:
 
 
 def python_recv_batch(
-    sock: socket.socket,
+    sock: _socket.socket,
     data: bytearray | memoryview,
     slot: int,
     records: bytearray | memoryview,
@@ -351,14 +351,14 @@ def python_recv_batch(
         except OSError as failure:
             error = failure.errno or errno.EIO
             break
-        address = int.from_bytes(socket.inet_aton(source[0]), "big")
+        address = int.from_bytes(_socket.inet_aton(source[0]), "big")
         RECORD.pack_into(records, count * RECORD.size, address, size, source[1], 0)
         count += 1
     return count, error
 
 
 def python_send_batch(
-    sock: socket.socket,
+    sock: _socket.socket,
     out: bytearray | memoryview,
     slot: int,
     records: bytearray | memoryview,
@@ -392,7 +392,9 @@ def python_send_batch(
             continue
         start = k * slot
         try:
-            send(view[start : start + length], (socket.inet_ntoa(address.to_bytes(4, "big")), port))
+            send(
+                view[start : start + length], (_socket.inet_ntoa(address.to_bytes(4, "big")), port)
+            )
         except BlockingIOError:
             eagain += 1
         except OSError as failure:
@@ -429,16 +431,16 @@ def open_udp_socket(
     Raises `UserError` naming the address and the fix when the bind fails.
     """
     host = str(address)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
-        _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, buffer_bytes)
-        _set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, buffer_bytes)
+        sock.setsockopt(_socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+        _set_buffer(sock, _socket.SO_RCVBUF, SO_RCVBUFFORCE, buffer_bytes)
+        _set_buffer(sock, _socket.SO_SNDBUF, SO_SNDBUFFORCE, buffer_bytes)
         if pktinfo:
-            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            sock.setsockopt(_socket.IPPROTO_IP, IP_PKTINFO, 1)
         if reuse_address:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as error:
@@ -453,8 +455,8 @@ def open_udp_socket(
         "UDP socket bound to %s:%d (rcvbuf %d, sndbuf %d, pktinfo %s)",
         udp.local[0],
         udp.local[1],
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF),
+        sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF),
         pktinfo,
     )
     return udp
@@ -472,13 +474,13 @@ def join_multicast(
     pick by route. Raises `UserError` when the kernel refuses the membership.
     """
     sock = udp.sock
-    local = socket.inet_aton(str(interface))
+    local = _socket.inet_aton(str(interface))
     try:
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, local)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-        membership = socket.inet_aton(str(group)) + local  # struct ip_mreq
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        sock.setsockopt(_socket.IPPROTO_IP, _socket.IP_MULTICAST_IF, local)
+        sock.setsockopt(_socket.IPPROTO_IP, _socket.IP_MULTICAST_TTL, 1)
+        sock.setsockopt(_socket.IPPROTO_IP, _socket.IP_MULTICAST_LOOP, 0)
+        membership = _socket.inet_aton(str(group)) + local  # struct ip_mreq
+        sock.setsockopt(_socket.IPPROTO_IP, _socket.IP_ADD_MEMBERSHIP, membership)
     except OSError as error:
         raise UserError(
             f"cannot join multicast group {group} on {interface}: {error.strerror}; "
@@ -486,12 +488,12 @@ def join_multicast(
         ) from None
 
 
-def _set_buffer(sock: socket.socket, option: int, force_option: int, size: int) -> None:
+def _set_buffer(sock: _socket.socket, option: int, force_option: int, size: int) -> None:
     """Set a socket buffer size, beyond the sysctl cap when we have CAP_NET_ADMIN."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, force_option, size)
+        sock.setsockopt(_socket.SOL_SOCKET, force_option, size)
     except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, option, size)
+        sock.setsockopt(_socket.SOL_SOCKET, option, size)
 
 
 def interface_holding(address: IPv4Address) -> tuple[str, int] | None:
@@ -499,6 +501,7 @@ def interface_holding(address: IPv4Address) -> tuple[str, int] | None:
     (SIOCGIFADDR, SIOCGIFNETMASK); None when no interface has it as its primary address.
     For advice in messages (an `ip addr add` command that fits), not for decisions."""
     import fcntl
+    import socket
 
     for _, name in socket.if_nameindex():
         request = name.encode().ljust(40, b"\0")

@@ -17,10 +17,10 @@ one sentence saying so; an unresolvable name or a bad port is a usage error (sta
 
 from __future__ import annotations
 
+import _socket
 import json
 import os
 import selectors
-import socket
 import time
 from ipaddress import IPv4Address
 from typing import Any, Final
@@ -114,7 +114,7 @@ def is_sequential(nat: NatBehaviour, delta: int | None) -> bool:
     return nat is NatBehaviour.SYMMETRIC and delta is not None and 0 < delta <= SEQUENTIAL_DELTA_MAX
 
 
-def _run(qualifier: Qualifier, sock: socket.socket, timeout: float) -> None:
+def _run(qualifier: Qualifier, sock: _socket.socket, timeout: float) -> None:
     clock = time.monotonic
     start = clock()
     deadline = start + timeout
