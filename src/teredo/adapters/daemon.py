@@ -187,11 +187,12 @@ def install_signal_handlers(
     def ignore(number: signal.Signals) -> None:
         log.info("%s received: ignored (it has no meaning for teredo, as for Miredo)", number.name)
 
-    before = {number: signal.getsignal(number) for number in IGNORED_SIGNALS}
+    ignored = [signal.Signals(number) for number in IGNORED_SIGNALS]
+    before = {number: signal.getsignal(number) for number in ignored}
     for number in SHUTDOWN_SIGNALS:
         loop.add_signal_handler(number, on_shutdown, number)
     loop.add_signal_handler(RELOAD_SIGNAL, reload)
-    for number in IGNORED_SIGNALS:
+    for number in ignored:
         meaning = (on_signal or {}).get(number)
         if meaning is not None:
             loop.add_signal_handler(number, meaning)
@@ -199,7 +200,7 @@ def install_signal_handlers(
             loop.add_signal_handler(number, ignore, number)
 
     def remove() -> None:
-        for number in (*SHUTDOWN_SIGNALS, RELOAD_SIGNAL, *IGNORED_SIGNALS):
+        for number in (*SHUTDOWN_SIGNALS, RELOAD_SIGNAL, *ignored):
             loop.remove_signal_handler(number)
         for number, handler in before.items():  # a daemon's SIG_IGN (`ignore_signals`)
             if handler is not None:

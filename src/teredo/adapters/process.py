@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import signal
 import sys
 from types import TracebackType
 
@@ -20,11 +19,15 @@ from teredo.core.logger import get_logger
 
 TYPE_CHECKING = False  # typing's flag without importing typing (ms a start pays)
 if TYPE_CHECKING:
+    import signal as _signal  # the same functions, typed (typeshed has no _signal)
     from typing import Final
+else:
+    import _signal  # signal.py without its enums, which cost a launch ~0.5 ms
 
 log = get_logger(__name__)  # imports logging when it logs (teredo.core.logger)
 
-IGNORED_SIGNALS: Final = (signal.SIGUSR1, signal.SIGUSR2)  # miredo(8): "Do nothing"
+# miredo(8): "Do nothing". Numbers (_signal has no enum); teredo.adapters.daemon names them.
+IGNORED_SIGNALS: Final[tuple[int, ...]] = (_signal.SIGUSR1, _signal.SIGUSR2)
 
 
 # --- pid file ---------------------------------------------------------------------------------
@@ -243,7 +246,7 @@ def _wait_for_report(fd: int) -> int:
 def ignore_signals() -> None:
     """Ignore SIGUSR1 and SIGUSR2 before the loop's handlers exist (their default kills)."""
     for number in IGNORED_SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
+        _signal.signal(number, _signal.SIG_IGN)
 
 
 __all__ = ["IGNORED_SIGNALS", "PidFile", "StartReport", "detach", "ignore_signals"]

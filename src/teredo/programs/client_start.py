@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import time
 from ipaddress import IPv4Address, IPv4Network
 
@@ -52,6 +51,7 @@ from teredo.programs.loading import Loaded, load
 
 TYPE_CHECKING = False  # typing's flag without importing typing (ms a launch pays)
 if TYPE_CHECKING:
+    import signal as _signal  # the same functions, typed (typeshed has no _signal)
     from collections.abc import Callable
     from typing import Final
 
@@ -59,6 +59,8 @@ if TYPE_CHECKING:
     from teredo.core.secure_qualification import ClientKey
 
     Resolver = Callable[[str, str], IPv4Address]  # (name, what) -> address; NameResolutionError
+else:
+    import _signal  # signal.py without its enums, which cost a launch ~0.5 ms
 
 log = get_logger("teredo.programs.client_daemon")  # the daemon's messages, under its name
 
@@ -170,7 +172,7 @@ class ClientStart:
         """Start the core and drive it until its first event or for `window` seconds (see the
         module doc); on `Qualified`, configure the interface."""
         core, udp, tun = self.core, self.udp, self.tun
-        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        previous = _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
         try:
             now = time.monotonic()
             core.start(now)
@@ -210,7 +212,7 @@ class ClientStart:
                 if poller.poll(max(0.0, wake - now) * 1000 + 1):  # ms, rounded up
                     udp.drain(handle)
         finally:
-            signal.signal(signal.SIGHUP, previous)
+            _signal.signal(_signal.SIGHUP, previous)
 
     def _flush(self) -> None:
         """Send and deliver what the core produced (as `DataPath.flush`, before its events)."""
