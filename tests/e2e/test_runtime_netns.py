@@ -219,6 +219,27 @@ def test_relay_configuration_and_forwarding_sysctl(tun: TunDevice) -> None:
     assert (IPv6Network("2001::/32"), 1024) not in routes("teredo")
 
 
+def test_a_relay_route_makes_one_neighbour_entry_for_all_peers(tun: TunDevice) -> None:
+    """The prefix route has a next hop, so packets to 3000 Teredo addresses leave one
+    neighbour entry on the tunnel, not one each (which the kernel collected again, per
+    packet, past its table's bound: teredo.adapters.netlink)."""
+    import subprocess
+
+    run(lambda: InterfaceConfigurator("teredo").configure_relay())
+    shown = subprocess.run(
+        ["ip", "-6", "route", "show", "2001::/32"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "via fe80::1 dev teredo" in shown
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        for peer in range(3000):
+            sock.sendto(b"x", (f"2001:0:c633:6402::{peer + 1:x}", 9))
+    entries = subprocess.run(
+        ["ip", "-6", "neigh", "show", "nud", "all", "dev", "teredo"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert len(entries) <= 2, entries  # fe80::1 (and a multicast one, if any)
+
+
 def test_packets_through_the_tun_device(tun: TunDevice) -> None:
     """An echo request written into the TUN device comes back as the kernel's reply."""
     run(lambda: InterfaceConfigurator(tun.name).configure_client(CLIENT_ADDRESS))

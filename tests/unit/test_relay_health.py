@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from ipaddress import IPv4Address, IPv6Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from teredo.adapters.netlink import TUNNEL_NEXT_HOP
 from teredo.core.health import HealthFacts, Unhealthy, judge
 from teredo.lab import bgp
 from teredo.programs.relay_health import (
@@ -84,7 +85,10 @@ class Routes:
         self.calls: list[tuple[str, int]] = []
         self.present: set[int] = {WITHDRAWN_METRIC}
 
-    async def add_route(self, interface: str, prefix: IPv6Network, *, metric: int) -> bool:
+    async def add_route(
+        self, interface: str, prefix: IPv6Network, *, metric: int, via: IPv6Address
+    ) -> bool:
+        assert via == TUNNEL_NEXT_HOP  # one neighbour entry for all peers (adapters.netlink)
         self.calls.append(("add", metric))
         self.present.add(metric)
         return True

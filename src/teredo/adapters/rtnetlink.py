@@ -60,6 +60,7 @@ IFA_ADDRESS: Final = 1
 IFA_FLAGS: Final = 8
 RTA_DST: Final = 1
 RTA_OIF: Final = 4
+RTA_GATEWAY: Final = 5
 RTA_PRIORITY: Final = 6
 RTA_TABLE: Final = 15
 
@@ -158,6 +159,7 @@ def encode_route(
     *,
     output_index: int | None = None,
     metric: int | None = None,
+    gateway: IPv6Address | None = None,
     adding: bool = True,
 ) -> bytes:
     """The body of an IPv6 RTM_NEWROUTE (`adding`), RTM_DELROUTE or RTM_GETROUTE.
@@ -176,6 +178,8 @@ def encode_route(
         body += encode_attribute(RTA_DST, destination.packed)
     if output_index is not None:
         body += encode_attribute(RTA_OIF, U32.pack(output_index))
+    if gateway is not None:
+        body += encode_attribute(RTA_GATEWAY, gateway.packed)
     if metric is not None:
         body += encode_attribute(RTA_PRIORITY, U32.pack(metric))
     return body
@@ -341,10 +345,18 @@ class Rtnetlink:
         self.request(RTM_DELADDR, encode_address(index, address, prefixlen))
 
     def add_route(
-        self, destination: IPv6Address, prefixlen: int, index: int, metric: int | None
+        self,
+        destination: IPv6Address,
+        prefixlen: int,
+        index: int,
+        metric: int | None,
+        gateway: IPv6Address | None = None,
     ) -> None:
-        """Add an IPv6 route through interface `index`; EEXIST when the same route is there."""
-        body = encode_route(destination, prefixlen, output_index=index, metric=metric)
+        """Add an IPv6 route through interface `index` (and `gateway`, when given); EEXIST
+        when the same route is there."""
+        body = encode_route(
+            destination, prefixlen, output_index=index, metric=metric, gateway=gateway
+        )
         self.request(RTM_NEWROUTE, body, NLM_F_CREATE | NLM_F_EXCL)
 
     def remove_route(

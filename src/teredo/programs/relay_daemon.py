@@ -191,6 +191,7 @@ async def _set_mtu(set_mtu: Any, interface: str, config: RelayConfig) -> None:
 async def serve(loaded: Loaded[RelayConfig], service: Service) -> int:
     """The relay until SIGTERM/SIGINT (`teredo.programs.service.run_service` calls it)."""
     from teredo.adapters.netlink import (
+        TUNNEL_NEXT_HOP,
         InterfaceConfigurator,
         add_route,
         ipv6_forwarding_enabled,
@@ -220,7 +221,9 @@ async def serve(loaded: Loaded[RelayConfig], service: Service) -> int:
         # host's routing (RFC 4380 §5.4), withdrawn until its health is known; a host-specific
         # relay keeps it to itself.
         await iface.add_route(
-            IPv6Network(config.prefix), None if core.host_specific else WITHDRAWN_METRIC
+            IPv6Network(config.prefix),
+            None if core.host_specific else WITHDRAWN_METRIC,
+            via=TUNNEL_NEXT_HOP,  # one neighbour entry for all peers (teredo.adapters.netlink)
         )
         if not core.host_specific:
             daemon.forwarding = ipv6_forwarding_enabled()

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Network
 from typing import Any, Final
 
-from teredo.adapters.netlink import IF_INET6, SCOPE_GLOBAL, read_host_addresses
+from teredo.adapters.netlink import IF_INET6, SCOPE_GLOBAL, TUNNEL_NEXT_HOP, read_host_addresses
 from teredo.core.errors import UserError
 from teredo.core.health import Health, HealthFacts, judge
 
@@ -144,11 +144,11 @@ class RelayHealthWatcher:
 
     async def _swap(self, old: int, new: int) -> None:
         if new == WITHDRAWN_METRIC:  # make before break: forwarding never stops
-            await self.add_route(self.interface, self.prefix, metric=new)
+            await self.add_route(self.interface, self.prefix, metric=new, via=TUNNEL_NEXT_HOP)
             await self.remove_route(self.interface, self.prefix, metric=old)
         else:  # break before make: one learned route per prefix ends announced
             await self.remove_route(self.interface, self.prefix, metric=old)
-            await self.add_route(self.interface, self.prefix, metric=new)
+            await self.add_route(self.interface, self.prefix, metric=new, via=TUNNEL_NEXT_HOP)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Check now and every HEALTH_INTERVAL (the daemon routes SIGUSR2 to `toggle_drain`)."""
