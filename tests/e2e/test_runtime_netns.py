@@ -147,12 +147,12 @@ def test_client_configuration_mirrors_miredo_and_is_undone(tun: TunDevice) -> No
     assert flags & IFA_F_NODAD and not flags & IFA_F_TENTATIVE  # usable at once
     table = routes("teredo")
     assert (IPv6Network("::/0"), 1029) in table
-    assert any(network == IPv6Network("2001::/32") for network, _ in table)  # from the /32
+    assert (IPv6Network("2001::/32"), 256) in table  # the /32's, as the kernel would add it
     assert configurator.addresses == (
         IPv6Interface("fe80::ffff:ffff:ffff/64"),
         IPv6Interface(f"{CLIENT_ADDRESS}/32"),
     )
-    assert configurator.routes == ((IPv6Network("::/0"), 1029),)
+    assert configurator.routes == ((IPv6Network("2001::/32"), 256), (IPv6Network("::/0"), 1029))
 
     # The address changes: configuring again replaces everything.
     run(lambda: configurator.configure_client(OTHER_ADDRESS, 1400))
@@ -219,20 +219,31 @@ def test_relay_configuration_and_forwarding_sysctl(tun: TunDevice) -> None:
     assert (IPv6Network("2001::/32"), 1024) not in routes("teredo")
 
 
-def test_a_relay_route_makes_one_neighbour_entry_for_all_peers(tun: TunDevice) -> None:
-    """The prefix route has a next hop, so packets to 3000 Teredo addresses leave one
-    neighbour entry on the tunnel, not one each (which the kernel collected again, per
-    packet, past its table's bound: teredo.adapters.netlink)."""
+@pytest.mark.parametrize("role", ["relay", "client"])
+def test_the_tunnel_routes_make_one_neighbour_entry_for_all_destinations(
+    tun: TunDevice, role: str
+) -> None:
+    """The tunnel's routes have a next hop, so packets to 3000 Teredo addresses (and, from a
+    client, 3000 native ones) leave one neighbour entry on the tunnel, not one each (which the
+    kernel collected again, per packet, past its table's bound: teredo.adapters.netlink)."""
     import subprocess
 
-    run(lambda: InterfaceConfigurator("teredo").configure_relay())
+    configurator = InterfaceConfigurator("teredo")
+    if role == "relay":
+        run(lambda: configurator.configure_relay())
+    else:
+        run(lambda: configurator.configure_client(CLIENT_ADDRESS))
     shown = subprocess.run(
-        ["ip", "-6", "route", "show", "2001::/32"], capture_output=True, text=True, check=True
+        ["ip", "-6", "route", "show", "dev", "teredo"], capture_output=True, text=True, check=True
     ).stdout
-    assert "via fe80::1 dev teredo" in shown
+    assert "2001::/32 via fe80::1 " in shown
+    if role == "client":
+        assert "default via fe80::1 " in shown
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
         for peer in range(3000):
             sock.sendto(b"x", (f"2001:0:c633:6402::{peer + 1:x}", 9))
+            if role == "client":
+                sock.sendto(b"x", (f"2001:db8:77::{peer + 1:x}", 9))
     entries = subprocess.run(
         ["ip", "-6", "neigh", "show", "nud", "all", "dev", "teredo"],
         capture_output=True, text=True, check=True,

@@ -18,9 +18,12 @@ change and undoes them in reverse order. Its two recipes mirror what Miredo conf
 host looks the same whichever implementation runs:
 
 - client (Miredo's client-hook): flush the interface, link up with the MTU, add
-  `fe80::ffff:ffff:ffff/64` and `ADDRESS/32` (the /32 brings the kernel's `2001::/32` prefix
-  route with it) and `default dev IFACE metric 1029`, so Teredo is the last-resort route
-  (Linux's own default routes use metric 1024). Where Miredo's hook fails silently (the
+  `fe80::ffff:ffff:ffff/64`, `ADDRESS/32` and its prefix route (`2001::/32`, metric 256, as
+  the kernel would add it with the address) and `default dev IFACE metric 1029`, so Teredo is
+  the last-resort route (Linux's own default routes use metric 1024). Both routes go
+  `via fe80::1` (`TUNNEL_NEXT_HOP`, see the relay below), so the address is added with
+  IFA_F_NOPREFIXROUTE: a client talking to more than a thousand destinations (peers of a
+  file-sharing program, say) keeps one neighbour entry. Where Miredo's hook fails silently (the
   kernel refuses a second default route of the same metric: a second client on this host),
   the client takes the next free metric, so it takes over when the first client's route
   goes, and logs a warning that says so;
@@ -64,8 +67,9 @@ CLIENT_ROUTE_METRIC: Final = 1029  # Miredo client-hook: after Linux's default 1
 CLIENT_ROUTE_METRICS: Final = 16  # a second client's default route takes 1030, ... up to 1044
 DEFAULT_ROUTE: Final = IPv6Network("::/0")
 CLIENT_LINK_LOCAL_INTERFACE: Final = IPv6Interface(f"{CLIENT_LINK_LOCAL}/64")
-# The next hop of a relay's prefix route (see the module doc): any link-local address that is
-# not the interface's own; one next hop, one neighbour entry, whatever the number of peers.
+# The next hop of the tunnel's routes (a relay's prefix route, a client's prefix and default
+# routes; see the module doc): any link-local address that is not the interface's own; one
+# next hop, one neighbour entry, whatever the number of destinations.
 TUNNEL_NEXT_HOP: Final = IPv6Address("fe80::1")
 TEREDO_ADDRESS_PREFIXLEN: Final = 32  # the client's address is on-link for the whole prefix
 
@@ -76,6 +80,8 @@ IFF_MULTICAST: Final = 0x1000
 # Without it an added address stays "tentative" (packets to it dropped) until the kernel's DAD
 # work runs, even on a NOARP link where no DAD happens: a race right after configuration.
 IFA_F_NODAD: Final = 0x02
+IFA_F_NOPREFIXROUTE: Final = 0x200  # the prefix route is ours to add (with a next hop)
+PREFIX_ROUTE_METRIC: Final = 256  # the kernel's own, for a prefix route that comes with an address
 
 IF_INET6: Final = "/proc/net/if_inet6"  # the host's IPv6 addresses, one per line
 SCOPE_GLOBAL: Final = 0x00
@@ -400,7 +406,9 @@ class InterfaceConfigurator:
         self._flush()
         self._set_up(mtu)
         self._add_address(CLIENT_LINK_LOCAL_INTERFACE)
-        self._add_address(IPv6Interface(f"{address}/{TEREDO_ADDRESS_PREFIXLEN}"))
+        teredo = IPv6Interface(f"{address}/{TEREDO_ADDRESS_PREFIXLEN}")
+        self._add_address(teredo, IFA_F_NODAD | IFA_F_NOPREFIXROUTE)
+        self._add_route(teredo.network, PREFIX_ROUTE_METRIC, TUNNEL_NEXT_HOP)
         self._add_default_route()
 
     # The kernel answers each request at once: the steps are synchronous, and the coroutines
@@ -412,10 +420,10 @@ class InterfaceConfigurator:
             _set_up(nl, index, _name(self.interface), mtu)
         self._link_up = True
 
-    def _add_address(self, address: IPv6Interface) -> None:
+    def _add_address(self, address: IPv6Interface, flags: int = IFA_F_NODAD) -> None:
         index = _index(self.interface)
         with _session() as nl:
-            if _address(nl, "add", index, _name(self.interface), address):
+            if _address(nl, "add", index, _name(self.interface), address, flags):
                 self._addresses.append(address)
 
     def _add_route(
@@ -448,7 +456,7 @@ class InterfaceConfigurator:
     def _add_default_route(self) -> None:
         taken: list[tuple[str, int]] = []  # (interface, metric) of the routes in the way
         for metric in range(CLIENT_ROUTE_METRIC, CLIENT_ROUTE_METRIC + CLIENT_ROUTE_METRICS):
-            if self._add_route(DEFAULT_ROUTE, metric):
+            if self._add_route(DEFAULT_ROUTE, metric, TUNNEL_NEXT_HOP):
                 break
             holder = _default_route_device(metric)
             if holder in (None, _name(self.interface)):  # ours already (or gone meanwhile)
@@ -582,11 +590,18 @@ def _set_up(nl: Rtnetlink, index: int, name: str, mtu: int | None) -> None:
     _link_set(nl, index, name, "bring the link up", flags=IFF_UP, change=IFF_UP)
 
 
-def _address(nl: Rtnetlink, command: str, index: int, name: str, address: IPv6Interface) -> bool:
+def _address(
+    nl: Rtnetlink,
+    command: str,
+    index: int,
+    name: str,
+    address: IPv6Interface,
+    flags: int = IFA_F_NODAD,
+) -> bool:
     prefixlen = address.network.prefixlen
     try:
         if command == "add":
-            nl.add_address(index, address.ip, prefixlen, IFA_F_NODAD)
+            nl.add_address(index, address.ip, prefixlen, flags)
         else:
             nl.remove_address(index, address.ip, prefixlen)
     except RtnetlinkError as error:
