@@ -25,8 +25,8 @@ What it does, in order:
    On `Qualified` it configures the interface through netlink as Miredo's
    ``/etc/miredo/client-hook`` does (``InterfaceConfigurator.configure_client`` in
    `teredo.adapters.netlink`: link up with the RA's MTU, ``fe80::ffff:ffff:ffff/64``,
-   ``ADDRESS/32`` -- which brings the ``2001::/32`` route -- and
-   ``default dev IFACE metric 1029``), logs how long it took from the router
+   ``ADDRESS/32`` with its ``2001::/32`` route and ``default dev IFACE metric 1029``,
+   both routes via one next hop so that the kernel keeps one neighbour entry), logs how long it took from the router
    solicitation that qualified to the address being usable, tells systemd it is ready
    (``READY=1``, with a ``STATUS=`` line: state, address, NAT) and runs the hook script with
    ``STATE=up``. `AddressChanged` reconfigures (``OLD_ADDRESS`` set); `Offline` withdraws
