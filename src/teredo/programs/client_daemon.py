@@ -26,11 +26,12 @@ What it does, in order:
    ``/etc/miredo/client-hook`` does (``InterfaceConfigurator.configure_client`` in
    `teredo.adapters.netlink`: link up with the RA's MTU, ``fe80::ffff:ffff:ffff/64``,
    ``ADDRESS/32`` with its ``2001::/32`` route and ``default dev IFACE metric 1029``,
-   both routes via one next hop so that the kernel keeps one neighbour entry), logs how long it took from the router
-   solicitation that qualified to the address being usable, tells systemd it is ready
-   (``READY=1``, with a ``STATUS=`` line: state, address, NAT) and runs the hook script with
-   ``STATE=up``. `AddressChanged` reconfigures (``OLD_ADDRESS`` set); `Offline` withdraws
-   everything (``STATE=down``); exit withdraws it too and runs the hook with ``STATE=destroy``.
+   both routes via one next hop so that the kernel keeps one neighbour entry), logs how
+   long it took from the router solicitation that qualified to the address being usable,
+   tells systemd it is ready (``READY=1``, with a ``STATUS=`` line: state, address, NAT) and
+   runs the hook script with ``STATE=up``. `AddressChanged` reconfigures (``OLD_ADDRESS``
+   set); `Offline` withdraws everything (``STATE=down``); exit withdraws it too and runs the
+   hook with ``STATE=destroy``.
 4. runs the shared TUN <-> UDP loop until SIGTERM/SIGINT, with the random ports the core
    opens behind a symmetric NAT (`teredo.programs.random_ports`, RFC 6081 §5.4/§5.5). SIGHUP
    re-reads the file and applies the servers, ``RefreshInterval``, ``MaxPeers``,
