@@ -349,7 +349,8 @@ class InterfaceConfigurator:
             await iface.undo()                           # never raises
 
     The methods raise `UserError` like the module functions. Things that were already present
-    are not recorded, so `undo()` never removes what someone else configured.
+    are not recorded, so `undo()` never removes what someone else configured. Every route it
+    adds goes into the tunnel via `TUNNEL_NEXT_HOP` (see the module doc).
     """
 
     def __init__(self, interface: Interface) -> None:
@@ -375,10 +376,9 @@ class InterfaceConfigurator:
     async def add_address(self, address: IPv6Interface) -> None:
         self._add_address(address)
 
-    async def add_route(
-        self, destination: IPv6Network, metric: int | None = None, via: IPv6Address | None = None
-    ) -> None:
-        self._add_route(destination, metric, via)
+    async def add_route(self, destination: IPv6Network, metric: int | None = None) -> None:
+        """Route `destination` into the tunnel (via `TUNNEL_NEXT_HOP`, as every route here)."""
+        self._add_route(destination, metric)
 
     async def flush(self) -> None:
         """Remove every IPv6 address and route of the interface, ours or not."""
@@ -408,7 +408,7 @@ class InterfaceConfigurator:
         self._add_address(CLIENT_LINK_LOCAL_INTERFACE)
         teredo = IPv6Interface(f"{address}/{TEREDO_ADDRESS_PREFIXLEN}")
         self._add_address(teredo, IFA_F_NODAD | IFA_F_NOPREFIXROUTE)
-        self._add_route(teredo.network, PREFIX_ROUTE_METRIC, TUNNEL_NEXT_HOP)
+        self._add_route(teredo.network, PREFIX_ROUTE_METRIC)
         self._add_default_route()
 
     # The kernel answers each request at once: the steps are synchronous, and the coroutines
@@ -426,12 +426,11 @@ class InterfaceConfigurator:
             if _address(nl, "add", index, _name(self.interface), address, flags):
                 self._addresses.append(address)
 
-    def _add_route(
-        self, destination: IPv6Network, metric: int | None, via: IPv6Address | None = None
-    ) -> bool:
+    def _add_route(self, destination: IPv6Network, metric: int | None) -> bool:
         index = _index(self.interface)
         with _session() as nl:
-            added = _route(nl, "add", index, _name(self.interface), destination, metric, via)
+            name = _name(self.interface)
+            added = _route(nl, "add", index, name, destination, metric, TUNNEL_NEXT_HOP)
         if added:
             self._routes.append((destination, metric))
         return added
@@ -456,7 +455,7 @@ class InterfaceConfigurator:
     def _add_default_route(self) -> None:
         taken: list[tuple[str, int]] = []  # (interface, metric) of the routes in the way
         for metric in range(CLIENT_ROUTE_METRIC, CLIENT_ROUTE_METRIC + CLIENT_ROUTE_METRICS):
-            if self._add_route(DEFAULT_ROUTE, metric, TUNNEL_NEXT_HOP):
+            if self._add_route(DEFAULT_ROUTE, metric):
                 break
             holder = _default_route_device(metric)
             if holder in (None, _name(self.interface)):  # ours already (or gone meanwhile)
@@ -491,7 +490,7 @@ class InterfaceConfigurator:
         """
         await self.set_up(mtu)
         await self.add_address(CLIENT_LINK_LOCAL_INTERFACE)
-        await self.add_route(prefix, via=TUNNEL_NEXT_HOP)
+        await self.add_route(prefix)
 
     async def undo(self) -> None:
         """Revert every recorded change, newest first. Never raises; failures are logged."""

@@ -191,7 +191,6 @@ async def _set_mtu(set_mtu: Any, interface: str, config: RelayConfig) -> None:
 async def serve(loaded: Loaded[RelayConfig], service: Service) -> int:
     """The relay until SIGTERM/SIGINT (`teredo.programs.service.run_service` calls it)."""
     from teredo.adapters.netlink import (
-        TUNNEL_NEXT_HOP,
         InterfaceConfigurator,
         add_route,
         ipv6_forwarding_enabled,
@@ -223,7 +222,6 @@ async def serve(loaded: Loaded[RelayConfig], service: Service) -> int:
         await iface.add_route(
             IPv6Network(config.prefix),
             None if core.host_specific else WITHDRAWN_METRIC,
-            via=TUNNEL_NEXT_HOP,  # one neighbour entry for all peers (teredo.adapters.netlink)
         )
         if not core.host_specific:
             daemon.forwarding = ipv6_forwarding_enabled()
